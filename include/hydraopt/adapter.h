@@ -1,0 +1,128 @@
+// LoRA adapters in the PEFT format, and sets of them trained from one base.
+//
+// An adapter is a directory with adapter_config.json and
+// adapter_model.safetensors. For each target module (e.g.
+// "model.layers.0.self_attn.q_proj") it holds
+//   base_model.model.<module>.lora_A.weight   r x in
+//   base_model.model.<module>.lora_B.weight   out x r
+// and the update it applies to that module's weight is
+//   dW = s * B @ A,  s = alpha / r   (alpha / sqrt(r) with use_rslora),
+// where r and alpha come from rank_pattern / alpha_pattern when a key
+// matches the module name as a suffix (PEFT's `(.*\.)?(key)$`, first key
+// in file order wins), else from r / lora_alpha. With fan_in_fan_out the
+// base layer stores its weight transposed (GPT-2 Conv1D); A and B keep the
+// shapes above, so dW is still out x in here and the flag only travels
+// with the adapter into exports.
+//
+// Factors are read from a memory-mapped file on demand, one module at a
+// time, and converted to double whatever their stored dtype.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <Eigen/Core>
+
+#include "hydraopt/dtype.h"
+
+namespace hydraopt {
+
+struct LoadOptions {
+  /// Skip tensors that cannot be merged (DoRA magnitudes, lora_embedding_*,
+  /// LoRA biases, modules_to_save copies) with a warning instead of failing.
+  bool skip_unmergeable = false;
+  /// Receives warnings; defaults to printing them on stderr.
+  std::function<void(const std::string&)> warn;
+};
+
+/// One task's LoRA factors on one module, in double. Scaling not applied.
+struct ModuleLora {
+  Eigen::MatrixXd A;  ///< r x in
+  Eigen::MatrixXd B;  ///< out x r
+  double scale = 1;   ///< PEFT scaling s; the update is s * B * A
+
+  int64_t rank() const { return A.rows(); }
+};
+
+struct AdapterModule {
+  std::string name;  ///< module path without the "base_model.model." prefix
+  int64_t in = 0, out = 0, rank = 0;
+  double alpha = 0, scale = 0;
+  DType dtype = DType::F32;  ///< wider of lora_A's and lora_B's dtypes
+};
+
+class Adapter {
+ public:
+  /// `spec` is a directory, or NAME=DIRECTORY to name the task.
+  static Adapter open(const std::string& spec, const LoadOptions& options = {});
+
+  const std::string& name() const;
+  const std::filesystem::path& dir() const;
+  const std::string& base_model() const;
+  int64_t rank() const;          ///< config `r`
+  double alpha() const;          ///< config `lora_alpha`
+  bool use_rslora() const;
+  bool fan_in_fan_out() const;
+  DType dtype() const;           ///< widest dtype among its LoRA tensors
+  const std::vector<std::string>& target_modules() const;
+  /// Modules sorted in natural order (layers.2 before layers.10).
+  const std::vector<AdapterModule>& modules() const;
+  const AdapterModule* find(const std::string& module) const;
+  /// sum over modules of rank * (in + out)
+  int64_t params() const;
+  /// Reads one module's factors; throws if the adapter lacks it.
+  ModuleLora load(const std::string& module) const;
+  /// Drops the module's file pages from memory after use.
+  void release(const std::string& module) const;
+  /// Path of adapter_model.safetensors.
+  std::filesystem::path weights_path() const;
+
+ private:
+  struct Impl;
+  std::shared_ptr<const Impl> impl_;
+};
+
+/// Adapters of one base model, checked to be mergeable together.
+class AdapterSet {
+ public:
+  struct Module {
+    std::string name;
+    int64_t in = 0, out = 0;
+    std::vector<int64_t> ranks;  ///< per task; 0 where a task lacks the module
+  };
+
+  /// Checks: at least one adapter, unique task names, one base model (an
+  /// adapter that does not name one is accepted), and one (in, out) per
+  /// module across adapters.
+  explicit AdapterSet(std::vector<Adapter> adapters);
+  static AdapterSet open(const std::vector<std::string>& specs, const LoadOptions& options = {});
+
+  size_t size() const { return tasks_.size(); }
+  const std::vector<Adapter>& tasks() const { return tasks_; }
+  const Adapter& task(size_t i) const { return tasks_[i]; }
+  const std::string& base_model() const { return base_model_; }
+  /// Union of the tasks' modules, natural order.
+  const std::vector<Module>& modules() const { return modules_; }
+  /// Every task's factors for module m; a task without it gets rank 0
+  /// (a zero update).
+  std::vector<ModuleLora> load(size_t m) const;
+  void release(size_t m) const;
+  /// sum over tasks of their LoRA parameter counts
+  int64_t original_params() const;
+  /// Widest stored dtype over all tasks.
+  DType dtype() const;
+
+ private:
+  std::vector<Adapter> tasks_;
+  std::vector<Module> modules_;
+  std::string base_model_;
+};
+
+/// Natural order of module names: digit runs compare as numbers.
+bool natural_less(const std::string& a, const std::string& b);
+
+}  // namespace hydraopt

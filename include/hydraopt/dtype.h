@@ -1,0 +1,52 @@
+// Element types of stored tensors.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string_view>
+
+namespace hydraopt {
+
+enum class DType : uint8_t { F64, F32, BF16, F16 };
+
+/// Bytes per element.
+inline size_t dtype_size(DType t) {
+  switch (t) {
+    case DType::F64: return 8;
+    case DType::F32: return 4;
+    case DType::BF16:
+    case DType::F16: return 2;
+  }
+  return 0;
+}
+
+/// The safetensors spelling ("F32", "BF16", ...).
+inline std::string_view dtype_name(DType t) {
+  switch (t) {
+    case DType::F64: return "F64";
+    case DType::F32: return "F32";
+    case DType::BF16: return "BF16";
+    case DType::F16: return "F16";
+  }
+  return "?";
+}
+
+/// Parses a safetensors dtype name; nullopt if unknown or unsupported.
+inline std::optional<DType> dtype_from_name(std::string_view s) {
+  if (s == "F64") return DType::F64;
+  if (s == "F32") return DType::F32;
+  if (s == "BF16") return DType::BF16;
+  if (s == "F16") return DType::F16;
+  return std::nullopt;
+}
+
+/// The wider of two dtypes in the sense of "can hold the other's values":
+/// F64 > F32 > {BF16, F16}; BF16 and F16 together widen to F32.
+inline DType dtype_widest(DType a, DType b) {
+  if (a == b) return a;
+  if (a == DType::F64 || b == DType::F64) return DType::F64;
+  return DType::F32;
+}
+
+}  // namespace hydraopt

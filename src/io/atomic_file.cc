@@ -1,0 +1,83 @@
+#include "io/atomic_file.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include "hydraopt/error.h"
+
+namespace hydraopt::io {
+
+namespace fs = std::filesystem;
+
+AtomicFile::AtomicFile(fs::path target) : target_(std::move(target)) {
+  fs::path dir = target_.parent_path();
+  if (dir.empty()) dir = ".";
+  std::string templ = (dir / ("." + target_.filename().string() + ".tmp.XXXXXX")).string();
+  std::vector<char> buf(templ.begin(), templ.end());
+  buf.push_back('\0');
+  fd_ = ::mkstemp(buf.data());
+  if (fd_ < 0) {
+    throw Error(target_.string(), "",
+                std::string("cannot create output file: ") + std::strerror(errno));
+  }
+  temp_ = buf.data();
+}
+
+AtomicFile::~AtomicFile() {
+  if (fd_ >= 0) {
+    ::close(fd_);
+    std::error_code ec;
+    fs::remove(temp_, ec);
+  }
+}
+
+void AtomicFile::write(std::span<const std::byte> bytes) {
+  const std::byte* p = bytes.data();
+  size_t left = bytes.size();
+  while (left > 0) {
+    ssize_t n = ::write(fd_, p, left);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      throw Error(target_.string(), "", std::string("write failed: ") + std::strerror(errno));
+    }
+    p += n;
+    left -= static_cast<size_t>(n);
+  }
+}
+
+void AtomicFile::write(std::string_view text) {
+  write(std::as_bytes(std::span(text.data(), text.size())));
+}
+
+void AtomicFile::commit() {
+  // mkstemp creates 0600; outputs are ordinary user files.
+  if (::fchmod(fd_, 0644) != 0 || ::fsync(fd_) != 0) {
+    throw Error(target_.string(), "", std::string("cannot flush output: ") + std::strerror(errno));
+  }
+  if (::close(fd_) != 0) {
+    fd_ = -1;
+    std::error_code ec;
+    fs::remove(temp_, ec);
+    throw Error(target_.string(), "", std::string("cannot close output: ") + std::strerror(errno));
+  }
+  fd_ = -1;
+  if (::rename(temp_.c_str(), target_.c_str()) != 0) {
+    int err = errno;
+    std::error_code ec;
+    fs::remove(temp_, ec);
+    throw Error(target_.string(), "", std::string("cannot rename output: ") + std::strerror(err));
+  }
+}
+
+void write_file_atomic(const fs::path& path, std::string_view text) {
+  AtomicFile f(path);
+  f.write(text);
+  f.commit();
+}
+
+}  // namespace hydraopt::io

@@ -1,0 +1,38 @@
+// Output files that appear complete or not at all.
+//
+// Bytes go to a temporary file in the target's directory; commit() flushes
+// it to disk (fsync) and renames it over the target. If commit() is never
+// reached (an exception, a failed write) the destructor removes the
+// temporary file, so a previous version of the target stays intact and no
+// partial output is ever visible under the target's name.
+#pragma once
+
+#include <cstddef>
+#include <filesystem>
+#include <span>
+#include <string>
+#include <string_view>
+
+namespace hydraopt::io {
+
+class AtomicFile {
+ public:
+  explicit AtomicFile(std::filesystem::path target);
+  ~AtomicFile();
+  AtomicFile(const AtomicFile&) = delete;
+  AtomicFile& operator=(const AtomicFile&) = delete;
+
+  void write(std::span<const std::byte> bytes);
+  void write(std::string_view text);
+  /// fsync + rename over the target; the object is finished afterwards.
+  void commit();
+
+ private:
+  std::filesystem::path target_, temp_;
+  int fd_ = -1;
+};
+
+/// Writes `text` to `path` atomically.
+void write_file_atomic(const std::filesystem::path& path, std::string_view text);
+
+}  // namespace hydraopt::io

@@ -1,0 +1,389 @@
+#include "io/safetensors.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <bit>
+#include <cerrno>
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+#include "hydraopt/error.h"
+#include "io/atomic_file.h"
+#include "io/half.h"
+#include "util/checked.h"
+
+static_assert(std::endian::native == std::endian::little,
+              "safetensors is little-endian; hydraopt reads it in place");
+
+namespace hydraopt::io {
+
+using nlohmann::json;
+
+int64_t TensorInfo::numel() const {
+  int64_t n = 1;
+  for (int64_t d : shape) n = util::mul_checked(n, d);
+  return n;
+}
+
+namespace {
+
+// Strict UTF-8 check (no overlongs, no surrogates, max U+10FFFF).
+bool valid_utf8(std::span<const std::byte> s) {
+  size_t i = 0, n = s.size();
+  auto at = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
+  while (i < n) {
+    unsigned c = at(i);
+    if (c < 0x80) { ++i; continue; }
+    size_t len;
+    unsigned min;
+    if ((c & 0xe0) == 0xc0) { len = 2; min = 0x80; c &= 0x1f; }
+    else if ((c & 0xf0) == 0xe0) { len = 3; min = 0x800; c &= 0x0f; }
+    else if ((c & 0xf8) == 0xf0) { len = 4; min = 0x10000; c &= 0x07; }
+    else return false;
+    if (i + len > n) return false;
+    for (size_t k = 1; k < len; ++k) {
+      unsigned cc = at(i + k);
+      if ((cc & 0xc0) != 0x80) return false;
+      c = (c << 6) | (cc & 0x3f);
+    }
+    if (c < min || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff)) return false;
+    i += len;
+  }
+  return true;
+}
+
+uint64_t get_u64(const json& v, const std::string& file, const std::string& tensor,
+                 const char* what) {
+  if (!v.is_number_unsigned() && !(v.is_number_integer() && v.get<int64_t>() >= 0)) {
+    throw Error(file, tensor, std::string(what) + " must be a non-negative integer");
+  }
+  return v.get<uint64_t>();
+}
+
+}  // namespace
+
+SafetensorsFile::SafetensorsFile(SafetensorsFile&& o) noexcept { *this = std::move(o); }
+
+SafetensorsFile& SafetensorsFile::operator=(SafetensorsFile&& o) noexcept {
+  if (this != &o) {
+    if (map_) ::munmap(map_, map_size_);
+    label_ = std::move(o.label_);
+    metadata_ = std::move(o.metadata_);
+    tensors_ = std::move(o.tensors_);
+    data_ = o.data_;
+    map_ = o.map_;
+    map_size_ = o.map_size_;
+    o.map_ = nullptr;
+    o.data_ = nullptr;
+    o.map_size_ = 0;
+  }
+  return *this;
+}
+
+SafetensorsFile::~SafetensorsFile() {
+  if (map_) ::munmap(map_, map_size_);
+}
+
+SafetensorsFile SafetensorsFile::open(const std::filesystem::path& path) {
+  SafetensorsFile f;
+  f.label_ = path.string();
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw Error(f.label_, "", std::string("cannot open: ") + std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    throw Error(f.label_, "", "not a regular file");
+  }
+  size_t size = static_cast<size_t>(st.st_size);
+  if (size > 0) {
+    void* m = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (m == MAP_FAILED) {
+      int err = errno;
+      ::close(fd);
+      throw Error(f.label_, "", std::string("cannot map file: ") + std::strerror(err));
+    }
+    f.map_ = m;
+    f.map_size_ = size;
+  }
+  ::close(fd);
+  f.validate({static_cast<const std::byte*>(f.map_), size});
+  return f;
+}
+
+SafetensorsFile SafetensorsFile::parse(std::span<const std::byte> file, std::string label) {
+  SafetensorsFile f;
+  f.label_ = std::move(label);
+  f.validate(file);
+  return f;
+}
+
+void SafetensorsFile::validate(std::span<const std::byte> file) {
+  const std::string& L = label_;
+  if (file.size() < 8) {
+    throw Error(L, "", "file is " + std::to_string(file.size()) + " bytes, shorter than the 8-byte header length");
+  }
+  uint64_t n = 0;
+  std::memcpy(&n, file.data(), 8);
+  if (n > kMaxHeaderBytes) {
+    throw Error(L, "", "header length " + std::to_string(n) + " exceeds the 100 MB limit");
+  }
+  if (n > file.size() - 8) {
+    throw Error(L, "", "header length " + std::to_string(n) + " runs past the end of the " +
+                           std::to_string(file.size()) + "-byte file (truncated?)");
+  }
+  auto header = file.subspan(8, n);
+  if (!valid_utf8(header)) throw Error(L, "", "header is not valid UTF-8");
+  json j;
+  try {
+    j = json::parse(reinterpret_cast<const char*>(header.data()),
+                    reinterpret_cast<const char*>(header.data()) + header.size());
+  } catch (const json::exception& e) {
+    throw Error(L, "", std::string("header is not valid JSON: ") + e.what());
+  }
+  if (!j.is_object()) throw Error(L, "", "header is not a JSON object");
+
+  tensors_.clear();
+  metadata_.clear();
+  for (auto& [key, v] : j.items()) {
+    if (key == "__metadata__") {
+      if (!v.is_object()) throw Error(L, "", "__metadata__ is not an object");
+      for (auto& [mk, mv] : v.items()) {
+        if (!mv.is_string()) throw Error(L, "", "__metadata__ value of '" + mk + "' is not a string");
+        metadata_[mk] = mv.get<std::string>();
+      }
+      continue;
+    }
+    if (!v.is_object()) throw Error(L, key, "entry is not an object");
+    for (const char* field : {"dtype", "shape", "data_offsets"}) {
+      if (!v.contains(field)) throw Error(L, key, std::string("missing '") + field + "'");
+    }
+    TensorInfo t;
+    t.name = key;
+    const json& dt = v["dtype"];
+    if (!dt.is_string()) throw Error(L, key, "dtype is not a string");
+    auto name = dt.get<std::string>();
+    auto parsed = dtype_from_name(name);
+    if (!parsed) {
+      static const char* kOther[] = {"F8_E4M3", "F8_E5M2", "I64", "I32", "I16", "I8",
+                                     "U64",     "U32",     "U16", "U8",  "BOOL", "C64"};
+      bool known = std::find(std::begin(kOther), std::end(kOther), name) != std::end(kOther);
+      throw Error(L, key, known ? "dtype " + name + " is not supported (need F64, F32, F16 or BF16)"
+                                : "unknown dtype '" + name + "'");
+    }
+    t.dtype = *parsed;
+    const json& sh = v["shape"];
+    if (!sh.is_array()) throw Error(L, key, "shape is not an array");
+    for (const json& d : sh) {
+      uint64_t x = get_u64(d, L, key, "shape dimension");
+      if (x > static_cast<uint64_t>(INT64_MAX)) throw Error(L, key, "shape dimension too large");
+      t.shape.push_back(static_cast<int64_t>(x));
+    }
+    const json& off = v["data_offsets"];
+    if (!off.is_array() || off.size() != 2) throw Error(L, key, "data_offsets is not [begin, end]");
+    t.begin = get_u64(off[0], L, key, "data_offsets begin");
+    t.end = get_u64(off[1], L, key, "data_offsets end");
+    if (t.end < t.begin) throw Error(L, key, "data_offsets end precedes begin");
+    uint64_t expected;
+    try {
+      expected = util::mul_checked(static_cast<uint64_t>(t.numel()), dtype_size(t.dtype));
+    } catch (const std::overflow_error&) {
+      throw Error(L, key, "shape x dtype size overflows 64 bits");
+    }
+    if (expected != t.nbytes()) {
+      throw Error(L, key, "shape and dtype need " + std::to_string(expected) +
+                              " bytes but data_offsets span " + std::to_string(t.nbytes()));
+    }
+    tensors_.push_back(std::move(t));
+  }
+
+  // Contiguity: sorted by offset, each tensor starts where the previous ends.
+  std::vector<const TensorInfo*> order;
+  for (auto& t : tensors_) order.push_back(&t);
+  std::sort(order.begin(), order.end(), [](auto* a, auto* b) {
+    return a->begin != b->begin ? a->begin < b->begin : a->end < b->end;
+  });
+  uint64_t pos = 0;
+  for (auto* t : order) {
+    if (t->begin > pos) throw Error(L, t->name, "gap in the data buffer before this tensor");
+    if (t->begin < pos) throw Error(L, t->name, "overlaps the previous tensor's bytes");
+    pos = t->end;
+  }
+  uint64_t buffer = file.size() - 8 - n;
+  if (pos != buffer) {
+    throw Error(L, "", "tensors cover " + std::to_string(pos) + " bytes but the data buffer has " +
+                           std::to_string(buffer) + (pos > buffer ? " (truncated file)" : " (trailing bytes)"));
+  }
+  std::sort(tensors_.begin(), tensors_.end(),
+            [](const TensorInfo& a, const TensorInfo& b) { return a.name < b.name; });
+  data_ = file.data() + 8 + n;
+}
+
+const TensorInfo* SafetensorsFile::find(const std::string& name) const {
+  auto it = std::lower_bound(tensors_.begin(), tensors_.end(), name,
+                             [](const TensorInfo& t, const std::string& n) { return t.name < n; });
+  return it != tensors_.end() && it->name == name ? &*it : nullptr;
+}
+
+std::span<const std::byte> SafetensorsFile::bytes(const TensorInfo& t) const {
+  return {data_ + t.begin, static_cast<size_t>(t.nbytes())};
+}
+
+Eigen::MatrixXd SafetensorsFile::matrix(const TensorInfo& t) const {
+  if (t.shape.size() != 2) {
+    throw Error(label_, t.name, "expected a 2-D tensor, got " + std::to_string(t.shape.size()) + "-D");
+  }
+  const Eigen::Index rows = t.shape[0], cols = t.shape[1];
+  Eigen::MatrixXd m(rows, cols);
+  const std::byte* p = data_ + t.begin;
+  // Row-major source into column-major destination: fill the transpose's
+  // memory linearly, then transpose once (keeps reads sequential).
+  Eigen::MatrixXd mt(cols, rows);
+  double* out = mt.data();
+  const size_t n = static_cast<size_t>(rows) * static_cast<size_t>(cols);
+  switch (t.dtype) {
+    case DType::F64:
+      std::memcpy(out, p, n * 8);
+      break;
+    case DType::F32:
+      for (size_t i = 0; i < n; ++i) {
+        float f;
+        std::memcpy(&f, p + 4 * i, 4);
+        out[i] = f;
+      }
+      break;
+    case DType::BF16:
+      for (size_t i = 0; i < n; ++i) {
+        uint16_t h;
+        std::memcpy(&h, p + 2 * i, 2);
+        out[i] = bf16_to_float(h);
+      }
+      break;
+    case DType::F16:
+      for (size_t i = 0; i < n; ++i) {
+        uint16_t h;
+        std::memcpy(&h, p + 2 * i, 2);
+        out[i] = f16_to_float(h);
+      }
+      break;
+  }
+  m = mt.transpose();
+  return m;
+}
+
+void SafetensorsFile::release(const TensorInfo& t) const {
+  if (!map_) return;
+  const long page = ::sysconf(_SC_PAGESIZE);
+  auto base = reinterpret_cast<uintptr_t>(map_);
+  auto lo = reinterpret_cast<uintptr_t>(data_ + t.begin);
+  auto hi = reinterpret_cast<uintptr_t>(data_ + t.end);
+  // Only whole pages inside the tensor, so neighbours stay resident.
+  uintptr_t a = base + ((lo - base + page - 1) / page) * page;
+  uintptr_t b = base + ((hi - base) / page) * page;
+  if (b > a) ::madvise(reinterpret_cast<void*>(a), b - a, MADV_DONTNEED);
+}
+
+namespace {
+
+void pack(const double* src, size_t n, DType dtype, std::byte* dst) {
+  for (size_t i = 0; i < n; ++i) {
+    switch (dtype) {
+      case DType::F64: std::memcpy(dst + 8 * i, &src[i], 8); break;
+      case DType::F32: {
+        float f = static_cast<float>(src[i]);
+        std::memcpy(dst + 4 * i, &f, 4);
+        break;
+      }
+      case DType::BF16: {
+        uint16_t h = float_to_bf16(static_cast<float>(src[i]));
+        std::memcpy(dst + 2 * i, &h, 2);
+        break;
+      }
+      case DType::F16: {
+        uint16_t h = float_to_f16(static_cast<float>(src[i]));
+        std::memcpy(dst + 2 * i, &h, 2);
+        break;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+TensorData tensor_from_matrix(std::string name, const Eigen::MatrixXd& m, DType dtype) {
+  TensorData t{std::move(name), dtype, {m.rows(), m.cols()}, {}};
+  const Eigen::MatrixXd rowmajor = m.transpose();  // column-major of m^T == row-major of m
+  t.bytes.resize(static_cast<size_t>(m.size()) * dtype_size(dtype));
+  pack(rowmajor.data(), static_cast<size_t>(m.size()), dtype, t.bytes.data());
+  return t;
+}
+
+TensorData tensor_from_vector(std::string name, const Eigen::VectorXd& v, DType dtype) {
+  TensorData t{std::move(name), dtype, {v.size()}, {}};
+  t.bytes.resize(static_cast<size_t>(v.size()) * dtype_size(dtype));
+  pack(v.data(), static_cast<size_t>(v.size()), dtype, t.bytes.data());
+  return t;
+}
+
+Eigen::MatrixXd round_to_dtype(const Eigen::MatrixXd& m, DType dtype) {
+  switch (dtype) {
+    case DType::F64: return m;
+    case DType::F32: return m.cast<float>().cast<double>();
+    case DType::BF16:
+      return m.unaryExpr([](double x) { return double(bf16_to_float(float_to_bf16(float(x)))); });
+    case DType::F16:
+      return m.unaryExpr([](double x) { return double(f16_to_float(float_to_f16(float(x)))); });
+  }
+  return m;
+}
+
+std::vector<std::byte> safetensors_serialize(std::vector<TensorData> tensors,
+                                             const std::map<std::string, std::string>& metadata) {
+  std::sort(tensors.begin(), tensors.end(),
+            [](const TensorData& a, const TensorData& b) { return a.name < b.name; });
+  // nlohmann::ordered_json keeps our (sorted) insertion order in the header.
+  nlohmann::ordered_json h = nlohmann::ordered_json::object();
+  if (!metadata.empty()) {
+    nlohmann::ordered_json md = nlohmann::ordered_json::object();
+    for (auto& [k, v] : metadata) md[k] = v;
+    h["__metadata__"] = md;
+  }
+  uint64_t offset = 0;
+  for (auto& t : tensors) {
+    if (t.name == "__metadata__") throw Error("", t.name, "reserved tensor name");
+    int64_t numel = 1;
+    for (auto d : t.shape) numel = util::mul_checked(numel, d);
+    if (static_cast<uint64_t>(numel) * dtype_size(t.dtype) != t.bytes.size()) {
+      throw Error("", t.name, "byte size does not match shape and dtype");
+    }
+    h[t.name] = {{"dtype", dtype_name(t.dtype)},
+                 {"shape", t.shape},
+                 {"data_offsets", {offset, offset + t.bytes.size()}}};
+    offset += t.bytes.size();
+  }
+  std::string header = h.dump();
+  header.append((8 - header.size() % 8) % 8, ' ');
+  std::vector<std::byte> out(8 + header.size() + offset);
+  uint64_t n = header.size();
+  std::memcpy(out.data(), &n, 8);
+  std::memcpy(out.data() + 8, header.data(), header.size());
+  std::byte* p = out.data() + 8 + header.size();
+  for (auto& t : tensors) {
+    if (!t.bytes.empty()) std::memcpy(p, t.bytes.data(), t.bytes.size());
+    p += t.bytes.size();
+  }
+  return out;
+}
+
+void safetensors_write(const std::filesystem::path& path, std::vector<TensorData> tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  auto bytes = safetensors_serialize(std::move(tensors), metadata);
+  AtomicFile f(path);
+  f.write(bytes);
+  f.commit();
+}
+
+}  // namespace hydraopt::io

@@ -1,0 +1,149 @@
+#include "hydraopt/synth.h"
+
+#include <cmath>
+#include <nlohmann/json.hpp>
+
+#include <Eigen/Core>
+
+#include "hydraopt/error.h"
+#include "io/atomic_file.h"
+#include "io/safetensors.h"
+
+namespace hydraopt {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// Counter-based generator: each stream is a pure function of its key, so
+// values never depend on the order or the thread they are drawn in.
+struct Stream {
+  uint64_t state;
+  explicit Stream(uint64_t seed, uint64_t a, uint64_t b = 0, uint64_t c = 0)
+      : state(mix(mix(mix(seed ^ 0x9e3779b97f4a7c15ULL) ^ a) ^ (b * 0xbf58476d1ce4e5b9ULL)) ^ c) {}
+  static uint64_t mix(uint64_t z) {
+    z += 0x9e3779b97f4a7c15ULL;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+  }
+  uint64_t next() { return mix(state += 0x9e3779b97f4a7c15ULL); }
+  double uniform() { return static_cast<double>(next() >> 11) * 0x1.0p-53; }  // [0, 1)
+  double normal() {
+    double u1 = uniform(), u2 = uniform();
+    return std::sqrt(-2.0 * std::log1p(-u1)) * std::cos(6.283185307179586 * u2);
+  }
+  Eigen::MatrixXd normal(Eigen::Index r, Eigen::Index c, double sd) {
+    Eigen::MatrixXd m(r, c);
+    for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = sd * normal();
+    return m;
+  }
+  Eigen::MatrixXd uniform(Eigen::Index r, Eigen::Index c, double bound) {
+    Eigen::MatrixXd m(r, c);
+    for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = bound * (2 * uniform() - 1);
+    return m;
+  }
+};
+
+struct ModuleShape {
+  std::string name;
+  int64_t in, out;
+};
+
+std::vector<ModuleShape> preset_modules(const SynthPreset& p) {
+  std::vector<ModuleShape> mods;
+  for (int l = 0; l < p.layers; ++l) {
+    for (const auto& proj : p.projections) {
+      bool attn = proj == "q_proj" || proj == "k_proj" || proj == "v_proj" || proj == "o_proj";
+      std::string name = "model.layers." + std::to_string(l) + (attn ? ".self_attn." : ".mlp.") + proj;
+      int64_t in = p.hidden, out = p.hidden;
+      if (proj == "k_proj" || proj == "v_proj") out = p.kv_out;
+      if (proj == "gate_proj" || proj == "up_proj") out = p.intermediate;
+      if (proj == "down_proj") in = p.intermediate;
+      mods.push_back({name, in, out});
+    }
+  }
+  return mods;
+}
+
+}  // namespace
+
+SynthPreset synth_preset(const std::string& name) {
+  const std::vector<std::string> attn = {"q_proj", "k_proj", "v_proj", "o_proj"};
+  if (name == "tiny") return {"tiny", 64, 0, 32, 2, attn, 4, 8, 6, 2, DType::F32};
+  if (name == "llama-1b") return {"llama-1b", 2048, 0, 512, 16, attn, 32, 128, 40, 5, DType::BF16};
+  if (name == "llama-7b") {
+    std::vector<std::string> all = attn;
+    for (const char* p : {"gate_proj", "up_proj", "down_proj"}) all.push_back(p);
+    return {"llama-7b", 4096, 11008, 4096, 32, all, 16, 32, 40, 5, DType::BF16};
+  }
+  throw Error("unknown synth preset '" + name + "' (choose tiny, llama-1b or llama-7b)");
+}
+
+std::vector<fs::path> synth_write(const fs::path& out_dir, const SynthOptions& o) {
+  SynthPreset p = synth_preset(o.preset);
+  const int tasks = o.tasks > 0 ? o.tasks : p.tasks;
+  const int clusters = std::max(1, std::min(tasks, o.clusters > 0 ? o.clusters : p.clusters));
+  if (tasks > 100000) throw Error("--tasks must be at most 100000");
+  const auto modules = preset_modules(p);
+
+  std::vector<fs::path> dirs(tasks);
+  for (int t = 0; t < tasks; ++t) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, tasks > 100 ? "task%04d" : "task%02d", t);
+    dirs[t] = out_dir / buf;
+  }
+  std::error_code ec;
+  fs::create_directories(out_dir, ec);
+  if (ec) throw Error(out_dir.string(), "", "cannot create directory: " + ec.message());
+
+  nlohmann::ordered_json config = {
+      {"peft_type", "LORA"},
+      {"task_type", "CAUSAL_LM"},
+      {"base_model_name_or_path", "hydraopt-synth/" + p.name},
+      {"r", p.rank},
+      {"lora_alpha", p.alpha},
+      {"lora_dropout", 0.0},
+      {"bias", "none"},
+      {"use_rslora", false},
+      {"fan_in_fan_out", false},
+      {"target_modules", p.projections},
+  };
+  const std::string config_text = config.dump(2) + "\n";
+  const int64_t r = p.rank, k = 2 * p.rank;
+  std::exception_ptr failure;
+
+#pragma omp parallel for schedule(dynamic)
+  for (int t = 0; t < tasks; ++t) {
+    try {
+      std::vector<io::TensorData> tensors;
+      const double d_i = o.drift * (0.6 + 0.8 * Stream(o.seed, 0xd1f7, t).uniform());
+      for (size_t m = 0; m < modules.size(); ++m) {
+        const auto& mod = modules[m];
+        const double a_sd = 1.0 / std::sqrt(3.0 * static_cast<double>(mod.in));
+        Eigen::MatrixXd a0 = Stream(o.seed, 1, m).uniform(r, mod.in, std::sqrt(3.0) * a_sd);
+        Eigen::MatrixXd d = Stream(o.seed, 2, m).normal(k, mod.in, a_sd);
+        Eigen::MatrixXd mix = Stream(o.seed, 3, m, t + 1).normal(r, k, 1.0 / std::sqrt(double(k)));
+        Eigen::MatrixXd a = a0 + d_i * (mix * d) + Stream(o.seed, 4, m, t + 1).normal(r, mod.in, o.noise * a_sd);
+        const int c = t % clusters;
+        const double b_sd = 0.02 / std::sqrt(1 + o.head_noise * o.head_noise);
+        Eigen::MatrixXd b = Stream(o.seed, 5, m, c + 1).normal(mod.out, r, b_sd) +
+                            Stream(o.seed, 6, m, t + 1).normal(mod.out, r, o.head_noise * b_sd);
+        const std::string base = "base_model.model." + mod.name;
+        tensors.push_back(io::tensor_from_matrix(base + ".lora_A.weight", a, p.dtype));
+        tensors.push_back(io::tensor_from_matrix(base + ".lora_B.weight", b, p.dtype));
+      }
+      fs::create_directories(dirs[t]);
+      io::write_file_atomic(dirs[t] / "adapter_config.json", config_text);
+      io::safetensors_write(dirs[t] / "adapter_model.safetensors", std::move(tensors),
+                            {{"format", "pt"}});
+    } catch (...) {
+#pragma omp critical
+      if (!failure) failure = std::current_exception();
+    }
+  }
+  if (failure) std::rethrow_exception(failure);
+  return dirs;
+}
+
+}  // namespace hydraopt
