@@ -17,7 +17,10 @@ namespace fs = std::filesystem;
 AtomicFile::AtomicFile(fs::path target) : target_(std::move(target)) {
   fs::path dir = target_.parent_path();
   if (dir.empty()) dir = ".";
-  std::string templ = (dir / ("." + target_.filename().string() + ".tmp.XXXXXX")).string();
+  std::string leaf = ".";
+  leaf += target_.filename().string();
+  leaf += ".tmp.XXXXXX";
+  std::string templ = (dir / leaf).string();
   std::vector<char> buf(templ.begin(), templ.end());
   buf.push_back('\0');
   fd_ = ::mkstemp(buf.data());

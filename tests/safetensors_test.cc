@@ -1,0 +1,238 @@
+#include <gtest/gtest.h>
+
+#include <cstring>
+
+#include "hydraopt/error.h"
+#include "io/atomic_file.h"
+#include "io/half.h"
+#include "io/safetensors.h"
+#include "test_util.h"
+
+namespace hydraopt {
+namespace {
+
+using io::SafetensorsFile;
+
+// A file image from a raw header string and `data` bytes of payload.
+std::vector<std::byte> image(const std::string& header, size_t data, uint64_t declared = UINT64_MAX) {
+  uint64_t n = declared == UINT64_MAX ? header.size() : declared;
+  std::vector<std::byte> out(8 + header.size() + data, std::byte{0});
+  std::memcpy(out.data(), &n, 8);
+  std::memcpy(out.data() + 8, header.data(), header.size());
+  return out;
+}
+
+std::string parse_error(const std::vector<std::byte>& bytes) {
+  try {
+    SafetensorsFile::parse(bytes, "bad.safetensors");
+  } catch (const Error& e) {
+    EXPECT_EQ(e.file(), "bad.safetensors");
+    return e.what();
+  }
+  ADD_FAILURE() << "expected the file to be rejected";
+  return "";
+}
+
+const std::string kGood = R"({"a":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}})";
+
+TEST(Safetensors, AcceptsMinimalValidFile) {
+  auto f = SafetensorsFile::parse(image(kGood, 16), "ok");
+  ASSERT_EQ(f.tensors().size(), 1u);
+  EXPECT_EQ(f.tensors()[0].shape, (std::vector<int64_t>{2, 2}));
+}
+
+TEST(Safetensors, RejectsShortFile) {
+  std::vector<std::byte> b(5);
+  EXPECT_NE(parse_error(b).find("shorter than"), std::string::npos);
+}
+
+TEST(Safetensors, RejectsHeaderOverCap) {
+  EXPECT_NE(parse_error(image(kGood, 16, 200'000'000)).find("100 MB"), std::string::npos);
+}
+
+TEST(Safetensors, RejectsHeaderPastEnd) {
+  EXPECT_NE(parse_error(image(kGood, 0, kGood.size() + 100)).find("past the end"), std::string::npos);
+}
+
+TEST(Safetensors, RejectsInvalidUtf8) {
+  std::string h = "{\"a\xff\":{\"dtype\":\"F32\",\"shape\":[],\"data_offsets\":[0,4]}}";
+  EXPECT_NE(parse_error(image(h, 4)).find("UTF-8"), std::string::npos);
+  std::string overlong = "{\"\xc0\xaf\":{}}";
+  EXPECT_NE(parse_error(image(overlong, 0)).find("UTF-8"), std::string::npos);
+}
+
+TEST(Safetensors, RejectsNonJsonAndNonObject) {
+  EXPECT_NE(parse_error(image("{\"a\":", 0)).find("not valid JSON"), std::string::npos);
+  EXPECT_NE(parse_error(image("[1,2]", 0)).find("not a JSON object"), std::string::npos);
+}
+
+TEST(Safetensors, RejectsMissingFields) {
+  EXPECT_NE(parse_error(image(R"({"a":{"shape":[1],"data_offsets":[0,4]}})", 4)).find("missing 'dtype'"),
+            std::string::npos);
+  EXPECT_NE(parse_error(image(R"({"a":{"dtype":"F32","data_offsets":[0,4]}})", 4)).find("missing 'shape'"),
+            std::string::npos);
+  EXPECT_NE(parse_error(image(R"({"a":{"dtype":"F32","shape":[1]}})", 4)).find("missing 'data_offsets'"),
+            std::string::npos);
+}
+
+TEST(Safetensors, RejectsUnknownAndUnsupportedDtypes) {
+  auto e1 = parse_error(image(R"({"a":{"dtype":"F33","shape":[1],"data_offsets":[0,4]}})", 4));
+  EXPECT_NE(e1.find("unknown dtype 'F33'"), std::string::npos) << e1;
+  EXPECT_NE(e1.find("tensor 'a'"), std::string::npos) << e1;
+  auto e2 = parse_error(image(R"({"a":{"dtype":"I32","shape":[1],"data_offsets":[0,4]}})", 4));
+  EXPECT_NE(e2.find("I32 is not supported"), std::string::npos) << e2;
+}
+
+TEST(Safetensors, RejectsNegativeOrFractionalShape) {
+  EXPECT_NE(parse_error(image(R"({"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", 4)).find("non-negative"),
+            std::string::npos);
+  EXPECT_NE(parse_error(image(R"({"a":{"dtype":"F32","shape":[1.5],"data_offsets":[0,4]}})", 4)).find("non-negative"),
+            std::string::npos);
+}
+
+TEST(Safetensors, RejectsShapeSpanMismatch) {
+  auto e = parse_error(image(R"({"a":{"dtype":"F32","shape":[2,2],"data_offsets":[0,12]}})", 12));
+  EXPECT_NE(e.find("need 16 bytes but data_offsets span 12"), std::string::npos) << e;
+}
+
+TEST(Safetensors, RejectsShapeOverflow) {
+  auto e = parse_error(image(
+      R"({"a":{"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,4]}})", 4));
+  EXPECT_NE(e.find("overflows"), std::string::npos) << e;
+}
+
+TEST(Safetensors, RejectsGapOverlapTruncationAndTrailingBytes) {
+  auto gap = parse_error(image(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", 8));
+  EXPECT_NE(gap.find("gap"), std::string::npos) << gap;
+  auto overlap = parse_error(image(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                                   R"("b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", 8));
+  EXPECT_NE(overlap.find("overlaps"), std::string::npos) << overlap;
+  auto truncated = parse_error(image(kGood, 12));
+  EXPECT_NE(truncated.find("truncated"), std::string::npos) << truncated;
+  auto trailing = parse_error(image(kGood, 20));
+  EXPECT_NE(trailing.find("trailing"), std::string::npos) << trailing;
+  auto backwards = parse_error(image(R"({"a":{"dtype":"F32","shape":[0],"data_offsets":[4,0]}})", 0));
+  EXPECT_NE(backwards.find("precedes"), std::string::npos) << backwards;
+}
+
+TEST(Safetensors, RejectsBadMetadata) {
+  auto e1 = parse_error(image(R"({"__metadata__":{"k":1}})", 0));
+  EXPECT_NE(e1.find("not a string"), std::string::npos) << e1;
+  auto e2 = parse_error(image(R"({"__metadata__":[]})", 0));
+  EXPECT_NE(e2.find("not an object"), std::string::npos) << e2;
+}
+
+TEST(Safetensors, AcceptsUnsortedOffsetsAndZeroSizedTensors) {
+  std::string h = R"({"z":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
+                  R"("a":{"dtype":"F16","shape":[2],"data_offsets":[4,8]},)"
+                  R"("e":{"dtype":"F32","shape":[0,3],"data_offsets":[8,8]}})";
+  auto f = SafetensorsFile::parse(image(h, 8), "ok");
+  ASSERT_EQ(f.tensors().size(), 3u);
+  EXPECT_EQ(f.tensors()[0].name, "a");  // sorted by name
+  EXPECT_NE(f.find("z"), nullptr);
+  EXPECT_EQ(f.find("missing"), nullptr);
+}
+
+class RoundTrip : public ::testing::TestWithParam<DType> {};
+
+TEST_P(RoundTrip, EveryDtypeRoundTripsThroughAFile) {
+  const DType dt = GetParam();
+  test::TempDir dir;
+  Eigen::MatrixXd m = test::random_matrix(3, 5, 7) * 0.1;
+  Eigen::MatrixXd stored = io::round_to_dtype(m, dt);
+  io::safetensors_write(dir / "x.safetensors", {io::tensor_from_matrix("w", m, dt)}, {{"k", "v"}});
+  auto f = SafetensorsFile::open(dir / "x.safetensors");
+  EXPECT_EQ(f.metadata().at("k"), "v");
+  const auto* t = f.find("w");
+  ASSERT_NE(t, nullptr);
+  EXPECT_EQ(t->dtype, dt);
+  EXPECT_EQ(t->shape, (std::vector<int64_t>{3, 5}));
+  Eigen::MatrixXd back = f.matrix(*t);
+  EXPECT_EQ(back, stored);  // exact: reading is lossless
+  const double tol = dt == DType::F64 ? 0 : dt == DType::F32 ? 1e-7 : dt == DType::F16 ? 1e-3 : 8e-3;
+  EXPECT_LE((back - m).cwiseAbs().maxCoeff(), tol * m.cwiseAbs().maxCoeff());
+  // Header is padded to 8 bytes so the data buffer is aligned.
+  uint64_t n;
+  auto raw = test::read_text(dir / "x.safetensors");
+  std::memcpy(&n, raw.data(), 8);
+  EXPECT_EQ(n % 8, 0u);
+  EXPECT_EQ(raw[8 + n - 1] == ' ' || raw[8 + n - 1] == '}', true);
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, RoundTrip,
+                         ::testing::Values(DType::F64, DType::F32, DType::F16, DType::BF16),
+                         [](const auto& info) { return std::string(dtype_name(info.param)); });
+
+TEST(Safetensors, Bf16RoundsToNearestEven) {
+  // 1 + 2^-8 is exactly halfway between two bf16 values: ties go to even (1.0).
+  EXPECT_EQ(io::bf16_to_float(io::float_to_bf16(1.0f + 0x1p-8f)), 1.0f);
+  // 1 + 3*2^-8 is halfway too: ties go to the even 1 + 2^-6.
+  EXPECT_EQ(io::bf16_to_float(io::float_to_bf16(1.0f + 3 * 0x1p-8f)), 1.0f + 0x1p-6f);
+  EXPECT_TRUE(std::isnan(io::bf16_to_float(io::float_to_bf16(std::nanf("")))));
+  EXPECT_EQ(io::f16_to_float(io::float_to_f16(65504.0f)), 65504.0f);
+}
+
+TEST(Safetensors, WriterIsDeterministicAndSorted) {
+  Eigen::MatrixXd m = test::random_matrix(2, 2, 1);
+  auto a = io::safetensors_serialize({io::tensor_from_matrix("b", m, DType::F32),
+                                      io::tensor_from_matrix("a", m, DType::F32)}, {});
+  auto b = io::safetensors_serialize({io::tensor_from_matrix("a", m, DType::F32),
+                                      io::tensor_from_matrix("b", m, DType::F32)}, {});
+  EXPECT_EQ(a, b);
+  auto f = SafetensorsFile::parse(a, "x");
+  EXPECT_EQ(f.find("a")->begin, 0u);
+}
+
+TEST(Safetensors, InconsistentTensorIsRejectedBeforeWriting) {
+  test::TempDir dir;
+  test::write_text(dir / "out.safetensors", "previous");
+  io::TensorData bad{"w", DType::F32, {2, 2}, std::vector<std::byte>(3)};  // wrong byte count
+  EXPECT_THROW(io::safetensors_write(dir / "out.safetensors", {bad}), Error);
+  EXPECT_EQ(test::read_text(dir / "out.safetensors"), "previous");
+}
+
+TEST(Safetensors, OpenNamesTheFile) {
+  test::TempDir dir;
+  test::write_text(dir / "t.safetensors", "abc");
+  try {
+    SafetensorsFile::open(dir / "t.safetensors");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.file(), (dir / "t.safetensors").string());
+  }
+  EXPECT_THROW(SafetensorsFile::open(dir / "none.safetensors"), Error);
+}
+
+}  // namespace
+}  // namespace hydraopt
+
+namespace hydraopt {
+namespace {
+
+TEST(AtomicFile, UncommittedWriteLeavesNoTraceAndKeepsThePrevious) {
+  test::TempDir dir;
+  test::write_text(dir / "out.bin", "previous");
+  {
+    io::AtomicFile f(dir / "out.bin");
+    f.write(std::string_view("partial"));
+    // destroyed without commit(), as when an exception unwinds
+  }
+  EXPECT_EQ(test::read_text(dir / "out.bin"), "previous");
+  int files = 0;
+  for (auto& e : std::filesystem::directory_iterator(dir.path())) (void)e, ++files;
+  EXPECT_EQ(files, 1);
+  io::write_file_atomic(dir / "out.bin", "new");
+  EXPECT_EQ(test::read_text(dir / "out.bin"), "new");
+}
+
+TEST(AtomicFile, UnwritableDirectoryIsAClearError) {
+  try {
+    io::AtomicFile f("/nonexistent-dir/x.bin");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cannot create output file"), std::string::npos);
+  }
+}
+
+}  // namespace
+}  // namespace hydraopt

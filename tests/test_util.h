@@ -1,0 +1,89 @@
+// Helpers shared by the tests: temporary directories and tiny adapters
+// written on the fly.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <Eigen/Core>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "io/safetensors.h"
+
+namespace hydraopt::test {
+
+namespace fs = std::filesystem;
+
+/// A fresh directory removed at the end of the test.
+class TempDir {
+ public:
+  TempDir() {
+    std::string templ = (fs::temp_directory_path() / "hydraopt-test-XXXXXX").string();
+    path_ = ::mkdtemp(templ.data());
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  const fs::path& path() const { return path_; }
+  fs::path operator/(const std::string& s) const { return path_ / s; }
+
+ private:
+  fs::path path_;
+};
+
+inline void write_text(const fs::path& p, const std::string& text) {
+  std::ofstream(p, std::ios::binary) << text;
+}
+
+inline std::string read_text(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), {}};
+}
+
+inline Eigen::MatrixXd random_matrix(Eigen::Index r, Eigen::Index c, uint64_t seed) {
+  std::mt19937_64 g(seed);
+  std::normal_distribution<double> n(0, 1);
+  Eigen::MatrixXd m(r, c);
+  for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = n(g);
+  return m;
+}
+
+struct TestModule {
+  std::string name;
+  Eigen::MatrixXd A, B;
+};
+
+/// Writes a PEFT adapter directory with the given config JSON and factors.
+inline void write_adapter(const fs::path& dir, const std::string& config,
+                          const std::vector<TestModule>& modules, DType dtype = DType::F32) {
+  fs::create_directories(dir);
+  write_text(dir / "adapter_config.json", config);
+  std::vector<io::TensorData> ts;
+  for (auto& m : modules) {
+    ts.push_back(io::tensor_from_matrix("base_model.model." + m.name + ".lora_A.weight", m.A, dtype));
+    ts.push_back(io::tensor_from_matrix("base_model.model." + m.name + ".lora_B.weight", m.B, dtype));
+  }
+  io::safetensors_write(dir / "adapter_model.safetensors", std::move(ts));
+}
+
+/// Runs a shell command; returns exit status and captures stdout+stderr.
+inline int run(const std::string& cmd, std::string* output = nullptr) {
+  std::string full = cmd + " 2>&1";
+  FILE* p = ::popen(full.c_str(), "r");
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  int status = ::pclose(p);
+  if (output) *output = out;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+inline std::string cli() { return HYDRAOPT_CLI; }
+
+}  // namespace hydraopt::test
