@@ -70,7 +70,7 @@ std::string slurp(const fs::path& p) {
   if (!fs::exists(kPython)) {
     return ::testing::AssertionFailure() << kPython << " does not exist; the interop tests need it (with numpy)";
   }
-  int st = std::system((std::string(kPython) + " -c 'import numpyx' >/dev/null 2>&1").c_str());
+  int st = std::system((std::string(kPython) + " -c 'import numpy' >/dev/null 2>&1").c_str());
   if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
     return ::testing::AssertionFailure()
            << kPython << " cannot import numpy; install it (apt install python3-numpy): "

@@ -54,7 +54,7 @@ std::string unmergeable_reason(const std::string& name) {
 
 struct Config {
   int64_t r = 8;
-  double alpha = 8;
+  double alpha = 8;  // PEFT's LoraConfig default, independent of r
   bool rslora = false;
   bool fan_in_fan_out = false;
   std::string base_model;
@@ -94,7 +94,6 @@ Config parse_config(const fs::path& path) {
     throw Error(file, "", "use_dora is true: DoRA adapters cannot be merged as LoRA updates");
   }
   if (auto* v = field("r")) c.r = positive_int(*v, "r");
-  c.alpha = static_cast<double>(c.r);
   if (auto* v = field("lora_alpha")) c.alpha = finite_number(*v, "lora_alpha");
   if (auto* v = field("use_rslora")) {
     if (!v->is_boolean()) throw Error(file, "", "use_rslora must be true or false");
