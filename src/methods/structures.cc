@@ -1,0 +1,562 @@
+#include "methods/structures.h"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+
+#include "hydraopt/error.h"
+
+namespace hydraopt {
+
+using Eigen::Index;
+using Eigen::MatrixXd;
+using Eigen::VectorXd;
+
+namespace {
+
+const std::map<Family, const char*> kNames = {
+    {Family::kExact, "exact"},         {Family::kMerged, "merged"},       {Family::kSharedA, "shared-A"},
+    {Family::kSharedACore, "shared-A+core"}, {Family::kMultiA, "multi-A"}, {Family::kSharedB, "shared-B"},
+    {Family::kSharedBCore, "shared-B+core"}, {Family::kMultiB, "multi-B"}, {Family::kJdFull, "jd-full"},
+    {Family::kJdDiag, "jd-diag"},      {Family::kAvgA, "avg-A"},
+};
+
+int group_count(int groups, size_t n) { return groups <= 0 ? static_cast<int>(n) : std::min<int>(groups, n); }
+
+// Pads m with zero rows (or columns) to exactly k, so stored sizes match the spec.
+MatrixXd pad_rows(const MatrixXd& m, Index k) {
+  MatrixXd out = MatrixXd::Zero(k, m.cols());
+  out.topRows(std::min(k, m.rows())) = m.topRows(std::min(k, m.rows()));
+  return out;
+}
+
+}  // namespace
+
+const char* family_name(Family f) { return kNames.at(f); }
+
+std::optional<Family> family_from_name(const std::string& s) {
+  for (auto& [f, n] : kNames) {
+    if (s == n) return f;
+  }
+  return std::nullopt;
+}
+
+Family mirror(Family f) {
+  switch (f) {
+    case Family::kSharedA: return Family::kSharedB;
+    case Family::kSharedB: return Family::kSharedA;
+    case Family::kSharedACore: return Family::kSharedBCore;
+    case Family::kSharedBCore: return Family::kSharedACore;
+    case Family::kMultiA: return Family::kMultiB;
+    case Family::kMultiB: return Family::kMultiA;
+    default: return f;
+  }
+}
+
+bool shares_b(Family f) {
+  return f == Family::kSharedB || f == Family::kSharedBCore || f == Family::kMultiB;
+}
+
+std::string StructureSpec::label() const {
+  std::string s = family_name(family);
+  if (family == Family::kExact || family == Family::kAvgA) return s;
+  s += " k=" + std::to_string(rank);
+  if (groups > 0) {
+    bool bodies = family == Family::kMultiA || family == Family::kMultiB;
+    s += (bodies ? " bodies=" : " heads=") + std::to_string(groups);
+  }
+  return s;
+}
+
+int64_t ModuleShape::max_rank() const {
+  int64_t r = 0;
+  for (auto x : ranks) r = std::max(r, x);
+  return r;
+}
+
+int64_t ModuleShape::rank_sum() const {
+  int64_t r = 0;
+  for (auto x : ranks) r += x;
+  return r;
+}
+
+int64_t spec_params(const StructureSpec& s, const ModuleShape& m) {
+  const int64_t n = static_cast<int64_t>(m.ranks.size()), k = s.rank, r = m.max_rank();
+  int64_t in = m.in, out = m.out;
+  if (shares_b(s.family)) std::swap(in, out);
+  const int64_t g = group_count(s.groups, m.ranks.size());
+  switch (s.family) {
+    case Family::kExact: return m.rank_sum() * (m.in + m.out);
+    case Family::kMerged: return k * (in + out);
+    case Family::kSharedA:
+    case Family::kSharedB: return k * in + g * k * out;
+    case Family::kSharedACore:
+    case Family::kSharedBCore:
+      if (g == n) return k * in + m.rank_sum() * (out + k);
+      return k * in + g * r * out + n * r * k;
+    case Family::kMultiA:
+    case Family::kMultiB: return g * k * in + n * k * out;
+    case Family::kJdFull: return k * (in + out) + n * k * k;
+    case Family::kJdDiag: return k * (in + out) + n * k;
+    case Family::kAvgA: return r * in + n * r * out;
+  }
+  return 0;
+}
+
+bool spec_valid(const StructureSpec& s, const ModuleShape& m) {
+  const int64_t k = s.rank, total = m.rank_sum();
+  switch (s.family) {
+    case Family::kExact: return true;
+    case Family::kAvgA: {
+      for (auto x : m.ranks) {
+        if (x != 0 && x != m.max_rank()) return false;
+      }
+      return m.max_rank() > 0;
+    }
+    case Family::kMerged:
+    case Family::kJdFull:
+    case Family::kJdDiag: return k >= 1 && k <= std::min({m.in, m.out, total});
+    case Family::kSharedA:
+    case Family::kMultiA: return k >= 1 && k <= std::min({m.in, m.out, total});
+    case Family::kSharedB:
+    case Family::kMultiB: return k >= 1 && k <= std::min({m.in, m.out, total});
+    case Family::kSharedACore: return k >= 1 && k <= std::min(m.in, total);
+    case Family::kSharedBCore: return k >= 1 && k <= std::min(m.out, total);
+  }
+  return false;
+}
+
+ModuleFitter::ModuleFitter(const ModuleProblem& p, FitOptions o) : p_(p), o_(std::move(o)) {}
+ModuleFitter::~ModuleFitter() = default;
+
+ModuleShape ModuleFitter::shape() const {
+  ModuleShape m{p_.in(), p_.out(), {}};
+  for (auto& l : p_.loras) m.ranks.push_back(l.rank());
+  return m;
+}
+
+const linalg::Subspace& ModuleFitter::right(int64_t k) {
+  if (!right_) {
+    // Stack of sqrt(w_i) S_i A_i with S_i^T S_i = (s_i B_i)^T (s_i B_i): its
+    // right singular vectors are those of the stack of sqrt(w_i) dW_i.
+    Index rows = 0;
+    std::vector<MatrixXd> parts;
+    for (size_t i = 0; i < p_.tasks(); ++i) {
+      if (p_.loras[i].rank() == 0) continue;
+      parts.push_back(std::sqrt(p_.weights[i]) * (linalg::left_core(p_.left(i)) * p_.loras[i].A));
+      rows += parts.back().rows();
+    }
+    MatrixXd t(rows, p_.in());
+    rows = 0;
+    for (auto& x : parts) {
+      t.middleRows(rows, x.rows()) = x;
+      rows += x.rows();
+    }
+    right_ = linalg::top_right_subspace(t, std::min<Index>(t.rows(), t.cols()));
+  }
+  if (k > right_->basis.cols()) throw std::logic_error("shared rank exceeds the data's rank");
+  return *right_;
+}
+
+int64_t ModuleFitter::right_rank() {
+  right(0);
+  return right_->basis.cols();
+}
+
+ModuleFitter& ModuleFitter::mirrored() {
+  if (!mirror_) {
+    transposed_problem_ = std::make_unique<ModuleProblem>(p_.transposed());
+    FitOptions o = o_;
+    mirror_ = std::make_unique<ModuleFitter>(*transposed_problem_, o);
+  }
+  return *mirror_;
+}
+
+std::vector<int> ModuleFitter::head_groups(int groups) {
+  if (!o_.user_groups.empty()) return canonical_labels(o_.user_groups);
+  if (!head_tree_) {
+    // Tasks' heads in one shared body basis, where distances mean something.
+    const int64_t k = std::min<int64_t>(p_.max_rank(), right_rank());
+    const MatrixXd v = right(k).basis.leftCols(k);
+    const size_t n = p_.tasks();
+    std::vector<MatrixXd> y(n);
+    for (size_t i = 0; i < n; ++i) y[i] = p_.left(i) * (p_.loras[i].A * v);
+    MatrixXd d2(n, n);
+    for (size_t i = 0; i < n; ++i) {
+      for (size_t j = 0; j <= i; ++j) d2(i, j) = d2(j, i) = (y[i] - y[j]).squaredNorm();
+    }
+    head_tree_.emplace(d2, p_.weights);
+  }
+  return head_tree_->cut(groups);
+}
+
+std::vector<int> ModuleFitter::body_groups(int groups) {
+  if (!o_.user_groups.empty()) return canonical_labels(o_.user_groups);
+  if (!body_tree_) {
+    // Distance between the tasks' normalised right Grams dW^T dW / ||dW||^2:
+    // what a shared body must capture. tr(Gi Gj) = ||Zi Zj^T||^2 / (ni nj)
+    // with Zi = S_i A_i, so only rank-sized products are formed.
+    const size_t n = p_.tasks();
+    std::vector<MatrixXd> z(n);
+    std::vector<double> norm(n);
+    for (size_t i = 0; i < n; ++i) {
+      z[i] = p_.loras[i].rank() ? MatrixXd(linalg::left_core(p_.left(i)) * p_.loras[i].A)
+                                : MatrixXd(0, p_.in());
+      norm[i] = z[i].squaredNorm();
+    }
+    MatrixXd tr(n, n);
+    for (size_t i = 0; i < n; ++i) {
+      for (size_t j = 0; j <= i; ++j) {
+        double v = norm[i] > 0 && norm[j] > 0 ? (z[i] * z[j].transpose()).squaredNorm() / (norm[i] * norm[j]) : 0;
+        tr(i, j) = tr(j, i) = v;
+      }
+    }
+    MatrixXd d2(n, n);
+    for (size_t i = 0; i < n; ++i) {
+      for (size_t j = 0; j < n; ++j) d2(i, j) = tr(i, i) + tr(j, j) - 2 * tr(i, j);
+    }
+    body_tree_.emplace(d2, std::vector<double>(n, 1.0));
+  }
+  return body_tree_->cut(groups);
+}
+
+ModuleFit ModuleFitter::fit(const StructureSpec& s, FitStats* stats) {
+  if (!spec_valid(s, shape())) throw Error("structure " + s.label() + " does not fit this module's shape");
+  if (shares_b(s.family)) {
+    StructureSpec m = s;
+    m.family = mirror(s.family);
+    return mirrored().fit(m, stats).transposed();
+  }
+  switch (s.family) {
+    case Family::kExact: return fit_exact();
+    case Family::kMerged: return fit_merged(s.rank);
+    case Family::kSharedA: return fit_shared(s.rank, s.groups, stats);
+    case Family::kSharedACore: return fit_shared_core(s.rank, s.groups, stats);
+    case Family::kMultiA: return fit_multi(s.rank, s.groups);
+    case Family::kJdFull: return fit_jd(s.rank, false, stats);
+    case Family::kJdDiag: return fit_jd(s.rank, true, stats);
+    case Family::kAvgA: return fit_avg();
+    default: break;
+  }
+  throw std::logic_error("unhandled structure family");
+}
+
+namespace {
+
+ModuleFit per_task_layout(size_t n) {
+  ModuleFit f;
+  f.head_of.resize(n);
+  f.body_of.resize(n);
+  f.core_of.assign(n, -1);
+  f.scale.assign(n, 1.0);
+  return f;
+}
+
+}  // namespace
+
+ModuleFit ModuleFitter::fit_exact() const {
+  const size_t n = p_.tasks();
+  ModuleFit f = per_task_layout(n);
+  for (size_t i = 0; i < n; ++i) {
+    f.heads.push_back(p_.loras[i].B);
+    f.bodies.push_back(p_.loras[i].A);
+    f.head_of[i] = f.body_of[i] = static_cast<int>(i);
+    f.scale[i] = p_.loras[i].scale;
+  }
+  return f;
+}
+
+ModuleFit ModuleFitter::fit_merged(int64_t k) const {
+  // Best rank-k approximation of the weighted mean update (sum w_i dW_i)/W,
+  // which minimises sum_i w_i ||dW_i - X||^2 over rank-k X.
+  const size_t n = p_.tasks();
+  double wsum = 0;
+  Index p = 0;
+  for (size_t i = 0; i < n; ++i) {
+    wsum += p_.weights[i];
+    p += p_.loras[i].rank();
+  }
+  MatrixXd l(p_.out(), p), r(p, p_.in());
+  p = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const Index ri = p_.loras[i].rank();
+    l.middleCols(p, ri) = (wsum > 0 ? p_.weights[i] / wsum : 0.0) * p_.left(i);
+    r.middleRows(p, ri) = p_.loras[i].A;
+    p += ri;
+  }
+  MatrixXd u, vt;
+  linalg::factored_svd(l, r, k, &u, &vt);
+  ModuleFit f = per_task_layout(n);
+  f.heads = {pad_rows(u.transpose(), k).transpose()};
+  f.bodies = {pad_rows(vt, k)};
+  std::fill(f.head_of.begin(), f.head_of.end(), 0);
+  std::fill(f.body_of.begin(), f.body_of.end(), 0);
+  return f;
+}
+
+ModuleFit ModuleFitter::fit_shared(int64_t k, int groups, FitStats* stats) {
+  const size_t n = p_.tasks();
+  const MatrixXd v = right(k).basis.leftCols(k);
+  ModuleFit f = per_task_layout(n);
+  f.bodies = {v.transpose()};
+  std::fill(f.body_of.begin(), f.body_of.end(), 0);
+  std::vector<MatrixXd> y(n);
+  for (size_t i = 0; i < n; ++i) y[i] = p_.left(i) * (p_.loras[i].A * v);  // closed-form heads
+  const int g = group_count(groups, n);
+  if (g == static_cast<int>(n)) {
+    f.heads = std::move(y);
+    for (size_t i = 0; i < n; ++i) f.head_of[i] = static_cast<int>(i);
+    if (stats) stats->objective = {weighted_error(p_, f)};
+    return f;
+  }
+  // Heads shared by task groups: start from the weighted mean head of each
+  // group in the closed-form body's basis, then alternate.
+  f.head_of = head_groups(g);
+  const int groups_found = *std::max_element(f.head_of.begin(), f.head_of.end()) + 1;
+  f.heads.assign(groups_found, MatrixXd::Zero(p_.out(), k));
+  std::vector<double> wg(groups_found, 0.0);
+  for (size_t i = 0; i < n; ++i) {
+    f.heads[f.head_of[i]] += p_.weights[i] * y[i];
+    wg[f.head_of[i]] += p_.weights[i];
+  }
+  for (int c = 0; c < groups_found; ++c) {
+    if (wg[c] > 0) f.heads[c] /= wg[c];
+  }
+  // Keep the stored size exact when clustering yields fewer groups.
+  while (static_cast<int>(f.heads.size()) < g) f.heads.push_back(MatrixXd::Zero(p_.out(), k));
+  als_refine(p_, &f, o_, stats);
+  return f;
+}
+
+ModuleFit ModuleFitter::fit_shared_core(int64_t k, int groups, FitStats* stats) {
+  const size_t n = p_.tasks();
+  const MatrixXd v = right(k).basis.leftCols(k);
+  ModuleFit f = per_task_layout(n);
+  f.bodies = {v.transpose()};
+  std::fill(f.body_of.begin(), f.body_of.end(), 0);
+  const int g = group_count(groups, n);
+  if (g == static_cast<int>(n)) {
+    // Closed form: dW_i projected on the body is s_i B_i (A_i V) V^T exactly,
+    // so the task keeps its own head and stores only the r x k' core.
+    for (size_t i = 0; i < n; ++i) {
+      f.heads.push_back(p_.left(i));
+      f.cores.push_back(p_.loras[i].A * v);
+      f.head_of[i] = f.core_of[i] = static_cast<int>(i);
+    }
+    if (stats) stats->objective = {weighted_error(p_, f)};
+    return f;
+  }
+  const int64_t r = p_.max_rank();
+  f.head_of = head_groups(g);
+  const int groups_found = *std::max_element(f.head_of.begin(), f.head_of.end()) + 1;
+  // Each group's head: top-r left singular subspace of its projected updates.
+  std::vector<MatrixXd> y(n);
+  for (size_t i = 0; i < n; ++i) y[i] = p_.left(i) * (p_.loras[i].A * v);  // out x k
+  f.heads.assign(g, MatrixXd::Zero(p_.out(), r));
+  for (int c = 0; c < groups_found; ++c) {
+    std::vector<size_t> members;
+    for (size_t i = 0; i < n; ++i) {
+      if (f.head_of[i] == c) members.push_back(i);
+    }
+    MatrixXd t(members.size() * k, p_.out());
+    for (size_t j = 0; j < members.size(); ++j) {
+      t.middleRows(j * k, k) = std::sqrt(p_.weights[members[j]]) * y[members[j]].transpose();
+    }
+    auto sub = linalg::top_right_subspace(t, r);
+    f.heads[c].leftCols(sub.basis.cols()) = sub.basis;
+  }
+  f.cores.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    f.cores[i] = f.heads[f.head_of[i]].transpose() * y[i];  // r x k
+    f.core_of[i] = static_cast<int>(i);
+  }
+  als_refine(p_, &f, o_, stats);
+  return f;
+}
+
+ModuleFit ModuleFitter::fit_multi(int64_t k, int groups) {
+  const size_t n = p_.tasks();
+  ModuleFit f = per_task_layout(n);
+  const int g = group_count(groups, n);
+  f.body_of = body_groups(g);
+  const int groups_found = *std::max_element(f.body_of.begin(), f.body_of.end()) + 1;
+  f.bodies.assign(g, MatrixXd::Zero(k, p_.in()));
+  for (int c = 0; c < groups_found; ++c) {
+    // Each group is its own shared-A problem: closed form.
+    ModuleProblem sub;
+    std::vector<size_t> members;
+    for (size_t i = 0; i < n; ++i) {
+      if (f.body_of[i] != c) continue;
+      members.push_back(i);
+      sub.loras.push_back(p_.loras[i]);
+      sub.weights.push_back(p_.weights[i]);
+    }
+    ModuleFitter fitter(sub, o_);
+    const int64_t kk = std::min<int64_t>(k, fitter.right_rank());
+    if (kk > 0) f.bodies[c].topRows(kk) = fitter.right(kk).basis.leftCols(kk).transpose();
+  }
+  for (size_t i = 0; i < n; ++i) {
+    f.heads.push_back(p_.left(i) * (p_.loras[i].A * f.bodies[f.body_of[i]].transpose()));
+    f.head_of[i] = static_cast<int>(i);
+  }
+  return f;
+}
+
+ModuleFit ModuleFitter::fit_jd(int64_t k, bool diagonal, FitStats* stats) {
+  const size_t n = p_.tasks();
+  MatrixXd v = right(k).basis.leftCols(k);               // in x k
+  MatrixXd u = mirrored().right(k).basis.leftCols(k);    // out x k
+  auto cores = [&](const MatrixXd& uu, const MatrixXd& vv) {
+    std::vector<MatrixXd> c(n);
+    for (size_t i = 0; i < n; ++i) c[i] = (uu.transpose() * p_.left(i)) * (p_.loras[i].A * vv);
+    return c;
+  };
+  ModuleFit f = per_task_layout(n);
+  std::fill(f.head_of.begin(), f.head_of.end(), 0);
+  std::fill(f.body_of.begin(), f.body_of.end(), 0);
+  for (size_t i = 0; i < n; ++i) f.core_of[i] = static_cast<int>(i);
+  auto assemble = [&] {
+    f.heads = {u};
+    f.bodies = {v.transpose()};
+    f.cores = cores(u, v);
+    if (diagonal) {
+      for (auto& c : f.cores) c = MatrixXd(c.diagonal());
+    }
+  };
+  f.diagonal_cores = diagonal;
+  assemble();
+  if (diagonal) {
+    als_refine(p_, &f, o_, stats);
+    return f;
+  }
+  // HOOI: each step maximises sum_i w_i ||U^T dW_i V||^2 over one side.
+  double obj = weighted_error(p_, f);
+  if (stats) stats->objective = {obj};
+  for (int it = 0; it < o_.max_iters; ++it) {
+    MatrixXd tv(n * k, p_.in());
+    for (size_t i = 0; i < n; ++i) {
+      tv.middleRows(i * k, k) = std::sqrt(p_.weights[i]) * ((u.transpose() * p_.left(i)) * p_.loras[i].A);
+    }
+    v = linalg::top_right_subspace(tv, k).basis;
+    MatrixXd tu(n * k, p_.out());
+    for (size_t i = 0; i < n; ++i) {
+      tu.middleRows(i * k, k) = std::sqrt(p_.weights[i]) * ((v.transpose() * p_.loras[i].A.transpose()) *
+                                                              p_.left(i).transpose());
+    }
+    u = linalg::top_right_subspace(tu, k).basis;
+    if (u.cols() < k || v.cols() < k) break;  // cannot happen for valid specs
+    ModuleFit prev = f;
+    assemble();
+    double next = weighted_error(p_, f);
+    if (next > obj * (1 + 1e-12)) {
+      f = std::move(prev);
+      break;
+    }
+    if (stats) {
+      stats->objective.push_back(next);
+      stats->iterations = it + 1;
+    }
+    bool done = obj - next <= o_.tol * obj;
+    obj = next;
+    if (done) break;
+  }
+  return f;
+}
+
+ModuleFit ModuleFitter::fit_avg() const {
+  const size_t n = p_.tasks();
+  const int64_t r = p_.max_rank();
+  ModuleFit f = per_task_layout(n);
+  MatrixXd mean = MatrixXd::Zero(r, p_.in());
+  int count = 0;
+  for (auto& l : p_.loras) {
+    if (l.rank() == 0) continue;
+    mean += l.A;
+    ++count;
+  }
+  f.bodies = {mean / std::max(count, 1)};
+  std::fill(f.body_of.begin(), f.body_of.end(), 0);
+  for (size_t i = 0; i < n; ++i) {
+    f.heads.push_back(p_.loras[i].rank() ? p_.left(i) : MatrixXd::Zero(p_.out(), r));
+    f.head_of[i] = static_cast<int>(i);
+  }
+  return f;
+}
+
+void als_refine(const ModuleProblem& p, ModuleFit* f, const FitOptions& o, FitStats* stats) {
+  const size_t n = p.tasks();
+  auto core_times = [&](size_t i, const MatrixXd& right) -> MatrixXd {  // C_i R
+    if (f->core_of[i] < 0) return right;
+    const MatrixXd& c = f->cores[f->core_of[i]];
+    return f->diagonal_cores ? MatrixXd(c.col(0).asDiagonal() * right) : MatrixXd(c * right);
+  };
+  auto head_times = [&](size_t i) -> MatrixXd {  // H C_i
+    const MatrixXd& h = f->heads[f->head_of[i]];
+    if (f->core_of[i] < 0) return h;
+    const MatrixXd& c = f->cores[f->core_of[i]];
+    return f->diagonal_cores ? MatrixXd(h * c.col(0).asDiagonal()) : MatrixXd(h * c);
+  };
+
+  double obj = weighted_error(p, *f);
+  if (stats) stats->objective = {obj};
+  for (int it = 0; it < o.max_iters; ++it) {
+    ModuleFit prev = *f;
+    // Heads.
+    for (size_t g = 0; g < f->heads.size(); ++g) {
+      const Index k = f->heads[g].cols();
+      MatrixXd num = MatrixXd::Zero(p.out(), k), den = MatrixXd::Zero(k, k);
+      bool used = false;
+      for (size_t i = 0; i < n; ++i) {
+        if (f->head_of[i] != static_cast<int>(g) || p.weights[i] == 0) continue;
+        used = true;
+        MatrixXd m = core_times(i, f->bodies[f->body_of[i]]);  // k x in
+        num += p.weights[i] * (p.left(i) * (p.loras[i].A * m.transpose()));
+        den += p.weights[i] * (m * m.transpose());
+      }
+      if (used) f->heads[g] = num * linalg::psd_pinv(den);
+    }
+    // Cores (one per task).
+    for (size_t i = 0; i < n && !f->cores.empty(); ++i) {
+      if (f->core_of[i] < 0) continue;
+      const MatrixXd& h = f->heads[f->head_of[i]];
+      const MatrixXd& r = f->bodies[f->body_of[i]];
+      MatrixXd hd = h.transpose() * p.left(i);       // k x r_i
+      MatrixXd dr = p.loras[i].A * r.transpose();    // r_i x k'
+      MatrixXd hh = h.transpose() * h, rr = r * r.transpose();
+      if (f->diagonal_cores) {
+        VectorXd rhs = (hd.cwiseProduct(dr.transpose())).rowwise().sum();
+        f->cores[f->core_of[i]] = linalg::psd_pinv(hh.cwiseProduct(rr)) * rhs;
+      } else {
+        f->cores[f->core_of[i]] = linalg::psd_pinv(hh) * (hd * dr) * linalg::psd_pinv(rr);
+      }
+    }
+    // Bodies.
+    for (size_t b = 0; b < f->bodies.size(); ++b) {
+      const Index k = f->bodies[b].rows();
+      MatrixXd num = MatrixXd::Zero(k, p.in()), den = MatrixXd::Zero(k, k);
+      bool used = false;
+      for (size_t i = 0; i < n; ++i) {
+        if (f->body_of[i] != static_cast<int>(b) || p.weights[i] == 0) continue;
+        used = true;
+        MatrixXd nn = head_times(i);  // out x k
+        num += p.weights[i] * ((nn.transpose() * p.left(i)) * p.loras[i].A);
+        den += p.weights[i] * (nn.transpose() * nn);
+      }
+      if (used) f->bodies[b] = linalg::psd_pinv(den) * num;
+    }
+    double next = weighted_error(p, *f);
+    if (next > obj * (1 + 1e-12) + 1e-300) {  // rounding in a pseudo-inverse: keep the better fit
+      *f = std::move(prev);
+      break;
+    }
+    if (stats) {
+      stats->objective.push_back(next);
+      stats->iterations = it + 1;
+    }
+    bool done = obj - next <= o.tol * obj;
+    obj = next;
+    if (done) break;
+  }
+}
+
+}  // namespace hydraopt

@@ -1,0 +1,128 @@
+// The storage structures one module can take, and how each is fitted.
+//
+// Families (k = shared rank, G = number of groups; G = 0 means one per task):
+//   exact          every task's own A and B, bit for bit
+//   merged(k)      one head, one body for all tasks (best rank-k fit of the
+//                  weighted mean update; closed form)
+//   shared-A(k,G)  one body (k x in), heads per task (closed form: body =
+//                  top-k right singular vectors of the weighted stack of
+//                  the dW_i, heads by projection) or per task group (ALS)
+//   shared-A+core(k',G)  one wide body (k' x in, k' > r), a small core per
+//                  task (r x k'), heads per task (closed form: the task's
+//                  own s B_i and core A_i Ahat^T) or per group (ALS)
+//   multi-A(k,G)   G bodies, each shared by a task group, heads per task
+//                  (closed form per group)
+//   shared-B / shared-B+core / multi-B   the mirrored forms (transpose)
+//   jd-full(k)     U C_i V^T, shared U, V and a full k x k core per task
+//                  (HOOI alternation from the closed-form subspaces)
+//   jd-diag(k)     U diag(c_i) V^T (alternating least squares)
+//   avg-A          body = mean of the A's, heads = s_i B_i (naive reference)
+// Every iterative fit starts from a closed form and alternates exact block
+// minimisations, so its objective sum_i w_i ||dW_i - dW_hat_i||^2 never rises.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "linalg/factored.h"
+#include "methods/cluster.h"
+#include "methods/fit.h"
+
+namespace hydraopt {
+
+enum class Family {
+  kExact,
+  kMerged,
+  kSharedA,
+  kSharedACore,
+  kMultiA,
+  kSharedB,
+  kSharedBCore,
+  kMultiB,
+  kJdFull,
+  kJdDiag,
+  kAvgA,
+};
+
+const char* family_name(Family f);
+std::optional<Family> family_from_name(const std::string& s);
+/// The family with A and B roles swapped (itself for symmetric ones).
+Family mirror(Family f);
+/// Families whose shared part is on the B side.
+bool shares_b(Family f);
+
+struct StructureSpec {
+  Family family = Family::kExact;
+  int64_t rank = 0;  ///< k (or k' for +core); unused for exact and avg-A
+  int groups = 0;    ///< head groups (shared-*), body groups (multi-*); 0 = one per task
+
+  std::string label() const;
+  bool operator==(const StructureSpec&) const = default;
+};
+
+/// Shape facts that determine a structure's storage.
+struct ModuleShape {
+  int64_t in = 0, out = 0;
+  std::vector<int64_t> ranks;  ///< per task (0 = task lacks the module)
+  int64_t max_rank() const;
+  int64_t rank_sum() const;
+};
+
+/// Stored numbers of `s` on a module of this shape.
+int64_t spec_params(const StructureSpec& s, const ModuleShape& m);
+/// Whether `s` is meaningful here (ranks within what the data can fill).
+bool spec_valid(const StructureSpec& s, const ModuleShape& m);
+
+struct FitOptions {
+  int max_iters = 50;    ///< ALS iterations at most
+  double tol = 1e-6;     ///< stop when the objective improves by less, relatively
+  /// Optional user grouping (label per task) for the grouped families.
+  std::vector<int> user_groups;
+};
+
+struct FitStats {
+  int iterations = 0;
+  std::vector<double> objective;  ///< weighted error after the start and each iteration
+};
+
+/// Fits structures on one module; caches what several structures share
+/// (singular subspaces, clusterings) across calls.
+class ModuleFitter {
+ public:
+  ModuleFitter(const ModuleProblem& p, FitOptions o);
+  ~ModuleFitter();
+  ModuleFit fit(const StructureSpec& s, FitStats* stats = nullptr);
+  const ModuleProblem& problem() const { return p_; }
+  ModuleShape shape() const;
+
+ private:
+  const linalg::Subspace& right(int64_t k);
+  int64_t right_rank();
+  std::vector<int> head_groups(int groups);
+  std::vector<int> body_groups(int groups);
+  ModuleFitter& mirrored();
+
+  ModuleFit fit_exact() const;
+  ModuleFit fit_merged(int64_t k) const;
+  ModuleFit fit_shared(int64_t k, int groups, FitStats* stats);
+  ModuleFit fit_shared_core(int64_t k, int groups, FitStats* stats);
+  ModuleFit fit_multi(int64_t k, int groups);
+  ModuleFit fit_jd(int64_t k, bool diagonal, FitStats* stats);
+  ModuleFit fit_avg() const;
+
+  const ModuleProblem& p_;
+  FitOptions o_;
+  std::optional<linalg::Subspace> right_;
+  std::optional<Dendrogram> head_tree_, body_tree_;
+  std::unique_ptr<ModuleProblem> transposed_problem_;
+  std::unique_ptr<ModuleFitter> mirror_;
+};
+
+/// Alternating least squares on a fit's stored matrices with its sharing
+/// pattern fixed: heads, then cores, then bodies, each an exact minimiser.
+/// Requires scale == 1 for every task.
+void als_refine(const ModuleProblem& p, ModuleFit* f, const FitOptions& o, FitStats* stats);
+
+}  // namespace hydraopt

@@ -1,0 +1,201 @@
+// Structures and their fits, checked against dense computations.
+#include <gtest/gtest.h>
+
+#include <Eigen/SVD>
+
+#include "methods/cluster.h"
+#include "methods/structures.h"
+#include "test_util.h"
+
+namespace hydraopt {
+namespace {
+
+using Eigen::MatrixXd;
+
+// Tasks trained from one A initialisation: A_i = A0 + drift, B_i random.
+ModuleProblem make_problem(int n, int in, int out, int r, uint64_t seed, bool missing = true) {
+  ModuleProblem p;
+  MatrixXd a0 = test::random_matrix(r, in, seed);
+  for (int i = 0; i < n; ++i) {
+    int ri = (i == 1) ? r - 1 : r;
+    ModuleLora l;
+    l.A = a0.topRows(ri) + 0.4 * test::random_matrix(ri, in, seed + 10 + i);
+    l.B = test::random_matrix(out, ri, seed + 100 + i) * (1 + i % 3);
+    l.scale = 0.5 + 0.25 * i;
+    if (missing && i == n - 1) {
+      l.A.resize(0, in);
+      l.B.resize(out, 0);
+    }
+    p.loras.push_back(l);
+  }
+  for (int i = 0; i < n; ++i) {
+    double norm = (p.left(i) * p.loras[i].A).squaredNorm();
+    p.weights.push_back(norm > 0 ? 1 / norm : 1);
+  }
+  return p;
+}
+
+MatrixXd dense(const ModuleProblem& p, size_t i) { return p.left(i) * p.loras[i].A; }
+MatrixXd dense(const ModuleFit& f, size_t i) { return f.left(i) * f.right(i); }
+
+double dense_weighted_error(const ModuleProblem& p, const ModuleFit& f) {
+  double e = 0;
+  for (size_t i = 0; i < p.tasks(); ++i) e += p.weights[i] * (dense(p, i) - dense(f, i)).squaredNorm();
+  return e;
+}
+
+// Optimal sum_i w_i ||dW_i - dW_i V V^T||^2 over rank-k V: tail of the
+// singular values of the dense weighted stack.
+double dense_shared_a_optimum(const ModuleProblem& p, int k) {
+  MatrixXd stack(p.tasks() * p.out(), p.in());
+  for (size_t i = 0; i < p.tasks(); ++i) stack.middleRows(i * p.out(), p.out()) = std::sqrt(p.weights[i]) * dense(p, i);
+  Eigen::JacobiSVD<MatrixXd> svd(stack);
+  return svd.singularValues().tail(svd.singularValues().size() - k).squaredNorm();
+}
+
+std::vector<StructureSpec> all_specs(const ModuleShape& m) {
+  std::vector<StructureSpec> v;
+  for (int f = 0; f <= static_cast<int>(Family::kAvgA); ++f) {
+    for (int64_t k : {1, 2, 3, 5, 8}) {
+      for (int g : {0, 2, 3}) {
+        StructureSpec s{static_cast<Family>(f), k, g};
+        if (spec_valid(s, m)) v.push_back(s);
+      }
+    }
+  }
+  return v;
+}
+
+TEST(Structures, FactoredErrorsMatchDenseForEveryStructure) {
+  auto p = make_problem(5, 9, 7, 3, 1);
+  ModuleFitter fitter(p, {});
+  auto specs = all_specs(fitter.shape());
+  ASSERT_GT(specs.size(), 40u);
+  for (auto& s : specs) {
+    SCOPED_TRACE(s.label());
+    ModuleFit f = fitter.fit(s);
+    auto e = fit_errors2(p, f);
+    for (size_t i = 0; i < p.tasks(); ++i) {
+      double d = (dense(p, i) - dense(f, i)).squaredNorm();
+      EXPECT_NEAR(e[i], d, 1e-9 * (1 + dense(p, i).squaredNorm())) << s.label() << " task " << i;
+    }
+    EXPECT_EQ(f.params(), spec_params(s, fitter.shape())) << s.label();
+  }
+}
+
+TEST(Structures, SharedAMatchesTheDenseSvdOptimum) {
+  auto p = make_problem(6, 16, 12, 3, 2);
+  ModuleFitter fitter(p, {});
+  for (int k : {1, 3, 5, 8}) {
+    double got = weighted_error(p, fitter.fit({Family::kSharedA, k, 0}));
+    EXPECT_NEAR(got, dense_shared_a_optimum(p, k), 1e-9 * (1 + got)) << k;
+    // The wide body with cores reaches the same error with k' rows.
+    double core = weighted_error(p, fitter.fit({Family::kSharedACore, k, 0}));
+    EXPECT_NEAR(core, got, 1e-9 * (1 + got)) << k;
+  }
+}
+
+TEST(Structures, SharedBIsTheMirroredOptimum) {
+  auto p = make_problem(6, 12, 16, 3, 3);
+  auto t = p.transposed();
+  ModuleFitter fitter(p, {});
+  for (int k : {2, 4}) {
+    double got = weighted_error(p, fitter.fit({Family::kSharedB, k, 0}));
+    EXPECT_NEAR(got, dense_shared_a_optimum(t, k), 1e-9 * (1 + got));
+  }
+}
+
+TEST(Structures, MergedIsTheBestRankKFitOfTheWeightedMean) {
+  auto p = make_problem(4, 10, 8, 3, 4);
+  ModuleFitter fitter(p, {});
+  double wsum = 0;
+  MatrixXd mean = MatrixXd::Zero(p.out(), p.in());
+  for (size_t i = 0; i < p.tasks(); ++i) {
+    mean += p.weights[i] * dense(p, i);
+    wsum += p.weights[i];
+  }
+  mean /= wsum;
+  Eigen::JacobiSVD<MatrixXd> svd(mean, Eigen::ComputeThinU | Eigen::ComputeThinV);
+  for (int k : {1, 3}) {
+    MatrixXd best = svd.matrixU().leftCols(k) * svd.singularValues().head(k).asDiagonal() *
+                    svd.matrixV().leftCols(k).transpose();
+    ModuleFit f = fitter.fit({Family::kMerged, k, 0});
+    EXPECT_LE((dense(f, 0) - best).norm(), 1e-10 * best.norm());
+  }
+}
+
+TEST(Structures, ExactAndFullRankStructuresReproduceTheUpdates) {
+  auto p = make_problem(4, 10, 8, 3, 5);
+  ModuleFitter fitter(p, {});
+  double total = 0;
+  for (size_t i = 0; i < p.tasks(); ++i) total += p.weights[i] * dense(p, i).squaredNorm();
+  EXPECT_LE(weighted_error(p, fitter.fit({Family::kExact, 0, 0})), 1e-14 * total);
+  const int64_t full = std::min<int64_t>(8, fitter.shape().rank_sum());
+  EXPECT_LE(weighted_error(p, fitter.fit({Family::kSharedA, full, 0})), 1e-12 * total);
+  EXPECT_LE(weighted_error(p, fitter.fit({Family::kMultiA, 3, 0})), 1e-12 * total);
+  EXPECT_LE(weighted_error(p, fitter.fit({Family::kJdFull, 8, 0})), 1e-12 * total);
+}
+
+TEST(Structures, AlternatingFitsNeverRaiseTheObjective) {
+  auto p = make_problem(6, 14, 11, 3, 6);
+  ModuleFitter fitter(p, {});
+  for (StructureSpec s : {StructureSpec{Family::kSharedA, 3, 2}, StructureSpec{Family::kSharedACore, 6, 2},
+                          StructureSpec{Family::kJdFull, 4, 0}, StructureSpec{Family::kJdDiag, 6, 0},
+                          StructureSpec{Family::kSharedB, 3, 3}}) {
+    FitStats st;
+    ModuleFit f = fitter.fit(s, &st);
+    ASSERT_GE(st.objective.size(), 2u) << s.label();
+    for (size_t j = 1; j < st.objective.size(); ++j) {
+      EXPECT_LE(st.objective[j], st.objective[j - 1] * (1 + 1e-12)) << s.label() << " step " << j;
+    }
+    EXPECT_NEAR(st.objective.back(), dense_weighted_error(p, f), 1e-9 * st.objective.front()) << s.label();
+    EXPECT_LT(st.objective.back(), st.objective.front()) << s.label() << " should improve on its start";
+  }
+}
+
+TEST(Structures, MoreSharedRankNeverRaisesTheError) {
+  auto p = make_problem(6, 14, 11, 3, 7);
+  ModuleFitter fitter(p, {});
+  for (Family fam : {Family::kSharedA, Family::kSharedACore, Family::kMerged, Family::kSharedB, Family::kJdFull}) {
+    double prev = INFINITY;
+    for (int k = 1; k <= 10; ++k) {
+      StructureSpec s{fam, k, 0};
+      if (!spec_valid(s, fitter.shape())) continue;
+      double e = weighted_error(p, fitter.fit(s));
+      EXPECT_LE(e, prev * (1 + 1e-9) + 1e-12) << s.label();
+      prev = e;
+    }
+  }
+}
+
+TEST(Structures, RoundedFitsCarryTheStoredValues) {
+  auto p = make_problem(3, 8, 6, 2, 8, false);
+  ModuleFitter fitter(p, {});
+  ModuleFit f = fitter.fit({Family::kSharedA, 2, 0}).rounded(DType::BF16);
+  for (auto& h : f.heads) EXPECT_EQ(h, io::round_to_dtype(h, DType::BF16));
+}
+
+TEST(Cluster, WardRecoversSeparatedGroupsDeterministically) {
+  // Points on a line: {0, 0.1, 0.2} {10, 10.1} {20}
+  std::vector<double> x = {10, 0, 20, 0.1, 10.1, 0.2};
+  MatrixXd d2(6, 6);
+  for (int i = 0; i < 6; ++i)
+    for (int j = 0; j < 6; ++j) d2(i, j) = (x[i] - x[j]) * (x[i] - x[j]);
+  Dendrogram t(d2, std::vector<double>(6, 1.0));
+  EXPECT_EQ(t.cut(3), (std::vector<int>{0, 1, 2, 1, 0, 1}));
+  EXPECT_EQ(t.cut(1), (std::vector<int>(6, 0)));
+  EXPECT_EQ(t.cut(6), (std::vector<int>{0, 1, 2, 3, 4, 5}));
+  EXPECT_EQ(t.cut(2), (std::vector<int>{0, 1, 0, 1, 0, 1}));
+}
+
+TEST(Structures, UserGroupsAreUsedForSharedHeads) {
+  auto p = make_problem(4, 10, 8, 3, 9, false);
+  FitOptions o;
+  o.user_groups = {5, 5, 7, 7};
+  ModuleFitter fitter(p, o);
+  ModuleFit f = fitter.fit({Family::kSharedA, 3, 2});
+  EXPECT_EQ(f.head_of, (std::vector<int>{0, 0, 1, 1}));
+}
+
+}  // namespace
+}  // namespace hydraopt
