@@ -9,7 +9,7 @@ packages=(
   cmake g++ make pkg-config
   libeigen3-dev libopenblas-dev liblapacke-dev
   nlohmann-json3-dev libcli11-dev libfmt-dev
-  libgtest-dev libgmock-dev libbenchmark-dev
+  libgtest-dev libgmock-dev libbenchmark-dev libssl-dev
   python3 python3-numpy
 )
 missing=()

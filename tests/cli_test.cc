@@ -103,3 +103,106 @@ TEST(Cli, UsageErrorsExitNonZero) {
 
 }  // namespace
 }  // namespace hydraopt
+
+namespace hydraopt {
+namespace {
+
+// A tiny synthetic set for the merge/sweep/export commands.
+std::string tiny_set(const test::TempDir& d, int tasks = 4) {
+  EXPECT_EQ(run(cli() + " synth " + (d / "s").string() + " --tasks " + std::to_string(tasks)), 0);
+  std::string s;
+  for (int i = 0; i < tasks; ++i) s += " " + (d / "s" / ("task0" + std::to_string(i))).string();
+  return s;
+}
+
+bool no_files_named(const fs::path& dir, const std::string& needle) {
+  for (auto& e : fs::recursive_directory_iterator(dir)) {
+    if (e.path().filename().string().find(needle) != std::string::npos) return false;
+  }
+  return true;
+}
+
+TEST(CliMerge, MergeReportAndExport) {
+  test::TempDir d;
+  const std::string in = tiny_set(d);
+  std::string out;
+  ASSERT_EQ(run(cli() + " merge" + in + " --budget 0.5 -o " + (d / "b.safetensors").string() + " --report " +
+                    (d / "r.json").string(), &out), 0) << out;
+  EXPECT_NE(out.find("mean rel. error"), std::string::npos) << out;
+  auto r = nlohmann::json::parse(test::read_text(d / "r.json"));
+  for (const char* k : {"method", "budget", "storage", "mean_rel_error", "tasks", "seconds"}) EXPECT_TRUE(r.contains(k)) << k;
+  for (const char* k : {"params", "original_params", "fraction", "bytes"}) EXPECT_TRUE(r["storage"].contains(k)) << k;
+  EXPECT_LE(r["storage"]["fraction"].get<double>(), 0.5);
+  EXPECT_EQ(r["tasks"].size(), 4u);
+  ASSERT_EQ(run(cli() + " export " + (d / "b.safetensors").string() + " --task task02 -o " + (d / "e").string(), &out), 0) << out;
+  EXPECT_TRUE(fs::exists(d / "e" / "adapter_config.json"));
+  ASSERT_EQ(run(cli() + " inspect " + (d / "e").string(), &out), 0) << out;
+  // Exporting onto a non-empty directory is refused.
+  EXPECT_EQ(run(cli() + " export " + (d / "b.safetensors").string() + " --all -o " + (d / "e").string(), &out), 1);
+  EXPECT_NE(out.find("not an empty directory"), std::string::npos) << out;
+  ASSERT_EQ(run(cli() + " export " + (d / "b.safetensors").string() + " --all -o " + (d / "all").string(), &out), 0) << out;
+  EXPECT_TRUE(fs::exists(d / "all" / "task03" / "adapter_model.safetensors"));
+  EXPECT_EQ(run(cli() + " export " + (d / "b.safetensors").string() + " --task nope -o " + (d / "x").string(), &out), 1);
+  EXPECT_NE(out.find("no task 'nope'"), std::string::npos) << out;
+  EXPECT_FALSE(fs::exists(d / "x"));
+}
+
+TEST(CliMerge, BadInputsLeaveNoOutput) {
+  test::TempDir d;
+  const std::string in = tiny_set(d);
+  const std::string o = " -o " + (d / "out.safetensors").string();
+  struct Case {
+    std::string args, message;
+  } cases[] = {
+      {in + " --budget 0" + o, "(0, 1]"},
+      {in + " --budget 1.5" + o, "(0, 1]"},
+      {in + " --budget 0.001" + o, "smallest achievable storage"},
+      {in + " --method nope" + o, "unknown method 'nope'"},
+      {in + " --method ta --density 0.5" + o, "has no parameter 'density'"},
+      {in + " -o /nonexistent/out.safetensors", "output directory does not exist"},
+      {in + " -o " + d.path().string(), "is a directory"},
+  };
+  for (auto& c : cases) {
+    std::string out;
+    EXPECT_EQ(run(cli() + " merge" + c.args, &out), 1) << c.args;
+    EXPECT_EQ(lines(out), 1) << out;
+    EXPECT_NE(out.find(c.message), std::string::npos) << c.args << " -> " << out;
+    EXPECT_FALSE(fs::exists(d / "out.safetensors"));
+    EXPECT_TRUE(no_files_named(d.path(), ".tmp.")) << c.args;
+  }
+  // Mismatched adapters: another base model's module shapes.
+  test::TempDir other;
+  ASSERT_EQ(run(cli() + " synth " + (other / "s").string() + " --preset tiny --tasks 1 --seed 3"), 0);
+  std::string cfg = test::read_text(other / "s/task00/adapter_config.json");
+  cfg.replace(cfg.find("hydraopt-synth/tiny"), 19, "someone/else-model");
+  test::write_text(other / "s/task00/adapter_config.json", cfg);
+  std::string out;
+  EXPECT_EQ(run(cli() + " merge" + in + " other=" + (other / "s/task00").string() + " -o x.safetensors", &out), 1);
+  EXPECT_NE(out.find("base model 'someone/else-model' differs"), std::string::npos) << out;
+}
+
+TEST(CliMerge, SweepWritesJsonTableAndPlot) {
+  test::TempDir d;
+  const std::string in = tiny_set(d);
+  std::string out;
+  ASSERT_EQ(run(cli() + " sweep" + in + " --methods hydraopt,ta,jd-diag --budgets 0.25,0.5,1 --out " +
+                    (d / "sw").string(), &out), 0) << out;
+  auto j = nlohmann::json::parse(test::read_text(d / "sw" / "sweep.json"));
+  ASSERT_TRUE(j.is_array());
+  EXPECT_EQ(j.size(), 3u + 1u + 3u);
+  EXPECT_NE(test::read_text(d / "sw" / "sweep.md").find("hydraopt"), std::string::npos);
+  EXPECT_NE(test::read_text(d / "sw" / "sweep.svg").find("<svg"), std::string::npos);
+  EXPECT_NE(out.find("| hydraopt"), std::string::npos) << out;
+}
+
+TEST(CliMerge, MethodsListsTheRegistry) {
+  std::string out;
+  ASSERT_EQ(run(cli() + " methods", &out), 0);
+  for (const char* m : {"hydraopt", "hydra-avg", "jd-full", "jd-diag", "linear", "ta", "ties", "dare-linear",
+                        "dare-ties", "magnitude-prune", "knots-ta", "knots-ties", "tsv"}) {
+    EXPECT_NE(out.find(std::string(m) + " "), std::string::npos) << m;
+  }
+}
+
+}  // namespace
+}  // namespace hydraopt

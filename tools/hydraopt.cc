@@ -1,14 +1,19 @@
 // hydraopt command-line tool: a thin front-end over the library.
-#include <CLI/CLI.hpp>
-#include <fmt/format.h>
+#include <unistd.h>
 
-#include <cstdio>
+#include <CLI/CLI.hpp>
+#include <filesystem>
+#include <fmt/format.h>
 #include <iostream>
 
 #include "hydraopt/adapter.h"
+#include "hydraopt/bundle.h"
 #include "hydraopt/error.h"
 #include "hydraopt/inspect.h"
+#include "hydraopt/merge.h"
 #include "hydraopt/synth.h"
+
+namespace fs = std::filesystem;
 
 namespace {
 
@@ -18,6 +23,53 @@ std::string one_line(std::string s) {
     if (c == '\n' || c == '\r') c = ' ';
   }
   return s;
+}
+
+std::optional<hydraopt::DType> parse_dtype(const std::string& s) {
+  if (s.empty()) return std::nullopt;
+  if (s == "f32") return hydraopt::DType::F32;
+  if (s == "f16") return hydraopt::DType::F16;
+  if (s == "bf16") return hydraopt::DType::BF16;
+  throw hydraopt::Error("--dtype must be f32, f16 or bf16, not '" + s + "'");
+}
+
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= s.size()) {
+    size_t end = s.find(',', start);
+    if (end == std::string::npos) end = s.size();
+    if (end > start) out.push_back(s.substr(start, end - start));
+    start = end + 1;
+  }
+  return out;
+}
+
+// Checks that `path` can be created, before any long computation.
+void check_writable(const std::string& path) {
+  if (path.empty()) return;
+  fs::path dir = fs::absolute(path).parent_path();
+  if (!fs::is_directory(dir)) throw hydraopt::Error(path, "", "output directory does not exist");
+  if (::access(dir.c_str(), W_OK) != 0) throw hydraopt::Error(path, "", "output directory is not writable");
+  if (fs::is_directory(path)) throw hydraopt::Error(path, "", "is a directory");
+}
+
+// "[12/64] fitting modules" on a terminal, nothing otherwise.
+std::function<void(size_t, size_t)> progress_for(const char* what) {
+  if (!::isatty(2)) return nullptr;
+  return [what](size_t done, size_t total) {
+    std::cerr << fmt::format("\r[{}/{}] {}", done, total, what) << (done == total ? "\r\033[K" : "") << std::flush;
+  };
+}
+
+std::string summary(const hydraopt::MergeReport& r) {
+  const hydraopt::TaskError* worst = &r.tasks[0];
+  for (auto& t : r.tasks) {
+    if (t.rel_error > worst->rel_error) worst = &t;
+  }
+  return fmt::format("{}: storage {:.3f} ({} of {} params, {} bytes), mean rel. error {:.4g} (worst {} {:.4g}), {:.2f} s",
+                     r.method, r.fraction, r.params, r.original_params, r.bytes, r.mean_rel_error, worst->name,
+                     worst->rel_error, r.seconds);
 }
 
 }  // namespace
@@ -33,18 +85,69 @@ int main(int argc, char** argv) {
                   "skip DoRA magnitudes, embeddings, biases and modules_to_save tensors with a warning");
   };
 
-  // inspect
+  // Options shared by merge and sweep.
+  hydraopt::MergeOptions mo;
+  std::string dtype;
+  std::map<std::string, std::string> param_flags;
+  auto add_merge_flags = [&](CLI::App* cmd) {
+    cmd->add_option("--share", mo.share, "which factor may be shared: A, B or auto")->capture_default_str();
+    cmd->add_option("--weights", mo.weights, "task weights: balanced, uniform or a JSON file {task: weight}")
+        ->capture_default_str();
+    cmd->add_option("--groups", mo.groups_file, "JSON file [[task, ...], ...] grouping tasks for shared parts");
+    cmd->add_option("--threads", mo.threads, "worker threads (0: all cores)")->capture_default_str();
+    cmd->add_option("--dtype", dtype, "stored dtype f32|f16|bf16 (default: the inputs' widest)");
+    for (const char* p : {"density", "sign_method", "seed", "lambda", "rank", "max_iters", "tol"}) {
+      std::string flag = std::string("--") + p;
+      std::replace(flag.begin() + 2, flag.end(), '_', '-');
+      cmd->add_option(flag, param_flags[p], std::string("method parameter ") + p + " (see `hydraopt methods`)");
+    }
+    add_load_flags(cmd);
+  };
+
   std::vector<std::string> inputs;
-  bool json = false;
+
   auto* inspect = app.add_subcommand("inspect", "summarise adapters and how much structure they share");
+  bool json = false;
   inspect->add_option("adapters", inputs, "PEFT adapter directories (or NAME=DIR)")->required();
   inspect->add_flag("--json", json, "machine-readable output");
   add_load_flags(inspect);
 
-  // synth
-  std::string out_dir;
-  hydraopt::SynthOptions synth;
+  auto* merge = app.add_subcommand("merge", "merge adapters into one bundle within a storage budget");
+  std::string bundle_out, report_out;
+  double budget = 0;
+  int64_t budget_bytes = 0;
+  merge->add_option("adapters", inputs, "PEFT adapter directories (or NAME=DIR)")->required();
+  merge->add_option("--method", mo.method, "merge method (see `hydraopt methods`)")->capture_default_str();
+  auto* budget_opt = merge->add_option("--budget", budget, "storage as a fraction of the original LoRA parameters (default 0.5)");
+  auto* bytes_opt = merge->add_option("--budget-bytes", budget_bytes, "storage budget in bytes of tensor data");
+  budget_opt->excludes(bytes_opt);
+  merge->add_option("--plan", mo.plan_file, "use this plan (a report or bundle's plan) instead of planning");
+  merge->add_option("-o,--output", bundle_out, "output bundle (.safetensors)")->required();
+  merge->add_option("--report", report_out, "also write the report JSON here");
+  add_merge_flags(merge);
+
+  auto* sweep = app.add_subcommand("sweep", "compare methods across storage budgets");
+  std::string methods_list, budgets_list = "0.05,0.1,0.2,0.3,0.4,0.52,0.6,0.8,1", out_dir;
+  sweep->add_option("adapters", inputs, "PEFT adapter directories (or NAME=DIR)")->required();
+  sweep->add_option("--methods", methods_list, "comma-separated methods (default: all)");
+  sweep->add_option("--budgets", budgets_list, "comma-separated storage fractions")->capture_default_str();
+  sweep->add_option("--out", out_dir, "output directory for sweep.json, sweep.md, sweep.svg")->required();
+  add_merge_flags(sweep);
+
+  auto* exp = app.add_subcommand("export", "write tasks of a bundle as standard PEFT adapter directories");
+  std::string bundle_in, task, export_dir;
+  bool all = false;
+  exp->add_option("bundle", bundle_in, "bundle written by `hydraopt merge`")->required();
+  auto* task_opt = exp->add_option("--task", task, "the task to export");
+  auto* all_opt = exp->add_flag("--all", all, "export every task as DIR/<task>/");
+  task_opt->excludes(all_opt);
+  exp->add_option("-o,--output", export_dir, "output directory")->required();
+  exp->add_option("--dtype", dtype, "dtype of the exported tensors (default: the bundle's)");
+
+  auto* methods_cmd = app.add_subcommand("methods", "list the merge methods and their parameters");
+
   auto* synth_cmd = app.add_subcommand("synth", "write synthetic PEFT adapters trained from one base");
+  hydraopt::SynthOptions synth;
   synth_cmd->add_option("out_dir", out_dir, "output directory")->required();
   synth_cmd->add_option("--preset", synth.preset, "tiny | llama-1b | llama-7b")
       ->check(CLI::IsMember({"tiny", "llama-1b", "llama-7b"}))
@@ -60,10 +163,60 @@ int main(int argc, char** argv) {
   }
 
   try {
+    for (auto& [k, v] : param_flags) {
+      if (!v.empty()) mo.params[k] = v;
+    }
     if (*inspect) {
       auto set = hydraopt::AdapterSet::open(inputs, load);
       auto x = hydraopt::inspect(set);
       std::cout << (json ? hydraopt::inspection_json(x) : hydraopt::inspection_table(x));
+    } else if (*merge) {
+      check_writable(bundle_out);
+      check_writable(report_out);
+      if (*budget_opt) mo.budget = budget;
+      if (*bytes_opt) mo.budget_bytes = budget_bytes;
+      mo.dtype = parse_dtype(dtype);
+      mo.progress = progress_for("modules");
+      auto set = hydraopt::AdapterSet::open(inputs, load);
+      auto report = hydraopt::merge(set, mo, bundle_out);
+      if (!report_out.empty()) hydraopt::write_report(report_out, report);
+      std::cout << summary(report) << " -> " << bundle_out << "\n";
+    } else if (*sweep) {
+      std::vector<std::string> names = split(methods_list);
+      if (names.empty()) {
+        for (auto& m : hydraopt::methods()) names.push_back(m.name);
+      }
+      std::vector<double> budgets;
+      for (auto& b : split(budgets_list)) {
+        try {
+          budgets.push_back(std::stod(b));
+        } catch (...) {
+          throw hydraopt::Error("--budgets: '" + b + "' is not a number");
+        }
+      }
+      mo.dtype = parse_dtype(dtype);
+      mo.progress = progress_for("modules");
+      std::error_code ec;
+      fs::create_directories(out_dir, ec);
+      if (!fs::is_directory(out_dir)) throw hydraopt::Error(out_dir, "", "cannot create output directory");
+      check_writable((fs::path(out_dir) / "sweep.json").string());
+      auto set = hydraopt::AdapterSet::open(inputs, load);
+      auto reports = hydraopt::sweep(set, names, budgets, mo);
+      const std::string md =
+          hydraopt::write_sweep(out_dir, reports, fmt::format("{} adapters: storage vs error", set.size()));
+      std::cout << md << "\nwrote " << out_dir << "/sweep.json, sweep.md, sweep.svg\n";
+    } else if (*exp) {
+      if (task.empty() && !all) throw hydraopt::Error("export needs --task NAME or --all");
+      hydraopt::export_bundle(bundle_in, all ? "" : task, export_dir, parse_dtype(dtype));
+      std::cout << "wrote " << (all ? "every task" : task) << " to " << export_dir << "\n";
+    } else if (*methods_cmd) {
+      for (const auto& m : hydraopt::methods()) {
+        std::cout << fmt::format("{:<16} {:<9} {}\n", m.name, m.single_adapter ? "single" : "per-task", m.summary);
+        std::string ps;
+        for (auto& p : m.params) ps += fmt::format("{}{}={}", ps.empty() ? "" : ", ", p.name, p.default_value);
+        std::cout << fmt::format("{:<16} {:<9} params: {}\n{:<16} {:<9} ref: {}\n", "", "",
+                                 ps.empty() ? "none" : ps, "", "", m.reference);
+      }
     } else if (*synth_cmd) {
       auto dirs = hydraopt::synth_write(out_dir, synth);
       std::cerr << fmt::format("wrote {} adapter(s) ({} preset) to {}\n", dirs.size(), synth.preset, out_dir);

@@ -17,12 +17,12 @@ int64_t ModuleFit::params() const {
   return p;
 }
 
-MatrixXd ModuleFit::left(size_t i) const {
+MatrixXd ModuleFit::head_core(size_t i) const {
   const MatrixXd& h = heads[head_of[i]];
-  if (core_of[i] < 0) return scale[i] * h;
+  if (core_of[i] < 0) return h;
   const MatrixXd& c = cores[core_of[i]];
-  if (diagonal_cores) return scale[i] * (h * c.col(0).asDiagonal());
-  return scale[i] * (h * c);
+  if (diagonal_cores) return h * c.col(0).asDiagonal();
+  return h * c;
 }
 
 ModuleFit ModuleFit::transposed() const {

@@ -27,7 +27,9 @@ struct ModuleFit {
   /// Stored numbers: sum of the sizes of heads, cores and bodies.
   int64_t params() const;
   /// scale_i * H * C_i (out x k'): the left factor of task i's update.
-  Eigen::MatrixXd left(size_t task) const;
+  Eigen::MatrixXd left(size_t task) const { return scale[task] * head_core(task); }
+  /// H * C_i without the scale.
+  Eigen::MatrixXd head_core(size_t task) const;
   const Eigen::MatrixXd& right(size_t task) const { return bodies[body_of[task]]; }
   /// The same fit for the transposed problem (dW^T): heads and bodies swap.
   ModuleFit transposed() const;

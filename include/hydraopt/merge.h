@@ -1,0 +1,98 @@
+// Merging a set of adapters into a bundle under a storage budget.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "hydraopt/adapter.h"
+
+namespace hydraopt {
+
+struct MergeOptions {
+  /// A name from methods(): "hydraopt" (the planner, default), a fixed
+  /// per-task structure, or a single-adapter merge.
+  std::string method = "hydraopt";
+  /// Fraction of the original LoRA parameter count, 0 < F <= 1.
+  std::optional<double> budget;
+  /// Alternative to `budget`: stored bytes of tensor data.
+  std::optional<int64_t> budget_bytes;
+  /// Which factor may be shared: "A", "B" or "auto" (both, and both at once).
+  std::string share = "auto";
+  /// Task weights: "balanced" (w_i = 1/||dW_i||^2 over all modules),
+  /// "uniform", or a JSON file {"task": weight, ...}.
+  std::string weights = "balanced";
+  /// Optional JSON file [["task", ...], ...] grouping tasks for shared heads/bodies.
+  std::string groups_file;
+  /// Optional plan (a report's or bundle's "plan") to use instead of planning.
+  std::string plan_file;
+  /// Worker threads; 0 = all cores. Results do not depend on it.
+  int threads = 0;
+  /// Stored dtype; default the inputs' widest.
+  std::optional<DType> dtype;
+  /// Method parameters by name (see methods()); unknown names are errors.
+  std::map<std::string, std::string> params;
+  /// Called after each module of each pass: (done, total).
+  std::function<void(size_t, size_t)> progress;
+};
+
+struct TaskError {
+  std::string name;
+  double rel_error = 0;  ///< sqrt(sum_m ||dW - dW_hat||^2 / sum_m ||dW||^2)
+};
+
+struct MergeReport {
+  std::string method;
+  double budget = 0;  ///< the requested fraction (or bytes / original bytes)
+  int64_t params = 0, original_params = 0, bytes = 0;
+  double fraction = 0;  ///< params / original_params
+  double mean_rel_error = 0;
+  std::vector<TaskError> tasks;
+  double seconds = 0;
+  std::string plan_json;  ///< the per-module plan, as JSON
+  std::map<std::string, std::string> params_used;
+};
+
+/// Merges `set` and, if `bundle` is non-empty, writes the bundle there
+/// (atomically). Throws hydraopt::Error on bad options or inputs.
+MergeReport merge(const AdapterSet& set, const MergeOptions& options, const std::filesystem::path& bundle);
+
+/// Evaluates every (method, budget) pair without writing bundles. Fits are
+/// shared across budgets where the method allows it. Errors never rise
+/// with the budget within one method.
+std::vector<MergeReport> sweep(const AdapterSet& set, const std::vector<std::string>& methods,
+                               const std::vector<double>& budgets, const MergeOptions& options);
+
+/// The report as DESIGN §4 JSON (plus "plan" and "parameters").
+std::string report_json(const MergeReport& r, bool with_plan = true);
+/// Writes report_json(r) to `path` atomically.
+void write_report(const std::filesystem::path& path, const MergeReport& r);
+/// Writes `dir`/sweep.json (a list of reports), sweep.md (a table) and
+/// sweep.svg (storage fraction vs mean error, one line per method), each
+/// atomically; returns the Markdown table.
+std::string write_sweep(const std::filesystem::path& dir, const std::vector<MergeReport>& reports,
+                        const std::string& title);
+
+struct MethodParam {
+  std::string name, default_value, help;
+};
+
+struct MethodInfo {
+  std::string name;
+  bool single_adapter = false;  ///< one merged adapter serves every task
+  bool uses_budget = true;
+  std::string summary;
+  std::string reference;
+  std::vector<MethodParam> params;
+};
+
+/// The method registry, in display order.
+const std::vector<MethodInfo>& methods();
+/// nullptr if unknown.
+const MethodInfo* find_method(const std::string& name);
+
+}  // namespace hydraopt

@@ -1,0 +1,365 @@
+#include "io/bundle.h"
+
+#include <stdlib.h>
+
+#include <algorithm>
+#include <cmath>
+#include <nlohmann/json.hpp>
+
+#include "hydraopt/bundle.h"
+#include "hydraopt/error.h"
+#include "io/atomic_file.h"
+#include "io/safetensors.h"
+
+namespace hydraopt::io {
+
+namespace fs = std::filesystem;
+using nlohmann::ordered_json;
+using Eigen::MatrixXd;
+
+namespace {
+
+constexpr const char* kFormat = "hydraopt.bundle";
+
+std::string tensor_name(const std::string& module, const char* kind, size_t j) {
+  return module + "." + kind + "." + std::to_string(j);
+}
+
+ordered_json plan_entry(const std::string& name, int64_t in, int64_t out, const StructureSpec& spec,
+                        int64_t params) {
+  return {{"name", name},         {"in", in},
+          {"out", out},           {"structure", spec.label()},
+          {"family", family_name(spec.family)}, {"rank", spec.rank},
+          {"groups", spec.groups}, {"params", params}};
+}
+
+ordered_json plan_entry(const BundleModule& m, bool with_layout) {
+  ordered_json j = plan_entry(m.name, m.in, m.out, m.spec, m.fit.params());
+  if (with_layout) {
+    j["diagonal_cores"] = m.fit.diagonal_cores;
+    j["head_of"] = m.fit.head_of;
+    j["core_of"] = m.fit.core_of;
+    j["body_of"] = m.fit.body_of;
+    j["scale"] = m.fit.scale;
+  }
+  return j;
+}
+
+// Regex-escapes a module name for PEFT's pattern keys.
+std::string regex_escape(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    if (std::string_view(".^$|()[]{}*+?\\").find(c) != std::string_view::npos) out += '\\';
+    out += c;
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string plan_entry_json(const std::string& name, int64_t in, int64_t out, const StructureSpec& spec,
+                            int64_t params) {
+  return plan_entry(name, in, out, spec, params).dump();
+}
+
+void bundle_write(const fs::path& path, const Bundle& b) {
+  std::vector<TensorData> tensors;
+  ordered_json mods = ordered_json::array();
+  for (const auto& m : b.modules) {
+    const ModuleFit& f = m.fit;
+    for (size_t j = 0; j < f.heads.size(); ++j) tensors.push_back(tensor_from_matrix(tensor_name(m.name, "head", j), f.heads[j], b.dtype));
+    for (size_t j = 0; j < f.bodies.size(); ++j) tensors.push_back(tensor_from_matrix(tensor_name(m.name, "body", j), f.bodies[j], b.dtype));
+    for (size_t j = 0; j < f.cores.size(); ++j) {
+      tensors.push_back(f.diagonal_cores ? tensor_from_vector(tensor_name(m.name, "core", j), f.cores[j].col(0), b.dtype)
+                                         : tensor_from_matrix(tensor_name(m.name, "core", j), f.cores[j], b.dtype));
+    }
+    mods.push_back(plan_entry(m, true));
+  }
+  ordered_json tasks = ordered_json::array();
+  for (const auto& t : b.tasks) {
+    tasks.push_back({{"name", t.name},
+                     {"source", t.source},
+                     {"sha256", t.sha256},
+                     {"rank", t.rank},
+                     {"alpha", t.alpha},
+                     {"use_rslora", t.use_rslora},
+                     {"target_modules", t.target_modules}});
+  }
+  ordered_json meta = {{"format", kFormat},
+                       {"version", kBundleVersion},
+                       {"hydraopt_version", HYDRAOPT_VERSION},
+                       {"method", b.method},
+                       {"parameters", b.params},
+                       {"budget", b.budget},
+                       {"dtype", dtype_name(b.dtype)},
+                       {"base_model", b.base_model},
+                       {"fan_in_fan_out", b.fan_in_fan_out},
+                       {"storage", {{"params", b.params_stored}, {"original_params", b.original_params}}},
+                       {"tasks", tasks},
+                       {"modules", mods}};
+  safetensors_write(path, std::move(tensors), {{"hydraopt", meta.dump()}, {"format", "pt"}});
+}
+
+Bundle bundle_read(const fs::path& path) {
+  const std::string file = path.string();
+  SafetensorsFile st = SafetensorsFile::open(path);
+  auto it = st.metadata().find("hydraopt");
+  if (it == st.metadata().end()) throw Error(file, "", "not a hydraopt bundle (no __metadata__[\"hydraopt\"])");
+  ordered_json j;
+  try {
+    j = ordered_json::parse(it->second);
+  } catch (const std::exception& e) {
+    throw Error(file, "", std::string("bundle metadata is not valid JSON: ") + e.what());
+  }
+  Bundle b;
+  std::map<std::string, bool> used;
+  for (auto& t : st.tensors()) used[t.name] = false;
+  try {
+    if (j.at("format") != kFormat) throw Error(file, "", "not a hydraopt bundle (format tag)");
+    if (j.at("version").get<int>() != kBundleVersion) {
+      throw Error(file, "", "bundle format version " + j.at("version").dump() + " is not supported (this is " +
+                                std::to_string(kBundleVersion) + ")");
+    }
+    b.method = j.at("method").get<std::string>();
+    b.base_model = j.at("base_model").get<std::string>();
+    b.budget = j.at("budget").get<double>();
+    auto dt = dtype_from_name(j.at("dtype").get<std::string>());
+    if (!dt) throw Error(file, "", "unknown bundle dtype");
+    b.dtype = *dt;
+    b.fan_in_fan_out = j.at("fan_in_fan_out").get<bool>();
+    for (auto& [k, v] : j.at("parameters").items()) b.params[k] = v.get<std::string>();
+    b.params_stored = j.at("storage").at("params").get<int64_t>();
+    b.original_params = j.at("storage").at("original_params").get<int64_t>();
+    for (auto& t : j.at("tasks")) {
+      BundleTask bt;
+      bt.name = t.at("name").get<std::string>();
+      bt.source = t.at("source").get<std::string>();
+      bt.sha256 = t.at("sha256").get<std::string>();
+      bt.rank = t.at("rank").get<int64_t>();
+      bt.alpha = t.at("alpha").get<double>();
+      bt.use_rslora = t.at("use_rslora").get<bool>();
+      bt.target_modules = t.at("target_modules").get<std::vector<std::string>>();
+      b.tasks.push_back(std::move(bt));
+    }
+    const size_t n = b.tasks.size();
+    if (n == 0) throw Error(file, "", "bundle has no tasks");
+    for (auto& m : j.at("modules")) {
+      BundleModule bm;
+      bm.name = m.at("name").get<std::string>();
+      bm.in = m.at("in").get<int64_t>();
+      bm.out = m.at("out").get<int64_t>();
+      auto fam = family_from_name(m.at("family").get<std::string>());
+      if (!fam) throw Error(file, bm.name, "unknown structure family " + m.at("family").dump());
+      bm.spec = {*fam, m.at("rank").get<int64_t>(), m.at("groups").get<int>()};
+      ModuleFit& f = bm.fit;
+      f.diagonal_cores = m.at("diagonal_cores").get<bool>();
+      f.head_of = m.at("head_of").get<std::vector<int>>();
+      f.core_of = m.at("core_of").get<std::vector<int>>();
+      f.body_of = m.at("body_of").get<std::vector<int>>();
+      f.scale = m.at("scale").get<std::vector<double>>();
+      if (f.head_of.size() != n || f.core_of.size() != n || f.body_of.size() != n || f.scale.size() != n) {
+        throw Error(file, bm.name, "layout lists do not have one entry per task");
+      }
+      auto load = [&](const char* kind, int count, std::vector<MatrixXd>* out) {
+        for (int k = 0; k < count; ++k) {
+          std::string name = tensor_name(bm.name, kind, k);
+          const TensorInfo* t = st.find(name);
+          if (!t) throw Error(file, name, "missing");
+          used[name] = true;
+          if (t->shape.size() == 1 && std::string(kind) == "core" && f.diagonal_cores) {
+            TensorInfo as2d = *t;
+            as2d.shape = {t->shape[0], 1};
+            out->push_back(st.matrix(as2d));
+          } else {
+            out->push_back(st.matrix(*t));
+          }
+        }
+      };
+      auto count = [&](const std::vector<int>& of, bool allow_none) {
+        int mx = -1;
+        for (int x : of) {
+          if (x < (allow_none ? -1 : 0)) throw Error(file, bm.name, "negative index in layout");
+          mx = std::max(mx, x);
+        }
+        return mx + 1;
+      };
+      // Stored heads/bodies may exceed the highest index (unused group slots).
+      int nh = count(f.head_of, false), nb = count(f.body_of, false), nc = count(f.core_of, true);
+      while (st.find(tensor_name(bm.name, "head", nh))) ++nh;
+      while (st.find(tensor_name(bm.name, "body", nb))) ++nb;
+      load("head", nh, &f.heads);
+      load("body", nb, &f.bodies);
+      load("core", nc, &f.cores);
+      for (auto& h : f.heads) {
+        if (h.rows() != bm.out) throw Error(file, bm.name, "head rows differ from the module's out");
+      }
+      for (auto& r : f.bodies) {
+        if (r.cols() != bm.in) throw Error(file, bm.name, "body columns differ from the module's in");
+      }
+      for (size_t i = 0; i < n; ++i) {
+        const MatrixXd& h = f.heads[f.head_of[i]];
+        const MatrixXd& r = f.bodies[f.body_of[i]];
+        Eigen::Index mid = h.cols();
+        if (f.core_of[i] >= 0) {
+          const MatrixXd& c = f.cores[f.core_of[i]];
+          bool ok = f.diagonal_cores ? (c.rows() == h.cols() && c.rows() == r.rows())
+                                     : (c.rows() == h.cols() && c.cols() == r.rows());
+          if (!ok) throw Error(file, tensor_name(bm.name, "core", f.core_of[i]), "shape does not chain head and body");
+          mid = r.rows();
+        }
+        if (mid != r.rows()) throw Error(file, bm.name, "head and body ranks differ for task " + b.tasks[i].name);
+      }
+      b.modules.push_back(std::move(bm));
+    }
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(file, "", std::string("bundle metadata is malformed: ") + e.what());
+  }
+  for (auto& [name, u] : used) {
+    if (!u) throw Error(file, name, "tensor not referenced by the bundle metadata");
+  }
+  return b;
+}
+
+void check_task_name(const std::string& name, const std::string& file) {
+  bool bad = name.empty() || name == "." || name == ".." || name.size() > 255;
+  for (unsigned char c : name) bad = bad || c < 0x20 || c == 0x7f || c == '/' || c == '\\';
+  if (bad) throw Error(file, "", "task name '" + name + "' cannot be used as a directory name");
+}
+
+namespace {
+
+// A fresh temporary directory beside `target`, removed unless released.
+struct TempDirBeside {
+  fs::path path;
+  bool keep = false;
+  explicit TempDirBeside(const fs::path& target) {
+    fs::path parent = target.parent_path();
+    std::error_code ec;
+    fs::create_directories(parent, ec);
+    std::string leaf = ".";
+    leaf += target.filename().string();
+    leaf += ".tmp.XXXXXX";
+    std::string templ = (parent / leaf).string();
+    if (!::mkdtemp(templ.data())) throw Error(target.string(), "", "cannot create a temporary directory beside it");
+    path = templ;
+  }
+  ~TempDirBeside() {
+    std::error_code ec;
+    if (!keep) fs::remove_all(path, ec);
+  }
+  // Renames the finished directory onto the target (which must be absent or empty).
+  void commit(const fs::path& target) {
+    fs::permissions(path, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                              fs::perms::others_read | fs::perms::others_exec);
+    if (fs::exists(target)) fs::remove(target);
+    fs::rename(path, target);
+    keep = true;
+  }
+};
+
+fs::path checked_target(const fs::path& dir) {
+  fs::path target = fs::absolute(dir);
+  if (fs::exists(target) && !(fs::is_directory(target) && fs::is_empty(target))) {
+    throw Error(target.string(), "", "already exists and is not an empty directory");
+  }
+  return target;
+}
+
+}  // namespace
+
+void export_peft_all(const Bundle& b, const fs::path& dir, DType dtype) {
+  fs::path target = checked_target(dir);
+  for (auto& t : b.tasks) check_task_name(t.name, target.string());
+  TempDirBeside tmp(target);
+  for (size_t i = 0; i < b.tasks.size(); ++i) export_peft(b, i, tmp.path / b.tasks[i].name, dtype);
+  tmp.commit(target);
+}
+
+void export_peft(const Bundle& b, size_t task, const fs::path& dir, DType dtype) {
+  const BundleTask& t = b.tasks.at(task);
+  std::vector<TensorData> tensors;
+  std::vector<std::pair<std::string, int64_t>> ranks;
+  std::vector<std::pair<std::string, double>> alphas;
+  std::vector<std::string> leaves;
+  for (const auto& m : b.modules) {
+    const ModuleFit& f = m.fit;
+    MatrixXd left = f.head_core(task);  // H C; the scale goes into alpha
+    const MatrixXd& right = f.right(task);
+    const int64_t k = right.rows();
+    if (k == 0) continue;  // the task has no update on this module
+    const std::string base = "base_model.model." + m.name;
+    tensors.push_back(tensor_from_matrix(base + ".lora_A.weight", right, dtype));
+    tensors.push_back(tensor_from_matrix(base + ".lora_B.weight", left, dtype));
+    ranks.emplace_back(m.name, k);
+    alphas.emplace_back(m.name, f.scale[task] * static_cast<double>(k));
+    leaves.push_back(m.name.substr(m.name.rfind('.') + 1));
+  }
+  if (tensors.empty()) throw Error("task '" + t.name + "' has no modules in the bundle");
+  auto most_common = [](auto values) {
+    std::map<decltype(values[0].second), int> c;
+    for (auto& [k, v] : values) ++c[v];
+    return std::max_element(c.begin(), c.end(), [](auto& a, auto& b) { return a.second < b.second; })->first;
+  };
+  const int64_t r = most_common(ranks);
+  const double alpha = most_common(alphas);
+  ordered_json rank_pattern = ordered_json::object(), alpha_pattern = ordered_json::object();
+  for (auto& [name, k] : ranks) {
+    if (k != r) rank_pattern[regex_escape(name)] = k;
+  }
+  for (auto& [name, a] : alphas) {
+    if (a != alpha) alpha_pattern[regex_escape(name)] = a;
+  }
+  std::sort(leaves.begin(), leaves.end());
+  leaves.erase(std::unique(leaves.begin(), leaves.end()), leaves.end());
+  ordered_json config = {{"peft_type", "LORA"},
+                         {"base_model_name_or_path", b.base_model},
+                         {"r", r},
+                         {"lora_alpha", alpha},
+                         {"rank_pattern", rank_pattern},
+                         {"alpha_pattern", alpha_pattern},
+                         {"use_rslora", false},
+                         {"use_dora", false},
+                         {"fan_in_fan_out", b.fan_in_fan_out},
+                         {"lora_dropout", 0.0},
+                         {"bias", "none"},
+                         {"target_modules", leaves},
+                         {"inference_mode", true}};
+
+  // Build the directory beside its target, then rename: complete or absent.
+  fs::path target = checked_target(dir);
+  TempDirBeside tmp(target);
+  safetensors_write(tmp.path / "adapter_model.safetensors", std::move(tensors), {{"format", "pt"}});
+  write_file_atomic(tmp.path / "adapter_config.json", config.dump(2) + "\n");
+  tmp.commit(target);
+}
+
+}  // namespace hydraopt::io
+
+namespace hydraopt {
+
+std::vector<std::string> bundle_tasks(const std::filesystem::path& bundle) {
+  std::vector<std::string> names;
+  for (auto& t : io::bundle_read(bundle).tasks) names.push_back(t.name);
+  return names;
+}
+
+void export_bundle(const std::filesystem::path& bundle, const std::string& task, const std::filesystem::path& dir,
+                   std::optional<DType> dtype) {
+  io::Bundle b = io::bundle_read(bundle);
+  const DType dt = dtype.value_or(b.dtype);
+  if (task.empty()) {
+    io::export_peft_all(b, dir, dt);
+    return;
+  }
+  for (size_t i = 0; i < b.tasks.size(); ++i) {
+    if (b.tasks[i].name == task) {
+      io::export_peft(b, i, dir, dt);
+      return;
+    }
+  }
+  std::string names;
+  for (auto& t : b.tasks) names += (names.empty() ? "" : ", ") + t.name;
+  throw Error(bundle.string(), "", "no task '" + task + "' (tasks: " + names + ")");
+}
+
+}  // namespace hydraopt

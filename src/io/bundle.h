@@ -1,0 +1,86 @@
+// hydraopt bundles: many tasks' adapters in one safetensors file.
+//
+// Tensors, per module (module = the PEFT module path):
+//   <module>.head.<j>   out x k      head j (a B-side factor)
+//   <module>.core.<j>   k x k'       core j (or a k-vector when diagonal)
+//   <module>.body.<j>   k' x in      body j (an A-side factor)
+// Task i's update on the module is
+//   scale_i * head[head_of[i]] * core[core_of[i]] * body[body_of[i]]
+// (no core when core_of[i] = -1; a diagonal core multiplies columns).
+// Shared heads/bodies are stored once. All index lists, scales, the plan and
+// provenance live in __metadata__["hydraopt"], a JSON string:
+//   {"format": "hydraopt.bundle", "version": 1, "hydraopt_version",
+//    "method", "parameters": {name: value}, "budget", "dtype",
+//    "base_model", "fan_in_fan_out",
+//    "storage": {"params", "original_params"},
+//    "tasks": [{"name", "source", "sha256", "rank", "alpha", "use_rslora",
+//               "target_modules"}],
+//    "modules": [{"name", "in", "out", "structure", "family", "rank",
+//                 "groups", "diagonal_cores", "head_of", "core_of",
+//                 "body_of", "scale", "params"}]}
+// "tasks[i].sha256" is the SHA-256 of the source adapter_model.safetensors.
+// Readers check the format tag and version, that every referenced tensor
+// exists with a shape that chains (out x k)(k x k')(k' x in), and that no
+// stray tensor is present.
+#pragma once
+
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "methods/fit.h"
+#include "methods/structures.h"
+
+namespace hydraopt::io {
+
+inline constexpr int kBundleVersion = 1;
+
+struct BundleTask {
+  std::string name, source, sha256;
+  int64_t rank = 0;
+  double alpha = 0;
+  bool use_rslora = false;
+  std::vector<std::string> target_modules;
+};
+
+struct BundleModule {
+  std::string name;
+  int64_t in = 0, out = 0;
+  StructureSpec spec;
+  ModuleFit fit;  ///< as stored (already rounded to the bundle dtype)
+};
+
+struct Bundle {
+  std::string method, base_model;
+  std::map<std::string, std::string> params;
+  double budget = 0;
+  DType dtype = DType::F32;
+  bool fan_in_fan_out = false;
+  int64_t params_stored = 0, original_params = 0;
+  std::vector<BundleTask> tasks;
+  std::vector<BundleModule> modules;
+};
+
+/// A module's plan entry {"name","in","out","structure","family","rank",
+/// "groups","params"} as JSON text, as written in bundles and reports.
+std::string plan_entry_json(const std::string& name, int64_t in, int64_t out, const StructureSpec& spec,
+                            int64_t params);
+
+void bundle_write(const std::filesystem::path& path, const Bundle& b);
+Bundle bundle_read(const std::filesystem::path& path);
+
+/// Writes task `task` of `b` as a PEFT adapter directory at `dir` (created
+/// complete or not at all). The scale is kept exact through alpha:
+/// lora_alpha = scale * r per module (r = lora_alpha where the scale is 1).
+void export_peft(const Bundle& b, size_t task, const std::filesystem::path& dir, DType dtype);
+
+/// Every task of `b` as `dir`/<task name>/, the whole directory created
+/// complete or not at all.
+void export_peft_all(const Bundle& b, const std::filesystem::path& dir, DType dtype);
+
+/// Throws unless `name` is safe as one path component (no '/', '\\',
+/// control characters, "." or "..", at most 255 bytes).
+void check_task_name(const std::string& name, const std::string& file);
+
+}  // namespace hydraopt::io

@@ -1,0 +1,478 @@
+#include "methods/baselines.h"
+
+#include <Eigen/QR>
+#include <Eigen/SVD>
+#include <algorithm>
+#include <cassert>
+#include <cmath>
+#include <functional>
+#include <numbers>
+
+#include "hydraopt/error.h"
+#include "linalg/factored.h"
+
+namespace hydraopt {
+
+using Eigen::Index;
+using Eigen::MatrixXd;
+using Eigen::VectorXd;
+
+namespace {
+
+// ---------------------------------------------------------------- the table
+
+enum class Space { kFactors, kFactored, kDense, kAligned, kTaskSingular };
+enum class Sparsify { kNone, kMagnitude, kDare };
+enum class Consensus { kSum, kTies };
+enum class DefaultLambda { kMean, kOne };  // 1/N, or 1
+
+struct MergeMethod {
+  const char* name;
+  Space space;
+  Sparsify sparsify;
+  Consensus consensus;
+  DefaultLambda default_lambda;
+};
+
+// Only the entrywise spaces (dense, aligned) take a sparsify step or a ties
+// consensus; the others are sums by construction.
+constexpr MergeMethod kMethods[] = {
+    {"linear", Space::kFactors, Sparsify::kNone, Consensus::kSum, DefaultLambda::kMean},
+    {"ta", Space::kFactored, Sparsify::kNone, Consensus::kSum, DefaultLambda::kMean},
+    {"ties", Space::kDense, Sparsify::kMagnitude, Consensus::kTies, DefaultLambda::kOne},
+    {"dare-linear", Space::kDense, Sparsify::kDare, Consensus::kSum, DefaultLambda::kMean},
+    {"dare-ties", Space::kDense, Sparsify::kDare, Consensus::kTies, DefaultLambda::kOne},
+    {"magnitude-prune", Space::kDense, Sparsify::kMagnitude, Consensus::kSum, DefaultLambda::kMean},
+    // knots-ta equals ta up to rounding: U U^T fixes every dW_i, so
+    // U (sum_i U^T dW_i) = sum_i dW_i. Kept as the aligned space's plain row.
+    {"knots-ta", Space::kAligned, Sparsify::kNone, Consensus::kSum, DefaultLambda::kMean},
+    {"knots-ties", Space::kAligned, Sparsify::kMagnitude, Consensus::kTies, DefaultLambda::kOne},
+    {"tsv", Space::kTaskSingular, Sparsify::kNone, Consensus::kSum, DefaultLambda::kOne},
+};
+
+const MergeMethod* find_method(const std::string& name) {
+  for (const auto& m : kMethods) {
+    if (name == m.name) return &m;
+  }
+  return nullptr;
+}
+
+enum class SignMethod { kTotal, kFrequency };
+
+// ------------------------------------------------------------ random bits
+
+constexpr uint64_t kGolden = 0x9e3779b97f4a7c15ULL;
+
+// SplitMix64's output function (Steele, Lea, Flood 2014).
+uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+// Uniform in [0, 1) from the top 53 bits.
+double unit_double(uint64_t h) { return static_cast<double>(h >> 11) * 0x1.0p-53; }
+
+// DARE mask, counter-based so it depends on nothing but its coordinates:
+//   key  = mix64(mix64(mix64(seed) ^ module_index) ^ task)
+//   u_j  = unit_double(mix64(key + (j + 1) * kGolden))   (j-th SplitMix64 output)
+// where j is the entry's column-major linear index; entry j survives iff
+// u_j < density.
+uint64_t dare_key(uint64_t seed, uint64_t module_index, uint64_t task) {
+  return mix64(mix64(mix64(seed) ^ module_index) ^ task);
+}
+
+// --------------------------------------------------------------- sparsify
+
+// Keeps the n_keep = round(density * n) entries of largest |x| (n = x.size()),
+// zeroes the rest. Ties at the threshold go to the lower column-major index,
+// i.e. the order is (|x| descending, index ascending). One n-sized scratch.
+void trim_by_magnitude(MatrixXd* x, double density) {
+  const Index n = x->size();
+  const Index keep = std::clamp<Index>(std::llround(density * static_cast<double>(n)), 0, n);
+  if (keep >= n) return;
+  if (keep == 0) {
+    x->setZero();
+    return;
+  }
+  double* d = x->data();
+  std::vector<double> mag(n);
+  for (Index j = 0; j < n; ++j) mag[j] = std::abs(d[j]);
+  std::nth_element(mag.begin(), mag.begin() + (keep - 1), mag.end(), std::greater<double>());
+  const double threshold = mag[keep - 1];
+  mag = {};
+  Index above = 0;
+  for (Index j = 0; j < n; ++j) above += std::abs(d[j]) > threshold;
+  Index ties_left = keep - above;
+  for (Index j = 0; j < n; ++j) {
+    const double a = std::abs(d[j]);
+    if (a > threshold) continue;
+    if (a == threshold && ties_left > 0) {
+      --ties_left;
+      continue;
+    }
+    d[j] = 0;
+  }
+}
+
+void drop_and_rescale(MatrixXd* x, double density, uint64_t key) {
+  if (density >= 1) return;
+  if (density <= 0) {
+    x->setZero();
+    return;
+  }
+  const double rescale = 1 / density;
+  double* d = x->data();
+  for (Index j = 0; j < x->size(); ++j) {
+    const uint64_t h = mix64(key + (static_cast<uint64_t>(j) + 1) * kGolden);
+    d[j] = unit_double(h) < density ? d[j] * rescale : 0.0;
+  }
+}
+
+void sparsify(Sparsify how, const MergeParams& params, uint64_t module_index, uint64_t task,
+              MatrixXd* x) {
+  switch (how) {
+    case Sparsify::kNone:
+      return;
+    case Sparsify::kMagnitude:
+      trim_by_magnitude(x, params.density);
+      return;
+    case Sparsify::kDare:
+      drop_and_rescale(x, params.density, dare_key(params.seed, module_index, task));
+      return;
+  }
+}
+
+// -------------------------------------------------------------- consensus
+
+// Sums kept per sign so that one pass over the tasks suffices for both the
+// election and the disjoint mean (a two-pass scheme would rebuild and
+// re-sparsify every dW_i). Memory: two double and two int matrices.
+class TiesAccumulator {
+ public:
+  TiesAccumulator(Index rows, Index cols)
+      : pos_sum_(MatrixXd::Zero(rows, cols)),
+        neg_sum_(MatrixXd::Zero(rows, cols)),
+        pos_n_(Eigen::MatrixXi::Zero(rows, cols)),
+        neg_n_(Eigen::MatrixXi::Zero(rows, cols)) {}
+
+  void add(const MatrixXd& t) {
+    pos_sum_ += t.cwiseMax(0.0);
+    neg_sum_ += t.cwiseMin(0.0);
+    pos_n_ += (t.array() > 0).cast<int>().matrix();
+    neg_n_ += (t.array() < 0).cast<int>().matrix();
+  }
+
+  // Elected sign per entry: "total" = sign of the sum of the (sparsified)
+  // values, "frequency" = sign of #positive - #negative, a tie there falling
+  // back to the sign of the sum; a zero sum elects + (as mergekit). Result:
+  // mean of the entries agreeing with the elected sign (0 if none agree).
+  MatrixXd disjoint_mean(SignMethod method) && {
+    MatrixXd& out = pos_sum_;
+    double* ps = pos_sum_.data();
+    const double* ns = neg_sum_.data();
+    const int* pn = pos_n_.data();
+    const int* nn = neg_n_.data();
+    for (Index j = 0; j < pos_sum_.size(); ++j) {
+      const double total = ps[j] + ns[j];
+      int sign = total < 0 ? -1 : 1;
+      if (method == SignMethod::kFrequency && pn[j] != nn[j]) sign = pn[j] > nn[j] ? 1 : -1;
+      if (sign > 0) {
+        ps[j] = pn[j] > 0 ? ps[j] / pn[j] : 0.0;
+      } else {
+        ps[j] = nn[j] > 0 ? ns[j] / nn[j] : 0.0;
+      }
+    }
+    neg_sum_ = {};
+    return std::move(out);
+  }
+
+ private:
+  MatrixXd pos_sum_, neg_sum_;
+  Eigen::MatrixXi pos_n_, neg_n_;
+};
+
+/// lambda * consensus_i(sparsify(task(i))) over i < n; task(i) returns an
+/// empty matrix for a zero update (skipped: it adds nothing to a sum and
+/// has no nonzero entry to vote or average with).
+MatrixXd merge_entrywise(Index rows, Index cols, size_t n,
+                         const std::function<MatrixXd(size_t)>& task, const MergeMethod& method,
+                         const MergeParams& params, SignMethod sign_method, uint64_t module_index,
+                         double lambda) {
+  if (method.consensus == Consensus::kSum) {
+    MatrixXd acc = MatrixXd::Zero(rows, cols);
+    for (size_t i = 0; i < n; ++i) {
+      MatrixXd t = task(i);
+      if (t.size() == 0) continue;
+      sparsify(method.sparsify, params, module_index, i, &t);
+      acc += t;
+    }
+    acc *= lambda;
+    return acc;
+  }
+  TiesAccumulator acc(rows, cols);
+  for (size_t i = 0; i < n; ++i) {
+    MatrixXd t = task(i);
+    if (t.size() == 0) continue;
+    sparsify(method.sparsify, params, module_index, i, &t);
+    acc.add(t);
+  }
+  MatrixXd merged = std::move(acc).disjoint_mean(sign_method);
+  merged *= lambda;
+  return merged;
+}
+
+// ------------------------------------------------------------- refactorise
+
+MatrixXd orthonormal_columns(const MatrixXd& y) {
+  Eigen::HouseholderQR<MatrixXd> qr(y);
+  return qr.householderQ() * MatrixXd::Identity(y.rows(), std::min(y.rows(), y.cols()));
+}
+
+MatrixXd gaussian(Index rows, Index cols, uint64_t seed) {
+  // Box-Muller on SplitMix64 outputs: portable, unlike std::normal_distribution.
+  MatrixXd g(rows, cols);
+  uint64_t state = mix64(seed);
+  for (Index j = 0; j < g.size(); ++j) {
+    state += kGolden;
+    const double u1 = 1.0 - unit_double(mix64(state));  // (0, 1]
+    state += kGolden;
+    const double u2 = unit_double(mix64(state));
+    g.data()[j] = std::sqrt(-2 * std::log(u1)) * std::cos(2 * std::numbers::pi * u2);
+  }
+  return g;
+}
+
+/// One head, one body for every task; zero-padded to rank k.
+ModuleFit single_fit(const MatrixXd& u, const MatrixXd& vt, Index k, size_t tasks) {
+  assert(u.cols() == vt.rows() && u.cols() <= k);
+  ModuleFit f;
+  MatrixXd head = MatrixXd::Zero(u.rows(), k), body = MatrixXd::Zero(k, vt.cols());
+  head.leftCols(u.cols()) = u;
+  body.topRows(vt.rows()) = vt;
+  f.heads.push_back(std::move(head));
+  f.bodies.push_back(std::move(body));
+  f.head_of.assign(tasks, 0);
+  f.body_of.assign(tasks, 0);
+  f.core_of.assign(tasks, -1);
+  f.scale.assign(tasks, 1.0);
+  return f;
+}
+
+ModuleFit factored_fit(const MatrixXd& l, const MatrixXd& r, Index k, size_t tasks) {
+  MatrixXd u, vt;
+  linalg::factored_svd(l, r, k, &u, &vt);
+  return single_fit(u, vt, k, tasks);
+}
+
+// ------------------------------------------------------------------ spaces
+
+// PEFT add_weighted_adapter(combination_type="linear"): A_m = sum_i c_i A_i,
+// B_m = sum_i c_i' B_i with c_i = sqrt(|lambda s_i|), c_i' = sign(lambda s_i)
+// c_i (PEFT takes sqrt(lambda s_i); the sign keeps negative scalings
+// meaningful). Cross terms B_i A_j stay, as in PEFT. Ranks below the
+// largest are zero-padded at the end.
+ModuleFit merge_factors(const ModuleProblem& p, double lambda, Index k) {
+  const Index r = p.max_rank();
+  MatrixXd bm = MatrixXd::Zero(p.out(), r), am = MatrixXd::Zero(r, p.in());
+  for (size_t i = 0; i < p.tasks(); ++i) {
+    const auto& lora = p.loras[i];
+    if (lora.rank() == 0) continue;
+    const double w = lambda * lora.scale;
+    const double c = std::sqrt(std::abs(w));
+    am.topRows(lora.rank()) += c * lora.A;
+    bm.leftCols(lora.rank()) += (w < 0 ? -c : c) * lora.B;
+  }
+  if (k >= r) return single_fit(bm, am, k, p.tasks());
+  return factored_fit(bm, am, k, p.tasks());
+}
+
+// lambda sum_i s_i B_i A_i = (lambda [s_1 B_1 .. s_N B_N]) [A_1; ..; A_N].
+ModuleFit merge_factored(const ModuleProblem& p, double lambda, Index k) {
+  Index total = 0;
+  for (const auto& l : p.loras) total += l.rank();
+  MatrixXd lcat(p.out(), total), rcat(total, p.in());
+  Index at = 0;
+  for (size_t i = 0; i < p.tasks(); ++i) {
+    const Index r = p.loras[i].rank();
+    lcat.middleCols(at, r) = lambda * p.left(i);
+    rcat.middleRows(at, r) = p.loras[i].A;
+    at += r;
+  }
+  return factored_fit(lcat, rcat, k, p.tasks());
+}
+
+ModuleFit merge_dense(const ModuleProblem& p, const MergeMethod& method, const MergeParams& params,
+                      SignMethod sign_method, uint64_t module_index, double lambda, Index k) {
+  auto task = [&](size_t i) -> MatrixXd {
+    if (p.loras[i].rank() == 0) return MatrixXd();
+    return p.left(i) * p.loras[i].A;
+  };
+  const MatrixXd merged = merge_entrywise(p.out(), p.in(), p.tasks(), task, method, params,
+                                          sign_method, module_index, lambda);
+  MatrixXd u, vt;
+  dense_truncated_svd(merged, k, mix64(module_index ^ 0x5bd1e995ULL), &u, &vt);
+  return single_fit(u, vt, k, p.tasks());
+}
+
+// KnOTS: [dW_1 .. dW_N] = U S [V_1^T .. V_N^T]. U comes from the factored
+// form: with A_i A_i^T = C_i^T C_i (C_i = left_core(A_i^T)), the columns
+// M_i = s_i B_i C_i^T give M M^T = sum_i dW_i dW_i^T, so M = [M_1 .. M_N]
+// (out x total rank) has the same left singular vectors. U keeps all
+// min(out, M.cols()) thin columns (R); task coordinates X_i = U^T dW_i =
+// S V_i^T (R x in) are merged entrywise and the update is U X_merged.
+ModuleFit merge_aligned(const ModuleProblem& p, const MergeMethod& method,
+                        const MergeParams& params, SignMethod sign_method, uint64_t module_index,
+                        double lambda, Index k) {
+  std::vector<MatrixXd> parts;
+  Index cols = 0;
+  for (size_t i = 0; i < p.tasks(); ++i) {
+    if (p.loras[i].rank() == 0) continue;
+    const MatrixXd c = linalg::left_core(p.loras[i].A.transpose());
+    parts.push_back(p.left(i) * c.transpose());
+    cols += parts.back().cols();
+  }
+  MatrixXd m(p.out(), cols);
+  Index at = 0;
+  for (auto& part : parts) {
+    m.middleCols(at, part.cols()) = part;
+    at += part.cols();
+  }
+  parts.clear();
+  MatrixXd u(p.out(), 0);
+  if (m.size() > 0) {
+    Eigen::BDCSVD<MatrixXd> svd(m, Eigen::ComputeThinU);
+    u = svd.matrixU();
+  }
+  const MatrixXd ut = u.transpose();
+  auto task = [&](size_t i) -> MatrixXd {
+    if (p.loras[i].rank() == 0) return MatrixXd();
+    return (ut * p.left(i)) * p.loras[i].A;
+  };
+  const MatrixXd x = merge_entrywise(u.cols(), p.in(), p.tasks(), task, method, params, sign_method,
+                                     module_index, lambda);
+  return factored_fit(u, x, k, p.tasks());
+}
+
+// TSV-M (Gargiulo et al. 2025): each task keeps its top k_i = max(1,
+// ceil(k / N)) singular triplets (components with a zero singular value,
+// e.g. a missing module, are dropped); U_cat and V_cat are replaced by
+// their polar factors (P Q^T of their thin SVD P S Q^T), and the update is
+// lambda U_perp diag(sigma_cat) V_perp^T, truncated to rank k.
+ModuleFit merge_task_singular(const ModuleProblem& p, double lambda, Index k) {
+  const Index n = static_cast<Index>(p.tasks());
+  const Index ki = std::max<Index>(1, (k + n - 1) / n);
+  std::vector<VectorXd> us, vs;
+  std::vector<double> sigmas;
+  for (size_t i = 0; i < p.tasks(); ++i) {
+    if (p.loras[i].rank() == 0) continue;
+    MatrixXd u, vt;
+    linalg::factored_svd(p.left(i), p.loras[i].A, ki, &u, &vt);
+    for (Index j = 0; j < u.cols(); ++j) {
+      const double s = u.col(j).norm();
+      if (!(s > 0)) continue;
+      us.push_back(u.col(j) / s);
+      vs.push_back(vt.row(j).transpose());
+      sigmas.push_back(s);
+    }
+  }
+  const Index total = static_cast<Index>(sigmas.size());
+  if (total == 0) return single_fit(MatrixXd(p.out(), 0), MatrixXd(0, p.in()), k, p.tasks());
+  MatrixXd ucat(p.out(), total), vcat(p.in(), total);
+  for (Index j = 0; j < total; ++j) {
+    ucat.col(j) = us[j];
+    vcat.col(j) = vs[j];
+  }
+  auto polar = [](const MatrixXd& x) -> MatrixXd {
+    Eigen::JacobiSVD<MatrixXd> svd(x, Eigen::ComputeThinU | Eigen::ComputeThinV);
+    return svd.matrixU() * svd.matrixV().transpose();
+  };
+  const MatrixXd uperp = polar(ucat), vperp = polar(vcat);
+  const VectorXd sig = lambda * Eigen::Map<const VectorXd>(sigmas.data(), total);
+  return factored_fit(uperp * sig.asDiagonal(), vperp.transpose(), k, p.tasks());
+}
+
+void check_params(const MergeParams& params) {
+  if (!(params.density >= 0 && params.density <= 1)) {
+    throw Error("merge density must be in [0, 1], got " + std::to_string(params.density));
+  }
+  if (params.sign_method != "total" && params.sign_method != "frequency") {
+    throw Error("unknown sign method '" + params.sign_method + "' (expected total or frequency)");
+  }
+  if (!std::isfinite(params.lambda)) throw Error("merge lambda must be finite");
+  if (params.rank < 0) throw Error("merge rank must be >= 0");
+}
+
+}  // namespace
+
+void dense_truncated_svd(const MatrixXd& m, Index k, uint64_t seed, MatrixXd* u, MatrixXd* vt,
+                         Index exact_limit) {
+  const Index small = std::min(m.rows(), m.cols());
+  k = std::clamp<Index>(k, 0, small);
+  if (k == 0) {
+    *u = MatrixXd::Zero(m.rows(), 0);
+    *vt = MatrixXd::Zero(0, m.cols());
+    return;
+  }
+  constexpr Index kOversample = 10;
+  constexpr int kPowerIters = 4;
+  if (small <= exact_limit || k + kOversample >= small) {
+    Eigen::BDCSVD<MatrixXd> svd(m, Eigen::ComputeThinU | Eigen::ComputeThinV);
+    *u = svd.matrixU().leftCols(k) * svd.singularValues().head(k).asDiagonal();
+    *vt = svd.matrixV().leftCols(k).transpose();
+    return;
+  }
+  // Halko, Martinsson, Tropp (2011), Alg. 4.4: subspace iteration with a
+  // QR after every product so small singular values are not swamped.
+  MatrixXd q = orthonormal_columns(m * gaussian(m.cols(), k + kOversample, seed));
+  for (int it = 0; it < kPowerIters; ++it) {
+    const MatrixXd z = orthonormal_columns(m.transpose() * q);
+    q = orthonormal_columns(m * z);
+  }
+  const MatrixXd b = q.transpose() * m;  // (k + p) x cols
+  Eigen::BDCSVD<MatrixXd> svd(b, Eigen::ComputeThinU | Eigen::ComputeThinV);
+  *u = q * (svd.matrixU().leftCols(k) * svd.singularValues().head(k).asDiagonal());
+  *vt = svd.matrixV().leftCols(k).transpose();
+}
+
+bool is_single_merge(const std::string& method) { return find_method(method) != nullptr; }
+
+const std::vector<std::string>& single_merge_methods() {
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> v;
+    for (const auto& m : kMethods) v.emplace_back(m.name);
+    return v;
+  }();
+  return names;
+}
+
+ModuleFit merge_single(const std::string& name, const ModuleProblem& p, const MergeParams& params,
+                       uint64_t module_index) {
+  const MergeMethod* method = find_method(name);
+  if (!method) throw Error("unknown single-merge method '" + name + "'");
+  check_params(params);
+  if (p.tasks() == 0) throw Error("merge '" + name + "': no tasks");
+  const SignMethod sign_method =
+      params.sign_method == "frequency" ? SignMethod::kFrequency : SignMethod::kTotal;
+  const Index k = params.rank > 0 ? params.rank : p.max_rank();
+  double lambda = params.lambda;
+  if (lambda == 0) {
+    lambda =
+        method->default_lambda == DefaultLambda::kMean ? 1.0 / static_cast<double>(p.tasks()) : 1.0;
+  }
+  switch (method->space) {
+    case Space::kFactors:
+      return merge_factors(p, lambda, k);
+    case Space::kFactored:
+      return merge_factored(p, lambda, k);
+    case Space::kDense:
+      return merge_dense(p, *method, params, sign_method, module_index, lambda, k);
+    case Space::kAligned:
+      return merge_aligned(p, *method, params, sign_method, module_index, lambda, k);
+    case Space::kTaskSingular:
+      return merge_task_singular(p, lambda, k);
+  }
+  throw Error("merge '" + name + "': unhandled method");  // unreachable
+}
+
+}  // namespace hydraopt

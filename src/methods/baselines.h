@@ -1,0 +1,82 @@
+// Single merged adapter baselines: one head and one body serve every task.
+//
+// Every method is one row of a table combining orthogonal pieces
+// (mergekit's design), not a copy of the others:
+//   space      where task updates are merged:
+//                factors   A's and B's merged separately (PEFT "linear")
+//                factored  sum_i dW_i kept as [s_1 B_1 ..][A_1; ..]
+//                dense     the out x in dW_i, built one task at a time
+//                aligned   KnOTS coordinates X_i = U^T dW_i (R x in)
+//                tsv       per-task singular vectors, whitened
+//   sparsify   none | magnitude (top `density` fraction of |x| per task) |
+//              dare (keep each entry with probability `density`, rescale
+//              survivors by 1/density)
+//   consensus  sum (lambda * sum) | ties (sign election + disjoint mean,
+//              then lambda)
+//   refactor   truncated SVD to rank k (factored, or dense for `dense`)
+//
+//   method            space     sparsify   consensus  default lambda
+//   linear            factors   none       sum        1/N
+//   ta                factored  none       sum        1/N
+//   ties              dense     magnitude  ties       1
+//   dare-linear       dense     dare       sum        1/N
+//   dare-ties         dense     dare       ties       1
+//   magnitude-prune   dense     magnitude  sum        1/N
+//   knots-ta          aligned   none       sum        1/N
+//   knots-ties        aligned   magnitude  ties       1
+//   tsv               tsv       none       sum        1
+//
+// Merge weights are uniform (ModuleProblem::weights is not used); a task
+// lacking the module (rank 0) has a zero update and still counts in N.
+// Exact conventions (tie-breaks, the DARE mask) are documented in
+// baselines.cc next to the code that implements them.
+#pragma once
+
+#include <Eigen/Core>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "methods/fit.h"
+
+namespace hydraopt {
+
+struct MergeParams {
+  /// Fraction of entries kept by magnitude trimming; DARE keep probability.
+  double density = 0.2;
+  /// TIES sign election: "total" (sign of the sum) or "frequency" (sign
+  /// with more entries).
+  std::string sign_method = "total";
+  /// DARE drop mask seed.
+  uint64_t seed = 0;
+  /// Final scaling; 0 = the method's default (1/N or 1, table above).
+  double lambda = 0;
+  /// Output rank k; 0 = the largest input rank of the module.
+  int64_t rank = 0;
+};
+
+/// Merges one module's task updates into one rank-k adapter. The fit has
+/// exactly one head (out x k) and one body (k x in) shared by every task
+/// (core_of = -1, scale = 1); when the merged update has rank below k the
+/// factors are padded with zero columns/rows so that every module has
+/// rank k. `module_index` keys the DARE mask (with params.seed and the task
+/// index) so results do not depend on the order modules are processed in.
+/// Throws hydraopt::Error for an unknown method, bad params or no tasks.
+ModuleFit merge_single(const std::string& method, const ModuleProblem& p, const MergeParams& params,
+                       uint64_t module_index);
+
+bool is_single_merge(const std::string& method);
+
+/// Names of the single-merge methods, in table order.
+const std::vector<std::string>& single_merge_methods();
+
+/// Best rank-k approximation of a dense matrix m (rows x cols): writes U
+/// (rows x k', singular values folded in) and Vt (k' x cols, orthonormal
+/// rows), k' = min(k, rows, cols). Exact (BDCSVD) when min(rows, cols) <=
+/// exact_limit or k + 10 >= min(rows, cols); otherwise a randomized range
+/// finder (k + 10 samples, 4 power iterations, Householder QR), seeded by
+/// `seed`. Exposed for tests.
+void dense_truncated_svd(const Eigen::MatrixXd& m, Eigen::Index k, uint64_t seed,
+                         Eigen::MatrixXd* u, Eigen::MatrixXd* vt, Eigen::Index exact_limit = 256);
+
+}  // namespace hydraopt

@@ -1,0 +1,621 @@
+// merge() and sweep(): options -> weights -> candidates -> plan -> fits ->
+// report (and bundle). Work is done module by module, in parallel over
+// modules; each module's result depends only on its inputs, so the output
+// is the same whatever the thread count.
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <thread>
+
+#include "hydraopt/error.h"
+#include "hydraopt/merge.h"
+#include "io/bundle.h"
+#include "methods/baselines.h"
+#include "methods/structures.h"
+#include "plan/candidates.h"
+#include "plan/planner.h"
+#include "util/blas_threads.h"
+#include "util/sha256.h"
+
+namespace hydraopt {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using nlohmann::ordered_json;
+
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+double parse_number(const std::string& name, const std::string& v) {
+  try {
+    size_t pos = 0;
+    double d = std::stod(v, &pos);
+    if (pos == v.size() && std::isfinite(d)) return d;
+  } catch (...) {
+  }
+  throw Error("parameter " + name + "=" + v + " is not a number");
+}
+
+std::string known_methods() {
+  std::string s;
+  for (auto& m : methods()) s += (s.empty() ? "" : ", ") + m.name;
+  return s;
+}
+
+json read_json_file(const std::string& path, const char* what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(path, "", std::string("cannot open ") + what);
+  try {
+    return json::parse(in);
+  } catch (const std::exception& e) {
+    throw Error(path, "", std::string(what) + " is not valid JSON: " + e.what());
+  }
+}
+
+// Runs body(m) for every module on `threads` threads, BLAS single-threaded,
+// rethrowing the failure of the lowest module index.
+template <typename Body>
+void for_modules(size_t count, int threads, const std::function<void(size_t, size_t)>& progress, Body&& body) {
+  util::ScopedBlasThreads one_blas_thread(1);
+  std::vector<std::exception_ptr> errors(count);
+  std::mutex mu;
+  size_t done = 0;
+#pragma omp parallel for num_threads(threads) schedule(dynamic)
+  for (size_t m = 0; m < count; ++m) {
+    try {
+      body(m);
+    } catch (...) {
+      errors[m] = std::current_exception();
+    }
+    if (progress) {
+      std::lock_guard<std::mutex> lock(mu);
+      progress(++done, count);
+    }
+  }
+  for (auto& e : errors) {
+    if (e) std::rethrow_exception(e);
+  }
+}
+
+// One evaluated structure on one module.
+struct Evaluated {
+  StructureSpec spec;
+  std::string key;
+  int64_t params = 0;
+  double error = 0;               // weighted, after rounding
+  std::vector<double> task_err2;  // per task, after rounding
+};
+
+class Session {
+ public:
+  Session(const AdapterSet& set, const MergeOptions& o) : set_(set), o_(o), t0_(std::chrono::steady_clock::now()) {
+    threads_ = o.threads > 0 ? o.threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+    dtype_ = o.dtype.value_or(set.dtype());
+    if (o.share == "A") share_ = Share::kA;
+    else if (o.share == "B") share_ = Share::kB;
+    else if (o.share == "auto") share_ = Share::kAuto;
+    else throw Error("--share must be A, B or auto, not '" + o.share + "'");
+    if (o.budget && o.budget_bytes) throw Error("give --budget or --budget-bytes, not both");
+    if (o.budget && !(*o.budget > 0 && *o.budget <= 1)) {
+      throw Error("--budget must be a fraction in (0, 1], got " + std::to_string(*o.budget));
+    }
+    if (o.budget_bytes && *o.budget_bytes <= 0) throw Error("--budget-bytes must be positive");
+    original_ = set.original_params();
+    load_groups();
+    compute_norms();
+    compute_weights();
+  }
+
+  const MethodInfo& method(const std::string& name, std::map<std::string, std::string>* params) const {
+    const MethodInfo* m = find_method(name);
+    if (!m) throw Error("unknown method '" + name + "' (known: " + known_methods() + ")");
+    for (auto& p : m->params) (*params)[p.name] = p.default_value;
+    for (auto& [k, v] : o_.params) {
+      auto it = std::find_if(m->params.begin(), m->params.end(), [&](const MethodParam& p) { return p.name == k; });
+      if (it == m->params.end()) {
+        std::string names;
+        for (auto& p : m->params) names += (names.empty() ? "" : ", ") + p.name;
+        throw Error("method " + name + " has no parameter '" + k + "'" +
+                    (names.empty() ? " (it takes none)" : " (it takes: " + names + ")"));
+      }
+      (*params)[k] = v;
+    }
+    for (auto& [k, v] : *params) {
+      if (k == "sign_method") {
+        if (v != "total" && v != "frequency") throw Error("sign_method must be total or frequency, not '" + v + "'");
+      } else if (!(k == "lambda" && v == "1/N")) {
+        double d = parse_number(k, v);
+        if (k == "density" && !(d > 0 && d <= 1)) throw Error("density must be in (0, 1]");
+        if ((k == "max_iters" || k == "rank" || k == "seed") && (d < 0 || d != std::floor(d))) {
+          throw Error(k + " must be a non-negative integer");
+        }
+        if (k == "tol" && d < 0) throw Error("tol must be non-negative");
+      }
+    }
+    return *m;
+  }
+
+  // Stored-number budget for a requested fraction (or the byte budget).
+  int64_t budget_params(double fraction) const {
+    return static_cast<int64_t>(std::floor(fraction * static_cast<double>(original_) + 1e-9));
+  }
+  double requested_fraction() const {
+    if (o_.budget_bytes) return static_cast<double>(*o_.budget_bytes / dtype_size(dtype_)) / original_;
+    return o_.budget.value_or(0.5);
+  }
+
+  // Candidates (hydraopt) or fixed specs, evaluated on every module.
+  std::vector<std::vector<Evaluated>> evaluate_all(const std::function<std::vector<CandidateSpec>(size_t, const ModuleShape&)>& specs,
+                                                   const FitOptions& fo) {
+    const size_t nm = set_.modules().size();
+    std::vector<std::vector<Evaluated>> out(nm);
+    for_modules(nm, threads_, o_.progress, [&](size_t m) {
+      ModuleProblem p = problem(m);
+      ModuleFitter fitter(p, fo);
+      for (auto& cs : specs(m, fitter.shape())) out[m].push_back(evaluate(p, fitter.fit(cs.spec), cs));
+      set_.release(m);
+    });
+    return out;
+  }
+
+  Evaluated evaluate(const ModuleProblem& p, const ModuleFit& fit, const CandidateSpec& cs) const {
+    Evaluated e{cs.spec, cs.key, fit.params(), 0, fit_errors2(p, fit.rounded(dtype_))};
+    for (size_t i = 0; i < e.task_err2.size(); ++i) e.error += p.weights[i] * e.task_err2[i];
+    return e;
+  }
+
+  ModuleProblem problem(size_t m) const {
+    ModuleProblem p;
+    p.loras = set_.load(m);
+    p.weights = weights_;
+    return p;
+  }
+
+  FitOptions fit_options(const std::map<std::string, std::string>& params) const {
+    FitOptions fo;
+    if (params.count("max_iters")) fo.max_iters = static_cast<int>(parse_number("max_iters", params.at("max_iters")));
+    if (params.count("tol")) fo.tol = parse_number("tol", params.at("tol"));
+    fo.user_groups = user_groups_;
+    return fo;
+  }
+
+  MergeReport report(const std::string& method, double budget, const std::vector<const Evaluated*>& chosen,
+                     const std::map<std::string, std::string>& params, double seconds) const {
+    MergeReport r;
+    r.method = method;
+    r.budget = budget;
+    r.original_params = original_;
+    r.params_used = params;
+    std::vector<double> err(set_.size(), 0.0);
+    ordered_json plan = ordered_json::array();
+    for (size_t m = 0; m < chosen.size(); ++m) {
+      r.params += chosen[m]->params;
+      for (size_t i = 0; i < err.size(); ++i) err[i] += chosen[m]->task_err2[i];
+      const auto& mod = set_.modules()[m];
+      plan.push_back(ordered_json::parse(io::plan_entry_json(mod.name, mod.in, mod.out, chosen[m]->spec, chosen[m]->params)));
+    }
+    r.plan_json = plan.dump();
+    r.bytes = r.params * static_cast<int64_t>(dtype_size(dtype_));
+    r.fraction = static_cast<double>(r.params) / static_cast<double>(original_);
+    double sum = 0;
+    for (size_t i = 0; i < err.size(); ++i) {
+      double rel = total_norm2_[i] > 0 ? std::sqrt(err[i] / total_norm2_[i]) : (err[i] > 0 ? 1.0 : 0.0);
+      r.tasks.push_back({set_.task(i).name(), rel});
+      sum += rel;
+    }
+    r.mean_rel_error = sum / static_cast<double>(err.size());
+    r.seconds = seconds;
+    return r;
+  }
+
+  std::vector<int> plan_from_file(const std::vector<std::vector<Evaluated>>&) const;
+
+  const AdapterSet& set_;
+  const MergeOptions& o_;
+  std::chrono::steady_clock::time_point t0_;
+  int threads_ = 1;
+  DType dtype_ = DType::F32;
+  Share share_ = Share::kAuto;
+  int64_t original_ = 0;
+  std::vector<int> user_groups_;
+  int user_group_count_ = 0;
+  std::vector<std::vector<double>> norms2_;  // [module][task]
+  std::vector<double> total_norm2_, weights_;
+
+ private:
+  void load_groups() {
+    if (o_.groups_file.empty()) return;
+    json j = read_json_file(o_.groups_file, "groups file");
+    if (!j.is_array()) throw Error(o_.groups_file, "", "groups file must be a list of lists of task names");
+    std::map<std::string, int> label;
+    int g = 0;
+    for (auto& group : j) {
+      if (!group.is_array() || group.empty()) throw Error(o_.groups_file, "", "each group must be a non-empty list");
+      for (auto& name : group) {
+        if (!name.is_string()) throw Error(o_.groups_file, "", "task names must be strings");
+        if (!label.emplace(name.get<std::string>(), g).second) {
+          throw Error(o_.groups_file, "", "task '" + name.get<std::string>() + "' is in two groups");
+        }
+      }
+      ++g;
+    }
+    for (auto& t : set_.tasks()) {
+      auto it = label.find(t.name());
+      if (it == label.end()) throw Error(o_.groups_file, "", "task '" + t.name() + "' is in no group");
+      user_groups_.push_back(it->second);
+    }
+    if (label.size() != set_.size()) throw Error(o_.groups_file, "", "groups name tasks that are not being merged");
+    user_group_count_ = g;
+  }
+
+  void compute_norms() {
+    const size_t nm = set_.modules().size(), n = set_.size();
+    norms2_.assign(nm, {});
+    for_modules(nm, threads_, nullptr, [&](size_t m) {
+      ModuleProblem p;
+      p.loras = set_.load(m);
+      norms2_[m] = update_norms2(p);
+      set_.release(m);
+    });
+    total_norm2_.assign(n, 0.0);
+    for (size_t m = 0; m < nm; ++m) {
+      for (size_t i = 0; i < n; ++i) total_norm2_[i] += norms2_[m][i];
+    }
+  }
+
+  void compute_weights() {
+    const size_t n = set_.size();
+    weights_.assign(n, 0.0);
+    if (o_.weights == "balanced") {
+      for (size_t i = 0; i < n; ++i) weights_[i] = total_norm2_[i] > 0 ? 1.0 / total_norm2_[i] : 0.0;
+    } else if (o_.weights == "uniform") {
+      double mean = 0;
+      for (double x : total_norm2_) mean += x / static_cast<double>(n);
+      for (size_t i = 0; i < n; ++i) weights_[i] = mean > 0 ? 1.0 / mean : 1.0;
+    } else {
+      json j = read_json_file(o_.weights, "weights file (or use balanced / uniform)");
+      if (!j.is_object()) throw Error(o_.weights, "", "weights file must be an object {\"task\": weight}");
+      for (size_t i = 0; i < n; ++i) {
+        auto it = j.find(set_.task(i).name());
+        if (it == j.end() || !it->is_number() || it->get<double>() < 0 || !std::isfinite(it->get<double>())) {
+          throw Error(o_.weights, "", "needs a non-negative weight for task '" + set_.task(i).name() + "'");
+        }
+        // Relative to the task's size, so a weight of 1 means "as balanced".
+        weights_[i] = total_norm2_[i] > 0 ? it->get<double>() / total_norm2_[i] : 0.0;
+      }
+      if (j.size() != n) throw Error(o_.weights, "", "weights file names tasks that are not being merged");
+    }
+  }
+};
+
+// The uniform rank k that fills `budget` for a fixed-structure family.
+int64_t uniform_rank(const Session& s, Family f, int64_t budget) {
+  const auto& mods = s.set_.modules();
+  int64_t best = 0;
+  for (int64_t k = 1;; ++k) {
+    int64_t total = 0;
+    bool any = false;
+    for (const auto& m : mods) {
+      ModuleShape shape{m.in, m.out, m.ranks};
+      StructureSpec sp{f, k, 0};
+      if (!spec_valid(sp, shape)) {
+        for (sp.rank = k - 1; sp.rank >= 1 && !spec_valid(sp, shape); --sp.rank) {
+        }
+        if (sp.rank < 1) sp.rank = 1;
+      } else {
+        any = true;
+      }
+      total += spec_params(sp, shape);
+    }
+    if (total > budget) break;
+    best = k;
+    if (!any) break;  // every module already at its largest rank
+  }
+  if (best == 0) {
+    int64_t total = 0;
+    for (const auto& m : mods) total += spec_params({f, 1, 0}, {m.in, m.out, m.ranks});
+    throw Error(std::string("the budget is below the smallest ") + family_name(f) + " storage: fraction " +
+                std::to_string(static_cast<double>(total) / s.original_));
+  }
+  return best;
+}
+
+StructureSpec clip_rank(StructureSpec sp, const ModuleShape& shape) {
+  while (sp.rank > 1 && !spec_valid(sp, shape)) --sp.rank;
+  return sp;
+}
+
+void check_floor(const Session& s, const std::vector<std::vector<Candidate>>& table, int64_t budget) {
+  const int64_t floor = plan_min_params(table);
+  if (floor > budget) {
+    throw Error("budget fraction " + std::to_string(static_cast<double>(budget) / s.original_) +
+                " is below the smallest achievable storage, fraction " +
+                std::to_string(static_cast<double>(floor) / s.original_));
+  }
+}
+
+std::vector<std::vector<Candidate>> to_table(const std::vector<std::vector<Evaluated>>& ev) {
+  std::vector<std::vector<Candidate>> t(ev.size());
+  for (size_t m = 0; m < ev.size(); ++m) {
+    for (auto& e : ev[m]) t[m].push_back({e.spec, e.key, e.params, e.error});
+  }
+  return t;
+}
+
+// Fixed specs per module from a --plan file (a report's "plan" or a
+// bundle's "modules" list).
+std::vector<StructureSpec> specs_from_plan_file(const Session& s) {
+  json j = read_json_file(s.o_.plan_file, "plan file");
+  const json* list = &j;
+  if (j.is_object()) {
+    if (j.contains("plan")) list = &j["plan"];
+    else if (j.contains("modules")) list = &j["modules"];
+  }
+  if (!list->is_array()) throw Error(s.o_.plan_file, "", "plan file must hold a list of modules (or a report's \"plan\")");
+  std::map<std::string, StructureSpec> by_name;
+  try {
+    for (auto& e : *list) {
+      auto fam = family_from_name(e.at("family").get<std::string>());
+      if (!fam) throw Error(s.o_.plan_file, "", "unknown structure family " + e.at("family").dump());
+      by_name[e.at("name").get<std::string>()] = {*fam, e.value("rank", int64_t{0}), e.value("groups", 0)};
+    }
+  } catch (const json::exception& ex) {
+    throw Error(s.o_.plan_file, "", std::string("malformed plan entry: ") + ex.what());
+  }
+  std::vector<StructureSpec> out;
+  for (auto& m : s.set_.modules()) {
+    auto it = by_name.find(m.name);
+    if (it == by_name.end()) throw Error(s.o_.plan_file, m.name, "module has no entry in the plan");
+    if (!spec_valid(it->second, {m.in, m.out, m.ranks})) {
+      throw Error(s.o_.plan_file, m.name, "structure " + it->second.label() + " does not fit this module");
+    }
+    out.push_back(it->second);
+  }
+  return out;
+}
+
+struct MethodRun {
+  std::vector<MergeReport> reports;
+  std::vector<std::vector<StructureSpec>> specs;  // per budget, per module (per-task methods)
+};
+
+// Evaluates one method at several budgets. With skip_infeasible, budgets
+// below the method's smallest storage are left out instead of failing.
+MethodRun run_method(Session& s, const std::string& name, std::vector<double> budgets, bool skip_infeasible) {
+  auto t0 = std::chrono::steady_clock::now();
+  std::map<std::string, std::string> params;
+  const MethodInfo& info = s.method(name, &params);
+  const FitOptions fo = s.fit_options(params);
+  const auto& mods = s.set_.modules();
+  MethodRun run;
+  std::vector<int64_t> limits;
+  for (double b : budgets) limits.push_back(s.budget_params(b));
+  // Keeps the budgets for which `feasible` holds (or throws its error).
+  auto keep_feasible = [&](const std::function<void(int64_t)>& feasible) {
+    std::vector<double> b2;
+    std::vector<int64_t> l2;
+    for (size_t b = 0; b < budgets.size(); ++b) {
+      try {
+        feasible(limits[b]);
+      } catch (const Error&) {
+        if (!skip_infeasible) throw;
+        continue;
+      }
+      b2.push_back(budgets[b]);
+      l2.push_back(limits[b]);
+    }
+    budgets = b2;
+    limits = l2;
+  };
+
+  auto finish = [&](size_t b, const std::vector<const Evaluated*>& chosen, double shared_seconds) {
+    run.reports.push_back(s.report(name, budgets[b], chosen, params, shared_seconds));
+    std::vector<StructureSpec> sp;
+    for (auto* e : chosen) sp.push_back(e->spec);
+    run.specs.push_back(sp);
+  };
+
+  if (info.single_adapter) {
+    MergeParams mp;
+    mp.density = parse_number("density", params.count("density") ? params["density"] : "0.2");
+    if (params.count("sign_method")) mp.sign_method = params["sign_method"];
+    if (params.count("seed")) mp.seed = static_cast<uint64_t>(parse_number("seed", params["seed"]));
+    if (params.count("lambda") && params["lambda"] != "1/N") mp.lambda = parse_number("lambda", params["lambda"]);
+    if (params.count("rank")) mp.rank = static_cast<int64_t>(parse_number("rank", params["rank"]));
+    std::vector<std::vector<Evaluated>> ev(mods.size());
+    for_modules(mods.size(), s.threads_, s.o_.progress, [&](size_t m) {
+      ModuleProblem p = s.problem(m);
+      ModuleFit f = merge_single(name, p, mp, m);
+      StructureSpec spec{Family::kMerged, f.bodies[0].rows(), 0};
+      ev[m].push_back(s.evaluate(p, f, {spec, "merged"}));
+      s.set_.release(m);
+    });
+    std::vector<const Evaluated*> chosen;
+    for (auto& e : ev) chosen.push_back(&e[0]);
+    for (size_t b = 0; b < budgets.size(); ++b) finish(b, chosen, seconds_since(t0));
+    return run;
+  }
+
+  if (name == "hydra-avg") {
+    auto ev = s.evaluate_all(
+        [&](size_t m, const ModuleShape& shape) {
+          StructureSpec sp{Family::kAvgA, 0, 0};
+          if (!spec_valid(sp, shape)) throw Error(mods[m].name + ": hydra-avg needs every task at one rank here");
+          return std::vector<CandidateSpec>{{sp, "avg-A"}};
+        },
+        fo);
+    std::vector<const Evaluated*> chosen;
+    for (auto& e : ev) chosen.push_back(&e[0]);
+    for (size_t b = 0; b < budgets.size(); ++b) finish(b, chosen, seconds_since(t0));
+    return run;
+  }
+
+  if (name == "jd-full" || name == "jd-diag") {
+    const Family f = name == "jd-full" ? Family::kJdFull : Family::kJdDiag;
+    keep_feasible([&](int64_t lim) { uniform_rank(s, f, lim); });
+    std::vector<int64_t> ranks;
+    for (int64_t lim : limits) ranks.push_back(uniform_rank(s, f, lim));
+    std::set<int64_t> distinct(ranks.begin(), ranks.end());
+    auto ev = s.evaluate_all(
+        [&](size_t, const ModuleShape& shape) {
+          std::vector<CandidateSpec> v;
+          for (int64_t k : distinct) v.push_back({clip_rank({f, k, 0}, shape), std::to_string(k)});
+          return v;
+        },
+        fo);
+    for (size_t b = 0; b < budgets.size(); ++b) {
+      std::vector<const Evaluated*> chosen;
+      const size_t idx = static_cast<size_t>(std::distance(distinct.begin(), distinct.find(ranks[b])));
+      for (auto& e : ev) chosen.push_back(&e[idx]);
+      finish(b, chosen, seconds_since(t0));
+    }
+    return run;
+  }
+
+  // hydraopt: a hand-written plan, or candidates + planner.
+  if (!s.o_.plan_file.empty()) {
+    auto specs = specs_from_plan_file(s);
+    auto ev = s.evaluate_all([&](size_t m, const ModuleShape&) { return std::vector<CandidateSpec>{{specs[m], "plan"}}; }, fo);
+    std::vector<const Evaluated*> chosen;
+    int64_t total = 0;
+    for (auto& e : ev) {
+      chosen.push_back(&e[0]);
+      total += e[0].params;
+    }
+    for (size_t b = 0; b < budgets.size(); ++b) {
+      if ((s.o_.budget || s.o_.budget_bytes) && total > limits[b]) {
+        throw Error(s.o_.plan_file, "", "the plan stores " + std::to_string(total) + " numbers, over the budget of " +
+                                            std::to_string(limits[b]));
+      }
+      finish(b, chosen, seconds_since(t0));
+    }
+    return run;
+  }
+  auto ev = s.evaluate_all(
+      [&](size_t, const ModuleShape& shape) { return candidate_specs(shape, s.share_, s.user_group_count_); }, fo);
+  auto table = to_table(ev);
+  keep_feasible([&](int64_t lim) { check_floor(s, table, lim); });
+  auto plans = plan_budgets(table, limits);
+  for (size_t b = 0; b < budgets.size(); ++b) {
+    std::vector<const Evaluated*> chosen;
+    for (size_t m = 0; m < ev.size(); ++m) chosen.push_back(&ev[m][plans[b].choice[m]]);
+    finish(b, chosen, seconds_since(t0));
+  }
+  return run;
+}
+
+}  // namespace
+
+MergeReport merge(const AdapterSet& set, const MergeOptions& options, const fs::path& bundle) {
+  auto t0 = std::chrono::steady_clock::now();
+  if (!find_method(options.method)) throw Error("unknown method '" + options.method + "' (known: " + known_methods() + ")");
+  if (!bundle.empty()) {
+    // Fail on an unwritable destination before the work, not after.
+    fs::path dir = fs::absolute(bundle).parent_path();
+    if (!fs::is_directory(dir)) throw Error(bundle.string(), "", "output directory does not exist");
+    if (::access(dir.c_str(), W_OK) != 0) throw Error(bundle.string(), "", "output directory is not writable");
+  }
+  Session s(set, options);
+  const double budget = s.requested_fraction();
+  MethodRun run = run_method(s, options.method, {budget}, false);
+  MergeReport report = run.reports[0];
+  if (!find_method(options.method)->uses_budget) report.budget = report.fraction;
+  if (!bundle.empty()) {
+    std::map<std::string, std::string> params;
+    s.method(options.method, &params);
+    io::Bundle b;
+    b.method = options.method;
+    b.base_model = set.base_model();
+    b.params = params;
+    b.budget = budget;
+    b.dtype = s.dtype_;
+    b.fan_in_fan_out = set.task(0).fan_in_fan_out();
+    b.original_params = s.original_;
+    for (const auto& t : set.tasks()) {
+      b.tasks.push_back({t.name(), t.dir().string(), util::sha256_file(t.weights_path()), t.rank(), t.alpha(),
+                         t.use_rslora(), t.target_modules()});
+    }
+    const auto& info = *find_method(options.method);
+    b.modules.resize(set.modules().size());
+    MergeParams mp;
+    if (info.single_adapter) {
+      mp.density = parse_number("density", params.count("density") ? params["density"] : "0.2");
+      if (params.count("sign_method")) mp.sign_method = params["sign_method"];
+      if (params.count("seed")) mp.seed = static_cast<uint64_t>(parse_number("seed", params["seed"]));
+      if (params.count("lambda") && params["lambda"] != "1/N") mp.lambda = parse_number("lambda", params["lambda"]);
+      if (params.count("rank")) mp.rank = static_cast<int64_t>(parse_number("rank", params["rank"]));
+    }
+    const FitOptions fo = s.fit_options(params);
+    for_modules(set.modules().size(), s.threads_, options.progress, [&](size_t m) {
+      const auto& mod = set.modules()[m];
+      ModuleProblem p = s.problem(m);
+      io::BundleModule& bm = b.modules[m];
+      bm.name = mod.name;
+      bm.in = mod.in;
+      bm.out = mod.out;
+      bm.spec = run.specs[0][m];
+      if (info.single_adapter) {
+        bm.fit = merge_single(options.method, p, mp, m).rounded(s.dtype_);
+      } else {
+        ModuleFitter fitter(p, fo);
+        bm.fit = fitter.fit(bm.spec).rounded(s.dtype_);
+      }
+      set.release(m);
+    });
+    for (auto& m : b.modules) b.params_stored += m.fit.params();
+    if (b.params_stored != report.params) throw std::logic_error("bundle storage differs from the planned storage");
+    io::bundle_write(bundle, b);
+  }
+  report.seconds = seconds_since(t0);
+  return report;
+}
+
+std::vector<MergeReport> sweep(const AdapterSet& set, const std::vector<std::string>& method_names,
+                               const std::vector<double>& budgets, const MergeOptions& options) {
+  if (method_names.empty()) throw Error("no methods to sweep");
+  if (budgets.empty()) throw Error("no budgets to sweep");
+  for (auto& name : method_names) {
+    if (!find_method(name)) throw Error("unknown method '" + name + "' (known: " + known_methods() + ")");
+  }
+  for (double b : budgets) {
+    if (!(b > 0 && b <= 1)) throw Error("budgets must be fractions in (0, 1], got " + std::to_string(b));
+  }
+  Session s(set, options);
+  std::vector<MergeReport> out;
+  for (auto& name : method_names) {
+    const MethodInfo& info = *find_method(name);
+    // A method whose storage does not follow the budget gives one point,
+    // reported at its own storage fraction.
+    MethodRun run = run_method(s, name, info.uses_budget ? budgets : std::vector<double>{1.0}, true);
+    if (!info.uses_budget) {
+      for (auto& r : run.reports) r.budget = r.fraction;
+    }
+    for (auto& r : run.reports) out.push_back(std::move(r));
+  }
+  return out;
+}
+
+std::string report_json(const MergeReport& r, bool with_plan) {
+  ordered_json j = {{"method", r.method},
+                    {"budget", r.budget},
+                    {"storage",
+                     {{"params", r.params}, {"original_params", r.original_params}, {"fraction", r.fraction}, {"bytes", r.bytes}}},
+                    {"mean_rel_error", r.mean_rel_error}};
+  j["tasks"] = ordered_json::array();
+  for (auto& t : r.tasks) j["tasks"].push_back({{"name", t.name}, {"rel_error", t.rel_error}});
+  j["seconds"] = r.seconds;
+  j["parameters"] = r.params_used;
+  if (with_plan) j["plan"] = ordered_json::parse(r.plan_json);
+  return j.dump(2) + "\n";
+}
+
+}  // namespace hydraopt

@@ -1,0 +1,28 @@
+// Report and sweep files.
+#include "hydraopt/merge.h"
+#include "io/atomic_file.h"
+#include "report/sweep_report.h"
+
+namespace hydraopt {
+
+void write_report(const std::filesystem::path& path, const MergeReport& r) {
+  io::write_file_atomic(path, report_json(r));
+}
+
+std::string write_sweep(const std::filesystem::path& dir, const std::vector<MergeReport>& reports,
+                        const std::string& title) {
+  std::string all = "[\n";
+  for (size_t i = 0; i < reports.size(); ++i) {
+    std::string one = report_json(reports[i], false);
+    one.pop_back();  // the newline
+    all += one + (i + 1 < reports.size() ? ",\n" : "\n");
+  }
+  all += "]\n";
+  const std::string md = sweep_markdown(reports);
+  io::write_file_atomic(dir / "sweep.json", all);
+  io::write_file_atomic(dir / "sweep.md", md);
+  io::write_file_atomic(dir / "sweep.svg", sweep_svg(reports, title));
+  return md;
+}
+
+}  // namespace hydraopt

@@ -1,0 +1,215 @@
+// End-to-end merging: invariants, optima, bundles and exports.
+#include <gtest/gtest.h>
+
+#include <Eigen/SVD>
+#include <nlohmann/json.hpp>
+
+#include "hydraopt/adapter.h"
+#include "hydraopt/bundle.h"
+#include "hydraopt/error.h"
+#include "hydraopt/merge.h"
+#include "hydraopt/synth.h"
+#include "test_util.h"
+
+namespace hydraopt {
+namespace {
+
+namespace fs = std::filesystem;
+using Eigen::MatrixXd;
+
+// One synthetic set shared by the tests of this file (written once).
+const test::TempDir& data() {
+  static test::TempDir d;
+  static bool made = [] {
+    SynthOptions o;
+    o.preset = "tiny";
+    o.tasks = 6;
+    synth_write(d.path() / "tiny", o);
+    return true;
+  }();
+  (void)made;
+  return d;
+}
+
+std::vector<std::string> specs() {
+  std::vector<std::string> v;
+  for (int i = 0; i < 6; ++i) v.push_back((data().path() / "tiny" / ("task0" + std::to_string(i))).string());
+  return v;
+}
+
+const AdapterSet& tiny() {
+  static AdapterSet set = AdapterSet::open(specs());
+  return set;
+}
+
+MergeOptions at(double budget, const std::string& method = "hydraopt") {
+  MergeOptions o;
+  o.method = method;
+  o.budget = budget;
+  return o;
+}
+
+// Dense reference: relative error per task from explicit matrices.
+std::vector<double> dense_rel_errors(const AdapterSet& set, const std::vector<std::map<std::string, MatrixXd>>& hat) {
+  std::vector<double> out;
+  for (size_t i = 0; i < set.size(); ++i) {
+    double err = 0, norm = 0;
+    for (size_t m = 0; m < set.modules().size(); ++m) {
+      auto l = set.load(m)[i];
+      MatrixXd dw = l.scale * l.B * l.A;
+      auto it = hat[i].find(set.modules()[m].name);
+      MatrixXd h = it == hat[i].end() ? MatrixXd::Zero(dw.rows(), dw.cols()) : it->second;
+      err += (dw - h).squaredNorm();
+      norm += dw.squaredNorm();
+    }
+    out.push_back(std::sqrt(err / norm));
+  }
+  return out;
+}
+
+TEST(Merge, FullBudgetIsExact) {
+  auto r = merge(tiny(), at(1.0), "");
+  EXPECT_EQ(r.params, r.original_params);
+  EXPECT_LT(r.mean_rel_error, 1e-6);
+  for (auto& t : r.tasks) EXPECT_LT(t.rel_error, 1e-6) << t.name;
+}
+
+TEST(Merge, ErrorNeverRisesWithBudgetAndBudgetHolds) {
+  std::vector<double> budgets = {0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0};
+  auto reports = sweep(tiny(), {"hydraopt", "jd-full", "jd-diag"}, budgets, {});
+  std::map<std::string, double> last;
+  for (auto& r : reports) {
+    EXPECT_LE(r.fraction, r.budget + 1e-12) << r.method;
+    if (last.count(r.method)) EXPECT_LE(r.mean_rel_error, last[r.method] + 1e-12) << r.method << " " << r.budget;
+    last[r.method] = r.mean_rel_error;
+  }
+  EXPECT_LT(last["hydraopt"], 1e-6);
+}
+
+TEST(Merge, HydraPointMatchesTheDenseClosedFormOptimum) {
+  const AdapterSet& set = tiny();
+  const size_t n = set.size();
+  // Storage of one shared A (r x in) with a head per task (out x r) per module.
+  int64_t hydra = 0;
+  std::vector<double> total(n, 0.0);
+  for (size_t m = 0; m < set.modules().size(); ++m) {
+    auto loras = set.load(m);
+    for (size_t i = 0; i < n; ++i) total[i] += (loras[i].scale * loras[i].B * loras[i].A).squaredNorm();
+  }
+  // Dense optimum of that structure under balanced weights.
+  std::vector<std::map<std::string, MatrixXd>> hat(n);
+  for (size_t m = 0; m < set.modules().size(); ++m) {
+    const auto& mod = set.modules()[m];
+    auto loras = set.load(m);
+    const int64_t r = loras[0].rank();
+    hydra += r * mod.in + static_cast<int64_t>(n) * r * mod.out;
+    MatrixXd stack(n * mod.out, mod.in);
+    for (size_t i = 0; i < n; ++i) {
+      stack.middleRows(i * mod.out, mod.out) = (loras[i].scale * loras[i].B * loras[i].A) / std::sqrt(total[i]);
+    }
+    Eigen::JacobiSVD<MatrixXd> svd(stack, Eigen::ComputeThinV);
+    MatrixXd v = svd.matrixV().leftCols(r);
+    for (size_t i = 0; i < n; ++i) hat[i][mod.name] = loras[i].scale * loras[i].B * loras[i].A * v * v.transpose();
+  }
+  auto dense = dense_rel_errors(set, hat);
+  double dense_sq = 0;
+  for (double e : dense) dense_sq += e * e;
+  const double fraction = static_cast<double>(hydra) / set.original_params();
+  auto r = merge(set, at(fraction), "");
+  double got_sq = 0;
+  for (auto& t : r.tasks) got_sq += t.rel_error * t.rel_error;
+  // The planner optimises the same objective (sum of squared relative
+  // errors): it matches the closed form or beats it by mixing structures.
+  EXPECT_LE(got_sq, dense_sq * 1.01);
+  // A plan that forces the closed-form structure reproduces it exactly.
+  test::TempDir d;
+  nlohmann::json plan = nlohmann::json::array();
+  for (auto& m : set.modules()) plan.push_back({{"name", m.name}, {"family", "shared-A"}, {"rank", 4}, {"groups", 0}});
+  test::write_text(d / "plan.json", plan.dump());
+  MergeOptions o = at(fraction);
+  o.plan_file = (d / "plan.json").string();
+  auto forced = merge(set, o, "");
+  for (size_t i = 0; i < n; ++i) EXPECT_NEAR(forced.tasks[i].rel_error, dense[i], 1e-6 * (1 + dense[i]));
+}
+
+TEST(Merge, AtOneOverNHydraoptBeatsSingleAdapterMerges) {
+  const double one = 1.0 / 6;
+  auto h = merge(tiny(), at(one), "");
+  EXPECT_LE(h.fraction, one + 1e-12);
+  for (const char* m : {"ta", "ties", "linear"}) {
+    auto r = merge(tiny(), at(one, m), "");
+    EXPECT_NEAR(r.fraction, one, 1e-12) << m;
+    EXPECT_LE(h.mean_rel_error, r.mean_rel_error) << m;
+  }
+}
+
+TEST(Merge, BundlesAreByteIdenticalAcrossThreadCounts) {
+  test::TempDir d;
+  for (int threads : {1, 2}) {
+    MergeOptions o = at(0.4);
+    o.threads = threads;
+    merge(tiny(), o, d / ("b" + std::to_string(threads) + ".safetensors"));
+  }
+  EXPECT_EQ(test::read_text(d / "b1.safetensors"), test::read_text(d / "b2.safetensors"));
+}
+
+TEST(Merge, ExportReproducesTheReportedError) {
+  test::TempDir d;
+  for (const char* method : {"hydraopt", "jd-full", "jd-diag", "ties", "hydra-avg"}) {
+    SCOPED_TRACE(method);
+    const fs::path bundle = d / (std::string(method) + ".safetensors");
+    auto report = merge(tiny(), at(0.35, method), bundle);
+    EXPECT_EQ(bundle_tasks(bundle).size(), 6u);
+    const fs::path out = d / (std::string(method) + "-export");
+    export_bundle(bundle, "", out);
+    std::vector<std::map<std::string, MatrixXd>> hat(6);
+    for (size_t i = 0; i < 6; ++i) {
+      auto a = Adapter::open((out / tiny().task(i).name()).string());
+      EXPECT_EQ(a.name(), tiny().task(i).name());
+      for (auto& m : a.modules()) {
+        auto l = a.load(m.name);
+        hat[i][m.name] = l.scale * l.B * l.A;
+      }
+    }
+    auto dense = dense_rel_errors(tiny(), hat);
+    for (size_t i = 0; i < 6; ++i) EXPECT_NEAR(dense[i], report.tasks[i].rel_error, 1e-5) << i;
+  }
+}
+
+TEST(Merge, BadOptionsAreClearErrors) {
+  auto msg = [](const MergeOptions& o) {
+    try {
+      merge(tiny(), o, "");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(msg(at(0)).find("(0, 1]"), std::string::npos);
+  EXPECT_NE(msg(at(1.5)).find("(0, 1]"), std::string::npos);
+  EXPECT_NE(msg(at(0.5, "nope")).find("unknown method 'nope'"), std::string::npos);
+  EXPECT_NE(msg(at(0.01)).find("smallest achievable storage, fraction"), std::string::npos);
+  MergeOptions o = at(0.5, "ta");
+  o.params["density"] = "0.3";
+  EXPECT_NE(msg(o).find("method ta has no parameter 'density'"), std::string::npos);
+  o = at(0.5);
+  o.share = "C";
+  EXPECT_NE(msg(o).find("--share"), std::string::npos);
+}
+
+TEST(Merge, ShareRestrictsTheStructures) {
+  for (const char* side : {"A", "B"}) {
+    MergeOptions o = at(0.45);
+    o.share = side;
+    auto r = merge(tiny(), o, "");
+    auto plan = nlohmann::json::parse(r.plan_json);
+    for (auto& m : plan) {
+      std::string fam = m["family"];
+      EXPECT_EQ(fam.find(std::string("-") + (side[0] == 'A' ? "B" : "A")), std::string::npos) << fam;
+      EXPECT_EQ(fam.find("jd"), std::string::npos) << fam;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace hydraopt

@@ -1,0 +1,271 @@
+// Markdown table and SVG plot of a sweep: structure, grouping/sorting,
+// escaping, the documented data -> pixel mapping and determinism.
+#include <gtest/gtest.h>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <regex>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "report/sweep_report.h"
+
+namespace hydraopt {
+namespace {
+
+MergeReport rep(const std::string& method, double fraction, double err,
+                std::vector<TaskError> tasks = {}, double seconds = 0.5) {
+  MergeReport r;
+  r.method = method;
+  r.budget = fraction;
+  r.original_params = 1000000;
+  r.params = static_cast<int64_t>(std::llround(fraction * 1000000));
+  r.fraction = fraction;
+  r.mean_rel_error = err;
+  r.tasks = std::move(tasks);
+  r.seconds = seconds;
+  return r;
+}
+
+std::vector<std::string> lines(const std::string& s) {
+  std::vector<std::string> out;
+  std::istringstream in(s);
+  for (std::string l; std::getline(in, l);) out.push_back(l);
+  return out;
+}
+
+size_t count(const std::string& s, const std::string& needle) {
+  size_t n = 0;
+  for (size_t p = s.find(needle); p != std::string::npos; p = s.find(needle, p + needle.size()))
+    ++n;
+  return n;
+}
+
+/// Cells of a Markdown row "| a | b |" (trimmed, '\|' kept escaped).
+std::vector<std::string> cells(const std::string& row) {
+  std::vector<std::string> out;
+  std::string cur;
+  for (size_t i = 1; i < row.size(); ++i) {
+    if (row[i] == '|' && row[i - 1] != '\\') {
+      size_t a = cur.find_first_not_of(' '), b = cur.find_last_not_of(' ');
+      out.push_back(a == std::string::npos ? "" : cur.substr(a, b - a + 1));
+      cur.clear();
+    } else {
+      cur += row[i];
+    }
+  }
+  return out;
+}
+
+std::vector<MergeReport> sample() {
+  return {
+      rep("hydraopt", 0.5, 0.05, {{"t0", 0.04}, {"t1", 0.061234567}}),
+      rep("ta", 0.025, 0.8, {{"x", 0.8}}),
+      rep("hydraopt", 0.1, 0.3, {{"t0", 0.2}, {"t1", 0.4}}),
+      rep("jd-diag", 0.25, 0.2),
+      rep("hydraopt", 0.25, 0.12),
+      rep("jd-diag", 0.05, 0.6),
+  };
+}
+
+TEST(SweepMarkdown, HeaderAndOneRowPerReport) {
+  auto ls = lines(sweep_markdown(sample()));
+  ASSERT_EQ(ls.size(), 2u + 6u);
+  auto header = cells(ls[0]);
+  ASSERT_EQ(header.size(), 7u);
+  EXPECT_EQ(header[0], "method");
+  EXPECT_EQ(header[1], "budget");
+  EXPECT_EQ(header[2], "storage fraction");
+  EXPECT_EQ(header[3], "stored params");
+  EXPECT_EQ(header[4], "mean rel. error");
+  EXPECT_EQ(header[5], "worst task");
+  EXPECT_EQ(header[6], "seconds");
+  EXPECT_EQ(cells(ls[1]).size(), 7u);
+  for (size_t i = 2; i < ls.size(); ++i) EXPECT_EQ(cells(ls[i]).size(), 7u) << ls[i];
+  EXPECT_TRUE(lines(sweep_markdown({})).size() == 2u);
+}
+
+TEST(SweepMarkdown, GroupedByFirstAppearanceSortedByFraction) {
+  auto ls = lines(sweep_markdown(sample()));
+  std::vector<std::pair<std::string, std::string>> got;
+  for (size_t i = 2; i < ls.size(); ++i) {
+    auto c = cells(ls[i]);
+    got.emplace_back(c[0], c[2]);
+  }
+  std::vector<std::pair<std::string, std::string>> want = {
+      {"hydraopt", "0.100"}, {"hydraopt", "0.250"}, {"hydraopt", "0.500"},
+      {"ta", "0.025"},       {"jd-diag", "0.050"},  {"jd-diag", "0.250"},
+  };
+  EXPECT_EQ(got, want);
+}
+
+TEST(SweepMarkdown, NumberFormatsAndWorstTask) {
+  auto ls = lines(sweep_markdown(sample()));
+  auto c = cells(ls[4]);  // hydraopt @ 0.5
+  EXPECT_EQ(c[1], "0.5");
+  EXPECT_EQ(c[2], "0.500");
+  EXPECT_EQ(c[3], "500,000");
+  EXPECT_EQ(c[4], "0.05000");
+  EXPECT_EQ(c[5], "t1 (0.06123)");
+  EXPECT_EQ(c[6], "0.50");
+  auto d = cells(ls[6]);  // jd-diag @ 0.05, no tasks
+  EXPECT_EQ(d[5], "—");
+  MergeReport r = rep("a|b", 0.123456, 0.0123456789);
+  r.budget = 0;
+  auto e = cells(lines(sweep_markdown({r}))[2]);
+  EXPECT_EQ(e[0], "a\\|b");
+  EXPECT_EQ(e[1], "—");
+  EXPECT_EQ(e[2], "0.123");
+  EXPECT_EQ(e[4], "0.01235");
+}
+
+TEST(SweepSvg, WellFormedShape) {
+  std::string svg = sweep_svg(sample(), "a sweep");
+  EXPECT_EQ(count(svg, "<svg "), 1u);
+  EXPECT_EQ(count(svg, "</svg>"), 1u);
+  EXPECT_LT(svg.find("<svg "), svg.find("</svg>"));
+  EXPECT_EQ(svg.find("</svg>") + std::string("</svg>\n").size(), svg.size());
+  // Every element that opens also closes (or is self-closing).
+  for (const char* tag : {"g", "text", "title", "circle", "polygon", "rect", "path"}) {
+    std::regex open(std::string("<") + tag + "[ >]"), self(std::string("<") + tag + "[^>]*/>");
+    size_t opens =
+        std::distance(std::sregex_iterator(svg.begin(), svg.end(), open), std::sregex_iterator());
+    size_t selfs =
+        std::distance(std::sregex_iterator(svg.begin(), svg.end(), self), std::sregex_iterator());
+    EXPECT_EQ(opens - selfs, count(svg, std::string("</") + tag + ">")) << tag;
+  }
+  EXPECT_EQ(svg.find("<script"), std::string::npos);
+  EXPECT_EQ(svg.find("@import"), std::string::npos);
+  EXPECT_EQ(svg.find("href"), std::string::npos);
+  EXPECT_NE(svg.find("font-family=\"sans-serif\""), std::string::npos);
+  EXPECT_NE(svg.find("storage (fraction of the original LoRA parameters)"), std::string::npos);
+  EXPECT_NE(svg.find("mean relative error"), std::string::npos);
+  EXPECT_NE(svg.find(">a sweep</text>"), std::string::npos);
+}
+
+TEST(SweepSvg, OnePolylinePerMultiPointMethodAndLegend) {
+  auto reports = sample();
+  std::string svg = sweep_svg(reports, "t");
+  // hydraopt (3 points) and jd-diag (2 points) get lines; ta (1 point) not.
+  EXPECT_EQ(count(svg, "<polyline"), 2u);
+  EXPECT_NE(svg.find(R"(<polyline data-method="hydraopt")"), std::string::npos);
+  EXPECT_NE(svg.find(R"(<polyline data-method="jd-diag")"), std::string::npos);
+  auto legend = svg.substr(svg.find(R"(<g id="legend")"));
+  legend = legend.substr(0, legend.find("</g>\n</g>"));
+  for (const char* m : {"hydraopt", "ta", "jd-diag"}) {
+    EXPECT_NE(legend.find(std::string(">") + m + "</text>"), std::string::npos) << m;
+  }
+  EXPECT_EQ(count(legend, "class=\"legend-entry\""), 3u);
+  // One marker per finite point in the markers group.
+  auto markers = svg.substr(svg.find(R"(<g id="markers")"));
+  markers = markers.substr(0, markers.find(R"(<g id="legend")"));
+  EXPECT_EQ(count(markers, "<title>"), reports.size());
+}
+
+TEST(SweepSvg, EscapesNames) {
+  std::string svg =
+      sweep_svg({rep("a<b & \"c\"", 0.1, 0.2), rep("a<b & \"c\"", 0.2, 0.1)}, "x < y & z");
+  EXPECT_EQ(svg.find("a<b"), std::string::npos);
+  EXPECT_EQ(svg.find("x < y"), std::string::npos);
+  EXPECT_NE(svg.find("a&lt;b &amp; &quot;c&quot;"), std::string::npos);
+  EXPECT_NE(svg.find("x &lt; y &amp; z"), std::string::npos);
+  // No bare '&' anywhere: each one starts an entity.
+  for (size_t p = svg.find('&'); p != std::string::npos; p = svg.find('&', p + 1)) {
+    EXPECT_TRUE(svg.compare(p, 5, "&amp;") == 0 || svg.compare(p, 4, "&lt;") == 0 ||
+                svg.compare(p, 4, "&gt;") == 0 || svg.compare(p, 6, "&quot;") == 0 ||
+                svg.compare(p, 6, "&apos;") == 0)
+        << svg.substr(p, 10);
+  }
+}
+
+TEST(SweepSvg, KnownPointMapsToDocumentedPixel) {
+  using namespace sweep_svg_layout;
+  // Largest error 0.9 -> tick step 0.2, y axis 0..1; largest fraction 1 -> x axis 0..1.
+  std::vector<MergeReport> reports = {rep("m", 0.25, 0.4), rep("m", 1.0, 0.9), rep("m", 0.05, 0.0)};
+  std::string svg = sweep_svg(reports, "t");
+  std::smatch mt;
+  ASSERT_TRUE(
+      std::regex_search(svg, mt, std::regex(R"(<polyline data-method="m"[^>]*points="([^"]*)\")")));
+  std::vector<std::pair<double, double>> pts;
+  std::istringstream in(mt[1].str());
+  for (std::string tok; in >> tok;) {
+    auto comma = tok.find(',');
+    pts.emplace_back(std::stod(tok.substr(0, comma)), std::stod(tok.substr(comma + 1)));
+  }
+  ASSERT_EQ(pts.size(), 3u);
+  const double w = kWidth - kLeft - kRight, h = kHeight - kTop - kBottom;
+  auto expect_at = [&](size_t i, double f, double e, double xmax, double ymax) {
+    EXPECT_NEAR(pts[i].first, kLeft + f / xmax * w, 0.5) << i;
+    EXPECT_NEAR(pts[i].second, kTop + (1 - e / ymax) * h, 0.5) << i;
+  };
+  expect_at(0, 0.05, 0.0, 1, 1);  // sorted by fraction
+  expect_at(1, 0.25, 0.4, 1, 1);
+  expect_at(2, 1.0, 0.9, 1, 1);
+  // The circle marker of the first method sits at the same spot.
+  EXPECT_NE(
+      svg.find(fmt::format(R"(<circle cx="{:.2f}" cy="{:.2f}")", kLeft + 0.25 * w, kTop + 0.6 * h)),
+      std::string::npos);
+
+  // x beyond 1 stretches the axis to the largest fraction.
+  std::string svg2 = sweep_svg({rep("m", 2.0, 0.33), rep("m", 0.5, 0.1)}, "t");
+  ASSERT_TRUE(std::regex_search(svg2, mt,
+                                std::regex(R"(<polyline data-method="m"[^>]*points="([^"]*)\")")));
+  std::istringstream in2(mt[1].str());
+  std::string first;
+  in2 >> first;
+  EXPECT_NEAR(std::stod(first.substr(0, first.find(','))), kLeft + 0.5 / 2.0 * w, 0.5);
+  // 0.33 / 6 = 0.055 -> step 0.1, y max 0.4.
+  EXPECT_NEAR(std::stod(first.substr(first.find(',') + 1)), kTop + (1 - 0.1 / 0.4) * h, 0.5);
+  EXPECT_NE(svg2.find(">0.4</text>"), std::string::npos);  // top y tick label
+  EXPECT_NE(svg2.find(">2.0</text>"), std::string::npos);  // last x tick label
+}
+
+TEST(SweepSvg, SinglePointMethodsAndEdgeCases) {
+  std::string svg = sweep_svg({rep("solo", 0.025, 0.7)}, "t");
+  EXPECT_EQ(count(svg, "<polyline"), 0u);
+  EXPECT_NE(svg.find(">solo</text>"), std::string::npos);
+  // Non-finite points are skipped, empty input still yields a plot.
+  std::string svg2 = sweep_svg({rep("m", 0.1, NAN), rep("m", 0.2, 0.3)}, "t");
+  EXPECT_EQ(count(svg2, "<polyline"), 0u);
+  EXPECT_EQ(svg2.find("nan"), std::string::npos);
+  std::string empty = sweep_svg({}, "t");
+  EXPECT_NE(empty.find("no data"), std::string::npos);
+  EXPECT_EQ(count(empty, "</svg>"), 1u);
+}
+
+TEST(SweepSvg, DistinctColoursAndShapes) {
+  std::vector<MergeReport> reports;
+  for (int m = 0; m < 8; ++m) {
+    reports.push_back(rep("m" + std::to_string(m), 0.1, 0.1 * m + 0.05));
+    reports.push_back(rep("m" + std::to_string(m), 0.5, 0.05 * m + 0.01));
+  }
+  std::string svg = sweep_svg(reports, "t");
+  std::regex stroke(R"~(<polyline data-method="[^"]*" stroke="(#[0-9A-Fa-f]{6})")~");
+  std::vector<std::string> colours;
+  for (auto it = std::sregex_iterator(svg.begin(), svg.end(), stroke); it != std::sregex_iterator();
+       ++it) {
+    colours.push_back((*it)[1]);
+  }
+  ASSERT_EQ(colours.size(), 8u);
+  std::sort(colours.begin(), colours.end());
+  EXPECT_EQ(std::unique(colours.begin(), colours.end()), colours.end());
+  // Shapes: one circle, one square; triangles/diamond/star are polygons, x and plus paths.
+  auto markers = svg.substr(svg.find(R"(<g id="markers")"));
+  markers = markers.substr(0, markers.find(R"(<g id="legend")"));
+  EXPECT_EQ(count(markers, "<circle"), 2u);
+  EXPECT_EQ(count(markers, "<rect"), 2u);
+  EXPECT_EQ(count(markers, "<polygon"), 8u);
+  EXPECT_EQ(count(markers, "<path"), 8u);  // x and plus: a white halo and the stroke
+}
+
+TEST(SweepReport, Deterministic) {
+  auto a = sample();
+  EXPECT_EQ(sweep_svg(a, "title"), sweep_svg(sample(), "title"));
+  EXPECT_EQ(sweep_markdown(a), sweep_markdown(sample()));
+}
+
+}  // namespace
+}  // namespace hydraopt
