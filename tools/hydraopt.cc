@@ -149,8 +149,8 @@ int main(int argc, char** argv) {
   auto* synth_cmd = app.add_subcommand("synth", "write synthetic PEFT adapters trained from one base");
   hydraopt::SynthOptions synth;
   synth_cmd->add_option("out_dir", out_dir, "output directory")->required();
-  synth_cmd->add_option("--preset", synth.preset, "tiny | llama-1b | llama-7b")
-      ->check(CLI::IsMember({"tiny", "llama-1b", "llama-7b"}))
+  synth_cmd->add_option("--preset", synth.preset, "tiny | small | llama-1b | llama-7b")
+      ->check(CLI::IsMember({"tiny", "small", "llama-1b", "llama-7b"}))
       ->capture_default_str();
   synth_cmd->add_option("--tasks", synth.tasks, "number of adapters (default: the preset's)")
       ->check(CLI::Range(1, 100000));

@@ -23,7 +23,7 @@
 namespace hydraopt {
 
 struct SynthOptions {
-  std::string preset = "tiny";  ///< tiny | llama-1b | llama-7b
+  std::string preset = "tiny";  ///< tiny | small | llama-1b | llama-7b
   int tasks = 0;                ///< 0: the preset's default
   uint64_t seed = 0;
   int clusters = 0;             ///< task clusters for B heads; 0: preset default

@@ -54,8 +54,10 @@ struct ModuleProblem {
 
 /// ||dW_i||_F^2 per task.
 std::vector<double> update_norms2(const ModuleProblem& p);
-/// ||dW_i - dW_hat_i||_F^2 per task.
-std::vector<double> fit_errors2(const ModuleProblem& p, const ModuleFit& f);
+/// ||dW_i - dW_hat_i||_F^2 per task; `norms` (update_norms2(p)) saves
+/// recomputing them.
+std::vector<double> fit_errors2(const ModuleProblem& p, const ModuleFit& f,
+                                const std::vector<double>* norms = nullptr);
 /// sum_i w_i ||dW_i - dW_hat_i||_F^2
 double weighted_error(const ModuleProblem& p, const ModuleFit& f);
 

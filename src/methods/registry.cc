@@ -10,7 +10,7 @@ namespace {
 
 std::vector<MethodInfo> build() {
   const MethodParam iters{"max_iters", "30", "alternating least squares iterations at most"};
-  const MethodParam tol{"tol", "1e-6", "stop ALS when the objective improves by less, relatively"};
+  const MethodParam tol{"tol", "1e-4", "stop ALS when the objective improves by less, relatively"};
   const MethodParam rank{"rank", "0", "rank of the merged adapter (0: the inputs' largest rank)"};
   const MethodParam density{"density", "0.2", "fraction of entries kept (magnitude trim / DARE keep rate)"};
   const MethodParam sign{"sign_method", "total", "sign election: total (sign of the sum) or frequency"};

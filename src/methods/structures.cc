@@ -1,5 +1,7 @@
 #include "methods/structures.h"
 
+#include <Eigen/QR>
+
 #include <algorithm>
 #include <cmath>
 #include <map>
@@ -429,21 +431,35 @@ ModuleFit ModuleFitter::fit_jd(int64_t k, bool diagonal, FitStats* stats) {
     als_refine(p_, &f, o_, stats);
     return f;
   }
-  // HOOI: each step maximises sum_i w_i ||U^T dW_i V||^2 over one side.
+  // HOOI with one orthogonal-iteration step per side: V <- orth(S_V V) with
+  // S_V = sum_i w_i dW_i^T U U^T dW_i (and U likewise), which raises
+  // sum_i w_i ||U^T dW_i V||^2 at a rank-sized cost per task; the guard
+  // below keeps the objective from ever rising.
+  auto orth = [](const MatrixXd& x) {
+    Eigen::HouseholderQR<MatrixXd> qr(x);
+    MatrixXd q = qr.householderQ() * MatrixXd::Identity(x.rows(), x.cols());
+    for (Index j = 0; j < x.cols(); ++j) {
+      if (q.col(j).dot(x.col(j)) < 0) q.col(j) = -q.col(j);
+    }
+    return q;
+  };
   double obj = weighted_error(p_, f);
   if (stats) stats->objective = {obj};
   for (int it = 0; it < o_.max_iters; ++it) {
-    MatrixXd tv(n * k, p_.in());
+    MatrixXd sv = MatrixXd::Zero(p_.in(), k);
     for (size_t i = 0; i < n; ++i) {
-      tv.middleRows(i * k, k) = std::sqrt(p_.weights[i]) * ((u.transpose() * p_.left(i)) * p_.loras[i].A);
+      if (p_.loras[i].rank() == 0 || p_.weights[i] == 0) continue;
+      MatrixXd ul = u.transpose() * p_.left(i);  // k x r
+      sv += p_.weights[i] * (p_.loras[i].A.transpose() * ((ul.transpose() * ul) * (p_.loras[i].A * v)));
     }
-    v = linalg::top_right_subspace(tv, k).basis;
-    MatrixXd tu(n * k, p_.out());
+    v = orth(sv);
+    MatrixXd su = MatrixXd::Zero(p_.out(), k);
     for (size_t i = 0; i < n; ++i) {
-      tu.middleRows(i * k, k) = std::sqrt(p_.weights[i]) * ((v.transpose() * p_.loras[i].A.transpose()) *
-                                                              p_.left(i).transpose());
+      if (p_.loras[i].rank() == 0 || p_.weights[i] == 0) continue;
+      MatrixXd av = p_.loras[i].A * v;  // r x k
+      su += p_.weights[i] * (p_.left(i) * (av * (av.transpose() * (p_.left(i).transpose() * u))));
     }
-    u = linalg::top_right_subspace(tu, k).basis;
+    u = orth(su);
     if (u.cols() < k || v.cols() < k) break;  // cannot happen for valid specs
     ModuleFit prev = f;
     assemble();
@@ -484,73 +500,126 @@ ModuleFit ModuleFitter::fit_avg() const {
 }
 
 void als_refine(const ModuleProblem& p, ModuleFit* f, const FitOptions& o, FitStats* stats) {
+  // Every product below is rank-sized: with L_i = s_i B_i, the terms of
+  // ||L_i A_i - H C_i R||^2 only need A_i R^T (r x k'), H^T L_i (k x r) and
+  // the k x k Grams H^T H, R R^T.
   const size_t n = p.tasks();
-  auto core_times = [&](size_t i, const MatrixXd& right) -> MatrixXd {  // C_i R
-    if (f->core_of[i] < 0) return right;
-    const MatrixXd& c = f->cores[f->core_of[i]];
-    return f->diagonal_cores ? MatrixXd(c.col(0).asDiagonal() * right) : MatrixXd(c * right);
-  };
-  auto head_times = [&](size_t i) -> MatrixXd {  // H C_i
-    const MatrixXd& h = f->heads[f->head_of[i]];
-    if (f->core_of[i] < 0) return h;
-    const MatrixXd& c = f->cores[f->core_of[i]];
-    return f->diagonal_cores ? MatrixXd(h * c.col(0).asDiagonal()) : MatrixXd(h * c);
+  const bool diag = f->diagonal_cores;
+  std::vector<MatrixXd> left(n);
+  for (size_t i = 0; i < n; ++i) left[i] = p.left(i);
+  const std::vector<double> norms = update_norms2(p);
+
+  auto core = [&](size_t i) -> const MatrixXd* { return f->core_of[i] < 0 ? nullptr : &f->cores[f->core_of[i]]; };
+  auto grams = [](const std::vector<MatrixXd>& ms, bool rows) {
+    std::vector<MatrixXd> g;
+    for (auto& m : ms) g.push_back(rows ? MatrixXd(m * m.transpose()) : MatrixXd(m.transpose() * m));
+    return g;
   };
 
-  double obj = weighted_error(p, *f);
-  if (stats) stats->objective = {obj};
-  for (int it = 0; it < o.max_iters; ++it) {
-    ModuleFit prev = *f;
-    // Heads.
-    for (size_t g = 0; g < f->heads.size(); ++g) {
-      const Index k = f->heads[g].cols();
-      MatrixXd num = MatrixXd::Zero(p.out(), k), den = MatrixXd::Zero(k, k);
-      bool used = false;
-      for (size_t i = 0; i < n; ++i) {
-        if (f->head_of[i] != static_cast<int>(g) || p.weights[i] == 0) continue;
-        used = true;
-        MatrixXd m = core_times(i, f->bodies[f->body_of[i]]);  // k x in
-        num += p.weights[i] * (p.left(i) * (p.loras[i].A * m.transpose()));
-        den += p.weights[i] * (m * m.transpose());
-      }
-      if (used) f->heads[g] = num * linalg::psd_pinv(den);
-    }
-    // Cores (one per task).
-    for (size_t i = 0; i < n && !f->cores.empty(); ++i) {
-      if (f->core_of[i] < 0) continue;
+  // Objective with the current factors, from rank-sized pieces:
+  // ||dW||^2 - 2 <H^T L A R^T, C> + tr(C^T H^T H C R R^T).
+  auto objective = [&]() {
+    auto hh = grams(f->heads, false);
+    auto rr = grams(f->bodies, true);
+    double total = 0;
+    for (size_t i = 0; i < n; ++i) {
+      if (p.weights[i] == 0) continue;
       const MatrixXd& h = f->heads[f->head_of[i]];
       const MatrixXd& r = f->bodies[f->body_of[i]];
-      MatrixXd hd = h.transpose() * p.left(i);       // k x r_i
-      MatrixXd dr = p.loras[i].A * r.transpose();    // r_i x k'
-      MatrixXd hh = h.transpose() * h, rr = r * r.transpose();
-      if (f->diagonal_cores) {
-        VectorXd rhs = (hd.cwiseProduct(dr.transpose())).rowwise().sum();
-        f->cores[f->core_of[i]] = linalg::psd_pinv(hh.cwiseProduct(rr)) * rhs;
-      } else {
-        f->cores[f->core_of[i]] = linalg::psd_pinv(hh) * (hd * dr) * linalg::psd_pinv(rr);
+      MatrixXd ht_l = h.transpose() * left[i];             // k x r_i
+      MatrixXd a_rt = p.loras[i].A * r.transpose();        // r_i x k'
+      MatrixXd c_full = core(i) ? (diag ? MatrixXd(core(i)->col(0).asDiagonal()) : *core(i))
+                                : MatrixXd::Identity(h.cols(), r.rows());
+      double inner = (ht_l * a_rt).cwiseProduct(c_full).sum();
+      double sq = (c_full.transpose() * hh[f->head_of[i]] * c_full).cwiseProduct(rr[f->body_of[i]]).sum();
+      total += p.weights[i] * std::max(0.0, norms[i] - 2 * inner + sq);
+    }
+    return total;
+  };
+
+  double obj = objective();
+  if (stats) stats->objective = {weighted_error(p, *f)};
+  for (int it = 0; it < o.max_iters; ++it) {
+    ModuleFit prev = *f;
+    // Heads: H_g = (sum w L_i A_i M_i^T)(sum w M_i M_i^T)^+ with M_i = C_i R.
+    {
+      auto rr = grams(f->bodies, true);
+      for (size_t g = 0; g < f->heads.size(); ++g) {
+        const Index k = f->heads[g].cols();
+        MatrixXd num = MatrixXd::Zero(p.out(), k), den = MatrixXd::Zero(k, k);
+        bool used = false;
+        for (size_t i = 0; i < n; ++i) {
+          if (f->head_of[i] != static_cast<int>(g) || p.weights[i] == 0) continue;
+          used = true;
+          const MatrixXd& r = f->bodies[f->body_of[i]];
+          // A_i M_i^T = (A_i R^T) C_i^T
+          const MatrixXd a_rt = p.loras[i].A * r.transpose();
+          const MatrixXd* c = core(i);
+          const MatrixXd a_mt = !c ? a_rt : diag ? MatrixXd(a_rt * c->col(0).asDiagonal()) : MatrixXd(a_rt * c->transpose());
+          num += p.weights[i] * (left[i] * a_mt);
+          const MatrixXd& g2 = rr[f->body_of[i]];
+          den += p.weights[i] * (c ? (diag ? MatrixXd(c->col(0).asDiagonal() * g2 * c->col(0).asDiagonal())
+                                           : MatrixXd(*c * g2 * c->transpose()))
+                                   : g2);
+        }
+        if (used) f->heads[g] = num * linalg::psd_pinv(den);
       }
     }
-    // Bodies.
-    for (size_t b = 0; b < f->bodies.size(); ++b) {
-      const Index k = f->bodies[b].rows();
-      MatrixXd num = MatrixXd::Zero(k, p.in()), den = MatrixXd::Zero(k, k);
-      bool used = false;
+    // Cores, one per task: C = (H^T H)^+ H^T L A R^T (R R^T)^+, or the
+    // diagonal least-squares solution.
+    if (!f->cores.empty()) {
+      std::vector<MatrixXd> hh_pinv(f->heads.size()), rr_pinv(f->bodies.size());
+      auto hh = grams(f->heads, false);
+      auto rr = grams(f->bodies, true);
+      std::map<std::pair<int, int>, MatrixXd> hadamard_pinv;
       for (size_t i = 0; i < n; ++i) {
-        if (f->body_of[i] != static_cast<int>(b) || p.weights[i] == 0) continue;
-        used = true;
-        MatrixXd nn = head_times(i);  // out x k
-        num += p.weights[i] * ((nn.transpose() * p.left(i)) * p.loras[i].A);
-        den += p.weights[i] * (nn.transpose() * nn);
+        if (f->core_of[i] < 0) continue;
+        const int hi = f->head_of[i], bi = f->body_of[i];
+        MatrixXd hd = f->heads[hi].transpose() * left[i];        // k x r_i
+        MatrixXd dr = p.loras[i].A * f->bodies[bi].transpose();  // r_i x k'
+        if (diag) {
+          auto key = std::make_pair(hi, bi);
+          auto it = hadamard_pinv.find(key);
+          if (it == hadamard_pinv.end()) it = hadamard_pinv.emplace(key, linalg::psd_pinv(hh[hi].cwiseProduct(rr[bi]))).first;
+          VectorXd rhs = (hd.cwiseProduct(dr.transpose())).rowwise().sum();
+          f->cores[f->core_of[i]] = it->second * rhs;
+        } else {
+          if (hh_pinv[hi].size() == 0) hh_pinv[hi] = linalg::psd_pinv(hh[hi]);
+          if (rr_pinv[bi].size() == 0) rr_pinv[bi] = linalg::psd_pinv(rr[bi]);
+          f->cores[f->core_of[i]] = hh_pinv[hi] * (hd * dr) * rr_pinv[bi];
+        }
       }
-      if (used) f->bodies[b] = linalg::psd_pinv(den) * num;
     }
-    double next = weighted_error(p, *f);
-    if (next > obj * (1 + 1e-12) + 1e-300) {  // rounding in a pseudo-inverse: keep the better fit
+    // Bodies: R_b = (sum w N_i^T N_i)^+ (sum w N_i^T L_i A_i) with N_i = H C_i.
+    {
+      auto hh = grams(f->heads, false);
+      for (size_t b = 0; b < f->bodies.size(); ++b) {
+        const Index k = f->bodies[b].rows();
+        MatrixXd num = MatrixXd::Zero(k, p.in()), den = MatrixXd::Zero(k, k);
+        bool used = false;
+        for (size_t i = 0; i < n; ++i) {
+          if (f->body_of[i] != static_cast<int>(b) || p.weights[i] == 0) continue;
+          used = true;
+          const MatrixXd& h = f->heads[f->head_of[i]];
+          const MatrixXd* c = core(i);
+          MatrixXd ht_l = h.transpose() * left[i];  // k x r_i
+          MatrixXd nt_l = c ? (diag ? MatrixXd(c->col(0).asDiagonal() * ht_l) : MatrixXd(c->transpose() * ht_l)) : ht_l;
+          num += p.weights[i] * (nt_l * p.loras[i].A);
+          const MatrixXd& g2 = hh[f->head_of[i]];
+          den += p.weights[i] * (c ? (diag ? MatrixXd(c->col(0).asDiagonal() * g2 * c->col(0).asDiagonal())
+                                           : MatrixXd(c->transpose() * g2 * *c))
+                                   : g2);
+        }
+        if (used) f->bodies[b] = linalg::psd_pinv(den) * num;
+      }
+    }
+    double next = objective();
+    if (next > obj * (1 + 1e-9) + 1e-300) {  // rounding in a pseudo-inverse: keep the better fit
       *f = std::move(prev);
       break;
     }
     if (stats) {
-      stats->objective.push_back(next);
+      stats->objective.push_back(weighted_error(p, *f));
       stats->iterations = it + 1;
     }
     bool done = obj - next <= o.tol * obj;

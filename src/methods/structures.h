@@ -76,8 +76,8 @@ int64_t spec_params(const StructureSpec& s, const ModuleShape& m);
 bool spec_valid(const StructureSpec& s, const ModuleShape& m);
 
 struct FitOptions {
-  int max_iters = 50;    ///< ALS iterations at most
-  double tol = 1e-6;     ///< stop when the objective improves by less, relatively
+  int max_iters = 30;    ///< ALS iterations at most
+  double tol = 1e-4;     ///< stop when the objective improves by less, relatively
   /// Optional user grouping (label per task) for the grouped families.
   std::vector<int> user_groups;
 };

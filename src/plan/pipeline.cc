@@ -161,14 +161,14 @@ class Session {
     for_modules(nm, threads_, o_.progress, [&](size_t m) {
       ModuleProblem p = problem(m);
       ModuleFitter fitter(p, fo);
-      for (auto& cs : specs(m, fitter.shape())) out[m].push_back(evaluate(p, fitter.fit(cs.spec), cs));
+      for (auto& cs : specs(m, fitter.shape())) out[m].push_back(evaluate(p, m, fitter.fit(cs.spec), cs));
       set_.release(m);
     });
     return out;
   }
 
-  Evaluated evaluate(const ModuleProblem& p, const ModuleFit& fit, const CandidateSpec& cs) const {
-    Evaluated e{cs.spec, cs.key, fit.params(), 0, fit_errors2(p, fit.rounded(dtype_))};
+  Evaluated evaluate(const ModuleProblem& p, size_t m, const ModuleFit& fit, const CandidateSpec& cs) const {
+    Evaluated e{cs.spec, cs.key, fit.params(), 0, fit_errors2(p, fit.rounded(dtype_), &norms2_[m])};
     for (size_t i = 0; i < e.task_err2.size(); ++i) e.error += p.weights[i] * e.task_err2[i];
     return e;
   }
@@ -436,7 +436,7 @@ MethodRun run_method(Session& s, const std::string& name, std::vector<double> bu
       ModuleProblem p = s.problem(m);
       ModuleFit f = merge_single(name, p, mp, m);
       StructureSpec spec{Family::kMerged, f.bodies[0].rows(), 0};
-      ev[m].push_back(s.evaluate(p, f, {spec, "merged"}));
+      ev[m].push_back(s.evaluate(p, m, f, {spec, "merged"}));
       s.set_.release(m);
     });
     std::vector<const Evaluated*> chosen;

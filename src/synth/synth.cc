@@ -71,13 +71,14 @@ std::vector<ModuleShape> preset_modules(const SynthPreset& p) {
 SynthPreset synth_preset(const std::string& name) {
   const std::vector<std::string> attn = {"q_proj", "k_proj", "v_proj", "o_proj"};
   if (name == "tiny") return {"tiny", 64, 0, 32, 2, attn, 4, 8, 6, 2, DType::F32};
+  if (name == "small") return {"small", 512, 0, 128, 4, attn, 8, 16, 16, 4, DType::BF16};
   if (name == "llama-1b") return {"llama-1b", 2048, 0, 512, 16, attn, 32, 128, 40, 5, DType::BF16};
   if (name == "llama-7b") {
     std::vector<std::string> all = attn;
     for (const char* p : {"gate_proj", "up_proj", "down_proj"}) all.push_back(p);
     return {"llama-7b", 4096, 11008, 4096, 32, all, 16, 32, 40, 5, DType::BF16};
   }
-  throw Error("unknown synth preset '" + name + "' (choose tiny, llama-1b or llama-7b)");
+  throw Error("unknown synth preset '" + name + "' (choose tiny, small, llama-1b or llama-7b)");
 }
 
 std::vector<fs::path> synth_write(const fs::path& out_dir, const SynthOptions& o) {
