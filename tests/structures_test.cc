@@ -1,6 +1,8 @@
 // Structures and their fits, checked against dense computations.
 #include <gtest/gtest.h>
 
+#include <Eigen/Eigenvalues>
+#include <Eigen/QR>
 #include <Eigen/SVD>
 
 #include "methods/cluster.h"
@@ -195,6 +197,104 @@ TEST(Structures, UserGroupsAreUsedForSharedHeads) {
   ModuleFitter fitter(p, o);
   ModuleFit f = fitter.fit({Family::kSharedA, 3, 2});
   EXPECT_EQ(f.head_of, (std::vector<int>{0, 0, 1, 1}));
+}
+
+}  // namespace
+}  // namespace hydraopt
+
+namespace hydraopt {
+namespace {
+
+// Independent dense HOOI: exact eigenvectors of the dense side matrices.
+double dense_hooi_error(const ModuleProblem& p, int k, int iters) {
+  const size_t n = p.tasks();
+  std::vector<MatrixXd> dw(n);
+  for (size_t i = 0; i < n; ++i) dw[i] = dense(p, i);
+  auto top = [&](const MatrixXd& s) {
+    Eigen::SelfAdjointEigenSolver<MatrixXd> eig(s);
+    return MatrixXd(eig.eigenvectors().rightCols(k));
+  };
+  MatrixXd sv = MatrixXd::Zero(p.in(), p.in()), su = MatrixXd::Zero(p.out(), p.out());
+  for (size_t i = 0; i < n; ++i) {
+    sv += p.weights[i] * dw[i].transpose() * dw[i];
+    su += p.weights[i] * dw[i] * dw[i].transpose();
+  }
+  MatrixXd v = top(sv), u = top(su);
+  for (int it = 0; it < iters; ++it) {
+    sv.setZero();
+    for (size_t i = 0; i < n; ++i) sv += p.weights[i] * dw[i].transpose() * u * u.transpose() * dw[i];
+    v = top(sv);
+    su.setZero();
+    for (size_t i = 0; i < n; ++i) su += p.weights[i] * dw[i] * v * v.transpose() * dw[i].transpose();
+    u = top(su);
+  }
+  double e = 0;
+  for (size_t i = 0; i < n; ++i) e += p.weights[i] * (dw[i] - u * u.transpose() * dw[i] * v * v.transpose()).squaredNorm();
+  return e;
+}
+
+TEST(Structures, JdFullReachesTheDenseHooiOptimum) {
+  auto p = make_problem(5, 12, 10, 3, 11);
+  FitOptions o;
+  o.max_iters = 500;
+  o.tol = 1e-12;
+  ModuleFitter fitter(p, o);
+  for (int k : {2, 4, 6}) {
+    double ours = weighted_error(p, fitter.fit({Family::kJdFull, k, 0}));
+    double ref = dense_hooi_error(p, k, 200);
+    EXPECT_NEAR(ours, ref, 1e-5 * ref) << k;
+  }
+}
+
+TEST(Structures, JdDiagMatchesADenseAlsReference) {
+  // Dense CP/INDSCAL ALS from the same start must reach the same objective.
+  auto p = make_problem(4, 9, 8, 2, 12, false);
+  FitOptions o;
+  o.max_iters = 3000;
+  o.tol = 1e-14;
+  ModuleFitter fitter(p, o);
+  const int k = 3;
+  ModuleFit f = fitter.fit({Family::kJdDiag, k, 0});
+  // Dense reference started from the fitted point: one more exact sweep of
+  // each block must not lower the objective (a fixed point of ALS).
+  const size_t n = p.tasks();
+  std::vector<MatrixXd> dw(n);
+  for (size_t i = 0; i < n; ++i) dw[i] = dense(p, i);
+  MatrixXd u = f.heads[0], vt = f.bodies[0];
+  std::vector<Eigen::VectorXd> c(n);
+  for (size_t i = 0; i < n; ++i) c[i] = f.cores[i].col(0);
+  auto objective = [&] {
+    double e = 0;
+    for (size_t i = 0; i < n; ++i) e += p.weights[i] * (dw[i] - u * c[i].asDiagonal() * vt).squaredNorm();
+    return e;
+  };
+  const double before = objective();
+  EXPECT_NEAR(before, weighted_error(p, f), 1e-10 * before);
+  // Exact dense update of every core by least squares on vec(dW_i).
+  for (size_t i = 0; i < n; ++i) {
+    MatrixXd design(dw[i].size(), k);
+    for (int j = 0; j < k; ++j) {
+      MatrixXd rank1 = u.col(j) * vt.row(j);
+      design.col(j) = Eigen::Map<Eigen::VectorXd>(rank1.data(), rank1.size());
+    }
+    Eigen::VectorXd target = Eigen::Map<const Eigen::VectorXd>(dw[i].data(), dw[i].size());
+    c[i] = design.colPivHouseholderQr().solve(target);
+  }
+  EXPECT_GE(objective(), before * (1 - 1e-6));
+}
+
+TEST(Structures, HydraAvgIsTheMeanOfTheAs) {
+  auto p = make_problem(4, 9, 8, 3, 13, false);
+  p.loras[1].A = test::random_matrix(3, 9, 77);
+  p.loras[1].B = test::random_matrix(8, 3, 78);
+  ModuleFitter fitter(p, {});
+  ModuleFit f = fitter.fit({Family::kAvgA, 0, 0});
+  MatrixXd mean = MatrixXd::Zero(3, 9);
+  for (auto& l : p.loras) mean += l.A / 4.0;
+  for (size_t i = 0; i < 4; ++i) {
+    MatrixXd expect = p.loras[i].scale * p.loras[i].B * mean;
+    EXPECT_LE((dense(f, i) - expect).norm(), 1e-12 * expect.norm());
+  }
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <regex>
 #include <sstream>
@@ -221,6 +222,107 @@ TEST(SweepSvg, KnownPointMapsToDocumentedPixel) {
   EXPECT_NEAR(std::stod(first.substr(first.find(',') + 1)), kTop + (1 - 0.1 / 0.4) * h, 0.5);
   EXPECT_NE(svg2.find(">0.4</text>"), std::string::npos);  // top y tick label
   EXPECT_NE(svg2.find(">2.0</text>"), std::string::npos);  // last x tick label
+}
+
+/// Values of the y tick labels (right-aligned <text> in the tick-labels group).
+std::vector<double> y_tick_values(const std::string& svg) {
+  auto g = svg.substr(svg.find(R"(<g id="tick-labels")"));
+  g = g.substr(0, g.find("</g>"));
+  std::vector<double> out;
+  std::regex re(R"(<text [^>]*text-anchor="end">([^<]*)</text>)");
+  for (auto it = std::sregex_iterator(g.begin(), g.end(), re); it != std::sregex_iterator(); ++it)
+    out.push_back(std::stod((*it)[1]));
+  return out;
+}
+
+TEST(SweepSvg, OffScaleErrorsAreClampedToTheTopEdgeAndLabelled) {
+  using namespace sweep_svg_layout;
+  // A baseline far worse than storing nothing must not squash the rest.
+  std::vector<MergeReport> reports = {
+      rep("linear", 0.0625, 6.0), rep("hydraopt", 0.05, 0.87), rep("hydraopt", 0.5, 0.13),
+      rep("hydraopt", 1.0, 0.0),  rep("ties", 0.0625, 1.3),    rep("dare-ties", 0.0625, 2.657),
+      rep("ta", 0.0625, 0.9),
+  };
+  std::string svg = sweep_svg(reports, "t");
+  auto ticks = y_tick_values(svg);
+  ASSERT_FALSE(ticks.empty());
+  const double y_top = *std::max_element(ticks.begin(), ticks.end());
+  EXPECT_LE(y_top, kErrorCap + 1e-9);
+  EXPECT_GE(y_top, 0.9);
+  EXPECT_NE(svg.find(">1.2</text>"), std::string::npos);  // 0.2 steps up to the cap
+
+  // The off-scale values are labelled; on-scale ones are not.
+  auto off = svg.substr(svg.find(R"(<g id="off-scale">)"));
+  off = off.substr(0, off.find(R"(<g id="legend")"));
+  EXPECT_NE(off.find(">6.00</text>"), std::string::npos);
+  EXPECT_NE(off.find(">2.66</text>"), std::string::npos);
+  EXPECT_NE(off.find(">1.30</text>"), std::string::npos);
+  EXPECT_EQ(off.find(">0.900</text>"), std::string::npos);
+  EXPECT_EQ(count(off, "class=\"off-scale-label\""), 3u);
+  EXPECT_EQ(count(off, R"(fill="#333333")"), 1u);  // one caret: all three share an x
+
+  // The marker of the 6.0 point (first method: a circle) sits on the top edge
+  // at its true x; an on-scale point keeps the documented mapping.
+  const double w = kWidth - kLeft - kRight, h = kHeight - kTop - kBottom;
+  EXPECT_NE(svg.find(fmt::format(R"(<circle cx="{:.2f}" cy="{:.2f}")", kLeft + 0.0625 * w, kTop)),
+            std::string::npos);
+  EXPECT_NE(svg.find(fmt::format(R"(<rect x="{:.2f}" y="{:.2f}")", kLeft + 0.5 * w - 0.88 * 4.5,
+                                 kTop + (1 - 0.13 / y_top) * h - 0.88 * 4.5)),
+            std::string::npos);
+
+  // Labels of points sharing an x do not overlap.
+  std::regex box(R"~(<rect x="([^"]*)" y="([^"]*)" width="([^"]*)" height="([^"]*)")~");
+  std::vector<std::array<double, 4>> boxes;
+  for (auto it = std::sregex_iterator(off.begin(), off.end(), box); it != std::sregex_iterator();
+       ++it) {
+    boxes.push_back(
+        {std::stod((*it)[1]), std::stod((*it)[2]), std::stod((*it)[3]), std::stod((*it)[4])});
+  }
+  ASSERT_EQ(boxes.size(), 3u);
+  for (size_t i = 0; i < boxes.size(); ++i) {
+    const auto& a = boxes[i];
+    EXPECT_GE(a[0], kLeft);
+    EXPECT_LE(a[0] + a[2], kWidth - kRight);
+    EXPECT_GE(a[1], kTop);
+    for (size_t j = 0; j < i; ++j) {
+      const auto& b = boxes[j];
+      bool apart =
+          a[0] + a[2] <= b[0] || b[0] + b[2] <= a[0] || a[1] + a[3] <= b[1] || b[1] + b[3] <= a[1];
+      EXPECT_TRUE(apart) << i << " overlaps " << j;
+    }
+  }
+}
+
+TEST(SweepSvg, LinesAreClippedAtTheTopEdge) {
+  using namespace sweep_svg_layout;
+  // 0.2 -> 3.0 -> 0.4: the line leaves and re-enters the plot: two runs,
+  // one ending and one starting on the top edge where the segments cross 1.2.
+  std::string svg = sweep_svg(
+      {rep("m", 0.0, 0.2), rep("m", 0.5, 3.0), rep("m", 1.0, 0.4), rep("n", 0.2, 0.5)}, "t");
+  std::regex re(R"(<polyline data-method="m"[^>]*points="([^"]*)\")");
+  std::vector<std::vector<std::pair<double, double>>> runs;
+  for (auto it = std::sregex_iterator(svg.begin(), svg.end(), re); it != std::sregex_iterator();
+       ++it) {
+    runs.emplace_back();
+    std::istringstream in((*it)[1].str());
+    for (std::string tok; in >> tok;) {
+      auto comma = tok.find(',');
+      runs.back().emplace_back(std::stod(tok.substr(0, comma)), std::stod(tok.substr(comma + 1)));
+    }
+  }
+  ASSERT_EQ(runs.size(), 2u);
+  ASSERT_EQ(runs[0].size(), 2u);
+  ASSERT_EQ(runs[1].size(), 2u);
+  const double w = kWidth - kLeft - kRight;
+  EXPECT_NEAR(runs[0][1].second, kTop, 0.01);
+  EXPECT_NEAR(runs[1][0].second, kTop, 0.01);
+  // Crossings of y = 1.2 on (0, 0.2)-(0.5, 3.0) and (0.5, 3.0)-(1, 0.4).
+  EXPECT_NEAR(runs[0][1].first, kLeft + 0.5 * (1.0 / 2.8) * w, 0.01);
+  EXPECT_NEAR(runs[1][0].first, kLeft + (0.5 + 0.5 * (1.8 / 2.6)) * w, 0.01);
+  EXPECT_NE(svg.find(">3.00</text>"), std::string::npos);
+  // Without off-scale errors nothing changes: one polyline, no off-scale group.
+  std::string plain = sweep_svg(sample(), "t");
+  EXPECT_EQ(plain.find("off-scale"), std::string::npos);
 }
 
 TEST(SweepSvg, SinglePointMethodsAndEdgeCases) {

@@ -270,9 +270,13 @@ std::string sweep_svg(const std::vector<MergeReport>& reports, const std::string
     y_step = 0.2;
     y_max = 1;
   } else {
-    y_step = nice_step(e_max, 6);                              // 4 to 7 intervals
-    y_max = (std::floor(e_max / y_step + 1e-9) + 1) * y_step;  // strictly above the largest error
+    // A few baselines can be far worse than storing nothing (errors of 2-6);
+    // cap the axis at kErrorCap and draw those points off scale instead.
+    y_step = nice_step(std::min(e_max, kErrorCap), 6);  // 4 to 7 intervals
+    y_max = std::min(kErrorCap,
+                     (std::floor(e_max / y_step + 1e-9) + 1) * y_step);  // strictly above e_max
   }
+  auto off_scale = [&](double e) { return e > y_max; };
   const double x_step = nice_step(x_max, 10);
   auto px = [&](double f) { return plot_l + f / x_max * plot_w; };
   auto py = [&](double e) { return plot_t + (1 - e / y_max) * plot_h; };
@@ -396,14 +400,38 @@ std::string sweep_svg(const std::vector<MergeReport>& reports, const std::string
       "\n";
   for (const auto& se : series) {
     if (se.pts.size() < 2) continue;
-    std::string pts;
-    for (const auto& [f, e] : se.pts) {
-      if (!pts.empty()) pts += ' ';
-      pts += num(px(f)) + ',' + num(py(e));
+    // Clip at the top edge: split into runs of visible points, each run
+    // extended to where its line crosses y_max.
+    std::vector<std::vector<std::pair<double, double>>> runs(1);  // pixel coordinates
+    auto add = [&](double x, double y) {
+      auto& run = runs.back();
+      std::string key = num(x) + ',' + num(y);
+      if (run.empty() || num(run.back().first) + ',' + num(run.back().second) != key)
+        run.emplace_back(x, y);
+    };
+    for (size_t i = 0; i < se.pts.size(); ++i) {
+      const auto [f, e] = se.pts[i];
+      if (i > 0) {
+        const auto [f0, e0] = se.pts[i - 1];
+        if (off_scale(e0) != off_scale(e)) {  // the segment crosses the top edge
+          double t = (y_max - e0) / (e - e0);
+          add(px(f0 + t * (f - f0)), plot_t);
+          if (!off_scale(e0)) runs.emplace_back();  // leaving: close this run
+        }
+      }
+      if (!off_scale(e)) add(px(f), py(e));
     }
-    s += fmt::format(R"(<polyline data-method="{}" stroke="{}" points="{}"/>)"
-                     "\n",
-                     xml_escape(se.name), se.colour, pts);
+    for (const auto& run : runs) {
+      if (run.size() < 2) continue;
+      std::string pts;
+      for (const auto& [x, y] : run) {
+        if (!pts.empty()) pts += ' ';
+        pts += num(x) + ',' + num(y);
+      }
+      s += fmt::format(R"(<polyline data-method="{}" stroke="{}" points="{}"/>)"
+                       "\n",
+                       xml_escape(se.name), se.colour, pts);
+    }
   }
   s += "</g>\n";
 
@@ -414,11 +442,82 @@ std::string sweep_svg(const std::vector<MergeReport>& reports, const std::string
     for (const auto& [f, e] : se.pts) {
       std::string tip = fmt::format("<title>{}: fraction {:.3f}, error {:.4g}</title>",
                                     xml_escape(se.name), f, e);
-      s += marker(se.shape, px(f), py(e), se.colour, tip);
+      s += marker(se.shape, px(f), off_scale(e) ? plot_t : py(e), se.colour, tip);
     }
     s += "</g>\n";
   }
   s += "</g>\n";
+
+  // Off-scale points: a caret above the top edge and a boxed label (marker
+  // shape + value) inside the plot, placed greedily left to right: beside
+  // the marker (right side, or left near the right edge), moved down one row
+  // at a time until it overlaps no label placed before.
+  {
+    struct OffScale {
+      double x, e;
+      const Series* se;
+    };
+    std::vector<OffScale> off;
+    for (const auto& se : series) {
+      for (const auto& [f, e] : se.pts) {
+        if (off_scale(e)) off.push_back({px(f), e, &se});
+      }
+    }
+    // By x, then worst first (stable: ties keep series order).
+    std::stable_sort(off.begin(), off.end(), [](const OffScale& a, const OffScale& b) {
+      return a.x != b.x ? a.x < b.x : a.e > b.e;
+    });
+    if (!off.empty()) {
+      s += R"(<g id="off-scale">)"
+           "\n";
+      std::vector<std::string> carets;
+      for (const auto& o : off) {
+        std::string c = fmt::format(R"(<polygon points="{},{} {},{} {},{}" fill="#333333"/>)",
+                                    num(o.x), num(plot_t - 13.5), num(o.x + 4), num(plot_t - 8),
+                                    num(o.x - 4), num(plot_t - 8));
+        if (std::find(carets.begin(), carets.end(), c) == carets.end()) carets.push_back(c);
+      }
+      for (const auto& c : carets) s += c + "\n";
+
+      constexpr double fs = 11, row_h = 15, box_h = 13, gap = 8;
+      struct Box {
+        double x0, y0, x1, y1;
+      };
+      std::vector<Box> placed;
+      for (const auto& o : off) {
+        // 3 significant digits: "6.17", "14.2", "123"; beyond that "1.23e5".
+        std::string text = fmt::format("{:#.3g}", o.e);
+        if (o.e >= 999.5) {
+          text = fmt::format("{:.2e}", o.e);
+          auto ep = text.find('e');
+          int ex = std::stoi(text.substr(ep + 1));
+          text = text.substr(0, ep) + fmt::format("e{}", ex);
+        }
+        const double w = 20 + text_width(text, fs);
+        double x0 = o.x + gap;
+        if (x0 + w > plot_r - 2) x0 = o.x - gap - w;
+        double y0 = plot_t + 4;
+        for (int k = 0; k < 200; ++k, y0 += row_h) {
+          bool clash = std::any_of(placed.begin(), placed.end(), [&](const Box& b) {
+            return x0 < b.x1 + 2 && b.x0 < x0 + w + 2 && y0 < b.y1 && b.y0 < y0 + box_h;
+          });
+          if (!clash) break;
+        }
+        placed.push_back({x0, y0, x0 + w, y0 + box_h});
+        const double cy = y0 + box_h / 2;
+        s += fmt::format(
+            R"(<g class="off-scale-label" data-method="{}"><rect x="{}" y="{}" width="{}" height="{}" rx="2" fill="#ffffff" fill-opacity="0.9" stroke="{}" stroke-width="0.8"/>)",
+            xml_escape(o.se->name), num(x0), num(y0), num(w), num(box_h), o.se->colour);
+        s += fmt::format(R"~(<g transform="translate({},{}) scale(0.75)">)~", num(x0 + 7.5),
+                         num(cy));
+        s += marker(o.se->shape, 0, 0, o.se->colour, "");
+        s += fmt::format(R"(</g><text x="{}" y="{}" font-size="{}" fill="#222222">{}</text></g>)"
+                         "\n",
+                         num(x0 + 16), num(cy + fs * 0.35), fs, text);
+      }
+      s += "</g>\n";
+    }
+  }
 
   // Legend in the right margin, top-aligned with the plot.
   {
