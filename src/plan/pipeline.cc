@@ -86,6 +86,21 @@ void for_modules(size_t count, int threads, const std::function<void(size_t, siz
   }
 }
 
+// Single-adapter merge parameters from validated name -> value strings.
+MergeParams merge_params(const std::map<std::string, std::string>& params) {
+  MergeParams mp;
+  auto get = [&](const char* k) -> const std::string* {
+    auto it = params.find(k);
+    return it == params.end() ? nullptr : &it->second;
+  };
+  if (auto* v = get("density")) mp.density = parse_number("density", *v);
+  if (auto* v = get("sign_method")) mp.sign_method = *v;
+  if (auto* v = get("seed")) mp.seed = static_cast<uint64_t>(parse_number("seed", *v));
+  if (auto* v = get("lambda"); v && *v != "1/N") mp.lambda = parse_number("lambda", *v);
+  if (auto* v = get("rank")) mp.rank = static_cast<int64_t>(parse_number("rank", *v));
+  return mp;
+}
+
 // One evaluated structure on one module.
 struct Evaluated {
   StructureSpec spec;
@@ -216,8 +231,6 @@ class Session {
     r.seconds = seconds;
     return r;
   }
-
-  std::vector<int> plan_from_file(const std::vector<std::vector<Evaluated>>&) const;
 
   const AdapterSet& set_;
   const MergeOptions& o_;
@@ -425,12 +438,7 @@ MethodRun run_method(Session& s, const std::string& name, std::vector<double> bu
   };
 
   if (info.single_adapter) {
-    MergeParams mp;
-    mp.density = parse_number("density", params.count("density") ? params["density"] : "0.2");
-    if (params.count("sign_method")) mp.sign_method = params["sign_method"];
-    if (params.count("seed")) mp.seed = static_cast<uint64_t>(parse_number("seed", params["seed"]));
-    if (params.count("lambda") && params["lambda"] != "1/N") mp.lambda = parse_number("lambda", params["lambda"]);
-    if (params.count("rank")) mp.rank = static_cast<int64_t>(parse_number("rank", params["rank"]));
+    const MergeParams mp = merge_params(params);
     std::vector<std::vector<Evaluated>> ev(mods.size());
     for_modules(mods.size(), s.threads_, s.o_.progress, [&](size_t m) {
       ModuleProblem p = s.problem(m);
@@ -546,14 +554,7 @@ MergeReport merge(const AdapterSet& set, const MergeOptions& options, const fs::
     }
     const auto& info = *find_method(options.method);
     b.modules.resize(set.modules().size());
-    MergeParams mp;
-    if (info.single_adapter) {
-      mp.density = parse_number("density", params.count("density") ? params["density"] : "0.2");
-      if (params.count("sign_method")) mp.sign_method = params["sign_method"];
-      if (params.count("seed")) mp.seed = static_cast<uint64_t>(parse_number("seed", params["seed"]));
-      if (params.count("lambda") && params["lambda"] != "1/N") mp.lambda = parse_number("lambda", params["lambda"]);
-      if (params.count("rank")) mp.rank = static_cast<int64_t>(parse_number("rank", params["rank"]));
-    }
+    const MergeParams mp = merge_params(params);
     const FitOptions fo = s.fit_options(params);
     for_modules(set.modules().size(), s.threads_, options.progress, [&](size_t m) {
       const auto& mod = set.modules()[m];
