@@ -1,0 +1,72 @@
+// A tiny LLaMA-architecture language model and its forward pass (Eigen),
+// for measuring task quality of adapters and bundles without Python.
+//
+// Files: a directory with config.json (Hugging Face LLaMA keys) and
+// model.safetensors (Hugging Face tensor names, any float dtype). Tokens
+// are bytes 0..255 plus special ids from the config (bos, eos, pad, sep).
+// The forward pass is pre-norm: RMSNorm, multi-head attention with
+// grouped-query heads and rotary embeddings (Hugging Face rotate_half
+// convention), SwiGLU MLP, final RMSNorm and an untied lm_head.
+#pragma once
+
+#include <Eigen/Core>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "hydraopt/adapter.h"
+
+namespace hydraopt {
+
+struct ModelConfig {
+  int64_t hidden = 0, intermediate = 0, layers = 0, heads = 0, kv_heads = 0, head_dim = 0, vocab = 0;
+  int64_t max_positions = 0;
+  double rms_eps = 1e-5, rope_theta = 10000;
+  int bos = 256, eos = 257, pad = 258, sep = 259;
+};
+
+/// Low-rank updates per module name ("model.layers.0.self_attn.q_proj"):
+/// the module computes W x + L (R x), L (out x k) with any scaling folded in,
+/// R (k x in).
+struct LowRank {
+  Eigen::MatrixXf left, right;
+};
+using Deltas = std::map<std::string, LowRank>;
+
+/// The updates of one PEFT adapter (scaling folded into L).
+Deltas deltas_from_adapter(const Adapter& adapter);
+/// The updates of one task of a bundle, as the bundle stores them.
+Deltas deltas_from_bundle(const std::filesystem::path& bundle, const std::string& task);
+
+class Model {
+ public:
+  static Model open(const std::filesystem::path& dir);
+  Model(Model&&) noexcept;
+  Model& operator=(Model&&) noexcept;
+  ~Model();
+
+  const ModelConfig& config() const;
+  /// Logits for every position of `tokens` (T x vocab).
+  Eigen::MatrixXf forward(const std::vector<int>& tokens, const Deltas* deltas = nullptr) const;
+  /// Greedy decoding after `prompt` until eos or `max_new` tokens; returns
+  /// the new tokens (eos excluded).
+  std::vector<int> generate(const std::vector<int>& prompt, int max_new, const Deltas* deltas = nullptr) const;
+  /// Whether greedy decoding after `prompt` yields exactly `answer` then eos,
+  /// checked with one teacher-forced forward pass (each step's argmax must
+  /// be the next answer token: the same decision greedy decoding makes).
+  bool greedy_matches(const std::vector<int>& prompt, const std::vector<int>& answer,
+                      const Deltas* deltas = nullptr) const;
+
+  /// bos + UTF-8 bytes of `prompt` + sep.
+  std::vector<int> encode_prompt(const std::string& prompt) const;
+
+ private:
+  Model();
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace hydraopt

@@ -1,0 +1,250 @@
+#include <Eigen/Core>
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "hydraopt/error.h"
+#include "hydraopt/model.h"
+#include "io/bundle.h"
+#include "io/safetensors.h"
+
+namespace hydraopt {
+
+namespace fs = std::filesystem;
+using Eigen::MatrixXf;
+using Eigen::VectorXf;
+
+namespace {
+
+using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+struct Layer {
+  MatrixXf q, k, v, o, gate, up, down;  // out x in
+  VectorXf norm1, norm2;
+};
+
+// x (T x d) normalised row by row, times the weight.
+MatrixXf rms_norm(const MatrixXf& x, const VectorXf& w, double eps) {
+  MatrixXf y(x.rows(), x.cols());
+  for (Eigen::Index t = 0; t < x.rows(); ++t) {
+    const float inv = 1.0f / std::sqrt(x.row(t).squaredNorm() / static_cast<float>(x.cols()) + static_cast<float>(eps));
+    y.row(t) = (x.row(t) * inv).cwiseProduct(w.transpose());
+  }
+  return y;
+}
+
+}  // namespace
+
+struct Model::Impl {
+  ModelConfig cfg;
+  MatrixXf embed, lm_head;  // vocab x d
+  VectorXf final_norm;
+  std::vector<Layer> layers;
+  std::vector<std::string> names;  // module names in layer order, for deltas
+
+  // y = x W^T (+ (x R^T) L^T)
+  MatrixXf linear(const MatrixXf& x, const MatrixXf& w, const std::string& module, const Deltas* d) const {
+    MatrixXf y = x * w.transpose();
+    if (d) {
+      auto it = d->find(module);
+      if (it != d->end() && it->second.right.rows() > 0) {
+        y.noalias() += (x * it->second.right.transpose()) * it->second.left.transpose();
+      }
+    }
+    return y;
+  }
+
+  void rope(MatrixXf* x, int64_t n_heads) const {
+    const int64_t hd = cfg.head_dim, half = hd / 2;
+    for (Eigen::Index t = 0; t < x->rows(); ++t) {
+      for (int64_t j = 0; j < half; ++j) {
+        const double inv = std::pow(cfg.rope_theta, -2.0 * static_cast<double>(j) / static_cast<double>(hd));
+        const double ang = static_cast<double>(t) * inv;
+        const float c = static_cast<float>(std::cos(ang)), s = static_cast<float>(std::sin(ang));
+        for (int64_t h = 0; h < n_heads; ++h) {
+          float& a = (*x)(t, h * hd + j);
+          float& b = (*x)(t, h * hd + j + half);
+          const float a0 = a, b0 = b;
+          a = a0 * c - b0 * s;
+          b = b0 * c + a0 * s;
+        }
+      }
+    }
+  }
+
+  MatrixXf forward(const std::vector<int>& tokens, const Deltas* d) const {
+    const int64_t T = static_cast<int64_t>(tokens.size()), D = cfg.hidden, hd = cfg.head_dim;
+    if (T == 0) return MatrixXf(0, cfg.vocab);
+    MatrixXf x(T, D);
+    for (int64_t t = 0; t < T; ++t) {
+      if (tokens[t] < 0 || tokens[t] >= cfg.vocab) throw Error("token id " + std::to_string(tokens[t]) + " out of range");
+      x.row(t) = embed.row(tokens[t]);
+    }
+    const int64_t group = cfg.heads / cfg.kv_heads;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    for (size_t l = 0; l < layers.size(); ++l) {
+      const Layer& L = layers[l];
+      const std::string p = "model.layers." + std::to_string(l) + ".";
+      MatrixXf h = rms_norm(x, L.norm1, cfg.rms_eps);
+      MatrixXf q = linear(h, L.q, p + "self_attn.q_proj", d);
+      MatrixXf k = linear(h, L.k, p + "self_attn.k_proj", d);
+      MatrixXf v = linear(h, L.v, p + "self_attn.v_proj", d);
+      rope(&q, cfg.heads);
+      rope(&k, cfg.kv_heads);
+      MatrixXf att(T, cfg.heads * hd);
+      for (int64_t head = 0; head < cfg.heads; ++head) {
+        const int64_t kvh = head / group;
+        MatrixXf s = (q.middleCols(head * hd, hd) * k.middleCols(kvh * hd, hd).transpose()) * scale;  // T x T
+        for (int64_t t = 0; t < T; ++t) {
+          float mx = -INFINITY;
+          for (int64_t u = 0; u <= t; ++u) mx = std::max(mx, s(t, u));
+          float sum = 0;
+          for (int64_t u = 0; u < T; ++u) {
+            s(t, u) = u <= t ? std::exp(s(t, u) - mx) : 0.0f;
+            sum += s(t, u);
+          }
+          s.row(t) /= sum;
+        }
+        att.middleCols(head * hd, hd) = s * v.middleCols(kvh * hd, hd);
+      }
+      x += linear(att, L.o, p + "self_attn.o_proj", d);
+      MatrixXf h2 = rms_norm(x, L.norm2, cfg.rms_eps);
+      MatrixXf g = linear(h2, L.gate, p + "mlp.gate_proj", d);
+      MatrixXf u = linear(h2, L.up, p + "mlp.up_proj", d);
+      MatrixXf act = g.unaryExpr([](float z) { return z / (1.0f + std::exp(-z)); }).cwiseProduct(u);
+      x += linear(act, L.down, p + "mlp.down_proj", d);
+    }
+    return rms_norm(x, final_norm, cfg.rms_eps) * lm_head.transpose();
+  }
+};
+
+Model::Model() : impl_(std::make_unique<Impl>()) {}
+Model::Model(Model&&) noexcept = default;
+Model& Model::operator=(Model&&) noexcept = default;
+Model::~Model() = default;
+
+Model Model::open(const fs::path& dir) {
+  Model m;
+  Impl& I = *m.impl_;
+  const fs::path cfg_path = dir / "config.json";
+  std::ifstream in(cfg_path);
+  if (!in) throw Error(cfg_path.string(), "", "cannot open");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+    ModelConfig& c = I.cfg;
+    c.hidden = j.at("hidden_size");
+    c.intermediate = j.at("intermediate_size");
+    c.layers = j.at("num_hidden_layers");
+    c.heads = j.at("num_attention_heads");
+    c.kv_heads = j.value("num_key_value_heads", c.heads);
+    c.head_dim = j.value("head_dim", c.hidden / c.heads);
+    c.vocab = j.at("vocab_size");
+    c.max_positions = j.value("max_position_embeddings", int64_t{2048});
+    c.rms_eps = j.value("rms_norm_eps", 1e-5);
+    c.rope_theta = j.value("rope_theta", 10000.0);
+    c.bos = j.value("bos_token_id", 256);
+    c.eos = j.value("eos_token_id", 257);
+    c.pad = j.value("pad_token_id", 258);
+    c.sep = j.value("sep_token_id", 259);
+    if (c.heads <= 0 || c.kv_heads <= 0 || c.heads % c.kv_heads != 0 || c.head_dim % 2 != 0) {
+      throw Error(cfg_path.string(), "", "heads must be a multiple of kv heads and head_dim even");
+    }
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(cfg_path.string(), "", std::string("malformed config: ") + e.what());
+  }
+  const ModelConfig& c = I.cfg;
+  auto st = io::SafetensorsFile::open(dir / "model.safetensors");
+  auto get = [&](const std::string& name, int64_t rows, int64_t cols) -> MatrixXf {
+    const io::TensorInfo* t = st.find(name);
+    if (!t) throw Error(st.path(), name, "missing");
+    io::TensorInfo t2 = *t;
+    if (cols == 0) t2.shape = {t->shape.empty() ? 0 : t->shape[0], 1};
+    MatrixXf m = st.matrix(t2).cast<float>();
+    if (m.rows() != rows || m.cols() != std::max<int64_t>(cols, 1)) {
+      throw Error(st.path(), name, "shape does not match config.json");
+    }
+    return m;
+  };
+  I.embed = get("model.embed_tokens.weight", c.vocab, c.hidden);
+  I.lm_head = get("lm_head.weight", c.vocab, c.hidden);
+  I.final_norm = get("model.norm.weight", c.hidden, 0).col(0);
+  for (int64_t l = 0; l < c.layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    Layer L;
+    L.q = get(p + "self_attn.q_proj.weight", c.heads * c.head_dim, c.hidden);
+    L.k = get(p + "self_attn.k_proj.weight", c.kv_heads * c.head_dim, c.hidden);
+    L.v = get(p + "self_attn.v_proj.weight", c.kv_heads * c.head_dim, c.hidden);
+    L.o = get(p + "self_attn.o_proj.weight", c.hidden, c.heads * c.head_dim);
+    L.gate = get(p + "mlp.gate_proj.weight", c.intermediate, c.hidden);
+    L.up = get(p + "mlp.up_proj.weight", c.intermediate, c.hidden);
+    L.down = get(p + "mlp.down_proj.weight", c.hidden, c.intermediate);
+    L.norm1 = get(p + "input_layernorm.weight", c.hidden, 0).col(0);
+    L.norm2 = get(p + "post_attention_layernorm.weight", c.hidden, 0).col(0);
+    I.layers.push_back(std::move(L));
+  }
+  return m;
+}
+
+const ModelConfig& Model::config() const { return impl_->cfg; }
+
+MatrixXf Model::forward(const std::vector<int>& tokens, const Deltas* deltas) const {
+  return impl_->forward(tokens, deltas);
+}
+
+std::vector<int> Model::encode_prompt(const std::string& prompt) const {
+  std::vector<int> t = {impl_->cfg.bos};
+  for (unsigned char c : prompt) t.push_back(c);
+  t.push_back(impl_->cfg.sep);
+  return t;
+}
+
+std::vector<int> Model::generate(const std::vector<int>& prompt, int max_new, const Deltas* deltas) const {
+  std::vector<int> seq = prompt, out;
+  for (int s = 0; s < max_new && static_cast<int64_t>(seq.size()) < impl_->cfg.max_positions; ++s) {
+    MatrixXf logits = impl_->forward(seq, deltas);
+    Eigen::Index best;
+    logits.row(logits.rows() - 1).maxCoeff(&best);
+    if (best == impl_->cfg.eos) break;
+    out.push_back(static_cast<int>(best));
+    seq.push_back(static_cast<int>(best));
+  }
+  return out;
+}
+
+bool Model::greedy_matches(const std::vector<int>& prompt, const std::vector<int>& answer, const Deltas* deltas) const {
+  std::vector<int> seq = prompt;
+  seq.insert(seq.end(), answer.begin(), answer.end());
+  MatrixXf logits = impl_->forward(seq, deltas);
+  const size_t start = prompt.size() - 1;  // the position that predicts answer[0]
+  for (size_t i = 0; i <= answer.size(); ++i) {
+    const int want = i < answer.size() ? answer[i] : impl_->cfg.eos;
+    Eigen::Index best;
+    logits.row(static_cast<Eigen::Index>(start + i)).maxCoeff(&best);
+    if (best != want) return false;
+  }
+  return true;
+}
+
+Deltas deltas_from_adapter(const Adapter& adapter) {
+  Deltas d;
+  for (const auto& m : adapter.modules()) {
+    ModuleLora l = adapter.load(m.name);
+    d[m.name] = {(l.scale * l.B).cast<float>(), l.A.cast<float>()};
+  }
+  return d;
+}
+
+Deltas deltas_from_bundle(const fs::path& bundle, const std::string& task) {
+  io::Bundle b = io::bundle_read(bundle);
+  size_t i = 0;
+  while (i < b.tasks.size() && b.tasks[i].name != task) ++i;
+  if (i == b.tasks.size()) throw Error(bundle.string(), "", "no task '" + task + "'");
+  Deltas d;
+  for (const auto& m : b.modules) {
+    d[m.name] = {m.fit.left(i).cast<float>(), m.fit.right(i).cast<float>()};
+  }
+  return d;
+}
+
+}  // namespace hydraopt

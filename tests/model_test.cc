@@ -1,0 +1,95 @@
+// The Eigen forward pass against an independent numpy reference, and a
+// bundle task applied directly against its exported PEFT adapter.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "hydraopt/bundle.h"
+#include "hydraopt/merge.h"
+#include "hydraopt/model.h"
+#include "test_util.h"
+
+namespace hydraopt {
+namespace {
+
+namespace fs = std::filesystem;
+
+const test::TempDir& reference() {
+  static test::TempDir d;
+  static int rc = test::run("/usr/bin/python3 " HYDRAOPT_SOURCE_DIR "/tests/python/llama_ref.py " + d.path().string());
+  EXPECT_EQ(rc, 0) << "/usr/bin/python3 with numpy is needed (apt install python3-numpy)";
+  return d;
+}
+
+Eigen::MatrixXf as_matrix(const nlohmann::json& j) {
+  Eigen::MatrixXf m(j.size(), j[0].size());
+  for (size_t i = 0; i < j.size(); ++i)
+    for (size_t k = 0; k < j[i].size(); ++k) m(i, k) = j[i][k].get<float>();
+  return m;
+}
+
+TEST(Model, LogitsMatchTheNumpyReference) {
+  const auto& d = reference();
+  auto expected = nlohmann::json::parse(test::read_text(d / "expected.json"));
+  Model model = Model::open(d / "model");
+  std::vector<int> tokens = expected["tokens"].get<std::vector<int>>();
+  Eigen::MatrixXf base = model.forward(tokens);
+  Eigen::MatrixXf want = as_matrix(expected["base"]);
+  EXPECT_LE((base - want).cwiseAbs().maxCoeff(), 1e-4 * want.cwiseAbs().maxCoeff());
+  Deltas deltas = deltas_from_adapter(Adapter::open((d / "adapter").string()));
+  Eigen::MatrixXf with = model.forward(tokens, &deltas);
+  Eigen::MatrixXf want_with = as_matrix(expected["adapter"]);
+  EXPECT_LE((with - want_with).cwiseAbs().maxCoeff(), 1e-4 * want_with.cwiseAbs().maxCoeff());
+  EXPECT_GT((with - base).cwiseAbs().maxCoeff(), 1e-2);  // the adapter is really applied
+}
+
+TEST(Model, GreedyDecodingAndTeacherForcedMatchAgree) {
+  const auto& d = reference();
+  Model model = Model::open(d / "model");
+  Deltas deltas = deltas_from_adapter(Adapter::open((d / "adapter").string()));
+  auto prompt = model.encode_prompt("abc");
+  std::vector<int> out = model.generate(prompt, 6, &deltas);
+  ASSERT_FALSE(out.empty());
+  // Each generated token is the argmax of the teacher-forced logits.
+  std::vector<int> seq = prompt;
+  seq.insert(seq.end(), out.begin(), out.end());
+  Eigen::MatrixXf logits = model.forward(seq, &deltas);
+  for (size_t i = 0; i < out.size(); ++i) {
+    Eigen::Index best;
+    logits.row(prompt.size() - 1 + i).maxCoeff(&best);
+    EXPECT_EQ(best, out[i]) << i;
+  }
+  // greedy_matches wants exactly these tokens and then eos.
+  Eigen::Index last;
+  logits.row(logits.rows() - 1).maxCoeff(&last);
+  EXPECT_EQ(model.greedy_matches(prompt, out, &deltas), last == model.config().eos);
+  std::vector<int> wrong = out;
+  wrong[0] = (wrong[0] + 1) % 256;
+  EXPECT_FALSE(model.greedy_matches(prompt, wrong, &deltas));
+}
+
+TEST(Model, BundleTaskEqualsItsExportedAdapter) {
+  const auto& d = reference();
+  test::TempDir t;
+  // Two tasks: the reference adapter and a rescaled copy of it.
+  fs::copy(d / "adapter", t / "a", fs::copy_options::recursive);
+  fs::copy(d / "adapter", t / "b", fs::copy_options::recursive);
+  std::string cfg = test::read_text(t / "b" / "adapter_config.json");
+  cfg.replace(cfg.find("\"lora_alpha\": 8"), 15, "\"lora_alpha\": 3");
+  test::write_text(t / "b" / "adapter_config.json", cfg);
+  auto set = AdapterSet::open({(t / "a").string(), (t / "b").string()});
+  MergeOptions o;
+  o.budget = 0.6;
+  o.dtype = DType::F32;
+  merge(set, o, t / "bundle.safetensors");
+  export_bundle(t / "bundle.safetensors", "b", t / "exported");
+  Model model = Model::open(d / "model");
+  Deltas from_bundle = deltas_from_bundle(t / "bundle.safetensors", "b");
+  Deltas from_export = deltas_from_adapter(Adapter::open((t / "exported").string()));
+  std::vector<int> tokens = {256, 104, 121, 100, 259, 65};
+  Eigen::MatrixXf x = model.forward(tokens, &from_bundle), y = model.forward(tokens, &from_export);
+  EXPECT_LE((x - y).cwiseAbs().maxCoeff(), 1e-4 * y.cwiseAbs().maxCoeff());
+}
+
+}  // namespace
+}  // namespace hydraopt
