@@ -93,3 +93,23 @@ TEST(Model, BundleTaskEqualsItsExportedAdapter) {
 
 }  // namespace
 }  // namespace hydraopt
+
+namespace hydraopt {
+namespace {
+
+TEST(Model, PackedBatchEqualsOneByOne) {
+  const auto& d = reference();
+  Model model = Model::open(d / "model");
+  Deltas deltas = deltas_from_adapter(Adapter::open((d / "adapter").string()));
+  std::vector<std::pair<std::vector<int>, std::vector<int>>> ex;
+  for (const char* w : {"ab", "hydra", "x", "longer prompt"}) {
+    auto prompt = model.encode_prompt(w);
+    ex.push_back({prompt, model.generate(prompt, 3, &deltas)});
+    ex.push_back({prompt, {65, 66}});
+  }
+  auto batch = model.greedy_matches_batch(ex, &deltas);
+  for (size_t i = 0; i < ex.size(); ++i) EXPECT_EQ(batch[i], model.greedy_matches(ex[i].first, ex[i].second, &deltas)) << i;
+}
+
+}  // namespace
+}  // namespace hydraopt

@@ -59,6 +59,9 @@ class Model {
   /// be the next answer token: the same decision greedy decoding makes).
   bool greedy_matches(const std::vector<int>& prompt, const std::vector<int>& answer,
                       const Deltas* deltas = nullptr) const;
+  /// greedy_matches for many (prompt, answer) pairs in one packed forward pass.
+  std::vector<bool> greedy_matches_batch(const std::vector<std::pair<std::vector<int>, std::vector<int>>>& examples,
+                                         const Deltas* deltas = nullptr) const;
 
   /// bos + UTF-8 bytes of `prompt` + sep.
   std::vector<int> encode_prompt(const std::string& prompt) const;

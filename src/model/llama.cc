@@ -54,12 +54,13 @@ struct Model::Impl {
     return y;
   }
 
-  void rope(MatrixXf* x, int64_t n_heads) const {
+  // Rotary embedding; row t of x sits at position pos[t] of its sequence.
+  void rope(MatrixXf* x, int64_t n_heads, const std::vector<int>& pos) const {
     const int64_t hd = cfg.head_dim, half = hd / 2;
     for (Eigen::Index t = 0; t < x->rows(); ++t) {
       for (int64_t j = 0; j < half; ++j) {
         const double inv = std::pow(cfg.rope_theta, -2.0 * static_cast<double>(j) / static_cast<double>(hd));
-        const double ang = static_cast<double>(t) * inv;
+        const double ang = static_cast<double>(pos[t]) * inv;
         const float c = static_cast<float>(std::cos(ang)), s = static_cast<float>(std::sin(ang));
         for (int64_t h = 0; h < n_heads; ++h) {
           float& a = (*x)(t, h * hd + j);
@@ -72,14 +73,27 @@ struct Model::Impl {
     }
   }
 
-  MatrixXf forward(const std::vector<int>& tokens, const Deltas* d) const {
-    const int64_t T = static_cast<int64_t>(tokens.size()), D = cfg.hidden, hd = cfg.head_dim;
-    if (T == 0) return MatrixXf(0, cfg.vocab);
-    MatrixXf x(T, D);
-    for (int64_t t = 0; t < T; ++t) {
-      if (tokens[t] < 0 || tokens[t] >= cfg.vocab) throw Error("token id " + std::to_string(tokens[t]) + " out of range");
-      x.row(t) = embed.row(tokens[t]);
+  // Several sequences packed one after another (rows), attending only
+  // within their own sequence: the projections run as one large product.
+  MatrixXf forward(const std::vector<std::vector<int>>& seqs, const Deltas* d) const {
+    const int64_t D = cfg.hidden, hd = cfg.head_dim;
+    std::vector<int64_t> start;
+    std::vector<int> pos;
+    int64_t T = 0;
+    for (auto& s : seqs) {
+      start.push_back(T);
+      for (size_t i = 0; i < s.size(); ++i) pos.push_back(static_cast<int>(i));
+      T += static_cast<int64_t>(s.size());
     }
+    start.push_back(T);
+    MatrixXf x(T, D);
+    for (size_t q = 0, t = 0; q < seqs.size(); ++q) {
+      for (int tok : seqs[q]) {
+        if (tok < 0 || tok >= cfg.vocab) throw Error("token id " + std::to_string(tok) + " out of range");
+        x.row(static_cast<Eigen::Index>(t++)) = embed.row(tok);
+      }
+    }
+    if (T == 0) return MatrixXf(0, cfg.vocab);
     const int64_t group = cfg.heads / cfg.kv_heads;
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
     for (size_t l = 0; l < layers.size(); ++l) {
@@ -89,23 +103,26 @@ struct Model::Impl {
       MatrixXf q = linear(h, L.q, p + "self_attn.q_proj", d);
       MatrixXf k = linear(h, L.k, p + "self_attn.k_proj", d);
       MatrixXf v = linear(h, L.v, p + "self_attn.v_proj", d);
-      rope(&q, cfg.heads);
-      rope(&k, cfg.kv_heads);
+      rope(&q, cfg.heads, pos);
+      rope(&k, cfg.kv_heads, pos);
       MatrixXf att(T, cfg.heads * hd);
-      for (int64_t head = 0; head < cfg.heads; ++head) {
-        const int64_t kvh = head / group;
-        MatrixXf s = (q.middleCols(head * hd, hd) * k.middleCols(kvh * hd, hd).transpose()) * scale;  // T x T
-        for (int64_t t = 0; t < T; ++t) {
-          float mx = -INFINITY;
-          for (int64_t u = 0; u <= t; ++u) mx = std::max(mx, s(t, u));
-          float sum = 0;
-          for (int64_t u = 0; u < T; ++u) {
-            s(t, u) = u <= t ? std::exp(s(t, u) - mx) : 0.0f;
-            sum += s(t, u);
+      for (size_t sq = 0; sq + 1 < start.size(); ++sq) {
+        const int64_t s0 = start[sq], n = start[sq + 1] - s0;
+        for (int64_t head = 0; head < cfg.heads; ++head) {
+          const int64_t kvh = head / group;
+          MatrixXf s = (q.block(s0, head * hd, n, hd) * k.block(s0, kvh * hd, n, hd).transpose()) * scale;
+          for (int64_t t = 0; t < n; ++t) {
+            float mx = -INFINITY;
+            for (int64_t u = 0; u <= t; ++u) mx = std::max(mx, s(t, u));
+            float sum = 0;
+            for (int64_t u = 0; u < n; ++u) {
+              s(t, u) = u <= t ? std::exp(s(t, u) - mx) : 0.0f;
+              sum += s(t, u);
+            }
+            s.row(t) /= sum;
           }
-          s.row(t) /= sum;
+          att.block(s0, head * hd, n, hd) = s * v.block(s0, kvh * hd, n, hd);
         }
-        att.middleCols(head * hd, hd) = s * v.middleCols(kvh * hd, hd);
       }
       x += linear(att, L.o, p + "self_attn.o_proj", d);
       MatrixXf h2 = rms_norm(x, L.norm2, cfg.rms_eps);
@@ -189,7 +206,7 @@ Model Model::open(const fs::path& dir) {
 const ModelConfig& Model::config() const { return impl_->cfg; }
 
 MatrixXf Model::forward(const std::vector<int>& tokens, const Deltas* deltas) const {
-  return impl_->forward(tokens, deltas);
+  return impl_->forward(std::vector<std::vector<int>>{tokens}, deltas);
 }
 
 std::vector<int> Model::encode_prompt(const std::string& prompt) const {
@@ -202,7 +219,7 @@ std::vector<int> Model::encode_prompt(const std::string& prompt) const {
 std::vector<int> Model::generate(const std::vector<int>& prompt, int max_new, const Deltas* deltas) const {
   std::vector<int> seq = prompt, out;
   for (int s = 0; s < max_new && static_cast<int64_t>(seq.size()) < impl_->cfg.max_positions; ++s) {
-    MatrixXf logits = impl_->forward(seq, deltas);
+    MatrixXf logits = impl_->forward(std::vector<std::vector<int>>{seq}, deltas);
     Eigen::Index best;
     logits.row(logits.rows() - 1).maxCoeff(&best);
     if (best == impl_->cfg.eos) break;
@@ -213,17 +230,33 @@ std::vector<int> Model::generate(const std::vector<int>& prompt, int max_new, co
 }
 
 bool Model::greedy_matches(const std::vector<int>& prompt, const std::vector<int>& answer, const Deltas* deltas) const {
-  std::vector<int> seq = prompt;
-  seq.insert(seq.end(), answer.begin(), answer.end());
-  MatrixXf logits = impl_->forward(seq, deltas);
-  const size_t start = prompt.size() - 1;  // the position that predicts answer[0]
-  for (size_t i = 0; i <= answer.size(); ++i) {
-    const int want = i < answer.size() ? answer[i] : impl_->cfg.eos;
-    Eigen::Index best;
-    logits.row(static_cast<Eigen::Index>(start + i)).maxCoeff(&best);
-    if (best != want) return false;
+  return greedy_matches_batch({{prompt, answer}}, deltas)[0];
+}
+
+std::vector<bool> Model::greedy_matches_batch(const std::vector<std::pair<std::vector<int>, std::vector<int>>>& examples,
+                                              const Deltas* deltas) const {
+  std::vector<std::vector<int>> seqs;
+  for (auto& [prompt, answer] : examples) {
+    seqs.push_back(prompt);
+    seqs.back().insert(seqs.back().end(), answer.begin(), answer.end());
   }
-  return true;
+  MatrixXf logits = impl_->forward(seqs, deltas);
+  std::vector<bool> ok(examples.size());
+  Eigen::Index row = 0;
+  for (size_t e = 0; e < examples.size(); ++e) {
+    const auto& [prompt, answer] = examples[e];
+    const Eigen::Index first = row + static_cast<Eigen::Index>(prompt.size()) - 1;  // predicts answer[0]
+    bool good = !prompt.empty();
+    for (size_t i = 0; good && i <= answer.size(); ++i) {
+      const int want = i < answer.size() ? answer[i] : impl_->cfg.eos;
+      Eigen::Index best;
+      logits.row(first + static_cast<Eigen::Index>(i)).maxCoeff(&best);
+      good = best == want;
+    }
+    ok[e] = good;
+    row += static_cast<Eigen::Index>(seqs[e].size());
+  }
+  return ok;
 }
 
 Deltas deltas_from_adapter(const Adapter& adapter) {
