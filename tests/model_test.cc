@@ -113,3 +113,53 @@ TEST(Model, PackedBatchEqualsOneByOne) {
 
 }  // namespace
 }  // namespace hydraopt
+
+#include "hydraopt/benchmark.h"
+
+namespace hydraopt {
+namespace {
+
+TEST(Benchmark, ScoresAdaptersAndBundlesOnTheirTasks) {
+  const auto& d = reference();
+  test::TempDir a;
+  fs::copy(d / "model", a / "model", fs::copy_options::recursive);
+  fs::create_directories(a / "adapters");
+  fs::copy(d / "adapter", a / "adapters" / "t1", fs::copy_options::recursive);
+  fs::copy(d / "adapter", a / "adapters" / "t2", fs::copy_options::recursive);
+  std::string cfg = test::read_text(a / "adapters" / "t2" / "adapter_config.json");
+  cfg.replace(cfg.find("\"lora_alpha\": 8"), 15, "\"lora_alpha\": 5");
+  test::write_text(a / "adapters" / "t2" / "adapter_config.json", cfg);
+  // Each task's answers are what its own adapter decodes, so its own score is 1.
+  Model model = Model::open(a / "model");
+  for (const char* t : {"t1", "t2"}) {
+    Deltas own = deltas_from_adapter(Adapter::open((a / "adapters" / t).string()));
+    fs::create_directories(a / "tasks" / t);
+    std::string lines;
+    for (const char* w : {"ab", "cd", "hydra", "opt", "merge", "lora"}) {
+      auto out = model.generate(model.encode_prompt(w), 4, &own);
+      nlohmann::json j = {{"prompt", w}, {"answer", std::string(out.begin(), out.end())}};
+      bool printable = true;
+      for (int c : out) printable = printable && c < 128;
+      if (printable && out.size() < 4) lines += j.dump() + "\n";
+    }
+    if (lines.empty()) lines = R"({"prompt":"zz","answer":"q"})" "\n";
+    test::write_text(a / "tasks" / t / "test.jsonl", lines);
+  }
+  BenchmarkOptions o;
+  o.assets = a.path();
+  o.points = {{"hydraopt", 1.0}, {"ta", 1.0}};
+  auto r = run_benchmark(o);
+  ASSERT_EQ(r.tasks.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    EXPECT_GE(r.individual[i], 0.0);
+    EXPECT_LE(r.individual[i], 1.0);
+  }
+  ASSERT_EQ(r.points.size(), 2u);
+  // Budget 1.0 keeps every adapter exactly: the same scores as the adapters.
+  for (size_t i = 0; i < 2; ++i) EXPECT_DOUBLE_EQ(r.points[0].scores[i], r.individual[i]);
+  EXPECT_NE(r.table().find("mean relative task score"), std::string::npos);
+  EXPECT_NO_THROW(nlohmann::json::parse(r.json()));
+}
+
+}  // namespace
+}  // namespace hydraopt

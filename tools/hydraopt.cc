@@ -7,6 +7,7 @@
 #include <iostream>
 
 #include "hydraopt/adapter.h"
+#include "hydraopt/benchmark.h"
 #include "hydraopt/bundle.h"
 #include "hydraopt/error.h"
 #include "hydraopt/inspect.h"
@@ -146,6 +147,14 @@ int main(int argc, char** argv) {
 
   auto* methods_cmd = app.add_subcommand("methods", "list the merge methods and their parameters");
 
+  auto* demo = app.add_subcommand("demo", "task benchmark on the shipped tiny LLaMA and its 40 adapters");
+  hydraopt::BenchmarkOptions bench;
+  std::string assets = "assets";
+  demo->add_option("--assets", assets, "assets directory (model/, adapters/, tasks/)")->capture_default_str();
+  demo->add_option("--limit", bench.limit, "test examples per task (0: all)")->capture_default_str();
+  demo->add_option("--threads", bench.threads, "worker threads (0: all cores)");
+  demo->add_flag("--json", json, "machine-readable output");
+
   auto* synth_cmd = app.add_subcommand("synth", "write synthetic PEFT adapters trained from one base");
   hydraopt::SynthOptions synth;
   synth_cmd->add_option("out_dir", out_dir, "output directory")->required();
@@ -209,6 +218,11 @@ int main(int argc, char** argv) {
       if (task.empty() && !all) throw hydraopt::Error("export needs --task NAME or --all");
       hydraopt::export_bundle(bundle_in, all ? "" : task, export_dir, parse_dtype(dtype));
       std::cout << "wrote " << (all ? "every task" : task) << " to " << export_dir << "\n";
+    } else if (*demo) {
+      bench.assets = assets;
+      bench.log = [](const std::string& line) { std::cerr << line << "\n"; };
+      auto result = hydraopt::run_benchmark(bench);
+      std::cout << (json ? result.json() : result.table());
     } else if (*methods_cmd) {
       for (const auto& m : hydraopt::methods()) {
         std::cout << fmt::format("{:<16} {:<9} {}\n", m.name, m.single_adapter ? "single" : "per-task", m.summary);

@@ -1,0 +1,63 @@
+// The task benchmark: how much of each adapter's task quality a bundle keeps.
+//
+// Assets layout (made by the lab, shipped in assets/):
+//   model/                       config.json + model.safetensors (tiny LLaMA)
+//   adapters/<task>/             one PEFT LoRA adapter per task
+//   tasks/<task>/test.jsonl      {"prompt": ..., "answer": ...} per line
+// Score = exact match of greedy decoding (checked teacher-forced, see
+// Model::greedy_matches); a bundle's relative score for a task is its score
+// divided by the task's own adapter's score.
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "hydraopt/merge.h"
+#include "hydraopt/model.h"
+
+namespace hydraopt {
+
+struct TaskExamples {
+  std::string name;
+  std::vector<std::pair<std::string, std::string>> examples;  ///< (prompt, answer)
+};
+
+/// Reads `<dir>/test.jsonl` (at most `limit` lines when limit > 0).
+TaskExamples load_task(const std::filesystem::path& dir, int limit = 0);
+
+/// Fraction of examples whose greedy answer is exactly right.
+double task_score(const Model& model, const TaskExamples& task, const Deltas* deltas, int threads = 0);
+
+/// Every task's deltas from a bundle, read once.
+std::vector<Deltas> bundle_deltas(const std::filesystem::path& bundle);
+
+struct BenchmarkOptions {
+  std::filesystem::path assets = "assets";
+  /// (method, budget) points to evaluate; budget ignored by single-adapter methods.
+  std::vector<std::pair<std::string, double>> points = {
+      {"hydraopt", 0.52}, {"hydraopt", 0.3}, {"hydraopt", 0.0}, {"hydra-avg", 1.0}, {"ta", 1.0}, {"ties", 1.0}};
+  int limit = 0;  ///< test examples per task (0: all)
+  int threads = 0;
+  std::function<void(const std::string&)> log;  ///< progress lines
+};
+
+struct BenchmarkPoint {
+  MergeReport merge;                  ///< storage and reconstruction error
+  std::vector<double> scores;         ///< per task, exact match 0..1
+  std::vector<double> relative;       ///< per task, score / own adapter's score
+  double mean_relative = 0, min_relative = 0;
+};
+
+struct BenchmarkResult {
+  std::vector<std::string> tasks;
+  std::vector<double> base, individual;  ///< per task scores
+  std::vector<BenchmarkPoint> points;
+  std::string json() const;
+  std::string table() const;
+};
+
+/// Budget 0.0 in `points` means 1/N (one adapter's worth).
+BenchmarkResult run_benchmark(const BenchmarkOptions& options);
+
+}  // namespace hydraopt

@@ -1,0 +1,167 @@
+#include "hydraopt/benchmark.h"
+
+#include <fmt/format.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "hydraopt/error.h"
+#include "io/bundle.h"
+#include "util/blas_threads.h"
+
+#include <omp.h>
+#include <unistd.h>
+
+namespace hydraopt {
+
+namespace fs = std::filesystem;
+
+TaskExamples load_task(const fs::path& dir, int limit) {
+  TaskExamples t;
+  t.name = dir.filename().string();
+  const fs::path file = dir / "test.jsonl";
+  std::ifstream in(file);
+  if (!in) throw Error(file.string(), "", "cannot open");
+  std::string line;
+  int n = 0;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    ++n;
+    try {
+      auto j = nlohmann::json::parse(line);
+      t.examples.emplace_back(j.at("prompt").get<std::string>(), j.at("answer").get<std::string>());
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(file.string(), "", "line " + std::to_string(n) + ": " + e.what());
+    }
+    if (limit > 0 && static_cast<int>(t.examples.size()) >= limit) break;
+  }
+  if (t.examples.empty()) throw Error(file.string(), "", "no examples");
+  return t;
+}
+
+double task_score(const Model& model, const TaskExamples& task, const Deltas* deltas, int threads) {
+  constexpr size_t kBatch = 32;  // sequences packed per forward pass
+  const size_t n = task.examples.size(), batches = (n + kBatch - 1) / kBatch;
+  std::vector<int> hits(batches, 0);
+  util::ScopedBlasThreads one_blas_thread(1);
+  const int t = threads > 0 ? threads : omp_get_max_threads();
+#pragma omp parallel for num_threads(t) schedule(dynamic)
+  for (size_t b = 0; b < batches; ++b) {
+    std::vector<std::pair<std::vector<int>, std::vector<int>>> ex;
+    for (size_t i = b * kBatch; i < std::min(n, (b + 1) * kBatch); ++i) {
+      std::vector<int> answer(task.examples[i].second.begin(), task.examples[i].second.end());
+      for (int& c : answer) c = static_cast<unsigned char>(c);
+      ex.emplace_back(model.encode_prompt(task.examples[i].first), std::move(answer));
+    }
+    for (bool ok : model.greedy_matches_batch(ex, deltas)) hits[b] += ok;
+  }
+  int total = 0;
+  for (int h : hits) total += h;
+  return static_cast<double>(total) / static_cast<double>(n);
+}
+
+std::vector<Deltas> bundle_deltas(const fs::path& bundle) {
+  io::Bundle b = io::bundle_read(bundle);
+  std::vector<Deltas> out(b.tasks.size());
+  for (size_t i = 0; i < b.tasks.size(); ++i) {
+    for (const auto& m : b.modules) out[i][m.name] = {m.fit.left(i).cast<float>(), m.fit.right(i).cast<float>()};
+  }
+  return out;
+}
+
+BenchmarkResult run_benchmark(const BenchmarkOptions& o) {
+  auto log = [&](const std::string& s) {
+    if (o.log) o.log(s);
+  };
+  Model model = Model::open(o.assets / "model");
+  std::vector<std::string> specs;
+  for (auto& e : fs::directory_iterator(o.assets / "adapters")) {
+    if (e.is_directory()) specs.push_back(e.path().string());
+  }
+  std::sort(specs.begin(), specs.end());
+  if (specs.empty()) throw Error((o.assets / "adapters").string(), "", "no adapters");
+  AdapterSet set = AdapterSet::open(specs);
+  BenchmarkResult r;
+  std::vector<TaskExamples> tasks;
+  for (const auto& t : set.tasks()) {
+    r.tasks.push_back(t.name());
+    tasks.push_back(load_task(o.assets / "tasks" / t.name(), o.limit));
+  }
+  log(fmt::format("{} tasks, {} test examples each (at most)", tasks.size(), tasks[0].examples.size()));
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    r.base.push_back(task_score(model, tasks[i], nullptr, o.threads));
+    Deltas own = deltas_from_adapter(set.task(i));
+    r.individual.push_back(task_score(model, tasks[i], &own, o.threads));
+  }
+  log("scored the base model and every adapter");
+  const fs::path tmp = fs::temp_directory_path() / fmt::format("hydraopt-bench-{}", ::getpid());
+  fs::create_directories(tmp);
+  struct Cleanup {
+    fs::path p;
+    ~Cleanup() {
+      std::error_code ec;
+      fs::remove_all(p, ec);
+    }
+  } cleanup{tmp};
+  for (auto& [method, budget] : o.points) {
+    MergeOptions mo;
+    mo.method = method;
+    mo.threads = o.threads;
+    mo.budget = budget > 0 ? budget : 1.0 / static_cast<double>(set.size());
+    BenchmarkPoint p;
+    const fs::path bundle = tmp / "bundle.safetensors";
+    p.merge = merge(set, mo, bundle);
+    auto deltas = bundle_deltas(bundle);
+    double sum = 0;
+    p.min_relative = INFINITY;
+    for (size_t i = 0; i < tasks.size(); ++i) {
+      p.scores.push_back(task_score(model, tasks[i], &deltas[i], o.threads));
+      p.relative.push_back(r.individual[i] > 0 ? p.scores[i] / r.individual[i] : 0.0);
+      sum += p.relative.back();
+      p.min_relative = std::min(p.min_relative, p.relative.back());
+    }
+    p.mean_relative = sum / static_cast<double>(tasks.size());
+    log(fmt::format("{} at storage {:.3f}: mean relative score {:.3f}", method, p.merge.fraction, p.mean_relative));
+    r.points.push_back(std::move(p));
+  }
+  return r;
+}
+
+std::string BenchmarkResult::json() const {
+  nlohmann::ordered_json j;
+  j["tasks"] = nlohmann::ordered_json::array();
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    j["tasks"].push_back({{"name", tasks[i]}, {"base", base[i]}, {"individual", individual[i]}});
+  }
+  j["points"] = nlohmann::ordered_json::array();
+  for (auto& p : points) {
+    j["points"].push_back({{"method", p.merge.method},
+                           {"storage_fraction", p.merge.fraction},
+                           {"mean_rel_error", p.merge.mean_rel_error},
+                           {"mean_relative_score", p.mean_relative},
+                           {"min_relative_score", p.min_relative},
+                           {"scores", p.scores}});
+  }
+  return j.dump(2) + "\n";
+}
+
+std::string BenchmarkResult::table() const {
+  double base_mean = 0, ind_mean = 0;
+  int worse = 0;
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    base_mean += base[i] / tasks.size();
+    ind_mean += individual[i] / tasks.size();
+    worse += individual[i] <= base[i];
+  }
+  std::string s = fmt::format("base model: mean exact match {:.1f}%; own adapters: {:.1f}% ({} of {} beat the base)\n\n",
+                              100 * base_mean, 100 * ind_mean, tasks.size() - worse, tasks.size());
+  s += "| method | storage fraction | mean rel. error | mean relative task score | worst task |\n";
+  s += "|---|---:|---:|---:|---:|\n";
+  for (auto& p : points) {
+    s += fmt::format("| {} | {:.3f} | {:.3f} | {:.3f} | {:.3f} |\n", p.merge.method, p.merge.fraction,
+                     p.merge.mean_rel_error, p.mean_relative, p.min_relative);
+  }
+  return s;
+}
+
+}  // namespace hydraopt
