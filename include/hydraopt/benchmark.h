@@ -36,7 +36,7 @@ struct BenchmarkOptions {
   std::filesystem::path assets = "assets";
   /// (method, budget) points to evaluate; budget ignored by single-adapter methods.
   std::vector<std::pair<std::string, double>> points = {
-      {"hydraopt", 0.52}, {"hydraopt", 0.3}, {"hydraopt", 0.0}, {"hydra-avg", 1.0}, {"ta", 1.0}, {"ties", 1.0}};
+      {"hydraopt", 0.52}, {"hydraopt", 0.0}, {"hydra-avg", 1.0}, {"ta", 1.0}, {"ties", 1.0}};
   int limit = 0;  ///< test examples per task (0: all)
   int threads = 0;
   std::function<void(const std::string&)> log;  ///< progress lines
