@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes=${1:-20}
-steps=${2:-300}
+steps=${2:-200}
 
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -29,6 +29,6 @@ lab=build/lab/hydraopt-lab
 /usr/bin/python3 lab/data/make_tasks.py assets/tasks
 $lab pretrain --data assets/tasks --out assets/model --minutes "$minutes"
 for task in $(cd assets/tasks && ls -d */ | tr -d /); do
-  $lab lora --model assets/model --task "assets/tasks/$task" --out "assets/adapters/$task" --steps "$steps"
+  $lab --threads 1 lora --model assets/model --task "assets/tasks/$task" --out "assets/adapters/$task" --steps "$steps"
 done
 build/hydraopt demo
