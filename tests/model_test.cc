@@ -158,7 +158,9 @@ TEST(Benchmark, ScoresAdaptersAndBundlesOnTheirTasks) {
   // Budget 1.0 keeps every adapter exactly: the same scores as the adapters.
   for (size_t i = 0; i < 2; ++i) EXPECT_DOUBLE_EQ(r.points[0].scores[i], r.individual[i]);
   EXPECT_NE(r.table().find("mean relative task score"), std::string::npos);
-  EXPECT_NO_THROW(nlohmann::json::parse(r.json()));
+  auto j = nlohmann::json::parse(r.json());
+  EXPECT_EQ(j["tasks"], 2);
+  EXPECT_EQ(j["points"].size(), 2u);
 }
 
 }  // namespace

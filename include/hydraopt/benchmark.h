@@ -34,9 +34,13 @@ std::vector<Deltas> bundle_deltas(const std::filesystem::path& bundle);
 
 struct BenchmarkOptions {
   std::filesystem::path assets = "assets";
-  /// (method, budget) points to evaluate; budget ignored by single-adapter methods.
+  /// (method, budget) points to evaluate; budget ignored by single-adapter
+  /// methods. Budget 0 means 1/N (one adapter's storage) and -1 the hydra
+  /// point (one shared r x in body per module and an out x r head per task).
   std::vector<std::pair<std::string, double>> points = {
-      {"hydraopt", 0.52}, {"hydraopt", 0.0}, {"hydra-avg", 1.0}, {"ta", 1.0}, {"ties", 1.0}};
+      {"hydraopt", 0.0}, {"hydraopt", 0.25}, {"hydraopt", -1.0}, {"hydraopt", 0.75},
+      {"jd-full", -1.0}, {"hydra-avg", 1.0},  {"ta", 1.0},       {"ties", 1.0},
+      {"dare-ties", 1.0}, {"linear", 1.0},    {"knots-ties", 1.0}};
   int limit = 0;  ///< test examples per task (0: all)
   int threads = 0;
   std::function<void(const std::string&)> log;  ///< progress lines
@@ -57,7 +61,6 @@ struct BenchmarkResult {
   std::string table() const;
 };
 
-/// Budget 0.0 in `points` means 1/N (one adapter's worth).
 BenchmarkResult run_benchmark(const BenchmarkOptions& options);
 
 }  // namespace hydraopt

@@ -103,11 +103,19 @@ BenchmarkResult run_benchmark(const BenchmarkOptions& o) {
       fs::remove_all(p, ec);
     }
   } cleanup{tmp};
+  // The hydra point: one shared body (r x in) per module, a head per task.
+  int64_t hydra = 0;
+  for (const auto& m : set.modules()) {
+    int64_t r = 0;
+    for (auto x : m.ranks) r = std::max(r, x);
+    hydra += r * m.in + static_cast<int64_t>(set.size()) * r * m.out;
+  }
+  const double hydra_fraction = std::min(1.0, static_cast<double>(hydra) / static_cast<double>(set.original_params()));
   for (auto& [method, budget] : o.points) {
     MergeOptions mo;
     mo.method = method;
     mo.threads = o.threads;
-    mo.budget = budget > 0 ? budget : 1.0 / static_cast<double>(set.size());
+    mo.budget = budget > 0 ? budget : budget < 0 ? hydra_fraction : 1.0 / static_cast<double>(set.size());
     BenchmarkPoint p;
     const fs::path bundle = tmp / "bundle.safetensors";
     p.merge = merge(set, mo, bundle);
@@ -128,19 +136,27 @@ BenchmarkResult run_benchmark(const BenchmarkOptions& o) {
 }
 
 std::string BenchmarkResult::json() const {
+  auto mean = [](const std::vector<double>& v) {
+    double s = 0;
+    for (double x : v) s += x;
+    return v.empty() ? 0.0 : s / static_cast<double>(v.size());
+  };
   nlohmann::ordered_json j;
-  j["tasks"] = nlohmann::ordered_json::array();
-  for (size_t i = 0; i < tasks.size(); ++i) {
-    j["tasks"].push_back({{"name", tasks[i]}, {"base", base[i]}, {"individual", individual[i]}});
-  }
+  j["tasks"] = tasks.size();
+  j["base_mean_score"] = mean(base);
+  j["lora_mean_score"] = mean(individual);
   j["points"] = nlohmann::ordered_json::array();
   for (auto& p : points) {
     j["points"].push_back({{"method", p.merge.method},
                            {"storage_fraction", p.merge.fraction},
-                           {"mean_rel_error", p.merge.mean_rel_error},
                            {"mean_relative_score", p.mean_relative},
                            {"min_relative_score", p.min_relative},
-                           {"scores", p.scores}});
+                           {"mean_score", mean(p.scores)},
+                           {"mean_rel_error", p.merge.mean_rel_error}});
+  }
+  j["per_task"] = nlohmann::ordered_json::array();
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    j["per_task"].push_back({{"name", tasks[i]}, {"base", base[i]}, {"lora", individual[i]}});
   }
   return j.dump(2) + "\n";
 }
@@ -155,11 +171,11 @@ std::string BenchmarkResult::table() const {
   }
   std::string s = fmt::format("base model: mean exact match {:.1f}%; own adapters: {:.1f}% ({} of {} beat the base)\n\n",
                               100 * base_mean, 100 * ind_mean, tasks.size() - worse, tasks.size());
-  s += "| method | storage fraction | mean rel. error | mean relative task score | worst task |\n";
+  s += "| method | storage % | mean relative task score | worst task's relative score | mean rel. error |\n";
   s += "|---|---:|---:|---:|---:|\n";
   for (auto& p : points) {
-    s += fmt::format("| {} | {:.3f} | {:.3f} | {:.3f} | {:.3f} |\n", p.merge.method, p.merge.fraction,
-                     p.merge.mean_rel_error, p.mean_relative, p.min_relative);
+    s += fmt::format("| {} | {:.1f} | {:.3f} | {:.3f} | {:.3f} |\n", p.merge.method, 100 * p.merge.fraction,
+                     p.mean_relative, p.min_relative, p.merge.mean_rel_error);
   }
   return s;
 }
