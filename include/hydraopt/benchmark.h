@@ -29,9 +29,6 @@ TaskExamples load_task(const std::filesystem::path& dir, int limit = 0);
 /// Fraction of examples whose greedy answer is exactly right.
 double task_score(const Model& model, const TaskExamples& task, const Deltas* deltas, int threads = 0);
 
-/// Every task's deltas from a bundle, read once.
-std::vector<Deltas> bundle_deltas(const std::filesystem::path& bundle);
-
 struct BenchmarkOptions {
   std::filesystem::path assets = "assets";
   /// (method, budget) points to evaluate; budget ignored by single-adapter

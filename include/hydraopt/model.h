@@ -40,6 +40,8 @@ using Deltas = std::map<std::string, LowRank>;
 Deltas deltas_from_adapter(const Adapter& adapter);
 /// The updates of one task of a bundle, as the bundle stores them.
 Deltas deltas_from_bundle(const std::filesystem::path& bundle, const std::string& task);
+/// Every task's updates from a bundle, read once (in the bundle's task order).
+std::vector<Deltas> bundle_deltas(const std::filesystem::path& bundle);
 
 class Model {
  public:

@@ -237,7 +237,6 @@ Eigen::MatrixXd SafetensorsFile::matrix(const TensorInfo& t) const {
     throw Error(label_, t.name, "expected a 2-D tensor, got " + std::to_string(t.shape.size()) + "-D");
   }
   const Eigen::Index rows = t.shape[0], cols = t.shape[1];
-  Eigen::MatrixXd m(rows, cols);
   const std::byte* p = data_ + t.begin;
   // Row-major source into column-major destination: fill the transpose's
   // memory linearly, then transpose once (keeps reads sequential).
@@ -270,8 +269,7 @@ Eigen::MatrixXd SafetensorsFile::matrix(const TensorInfo& t) const {
       }
       break;
   }
-  m = mt.transpose();
-  return m;
+  return mt.transpose();
 }
 
 void SafetensorsFile::release(const TensorInfo& t) const {

@@ -181,8 +181,7 @@ std::vector<int> ModuleFitter::head_groups(int groups) {
     const int64_t k = std::min<int64_t>(p_.max_rank(), right_rank());
     const MatrixXd v = right(k).basis.leftCols(k);
     const size_t n = p_.tasks();
-    std::vector<MatrixXd> y(n);
-    for (size_t i = 0; i < n; ++i) y[i] = p_.left(i) * (p_.loras[i].A * v);
+    const std::vector<MatrixXd> y = projections(v);
     MatrixXd d2(n, n);
     for (size_t i = 0; i < n; ++i) {
       for (size_t j = 0; j <= i; ++j) d2(i, j) = d2(j, i) = (y[i] - y[j]).squaredNorm();
@@ -296,14 +295,24 @@ ModuleFit ModuleFitter::fit_merged(int64_t k) const {
   return f;
 }
 
+std::vector<MatrixXd> ModuleFitter::projections(const MatrixXd& v) const {
+  std::vector<MatrixXd> y(p_.tasks());
+  for (size_t i = 0; i < y.size(); ++i) y[i] = p_.left(i) * (p_.loras[i].A * v);
+  return y;
+}
+
+ModuleFit ModuleFitter::shared_body(const MatrixXd& v) const {
+  ModuleFit f = per_task_layout(p_.tasks());
+  f.bodies = {v.transpose()};
+  std::fill(f.body_of.begin(), f.body_of.end(), 0);
+  return f;
+}
+
 ModuleFit ModuleFitter::fit_shared(int64_t k, int groups, FitStats* stats) {
   const size_t n = p_.tasks();
   const MatrixXd v = right(k).basis.leftCols(k);
-  ModuleFit f = per_task_layout(n);
-  f.bodies = {v.transpose()};
-  std::fill(f.body_of.begin(), f.body_of.end(), 0);
-  std::vector<MatrixXd> y(n);
-  for (size_t i = 0; i < n; ++i) y[i] = p_.left(i) * (p_.loras[i].A * v);  // closed-form heads
+  ModuleFit f = shared_body(v);
+  std::vector<MatrixXd> y = projections(v);  // closed-form heads
   const int g = group_count(groups, n);
   if (g == static_cast<int>(n)) {
     f.heads = std::move(y);
@@ -333,9 +342,7 @@ ModuleFit ModuleFitter::fit_shared(int64_t k, int groups, FitStats* stats) {
 ModuleFit ModuleFitter::fit_shared_core(int64_t k, int groups, FitStats* stats) {
   const size_t n = p_.tasks();
   const MatrixXd v = right(k).basis.leftCols(k);
-  ModuleFit f = per_task_layout(n);
-  f.bodies = {v.transpose()};
-  std::fill(f.body_of.begin(), f.body_of.end(), 0);
+  ModuleFit f = shared_body(v);
   const int g = group_count(groups, n);
   if (g == static_cast<int>(n)) {
     // Closed form: dW_i projected on the body is s_i B_i (A_i V) V^T exactly,
@@ -352,8 +359,7 @@ ModuleFit ModuleFitter::fit_shared_core(int64_t k, int groups, FitStats* stats) 
   f.head_of = head_groups(g);
   const int groups_found = *std::max_element(f.head_of.begin(), f.head_of.end()) + 1;
   // Each group's head: top-r left singular subspace of its projected updates.
-  std::vector<MatrixXd> y(n);
-  for (size_t i = 0; i < n; ++i) y[i] = p_.left(i) * (p_.loras[i].A * v);  // out x k
+  const std::vector<MatrixXd> y = projections(v);  // out x k
   f.heads.assign(g, MatrixXd::Zero(p_.out(), r));
   for (int c = 0; c < groups_found; ++c) {
     std::vector<size_t> members;

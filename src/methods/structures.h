@@ -103,6 +103,10 @@ class ModuleFitter {
   std::vector<int> head_groups(int groups);
   std::vector<int> body_groups(int groups);
   ModuleFitter& mirrored();
+  /// dW_i V = s_i B_i (A_i V) for every task: the heads in a body's basis.
+  std::vector<Eigen::MatrixXd> projections(const Eigen::MatrixXd& v) const;
+  /// A fit whose only body is V^T, shared by every task.
+  ModuleFit shared_body(const Eigen::MatrixXd& v) const;
 
   ModuleFit fit_exact() const;
   ModuleFit fit_merged(int64_t k) const;

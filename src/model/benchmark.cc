@@ -6,7 +6,6 @@
 #include <nlohmann/json.hpp>
 
 #include "hydraopt/error.h"
-#include "io/bundle.h"
 #include "util/blas_threads.h"
 
 #include <omp.h>
@@ -58,15 +57,6 @@ double task_score(const Model& model, const TaskExamples& task, const Deltas* de
   int total = 0;
   for (int h : hits) total += h;
   return static_cast<double>(total) / static_cast<double>(n);
-}
-
-std::vector<Deltas> bundle_deltas(const fs::path& bundle) {
-  io::Bundle b = io::bundle_read(bundle);
-  std::vector<Deltas> out(b.tasks.size());
-  for (size_t i = 0; i < b.tasks.size(); ++i) {
-    for (const auto& m : b.modules) out[i][m.name] = {m.fit.left(i).cast<float>(), m.fit.right(i).cast<float>()};
-  }
-  return out;
 }
 
 BenchmarkResult run_benchmark(const BenchmarkOptions& o) {

@@ -268,16 +268,30 @@ Deltas deltas_from_adapter(const Adapter& adapter) {
   return d;
 }
 
+namespace {
+
+// Task i's updates as the bundle stores them.
+Deltas task_deltas(const io::Bundle& b, size_t i) {
+  Deltas d;
+  for (const auto& m : b.modules) d[m.name] = {m.fit.left(i).cast<float>(), m.fit.right(i).cast<float>()};
+  return d;
+}
+
+}  // namespace
+
 Deltas deltas_from_bundle(const fs::path& bundle, const std::string& task) {
   io::Bundle b = io::bundle_read(bundle);
-  size_t i = 0;
-  while (i < b.tasks.size() && b.tasks[i].name != task) ++i;
-  if (i == b.tasks.size()) throw Error(bundle.string(), "", "no task '" + task + "'");
-  Deltas d;
-  for (const auto& m : b.modules) {
-    d[m.name] = {m.fit.left(i).cast<float>(), m.fit.right(i).cast<float>()};
+  for (size_t i = 0; i < b.tasks.size(); ++i) {
+    if (b.tasks[i].name == task) return task_deltas(b, i);
   }
-  return d;
+  throw Error(bundle.string(), "", "no task '" + task + "'");
+}
+
+std::vector<Deltas> bundle_deltas(const fs::path& bundle) {
+  io::Bundle b = io::bundle_read(bundle);
+  std::vector<Deltas> out;
+  for (size_t i = 0; i < b.tasks.size(); ++i) out.push_back(task_deltas(b, i));
+  return out;
 }
 
 }  // namespace hydraopt
