@@ -154,6 +154,8 @@ int main(int argc, char** argv) {
   demo->add_option("--limit", bench.limit, "test examples per task (0: all)")->capture_default_str();
   demo->add_option("--threads", bench.threads, "worker threads (0: all cores)");
   demo->add_flag("--json", json, "machine-readable output");
+  std::string demo_out = "out/demo";
+  demo->add_option("--out", demo_out, "directory for demo.json, demo.md and demo.svg")->capture_default_str();
 
   auto* synth_cmd = app.add_subcommand("synth", "write synthetic PEFT adapters trained from one base");
   hydraopt::SynthOptions synth;
@@ -220,9 +222,15 @@ int main(int argc, char** argv) {
       std::cout << "wrote " << (all ? "every task" : task) << " to " << export_dir << "\n";
     } else if (*demo) {
       bench.assets = assets;
+      std::error_code ec;
+      fs::create_directories(demo_out, ec);
+      if (ec) throw hydraopt::Error(demo_out, "", "cannot create directory: " + ec.message());
+      check_writable((fs::path(demo_out) / "demo.json").string());
       bench.log = [](const std::string& line) { std::cerr << line << "\n"; };
       auto result = hydraopt::run_benchmark(bench);
+      hydraopt::write_benchmark(demo_out, result);
       std::cout << (json ? result.json() : result.table());
+      std::cerr << "wrote " << (std::filesystem::path(demo_out) / "demo.{json,md,svg}").string() << "\n";
     } else if (*methods_cmd) {
       for (const auto& m : hydraopt::methods()) {
         std::cout << fmt::format("{:<16} {:<9} {}\n", m.name, m.single_adapter ? "single" : "per-task", m.summary);

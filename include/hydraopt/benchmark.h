@@ -54,10 +54,16 @@ struct BenchmarkResult {
   std::vector<std::string> tasks;
   std::vector<double> base, individual;  ///< per task scores
   std::vector<BenchmarkPoint> points;
-  std::string json() const;
-  std::string table() const;
+  std::string json() const;   ///< DESIGN §5 JSON (plus per-task scores)
+  std::string table() const;  ///< Markdown: base and adapter scores, one row per point
+  /// Storage fraction vs mean relative task score, one line per method.
+  std::string svg() const;
 };
 
 BenchmarkResult run_benchmark(const BenchmarkOptions& options);
+
+/// Writes `dir`/demo.json, demo.md and demo.svg (each atomically; creates
+/// `dir` if needed).
+void write_benchmark(const std::filesystem::path& dir, const BenchmarkResult& result);
 
 }  // namespace hydraopt

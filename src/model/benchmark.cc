@@ -2,10 +2,14 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <chrono>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "hydraopt/error.h"
+#include "io/atomic_file.h"
+#include "report/sweep_report.h"
 #include "util/blas_threads.h"
 
 #include <omp.h>
@@ -42,7 +46,7 @@ double task_score(const Model& model, const TaskExamples& task, const Deltas* de
   constexpr size_t kBatch = 32;  // sequences packed per forward pass
   const size_t n = task.examples.size(), batches = (n + kBatch - 1) / kBatch;
   std::vector<int> hits(batches, 0);
-  util::ScopedBlasThreads one_blas_thread(1);
+  util::single_threaded_blas();
   const int t = threads > 0 ? threads : omp_get_max_threads();
 #pragma omp parallel for num_threads(t) schedule(dynamic)
   for (size_t b = 0; b < batches; ++b) {
@@ -60,8 +64,10 @@ double task_score(const Model& model, const TaskExamples& task, const Deltas* de
 }
 
 BenchmarkResult run_benchmark(const BenchmarkOptions& o) {
+  const auto t0 = std::chrono::steady_clock::now();
   auto log = [&](const std::string& s) {
-    if (o.log) o.log(s);
+    const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (o.log) o.log(fmt::format("[{:5.1f} s] {}", sec, s));
   };
   Model model = Model::open(o.assets / "model");
   std::vector<std::string> specs;
@@ -168,6 +174,25 @@ std::string BenchmarkResult::table() const {
                      p.mean_relative, p.min_relative, p.merge.mean_rel_error);
   }
   return s;
+}
+
+std::string BenchmarkResult::svg() const {
+  std::vector<PlotSeries> series;
+  for (const auto& p : points) {
+    auto it = std::find_if(series.begin(), series.end(), [&](const PlotSeries& s) { return s.name == p.merge.method; });
+    if (it == series.end()) it = series.insert(series.end(), PlotSeries{p.merge.method, {}});
+    it->points.emplace_back(p.merge.fraction, p.mean_relative);
+  }
+  for (auto& s : series) std::stable_sort(s.points.begin(), s.points.end());
+  return line_plot_svg(series, {fmt::format("Task quality kept by each method ({} tasks)", tasks.size()),
+                                "mean relative task score", "relative score"});
+}
+
+void write_benchmark(const fs::path& dir, const BenchmarkResult& result) {
+  fs::create_directories(dir);
+  io::write_file_atomic(dir / "demo.json", result.json());
+  io::write_file_atomic(dir / "demo.md", result.table());
+  io::write_file_atomic(dir / "demo.svg", result.svg());
 }
 
 }  // namespace hydraopt

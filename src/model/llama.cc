@@ -1,4 +1,5 @@
 #include <Eigen/Core>
+#include <fmt/format.h>
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -41,6 +42,7 @@ struct Model::Impl {
   VectorXf final_norm;
   std::vector<Layer> layers;
   std::vector<std::string> names;  // module names in layer order, for deltas
+  RowMatrix rope_cos, rope_sin;    // position x head_dim/2
 
   // y = x W^T (+ (x R^T) L^T)
   MatrixXf linear(const MatrixXf& x, const MatrixXf& w, const std::string& module, const Deltas* d) const {
@@ -55,20 +57,31 @@ struct Model::Impl {
   }
 
   // Rotary embedding; row t of x sits at position pos[t] of its sequence.
+  // Angles come from the tables built at load time (see init_rope).
   void rope(MatrixXf* x, int64_t n_heads, const std::vector<int>& pos) const {
     const int64_t hd = cfg.head_dim, half = hd / 2;
     for (Eigen::Index t = 0; t < x->rows(); ++t) {
-      for (int64_t j = 0; j < half; ++j) {
-        const double inv = std::pow(cfg.rope_theta, -2.0 * static_cast<double>(j) / static_cast<double>(hd));
-        const double ang = static_cast<double>(pos[t]) * inv;
-        const float c = static_cast<float>(std::cos(ang)), s = static_cast<float>(std::sin(ang));
-        for (int64_t h = 0; h < n_heads; ++h) {
-          float& a = (*x)(t, h * hd + j);
-          float& b = (*x)(t, h * hd + j + half);
-          const float a0 = a, b0 = b;
-          a = a0 * c - b0 * s;
-          b = b0 * c + a0 * s;
-        }
+      const auto c = rope_cos.row(pos[t]), s = rope_sin.row(pos[t]);
+      for (int64_t h = 0; h < n_heads; ++h) {
+        auto a = x->row(t).segment(h * hd, half), b = x->row(t).segment(h * hd + half, half);
+        const Eigen::RowVectorXf a0 = a, b0 = b;
+        a = a0.cwiseProduct(c) - b0.cwiseProduct(s);
+        b = b0.cwiseProduct(c) + a0.cwiseProduct(s);
+      }
+    }
+  }
+
+  // cos/sin of position p times frequency j, computed in double once.
+  void init_rope(int64_t positions) {
+    const int64_t hd = cfg.head_dim, half = hd / 2;
+    rope_cos.resize(positions, half);
+    rope_sin.resize(positions, half);
+    for (int64_t j = 0; j < half; ++j) {
+      const double inv = std::pow(cfg.rope_theta, -2.0 * static_cast<double>(j) / static_cast<double>(hd));
+      for (int64_t p = 0; p < positions; ++p) {
+        const double ang = static_cast<double>(p) * inv;
+        rope_cos(p, j) = static_cast<float>(std::cos(ang));
+        rope_sin(p, j) = static_cast<float>(std::sin(ang));
       }
     }
   }
@@ -81,6 +94,10 @@ struct Model::Impl {
     std::vector<int> pos;
     int64_t T = 0;
     for (auto& s : seqs) {
+      if (static_cast<int64_t>(s.size()) > cfg.max_positions) {
+        throw Error(fmt::format("a sequence of {} tokens exceeds the model's max_position_embeddings ({})", s.size(),
+                                cfg.max_positions));
+      }
       start.push_back(T);
       for (size_t i = 0; i < s.size(); ++i) pos.push_back(static_cast<int>(i));
       T += static_cast<int64_t>(s.size());
@@ -110,16 +127,12 @@ struct Model::Impl {
         const int64_t s0 = start[sq], n = start[sq + 1] - s0;
         for (int64_t head = 0; head < cfg.heads; ++head) {
           const int64_t kvh = head / group;
-          MatrixXf s = (q.block(s0, head * hd, n, hd) * k.block(s0, kvh * hd, n, hd).transpose()) * scale;
-          for (int64_t t = 0; t < n; ++t) {
-            float mx = -INFINITY;
-            for (int64_t u = 0; u <= t; ++u) mx = std::max(mx, s(t, u));
-            float sum = 0;
-            for (int64_t u = 0; u < n; ++u) {
-              s(t, u) = u <= t ? std::exp(s(t, u) - mx) : 0.0f;
-              sum += s(t, u);
-            }
-            s.row(t) /= sum;
+          RowMatrix s = (q.block(s0, head * hd, n, hd) * k.block(s0, kvh * hd, n, hd).transpose()) * scale;
+          for (int64_t t = 0; t < n; ++t) {  // causal softmax of row t over u <= t
+            auto live = s.row(t).head(t + 1).array();
+            live = (live - live.maxCoeff()).exp();
+            live /= live.sum();
+            s.row(t).tail(n - t - 1).setZero();
           }
           att.block(s0, head * hd, n, hd) = s * v.block(s0, kvh * hd, n, hd);
         }
@@ -128,7 +141,7 @@ struct Model::Impl {
       MatrixXf h2 = rms_norm(x, L.norm2, cfg.rms_eps);
       MatrixXf g = linear(h2, L.gate, p + "mlp.gate_proj", d);
       MatrixXf u = linear(h2, L.up, p + "mlp.up_proj", d);
-      MatrixXf act = g.unaryExpr([](float z) { return z / (1.0f + std::exp(-z)); }).cwiseProduct(u);
+      MatrixXf act = (g.array() / (1.0f + (-g.array()).exp()) * u.array()).matrix();  // SiLU(g) * u
       x += linear(act, L.down, p + "mlp.down_proj", d);
     }
     return rms_norm(x, final_norm, cfg.rms_eps) * lm_head.transpose();
@@ -167,6 +180,9 @@ Model Model::open(const fs::path& dir) {
     if (c.heads <= 0 || c.kv_heads <= 0 || c.heads % c.kv_heads != 0 || c.head_dim % 2 != 0) {
       throw Error(cfg_path.string(), "", "heads must be a multiple of kv heads and head_dim even");
     }
+    if (c.max_positions <= 0 || c.max_positions > (int64_t{1} << 20)) {
+      throw Error(cfg_path.string(), "", "max_position_embeddings must be in 1..2^20");
+    }
   } catch (const nlohmann::json::exception& e) {
     throw Error(cfg_path.string(), "", std::string("malformed config: ") + e.what());
   }
@@ -200,6 +216,7 @@ Model Model::open(const fs::path& dir) {
     L.norm2 = get(p + "post_attention_layernorm.weight", c.hidden, 0).col(0);
     I.layers.push_back(std::move(L));
   }
+  I.init_rope(c.max_positions);
   return m;
 }
 

@@ -65,7 +65,7 @@ json read_json_file(const std::string& path, const char* what) {
 // rethrowing the failure of the lowest module index.
 template <typename Body>
 void for_modules(size_t count, int threads, const std::function<void(size_t, size_t)>& progress, Body&& body) {
-  util::ScopedBlasThreads one_blas_thread(1);
+  util::single_threaded_blas();
   std::vector<std::exception_ptr> errors(count);
   std::mutex mu;
   size_t done = 0;

@@ -20,7 +20,7 @@ Inspection inspect(const AdapterSet& set) {
   const auto& mods = set.modules();
   x.modules.resize(mods.size());
   std::exception_ptr failure;
-  util::ScopedBlasThreads one_blas_thread(1);
+  util::single_threaded_blas();
 #pragma omp parallel for schedule(dynamic)
   for (size_t m = 0; m < mods.size(); ++m) {
     try {

@@ -250,20 +250,31 @@ std::string sweep_markdown(const std::vector<MergeReport>& reports) {
 }
 
 std::string sweep_svg(const std::vector<MergeReport>& reports, const std::string& title) {
+  std::vector<PlotSeries> series;
+  for (const auto& group : group_by_method(reports)) {
+    PlotSeries se{reports[group[0]].method, {}};
+    for (size_t i : group) se.points.emplace_back(reports[i].fraction, reports[i].mean_rel_error);
+    series.push_back(std::move(se));
+  }
+  return line_plot_svg(series, {title, "mean relative error", "error"});
+}
+
+std::string line_plot_svg(const std::vector<PlotSeries>& input, const PlotLabels& labels) {
   using namespace sweep_svg_layout;
+  const std::string& title = labels.title;
   const double plot_l = kLeft, plot_r = kWidth - kRight, plot_t = kTop, plot_b = kHeight - kBottom;
   const double plot_w = plot_r - plot_l, plot_h = plot_b - plot_t;
-
-  const auto groups = group_by_method(reports);
 
   // Axis ranges.
   double x_max = 1, e_max = 0;
   bool any_error = false;
-  for (const auto& r : reports) {
-    if (!std::isfinite(r.fraction) || !std::isfinite(r.mean_rel_error)) continue;
-    x_max = std::max(x_max, r.fraction);
-    if (!any_error || r.mean_rel_error > e_max) e_max = r.mean_rel_error;
-    any_error = true;
+  for (const auto& se : input) {
+    for (const auto& [f, e] : se.points) {
+      if (!std::isfinite(f) || !std::isfinite(e)) continue;
+      x_max = std::max(x_max, f);
+      if (!any_error || e > e_max) e_max = e;
+      any_error = true;
+    }
   }
   double y_step, y_max;
   if (!any_error || !(e_max > 0)) {
@@ -372,7 +383,7 @@ std::string sweep_svg(const std::vector<MergeReport>& reports, const std::string
   s += fmt::format(
       R"~(<text x="{0}" y="{1}" transform="rotate(-90 {0} {1})" text-anchor="middle" font-size="13" fill="#222222">{2}</text>)~"
       "\n",
-      num(20), num(plot_t + plot_h / 2), "mean relative error");
+      num(20), num(plot_t + plot_h / 2), xml_escape(labels.y_axis));
 
   // Series: all lines first, then all markers on top of them.
   struct Series {
@@ -382,15 +393,13 @@ std::string sweep_svg(const std::vector<MergeReport>& reports, const std::string
     std::vector<std::pair<double, double>> pts;  // (fraction, error), finite only
   };
   std::vector<Series> series;
-  for (size_t g = 0; g < groups.size(); ++g) {
+  for (size_t g = 0; g < input.size(); ++g) {
     Series se;
-    se.name = reports[groups[g][0]].method;
+    se.name = input[g].name;
     se.colour = kPalette[g % kPalette.size()];
     se.shape = static_cast<int>((g + g / kPalette.size()) % kShapes);
-    for (size_t i : groups[g]) {
-      const auto& r = reports[i];
-      if (std::isfinite(r.fraction) && std::isfinite(r.mean_rel_error))
-        se.pts.emplace_back(r.fraction, r.mean_rel_error);
+    for (const auto& [f, e] : input[g].points) {
+      if (std::isfinite(f) && std::isfinite(e)) se.pts.emplace_back(f, e);
     }
     series.push_back(std::move(se));
   }
@@ -440,8 +449,8 @@ std::string sweep_svg(const std::vector<MergeReport>& reports, const std::string
   for (const auto& se : series) {
     s += fmt::format(R"(<g data-method="{}">)", xml_escape(se.name));
     for (const auto& [f, e] : se.pts) {
-      std::string tip = fmt::format("<title>{}: fraction {:.3f}, error {:.4g}</title>",
-                                    xml_escape(se.name), f, e);
+      std::string tip = fmt::format("<title>{}: fraction {:.3f}, {} {:.4g}</title>", xml_escape(se.name), f,
+                                    xml_escape(labels.value), e);
       s += marker(se.shape, px(f), off_scale(e) ? plot_t : py(e), se.colour, tip);
     }
     s += "</g>\n";

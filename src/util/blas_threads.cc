@@ -1,22 +1,18 @@
 #include "util/blas_threads.h"
 
-#ifdef EIGEN_USE_BLAS
-extern "C" {
-int openblas_get_num_threads(void);
-void openblas_set_num_threads(int);
-}
+#include <mutex>
+
+#ifdef EIGEN_USE_LAPACKE
+extern "C" void openblas_set_num_threads(int);
 #endif
 
 namespace hydraopt::util {
 
-#ifdef EIGEN_USE_BLAS
-ScopedBlasThreads::ScopedBlasThreads(int n) : previous_(openblas_get_num_threads()) {
-  openblas_set_num_threads(n);
-}
-ScopedBlasThreads::~ScopedBlasThreads() { openblas_set_num_threads(previous_); }
-#else
-ScopedBlasThreads::ScopedBlasThreads(int) {}
-ScopedBlasThreads::~ScopedBlasThreads() = default;
+void single_threaded_blas() {
+#ifdef EIGEN_USE_LAPACKE
+  static std::once_flag once;
+  std::call_once(once, [] { openblas_set_num_threads(1); });
 #endif
+}
 
 }  // namespace hydraopt::util

@@ -1,18 +1,12 @@
-// Keeps BLAS single-threaded while our own OpenMP threads run, so the two
-// thread pools never oversubscribe the cores.
+// Our parallelism is OpenMP across modules, tasks and batches; the BLAS
+// behind LAPACKE (OpenBLAS) must then run on the calling thread only, or its
+// own thread pool would oversubscribe the cores (and its idle workers spin).
 #pragma once
 
 namespace hydraopt::util {
 
-class ScopedBlasThreads {
- public:
-  explicit ScopedBlasThreads(int n);
-  ~ScopedBlasThreads();
-  ScopedBlasThreads(const ScopedBlasThreads&) = delete;
-  ScopedBlasThreads& operator=(const ScopedBlasThreads&) = delete;
-
- private:
-  int previous_ = 1;
-};
+/// Makes OpenBLAS single-threaded for the rest of the process (idempotent,
+/// thread-safe; a no-op when built without OpenBLAS).
+void single_threaded_blas();
 
 }  // namespace hydraopt::util
