@@ -649,8 +649,16 @@ class Task:
             self.cache[w] = APP_FN[self.app](self.lang, w)
         return self.cache[w]
 
+    def excluded(self, ex, exclude):
+        """An example is excluded if its word, prompt or answer (lowercased,
+        hyph answers without '-') is an excluded string: a typo or an
+        accent-stripped prompt can be another language's test word."""
+        p, a, w, _ = ex
+        a = a.replace("-", "") if self.app == "hyph" else a
+        return w in exclude or p.lower() in exclude or a.lower() in exclude
+
     def select(self, per_class, exclude, stop_at):
-        """Walk the hash order; take examples whose word_key is not excluded.
+        """Walk the hash order; take examples that are not excluded.
         Balanced apps take up to per_class of each class."""
         out = []
         if self.app in BALANCED:
@@ -658,7 +666,7 @@ class Task:
             buckets = {c: [] for c in classes}
             for w in self.cands:
                 ex = self.example(w)
-                if ex is None or ex[2] in exclude:
+                if ex is None or self.excluded(ex, exclude):
                     continue
                 b = buckets[ex[3]]
                 if len(b) < per_class:
@@ -681,7 +689,7 @@ class Task:
         else:
             for w in self.cands:
                 ex = self.example(w)
-                if ex is None or ex[2] in exclude:
+                if ex is None or self.excluded(ex, exclude):
                     continue
                 out.append(ex)
                 if len(out) >= stop_at:

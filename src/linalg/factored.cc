@@ -4,6 +4,9 @@
 #include <Eigen/QR>
 #include <Eigen/SVD>
 #include <algorithm>
+#include <cmath>
+
+#include "util/random.h"
 
 namespace hydraopt::linalg {
 
@@ -22,6 +25,17 @@ MatrixXd gram_rows(const MatrixXd& y) {  // Y Y^T
   MatrixXd g = MatrixXd::Zero(y.rows(), y.rows());
   g.selfadjointView<Eigen::Lower>().rankUpdate(y);
   return g.selfadjointView<Eigen::Lower>();
+}
+
+// Orthonormal basis Q of the columns of V (n x k, n >= k) by Householder QR,
+// each column's sign chosen so that q_j . v_j >= 0 (deterministic).
+MatrixXd orthonormal_like(const MatrixXd& v) {
+  Eigen::HouseholderQR<MatrixXd> qr(v);
+  MatrixXd q = qr.householderQ() * MatrixXd::Identity(v.rows(), v.cols());
+  for (Index j = 0; j < v.cols(); ++j) {
+    if (q.col(j).dot(v.col(j)) < 0) q.col(j) = -q.col(j);
+  }
+  return q;
 }
 
 }  // namespace
@@ -47,7 +61,7 @@ MatrixXd left_core(const MatrixXd& l) {
   return l;
 }
 
-Subspace top_right_subspace(const MatrixXd& t, Index k) {
+Subspace top_right_subspace_exact(const MatrixXd& t, Index k) {
   const Index p = t.rows(), n = t.cols();
   k = std::min({k, p, n});
   Subspace s;
@@ -65,16 +79,53 @@ Subspace top_right_subspace(const MatrixXd& t, Index k) {
   Eigen::SelfAdjointEigenSolver<MatrixXd> eig(gram_rows(t));
   MatrixXd y = eig.eigenvectors().rightCols(k).rowwise().reverse();
   s.values = eig.eigenvalues().tail(k).reverse().cwiseMax(0).cwiseSqrt();
-  MatrixXd v = t.transpose() * y;
-  // Re-orthonormalise: columns with tiny singular values are unreliable.
-  Eigen::HouseholderQR<MatrixXd> qr(v);
-  MatrixXd q = qr.householderQ() * MatrixXd::Identity(n, k);
-  // Keep the QR's sign choice aligned with v so the basis is deterministic.
-  for (Index j = 0; j < k; ++j) {
-    if (q.col(j).dot(v.col(j)) < 0) q.col(j) = -q.col(j);
-  }
-  s.basis = q;
+  s.basis = orthonormal_like(t.transpose() * y);  // columns with tiny sigma are unreliable
   return s;
+}
+
+namespace {
+thread_local RangeFinderStats g_stats;
+}  // namespace
+
+RangeFinderStats last_range_finder_stats() { return g_stats; }
+
+Subspace top_right_subspace(const MatrixXd& t, Index k) {
+  const Index p = t.rows(), n = t.cols();
+  k = std::min({k, p, n});
+  const Index l = k + std::max<Index>(10, k / 2);
+  g_stats = {0, true};
+  if (k <= 0 || std::min(p, n) <= std::max<Index>(128, 2 * l)) return top_right_subspace_exact(t, k);
+
+  constexpr int kMaxIters = 40;
+  constexpr double kTol = 1e-5;
+  const double total = t.squaredNorm();
+  util::Stream rng(0x5ca1ab1e, static_cast<uint64_t>(p), static_cast<uint64_t>(n), static_cast<uint64_t>(k));
+  MatrixXd z = orthonormal_like(rng.normal(n, l, 1.0));
+  double prev_tail = INFINITY, prev_drop = INFINITY;
+  for (int it = 1; it <= kMaxIters; ++it) {
+    const MatrixXd y = t * z;  // P x l
+    // Rayleigh-Ritz in span(z): eigenpairs of z^T T^T T z.
+    Eigen::SelfAdjointEigenSolver<MatrixXd> eig(y.transpose() * y);
+    const Eigen::VectorXd top = eig.eigenvalues().tail(k).reverse().cwiseMax(0);
+    const double tail = std::max(0.0, total - top.sum());
+    const double drop = prev_tail - tail;
+    bool done = drop <= 1e-13 * total;
+    if (!done && std::isfinite(prev_drop) && drop < prev_drop) {
+      const double rho = std::max(0.0, drop / prev_drop);
+      done = drop * rho / (1 - rho) <= kTol * tail;
+    }
+    if (done) {
+      g_stats = {it, false};
+      Subspace s;
+      s.basis = z * eig.eigenvectors().rightCols(k).rowwise().reverse();
+      s.values = top.cwiseSqrt();
+      return s;
+    }
+    prev_drop = it == 1 ? INFINITY : drop;
+    prev_tail = tail;
+    z = orthonormal_like(t.transpose() * y);  // next iterate: T^T T z
+  }
+  return top_right_subspace_exact(t, k);
 }
 
 void factored_svd(const MatrixXd& l, const MatrixXd& r, Index k, MatrixXd* u, MatrixXd* vt) {

@@ -138,7 +138,8 @@ ModuleShape ModuleFitter::shape() const {
 }
 
 const linalg::Subspace& ModuleFitter::right(int64_t k) {
-  if (!right_) {
+  if (k > right_rank()) throw std::logic_error("shared rank exceeds the data's rank");
+  if (!right_ || right_->basis.cols() < k) {
     // Stack of sqrt(w_i) S_i A_i with S_i^T S_i = (s_i B_i)^T (s_i B_i): its
     // right singular vectors are those of the stack of sqrt(w_i) dW_i.
     Index rows = 0;
@@ -154,15 +155,19 @@ const linalg::Subspace& ModuleFitter::right(int64_t k) {
       t.middleRows(rows, x.rows()) = x;
       rows += x.rows();
     }
-    right_ = linalg::top_right_subspace(t, std::min<Index>(t.rows(), t.cols()));
+    // The candidates' widest shared body is 4r: solve once for that many
+    // columns (leading columns of a top-K basis are a top-k basis), more only
+    // when asked (a hand-written plan).
+    const int64_t want = std::min(right_rank(), std::max(k, kWidestBody * p_.max_rank()));
+    right_ = linalg::top_right_subspace(t, want);
   }
-  if (k > right_->basis.cols()) throw std::logic_error("shared rank exceeds the data's rank");
   return *right_;
 }
 
-int64_t ModuleFitter::right_rank() {
-  right(0);
-  return right_->basis.cols();
+int64_t ModuleFitter::right_rank() const {
+  int64_t rows = 0;
+  for (const auto& l : p_.loras) rows += l.rank();
+  return std::min(rows, p_.in());
 }
 
 ModuleFitter& ModuleFitter::mirrored() {

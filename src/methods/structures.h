@@ -98,8 +98,13 @@ class ModuleFitter {
   ModuleShape shape() const;
 
  private:
+  /// Top right singular subspace of the stacked weighted updates, with at
+  /// least k columns (computed lazily, widened on demand).
   const linalg::Subspace& right(int64_t k);
-  int64_t right_rank();
+  /// min(sum of ranks, in): the most columns right() can give.
+  int64_t right_rank() const;
+  /// Widest shared body among the planner's candidates, in units of r.
+  static constexpr int64_t kWidestBody = 4;
   std::vector<int> head_groups(int groups);
   std::vector<int> body_groups(int groups);
   ModuleFitter& mirrored();

@@ -1,0 +1,92 @@
+// The randomized range finder against the exact top-k right subspace: the
+// residual energy ||T||^2 - ||T V||^2 is what every fit minimises, so that is
+// what must agree (within the design's 0.1%; the solver aims at 0.001%).
+#include <gtest/gtest.h>
+
+#include <Eigen/QR>
+#include <cmath>
+
+#include "linalg/factored.h"
+#include "util/random.h"
+
+namespace hydraopt {
+namespace {
+
+using Eigen::MatrixXd;
+
+// T = U diag(s) W^T with orthonormal U (P x m), W (n x m), s_j = decay^j.
+MatrixXd with_spectrum(Eigen::Index p, Eigen::Index n, double decay, uint64_t seed) {
+  util::Stream rng(seed, 1);
+  const Eigen::Index m = std::min(p, n);
+  Eigen::HouseholderQR<MatrixXd> qu(rng.normal(p, m, 1.0)), qw(rng.normal(n, m, 1.0));
+  MatrixXd u = qu.householderQ() * MatrixXd::Identity(p, m);
+  MatrixXd w = qw.householderQ() * MatrixXd::Identity(n, m);
+  Eigen::VectorXd s(m);
+  for (Eigen::Index j = 0; j < m; ++j) s(j) = std::pow(decay, static_cast<double>(j));
+  return u * s.asDiagonal() * w.transpose();
+}
+
+double residual(const MatrixXd& t, const MatrixXd& v) { return t.squaredNorm() - (t * v).squaredNorm(); }
+
+void expect_orthonormal(const MatrixXd& v) {
+  EXPECT_LT((v.transpose() * v - MatrixXd::Identity(v.cols(), v.cols())).cwiseAbs().maxCoeff(), 1e-10);
+}
+
+struct Case {
+  Eigen::Index p, n, k;
+  double decay;
+};
+
+class RangeFinder : public ::testing::TestWithParam<Case> {};
+
+TEST_P(RangeFinder, ResidualMatchesTheExactOptimum) {
+  const Case c = GetParam();
+  const MatrixXd t = with_spectrum(c.p, c.n, c.decay, 7);
+  const linalg::Subspace fast = linalg::top_right_subspace(t, c.k);
+  const linalg::RangeFinderStats stats = linalg::last_range_finder_stats();
+  const linalg::Subspace exact = linalg::top_right_subspace_exact(t, c.k);
+  ASSERT_EQ(fast.basis.rows(), c.n);
+  ASSERT_EQ(fast.basis.cols(), c.k);
+  expect_orthonormal(fast.basis);
+  // The closed form of the optimum: the energy of the spectrum's tail.
+  double tail = 0;
+  for (Eigen::Index j = c.k; j < std::min(c.p, c.n); ++j) tail += std::pow(c.decay, 2.0 * static_cast<double>(j));
+  EXPECT_NEAR(residual(t, exact.basis), tail, 1e-9 * t.squaredNorm());
+  EXPECT_LE(residual(t, fast.basis), tail * (1 + 1e-4) + 1e-12 * t.squaredNorm())
+      << "iterations " << stats.iterations << (stats.exact ? " (exact)" : "");
+  // Reported singular values are sqrt of the captured energies.
+  EXPECT_NEAR(fast.values.squaredNorm(), (t * fast.basis).squaredNorm(), 1e-9 * t.squaredNorm());
+  EXPECT_FALSE(stats.exact) << "these sizes must use the randomized solver";
+}
+
+INSTANTIATE_TEST_SUITE_P(Spectra, RangeFinder,
+                         ::testing::Values(Case{320, 256, 8, 0.9},     // tall, fast decay
+                                           Case{320, 256, 32, 0.99},   // slow decay, no gap
+                                           Case{300, 900, 16, 0.97},   // wide: P < n
+                                           Case{400, 400, 40, 1.0}));  // flat: worst case
+
+TEST(RangeFinder, LowRankInputIsCapturedExactly) {
+  util::Stream rng(3, 2);
+  const MatrixXd t = rng.normal(400, 6, 1.0) * rng.normal(6, 300, 1.0);  // rank 6
+  const auto s = linalg::top_right_subspace(t, 8);
+  EXPECT_LT(residual(t, s.basis), 1e-10 * t.squaredNorm());
+  EXPECT_FALSE(linalg::last_range_finder_stats().exact);
+  EXPECT_LE(linalg::last_range_finder_stats().iterations, 3);
+}
+
+TEST(RangeFinder, SmallProblemsAreSolvedExactly) {
+  const MatrixXd t = with_spectrum(60, 50, 0.9, 5);
+  const auto fast = linalg::top_right_subspace(t, 4);
+  EXPECT_TRUE(linalg::last_range_finder_stats().exact);
+  const auto exact = linalg::top_right_subspace_exact(t, 4);
+  EXPECT_EQ((fast.basis - exact.basis).cwiseAbs().maxCoeff(), 0.0);
+}
+
+TEST(RangeFinder, SameInputSameBits) {
+  const MatrixXd t = with_spectrum(320, 256, 0.95, 11);
+  const auto a = linalg::top_right_subspace(t, 16), b = linalg::top_right_subspace(t, 16);
+  EXPECT_EQ((a.basis - b.basis).cwiseAbs().maxCoeff(), 0.0);
+}
+
+}  // namespace
+}  // namespace hydraopt
