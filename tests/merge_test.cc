@@ -130,6 +130,10 @@ TEST(Merge, HydraPointMatchesTheDenseClosedFormOptimum) {
   o.plan_file = (d / "plan.json").string();
   auto forced = merge(set, o, "");
   for (size_t i = 0; i < n; ++i) EXPECT_NEAR(forced.tasks[i].rel_error, dense[i], 1e-6 * (1 + dense[i]));
+  // So does the `hydra` method, at exactly the hydra point's storage.
+  auto fixed = merge(set, at(1.0, "hydra"), "");
+  EXPECT_EQ(fixed.params, hydra);
+  for (size_t i = 0; i < n; ++i) EXPECT_NEAR(fixed.tasks[i].rel_error, dense[i], 1e-6 * (1 + dense[i]));
 }
 
 TEST(Merge, AtOneOverNHydraoptBeatsSingleAdapterMerges) {

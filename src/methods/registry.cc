@@ -21,6 +21,9 @@ std::vector<MethodInfo> build() {
        "plans a structure per module (shared A/B bodies or heads, cores, clusters, exact) "
        "to minimise the task-weighted error within the budget",
        "this project (docs/methods.md)", {iters, tol}},
+      {"hydra", false, false,
+       "the hydra point: one optimal shared A of rank r per module, a head per task (closed form)",
+       "this project (docs/methods.md); the fixed structure hydraopt's planner starts from", {}},
       {"hydra-avg", false, false, "naive hydra: the mean of the A's shared, each task's B kept",
        "HydraLoRA-style sharing (Tian et al., 2024), without optimisation", {}},
       {"jd-full", false, true, "shared U, V with a full k x k core per task (Tucker/HOOI); k fills the budget",

@@ -453,9 +453,12 @@ MethodRun run_method(Session& s, const std::string& name, std::vector<double> bu
     return run;
   }
 
-  if (name == "hydra-avg") {
+  if (name == "hydra" || name == "hydra-avg") {
     auto ev = s.evaluate_all(
         [&](size_t m, const ModuleShape& shape) {
+          if (name == "hydra") {
+            return std::vector<CandidateSpec>{{{Family::kSharedA, std::max<int64_t>(1, shape.max_rank()), 0}, "shared-A"}};
+          }
           StructureSpec sp{Family::kAvgA, 0, 0};
           if (!spec_valid(sp, shape)) throw Error(mods[m].name + ": hydra-avg needs every task at one rank here");
           return std::vector<CandidateSpec>{{sp, "avg-A"}};
