@@ -1,0 +1,57 @@
+// Kernels of the engine at paper shapes (llama-1b preset: 40 tasks, r = 32,
+// in = 2048): the shared-body subspace of a stacked (N r) x in matrix,
+// randomized against exact, and the factored norms every error goes through.
+#include <benchmark/benchmark.h>
+
+#include "linalg/factored.h"
+#include "util/random.h"
+
+namespace {
+
+using Eigen::MatrixXd;
+
+// A stack like the engine's: N blocks of R_i A_i sharing most of a common
+// row space (A_i = A0 + drift), as adapters trained from one A init do.
+MatrixXd stacked_updates(Eigen::Index tasks, Eigen::Index r, Eigen::Index in) {
+  hydraopt::util::Stream rng(42, 1);
+  const MatrixXd a0 = rng.normal(r, in, 1.0);
+  MatrixXd t(tasks * r, in);
+  for (Eigen::Index i = 0; i < tasks; ++i) {
+    t.middleRows(i * r, r) = rng.normal(r, r, 1.0) * (a0 + 0.5 * rng.normal(r, in, 1.0));
+  }
+  return t;
+}
+
+void BM_TopRightSubspaceRandomized(benchmark::State& state) {
+  const MatrixXd t = stacked_updates(state.range(0), 32, 2048);
+  const Eigen::Index k = state.range(1);
+  for (auto _ : state) benchmark::DoNotOptimize(hydraopt::linalg::top_right_subspace(t, k).basis.data());
+  state.counters["iterations"] = hydraopt::linalg::last_range_finder_stats().iterations;
+}
+BENCHMARK(BM_TopRightSubspaceRandomized)->Args({40, 32})->Args({40, 128})->Unit(benchmark::kMillisecond);
+
+void BM_TopRightSubspaceExact(benchmark::State& state) {
+  const MatrixXd t = stacked_updates(state.range(0), 32, 2048);
+  for (auto _ : state) benchmark::DoNotOptimize(hydraopt::linalg::top_right_subspace_exact(t, state.range(1)).basis.data());
+}
+BENCHMARK(BM_TopRightSubspaceExact)->Args({40, 32})->Unit(benchmark::kMillisecond);
+
+void BM_ProductNorm2(benchmark::State& state) {
+  hydraopt::util::Stream rng(7, 2);
+  const MatrixXd l = rng.normal(2048, state.range(0), 1.0), r = rng.normal(state.range(0), 2048, 1.0);
+  for (auto _ : state) benchmark::DoNotOptimize(hydraopt::linalg::product_norm2(l, r));
+}
+BENCHMARK(BM_ProductNorm2)->Arg(32)->Arg(128)->Unit(benchmark::kMicrosecond);
+
+void BM_FactoredSvd(benchmark::State& state) {
+  hydraopt::util::Stream rng(9, 3);
+  const MatrixXd l = rng.normal(2048, state.range(0), 1.0), r = rng.normal(state.range(0), 2048, 1.0);
+  MatrixXd u, vt;
+  for (auto _ : state) {
+    hydraopt::linalg::factored_svd(l, r, 32, &u, &vt);
+    benchmark::DoNotOptimize(u.data());
+  }
+}
+BENCHMARK(BM_FactoredSvd)->Arg(32)->Arg(320)->Unit(benchmark::kMillisecond);
+
+}  // namespace
