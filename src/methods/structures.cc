@@ -155,10 +155,9 @@ const linalg::Subspace& ModuleFitter::right(int64_t k) {
       t.middleRows(rows, x.rows()) = x;
       rows += x.rows();
     }
-    // The candidates' widest shared body is 4r: solve once for that many
-    // columns (leading columns of a top-K basis are a top-k basis), more only
-    // when asked (a hand-written plan).
-    const int64_t want = std::min(right_rank(), std::max(k, kWidestBody * p_.max_rank()));
+    // Solve once for as many columns as the structures to come need
+    // (leading columns of a top-K basis are a top-k basis); more on demand.
+    const int64_t want = std::min(right_rank(), std::max(k, o_.body_width * p_.max_rank()));
     right_ = linalg::top_right_subspace(t, want);
   }
   return *right_;

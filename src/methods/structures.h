@@ -80,6 +80,10 @@ struct FitOptions {
   double tol = 1e-4;     ///< stop when the objective improves by less, relatively
   /// Optional user grouping (label per task) for the grouped families.
   std::vector<int> user_groups;
+  /// Columns of the shared-body subspace to compute up front, in units of
+  /// the module's rank r: the planner's widest candidate body (4r); 1 when
+  /// only known structures are fitted (wider ones widen it on demand).
+  int64_t body_width = 4;
 };
 
 struct FitStats {
@@ -103,8 +107,6 @@ class ModuleFitter {
   const linalg::Subspace& right(int64_t k);
   /// min(sum of ranks, in): the most columns right() can give.
   int64_t right_rank() const;
-  /// Widest shared body among the planner's candidates, in units of r.
-  static constexpr int64_t kWidestBody = 4;
   std::vector<int> head_groups(int groups);
   std::vector<int> body_groups(int groups);
   ModuleFitter& mirrored();

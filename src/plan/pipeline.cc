@@ -454,6 +454,8 @@ MethodRun run_method(Session& s, const std::string& name, std::vector<double> bu
   }
 
   if (name == "hydra" || name == "hydra-avg") {
+    FitOptions one = fo;
+    one.body_width = 1;
     auto ev = s.evaluate_all(
         [&](size_t m, const ModuleShape& shape) {
           if (name == "hydra") {
@@ -463,7 +465,7 @@ MethodRun run_method(Session& s, const std::string& name, std::vector<double> bu
           if (!spec_valid(sp, shape)) throw Error(mods[m].name + ": hydra-avg needs every task at one rank here");
           return std::vector<CandidateSpec>{{sp, "avg-A"}};
         },
-        fo);
+        one);
     std::vector<const Evaluated*> chosen;
     for (auto& e : ev) chosen.push_back(&e[0]);
     for (size_t b = 0; b < budgets.size(); ++b) finish(b, chosen, seconds_since(t0));
@@ -495,7 +497,9 @@ MethodRun run_method(Session& s, const std::string& name, std::vector<double> bu
   // hydraopt: a hand-written plan, or candidates + planner.
   if (!s.o_.plan_file.empty()) {
     auto specs = specs_from_plan_file(s);
-    auto ev = s.evaluate_all([&](size_t m, const ModuleShape&) { return std::vector<CandidateSpec>{{specs[m], "plan"}}; }, fo);
+    FitOptions one = fo;
+    one.body_width = 1;
+    auto ev = s.evaluate_all([&](size_t m, const ModuleShape&) { return std::vector<CandidateSpec>{{specs[m], "plan"}}; }, one);
     std::vector<const Evaluated*> chosen;
     int64_t total = 0;
     for (auto& e : ev) {
@@ -558,7 +562,8 @@ MergeReport merge(const AdapterSet& set, const MergeOptions& options, const fs::
     const auto& info = *find_method(options.method);
     b.modules.resize(set.modules().size());
     const MergeParams mp = merge_params(params);
-    const FitOptions fo = s.fit_options(params);
+    FitOptions fo = s.fit_options(params);
+    fo.body_width = 1;  // one known structure per module
     for_modules(set.modules().size(), s.threads_, options.progress, [&](size_t m) {
       const auto& mod = set.modules()[m];
       ModuleProblem p = s.problem(m);
