@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -108,6 +109,9 @@ struct Evaluated {
   int64_t params = 0;
   double error = 0;               // weighted, after rounding
   std::vector<double> task_err2;  // per task, after rounding
+  /// The fit as stored (rounded), kept when it is the module's only
+  /// candidate and the session keeps fits (merge() then writes it as is).
+  std::shared_ptr<ModuleFit> fit;
 };
 
 class Session {
@@ -176,15 +180,19 @@ class Session {
     for_modules(nm, threads_, o_.progress, [&](size_t m) {
       ModuleProblem p = problem(m);
       ModuleFitter fitter(p, fo);
-      for (auto& cs : specs(m, fitter.shape())) out[m].push_back(evaluate(p, m, fitter.fit(cs.spec), cs));
+      const auto list = specs(m, fitter.shape());
+      for (auto& cs : list) out[m].push_back(evaluate(p, m, fitter.fit(cs.spec), cs, list.size() == 1));
       set_.release(m);
     });
     return out;
   }
 
-  Evaluated evaluate(const ModuleProblem& p, size_t m, const ModuleFit& fit, const CandidateSpec& cs) const {
-    Evaluated e{cs.spec, cs.key, fit.params(), 0, fit_errors2(p, fit.rounded(dtype_), &norms2_[m])};
+  Evaluated evaluate(const ModuleProblem& p, size_t m, const ModuleFit& fit, const CandidateSpec& cs,
+                     bool only_candidate) const {
+    ModuleFit stored = fit.rounded(dtype_);
+    Evaluated e{cs.spec, cs.key, fit.params(), 0, fit_errors2(p, stored, &norms2_[m]), nullptr};
     for (size_t i = 0; i < e.task_err2.size(); ++i) e.error += p.weights[i] * e.task_err2[i];
+    if (keep_fits_ && only_candidate) e.fit = std::make_shared<ModuleFit>(std::move(stored));
     return e;
   }
 
@@ -243,6 +251,8 @@ class Session {
   int user_group_count_ = 0;
   std::vector<std::vector<double>> norms2_;  // [module][task]
   std::vector<double> total_norm2_, weights_;
+  /// Keep single-candidate fits (merge(): one budget, one bundle to write).
+  bool keep_fits_ = false;
 
  private:
   void load_groups() {
@@ -399,6 +409,7 @@ std::vector<StructureSpec> specs_from_plan_file(const Session& s) {
 struct MethodRun {
   std::vector<MergeReport> reports;
   std::vector<std::vector<StructureSpec>> specs;  // per budget, per module (per-task methods)
+  std::vector<std::vector<std::shared_ptr<ModuleFit>>> fits;  // per budget, per module; null: not kept
 };
 
 // Evaluates one method at several budgets. With skip_infeasible, budgets
@@ -433,8 +444,13 @@ MethodRun run_method(Session& s, const std::string& name, std::vector<double> bu
   auto finish = [&](size_t b, const std::vector<const Evaluated*>& chosen, double shared_seconds) {
     run.reports.push_back(s.report(name, budgets[b], chosen, params, shared_seconds));
     std::vector<StructureSpec> sp;
-    for (auto* e : chosen) sp.push_back(e->spec);
+    std::vector<std::shared_ptr<ModuleFit>> fits;
+    for (auto* e : chosen) {
+      sp.push_back(e->spec);
+      fits.push_back(e->fit);
+    }
     run.specs.push_back(sp);
+    run.fits.push_back(fits);
   };
 
   if (info.single_adapter) {
@@ -444,7 +460,7 @@ MethodRun run_method(Session& s, const std::string& name, std::vector<double> bu
       ModuleProblem p = s.problem(m);
       ModuleFit f = merge_single(name, p, mp, m);
       StructureSpec spec{Family::kMerged, f.bodies[0].rows(), 0};
-      ev[m].push_back(s.evaluate(p, m, f, {spec, "merged"}));
+      ev[m].push_back(s.evaluate(p, m, f, {spec, "merged"}, true));
       s.set_.release(m);
     });
     std::vector<const Evaluated*> chosen;
@@ -540,6 +556,7 @@ MergeReport merge(const AdapterSet& set, const MergeOptions& options, const fs::
     if (::access(dir.c_str(), W_OK) != 0) throw Error(bundle.string(), "", "output directory is not writable");
   }
   Session s(set, options);
+  s.keep_fits_ = !bundle.empty();
   const double budget = s.requested_fraction();
   MethodRun run = run_method(s, options.method, {budget}, false);
   MergeReport report = run.reports[0];
@@ -566,12 +583,17 @@ MergeReport merge(const AdapterSet& set, const MergeOptions& options, const fs::
     fo.body_width = 1;  // one known structure per module
     for_modules(set.modules().size(), s.threads_, options.progress, [&](size_t m) {
       const auto& mod = set.modules()[m];
-      ModuleProblem p = s.problem(m);
       io::BundleModule& bm = b.modules[m];
       bm.name = mod.name;
       bm.in = mod.in;
       bm.out = mod.out;
       bm.spec = run.specs[0][m];
+      if (run.fits[0][m]) {  // the evaluated fit: no second solve
+        bm.fit = std::move(*run.fits[0][m]);
+        run.fits[0][m].reset();
+        return;
+      }
+      ModuleProblem p = s.problem(m);
       if (info.single_adapter) {
         bm.fit = merge_single(options.method, p, mp, m).rounded(s.dtype_);
       } else {
