@@ -579,8 +579,9 @@ MergeReport merge(const AdapterSet& set, const MergeOptions& options, const fs::
     const auto& info = *find_method(options.method);
     b.modules.resize(set.modules().size());
     const MergeParams mp = merge_params(params);
-    FitOptions fo = s.fit_options(params);
-    fo.body_width = 1;  // one known structure per module
+    // Same options as the planner's evaluation, so the refit is the fit the
+    // report describes (single-candidate modules reuse their fit above).
+    const FitOptions fo = s.fit_options(params);
     for_modules(set.modules().size(), s.threads_, options.progress, [&](size_t m) {
       const auto& mod = set.modules()[m];
       io::BundleModule& bm = b.modules[m];
