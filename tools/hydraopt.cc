@@ -55,6 +55,15 @@ void check_writable(const std::string& path) {
   if (fs::is_directory(path)) throw hydraopt::Error(path, "", "is a directory");
 }
 
+// Creates the output directory `dir` and checks that `file` can be written
+// in it, before any long computation.
+void prepare_output_dir(const std::string& dir, const std::string& file) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (!fs::is_directory(dir)) throw hydraopt::Error(dir, "", "cannot create output directory");
+  check_writable((fs::path(dir) / file).string());
+}
+
 // "[12/64] fitting modules" on a terminal, nothing otherwise.
 std::function<void(size_t, size_t)> progress_for(const char* what) {
   if (!::isatty(2)) return nullptr;
@@ -207,10 +216,7 @@ int main(int argc, char** argv) {
       }
       mo.dtype = parse_dtype(dtype);
       mo.progress = progress_for("modules");
-      std::error_code ec;
-      fs::create_directories(out_dir, ec);
-      if (!fs::is_directory(out_dir)) throw hydraopt::Error(out_dir, "", "cannot create output directory");
-      check_writable((fs::path(out_dir) / "sweep.json").string());
+      prepare_output_dir(out_dir, "sweep.json");
       auto set = hydraopt::AdapterSet::open(inputs, load);
       auto reports = hydraopt::sweep(set, names, budgets, mo);
       const std::string md =
@@ -222,10 +228,7 @@ int main(int argc, char** argv) {
       std::cout << "wrote " << (all ? "every task" : task) << " to " << export_dir << "\n";
     } else if (*demo) {
       bench.assets = assets;
-      std::error_code ec;
-      fs::create_directories(demo_out, ec);
-      if (ec) throw hydraopt::Error(demo_out, "", "cannot create directory: " + ec.message());
-      check_writable((fs::path(demo_out) / "demo.json").string());
+      prepare_output_dir(demo_out, "demo.json");
       bench.log = [](const std::string& line) { std::cerr << line << "\n"; };
       auto result = hydraopt::run_benchmark(bench);
       hydraopt::write_benchmark(demo_out, result);

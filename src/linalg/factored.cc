@@ -83,17 +83,10 @@ Subspace top_right_subspace_exact(const MatrixXd& t, Index k) {
   return s;
 }
 
-namespace {
-thread_local RangeFinderStats g_stats;
-}  // namespace
-
-RangeFinderStats last_range_finder_stats() { return g_stats; }
-
 Subspace top_right_subspace(const MatrixXd& t, Index k) {
   const Index p = t.rows(), n = t.cols();
   k = std::min({k, p, n});
   const Index l = k + std::max<Index>(10, k / 2);
-  g_stats = {0, true};
   if (k <= 0 || std::min(p, n) <= std::max<Index>(128, 2 * l)) return top_right_subspace_exact(t, k);
 
   constexpr int kMaxIters = 40;
@@ -115,11 +108,7 @@ Subspace top_right_subspace(const MatrixXd& t, Index k) {
       done = drop * rho / (1 - rho) <= kTol * tail;
     }
     if (done) {
-      g_stats = {it, false};
-      Subspace s;
-      s.basis = z * eig.eigenvectors().rightCols(k).rowwise().reverse();
-      s.values = top.cwiseSqrt();
-      return s;
+      return {z * eig.eigenvectors().rightCols(k).rowwise().reverse(), top.cwiseSqrt(), it, false};
     }
     prev_drop = it == 1 ? INFINITY : drop;
     prev_tail = tail;

@@ -25,6 +25,10 @@ Eigen::MatrixXd left_core(const Eigen::MatrixXd& l);
 struct Subspace {
   Eigen::MatrixXd basis;   ///< n x k, orthonormal columns
   Eigen::VectorXd values;  ///< k singular values, descending
+  /// How top_right_subspace got it: randomized iterations run (0 when
+  /// exact), and whether the exact solver produced it.
+  int iterations = 0;
+  bool exact = true;
 };
 
 /// Top-k right singular subspace of a stacked matrix T (P x n): the
@@ -48,14 +52,6 @@ Subspace top_right_subspace(const Eigen::MatrixXd& t, Eigen::Index k);
 /// The exact solver: eigendecomposition of the smaller Gram (T^T T, or
 /// T T^T with V = T^T Y / sigma re-orthonormalised).
 Subspace top_right_subspace_exact(const Eigen::MatrixXd& t, Eigen::Index k);
-
-/// Statistics of the last randomized solve on this thread (for tests and
-/// benchmarks): iterations run, and whether it fell back to the exact solver.
-struct RangeFinderStats {
-  int iterations = 0;
-  bool exact = false;
-};
-RangeFinderStats last_range_finder_stats();
 
 /// Truncated SVD of the product L R (m x p)(p x n), rank k: returns U (m x k)
 /// with singular values folded in, and Vt (k x n) with orthonormal rows, so

@@ -10,7 +10,6 @@
 #include "hydraopt/error.h"
 #include "io/atomic_file.h"
 #include "report/sweep_report.h"
-#include "util/blas_threads.h"
 
 #include <omp.h>
 #include <unistd.h>
@@ -46,7 +45,6 @@ double task_score(const Model& model, const TaskExamples& task, const Deltas* de
   constexpr size_t kBatch = 32;  // sequences packed per forward pass
   const size_t n = task.examples.size(), batches = (n + kBatch - 1) / kBatch;
   std::vector<int> hits(batches, 0);
-  util::single_threaded_blas();
   const int t = threads > 0 ? threads : omp_get_max_threads();
 #pragma omp parallel for num_threads(t) schedule(dynamic)
   for (size_t b = 0; b < batches; ++b) {

@@ -406,6 +406,14 @@ std::vector<StructureSpec> specs_from_plan_file(const Session& s) {
   return out;
 }
 
+// Options for fitting structures known in advance, one per module: the
+// shared-body subspace is computed only as wide as that structure needs
+// (the planner's default, 4r, serves all its candidates with one solve).
+FitOptions for_known_structures(FitOptions fo) {
+  fo.body_width = 1;
+  return fo;
+}
+
 struct MethodRun {
   std::vector<MergeReport> reports;
   std::vector<std::vector<StructureSpec>> specs;  // per budget, per module (per-task methods)
@@ -470,8 +478,6 @@ MethodRun run_method(Session& s, const std::string& name, std::vector<double> bu
   }
 
   if (name == "hydra" || name == "hydra-avg") {
-    FitOptions one = fo;
-    one.body_width = 1;
     auto ev = s.evaluate_all(
         [&](size_t m, const ModuleShape& shape) {
           if (name == "hydra") {
@@ -481,7 +487,7 @@ MethodRun run_method(Session& s, const std::string& name, std::vector<double> bu
           if (!spec_valid(sp, shape)) throw Error(mods[m].name + ": hydra-avg needs every task at one rank here");
           return std::vector<CandidateSpec>{{sp, "avg-A"}};
         },
-        one);
+        for_known_structures(fo));
     std::vector<const Evaluated*> chosen;
     for (auto& e : ev) chosen.push_back(&e[0]);
     for (size_t b = 0; b < budgets.size(); ++b) finish(b, chosen, seconds_since(t0));
@@ -513,9 +519,8 @@ MethodRun run_method(Session& s, const std::string& name, std::vector<double> bu
   // hydraopt: a hand-written plan, or candidates + planner.
   if (!s.o_.plan_file.empty()) {
     auto specs = specs_from_plan_file(s);
-    FitOptions one = fo;
-    one.body_width = 1;
-    auto ev = s.evaluate_all([&](size_t m, const ModuleShape&) { return std::vector<CandidateSpec>{{specs[m], "plan"}}; }, one);
+    auto ev = s.evaluate_all([&](size_t m, const ModuleShape&) { return std::vector<CandidateSpec>{{specs[m], "plan"}}; },
+                             for_known_structures(fo));
     std::vector<const Evaluated*> chosen;
     int64_t total = 0;
     for (auto& e : ev) {
