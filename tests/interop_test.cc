@@ -241,7 +241,6 @@ void check_library(const std::string& case_name) {
         EXPECT_EQ(factors[i].B.rows(), mods[m].out);
       }
     }
-    set.release(m);
   }
 
   Inspection x = inspect(set);

@@ -15,7 +15,8 @@
 // with the adapter into exports.
 //
 // Factors are read from a memory-mapped file on demand, one module at a
-// time, and converted to double whatever their stored dtype.
+// time, and converted to double whatever their stored dtype; the mapping's
+// pages are dropped right after each read.
 #pragma once
 
 #include <cstdint>
@@ -74,10 +75,10 @@ class Adapter {
   const AdapterModule* find(const std::string& module) const;
   /// sum over modules of rank * (in + out)
   int64_t params() const;
-  /// Reads one module's factors; throws if the adapter lacks it.
+  /// Reads one module's factors; throws if the adapter lacks it. The file's
+  /// pages are unmapped again after the copy, so a pass over all modules
+  /// keeps only the factors it holds in memory.
   ModuleLora load(const std::string& module) const;
-  /// Drops the module's file pages from memory after use.
-  void release(const std::string& module) const;
   /// Path of adapter_model.safetensors.
   std::filesystem::path weights_path() const;
 
@@ -110,7 +111,6 @@ class AdapterSet {
   /// Every task's factors for module m; a task without it gets rank 0
   /// (a zero update).
   std::vector<ModuleLora> load(size_t m) const;
-  void release(size_t m) const;
   /// sum over tasks of their LoRA parameter counts
   int64_t original_params() const;
   /// Widest stored dtype over all tasks.

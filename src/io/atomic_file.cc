@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <vector>
@@ -55,6 +56,37 @@ void AtomicFile::write(std::span<const std::byte> bytes) {
 
 void AtomicFile::write(std::string_view text) {
   write(std::as_bytes(std::span(text.data(), text.size())));
+}
+
+void AtomicFile::copy_from(int fd, uint64_t offset, uint64_t length) {
+  auto fail = [&](int err) {
+    throw Error(target_.string(), "", std::string("write failed: ") + std::strerror(err));
+  };
+  auto in = static_cast<off_t>(offset);
+  bool kernel = true;
+  std::vector<std::byte> buf;
+  while (length > 0) {
+    const size_t chunk = static_cast<size_t>(std::min<uint64_t>(length, 1 << 30));
+    ssize_t n = -1;
+    if (kernel) {
+      n = ::copy_file_range(fd, &in, fd_, nullptr, chunk, 0);
+      if (n < 0 && (errno == EXDEV || errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)) {
+        kernel = false;  // e.g. across file systems on old kernels: copy by hand
+        continue;
+      }
+    } else {
+      buf.resize(std::min<size_t>(chunk, 1 << 22));
+      n = ::pread(fd, buf.data(), buf.size() < chunk ? buf.size() : chunk, in);
+      if (n > 0) {
+        write(std::span<const std::byte>(buf.data(), static_cast<size_t>(n)));
+        in += n;
+      }
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) fail(errno);
+    if (n == 0) fail(EIO);  // the source ended early
+    length -= static_cast<uint64_t>(n);
+  }
 }
 
 void AtomicFile::commit() {

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <filesystem>
 #include <span>
 #include <string>
@@ -24,6 +25,9 @@ class AtomicFile {
 
   void write(std::span<const std::byte> bytes);
   void write(std::string_view text);
+  /// Appends `length` bytes of the open file `fd` from `offset` (in the
+  /// kernel with copy_file_range where it can, else through a buffer).
+  void copy_from(int fd, uint64_t offset, uint64_t length);
   /// fsync + rename over the target; the object is finished afterwards.
   void commit();
 

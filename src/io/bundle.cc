@@ -1,9 +1,13 @@
 #include "io/bundle.h"
 
 #include <stdlib.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <cstring>
+#include <mutex>
 #include <nlohmann/json.hpp>
 
 #include "hydraopt/bundle.h"
@@ -62,19 +66,111 @@ std::string plan_entry_json(const std::string& name, int64_t in, int64_t out, co
   return plan_entry(name, in, out, spec, params).dump();
 }
 
-void bundle_write(const fs::path& path, const Bundle& b) {
-  std::vector<TensorData> tensors;
-  ordered_json mods = ordered_json::array();
-  for (const auto& m : b.modules) {
-    const ModuleFit& f = m.fit;
-    for (size_t j = 0; j < f.heads.size(); ++j) tensors.push_back(tensor_from_matrix(tensor_name(m.name, "head", j), f.heads[j], b.dtype));
-    for (size_t j = 0; j < f.bodies.size(); ++j) tensors.push_back(tensor_from_matrix(tensor_name(m.name, "body", j), f.bodies[j], b.dtype));
-    for (size_t j = 0; j < f.cores.size(); ++j) {
-      tensors.push_back(f.diagonal_cores ? tensor_from_vector(tensor_name(m.name, "core", j), f.cores[j].col(0), b.dtype)
-                                         : tensor_from_matrix(tensor_name(m.name, "core", j), f.cores[j], b.dtype));
+struct BundleWriter::Impl {
+  struct Tensor {
+    std::string name;
+    std::vector<int64_t> shape;
+    uint64_t bytes = 0;
+  };
+  struct Module {
+    bool written = false;
+    uint64_t spool_offset = 0, bytes = 0;
+    int64_t params = 0;
+    std::vector<Tensor> tensors;  // in byte order
+    ordered_json entry;           // plan entry with layout
+  };
+  fs::path path;
+  DType dtype;
+  int spool = -1;
+  std::mutex mu;
+  uint64_t spool_end = 0;
+  std::vector<Module> modules;
+
+  void pwrite_all(const std::vector<std::byte>& bytes, uint64_t at) const {
+    size_t done = 0;
+    while (done < bytes.size()) {
+      ssize_t n = ::pwrite(spool, bytes.data() + done, bytes.size() - done, static_cast<off_t>(at + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) throw Error(path.string(), "", std::string("write failed: ") + std::strerror(errno));
+      done += static_cast<size_t>(n);
     }
-    mods.push_back(plan_entry(m, true));
   }
+};
+
+BundleWriter::BundleWriter(fs::path path, DType dtype, size_t modules) : impl_(std::make_unique<Impl>()) {
+  impl_->path = std::move(path);
+  impl_->dtype = dtype;
+  impl_->modules.resize(modules);
+  fs::path dir = impl_->path.parent_path();
+  if (dir.empty()) dir = ".";
+  std::string leaf = ".";
+  leaf += impl_->path.filename().string();
+  leaf += ".spool.XXXXXX";
+  std::string templ = (dir / leaf).string();
+  impl_->spool = ::mkstemp(templ.data());
+  if (impl_->spool < 0) {
+    throw Error(impl_->path.string(), "", std::string("cannot create output file: ") + std::strerror(errno));
+  }
+  ::unlink(templ.c_str());  // nothing to clean up, whatever happens
+}
+
+BundleWriter::~BundleWriter() {
+  if (impl_->spool >= 0) ::close(impl_->spool);
+}
+
+void BundleWriter::write_module(size_t m, const BundleModule& module) {
+  Impl& w = *impl_;
+  if (m >= w.modules.size()) throw std::logic_error("bundle module index out of range");
+  const ModuleFit& f = module.fit;
+  std::vector<TensorData> tensors;
+  for (size_t j = 0; j < f.heads.size(); ++j) tensors.push_back(tensor_from_matrix(tensor_name(module.name, "head", j), f.heads[j], w.dtype));
+  for (size_t j = 0; j < f.bodies.size(); ++j) tensors.push_back(tensor_from_matrix(tensor_name(module.name, "body", j), f.bodies[j], w.dtype));
+  for (size_t j = 0; j < f.cores.size(); ++j) {
+    tensors.push_back(f.diagonal_cores ? tensor_from_vector(tensor_name(module.name, "core", j), f.cores[j].col(0), w.dtype)
+                                       : tensor_from_matrix(tensor_name(module.name, "core", j), f.cores[j], w.dtype));
+  }
+  Impl::Module rec;
+  std::vector<std::byte> bytes;
+  for (auto& t : tensors) {
+    bytes.insert(bytes.end(), t.bytes.begin(), t.bytes.end());
+    rec.tensors.push_back({std::move(t.name), std::move(t.shape), t.bytes.size()});
+  }
+  rec.written = true;
+  rec.bytes = bytes.size();
+  rec.params = f.params();
+  rec.entry = plan_entry(module, true);
+  {
+    std::lock_guard<std::mutex> lock(w.mu);
+    if (w.modules[m].written) throw std::logic_error("bundle module written twice");
+    rec.spool_offset = w.spool_end;
+    w.spool_end += rec.bytes;
+  }
+  w.pwrite_all(bytes, rec.spool_offset);
+  std::lock_guard<std::mutex> lock(w.mu);
+  w.modules[m] = std::move(rec);
+}
+
+bool BundleWriter::has_module(size_t m) const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return m < impl_->modules.size() && impl_->modules[m].written;
+}
+
+void BundleWriter::finish(const Bundle& b) {
+  Impl& w = *impl_;
+  std::vector<TensorSlot> slots;
+  ordered_json mods = ordered_json::array();
+  uint64_t offset = 0;
+  int64_t params = 0;
+  for (auto& m : w.modules) {
+    if (!m.written) throw std::logic_error("bundle finished before all modules were written");
+    for (auto& t : m.tensors) {
+      slots.push_back({t.name, w.dtype, t.shape, offset, offset + t.bytes});
+      offset += t.bytes;
+    }
+    params += m.params;
+    mods.push_back(m.entry);
+  }
+  if (params != b.params_stored) throw std::logic_error("bundle storage differs from the planned storage");
   ordered_json tasks = ordered_json::array();
   for (const auto& t : b.tasks) {
     tasks.push_back({{"name", t.name},
@@ -91,13 +187,22 @@ void bundle_write(const fs::path& path, const Bundle& b) {
                        {"method", b.method},
                        {"parameters", b.params},
                        {"budget", b.budget},
-                       {"dtype", dtype_name(b.dtype)},
+                       {"dtype", dtype_name(w.dtype)},
                        {"base_model", b.base_model},
                        {"fan_in_fan_out", b.fan_in_fan_out},
                        {"storage", {{"params", b.params_stored}, {"original_params", b.original_params}}},
                        {"tasks", tasks},
                        {"modules", mods}};
-  safetensors_write(path, std::move(tensors), {{"hydraopt", meta.dump()}, {"format", "pt"}});
+  AtomicFile out(w.path);
+  out.write(safetensors_header(std::move(slots), {{"hydraopt", meta.dump()}, {"format", "pt"}}));
+  for (auto& m : w.modules) out.copy_from(w.spool, m.spool_offset, m.bytes);
+  out.commit();
+}
+
+void bundle_write(const fs::path& path, const Bundle& b) {
+  BundleWriter w(path, b.dtype, b.modules.size());
+  for (size_t m = 0; m < b.modules.size(); ++m) w.write_module(m, b.modules[m]);
+  w.finish(b);
 }
 
 Bundle bundle_read(const fs::path& path) {

@@ -26,6 +26,7 @@
 
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -66,6 +67,32 @@ struct Bundle {
 /// "groups","params"} as JSON text, as written in bundles and reports.
 std::string plan_entry_json(const std::string& name, int64_t in, int64_t out, const StructureSpec& spec,
                             int64_t params);
+
+/// Writes a bundle module by module, so a merge holds only the modules it
+/// is working on. write_module() may be called from several threads in any
+/// order: each module's tensor bytes are appended to an unlinked spool file
+/// beside the target, and finish() writes the header, then copies the
+/// modules' bytes in module order (copy_file_range), so the file does not
+/// depend on the order of completion. The target appears only when
+/// finish() succeeds (fsync + rename); otherwise nothing is left behind.
+class BundleWriter {
+ public:
+  BundleWriter(std::filesystem::path path, DType dtype, size_t modules);
+  ~BundleWriter();
+  BundleWriter(const BundleWriter&) = delete;
+  BundleWriter& operator=(const BundleWriter&) = delete;
+
+  /// Stores module m (name, shape, spec and its fit, already rounded).
+  void write_module(size_t m, const BundleModule& module);
+  bool has_module(size_t m) const;
+  /// Writes the file. `b` gives everything but the modules, which must all
+  /// have been written; b.params_stored must equal their sum.
+  void finish(const Bundle& b);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
 
 void bundle_write(const std::filesystem::path& path, const Bundle& b);
 Bundle bundle_read(const std::filesystem::path& path);

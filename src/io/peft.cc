@@ -300,14 +300,8 @@ ModuleLora Adapter::load(const std::string& module) const {
   l.A = impl_->weights.matrix(*it->second.first);
   l.B = impl_->weights.matrix(*it->second.second);
   l.scale = info->scale;
+  impl_->weights.release();
   return l;
-}
-
-void Adapter::release(const std::string& module) const {
-  auto it = impl_->factors.find(module);
-  if (it == impl_->factors.end()) return;
-  impl_->weights.release(*it->second.first);
-  impl_->weights.release(*it->second.second);
 }
 
 AdapterSet::AdapterSet(std::vector<Adapter> adapters) : tasks_(std::move(adapters)) {
@@ -373,10 +367,6 @@ std::vector<ModuleLora> AdapterSet::load(size_t m) const {
     }
   }
   return out;
-}
-
-void AdapterSet::release(size_t m) const {
-  for (auto& t : tasks_) t.release(modules_.at(m).name);
 }
 
 int64_t AdapterSet::original_params() const {

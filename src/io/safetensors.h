@@ -83,8 +83,9 @@ class SafetensorsFile {
   std::span<const std::byte> bytes(const TensorInfo& t) const;
   /// A 2-D tensor converted to double, same orientation as stored.
   Eigen::MatrixXd matrix(const TensorInfo& t) const;
-  /// Tells the kernel the pages of `t` are no longer needed.
-  void release(const TensorInfo& t) const;
+  /// Unmaps the file's pages from this process (they stay in the page
+  /// cache); later reads fault them in again.
+  void release() const;
 
  private:
   void validate(std::span<const std::byte> file);
@@ -112,7 +113,21 @@ TensorData tensor_from_vector(std::string name, const Eigen::VectorXd& v, DType 
 /// The value a double takes after rounding to `dtype` and back.
 Eigen::MatrixXd round_to_dtype(const Eigen::MatrixXd& m, DType dtype);
 
-/// Serialises to bytes (header + data); tensors sorted by name.
+/// Where a tensor's bytes lie in the data buffer.
+struct TensorSlot {
+  std::string name;
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+  uint64_t begin = 0, end = 0;
+};
+
+/// The bytes before the data buffer: the 8-byte header length and the JSON
+/// header (metadata first, then the slots sorted by name), padded with
+/// spaces to a multiple of 8. Throws on a reserved name or a slot whose
+/// size does not match its shape and dtype.
+std::string safetensors_header(std::vector<TensorSlot> slots, const std::map<std::string, std::string>& metadata);
+
+/// Serialises to bytes (header + data); data and header in name order.
 std::vector<std::byte> safetensors_serialize(std::vector<TensorData> tensors,
                                              const std::map<std::string, std::string>& metadata);
 

@@ -1,5 +1,6 @@
 #include "linalg/factored.h"
 
+#include <Eigen/Cholesky>
 #include <Eigen/Eigenvalues>
 #include <Eigen/QR>
 #include <Eigen/SVD>
@@ -29,9 +30,10 @@ MatrixXd gram_rows(const MatrixXd& y) {  // Y Y^T
 
 // Orthonormal basis Q of the columns of V (n x k, n >= k) by Householder QR,
 // each column's sign chosen so that q_j . v_j >= 0 (deterministic).
-MatrixXd orthonormal_like(const MatrixXd& v) {
-  Eigen::HouseholderQR<MatrixXd> qr(v);
-  MatrixXd q = qr.householderQ() * MatrixXd::Identity(v.rows(), v.cols());
+template <typename Matrix>
+Matrix orthonormal_like(const Matrix& v) {
+  Eigen::HouseholderQR<Matrix> qr(v);
+  Matrix q = qr.householderQ() * Matrix::Identity(v.rows(), v.cols());
   for (Index j = 0; j < v.cols(); ++j) {
     if (q.col(j).dot(v.col(j)) < 0) q.col(j) = -q.col(j);
   }
@@ -53,12 +55,15 @@ double product_inner(const MatrixXd& x1, const MatrixXd& y1, const MatrixXd& x2,
 
 MatrixXd left_core(const MatrixXd& l) {
   const Index p = l.cols();
-  if (l.rows() >= p) {
-    Eigen::HouseholderQR<MatrixXd> qr(l);
-    return qr.matrixQR().topRows(p).triangularView<Eigen::Upper>();
-  }
-  // Fewer rows than columns: L itself is already small.
-  return l;
+  if (l.rows() < p) return l;  // L itself is already small
+  // Cholesky of the Gram is a few times cheaper than a Householder QR of a
+  // tall L, and backward stable: S^T S = L^T L up to rounding of the Gram,
+  // which is all callers rely on. If the Gram is numerically singular the
+  // factorisation can fail; QR then gives the triangular factor.
+  Eigen::LLT<MatrixXd> llt(gram(l));
+  if (llt.info() == Eigen::Success) return llt.matrixU();
+  Eigen::HouseholderQR<MatrixXd> qr(l);
+  return qr.matrixQR().topRows(p).triangularView<Eigen::Upper>();
 }
 
 Subspace top_right_subspace_exact(const MatrixXd& t, Index k) {
@@ -79,7 +84,7 @@ Subspace top_right_subspace_exact(const MatrixXd& t, Index k) {
   Eigen::SelfAdjointEigenSolver<MatrixXd> eig(gram_rows(t));
   MatrixXd y = eig.eigenvectors().rightCols(k).rowwise().reverse();
   s.values = eig.eigenvalues().tail(k).reverse().cwiseMax(0).cwiseSqrt();
-  s.basis = orthonormal_like(t.transpose() * y);  // columns with tiny sigma are unreliable
+  s.basis = orthonormal_like(MatrixXd(t.transpose() * y));  // columns with tiny sigma are unreliable
   return s;
 }
 
@@ -90,17 +95,36 @@ Subspace top_right_subspace(const MatrixXd& t, Index k) {
   if (k <= 0 || std::min(p, n) <= std::max<Index>(128, 2 * l)) return top_right_subspace_exact(t, k);
 
   constexpr int kMaxIters = 40;
-  constexpr double kTol = 1e-5;
+  constexpr double kTol = 1e-4;
+  // Single precision suffices while the residual is at least this share of
+  // ||T||^2: rounding (~1e-7 of ||T||^2) is then ~1e-5 of the residual.
+  constexpr double kSingleFloor = 1e-2;
   const double total = t.squaredNorm();
   util::Stream rng(0x5ca1ab1e, static_cast<uint64_t>(p), static_cast<uint64_t>(n), static_cast<uint64_t>(k));
   MatrixXd z = orthonormal_like(rng.normal(n, l, 1.0));
+  Eigen::MatrixXf tf = t.cast<float>(), zf = z.cast<float>(), yf;
+  bool single = true;
   double prev_tail = INFINITY, prev_drop = INFINITY;
   for (int it = 1; it <= kMaxIters; ++it) {
-    const MatrixXd y = t * z;  // P x l
+    MatrixXd y;  // T z, P x l
+    if (single) {
+      yf.noalias() = tf * zf;
+      y = yf.cast<double>();
+    } else {
+      y.noalias() = t * z;
+    }
     // Rayleigh-Ritz in span(z): eigenpairs of z^T T^T T z.
     Eigen::SelfAdjointEigenSolver<MatrixXd> eig(y.transpose() * y);
     const Eigen::VectorXd top = eig.eigenvalues().tail(k).reverse().cwiseMax(0);
     const double tail = std::max(0.0, total - top.sum());
+    if (single && tail < kSingleFloor * total) {
+      // Nearly exact: redo this step, and go on, in double precision.
+      single = false;
+      z = zf.cast<double>();
+      prev_tail = prev_drop = INFINITY;
+      --it;
+      continue;
+    }
     const double drop = prev_tail - tail;
     bool done = drop <= 1e-13 * total;
     if (!done && std::isfinite(prev_drop) && drop < prev_drop) {
@@ -108,11 +132,17 @@ Subspace top_right_subspace(const MatrixXd& t, Index k) {
       done = drop * rho / (1 - rho) <= kTol * tail;
     }
     if (done) {
-      return {z * eig.eigenvectors().rightCols(k).rowwise().reverse(), top.cwiseSqrt(), it, false};
+      const MatrixXd ritz = eig.eigenvectors().rightCols(k).rowwise().reverse();
+      MatrixXd basis = single ? orthonormal_like(MatrixXd(zf.cast<double>() * ritz)) : MatrixXd(z * ritz);
+      return {std::move(basis), top.cwiseSqrt(), it, false};
     }
     prev_drop = it == 1 ? INFINITY : drop;
     prev_tail = tail;
-    z = orthonormal_like(t.transpose() * y);  // next iterate: T^T T z
+    if (single) {  // next iterate: T^T T z
+      zf = orthonormal_like(Eigen::MatrixXf(tf.transpose() * yf));
+    } else {
+      z = orthonormal_like(MatrixXd(t.transpose() * y));
+    }
   }
   return top_right_subspace_exact(t, k);
 }

@@ -38,12 +38,13 @@ ModuleFit ModuleFit::transposed() const {
   return t;
 }
 
-ModuleFit ModuleFit::rounded(DType dtype) const {
-  ModuleFit r = *this;
-  for (auto* list : {&r.heads, &r.cores, &r.bodies}) {
+ModuleFit ModuleFit::rounded(DType dtype) const& { return ModuleFit(*this).rounded(dtype); }
+
+ModuleFit ModuleFit::rounded(DType dtype) && {
+  for (auto* list : {&heads, &cores, &bodies}) {
     for (auto& m : *list) m = io::round_to_dtype(m, dtype);
   }
-  return r;
+  return std::move(*this);
 }
 
 int64_t ModuleProblem::max_rank() const {

@@ -34,7 +34,8 @@ struct ModuleFit {
   /// The same fit for the transposed problem (dW^T): heads and bodies swap.
   ModuleFit transposed() const;
   /// Every stored matrix rounded to `dtype` (what a bundle holds).
-  ModuleFit rounded(DType dtype) const;
+  ModuleFit rounded(DType dtype) const&;
+  ModuleFit rounded(DType dtype) &&;  ///< reuses this fit's storage
 };
 
 /// One module's inputs: every task's factors and the task weights w_i.

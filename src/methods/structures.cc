@@ -143,17 +143,14 @@ const linalg::Subspace& ModuleFitter::right(int64_t k) {
     // Stack of sqrt(w_i) S_i A_i with S_i^T S_i = (s_i B_i)^T (s_i B_i): its
     // right singular vectors are those of the stack of sqrt(w_i) dW_i.
     Index rows = 0;
-    std::vector<MatrixXd> parts;
-    for (size_t i = 0; i < p_.tasks(); ++i) {
-      if (p_.loras[i].rank() == 0) continue;
-      parts.push_back(std::sqrt(p_.weights[i]) * (linalg::left_core(p_.left(i)) * p_.loras[i].A));
-      rows += parts.back().rows();
-    }
+    for (size_t i = 0; i < p_.tasks(); ++i) rows += p_.loras[i].rank();
     MatrixXd t(rows, p_.in());
     rows = 0;
-    for (auto& x : parts) {
-      t.middleRows(rows, x.rows()) = x;
-      rows += x.rows();
+    for (size_t i = 0; i < p_.tasks(); ++i) {
+      const Index r = p_.loras[i].rank();
+      if (r == 0) continue;
+      t.middleRows(rows, r).noalias() = std::sqrt(p_.weights[i]) * (linalg::left_core(p_.left(i)) * p_.loras[i].A);
+      rows += r;
     }
     // Solve once for as many columns as the structures to come need
     // (leading columns of a top-K basis are a top-k basis); more on demand.

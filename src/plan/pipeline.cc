@@ -10,6 +10,7 @@
 #include <fstream>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <thread>
@@ -109,9 +110,6 @@ struct Evaluated {
   int64_t params = 0;
   double error = 0;               // weighted, after rounding
   std::vector<double> task_err2;  // per task, after rounding
-  /// The fit as stored (rounded), kept when it is the module's only
-  /// candidate and the session keeps fits (merge() then writes it as is).
-  std::shared_ptr<ModuleFit> fit;
 };
 
 class Session {
@@ -182,17 +180,20 @@ class Session {
       ModuleFitter fitter(p, fo);
       const auto list = specs(m, fitter.shape());
       for (auto& cs : list) out[m].push_back(evaluate(p, m, fitter.fit(cs.spec), cs, list.size() == 1));
-      set_.release(m);
     });
     return out;
   }
 
-  Evaluated evaluate(const ModuleProblem& p, size_t m, const ModuleFit& fit, const CandidateSpec& cs,
+  Evaluated evaluate(const ModuleProblem& p, size_t m, ModuleFit fit, const CandidateSpec& cs,
                      bool only_candidate) const {
-    ModuleFit stored = fit.rounded(dtype_);
-    Evaluated e{cs.spec, cs.key, fit.params(), 0, fit_errors2(p, stored, &norms2_[m]), nullptr};
+    const int64_t params = fit.params();
+    ModuleFit stored = std::move(fit).rounded(dtype_);
+    Evaluated e{cs.spec, cs.key, params, 0, fit_errors2(p, stored, &norms2_[m])};
     for (size_t i = 0; i < e.task_err2.size(); ++i) e.error += p.weights[i] * e.task_err2[i];
-    if (keep_fits_ && only_candidate) e.fit = std::make_shared<ModuleFit>(std::move(stored));
+    if (writer_ && only_candidate) {  // the module's result: store it now, keep nothing
+      const auto& mod = set_.modules()[m];
+      writer_->write_module(m, {mod.name, mod.in, mod.out, cs.spec, std::move(stored)});
+    }
     return e;
   }
 
@@ -251,8 +252,9 @@ class Session {
   int user_group_count_ = 0;
   std::vector<std::vector<double>> norms2_;  // [module][task]
   std::vector<double> total_norm2_, weights_;
-  /// Keep single-candidate fits (merge(): one budget, one bundle to write).
-  bool keep_fits_ = false;
+  /// merge() with a bundle: single-candidate modules are written here as
+  /// soon as they are fitted.
+  io::BundleWriter* writer_ = nullptr;
 
  private:
   void load_groups() {
@@ -287,7 +289,6 @@ class Session {
       ModuleProblem p;
       p.loras = set_.load(m);
       norms2_[m] = update_norms2(p);
-      set_.release(m);
     });
     total_norm2_.assign(n, 0.0);
     for (size_t m = 0; m < nm; ++m) {
@@ -417,7 +418,6 @@ FitOptions for_known_structures(FitOptions fo) {
 struct MethodRun {
   std::vector<MergeReport> reports;
   std::vector<std::vector<StructureSpec>> specs;  // per budget, per module (per-task methods)
-  std::vector<std::vector<std::shared_ptr<ModuleFit>>> fits;  // per budget, per module; null: not kept
 };
 
 // Evaluates one method at several budgets. With skip_infeasible, budgets
@@ -452,13 +452,8 @@ MethodRun run_method(Session& s, const std::string& name, std::vector<double> bu
   auto finish = [&](size_t b, const std::vector<const Evaluated*>& chosen, double shared_seconds) {
     run.reports.push_back(s.report(name, budgets[b], chosen, params, shared_seconds));
     std::vector<StructureSpec> sp;
-    std::vector<std::shared_ptr<ModuleFit>> fits;
-    for (auto* e : chosen) {
-      sp.push_back(e->spec);
-      fits.push_back(e->fit);
-    }
+    for (auto* e : chosen) sp.push_back(e->spec);
     run.specs.push_back(sp);
-    run.fits.push_back(fits);
   };
 
   if (info.single_adapter) {
@@ -469,7 +464,6 @@ MethodRun run_method(Session& s, const std::string& name, std::vector<double> bu
       ModuleFit f = merge_single(name, p, mp, m);
       StructureSpec spec{Family::kMerged, f.bodies[0].rows(), 0};
       ev[m].push_back(s.evaluate(p, m, f, {spec, "merged"}, true));
-      s.set_.release(m);
     });
     std::vector<const Evaluated*> chosen;
     for (auto& e : ev) chosen.push_back(&e[0]);
@@ -561,14 +555,34 @@ MergeReport merge(const AdapterSet& set, const MergeOptions& options, const fs::
     if (::access(dir.c_str(), W_OK) != 0) throw Error(bundle.string(), "", "output directory is not writable");
   }
   Session s(set, options);
-  s.keep_fits_ = !bundle.empty();
+  std::optional<io::BundleWriter> writer;
+  if (!bundle.empty()) writer.emplace(bundle, s.dtype_, set.modules().size());
+  s.writer_ = writer ? &*writer : nullptr;
   const double budget = s.requested_fraction();
   MethodRun run = run_method(s, options.method, {budget}, false);
   MergeReport report = run.reports[0];
   if (!find_method(options.method)->uses_budget) report.budget = report.fraction;
-  if (!bundle.empty()) {
+  if (writer) {
     std::map<std::string, std::string> params;
     s.method(options.method, &params);
+    const auto& info = *find_method(options.method);
+    const MergeParams mp = merge_params(params);
+    // Modules with several candidates (the planner's) are fitted again with
+    // the evaluation's options, so the bundle is the fit the report measured.
+    const FitOptions fo = s.fit_options(params);
+    for_modules(set.modules().size(), s.threads_, options.progress, [&](size_t m) {
+      if (writer->has_module(m)) return;
+      const auto& mod = set.modules()[m];
+      ModuleProblem p = s.problem(m);
+      ModuleFit fit;
+      if (info.single_adapter) {
+        fit = merge_single(options.method, p, mp, m).rounded(s.dtype_);
+      } else {
+        ModuleFitter fitter(p, fo);
+        fit = fitter.fit(run.specs[0][m]).rounded(s.dtype_);
+      }
+      writer->write_module(m, {mod.name, mod.in, mod.out, run.specs[0][m], std::move(fit)});
+    });
     io::Bundle b;
     b.method = options.method;
     b.base_model = set.base_model();
@@ -577,40 +591,15 @@ MergeReport merge(const AdapterSet& set, const MergeOptions& options, const fs::
     b.dtype = s.dtype_;
     b.fan_in_fan_out = set.task(0).fan_in_fan_out();
     b.original_params = s.original_;
-    for (const auto& t : set.tasks()) {
-      b.tasks.push_back({t.name(), t.dir().string(), util::sha256_file(t.weights_path()), t.rank(), t.alpha(),
-                         t.use_rslora(), t.target_modules()});
+    b.params_stored = report.params;
+    b.tasks.resize(set.size());
+#pragma omp parallel for num_threads(s.threads_) schedule(dynamic)
+    for (size_t i = 0; i < set.size(); ++i) {
+      const Adapter& t = set.task(i);
+      b.tasks[i] = {t.name(), t.dir().string(), util::sha256_file(t.weights_path()), t.rank(), t.alpha(),
+                    t.use_rslora(), t.target_modules()};
     }
-    const auto& info = *find_method(options.method);
-    b.modules.resize(set.modules().size());
-    const MergeParams mp = merge_params(params);
-    // Same options as the planner's evaluation, so the refit is the fit the
-    // report describes (single-candidate modules reuse their fit above).
-    const FitOptions fo = s.fit_options(params);
-    for_modules(set.modules().size(), s.threads_, options.progress, [&](size_t m) {
-      const auto& mod = set.modules()[m];
-      io::BundleModule& bm = b.modules[m];
-      bm.name = mod.name;
-      bm.in = mod.in;
-      bm.out = mod.out;
-      bm.spec = run.specs[0][m];
-      if (run.fits[0][m]) {  // the evaluated fit: no second solve
-        bm.fit = std::move(*run.fits[0][m]);
-        run.fits[0][m].reset();
-        return;
-      }
-      ModuleProblem p = s.problem(m);
-      if (info.single_adapter) {
-        bm.fit = merge_single(options.method, p, mp, m).rounded(s.dtype_);
-      } else {
-        ModuleFitter fitter(p, fo);
-        bm.fit = fitter.fit(bm.spec).rounded(s.dtype_);
-      }
-      set.release(m);
-    });
-    for (auto& m : b.modules) b.params_stored += m.fit.params();
-    if (b.params_stored != report.params) throw std::logic_error("bundle storage differs from the planned storage");
-    io::bundle_write(bundle, b);
+    writer->finish(b);
   }
   report.seconds = seconds_since(t0);
   return report;

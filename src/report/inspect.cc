@@ -41,7 +41,6 @@ Inspection inspect(const AdapterSet& set) {
       }
       s.similarity_a = linalg::mean_pairwise_similarity(qa);
       s.similarity_b = linalg::mean_pairwise_similarity(qb);
-      set.release(m);
     } catch (...) {
 #pragma omp critical
       if (!failure) failure = std::current_exception();
