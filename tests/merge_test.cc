@@ -9,6 +9,7 @@
 #include "hydraopt/error.h"
 #include "hydraopt/merge.h"
 #include "hydraopt/synth.h"
+#include "io/bundle.h"
 #include "test_util.h"
 
 namespace hydraopt {
@@ -155,6 +156,33 @@ TEST(Merge, BundlesAreByteIdenticalAcrossThreadCounts) {
     merge(tiny(), o, d / ("b" + std::to_string(threads) + ".safetensors"));
   }
   EXPECT_EQ(test::read_text(d / "b1.safetensors"), test::read_text(d / "b2.safetensors"));
+}
+
+// Modules may reach the writer in any order (threads finish when they
+// finish); the file must not depend on it. An unfinished writer leaves
+// nothing behind.
+TEST(BundleWriter, FileDoesNotDependOnModuleOrder) {
+  test::TempDir d;
+  merge(tiny(), at(0.4), d / "merged.safetensors");
+  const io::Bundle b = io::bundle_read(d / "merged.safetensors");
+  ASSERT_GT(b.modules.size(), 2u);
+  {
+    io::BundleWriter w(d / "reversed.safetensors", b.dtype, b.modules.size());
+    for (size_t m = b.modules.size(); m-- > 0;) w.write_module(m, b.modules[m]);
+    EXPECT_THROW(w.write_module(0, b.modules[0]), std::logic_error);
+    w.finish(b);
+  }
+  io::bundle_write(d / "forward.safetensors", b);
+  EXPECT_EQ(test::read_text(d / "reversed.safetensors"), test::read_text(d / "forward.safetensors"));
+  EXPECT_EQ(test::read_text(d / "reversed.safetensors"), test::read_text(d / "merged.safetensors"));
+  {
+    io::BundleWriter w(d / "unfinished.safetensors", b.dtype, b.modules.size());
+    w.write_module(0, b.modules[0]);
+    EXPECT_THROW(w.finish(b), std::logic_error);  // modules missing
+  }
+  size_t files = 0;
+  for ([[maybe_unused]] auto& e : fs::directory_iterator(d.path())) ++files;
+  EXPECT_EQ(files, 3u) << "no spool or partial output may remain";
 }
 
 TEST(Merge, ExportReproducesTheReportedError) {
