@@ -88,6 +88,28 @@ TEST(RangeFinder, SameInputSameBits) {
   EXPECT_EQ((a.basis - b.basis).cwiseAbs().maxCoeff(), 0.0);
 }
 
+// The product form against the exact truncated SVD of L R: the captured
+// energy ||L R V||^2 must match the optimum's (the merged fits' error is
+// ||L R||^2 minus it), on a product wide enough for the randomized path.
+TEST(RangeFinder, ProductMatchesTheExactTruncatedSvd) {
+  const MatrixXd t = with_spectrum(600, 500, 0.97, 19);  // = L R with a known spectrum
+  const MatrixXd l = t.leftCols(300), r = MatrixXd::Identity(300, 500);
+  const MatrixXd lr = l * r;
+  for (Eigen::Index k : {8, 40}) {
+    const auto fast = linalg::top_right_subspace_of_product(l, r, k);
+    EXPECT_FALSE(fast.exact);
+    ASSERT_EQ(fast.basis.cols(), k);
+    expect_orthonormal(fast.basis);
+    MatrixXd u, vt;
+    linalg::factored_svd(l, r, k, &u, &vt);
+    const double best = u.squaredNorm(), got = (lr * fast.basis).squaredNorm();
+    EXPECT_LE(got, best * (1 + 1e-12));
+    EXPECT_GE(got, best * (1 - 1e-3) - (lr.squaredNorm() - best) * 1e-3) << "k " << k << " iterations " << fast.iterations;
+  }
+  const auto small = linalg::top_right_subspace_of_product(l.leftCols(20), r.topRows(20), 5);
+  EXPECT_TRUE(small.exact);
+}
+
 // S^T S must equal L^T L (the Cholesky path), also when L is rank
 // deficient (the QR fallback), and a wide L is returned as is.
 TEST(LeftCore, ReproducesTheGram) {

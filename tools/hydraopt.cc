@@ -172,6 +172,8 @@ int main(int argc, char** argv) {
   synth_cmd->add_option("--preset", synth.preset, "tiny | small | llama-1b | llama-7b")
       ->check(CLI::IsMember({"tiny", "small", "llama-1b", "llama-7b"}))
       ->capture_default_str();
+  synth_cmd->add_option("--rank", synth.rank, "LoRA rank (default: the preset's; alpha / r is kept)")
+      ->check(CLI::Range(1, 4096));
   synth_cmd->add_option("--tasks", synth.tasks, "number of adapters (default: the preset's)")
       ->check(CLI::Range(1, 100000));
   synth_cmd->add_option("--seed", synth.seed, "random seed")->capture_default_str();

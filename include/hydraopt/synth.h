@@ -25,6 +25,7 @@ namespace hydraopt {
 struct SynthOptions {
   std::string preset = "tiny";  ///< tiny | small | llama-1b | llama-7b
   int tasks = 0;                ///< 0: the preset's default
+  int64_t rank = 0;             ///< LoRA rank; 0: the preset's (alpha keeps alpha / r)
   uint64_t seed = 0;
   int clusters = 0;             ///< task clusters for B heads; 0: preset default
   double drift = 0.45;          ///< mean relative drift of A along shared directions

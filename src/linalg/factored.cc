@@ -147,6 +147,48 @@ Subspace top_right_subspace(const MatrixXd& t, Index k) {
   return top_right_subspace_exact(t, k);
 }
 
+Subspace top_right_subspace_of_product(const MatrixXd& l, const MatrixXd& r, Index k) {
+  const Index p = l.cols(), n = r.cols();
+  k = std::min({k, l.rows(), p, n});
+  const Index w = k + std::max<Index>(10, k / 2);
+  auto exact = [&] {
+    MatrixXd u, vt;
+    factored_svd(l, r, k, &u, &vt);
+    Subspace s;
+    s.basis = vt.transpose();
+    s.values = u.colwise().norm().transpose();
+    return s;
+  };
+  if (k <= 0 || std::min(p, n) <= std::max<Index>(128, 2 * w)) return exact();
+
+  constexpr int kMaxIters = 40;
+  constexpr double kTol = 1e-4;
+  util::Stream rng(0x5ca1ab1f, static_cast<uint64_t>(p), static_cast<uint64_t>(n), static_cast<uint64_t>(k));
+  const Eigen::MatrixXf lf = l.cast<float>(), rf = r.cast<float>();
+  Eigen::MatrixXf zf = orthonormal_like(rng.normal(n, w, 1.0)).cast<float>(), yf;
+  double prev = 0, prev_gain = INFINITY;
+  for (int it = 1; it <= kMaxIters; ++it) {
+    yf.noalias() = lf * (rf * zf);  // L R z
+    const MatrixXd y = yf.cast<double>();
+    Eigen::SelfAdjointEigenSolver<MatrixXd> eig(y.transpose() * y);
+    const Eigen::VectorXd top = eig.eigenvalues().tail(k).reverse().cwiseMax(0);
+    const double captured = top.sum(), gain = captured - prev;
+    bool done = gain <= 1e-13 * captured;
+    if (!done && std::isfinite(prev_gain) && gain < prev_gain) {
+      const double rho = std::max(0.0, gain / prev_gain);
+      done = gain * rho / (1 - rho) <= kTol * captured;
+    }
+    if (done) {
+      const MatrixXd ritz = eig.eigenvectors().rightCols(k).rowwise().reverse();
+      return {orthonormal_like(MatrixXd(zf.cast<double>() * ritz)), top.cwiseSqrt(), it, false};
+    }
+    prev_gain = it == 1 ? INFINITY : gain;
+    prev = captured;
+    zf = orthonormal_like(Eigen::MatrixXf(rf.transpose() * (lf.transpose() * yf)));
+  }
+  return exact();
+}
+
 void factored_svd(const MatrixXd& l, const MatrixXd& r, Index k, MatrixXd* u, MatrixXd* vt) {
   const Index m = l.rows(), p = l.cols(), n = r.cols();
   k = std::min({k, m, n, p});

@@ -59,6 +59,15 @@ Subspace top_right_subspace(const Eigen::MatrixXd& t, Eigen::Index k);
 /// T T^T with V = T^T Y / sigma re-orthonormalised).
 Subspace top_right_subspace_exact(const Eigen::MatrixXd& t, Eigen::Index k);
 
+/// Top-k right singular subspace of the product L R (m x p)(p x n) without
+/// forming it: exact through factored_svd when min(p, n) is small, else the
+/// randomized iteration above in single precision, each step two products
+/// with L and two with R. The stopping rule uses the captured energy C_q
+/// (the fits using it, merged updates, compare their error with ||L R||^2,
+/// which is not computed): the geometric tail of the gains must be below
+/// 1e-4 C_q. Values accurate to single precision.
+Subspace top_right_subspace_of_product(const Eigen::MatrixXd& l, const Eigen::MatrixXd& r, Eigen::Index k);
+
 /// Truncated SVD of the product L R (m x p)(p x n), rank k: returns U (m x k)
 /// with singular values folded in, and Vt (k x n) with orthonormal rows, so
 /// that U Vt is the best rank-k approximation of L R.

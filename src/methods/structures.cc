@@ -105,6 +105,18 @@ int64_t spec_params(const StructureSpec& s, const ModuleShape& m) {
   return 0;
 }
 
+bool spec_refinable(const StructureSpec& s, size_t tasks) {
+  switch (s.family) {
+    case Family::kSharedA:
+    case Family::kSharedB:
+    case Family::kSharedACore:
+    case Family::kSharedBCore: return s.groups > 0 && static_cast<size_t>(s.groups) < tasks;
+    case Family::kJdFull:
+    case Family::kJdDiag: return true;
+    default: return false;
+  }
+}
+
 bool spec_valid(const StructureSpec& s, const ModuleShape& m) {
   const int64_t k = s.rank, total = m.rank_sum();
   switch (s.family) {
@@ -268,7 +280,7 @@ ModuleFit ModuleFitter::fit_exact() const {
   return f;
 }
 
-ModuleFit ModuleFitter::fit_merged(int64_t k) const {
+ModuleFit ModuleFitter::fit_merged(int64_t k) {
   // Best rank-k approximation of the weighted mean update (sum w_i dW_i)/W,
   // which minimises sum_i w_i ||dW_i - X||^2 over rank-k X.
   const size_t n = p_.tasks();
@@ -286,11 +298,15 @@ ModuleFit ModuleFitter::fit_merged(int64_t k) const {
     r.middleRows(p, ri) = p_.loras[i].A;
     p += ri;
   }
-  MatrixXd u, vt;
-  linalg::factored_svd(l, r, k, &u, &vt);
+  if (!merged_ || merged_->basis.cols() < std::min(k, std::min<Index>(p, std::min(p_.in(), p_.out())))) {
+    // The leading columns serve every smaller rank: solve once for 2r.
+    merged_ = linalg::top_right_subspace_of_product(l, r, std::max(k, 2 * p_.max_rank()));
+  }
+  const Index kk = std::min<Index>(k, merged_->basis.cols());
+  const MatrixXd v = merged_->basis.leftCols(kk);
   ModuleFit f = per_task_layout(n);
-  f.heads = {pad_rows(u.transpose(), k).transpose()};
-  f.bodies = {pad_rows(vt, k)};
+  f.heads = {pad_rows(MatrixXd(l * (r * v)).transpose(), k).transpose()};
+  f.bodies = {pad_rows(v.transpose(), k)};
   std::fill(f.head_of.begin(), f.head_of.end(), 0);
   std::fill(f.body_of.begin(), f.body_of.end(), 0);
   return f;
@@ -400,7 +416,9 @@ ModuleFit ModuleFitter::fit_multi(int64_t k, int groups) {
       sub.loras.push_back(p_.loras[i]);
       sub.weights.push_back(p_.weights[i]);
     }
-    ModuleFitter fitter(sub, o_);
+    FitOptions so = o_;
+    so.body_width = 1;  // this group's body only: k columns
+    ModuleFitter fitter(sub, so);
     const int64_t kk = std::min<int64_t>(k, fitter.right_rank());
     if (kk > 0) f.bodies[c].topRows(kk) = fitter.right(kk).basis.leftCols(kk).transpose();
   }

@@ -74,6 +74,10 @@ struct ModuleShape {
 int64_t spec_params(const StructureSpec& s, const ModuleShape& m);
 /// Whether `s` is meaningful here (ranks within what the data can fill).
 bool spec_valid(const StructureSpec& s, const ModuleShape& m);
+/// Whether fitting `s` on `tasks` tasks iterates from its closed-form start
+/// (ALS or HOOI, bounded by FitOptions::max_iters), so that a fit with
+/// max_iters = 0 is only an upper bound on its error.
+bool spec_refinable(const StructureSpec& s, size_t tasks);
 
 struct FitOptions {
   int max_iters = 30;    ///< ALS iterations at most
@@ -116,7 +120,7 @@ class ModuleFitter {
   ModuleFit shared_body(const Eigen::MatrixXd& v) const;
 
   ModuleFit fit_exact() const;
-  ModuleFit fit_merged(int64_t k) const;
+  ModuleFit fit_merged(int64_t k);
   ModuleFit fit_shared(int64_t k, int groups, FitStats* stats);
   ModuleFit fit_shared_core(int64_t k, int groups, FitStats* stats);
   ModuleFit fit_multi(int64_t k, int groups);
@@ -126,6 +130,8 @@ class ModuleFitter {
   const ModuleProblem& p_;
   FitOptions o_;
   std::optional<linalg::Subspace> right_;
+  /// Top right subspace of the weighted mean update (merged structures).
+  std::optional<linalg::Subspace> merged_;
   std::optional<Dendrogram> head_tree_, body_tree_;
   std::unique_ptr<ModuleProblem> transposed_problem_;
   std::unique_ptr<ModuleFitter> mirror_;

@@ -110,6 +110,7 @@ struct Evaluated {
   int64_t params = 0;
   double error = 0;               // weighted, after rounding
   std::vector<double> task_err2;  // per task, after rounding
+  int max_iters = 0;              // ALS iterations allowed in the fit
 };
 
 class Session {
@@ -170,27 +171,33 @@ class Session {
     return o_.budget.value_or(0.5);
   }
 
-  // Candidates (hydraopt) or fixed specs, evaluated on every module.
+  // Candidates (hydraopt) or fixed specs, evaluated on every module (a
+  // module given no specs is skipped). With `final`, a module's only spec
+  // is its result: it goes to the bundle writer, if any, at once.
   std::vector<std::vector<Evaluated>> evaluate_all(const std::function<std::vector<CandidateSpec>(size_t, const ModuleShape&)>& specs,
-                                                   const FitOptions& fo) {
+                                                   const FitOptions& fo, bool final) {
     const size_t nm = set_.modules().size();
     std::vector<std::vector<Evaluated>> out(nm);
     for_modules(nm, threads_, o_.progress, [&](size_t m) {
+      const auto& mod = set_.modules()[m];
+      const auto list = specs(m, ModuleShape{mod.in, mod.out, mod.ranks});
+      if (list.empty()) return;
       ModuleProblem p = problem(m);
       ModuleFitter fitter(p, fo);
-      const auto list = specs(m, fitter.shape());
-      for (auto& cs : list) out[m].push_back(evaluate(p, m, fitter.fit(cs.spec), cs, list.size() == 1));
+      for (auto& cs : list) {
+        out[m].push_back(evaluate(p, m, fitter.fit(cs.spec), cs, final && list.size() == 1, fo.max_iters));
+      }
     });
     return out;
   }
 
-  Evaluated evaluate(const ModuleProblem& p, size_t m, ModuleFit fit, const CandidateSpec& cs,
-                     bool only_candidate) const {
+  Evaluated evaluate(const ModuleProblem& p, size_t m, ModuleFit fit, const CandidateSpec& cs, bool store,
+                     int max_iters) const {
     const int64_t params = fit.params();
     ModuleFit stored = std::move(fit).rounded(dtype_);
-    Evaluated e{cs.spec, cs.key, params, 0, fit_errors2(p, stored, &norms2_[m])};
+    Evaluated e{cs.spec, cs.key, params, 0, fit_errors2(p, stored, &norms2_[m]), max_iters};
     for (size_t i = 0; i < e.task_err2.size(); ++i) e.error += p.weights[i] * e.task_err2[i];
-    if (writer_ && only_candidate) {  // the module's result: store it now, keep nothing
+    if (store && writer_) {  // the module's result: store it now, keep nothing
       const auto& mod = set_.modules()[m];
       writer_->write_module(m, {mod.name, mod.in, mod.out, cs.spec, std::move(stored)});
     }
@@ -418,6 +425,7 @@ FitOptions for_known_structures(FitOptions fo) {
 struct MethodRun {
   std::vector<MergeReport> reports;
   std::vector<std::vector<StructureSpec>> specs;  // per budget, per module (per-task methods)
+  std::vector<std::vector<int>> max_iters;        // per budget, per module: how it was fitted
 };
 
 // Evaluates one method at several budgets. With skip_infeasible, budgets
@@ -452,8 +460,13 @@ MethodRun run_method(Session& s, const std::string& name, std::vector<double> bu
   auto finish = [&](size_t b, const std::vector<const Evaluated*>& chosen, double shared_seconds) {
     run.reports.push_back(s.report(name, budgets[b], chosen, params, shared_seconds));
     std::vector<StructureSpec> sp;
-    for (auto* e : chosen) sp.push_back(e->spec);
+    std::vector<int> iters;
+    for (auto* e : chosen) {
+      sp.push_back(e->spec);
+      iters.push_back(e->max_iters);
+    }
     run.specs.push_back(sp);
+    run.max_iters.push_back(iters);
   };
 
   if (info.single_adapter) {
@@ -463,7 +476,7 @@ MethodRun run_method(Session& s, const std::string& name, std::vector<double> bu
       ModuleProblem p = s.problem(m);
       ModuleFit f = merge_single(name, p, mp, m);
       StructureSpec spec{Family::kMerged, f.bodies[0].rows(), 0};
-      ev[m].push_back(s.evaluate(p, m, f, {spec, "merged"}, true));
+      ev[m].push_back(s.evaluate(p, m, f, {spec, "merged"}, true, 0));
     });
     std::vector<const Evaluated*> chosen;
     for (auto& e : ev) chosen.push_back(&e[0]);
@@ -481,7 +494,7 @@ MethodRun run_method(Session& s, const std::string& name, std::vector<double> bu
           if (!spec_valid(sp, shape)) throw Error(mods[m].name + ": hydra-avg needs every task at one rank here");
           return std::vector<CandidateSpec>{{sp, "avg-A"}};
         },
-        for_known_structures(fo));
+        for_known_structures(fo), true);
     std::vector<const Evaluated*> chosen;
     for (auto& e : ev) chosen.push_back(&e[0]);
     for (size_t b = 0; b < budgets.size(); ++b) finish(b, chosen, seconds_since(t0));
@@ -500,7 +513,7 @@ MethodRun run_method(Session& s, const std::string& name, std::vector<double> bu
           for (int64_t k : distinct) v.push_back({clip_rank({f, k, 0}, shape), std::to_string(k)});
           return v;
         },
-        fo);
+        fo, true);
     for (size_t b = 0; b < budgets.size(); ++b) {
       std::vector<const Evaluated*> chosen;
       const size_t idx = static_cast<size_t>(std::distance(distinct.begin(), distinct.find(ranks[b])));
@@ -514,7 +527,7 @@ MethodRun run_method(Session& s, const std::string& name, std::vector<double> bu
   if (!s.o_.plan_file.empty()) {
     auto specs = specs_from_plan_file(s);
     auto ev = s.evaluate_all([&](size_t m, const ModuleShape&) { return std::vector<CandidateSpec>{{specs[m], "plan"}}; },
-                             for_known_structures(fo));
+                             for_known_structures(fo), true);
     std::vector<const Evaluated*> chosen;
     int64_t total = 0;
     for (auto& e : ev) {
@@ -530,11 +543,47 @@ MethodRun run_method(Session& s, const std::string& name, std::vector<double> bu
     }
     return run;
   }
+  // Every candidate is first fitted from its closed-form start only, so
+  // structures that ALS refines enter the plan with an upper bound on their
+  // error. Then, in rounds, the chosen structures that ALS can improve are
+  // refined and the plan is redone, until no chosen structure is left
+  // unrefined (at most kRounds rounds).
+  constexpr int kRounds = 3;
+  FitOptions starts = fo;
+  starts.max_iters = 0;
   auto ev = s.evaluate_all(
-      [&](size_t, const ModuleShape& shape) { return candidate_specs(shape, s.share_, s.user_group_count_); }, fo);
+      [&](size_t, const ModuleShape& shape) { return candidate_specs(shape, s.share_, s.user_group_count_); }, starts,
+      false);
   auto table = to_table(ev);
   keep_feasible([&](int64_t lim) { check_floor(s, table, lim); });
   auto plans = plan_budgets(table, limits);
+  for (int round = 0; round < kRounds && fo.max_iters > 0; ++round) {
+    std::vector<std::vector<size_t>> refine(ev.size());
+    bool any = false;
+    for (size_t m = 0; m < ev.size(); ++m) {
+      for (size_t c = 0; c < ev[m].size(); ++c) {
+        const Evaluated& e = ev[m][c];
+        if (e.max_iters == fo.max_iters || !spec_refinable(e.spec, s.set_.size())) continue;
+        if (std::any_of(plans.begin(), plans.end(), [&](const PlanResult& plan) { return plan.choice[m] == c; })) {
+          refine[m].push_back(c);
+          any = true;
+        }
+      }
+    }
+    if (!any) break;
+    auto refined = s.evaluate_all(
+        [&](size_t m, const ModuleShape&) {
+          std::vector<CandidateSpec> v;
+          for (size_t c : refine[m]) v.push_back({ev[m][c].spec, ev[m][c].key});
+          return v;
+        },
+        fo, false);
+    for (size_t m = 0; m < ev.size(); ++m) {
+      for (size_t j = 0; j < refine[m].size(); ++j) ev[m][refine[m][j]] = std::move(refined[m][j]);
+    }
+    table = to_table(ev);
+    plans = plan_budgets(table, limits);
+  }
   for (size_t b = 0; b < budgets.size(); ++b) {
     std::vector<const Evaluated*> chosen;
     for (size_t m = 0; m < ev.size(); ++m) chosen.push_back(&ev[m][plans[b].choice[m]]);
@@ -578,7 +627,9 @@ MergeReport merge(const AdapterSet& set, const MergeOptions& options, const fs::
       if (info.single_adapter) {
         fit = merge_single(options.method, p, mp, m).rounded(s.dtype_);
       } else {
-        ModuleFitter fitter(p, fo);
+        FitOptions as_evaluated = fo;
+        as_evaluated.max_iters = run.max_iters[0][m];
+        ModuleFitter fitter(p, as_evaluated);
         fit = fitter.fit(run.specs[0][m]).rounded(s.dtype_);
       }
       writer->write_module(m, {mod.name, mod.in, mod.out, run.specs[0][m], std::move(fit)});

@@ -56,6 +56,11 @@ SynthPreset synth_preset(const std::string& name) {
 
 std::vector<fs::path> synth_write(const fs::path& out_dir, const SynthOptions& o) {
   SynthPreset p = synth_preset(o.preset);
+  if (o.rank < 0 || o.rank > 4096) throw Error("--rank must be in 1..4096");
+  if (o.rank > 0) {
+    p.alpha *= static_cast<double>(o.rank) / static_cast<double>(p.rank);
+    p.rank = o.rank;
+  }
   const int tasks = o.tasks > 0 ? o.tasks : p.tasks;
   const int clusters = std::max(1, std::min(tasks, o.clusters > 0 ? o.clusters : p.clusters));
   if (tasks > 100000) throw Error("--tasks must be at most 100000");
