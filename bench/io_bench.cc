@@ -3,6 +3,12 @@
 
 #include <Eigen/Core>
 
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "hydraopt/adapter.h"
 #include "io/safetensors.h"
 
 namespace {
@@ -19,6 +25,46 @@ void BM_ConvertBf16(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * n * 2048 * 2);
 }
 BENCHMARK(BM_ConvertBf16)->Arg(32)->Arg(512);
+
+void BM_ConvertF16(benchmark::State& state) {
+  const Eigen::Index n = state.range(0);
+  Eigen::MatrixXd m = Eigen::MatrixXd::Random(n, 2048);
+  auto bytes = hydraopt::io::safetensors_serialize(
+      {hydraopt::io::tensor_from_matrix("x", m, hydraopt::DType::F16)}, {});
+  auto file = hydraopt::io::SafetensorsFile::parse(bytes, "bench");
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(file.matrix(file.tensors()[0]));
+  }
+  state.SetBytesProcessed(state.iterations() * n * 2048 * 2);
+}
+BENCHMARK(BM_ConvertF16)->Arg(32)->Arg(512);
+
+// One module of N llama-1b-shaped BF16 adapters (r = 32, 2048 x 2048), each
+// in its own file (page cache warm): what a pass over a module costs in I/O
+// and conversion to double.
+void BM_ReadModule(benchmark::State& state) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("hydraopt-bench-read-" + std::to_string(::getpid()));
+  std::vector<std::string> specs;
+  for (int i = 0; i < state.range(0); ++i) {
+    const fs::path d = dir / ("task" + std::to_string(i));
+    fs::create_directories(d);
+    const std::string m = "base_model.model.model.layers.0.self_attn.q_proj.";
+    hydraopt::io::safetensors_write(
+        d / "adapter_model.safetensors",
+        {hydraopt::io::tensor_from_matrix(m + "lora_A.weight", Eigen::MatrixXd::Random(32, 2048), hydraopt::DType::BF16),
+         hydraopt::io::tensor_from_matrix(m + "lora_B.weight", Eigen::MatrixXd::Random(2048, 32), hydraopt::DType::BF16)});
+    std::ofstream(d / "adapter_config.json")
+        << R"({"peft_type": "LORA", "r": 32, "lora_alpha": 64, "target_modules": ["q_proj"]})";
+    specs.push_back(d.string());
+  }
+  const auto set = hydraopt::AdapterSet::open(specs);
+  for (auto _ : state) benchmark::DoNotOptimize(set.load(0));
+  state.SetBytesProcessed(state.iterations() * state.range(0) * 32 * (2048 + 2048) * 2);
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+}
+BENCHMARK(BM_ReadModule)->Arg(40)->Unit(benchmark::kMillisecond);
 
 void BM_ParseHeader(benchmark::State& state) {
   std::vector<hydraopt::io::TensorData> ts;

@@ -35,6 +35,16 @@ void BM_TopRightSubspaceRandomized(benchmark::State& state) {
 }
 BENCHMARK(BM_TopRightSubspaceRandomized)->Args({40, 32})->Args({40, 128})->Unit(benchmark::kMillisecond);
 
+// The merged structures' subspace: the weighted mean update (sum c_i B_i)
+// (stacked A_i) in factored form, 2r columns.
+void BM_TopRightSubspaceOfProduct(benchmark::State& state) {
+  const MatrixXd r = stacked_updates(state.range(0), 32, 2048);
+  hydraopt::util::Stream rng(43, 1);
+  const MatrixXd l = rng.normal(2048, r.rows(), 1.0);
+  for (auto _ : state) benchmark::DoNotOptimize(hydraopt::linalg::top_right_subspace_of_product(l, r, 64).basis.data());
+}
+BENCHMARK(BM_TopRightSubspaceOfProduct)->Arg(40)->Unit(benchmark::kMillisecond);
+
 void BM_TopRightSubspaceExact(benchmark::State& state) {
   const MatrixXd t = stacked_updates(state.range(0), 32, 2048);
   for (auto _ : state) benchmark::DoNotOptimize(hydraopt::linalg::top_right_subspace_exact(t, state.range(1)).basis.data());
