@@ -16,6 +16,9 @@
 #   --timeout S      per-command limit; a command that exceeds it is killed
 #                    and reported as "timeout" [BENCH_TIMEOUT, default 600]
 #   --threads N      threads for hydraopt and the peer [BENCH_THREADS, default 2]
+#   --no-planner     skip the two `--budget` runs (5 and 6 below), which take
+#                    minutes at these sizes; for a quick hydra-point
+#                    comparison with the peer [BENCH_NO_PLANNER=1]
 #   --keep           keep the written bundles (deleted after each command by
 #                    default: llama-7b bundles are ~1.5 GB each) [BENCH_KEEP=1]
 #   HYDRAOPT=path    the CLI (default build/hydraopt); PYTHON (default /usr/bin/python3)
@@ -48,6 +51,7 @@ OUT=${BENCH_OUT:-$ROOT/out/bench}
 TIMEOUT=${BENCH_TIMEOUT:-600}
 THREADS=${BENCH_THREADS:-2}
 KEEP=${BENCH_KEEP:-0}
+NO_PLANNER=${BENCH_NO_PLANNER:-0}
 HYDRAOPT=${HYDRAOPT:-$ROOT/build/hydraopt}
 PY=${PYTHON:-/usr/bin/python3}
 PEER=$ROOT/bench/peers/hydra_torch.py
@@ -63,6 +67,7 @@ while [[ $# -gt 0 ]]; do
     --timeout) TIMEOUT=$2; shift 2 ;;
     --threads) THREADS=$2; shift 2 ;;
     --keep) KEEP=1; shift ;;
+    --no-planner) NO_PLANNER=1; shift ;;
     -h|--help) usage 0 ;;
     llama-1b|llama-7b|small|tiny) PRESETS+=("$1"); shift ;;
     *) echo "e2e.sh: unknown argument '$1'" >&2; usage 2 ;;
@@ -156,14 +161,16 @@ for p in "${PRESETS[@]}"; do
   run "$p" "hydraopt merge --method hydra" "$o/hydra.json" "$o/hydra.log" \
       "$HYDRAOPT" merge "${adapters[@]}" --method hydra --threads "$THREADS" -o "$o/hydra.safetensors" --report "$o/hydra.json"
   drop "$o/hydra.safetensors"
-  run "$p" "hydraopt merge --budget 1/N ($ONE_OVER_N)" "$o/budget-1overN.json" "$o/budget-1overN.log" \
-      "$HYDRAOPT" merge "${adapters[@]}" --budget "$ONE_OVER_N" --threads "$THREADS" -o "$o/budget-1overN.safetensors" \
-      --report "$o/budget-1overN.json"
-  drop "$o/budget-1overN.safetensors"
-  run "$p" "hydraopt merge --budget hydra fraction ($HYDRA_FRACTION)" "$o/budget-hydra.json" "$o/budget-hydra.log" \
-      "$HYDRAOPT" merge "${adapters[@]}" --budget "$HYDRA_FRACTION" --threads "$THREADS" -o "$o/budget-hydra.safetensors" \
-      --report "$o/budget-hydra.json"
-  drop "$o/budget-hydra.safetensors"
+  if [[ $NO_PLANNER != 1 ]]; then
+    run "$p" "hydraopt merge --budget 1/N ($ONE_OVER_N)" "$o/budget-1overN.json" "$o/budget-1overN.log" \
+        "$HYDRAOPT" merge "${adapters[@]}" --budget "$ONE_OVER_N" --threads "$THREADS" -o "$o/budget-1overN.safetensors" \
+        --report "$o/budget-1overN.json"
+    drop "$o/budget-1overN.safetensors"
+    run "$p" "hydraopt merge --budget hydra fraction ($HYDRA_FRACTION)" "$o/budget-hydra.json" "$o/budget-hydra.log" \
+        "$HYDRAOPT" merge "${adapters[@]}" --budget "$HYDRA_FRACTION" --threads "$THREADS" -o "$o/budget-hydra.safetensors" \
+        --report "$o/budget-hydra.json"
+    drop "$o/budget-hydra.safetensors"
+  fi
   run "$p" "peer hydra_torch.py (hydra point)" "$o/peer.json" "$o/peer.json" \
       "$PY" "$PEER" --threads "$THREADS" --out "$o/peer.safetensors" "${adapters[@]}"
   drop "$o/peer.safetensors"
