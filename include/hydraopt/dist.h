@@ -7,8 +7,8 @@
 // bundle. Without MPI (the default build, or MPI not initialised) there is
 // one rank and everything below is trivial.
 //
-// Every function here except rank()/size() is collective: all ranks call
-// it, in the same order. A step that may fail on some ranks and not others
+// check(), checked() and first_failed() are collective: all ranks call
+// them, in the same order. A step that may fail on some ranks and not others
 // (reading a file, a module's fit) is followed by check(), so that no rank
 // waits for a peer that has given up.
 #pragma once

@@ -30,9 +30,9 @@ std::vector<std::string> allgather(const std::string& mine);
 void stream_to_root(const std::vector<int>& owner, const std::function<std::string(size_t)>& produce,
                     const std::function<void(size_t, std::string&)>& consume);
 
-/// Assigns items of the given costs to `ranks` ranks (longest first, each
-/// to the least loaded rank, ties to the lower index): deterministic, so
-/// every rank computes the same assignment.
+/// Assigns items of the given costs to `ranks` ranks (longest first, equal
+/// costs in a fixed scrambled order, each to the least loaded rank, ties to
+/// the lower rank): deterministic, so every rank computes the same.
 std::vector<int> partition(const std::vector<double>& costs, int ranks);
 
 }  // namespace hydraopt::dist
