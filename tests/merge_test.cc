@@ -185,6 +185,38 @@ TEST(BundleWriter, FileDoesNotDependOnModuleOrder) {
   EXPECT_EQ(files, 3u) << "no spool or partial output may remain";
 }
 
+// Under MPI, ranks other than 0 spool their modules and send them to rank
+// 0 as encoded records; what rank 0 stores must be what write_module()
+// would have stored.
+TEST(BundleWriter, EncodedModulesGiveTheSameFile) {
+  test::TempDir d;
+  MergeOptions o = at(0.4);
+  o.dtype = DType::BF16;
+  merge(tiny(), o, d / "merged.safetensors");
+  const io::Bundle b = io::bundle_read(d / "merged.safetensors");
+  {
+    io::BundleWriter spool(b.dtype, b.modules.size());  // in $TMPDIR, unlinked
+    io::BundleWriter w(d / "relayed.safetensors", b.dtype, b.modules.size());
+    for (size_t m = 0; m < b.modules.size(); ++m) {
+      if (m % 2) {
+        spool.write_module(m, b.modules[m]);
+        w.write_encoded(m, spool.encoded_module(m));
+      } else {
+        w.write_module(m, b.modules[m]);
+      }
+    }
+    EXPECT_THROW(spool.encoded_module(0), std::logic_error);  // never written there
+    EXPECT_THROW(spool.finish(b), std::logic_error);          // spools cannot finish
+    std::string bad = spool.encoded_module(1);
+    bad.pop_back();
+    io::BundleWriter w2(d / "never.safetensors", b.dtype, b.modules.size());
+    EXPECT_ANY_THROW(w2.write_encoded(1, bad));
+    w.finish(b);
+  }
+  EXPECT_EQ(test::read_text(d / "relayed.safetensors"), test::read_text(d / "merged.safetensors"));
+  EXPECT_FALSE(fs::exists(d / "never.safetensors"));
+}
+
 TEST(Merge, ExportReproducesTheReportedError) {
   test::TempDir d;
   for (const char* method : {"hydraopt", "jd-full", "jd-diag", "ties", "hydra-avg"}) {

@@ -5,10 +5,13 @@
 #include <filesystem>
 #include <fmt/format.h>
 #include <iostream>
+#include <optional>
+#include <string>
 
 #include "hydraopt/adapter.h"
 #include "hydraopt/benchmark.h"
 #include "hydraopt/bundle.h"
+#include "hydraopt/dist.h"
 #include "hydraopt/error.h"
 #include "hydraopt/inspect.h"
 #include "hydraopt/merge.h"
@@ -85,6 +88,9 @@ std::string summary(const hydraopt::MergeReport& r) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  namespace dist = hydraopt::dist;
+  dist::Environment mpi(argc, argv);  // MPI builds: one process per rank under mpirun
+  const bool root = dist::rank() == 0;  // prints; under MPI, writes the bundle
   CLI::App app{"hydraopt: store many LoRA adapters of one model in a fraction of the space"};
   app.set_version_flag("--version", std::string("hydraopt ") + HYDRAOPT_VERSION);
   app.require_subcommand(1);
@@ -178,13 +184,31 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 100000));
   synth_cmd->add_option("--seed", synth.seed, "random seed")->capture_default_str();
 
+  std::exception_ptr usage;
   try {
     app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+  } catch (const CLI::ParseError&) {
+    usage = std::current_exception();
+  }
+  // Ranks normally share their arguments (mpirun -np K); one prints usage
+  // errors and --help, and no rank goes on without the others.
+  if (const int first = dist::first_failed(usage != nullptr); first >= 0) {
+    if (!usage) return 1;
+    try {
+      std::rethrow_exception(usage);
+    } catch (const CLI::ParseError& e) {
+      return first == dist::rank() ? app.exit(e) : e.get_exit_code();
+    }
   }
 
+  int status = 0;
+  std::string error;
   try {
+    if (dist::size() > 1 && !*merge) {
+      throw hydraopt::Error("only merge runs on several MPI ranks: start " + app.get_subcommands()[0]->get_name() +
+                            " without mpirun (or with -np 1)");
+    }
+    if (!root) load.warn = [](const std::string&) {};  // rank 0 warns for all
     for (auto& [k, v] : param_flags) {
       if (!v.empty()) mo.params[k] = v;
     }
@@ -193,16 +217,23 @@ int main(int argc, char** argv) {
       auto x = hydraopt::inspect(set);
       std::cout << (json ? hydraopt::inspection_json(x) : hydraopt::inspection_table(x));
     } else if (*merge) {
-      check_writable(bundle_out);
-      check_writable(report_out);
       if (*budget_opt) mo.budget = budget;
       if (*bytes_opt) mo.budget_bytes = budget_bytes;
       mo.dtype = parse_dtype(dtype);
-      mo.progress = progress_for("modules");
-      auto set = hydraopt::AdapterSet::open(inputs, load);
-      auto report = hydraopt::merge(set, mo, bundle_out);
-      if (!report_out.empty()) hydraopt::write_report(report_out, report);
-      std::cout << summary(report) << " -> " << bundle_out << "\n";
+      if (root) mo.progress = progress_for("modules");
+      std::optional<hydraopt::AdapterSet> set;
+      dist::checked([&] {  // the outputs are rank 0's; every rank reads the inputs
+        if (root) {
+          check_writable(bundle_out);
+          check_writable(report_out);
+        }
+        set.emplace(hydraopt::AdapterSet::open(inputs, load));
+      });
+      auto report = hydraopt::merge(*set, mo, bundle_out);
+      if (root) {
+        if (!report_out.empty()) hydraopt::write_report(report_out, report);
+        std::cout << summary(report) << " -> " << bundle_out << "\n";
+      }
     } else if (*sweep) {
       std::vector<std::string> names = split(methods_list);
       if (names.empty()) {
@@ -248,12 +279,17 @@ int main(int argc, char** argv) {
       auto dirs = hydraopt::synth_write(out_dir, synth);
       std::cerr << fmt::format("wrote {} adapter(s) ({} preset) to {}\n", dirs.size(), synth.preset, out_dir);
     }
+  } catch (const dist::PeerFailed&) {
+    status = 1;  // the rank that failed says why
   } catch (const hydraopt::Error& e) {
-    std::cerr << "hydraopt: error: " << one_line(e.what()) << "\n";
-    return 1;
+    status = 1;
+    error = "hydraopt: error: " + one_line(e.what());
   } catch (const std::exception& e) {
-    std::cerr << "hydraopt: internal error: " << one_line(e.what()) << "\n";
-    return 2;
+    status = 2;
+    error = "hydraopt: internal error: " + one_line(e.what());
   }
-  return 0;
+  // Every rank gets here; one prints the error, and all fail if one did.
+  const int failed = dist::first_failed(!error.empty());
+  if (failed == dist::rank()) std::cerr << error << "\n";
+  return failed >= 0 && status == 0 ? 1 : status;
 }

@@ -14,6 +14,7 @@
 #include "hydraopt/error.h"
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
+#include "util/wire.h"
 
 namespace hydraopt::io {
 
@@ -79,21 +80,59 @@ struct BundleWriter::Impl {
     std::vector<Tensor> tensors;  // in byte order
     ordered_json entry;           // plan entry with layout
   };
-  fs::path path;
+  fs::path path;  // empty: spool only
   DType dtype;
   int spool = -1;
-  std::mutex mu;
+  mutable std::mutex mu;
   uint64_t spool_end = 0;
   std::vector<Module> modules;
 
-  void pwrite_all(const std::vector<std::byte>& bytes, uint64_t at) const {
+  std::string spool_name() const { return path.empty() ? "hydraopt spool" : path.string(); }
+
+  // An unlinked file in `dir`: nothing to clean up, whatever happens.
+  void open_spool(const fs::path& dir, const std::string& leaf) {
+    std::string templ = (dir / leaf).string();
+    spool = ::mkstemp(templ.data());
+    if (spool < 0) {
+      throw Error(path.empty() ? templ : path.string(), "",
+                  std::string("cannot create output file: ") + std::strerror(errno));
+    }
+    ::unlink(templ.c_str());
+  }
+
+  void pwrite_all(const std::byte* data, size_t size, uint64_t at) const {
     size_t done = 0;
-    while (done < bytes.size()) {
-      ssize_t n = ::pwrite(spool, bytes.data() + done, bytes.size() - done, static_cast<off_t>(at + done));
+    while (done < size) {
+      ssize_t n = ::pwrite(spool, data + done, size - done, static_cast<off_t>(at + done));
       if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) throw Error(path.string(), "", std::string("write failed: ") + std::strerror(errno));
+      if (n <= 0) throw Error(spool_name(), "", std::string("write failed: ") + std::strerror(errno));
       done += static_cast<size_t>(n);
     }
+  }
+
+  void pread_all(char* data, size_t size, uint64_t at) const {
+    size_t done = 0;
+    while (done < size) {
+      ssize_t n = ::pread(spool, data + done, size - done, static_cast<off_t>(at + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) throw Error(spool_name(), "", std::string("read failed: ") + std::strerror(errno));
+      done += static_cast<size_t>(n);
+    }
+  }
+
+  // Stores module m, whose tensors' bytes are data[0, rec.bytes).
+  void store(size_t m, Module rec, const std::byte* data) {
+    if (m >= modules.size()) throw std::logic_error("bundle module index out of range");
+    rec.written = true;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (modules[m].written) throw std::logic_error("bundle module written twice");
+      rec.spool_offset = spool_end;
+      spool_end += rec.bytes;
+    }
+    pwrite_all(data, rec.bytes, rec.spool_offset);
+    std::lock_guard<std::mutex> lock(mu);
+    modules[m] = std::move(rec);
   }
 };
 
@@ -103,15 +142,19 @@ BundleWriter::BundleWriter(fs::path path, DType dtype, size_t modules) : impl_(s
   impl_->modules.resize(modules);
   fs::path dir = impl_->path.parent_path();
   if (dir.empty()) dir = ".";
-  std::string leaf = ".";
+  std::string leaf = ".";  // (not "." + ...: GCC 12 warns falsely, -Wrestrict)
   leaf += impl_->path.filename().string();
   leaf += ".spool.XXXXXX";
-  std::string templ = (dir / leaf).string();
-  impl_->spool = ::mkstemp(templ.data());
-  if (impl_->spool < 0) {
-    throw Error(impl_->path.string(), "", std::string("cannot create output file: ") + std::strerror(errno));
-  }
-  ::unlink(templ.c_str());  // nothing to clean up, whatever happens
+  impl_->open_spool(dir, leaf);
+}
+
+BundleWriter::BundleWriter(DType dtype, size_t modules) : impl_(std::make_unique<Impl>()) {
+  impl_->dtype = dtype;
+  impl_->modules.resize(modules);
+  std::error_code ec;
+  fs::path dir = fs::temp_directory_path(ec);
+  if (ec) dir = "/tmp";
+  impl_->open_spool(dir, "hydraopt.spool.XXXXXX");
 }
 
 BundleWriter::~BundleWriter() {
@@ -120,7 +163,6 @@ BundleWriter::~BundleWriter() {
 
 void BundleWriter::write_module(size_t m, const BundleModule& module) {
   Impl& w = *impl_;
-  if (m >= w.modules.size()) throw std::logic_error("bundle module index out of range");
   const ModuleFit& f = module.fit;
   std::vector<TensorData> tensors;
   for (size_t j = 0; j < f.heads.size(); ++j) tensors.push_back(tensor_from_matrix(tensor_name(module.name, "head", j), f.heads[j], w.dtype));
@@ -135,19 +177,57 @@ void BundleWriter::write_module(size_t m, const BundleModule& module) {
     bytes.insert(bytes.end(), t.bytes.begin(), t.bytes.end());
     rec.tensors.push_back({std::move(t.name), std::move(t.shape), t.bytes.size()});
   }
-  rec.written = true;
   rec.bytes = bytes.size();
   rec.params = f.params();
   rec.entry = plan_entry(module, true);
+  w.store(m, std::move(rec), bytes.data());
+}
+
+// Message: tensor count, per tensor (name, shape, byte count), params, the
+// plan entry as JSON text, then the tensors' bytes.
+std::string BundleWriter::encoded_module(size_t m) const {
+  const Impl& w = *impl_;
+  Impl::Module rec;
   {
     std::lock_guard<std::mutex> lock(w.mu);
-    if (w.modules[m].written) throw std::logic_error("bundle module written twice");
-    rec.spool_offset = w.spool_end;
-    w.spool_end += rec.bytes;
+    if (m >= w.modules.size() || !w.modules[m].written) throw std::logic_error("encoding a module not written");
+    rec = w.modules[m];
   }
-  w.pwrite_all(bytes, rec.spool_offset);
-  std::lock_guard<std::mutex> lock(w.mu);
-  w.modules[m] = std::move(rec);
+  std::string out;
+  util::WireWriter put(out);
+  put.put<uint64_t>(rec.tensors.size());
+  for (auto& t : rec.tensors) {
+    put.put(t.name);
+    put.put(t.shape);
+    put.put<uint64_t>(t.bytes);
+  }
+  put.put<int64_t>(rec.params);
+  put.put(rec.entry.dump());
+  put.put<uint64_t>(rec.bytes);
+  const size_t at = out.size();
+  out.resize(at + rec.bytes);
+  w.pread_all(out.data() + at, rec.bytes, rec.spool_offset);
+  return out;
+}
+
+void BundleWriter::write_encoded(size_t m, std::string_view message) {
+  util::WireReader get(message);
+  Impl::Module rec;
+  uint64_t sum = 0;
+  for (uint64_t n = get.get<uint64_t>(); n > 0; --n) {
+    Impl::Tensor t;
+    t.name = get.get_string();
+    t.shape = get.get_vector<int64_t>();
+    t.bytes = get.get<uint64_t>();
+    sum += t.bytes;
+    rec.tensors.push_back(std::move(t));
+  }
+  rec.params = get.get<int64_t>();
+  rec.entry = ordered_json::parse(get.get_string());
+  rec.bytes = get.get<uint64_t>();
+  const char* data = get.take(rec.bytes);
+  if (sum != rec.bytes || !get.done()) throw std::runtime_error("malformed module message");
+  impl_->store(m, std::move(rec), reinterpret_cast<const std::byte*>(data));
 }
 
 bool BundleWriter::has_module(size_t m) const {
@@ -157,6 +237,7 @@ bool BundleWriter::has_module(size_t m) const {
 
 void BundleWriter::finish(const Bundle& b) {
   Impl& w = *impl_;
+  if (w.path.empty()) throw std::logic_error("a spool-only bundle writer cannot finish");
   std::vector<TensorSlot> slots;
   ordered_json mods = ordered_json::array();
   uint64_t offset = 0;

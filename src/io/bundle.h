@@ -28,6 +28,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "methods/fit.h"
@@ -75,9 +76,18 @@ std::string plan_entry_json(const std::string& name, int64_t in, int64_t out, co
 /// modules' bytes in module order (copy_file_range), so the file does not
 /// depend on the order of completion. The target appears only when
 /// finish() succeeds (fsync + rename); otherwise nothing is left behind.
+///
+/// A module can also travel between processes as an encoded record (its
+/// tensors' names, shapes and bytes, its plan entry and storage):
+/// encoded_module() on a spool-only writer (an MPI rank other than 0)
+/// and write_encoded() on the writer of the bundle store exactly what
+/// write_module() would have stored.
 class BundleWriter {
  public:
   BundleWriter(std::filesystem::path path, DType dtype, size_t modules);
+  /// A writer that only keeps modules (spooled in the temporary directory,
+  /// $TMPDIR or /tmp) to hand them on with encoded_module(); it cannot finish().
+  BundleWriter(DType dtype, size_t modules);
   ~BundleWriter();
   BundleWriter(const BundleWriter&) = delete;
   BundleWriter& operator=(const BundleWriter&) = delete;
@@ -85,6 +95,11 @@ class BundleWriter {
   /// Stores module m (name, shape, spec and its fit, already rounded).
   void write_module(size_t m, const BundleModule& module);
   bool has_module(size_t m) const;
+  /// Module m, once written, as one message for write_encoded().
+  std::string encoded_module(size_t m) const;
+  /// Stores module m from encoded_module()'s message. Thread-safe like
+  /// write_module().
+  void write_encoded(size_t m, std::string_view message);
   /// Writes the file. `b` gives everything but the modules, which must all
   /// have been written; b.params_stored must equal their sum.
   void finish(const Bundle& b);

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "dist/dist.h"
 #include "hydraopt/error.h"
 #include "io/atomic_file.h"
 #include "report/sweep_report.h"
@@ -62,6 +63,7 @@ double task_score(const Model& model, const TaskExamples& task, const Deltas* de
 }
 
 BenchmarkResult run_benchmark(const BenchmarkOptions& o) {
+  if (dist::size() > 1) throw Error("the task benchmark runs in one process: start it without mpirun (or with -np 1)");
   const auto t0 = std::chrono::steady_clock::now();
   auto log = [&](const std::string& s) {
     const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -2,6 +2,13 @@
 // report (and bundle). Work is done module by module, in parallel over
 // modules; each module's result depends only on its inputs, so the output
 // is the same whatever the thread count.
+//
+// Under MPI (dist::size() > 1, merge() only) each rank loads and fits its
+// own modules (Session::mine_); the per-module norms and evaluated
+// candidates are exchanged so every rank plans on the whole table, and the
+// fitted modules travel to rank 0, which writes the bundle. Every step that
+// can fail on one rank and not another ends in a dist::check, so all ranks
+// stop together. With one rank the exchanges do nothing.
 #include <omp.h>
 
 #include <algorithm>
@@ -17,6 +24,7 @@
 
 #include "hydraopt/error.h"
 #include "hydraopt/merge.h"
+#include "dist/dist.h"
 #include "io/bundle.h"
 #include "methods/baselines.h"
 #include "methods/structures.h"
@@ -24,6 +32,7 @@
 #include "plan/planner.h"
 #include "util/blas_threads.h"
 #include "util/sha256.h"
+#include "util/wire.h"
 
 namespace hydraopt {
 
@@ -63,29 +72,40 @@ json read_json_file(const std::string& path, const char* what) {
   }
 }
 
-// Runs body(m) for every module on `threads` threads, BLAS single-threaded,
-// rethrowing the failure of the lowest module index.
+// Runs body(m) for the modules `mods` (ascending: this rank's) on `threads`
+// threads, BLAS single-threaded; then, across ranks, rethrows the failure
+// of the lowest module index (dist::check). Also used for tasks.
 template <typename Body>
-void for_modules(size_t count, int threads, const std::function<void(size_t, size_t)>& progress, Body&& body) {
+void for_modules(const std::vector<size_t>& mods, int threads, const std::function<void(size_t, size_t)>& progress,
+                 Body&& body) {
   util::single_threaded_blas();
+  const size_t count = mods.size();
   std::vector<std::exception_ptr> errors(count);
   std::mutex mu;
   size_t done = 0;
 #pragma omp parallel for num_threads(threads) schedule(dynamic)
-  for (size_t m = 0; m < count; ++m) {
+  for (size_t k = 0; k < count; ++k) {
     try {
-      body(m);
+      body(mods[k]);
     } catch (...) {
-      errors[m] = std::current_exception();
+      errors[k] = std::current_exception();
     }
     if (progress) {
       std::lock_guard<std::mutex> lock(mu);
       progress(++done, count);
     }
   }
-  for (auto& e : errors) {
-    if (e) std::rethrow_exception(e);
+  for (size_t k = 0; k < count; ++k) {
+    if (errors[k]) return dist::check(errors[k], static_cast<long>(mods[k]));
   }
+  dist::check(nullptr);
+}
+
+// The indices i < count with i % dist::size() == dist::rank().
+std::vector<size_t> my_share(size_t count) {
+  std::vector<size_t> out;
+  for (size_t i = static_cast<size_t>(dist::rank()); i < count; i += static_cast<size_t>(dist::size())) out.push_back(i);
+  return out;
 }
 
 // Single-adapter merge parameters from validated name -> value strings.
@@ -116,7 +136,9 @@ struct Evaluated {
 class Session {
  public:
   Session(const AdapterSet& set, const MergeOptions& o) : set_(set), o_(o), t0_(std::chrono::steady_clock::now()) {
-    threads_ = o.threads > 0 ? o.threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+    // By default the node's cores, shared among the ranks on it.
+    threads_ = o.threads > 0 ? o.threads
+                             : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / dist::local_size());
     dtype_ = o.dtype.value_or(set.dtype());
     if (o.share == "A") share_ = Share::kA;
     else if (o.share == "B") share_ = Share::kB;
@@ -128,9 +150,10 @@ class Session {
     }
     if (o.budget_bytes && *o.budget_bytes <= 0) throw Error("--budget-bytes must be positive");
     original_ = set.original_params();
-    load_groups();
+    partition_modules();
+    dist::checked([&] { load_groups(); });
     compute_norms();
-    compute_weights();
+    dist::checked([&] { compute_weights(); });
   }
 
   const MethodInfo& method(const std::string& name, std::map<std::string, std::string>* params) const {
@@ -178,7 +201,7 @@ class Session {
                                                    const FitOptions& fo, bool final) {
     const size_t nm = set_.modules().size();
     std::vector<std::vector<Evaluated>> out(nm);
-    for_modules(nm, threads_, o_.progress, [&](size_t m) {
+    for_modules(mine_, threads_, o_.progress, [&](size_t m) {
       const auto& mod = set_.modules()[m];
       const auto list = specs(m, ModuleShape{mod.in, mod.out, mod.ranks});
       if (list.empty()) return;
@@ -188,7 +211,50 @@ class Session {
         out[m].push_back(evaluate(p, m, fitter.fit(cs.spec), cs, final && list.size() == 1, fo.max_iters));
       }
     });
+    share(out);
     return out;
+  }
+
+  // Completes ev (filled on this rank's modules) with the other ranks'
+  // modules, bit for bit.
+  void share(std::vector<std::vector<Evaluated>>& ev) const {
+    if (dist::size() == 1) return;
+    std::string mine;
+    util::WireWriter put(mine);
+    for (size_t m : mine_) {
+      put.put<uint64_t>(m);
+      put.put<uint64_t>(ev[m].size());
+      for (const Evaluated& e : ev[m]) {
+        put.put<int32_t>(static_cast<int32_t>(e.spec.family));
+        put.put<int64_t>(e.spec.rank);
+        put.put<int32_t>(e.spec.groups);
+        put.put(e.key);
+        put.put<int64_t>(e.params);
+        put.put<double>(e.error);
+        put.put(e.task_err2);
+        put.put<int32_t>(e.max_iters);
+      }
+    }
+    const auto all = dist::allgather(mine);
+    for (size_t r = 0; r < all.size(); ++r) {
+      if (static_cast<int>(r) == dist::rank()) continue;
+      util::WireReader get(all[r]);
+      while (!get.done()) {
+        auto& list = ev.at(get.get<uint64_t>());
+        for (uint64_t n = get.get<uint64_t>(); n > 0; --n) {
+          Evaluated e;
+          e.spec.family = static_cast<Family>(get.get<int32_t>());
+          e.spec.rank = get.get<int64_t>();
+          e.spec.groups = get.get<int32_t>();
+          e.key = get.get_string();
+          e.params = get.get<int64_t>();
+          e.error = get.get<double>();
+          e.task_err2 = get.get_vector<double>();
+          e.max_iters = get.get<int32_t>();
+          list.push_back(std::move(e));
+        }
+      }
+    }
   }
 
   Evaluated evaluate(const ModuleProblem& p, size_t m, ModuleFit fit, const CandidateSpec& cs, bool store,
@@ -258,6 +324,8 @@ class Session {
   std::vector<int> user_groups_;
   int user_group_count_ = 0;
   std::vector<std::vector<double>> norms2_;  // [module][task]
+  std::vector<int> owner_;                   // [module] the rank that fits it
+  std::vector<size_t> mine_;                 // this rank's modules, ascending
   std::vector<double> total_norm2_, weights_;
   /// merge() with a bundle: single-candidate modules are written here as
   /// soon as they are fitted.
@@ -289,14 +357,33 @@ class Session {
     user_group_count_ = g;
   }
 
+  // Modules over ranks, balanced by the size of their factors.
+  void partition_modules() {
+    std::vector<double> cost;
+    for (const auto& m : set_.modules()) {
+      ModuleShape shape{m.in, m.out, m.ranks};
+      cost.push_back(static_cast<double>(m.in + m.out) * static_cast<double>(shape.rank_sum()));
+    }
+    owner_ = dist::partition(cost, dist::size());
+    for (size_t m = 0; m < owner_.size(); ++m) {
+      if (owner_[m] == dist::rank()) mine_.push_back(m);
+    }
+  }
+
   void compute_norms() {
     const size_t nm = set_.modules().size(), n = set_.size();
     norms2_.assign(nm, {});
-    for_modules(nm, threads_, nullptr, [&](size_t m) {
+    for_modules(mine_, threads_, nullptr, [&](size_t m) {
       ModuleProblem p;
       p.loras = set_.load(m);
       norms2_[m] = update_norms2(p);
     });
+    if (dist::size() > 1) {  // each entry is non-zero on one rank only: the sums are exact
+      std::vector<double> all(nm * n, 0.0);
+      for (size_t m : mine_) std::copy(norms2_[m].begin(), norms2_[m].end(), all.begin() + static_cast<ptrdiff_t>(m * n));
+      dist::allreduce_sum(all);
+      for (size_t m = 0; m < nm; ++m) norms2_[m].assign(all.begin() + static_cast<ptrdiff_t>(m * n), all.begin() + static_cast<ptrdiff_t>((m + 1) * n));
+    }
     total_norm2_.assign(n, 0.0);
     for (size_t m = 0; m < nm; ++m) {
       for (size_t i = 0; i < n; ++i) total_norm2_[i] += norms2_[m][i];
@@ -472,12 +559,13 @@ MethodRun run_method(Session& s, const std::string& name, std::vector<double> bu
   if (info.single_adapter) {
     const MergeParams mp = merge_params(params);
     std::vector<std::vector<Evaluated>> ev(mods.size());
-    for_modules(mods.size(), s.threads_, s.o_.progress, [&](size_t m) {
+    for_modules(s.mine_, s.threads_, s.o_.progress, [&](size_t m) {
       ModuleProblem p = s.problem(m);
       ModuleFit f = merge_single(name, p, mp, m);
       StructureSpec spec{Family::kMerged, f.bodies[0].rows(), 0};
       ev[m].push_back(s.evaluate(p, m, f, {spec, "merged"}, true, 0));
     });
+    s.share(ev);
     std::vector<const Evaluated*> chosen;
     for (auto& e : ev) chosen.push_back(&e[0]);
     for (size_t b = 0; b < budgets.size(); ++b) finish(b, chosen, seconds_since(t0));
@@ -525,7 +613,8 @@ MethodRun run_method(Session& s, const std::string& name, std::vector<double> bu
 
   // hydraopt: a hand-written plan, or candidates + planner.
   if (!s.o_.plan_file.empty()) {
-    auto specs = specs_from_plan_file(s);
+    std::vector<StructureSpec> specs;
+    dist::checked([&] { specs = specs_from_plan_file(s); });
     auto ev = s.evaluate_all([&](size_t m, const ModuleShape&) { return std::vector<CandidateSpec>{{specs[m], "plan"}}; },
                              for_known_structures(fo), true);
     std::vector<const Evaluated*> chosen;
@@ -597,15 +686,22 @@ MethodRun run_method(Session& s, const std::string& name, std::vector<double> bu
 MergeReport merge(const AdapterSet& set, const MergeOptions& options, const fs::path& bundle) {
   auto t0 = std::chrono::steady_clock::now();
   if (!find_method(options.method)) throw Error("unknown method '" + options.method + "' (known: " + known_methods() + ")");
-  if (!bundle.empty()) {
+  const bool root = dist::rank() == 0;  // writes the bundle
+  dist::checked([&] {
+    if (bundle.empty() || !root) return;
     // Fail on an unwritable destination before the work, not after.
     fs::path dir = fs::absolute(bundle).parent_path();
     if (!fs::is_directory(dir)) throw Error(bundle.string(), "", "output directory does not exist");
     if (::access(dir.c_str(), W_OK) != 0) throw Error(bundle.string(), "", "output directory is not writable");
-  }
+  });
   Session s(set, options);
+  // Rank 0 writes the bundle; the others spool their modules for it.
   std::optional<io::BundleWriter> writer;
-  if (!bundle.empty()) writer.emplace(bundle, s.dtype_, set.modules().size());
+  dist::checked([&] {
+    if (bundle.empty()) return;
+    if (root) writer.emplace(bundle, s.dtype_, set.modules().size());
+    else writer.emplace(s.dtype_, set.modules().size());
+  });
   s.writer_ = writer ? &*writer : nullptr;
   const double budget = s.requested_fraction();
   MethodRun run = run_method(s, options.method, {budget}, false);
@@ -619,7 +715,7 @@ MergeReport merge(const AdapterSet& set, const MergeOptions& options, const fs::
     // Modules with several candidates (the planner's) are fitted again with
     // the evaluation's options, so the bundle is the fit the report measured.
     const FitOptions fo = s.fit_options(params);
-    for_modules(set.modules().size(), s.threads_, options.progress, [&](size_t m) {
+    for_modules(s.mine_, s.threads_, options.progress, [&](size_t m) {
       if (writer->has_module(m)) return;
       const auto& mod = set.modules()[m];
       ModuleProblem p = s.problem(m);
@@ -634,23 +730,41 @@ MergeReport merge(const AdapterSet& set, const MergeOptions& options, const fs::
       }
       writer->write_module(m, {mod.name, mod.in, mod.out, run.specs[0][m], std::move(fit)});
     });
-    io::Bundle b;
-    b.method = options.method;
-    b.base_model = set.base_model();
-    b.params = params;
-    b.budget = budget;
-    b.dtype = s.dtype_;
-    b.fan_in_fan_out = set.task(0).fan_in_fan_out();
-    b.original_params = s.original_;
-    b.params_stored = report.params;
-    b.tasks.resize(set.size());
-#pragma omp parallel for num_threads(s.threads_) schedule(dynamic)
-    for (size_t i = 0; i < set.size(); ++i) {
-      const Adapter& t = set.task(i);
-      b.tasks[i] = {t.name(), t.dir().string(), util::sha256_file(t.weights_path()), t.rank(), t.alpha(),
-                    t.use_rslora(), t.target_modules()};
+    // The other ranks' modules come to rank 0, one at a time.
+    dist::stream_to_root(
+        s.owner_, [&](size_t m) { return writer->encoded_module(m); },
+        [&](size_t m, std::string& message) { writer->write_encoded(m, message); });
+    // The sources' checksums, tasks shared out over the ranks.
+    std::vector<std::string> sha(set.size());
+    const std::vector<size_t> my_tasks = my_share(set.size());
+    for_modules(my_tasks, s.threads_, nullptr, [&](size_t i) { sha[i] = util::sha256_file(set.task(i).weights_path()); });
+    if (dist::size() > 1) {
+      std::string mine;
+      util::WireWriter put(mine);
+      for (size_t i : my_tasks) put.put(sha[i]);
+      const auto all = dist::allgather(mine);
+      for (size_t r = 0; r < all.size(); ++r) {
+        util::WireReader get(all[r]);
+        for (size_t i = r; i < set.size(); i += all.size()) sha[i] = get.get_string();
+      }
     }
-    writer->finish(b);
+    dist::checked([&] {
+      if (!root) return;
+      io::Bundle b;
+      b.method = options.method;
+      b.base_model = set.base_model();
+      b.params = params;
+      b.budget = budget;
+      b.dtype = s.dtype_;
+      b.fan_in_fan_out = set.task(0).fan_in_fan_out();
+      b.original_params = s.original_;
+      b.params_stored = report.params;
+      for (size_t i = 0; i < set.size(); ++i) {
+        const Adapter& t = set.task(i);
+        b.tasks.push_back({t.name(), t.dir().string(), sha[i], t.rank(), t.alpha(), t.use_rslora(), t.target_modules()});
+      }
+      writer->finish(b);
+    });
   }
   report.seconds = seconds_since(t0);
   return report;
@@ -658,6 +772,7 @@ MergeReport merge(const AdapterSet& set, const MergeOptions& options, const fs::
 
 std::vector<MergeReport> sweep(const AdapterSet& set, const std::vector<std::string>& method_names,
                                const std::vector<double>& budgets, const MergeOptions& options) {
+  if (dist::size() > 1) throw Error("sweep runs in one process: start it without mpirun (or with -np 1)");
   if (method_names.empty()) throw Error("no methods to sweep");
   if (budgets.empty()) throw Error("no budgets to sweep");
   for (auto& name : method_names) {
