@@ -40,6 +40,16 @@ Matrix orthonormal_like(const Matrix& v) {
   return q;
 }
 
+// The range finders' stopping rule on successive changes d (latest) and
+// d_prev of the energy they track: d itself negligible (below `floor`), or
+// the geometric tail d rho / (1 - rho), rho = d / d_prev < 1, below `tol`.
+bool converged(double d, double d_prev, double floor, double tol) {
+  if (d <= floor) return true;
+  if (!std::isfinite(d_prev) || d >= d_prev) return false;
+  const double rho = std::max(0.0, d / d_prev);
+  return d * rho / (1 - rho) <= tol;
+}
+
 }  // namespace
 
 double product_norm2(const MatrixXd& x, const MatrixXd& y) {
@@ -126,12 +136,7 @@ Subspace top_right_subspace(const MatrixXd& t, Index k) {
       continue;
     }
     const double drop = prev_tail - tail;
-    bool done = drop <= 1e-13 * total;
-    if (!done && std::isfinite(prev_drop) && drop < prev_drop) {
-      const double rho = std::max(0.0, drop / prev_drop);
-      done = drop * rho / (1 - rho) <= kTol * tail;
-    }
-    if (done) {
+    if (converged(drop, prev_drop, 1e-13 * total, kTol * tail)) {
       const MatrixXd ritz = eig.eigenvectors().rightCols(k).rowwise().reverse();
       MatrixXd basis = single ? orthonormal_like(MatrixXd(zf.cast<double>() * ritz)) : MatrixXd(z * ritz);
       return {std::move(basis), top.cwiseSqrt(), it, false};
@@ -173,12 +178,7 @@ Subspace top_right_subspace_of_product(const MatrixXd& l, const MatrixXd& r, Ind
     Eigen::SelfAdjointEigenSolver<MatrixXd> eig(y.transpose() * y);
     const Eigen::VectorXd top = eig.eigenvalues().tail(k).reverse().cwiseMax(0);
     const double captured = top.sum(), gain = captured - prev;
-    bool done = gain <= 1e-13 * captured;
-    if (!done && std::isfinite(prev_gain) && gain < prev_gain) {
-      const double rho = std::max(0.0, gain / prev_gain);
-      done = gain * rho / (1 - rho) <= kTol * captured;
-    }
-    if (done) {
+    if (converged(gain, prev_gain, 1e-13 * captured, kTol * captured)) {
       const MatrixXd ritz = eig.eigenvectors().rightCols(k).rowwise().reverse();
       return {orthonormal_like(MatrixXd(zf.cast<double>() * ritz)), top.cwiseSqrt(), it, false};
     }
