@@ -236,3 +236,26 @@ TEST(AtomicFile, UnwritableDirectoryIsAClearError) {
 
 }  // namespace
 }  // namespace hydraopt
+
+namespace hydraopt {
+namespace {
+
+// The writer refuses two tensors of one name (a reader would see only one
+// of them), and writes a header the reader accepts for many tensors.
+TEST(SafetensorsWrite, RejectsDuplicateNamesAndKeepsOrder) {
+  const Eigen::MatrixXd m = Eigen::MatrixXd::Ones(2, 3);
+  EXPECT_THROW(io::safetensors_serialize({io::tensor_from_matrix("a", m, DType::F32),
+                                          io::tensor_from_matrix("a", m, DType::F32)},
+                                         {}),
+               Error);
+  std::vector<io::TensorData> many;
+  for (int i = 999; i >= 0; --i) many.push_back(io::tensor_from_matrix("t" + std::to_string(i), i * m, DType::F32));
+  const auto bytes = io::safetensors_serialize(std::move(many), {{"k", "v"}});
+  const auto f = io::SafetensorsFile::parse(bytes, "many");
+  ASSERT_EQ(f.tensors().size(), 1000u);
+  EXPECT_EQ(f.metadata().at("k"), "v");
+  EXPECT_EQ(f.matrix(*f.find("t7")), 7 * m);
+}
+
+}  // namespace
+}  // namespace hydraopt
