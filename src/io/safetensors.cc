@@ -131,6 +131,7 @@ SafetensorsFile SafetensorsFile::open(const std::filesystem::path& path) {
   }
   ::close(fd);
   f.validate({static_cast<const std::byte*>(f.map_), size});
+  f.release();  // reading the header mapped pages (whole large folios): drop them
   return f;
 }
 
