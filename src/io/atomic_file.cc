@@ -76,7 +76,7 @@ void AtomicFile::copy_from(int fd, uint64_t offset, uint64_t length) {
       }
     } else {
       buf.resize(std::min<size_t>(chunk, 1 << 22));
-      n = ::pread(fd, buf.data(), buf.size() < chunk ? buf.size() : chunk, in);
+      n = ::pread(fd, buf.data(), buf.size(), in);
       if (n > 0) {
         write(std::span<const std::byte>(buf.data(), static_cast<size_t>(n)));
         in += n;
