@@ -158,6 +158,27 @@ TEST(Merge, BundlesAreByteIdenticalAcrossThreadCounts) {
   EXPECT_EQ(test::read_text(d / "b1.safetensors"), test::read_text(d / "b2.safetensors"));
 }
 
+// The hydra point spreads its threads inside each module (tasks, tensors,
+// the range finder's row blocks); on the `small` preset its subspaces take
+// the randomized path over several blocks. Neither may change a byte.
+TEST(Merge, HydraPointIsByteIdenticalAcrossThreadCounts) {
+  test::TempDir d;
+  SynthOptions so;
+  so.preset = "small";
+  std::vector<std::string> in;
+  for (auto& p : synth_write(d / "small", so)) in.push_back(p.string());
+  const AdapterSet set = AdapterSet::open(in);
+  for (int threads : {1, 2, 3}) {
+    MergeOptions o;
+    o.method = "hydra";
+    o.threads = threads;
+    merge(set, o, d / ("b" + std::to_string(threads) + ".safetensors"));
+  }
+  const std::string one = test::read_text(d / "b1.safetensors");
+  EXPECT_EQ(one, test::read_text(d / "b2.safetensors"));
+  EXPECT_EQ(one, test::read_text(d / "b3.safetensors"));
+}
+
 // Modules may reach the writer in any order (threads finish when they
 // finish); the file must not depend on it. An unfinished writer leaves
 // nothing behind.

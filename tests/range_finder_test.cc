@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "linalg/factored.h"
+#include "util/parallel.h"
 #include "util/random.h"
 
 namespace hydraopt {
@@ -86,6 +87,36 @@ TEST(RangeFinder, SameInputSameBits) {
   const MatrixXd t = with_spectrum(320, 256, 0.95, 11);
   const auto a = linalg::top_right_subspace(t, 16), b = linalg::top_right_subspace(t, 16);
   EXPECT_EQ((a.basis - b.basis).cwiseAbs().maxCoeff(), 0.0);
+}
+
+// Products with T run in fixed blocks of rows and columns, spread over the
+// threads util::InnerThreads allows: the thread count must not change a
+// bit, nor must handing the stack over in single precision with T on demand.
+TEST(RangeFinder, SameBitsWhateverTheThreadCount) {
+  const MatrixXd t = with_spectrum(700, 500, 0.95, 13);  // 6 row blocks, 4 column blocks
+  const auto one = linalg::top_right_subspace(t, 24);
+  ASSERT_FALSE(one.exact);
+  for (int threads : {2, 3}) {
+    const util::InnerThreads inner(threads);
+    const auto many = linalg::top_right_subspace(t, 24);
+    EXPECT_EQ((one.basis - many.basis).cwiseAbs().maxCoeff(), 0.0) << threads;
+  }
+  int asked = 0;
+  const auto lazy = linalg::top_right_subspace(t.cast<float>(), t.squaredNorm(), [&]() -> const MatrixXd& {
+    ++asked;
+    return t;
+  }, 24);
+  EXPECT_EQ((one.basis - lazy.basis).cwiseAbs().maxCoeff(), 0.0);
+  EXPECT_EQ(asked, 0);  // the residual stays above 1% of ||T||^2: single precision throughout
+
+  const MatrixXd steep = with_spectrum(700, 500, 0.7, 17);  // residual ~1e-8: a double phase
+  const auto dense = linalg::top_right_subspace(steep, 24);
+  const auto lazy_steep = linalg::top_right_subspace(steep.cast<float>(), steep.squaredNorm(), [&]() -> const MatrixXd& {
+    ++asked;
+    return steep;
+  }, 24);
+  EXPECT_EQ(asked, 1);
+  EXPECT_EQ((dense.basis - lazy_steep.basis).cwiseAbs().maxCoeff(), 0.0);
 }
 
 // The product form against the exact truncated SVD of L R: the captured

@@ -8,12 +8,14 @@
 #include <cmath>
 #include <cstring>
 #include <mutex>
+#include <span>
 #include <nlohmann/json.hpp>
 
 #include "hydraopt/bundle.h"
 #include "hydraopt/error.h"
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
+#include "util/parallel.h"
 #include "util/wire.h"
 
 namespace hydraopt::io {
@@ -121,7 +123,8 @@ struct BundleWriter::Impl {
   }
 
   // Stores module m, whose tensors' bytes are data[0, rec.bytes).
-  void store(size_t m, Module rec, const std::byte* data) {
+  // Appends the module's bytes, given as consecutive pieces, to the spool.
+  void store(size_t m, Module rec, const std::vector<std::span<const std::byte>>& pieces) {
     if (m >= modules.size()) throw std::logic_error("bundle module index out of range");
     rec.written = true;
     {
@@ -130,7 +133,11 @@ struct BundleWriter::Impl {
       rec.spool_offset = spool_end;
       spool_end += rec.bytes;
     }
-    pwrite_all(data, rec.bytes, rec.spool_offset);
+    uint64_t at = rec.spool_offset;
+    for (auto piece : pieces) {
+      pwrite_all(piece.data(), piece.size(), at);
+      at += piece.size();
+    }
     std::lock_guard<std::mutex> lock(mu);
     modules[m] = std::move(rec);
   }
@@ -164,23 +171,30 @@ BundleWriter::~BundleWriter() {
 void BundleWriter::write_module(size_t m, const BundleModule& module) {
   Impl& w = *impl_;
   const ModuleFit& f = module.fit;
-  std::vector<TensorData> tensors;
-  for (size_t j = 0; j < f.heads.size(); ++j) tensors.push_back(tensor_from_matrix(tensor_name(module.name, "head", j), f.heads[j], w.dtype));
-  for (size_t j = 0; j < f.bodies.size(); ++j) tensors.push_back(tensor_from_matrix(tensor_name(module.name, "body", j), f.bodies[j], w.dtype));
-  for (size_t j = 0; j < f.cores.size(); ++j) {
-    tensors.push_back(f.diagonal_cores ? tensor_from_vector(tensor_name(module.name, "core", j), f.cores[j].col(0), w.dtype)
-                                       : tensor_from_matrix(tensor_name(module.name, "core", j), f.cores[j], w.dtype));
-  }
+  const size_t nh = f.heads.size(), nb = f.bodies.size();
+  std::vector<TensorData> tensors(nh + nb + f.cores.size());
+  util::parallel_for(tensors.size(), [&](size_t j) {
+    if (j < nh) {
+      tensors[j] = tensor_from_matrix(tensor_name(module.name, "head", j), f.heads[j], w.dtype);
+    } else if (j < nh + nb) {
+      tensors[j] = tensor_from_matrix(tensor_name(module.name, "body", j - nh), f.bodies[j - nh], w.dtype);
+    } else {
+      const size_t c = j - nh - nb;
+      tensors[j] = f.diagonal_cores ? tensor_from_vector(tensor_name(module.name, "core", c), f.cores[c].col(0), w.dtype)
+                                    : tensor_from_matrix(tensor_name(module.name, "core", c), f.cores[c], w.dtype);
+    }
+  });
   Impl::Module rec;
-  std::vector<std::byte> bytes;
+  std::vector<std::span<const std::byte>> pieces;
+  rec.bytes = 0;
   for (auto& t : tensors) {
-    bytes.insert(bytes.end(), t.bytes.begin(), t.bytes.end());
+    pieces.emplace_back(t.bytes);
+    rec.bytes += t.bytes.size();
     rec.tensors.push_back({std::move(t.name), std::move(t.shape), t.bytes.size()});
   }
-  rec.bytes = bytes.size();
   rec.params = f.params();
   rec.entry = plan_entry(module, true);
-  w.store(m, std::move(rec), bytes.data());
+  w.store(m, std::move(rec), pieces);
 }
 
 // Message: tensor count, per tensor (name, shape, byte count), params, the
@@ -227,7 +241,8 @@ void BundleWriter::write_encoded(size_t m, std::string_view message) {
   rec.bytes = get.get<uint64_t>();
   const char* data = get.take(rec.bytes);
   if (sum != rec.bytes || !get.done()) throw std::runtime_error("malformed module message");
-  impl_->store(m, std::move(rec), reinterpret_cast<const std::byte*>(data));
+  const std::span<const std::byte> bytes(reinterpret_cast<const std::byte*>(data), rec.bytes);
+  impl_->store(m, std::move(rec), {bytes});
 }
 
 bool BundleWriter::has_module(size_t m) const {

@@ -11,6 +11,7 @@
 #include "hydraopt/error.h"
 #include "io/pattern.h"
 #include "io/safetensors.h"
+#include "util/parallel.h"
 
 namespace hydraopt {
 
@@ -358,14 +359,14 @@ AdapterSet AdapterSet::open(const std::vector<std::string>& specs, const LoadOpt
 std::vector<ModuleLora> AdapterSet::load(size_t m) const {
   const Module& mod = modules_.at(m);
   std::vector<ModuleLora> out(tasks_.size());
-  for (size_t i = 0; i < tasks_.size(); ++i) {
+  util::parallel_for(tasks_.size(), [&](size_t i) {
     if (mod.ranks[i] > 0) {
       out[i] = tasks_[i].load(mod.name);
     } else {
       out[i].A.setZero(0, mod.in);
       out[i].B.setZero(mod.out, 0);
     }
-  }
+  });
   return out;
 }
 

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "util/parallel.h"
 #include "util/random.h"
 
 namespace hydraopt::linalg {
@@ -48,6 +49,33 @@ bool converged(double d, double d_prev, double floor, double tol) {
   if (!std::isfinite(d_prev) || d >= d_prev) return false;
   const double rho = std::max(0.0, d / d_prev);
   return d * rho / (1 - rho) <= tol;
+}
+
+// Products with a stack T in fixed blocks of 128 rows (T z) or columns
+// (T^T y), spread by util::parallel_for. The blocks do not depend on the
+// thread count, so neither do the sums.
+constexpr Index kBlock = 128;
+
+Index blocks(Index n) { return (n + kBlock - 1) / kBlock; }
+
+template <typename M>
+M times(const M& t, const M& z) {  // T z
+  M y(t.rows(), z.cols());
+  util::parallel_for(static_cast<size_t>(blocks(t.rows())), [&](size_t b) {
+    const Index r0 = static_cast<Index>(b) * kBlock, rn = std::min(kBlock, t.rows() - r0);
+    y.middleRows(r0, rn).noalias() = t.middleRows(r0, rn) * z;
+  });
+  return y;
+}
+
+template <typename M>
+M transposed_times(const M& t, const M& y) {  // T^T y
+  M z(t.cols(), y.cols());
+  util::parallel_for(static_cast<size_t>(blocks(t.cols())), [&](size_t b) {
+    const Index c0 = static_cast<Index>(b) * kBlock, cn = std::min(kBlock, t.cols() - c0);
+    z.middleRows(c0, cn).noalias() = t.middleCols(c0, cn).transpose() * y;
+  });
+  return z;
 }
 
 }  // namespace
@@ -103,25 +131,34 @@ Subspace top_right_subspace(const MatrixXd& t, Index k) {
   k = std::min({k, p, n});
   const Index l = k + std::max<Index>(10, k / 2);
   if (k <= 0 || std::min(p, n) <= std::max<Index>(128, 2 * l)) return top_right_subspace_exact(t, k);
+  return top_right_subspace(t.cast<float>(), t.squaredNorm(), [&]() -> const MatrixXd& { return t; }, k);
+}
+
+Subspace top_right_subspace(const Eigen::MatrixXf& tf, double total, const std::function<const MatrixXd&()>& dense,
+                            Index k) {
+  const Index p = tf.rows(), n = tf.cols();
+  k = std::min({k, p, n});
+  const Index l = k + std::max<Index>(10, k / 2);
+  if (k <= 0 || std::min(p, n) <= std::max<Index>(128, 2 * l)) return top_right_subspace_exact(dense(), k);
 
   constexpr int kMaxIters = 40;
   constexpr double kTol = 1e-4;
   // Single precision suffices while the residual is at least this share of
   // ||T||^2: rounding (~1e-7 of ||T||^2) is then ~1e-5 of the residual.
   constexpr double kSingleFloor = 1e-2;
-  const double total = t.squaredNorm();
   util::Stream rng(0x5ca1ab1e, static_cast<uint64_t>(p), static_cast<uint64_t>(n), static_cast<uint64_t>(k));
   MatrixXd z = orthonormal_like(rng.normal(n, l, 1.0));
-  Eigen::MatrixXf tf = t.cast<float>(), zf = z.cast<float>(), yf;
+  Eigen::MatrixXf zf = z.cast<float>(), yf;
+  const MatrixXd* t = nullptr;  // T in double, once the double phase starts
   bool single = true;
   double prev_tail = INFINITY, prev_drop = INFINITY;
   for (int it = 1; it <= kMaxIters; ++it) {
     MatrixXd y;  // T z, P x l
     if (single) {
-      yf.noalias() = tf * zf;
+      yf = times(tf, zf);
       y = yf.cast<double>();
     } else {
-      y.noalias() = t * z;
+      y = times(*t, z);
     }
     // Rayleigh-Ritz in span(z): eigenpairs of z^T T^T T z.
     Eigen::SelfAdjointEigenSolver<MatrixXd> eig(y.transpose() * y);
@@ -130,6 +167,7 @@ Subspace top_right_subspace(const MatrixXd& t, Index k) {
     if (single && tail < kSingleFloor * total) {
       // Nearly exact: redo this step, and go on, in double precision.
       single = false;
+      t = &dense();
       z = zf.cast<double>();
       prev_tail = prev_drop = INFINITY;
       --it;
@@ -144,12 +182,12 @@ Subspace top_right_subspace(const MatrixXd& t, Index k) {
     prev_drop = it == 1 ? INFINITY : drop;
     prev_tail = tail;
     if (single) {  // next iterate: T^T T z
-      zf = orthonormal_like(Eigen::MatrixXf(tf.transpose() * yf));
+      zf = orthonormal_like(transposed_times(tf, yf));
     } else {
-      z = orthonormal_like(MatrixXd(t.transpose() * y));
+      z = orthonormal_like(transposed_times(*t, y));
     }
   }
-  return top_right_subspace_exact(t, k);
+  return top_right_subspace_exact(dense(), k);
 }
 
 Subspace top_right_subspace_of_product(const MatrixXd& l, const MatrixXd& r, Index k) {

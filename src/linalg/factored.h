@@ -7,6 +7,7 @@
 #pragma once
 
 #include <Eigen/Core>
+#include <functional>
 #include <vector>
 
 namespace hydraopt::linalg {
@@ -54,6 +55,15 @@ struct Subspace {
 /// basis is re-orthonormalised in double; the values are accurate to the
 /// working precision.
 Subspace top_right_subspace(const Eigen::MatrixXd& t, Eigen::Index k);
+
+/// The same, for a T too large to keep in double beside its factors: `tf`
+/// is T in single precision, `total` is ||T||_F^2 (in double), and
+/// `dense()` returns T in double; it is called only when the iteration
+/// needs it (the double-precision phase, the exact solver), and what it
+/// returns must stay valid until this function returns. Given
+/// tf = T.cast<float>() the result equals top_right_subspace(T, k).
+Subspace top_right_subspace(const Eigen::MatrixXf& tf, double total,
+                            const std::function<const Eigen::MatrixXd&()>& dense, Eigen::Index k);
 
 /// The exact solver: eigendecomposition of the smaller Gram (T^T T, or
 /// T T^T with V = T^T Y / sigma re-orthonormalised).

@@ -4,6 +4,7 @@
 
 #include "io/safetensors.h"
 #include "linalg/factored.h"
+#include "util/parallel.h"
 
 namespace hydraopt {
 
@@ -41,9 +42,11 @@ ModuleFit ModuleFit::transposed() const {
 ModuleFit ModuleFit::rounded(DType dtype) const& { return ModuleFit(*this).rounded(dtype); }
 
 ModuleFit ModuleFit::rounded(DType dtype) && {
+  std::vector<Eigen::MatrixXd*> all;
   for (auto* list : {&heads, &cores, &bodies}) {
-    for (auto& m : *list) m = io::round_to_dtype(m, dtype);
+    for (auto& m : *list) all.push_back(&m);
   }
+  util::parallel_for(all.size(), [&](size_t j) { *all[j] = io::round_to_dtype(*all[j], dtype); });
   return std::move(*this);
 }
 
@@ -63,7 +66,7 @@ ModuleProblem ModuleProblem::transposed() const {
 
 std::vector<double> update_norms2(const ModuleProblem& p) {
   std::vector<double> n(p.tasks());
-  for (size_t i = 0; i < p.tasks(); ++i) n[i] = linalg::product_norm2(p.left(i), p.loras[i].A);
+  util::parallel_for(p.tasks(), [&](size_t i) { n[i] = linalg::product_norm2(p.left(i), p.loras[i].A); });
   return n;
 }
 
@@ -92,10 +95,12 @@ std::vector<double> fit_errors2(const ModuleProblem& p, const ModuleFit& f, cons
   const std::vector<double> own = norms ? std::vector<double>() : update_norms2(p);
   const std::vector<double>& n2 = norms ? *norms : own;
   std::vector<MatrixXd> hh(f.heads.size()), rr(f.bodies.size());
-  for (size_t j = 0; j < f.heads.size(); ++j) hh[j] = f.heads[j].transpose() * f.heads[j];
-  for (size_t j = 0; j < f.bodies.size(); ++j) rr[j] = f.bodies[j] * f.bodies[j].transpose();
+  util::parallel_for(f.heads.size() + f.bodies.size(), [&](size_t j) {
+    if (j < f.heads.size()) hh[j] = f.heads[j].transpose() * f.heads[j];
+    else rr[j - f.heads.size()] = f.bodies[j - f.heads.size()] * f.bodies[j - f.heads.size()].transpose();
+  });
   std::vector<double> e(p.tasks());
-  for (size_t i = 0; i < p.tasks(); ++i) {
+  util::parallel_for(p.tasks(), [&](size_t i) {
     const MatrixXd& h = f.heads[f.head_of[i]];
     const MatrixXd& r = f.bodies[f.body_of[i]];
     MatrixXd c;  // the core as a full matrix (identity when absent)
@@ -107,7 +112,7 @@ std::vector<double> fit_errors2(const ModuleProblem& p, const ModuleFit& f, cons
     const double sq = s * s * ((c.transpose() * hh[f.head_of[i]] * c).cwiseProduct(rr[f.body_of[i]])).sum();
     e[i] = n2[i] - 2 * inner + sq;
     if (!(e[i] > 1e-6 * n2[i])) e[i] = error2_stacked(p, f, i);
-  }
+  });
   return e;
 }
 

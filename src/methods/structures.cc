@@ -7,6 +7,7 @@
 #include <map>
 
 #include "hydraopt/error.h"
+#include "util/parallel.h"
 
 namespace hydraopt {
 
@@ -152,22 +153,41 @@ ModuleShape ModuleFitter::shape() const {
 const linalg::Subspace& ModuleFitter::right(int64_t k) {
   if (k > right_rank()) throw std::logic_error("shared rank exceeds the data's rank");
   if (!right_ || right_->basis.cols() < k) {
-    // Stack of sqrt(w_i) S_i A_i with S_i^T S_i = (s_i B_i)^T (s_i B_i): its
-    // right singular vectors are those of the stack of sqrt(w_i) dW_i.
-    Index rows = 0;
-    for (size_t i = 0; i < p_.tasks(); ++i) rows += p_.loras[i].rank();
-    MatrixXd t(rows, p_.in());
-    rows = 0;
-    for (size_t i = 0; i < p_.tasks(); ++i) {
-      const Index r = p_.loras[i].rank();
-      if (r == 0) continue;
-      t.middleRows(rows, r).noalias() = std::sqrt(p_.weights[i]) * (linalg::left_core(p_.left(i)) * p_.loras[i].A);
-      rows += r;
-    }
+    // Stack T of sqrt(w_i) S_i A_i with S_i^T S_i = (s_i B_i)^T (s_i B_i):
+    // its right singular vectors are those of the stack of sqrt(w_i) dW_i.
+    // Held in single precision, as the range finder uses it; in double only
+    // if it asks (nearly exact fits), built again from the cores.
+    const size_t n = p_.tasks();
+    std::vector<MatrixXd> cores(n);
+    std::vector<Index> at(n + 1, 0);  // first row of each task's block
+    for (size_t i = 0; i < n; ++i) at[i + 1] = at[i] + p_.loras[i].rank();
+    std::vector<double> norm2(n, 0.0);  // ||block_i||^2
+    util::parallel_for(n, [&](size_t i) {
+      if (p_.loras[i].rank() == 0) return;
+      cores[i] = std::sqrt(p_.weights[i]) * linalg::left_core(p_.left(i));
+      norm2[i] = linalg::product_norm2(cores[i], p_.loras[i].A);
+    });
+    auto build = [&](auto& t) {
+      using Scalar = typename std::decay_t<decltype(t)>::Scalar;
+      t.resize(at[n], p_.in());
+      util::parallel_for(n, [&](size_t i) {
+        if (p_.loras[i].rank() == 0) return;
+        t.middleRows(at[i], p_.loras[i].rank()) = MatrixXd(cores[i] * p_.loras[i].A).template cast<Scalar>();
+      });
+    };
+    Eigen::MatrixXf tf;
+    build(tf);
+    double total = 0;
+    for (double x : norm2) total += x;
+    std::optional<MatrixXd> t;
+    auto dense = [&]() -> const MatrixXd& {
+      if (!t) build(t.emplace());
+      return *t;
+    };
     // Solve once for as many columns as the structures to come need
     // (leading columns of a top-K basis are a top-k basis); more on demand.
     const int64_t want = std::min(right_rank(), std::max(k, o_.body_width * p_.max_rank()));
-    right_ = linalg::top_right_subspace(t, want);
+    right_ = linalg::top_right_subspace(tf, total, dense, want);
   }
   return *right_;
 }
@@ -314,7 +334,7 @@ ModuleFit ModuleFitter::fit_merged(int64_t k) {
 
 std::vector<MatrixXd> ModuleFitter::projections(const MatrixXd& v) const {
   std::vector<MatrixXd> y(p_.tasks());
-  for (size_t i = 0; i < y.size(); ++i) y[i] = p_.left(i) * (p_.loras[i].A * v);
+  util::parallel_for(y.size(), [&](size_t i) { y[i] = p_.left(i) * (p_.loras[i].A * v); });
   return y;
 }
 

@@ -31,6 +31,7 @@
 #include "plan/candidates.h"
 #include "plan/planner.h"
 #include "util/blas_threads.h"
+#include "util/parallel.h"
 #include "util/sha256.h"
 #include "util/wire.h"
 
@@ -72,18 +73,26 @@ json read_json_file(const std::string& path, const char* what) {
   }
 }
 
+// Where for_modules puts its threads: on several modules at once, or on
+// the loops inside one module at a time (util::parallel_for), which keeps
+// one module's factors in memory instead of one per thread. Work with one
+// structure per module spreads inside; the planner, with dozens of
+// candidates per module, across.
+enum class Spread { kAcross, kInside };
+
 // Runs body(m) for the modules `mods` (ascending: this rank's) on `threads`
 // threads, BLAS single-threaded; then, across ranks, rethrows the failure
 // of the lowest module index (dist::check). Also used for tasks.
 template <typename Body>
 void for_modules(const std::vector<size_t>& mods, int threads, const std::function<void(size_t, size_t)>& progress,
-                 Body&& body) {
+                 Body&& body, Spread spread = Spread::kAcross) {
   util::single_threaded_blas();
   const size_t count = mods.size();
   std::vector<std::exception_ptr> errors(count);
   std::mutex mu;
   size_t done = 0;
-#pragma omp parallel for num_threads(threads) schedule(dynamic)
+  const util::InnerThreads inner(spread == Spread::kInside ? threads : 1);
+#pragma omp parallel for num_threads(spread == Spread::kInside ? 1 : threads) schedule(dynamic)
   for (size_t k = 0; k < count; ++k) {
     try {
       body(mods[k]);
@@ -210,7 +219,7 @@ class Session {
       for (auto& cs : list) {
         out[m].push_back(evaluate(p, m, fitter.fit(cs.spec), cs, final && list.size() == 1, fo.max_iters));
       }
-    });
+    }, final ? Spread::kInside : Spread::kAcross);
     share(out);
     return out;
   }
@@ -377,7 +386,7 @@ class Session {
       ModuleProblem p;
       p.loras = set_.load(m);
       norms2_[m] = update_norms2(p);
-    });
+    }, Spread::kInside);
     if (dist::size() > 1) {  // each entry is non-zero on one rank only: the sums are exact
       std::vector<double> all(nm * n, 0.0);
       for (size_t m : mine_) std::copy(norms2_[m].begin(), norms2_[m].end(), all.begin() + static_cast<ptrdiff_t>(m * n));
@@ -729,7 +738,7 @@ MergeReport merge(const AdapterSet& set, const MergeOptions& options, const fs::
         fit = fitter.fit(run.specs[0][m]).rounded(s.dtype_);
       }
       writer->write_module(m, {mod.name, mod.in, mod.out, run.specs[0][m], std::move(fit)});
-    });
+    }, Spread::kInside);
     // The other ranks' modules come to rank 0, one at a time.
     dist::stream_to_root(
         s.owner_, [&](size_t m) { return writer->encoded_module(m); },
