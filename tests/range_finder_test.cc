@@ -102,7 +102,7 @@ TEST(RangeFinder, SameBitsWhateverTheThreadCount) {
     EXPECT_EQ((one.basis - many.basis).cwiseAbs().maxCoeff(), 0.0) << threads;
   }
   int asked = 0;
-  const auto lazy = linalg::top_right_subspace(t.cast<float>(), t.squaredNorm(), [&]() -> const MatrixXd& {
+  const auto lazy = linalg::top_right_subspace(t.cast<float>(), [&]() -> const MatrixXd& {
     ++asked;
     return t;
   }, 24);
@@ -111,7 +111,7 @@ TEST(RangeFinder, SameBitsWhateverTheThreadCount) {
 
   const MatrixXd steep = with_spectrum(700, 500, 0.7, 17);  // residual ~1e-8: a double phase
   const auto dense = linalg::top_right_subspace(steep, 24);
-  const auto lazy_steep = linalg::top_right_subspace(steep.cast<float>(), steep.squaredNorm(), [&]() -> const MatrixXd& {
+  const auto lazy_steep = linalg::top_right_subspace(steep.cast<float>(), [&]() -> const MatrixXd& {
     ++asked;
     return steep;
   }, 24);

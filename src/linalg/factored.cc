@@ -131,11 +131,10 @@ Subspace top_right_subspace(const MatrixXd& t, Index k) {
   k = std::min({k, p, n});
   const Index l = k + std::max<Index>(10, k / 2);
   if (k <= 0 || std::min(p, n) <= std::max<Index>(128, 2 * l)) return top_right_subspace_exact(t, k);
-  return top_right_subspace(t.cast<float>(), t.squaredNorm(), [&]() -> const MatrixXd& { return t; }, k);
+  return top_right_subspace(t.cast<float>(), [&]() -> const MatrixXd& { return t; }, k);
 }
 
-Subspace top_right_subspace(const Eigen::MatrixXf& tf, double total, const std::function<const MatrixXd&()>& dense,
-                            Index k) {
+Subspace top_right_subspace(const Eigen::MatrixXf& tf, const std::function<const MatrixXd&()>& dense, Index k) {
   const Index p = tf.rows(), n = tf.cols();
   k = std::min({k, p, n});
   const Index l = k + std::max<Index>(10, k / 2);
@@ -150,6 +149,8 @@ Subspace top_right_subspace(const Eigen::MatrixXf& tf, double total, const std::
   MatrixXd z = orthonormal_like(rng.normal(n, l, 1.0));
   Eigen::MatrixXf zf = z.cast<float>(), yf;
   const MatrixXd* t = nullptr;  // T in double, once the double phase starts
+  double total = 0;             // ||T||^2: of tf, then of T
+  for (Index j = 0; j < n; ++j) total += tf.col(j).cast<double>().squaredNorm();
   bool single = true;
   double prev_tail = INFINITY, prev_drop = INFINITY;
   for (int it = 1; it <= kMaxIters; ++it) {
@@ -168,6 +169,7 @@ Subspace top_right_subspace(const Eigen::MatrixXf& tf, double total, const std::
       // Nearly exact: redo this step, and go on, in double precision.
       single = false;
       t = &dense();
+      total = t->squaredNorm();
       z = zf.cast<double>();
       prev_tail = prev_drop = INFINITY;
       --it;

@@ -57,13 +57,14 @@ struct Subspace {
 Subspace top_right_subspace(const Eigen::MatrixXd& t, Eigen::Index k);
 
 /// The same, for a T too large to keep in double beside its factors: `tf`
-/// is T in single precision, `total` is ||T||_F^2 (in double), and
-/// `dense()` returns T in double; it is called only when the iteration
-/// needs it (the double-precision phase, the exact solver), and what it
-/// returns must stay valid until this function returns. Given
-/// tf = T.cast<float>() the result equals top_right_subspace(T, k).
-Subspace top_right_subspace(const Eigen::MatrixXf& tf, double total,
-                            const std::function<const Eigen::MatrixXd&()>& dense, Eigen::Index k);
+/// is T in single precision and `dense()` returns T in double; it is
+/// called only when the iteration needs it (the double-precision phase, the
+/// exact solver), and what it returns must stay valid until this function
+/// returns. The single-precision phase measures E_q against ||tf||^2
+/// (summed in double). Given tf = T.cast<float>() the result equals
+/// top_right_subspace(T, k).
+Subspace top_right_subspace(const Eigen::MatrixXf& tf, const std::function<const Eigen::MatrixXd&()>& dense,
+                            Eigen::Index k);
 
 /// The exact solver: eigendecomposition of the smaller Gram (T^T T, or
 /// T T^T with V = T^T Y / sigma re-orthonormalised).

@@ -161,33 +161,28 @@ const linalg::Subspace& ModuleFitter::right(int64_t k) {
     std::vector<MatrixXd> cores(n);
     std::vector<Index> at(n + 1, 0);  // first row of each task's block
     for (size_t i = 0; i < n; ++i) at[i + 1] = at[i] + p_.loras[i].rank();
-    std::vector<double> norm2(n, 0.0);  // ||block_i||^2
+    util::parallel_for(n, [&](size_t i) {
+      if (p_.loras[i].rank() > 0) cores[i] = std::sqrt(p_.weights[i]) * linalg::left_core(p_.left(i));
+    });
+    Eigen::MatrixXf tf(at[n], p_.in());
     util::parallel_for(n, [&](size_t i) {
       if (p_.loras[i].rank() == 0) return;
-      cores[i] = std::sqrt(p_.weights[i]) * linalg::left_core(p_.left(i));
-      norm2[i] = linalg::product_norm2(cores[i], p_.loras[i].A);
+      tf.middleRows(at[i], p_.loras[i].rank()).noalias() = cores[i].cast<float>() * p_.loras[i].A.cast<float>();
     });
-    auto build = [&](auto& t) {
-      using Scalar = typename std::decay_t<decltype(t)>::Scalar;
-      t.resize(at[n], p_.in());
-      util::parallel_for(n, [&](size_t i) {
-        if (p_.loras[i].rank() == 0) return;
-        t.middleRows(at[i], p_.loras[i].rank()) = MatrixXd(cores[i] * p_.loras[i].A).template cast<Scalar>();
-      });
-    };
-    Eigen::MatrixXf tf;
-    build(tf);
-    double total = 0;
-    for (double x : norm2) total += x;
     std::optional<MatrixXd> t;
     auto dense = [&]() -> const MatrixXd& {
-      if (!t) build(t.emplace());
+      if (!t) {
+        t.emplace(at[n], p_.in());
+        util::parallel_for(n, [&](size_t i) {
+          if (p_.loras[i].rank() > 0) t->middleRows(at[i], p_.loras[i].rank()).noalias() = cores[i] * p_.loras[i].A;
+        });
+      }
       return *t;
     };
     // Solve once for as many columns as the structures to come need
     // (leading columns of a top-K basis are a top-k basis); more on demand.
     const int64_t want = std::min(right_rank(), std::max(k, o_.body_width * p_.max_rank()));
-    right_ = linalg::top_right_subspace(tf, total, dense, want);
+    right_ = linalg::top_right_subspace(tf, dense, want);
   }
   return *right_;
 }
