@@ -9,6 +9,7 @@ import pathlib
 import re
 import struct
 import subprocess
+import sys
 import threading
 import time
 
@@ -182,3 +183,19 @@ def test_merge_releases_the_gil():
     print(f"merge {seconds:.2f} s, {len(ticks)} ticks, longest gap {gaps.max():.3f} s")
     assert seconds > 0.2  # long enough to tell
     assert gaps.max() < 0.25 * seconds
+
+
+def test_readme_python_example_runs_as_written(tmp_path):
+    """The README's "Use it from Python" example, run from a directory with the assets."""
+    readme = (SRC / "README.md").read_text()
+    section = readme.split("## Use it from Python", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "assets").symlink_to(SRC / "assets")
+    env = dict(os.environ, PYTHONPATH=str(pathlib.Path(hydraopt.__file__).parent))  # this module
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    promised = re.search(r"print\(b\)\s*# (<.*>)", code).group(1)
+    assert lines[0] == promised
+    assert float(lines[-1]) < 1e-6  # the exported adapter reproduces the bundle's update
+    assert (tmp_path / "out" / "py" / "spell-de" / "adapter_config.json").is_file()
