@@ -31,7 +31,9 @@ if grep -q -- "-I$src/include" "$work/build.log" "$work/consumer/CMakeFiles/cons
   echo "FAIL: the consumer compiled against the source tree's headers"; exit 1
 fi
 
-out=$("$work/consumer/consumer" "$src/assets/adapters/spell-de" "$src/assets/adapters/spell-fr")
+rc=0
+out=$("$work/consumer/consumer" "$src/assets/adapters/spell-de" "$src/assets/adapters/spell-fr") || rc=$?
+[ "$rc" = 0 ] || { echo "$out"; echo "FAIL: the consumer exited with status $rc"; exit 1; }
 echo "$out"
 grep -qx "version $version" <<<"$out" || { echo "FAIL: consumer sees a version other than $version"; exit 1; }
 grep -qx "modules 16" <<<"$out" || { echo "FAIL: expected 16 modules"; exit 1; }
