@@ -65,7 +65,10 @@ hydraopt::LoadOptions load_options(bool skip_unmergeable) {
   hydraopt::LoadOptions o;
   o.skip_unmergeable = skip_unmergeable;
   // Called with the GIL held: adapters are opened before any release.
-  o.warn = [](const std::string& msg) { PyErr_WarnEx(PyExc_UserWarning, msg.c_str(), 1); };
+  // A warning filter of "error" turns the warning into an exception.
+  o.warn = [](const std::string& msg) {
+    if (PyErr_WarnEx(PyExc_UserWarning, msg.c_str(), 1) != 0) throw py::error_already_set();
+  };
   return o;
 }
 

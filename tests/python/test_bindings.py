@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -182,7 +183,7 @@ def test_merge_releases_the_gil():
     gaps = np.diff([start] + ticks)
     print(f"merge {seconds:.2f} s, {len(ticks)} ticks, longest gap {gaps.max():.3f} s")
     assert seconds > 0.2  # long enough to tell
-    assert gaps.max() < 0.25 * seconds
+    assert gaps.max() < 0.5 * seconds  # holding the GIL gives one gap of the whole merge
 
 
 def test_readme_python_example_runs_as_written(tmp_path):
@@ -199,3 +200,28 @@ def test_readme_python_example_runs_as_written(tmp_path):
     assert lines[0] == promised
     assert float(lines[-1]) < 1e-6  # the exported adapter reproduces the bundle's update
     assert (tmp_path / "out" / "py" / "spell-de" / "adapter_config.json").is_file()
+
+
+def test_unmergeable_tensors_raise_or_warn(tmp_path):
+    """A DoRA magnitude vector: an error naming it, or a Python warning with skip_unmergeable."""
+    src = ADAPTERS / "spell-de"
+    data = (src / "adapter_model.safetensors").read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header, body = json.loads(data[8:8 + n]), data[8 + n:]
+    extra = f"base_model.model.{Q0}.lora_magnitude_vector"
+    header[extra] = {"dtype": "F32", "shape": [256], "data_offsets": [len(body), len(body) + 1024]}
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    dora = tmp_path / "dora"
+    dora.mkdir()
+    (dora / "adapter_config.json").write_bytes((src / "adapter_config.json").read_bytes())
+    (dora / "adapter_model.safetensors").write_bytes(struct.pack("<Q", len(text)) + text + body + bytes(1024))
+    with pytest.raises(hydraopt.Error, match="lora_magnitude_vector"):
+        hydraopt.Adapter(dora)
+    with pytest.warns(UserWarning, match="skipping 1 unmergeable"):
+        a = hydraopt.Adapter(dora, skip_unmergeable=True)
+    assert len(a.modules) == 16
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(UserWarning):
+            hydraopt.merge([dora, ADAPTERS / "spell-fr"], method="hydra-avg", skip_unmergeable=True)
