@@ -46,7 +46,9 @@ py::array_t<Scalar> to_numpy(const Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::
   return a;
 }
 
-py::object json_loads(const std::string& text) { return py::module_::import("json").attr("loads")(text); }
+py::object json_loads(const std::string& text) {
+  return py::module_::import("json").attr("loads")(text);
+}
 
 // str, bytes-free os.PathLike -> the string the library takes.
 std::string path_string(const py::handle& p) {
@@ -82,7 +84,8 @@ hydraopt::AdapterSet adapter_set(const py::iterable& items, bool skip_unmergeabl
     if (py::isinstance<hydraopt::Adapter>(item)) {
       adapters.push_back(item.cast<hydraopt::Adapter>());
     } else {
-      adapters.push_back(hydraopt::Adapter::open(path_string(item), load_options(skip_unmergeable)));
+      adapters.push_back(
+          hydraopt::Adapter::open(path_string(item), load_options(skip_unmergeable)));
     }
   }
   return hydraopt::AdapterSet(std::move(adapters));
@@ -93,7 +96,8 @@ struct TempDir {
   fs::path path;
   TempDir() {
     std::string tmpl = (fs::temp_directory_path() / "hydraopt-py-XXXXXX").string();
-    if (!mkdtemp(tmpl.data())) throw hydraopt::Error(tmpl, "", "cannot create a temporary directory");
+    if (!mkdtemp(tmpl.data()))
+      throw hydraopt::Error(tmpl, "", "cannot create a temporary directory");
     path = tmpl;
   }
   ~TempDir() {
@@ -138,9 +142,10 @@ py::dict module_factors(const PyBundle& b, const std::string& module) {
   for (const auto& h : f.heads) heads.append(to_numpy(h));
   for (const auto& c : f.cores) cores.append(to_numpy(c));
   for (const auto& r : f.bodies) bodies.append(to_numpy(r));
-  return py::dict("name"_a = bm.name, "in"_a = bm.in, "out"_a = bm.out, "structure"_a = bm.spec.label(),
-                  "heads"_a = heads, "cores"_a = cores, "bodies"_a = bodies, "head_of"_a = f.head_of,
-                  "core_of"_a = f.core_of, "body_of"_a = f.body_of, "scale"_a = f.scale,
+  return py::dict("name"_a = bm.name, "in"_a = bm.in, "out"_a = bm.out,
+                  "structure"_a = bm.spec.label(), "heads"_a = heads, "cores"_a = cores,
+                  "bodies"_a = bodies, "head_of"_a = f.head_of, "core_of"_a = f.core_of,
+                  "body_of"_a = f.body_of, "scale"_a = f.scale,
                   "diagonal_cores"_a = f.diagonal_cores);
 }
 
@@ -150,17 +155,20 @@ PYBIND11_MODULE(hydraopt, m) {
   m.doc() =
       "hydraopt: store many LoRA adapters of one LLM as shared + per-task factors.\n\n"
       "    import hydraopt\n"
-      "    b = hydraopt.merge(['assets/adapters/spell-de', 'assets/adapters/spell-fr'], budget=0.5)\n"
+      "    b = hydraopt.merge(['assets/adapters/spell-de', 'assets/adapters/spell-fr'], "
+      "budget=0.5)\n"
       "    b.report['mean_rel_error']; b.factors(b.modules[0])['bodies'][0]  # numpy\n"
       "    b.export('out/spell-de', task='spell-de')\n";
   m.attr("__version__") = HYDRAOPT_VERSION;
   py::register_exception<hydraopt::Error>(m, "Error", PyExc_ValueError);
 
-  py::class_<hydraopt::Adapter>(m, "Adapter", "A PEFT LoRA adapter directory (factors read on demand).")
+  py::class_<hydraopt::Adapter>(m, "Adapter",
+                                "A PEFT LoRA adapter directory (factors read on demand).")
       .def(py::init([](const py::object& spec, bool skip_unmergeable) {
              return hydraopt::Adapter::open(path_string(spec), load_options(skip_unmergeable));
            }),
-           "spec"_a, "skip_unmergeable"_a = false, "spec: a directory, or 'NAME=DIRECTORY' to name the task.")
+           "spec"_a, "skip_unmergeable"_a = false,
+           "spec: a directory, or 'NAME=DIRECTORY' to name the task.")
       .def_property_readonly("name", &hydraopt::Adapter::name)
       .def_property_readonly("dir", [](const hydraopt::Adapter& a) { return a.dir().string(); })
       .def_property_readonly("base_model", &hydraopt::Adapter::base_model)
@@ -168,7 +176,8 @@ PYBIND11_MODULE(hydraopt, m) {
       .def_property_readonly("alpha", &hydraopt::Adapter::alpha)
       .def_property_readonly("use_rslora", &hydraopt::Adapter::use_rslora)
       .def_property_readonly("fan_in_fan_out", &hydraopt::Adapter::fan_in_fan_out)
-      .def_property_readonly("dtype", [](const hydraopt::Adapter& a) { return std::string(dtype_name(a.dtype())); })
+      .def_property_readonly(
+          "dtype", [](const hydraopt::Adapter& a) { return std::string(dtype_name(a.dtype())); })
       .def_property_readonly("target_modules", &hydraopt::Adapter::target_modules)
       .def_property_readonly("params", &hydraopt::Adapter::params)
       .def_property_readonly(
@@ -176,8 +185,8 @@ PYBIND11_MODULE(hydraopt, m) {
           [](const hydraopt::Adapter& a) {
             py::list out;
             for (const auto& x : a.modules()) {
-              out.append(py::dict("name"_a = x.name, "in"_a = x.in, "out"_a = x.out, "rank"_a = x.rank,
-                                  "alpha"_a = x.alpha, "scale"_a = x.scale,
+              out.append(py::dict("name"_a = x.name, "in"_a = x.in, "out"_a = x.out,
+                                  "rank"_a = x.rank, "alpha"_a = x.alpha, "scale"_a = x.scale,
                                   "dtype"_a = std::string(dtype_name(x.dtype))));
             }
             return out;
@@ -189,18 +198,22 @@ PYBIND11_MODULE(hydraopt, m) {
             auto l = a.load(module);
             return py::dict("A"_a = to_numpy(l.A), "B"_a = to_numpy(l.B), "scale"_a = l.scale);
           },
-          "module"_a, "{'A': r x in, 'B': out x r (float64 copies), 'scale': s}; the update is s * B @ A.")
+          "module"_a,
+          "{'A': r x in, 'B': out x r (float64 copies), 'scale': s}; the update is s * B @ A.")
       .def("__repr__", [](const hydraopt::Adapter& a) {
         return "<hydraopt.Adapter '" + a.name() + "' r=" + std::to_string(a.rank()) + ", " +
                std::to_string(a.modules().size()) + " modules>";
       });
 
-  py::class_<PyBundle>(m, "Bundle",
-                       "A hydraopt bundle: shared and per-task factors of many adapters in one safetensors file.")
-      .def(py::init([](const py::object& path) { return open_bundle(path_string(path)); }), "path"_a)
-      .def_property_readonly("path", [](const PyBundle& b) { return b.path.string(); },
-                             "The bundle file (a temporary one, removed with this object, unless merge() "
-                             "was given output=).")
+  py::class_<PyBundle>(
+      m, "Bundle",
+      "A hydraopt bundle: shared and per-task factors of many adapters in one safetensors file.")
+      .def(py::init([](const py::object& path) { return open_bundle(path_string(path)); }),
+           "path"_a)
+      .def_property_readonly(
+          "path", [](const PyBundle& b) { return b.path.string(); },
+          "The bundle file (a temporary one, removed with this object, unless merge() "
+          "was given output=).")
       .def_property_readonly("tasks",
                              [](const PyBundle& b) {
                                std::vector<std::string> names;
@@ -215,30 +228,36 @@ PYBIND11_MODULE(hydraopt, m) {
                              })
       .def_property_readonly("method", [](const PyBundle& b) { return b.data.method; })
       .def_property_readonly("base_model", [](const PyBundle& b) { return b.data.base_model; })
-      .def_property_readonly("dtype", [](const PyBundle& b) { return std::string(dtype_name(b.data.dtype)); })
-      .def_property_readonly("params", [](const PyBundle& b) { return b.data.params_stored; },
-                             "Stored numbers (sum of the sizes of every stored tensor).")
-      .def_property_readonly("original_params", [](const PyBundle& b) { return b.data.original_params; })
+      .def_property_readonly(
+          "dtype", [](const PyBundle& b) { return std::string(dtype_name(b.data.dtype)); })
+      .def_property_readonly(
+          "params", [](const PyBundle& b) { return b.data.params_stored; },
+          "Stored numbers (sum of the sizes of every stored tensor).")
+      .def_property_readonly("original_params",
+                             [](const PyBundle& b) { return b.data.original_params; })
       .def_property_readonly(
           "report",
           [](const PyBundle& b) -> py::object {
             if (!b.report_json) return py::none();
             return json_loads(*b.report_json);
           },
-          "merge()'s report as a dict (as `hydraopt merge --report` writes it); None for a bundle read "
+          "merge()'s report as a dict (as `hydraopt merge --report` writes it); None for a bundle "
+          "read "
           "from a file.")
       .def_property_readonly(
           "plan",
           [](const PyBundle& b) {
             py::list out;
             for (const auto& x : b.data.modules) {
-              out.append(json_loads(hydraopt::io::plan_entry_json(x.name, x.in, x.out, x.spec, x.fit.params())));
+              out.append(json_loads(
+                  hydraopt::io::plan_entry_json(x.name, x.in, x.out, x.spec, x.fit.params())));
             }
             return out;
           },
           "Per module: name, in, out, structure, family, rank, groups, params.")
       .def("factors", &module_factors, "module"_a,
-           "One module's stored factors: heads (out x k), cores, bodies (k' x in) as float64 numpy copies, "
+           "One module's stored factors: heads (out x k), cores, bodies (k' x in) as float64 numpy "
+           "copies, "
            "and head_of / core_of / body_of / scale per task. Task i's update is scale[i] * "
            "heads[head_of[i]] @ C @ bodies[body_of[i]] with C = cores[core_of[i]] (a diagonal when "
            "diagonal_cores; the identity when core_of[i] < 0).")
@@ -250,7 +269,8 @@ PYBIND11_MODULE(hydraopt, m) {
             Eigen::MatrixXd dw = f.left(t) * f.right(t);
             return to_numpy(dw);
           },
-          "task"_a, "module"_a, "Task's reconstructed update on the module, dense out x in float64 (scaling included).")
+          "task"_a, "module"_a,
+          "Task's reconstructed update on the module, dense out x in float64 (scaling included).")
       .def(
           "export",
           [](const PyBundle& b, const py::object& dir, const std::optional<std::string>& task,
@@ -261,20 +281,21 @@ PYBIND11_MODULE(hydraopt, m) {
             hydraopt::export_bundle(b.path, task.value_or(""), out, dt);
           },
           "dir"_a, "task"_a = py::none(), "dtype"_a = py::none(),
-          "Writes one task (or every task, as dir/<task>/, when task is None) as PEFT adapter directories.")
+          "Writes one task (or every task, as dir/<task>/, when task is None) as PEFT adapter "
+          "directories.")
       .def("__repr__", [](const PyBundle& b) {
-        return "<hydraopt.Bundle " + b.data.method + ", " + std::to_string(b.data.tasks.size()) + " tasks, " +
-               std::to_string(b.data.modules.size()) + " modules, " + std::to_string(b.data.params_stored) +
-               " params>";
+        return "<hydraopt.Bundle " + b.data.method + ", " + std::to_string(b.data.tasks.size()) +
+               " tasks, " + std::to_string(b.data.modules.size()) + " modules, " +
+               std::to_string(b.data.params_stored) + " params>";
       });
 
   m.def(
       "merge",
       [](const py::iterable& adapters, std::optional<double> budget, const std::string& method,
          std::optional<int64_t> budget_bytes, const std::string& share, const std::string& weights,
-         const std::optional<std::string>& groups, const std::optional<std::string>& plan, int threads,
-         const std::optional<std::string>& dtype, const std::optional<py::dict>& params, const py::object& output,
-         bool skip_unmergeable) {
+         const std::optional<std::string>& groups, const std::optional<std::string>& plan,
+         int threads, const std::optional<std::string>& dtype,
+         const std::optional<py::dict>& params, const py::object& output, bool skip_unmergeable) {
         hydraopt::MergeOptions o;
         o.method = method;
         o.budget = budget;
@@ -305,9 +326,11 @@ PYBIND11_MODULE(hydraopt, m) {
         return b;
       },
       "adapters"_a, "budget"_a = py::none(), "method"_a = "hydraopt", "budget_bytes"_a = py::none(),
-      "share"_a = "auto", "weights"_a = "balanced", "groups"_a = py::none(), "plan"_a = py::none(), "threads"_a = 0,
-      "dtype"_a = py::none(), "params"_a = py::none(), "output"_a = py::none(), "skip_unmergeable"_a = false,
-      "Merges adapters (paths, 'NAME=DIR' strings or Adapter objects) into a Bundle, as `hydraopt merge`.\n"
+      "share"_a = "auto", "weights"_a = "balanced", "groups"_a = py::none(), "plan"_a = py::none(),
+      "threads"_a = 0, "dtype"_a = py::none(), "params"_a = py::none(), "output"_a = py::none(),
+      "skip_unmergeable"_a = false,
+      "Merges adapters (paths, 'NAME=DIR' strings or Adapter objects) into a Bundle, as `hydraopt "
+      "merge`.\n"
       "budget: fraction of the original LoRA parameter count; params: method parameters by name\n"
       "(see methods()); output: where to write the bundle (default: a temporary file owned by the\n"
       "returned Bundle). Raises hydraopt.Error on bad input.");
@@ -323,7 +346,8 @@ PYBIND11_MODULE(hydraopt, m) {
         }
         return json_loads(text);
       },
-      "adapters"_a, "skip_unmergeable"_a = false, "`hydraopt inspect --json` as a dict: tasks and modules.");
+      "adapters"_a, "skip_unmergeable"_a = false,
+      "`hydraopt inspect --json` as a dict: tasks and modules.");
 
   m.def(
       "export",
@@ -344,31 +368,36 @@ PYBIND11_MODULE(hydraopt, m) {
         for (const auto& x : hydraopt::methods()) {
           py::list params;
           for (const auto& p : x.params) {
-            params.append(py::dict("name"_a = p.name, "default"_a = p.default_value, "help"_a = p.help));
+            params.append(
+                py::dict("name"_a = p.name, "default"_a = p.default_value, "help"_a = p.help));
           }
           out.append(py::dict("name"_a = x.name, "single_adapter"_a = x.single_adapter,
-                              "uses_budget"_a = x.uses_budget, "summary"_a = x.summary, "reference"_a = x.reference,
-                              "params"_a = params));
+                              "uses_budget"_a = x.uses_budget, "summary"_a = x.summary,
+                              "reference"_a = x.reference, "params"_a = params));
         }
         return out;
       },
       "The method registry, as `hydraopt methods` lists it.");
 
-  py::class_<hydraopt::Model>(m, "Model", "The tiny LLaMA forward pass (config.json + model.safetensors).")
-      .def(py::init([](const py::object& dir) { return hydraopt::Model::open(path_string(dir)); }), "dir"_a)
-      .def_property_readonly("config",
-                             [](const hydraopt::Model& x) {
-                               const auto& c = x.config();
-                               return py::dict("hidden"_a = c.hidden, "intermediate"_a = c.intermediate,
-                                               "layers"_a = c.layers, "heads"_a = c.heads,
-                                               "kv_heads"_a = c.kv_heads, "head_dim"_a = c.head_dim,
-                                               "vocab"_a = c.vocab);
-                             })
+  py::class_<hydraopt::Model>(m, "Model",
+                              "The tiny LLaMA forward pass (config.json + model.safetensors).")
+      .def(py::init([](const py::object& dir) { return hydraopt::Model::open(path_string(dir)); }),
+           "dir"_a)
+      .def_property_readonly(
+          "config",
+          [](const hydraopt::Model& x) {
+            const auto& c = x.config();
+            return py::dict("hidden"_a = c.hidden, "intermediate"_a = c.intermediate,
+                            "layers"_a = c.layers, "heads"_a = c.heads, "kv_heads"_a = c.kv_heads,
+                            "head_dim"_a = c.head_dim, "vocab"_a = c.vocab);
+          })
       .def(
           "forward",
-          [](const hydraopt::Model& x, const std::vector<int>& tokens, const hydraopt::Adapter* adapter,
-             const PyBundle* bundle, const std::optional<std::string>& task) {
-            if (adapter && bundle) throw hydraopt::Error("forward takes an adapter or a bundle, not both");
+          [](const hydraopt::Model& x, const std::vector<int>& tokens,
+             const hydraopt::Adapter* adapter, const PyBundle* bundle,
+             const std::optional<std::string>& task) {
+            if (adapter && bundle)
+              throw hydraopt::Error("forward takes an adapter or a bundle, not both");
             if (bundle && !task) throw hydraopt::Error("forward with a bundle needs task=");
             Eigen::MatrixXf logits;
             {
@@ -381,7 +410,9 @@ PYBIND11_MODULE(hydraopt, m) {
             return to_numpy(logits);
           },
           "tokens"_a, "adapter"_a = py::none(), "bundle"_a = py::none(), "task"_a = py::none(),
-          "Logits (T x vocab, float32) for token ids, with an adapter's or a bundle task's updates applied "
+          "Logits (T x vocab, float32) for token ids, with an adapter's or a bundle task's updates "
+          "applied "
           "as low-rank terms (W x + L (R x)).")
-      .def("encode_prompt", &hydraopt::Model::encode_prompt, "prompt"_a, "bos + UTF-8 bytes + sep.");
+      .def("encode_prompt", &hydraopt::Model::encode_prompt, "prompt"_a,
+           "bos + UTF-8 bytes + sep.");
 }

@@ -20,7 +20,8 @@ int main(int argc, char** argv) {
     std::printf("modules %zu\n", set.modules().size());
     {
       const auto lora = set.task(0).load(set.modules()[0].name);
-      std::printf("factor %ld x %ld\n", static_cast<long>(lora.A.rows()), static_cast<long>(lora.A.cols()));
+      std::printf("factor %ld x %ld\n", static_cast<long>(lora.A.rows()),
+                  static_cast<long>(lora.A.cols()));
     }
     hydraopt::MergeOptions options;
     options.budget = 0.6;
