@@ -11,6 +11,8 @@ packages=(
   nlohmann-json3-dev libcli11-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev libssl-dev
   python3 python3-numpy
+  # the Python module and its tests (tests/python: pytest, the PEFT check with torch)
+  python3-dev pybind11-dev python3-pytest python3-torch
   # the task benchmark's data sources (read by lab/data/make_tasks.py and its test)
   wngerman wfrench wspanish witalian wportuguese wdutch wswedish wpolish
   hyphen-de hyphen-fr hyphen-es hyphen-it hyphen-pt-pt hyphen-nl hyphen-sv hyphen-pl
