@@ -25,9 +25,13 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
 start=$(date +%s)
-# The pinned versions only (package-lock.json); install scripts are not
-# needed: the prebuilt binaries come as ordinary packages.
-(cd "$here" && NODE_LLAMA_CPP_SKIP_DOWNLOAD=true npm ci --no-audit --no-fund --ignore-scripts --loglevel=error)
+# The versions pinned in package-lock.json. Not `npm ci`: npm 11 leaves the
+# other platforms' optional binary packages out of the lock and then
+# refuses it. --omit=optional skips node-llama-cpp's GPU builds (640 MB);
+# its Linux x64 CPU build is a direct dependency. No install scripts: the
+# binaries come as ordinary packages, nothing is built or downloaded later.
+(cd "$here" && NODE_LLAMA_CPP_SKIP_DOWNLOAD=true npm install --omit=optional --no-save --no-audit --no-fund \
+  --ignore-scripts --loglevel=error)
 installed=$(date +%s)
 
 "$hydraopt" export-model "$assets/model" -o "$work/model.gguf"
@@ -52,4 +56,4 @@ for t in "${hydra_tasks[@]}"; do cases+=("$t (hydra point)=$work/hydra.safetenso
 
 node "$here/compare.mjs" "$work/model.gguf" "$work/ref.json" "${HYDRAOPT_LLAMA_RESULT:-$work/result.json}"
 done_at=$(date +%s)
-echo "llama.cpp test: npm ci $((installed - start)) s, exports + comparison $((done_at - installed)) s"
+echo "llama.cpp test: npm install $((installed - start)) s, exports + comparison $((done_at - installed)) s"
