@@ -158,7 +158,7 @@ int main(int argc, char** argv) {
   auto* task_opt = exp->add_option("--task", task, "the task to export");
   auto* all_opt = exp->add_flag("--all", all, "export every task as DIR/<task>/");
   task_opt->excludes(all_opt);
-  exp->add_option("-o,--output", export_dir, "output directory")->required();
+  exp->add_option("-o,--output", export_dir, "output directory (with --format gguf and --task: the .gguf file)")->required();
   exp->add_option("--dtype", dtype, "dtype of the exported tensors (default: the bundle's)");
   // llama.cpp export (issue 6): --format gguf writes FILE.gguf (or DIR/<task>.gguf with --all).
   std::string export_format = "peft", base_model;
