@@ -343,3 +343,58 @@ TEST(Gguf, ModelExportOfTheShippedTinyLlama) {
 
 }  // namespace
 }  // namespace hydraopt
+
+namespace hydraopt {
+namespace {
+
+using test::cli;
+
+TEST(GgufCli, ExportsSynthBundleAndRejectsBadRequests) {
+  test::TempDir d;
+  const std::string dir = d.path().string();
+  ASSERT_EQ(test::run(cli() + " synth " + dir + "/a --preset tiny --tasks 2"), 0);
+  ASSERT_EQ(test::run(cli() + " merge " + dir + "/a/task00 " + dir + "/a/task01 --method hydra -o " + dir + "/b.safetensors"), 0);
+  // The synth tiny preset's shapes: hidden 64, k/v out 32 (2 of 4 heads of 16), 2 layers.
+  fs::create_directories(d / "base");
+  test::write_text(d / "base" / "config.json",
+                   R"({"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                       "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 260})");
+  const std::string base = " --base-model " + dir + "/base";
+  std::string out;
+  EXPECT_EQ(test::run(cli() + " export " + dir + "/b.safetensors --all --format gguf" + base + " -o " + dir + "/g", &out), 0)
+      << out;
+  EXPECT_TRUE(fs::exists(d / "g" / "task00.gguf"));
+  EXPECT_EQ(test::run(cli() + " export " + dir + "/b.safetensors --task task01 --format gguf" + base + " -o " + dir +
+                      "/sub/t1.gguf", &out), 0) << out;
+  EXPECT_EQ(test::read_text(d / "sub" / "t1.gguf"), test::read_text(d / "g" / "task01.gguf"));
+
+  struct Bad {
+    std::string args, message;
+  };
+  const std::vector<Bad> bad = {
+      {"--task task00 --format onnx" + base, "--format must be peft or gguf"},
+      {"--task task00 --format gguf", "needs --base-model"},
+      {"--task nope --format gguf" + base, "no task 'nope'"},
+      {"--task task00 --format gguf --base-model " + dir + "/missing", "cannot open"},
+  };
+  for (const auto& b : bad) {
+    EXPECT_EQ(test::run(cli() + " export " + dir + "/b.safetensors " + b.args + " -o " + dir + "/x.gguf", &out), 1)
+        << b.args;
+    EXPECT_NE(out.find(b.message), std::string::npos) << b.args << ": " << out;
+    EXPECT_FALSE(fs::exists(d / "x.gguf")) << b.args;
+  }
+  // A base whose head layout does not fit the adapters: an error naming the module.
+  test::write_text(d / "base" / "config.json",
+                   R"({"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                       "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 260})");
+  EXPECT_EQ(test::run(cli() + " export " + dir + "/b.safetensors --task task00 --format gguf" + base + " -o " + dir +
+                      "/x.gguf", &out), 1);
+  EXPECT_NE(out.find("k_proj': shape 32 x 64 differs"), std::string::npos) << out;
+  EXPECT_FALSE(fs::exists(d / "x.gguf"));
+  EXPECT_EQ(test::run(cli() + " export-model " + dir + "/base -o " + dir + "/m.gguf", &out), 1);  // no weights
+  EXPECT_NE(out.find("model.safetensors"), std::string::npos) << out;
+  EXPECT_FALSE(fs::exists(d / "m.gguf"));
+}
+
+}  // namespace
+}  // namespace hydraopt

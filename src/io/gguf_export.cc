@@ -122,6 +122,7 @@ LlamaConfig llama_config_read(const fs::path& path) {
 void export_gguf_lora(const Bundle& b, size_t task, const LlamaConfig& base, const fs::path& file, DType dtype,
                       const std::string& label) {
   gguf_ggml_type(dtype);
+  if (b.fan_in_fan_out) throw Error(label, "", "fan_in_fan_out (Conv1D) adapters have no llama.cpp LLaMA form");
   const BundleTask& t = b.tasks.at(task);
   struct Pair {
     std::string name, proj;
@@ -289,6 +290,19 @@ namespace hydraopt {
 
 namespace fs = std::filesystem;
 
+namespace {
+
+// Like the directory exports, a file export creates its parent directories.
+void prepare_file_target(const fs::path& out) {
+  if (fs::is_directory(out)) throw Error(out.string(), "", "is a directory (give the .gguf file to write)");
+  std::error_code ec;
+  const fs::path parent = fs::absolute(out).parent_path();
+  fs::create_directories(parent, ec);
+  if (!fs::is_directory(parent)) throw Error(out.string(), "", "cannot create its directory");
+}
+
+}  // namespace
+
 void export_bundle_gguf(const fs::path& bundle, const std::string& task, const fs::path& base_model,
                         const fs::path& out, std::optional<DType> dtype) {
   io::Bundle b = io::bundle_read(bundle);
@@ -300,7 +314,7 @@ void export_bundle_gguf(const fs::path& bundle, const std::string& task, const f
   }
   for (size_t i = 0; i < b.tasks.size(); ++i) {
     if (b.tasks[i].name == task) {
-      if (fs::is_directory(out)) throw Error(out.string(), "", "is a directory (give the .gguf file to write)");
+      prepare_file_target(out);
       io::export_gguf_lora(b, i, base, out, dt, bundle.string());
       return;
     }
@@ -311,7 +325,8 @@ void export_bundle_gguf(const fs::path& bundle, const std::string& task, const f
 }
 
 void export_model_gguf(const fs::path& model_dir, const fs::path& out, std::optional<DType> dtype) {
-  if (fs::is_directory(out)) throw Error(out.string(), "", "is a directory (give the .gguf file to write)");
+  io::llama_config_read(model_dir);  // report input errors before creating directories
+  prepare_file_target(out);
   io::export_gguf_model(model_dir, out, dtype.value_or(DType::F32));
 }
 
