@@ -51,8 +51,8 @@ struct Parsed {
   // Skips a value of type t, returning its raw bytes.
   std::string value(uint32_t t, uint64_t* p) const {
     const uint64_t begin = *p;
-    static const std::map<uint32_t, int> size = {{0, 1}, {1, 1}, {2, 2}, {3, 2}, {4, 4}, {5, 4}, {6, 4},
-                                                 {7, 1}, {10, 8}, {11, 8}, {12, 8}};
+    static const std::map<uint32_t, int> size = {{0, 1}, {1, 1}, {2, 2},  {3, 2},  {4, 4}, {5, 4},
+                                                 {6, 4}, {7, 1}, {10, 8}, {11, 8}, {12, 8}};
     if (t == 8) {
       str(p);
     } else if (t == 9) {
@@ -151,7 +151,8 @@ TEST(Gguf, ContainerReadsBackWithAlignedTensors) {
   EXPECT_EQ(g.tensors["bf"].type, 30u);
   EXPECT_EQ(g.tensors["v"].ne, (std::vector<uint64_t>{7}));
   uint64_t expect = 0;
-  for (const auto& [name, bytes] : std::vector<std::pair<std::string, uint64_t>>{{"a", 60}, {"h", 30}, {"v", 28}, {"bf", 30}}) {
+  for (const auto& [name, bytes] :
+       std::vector<std::pair<std::string, uint64_t>>{{"a", 60}, {"h", 30}, {"v", 28}, {"bf", 30}}) {
     EXPECT_EQ(g.tensors[name].offset, expect) << name;
     EXPECT_EQ(g.tensors[name].offset % 32, 0u) << name;
     expect += (bytes + 31) / 32 * 32;
@@ -166,7 +167,8 @@ TEST(Gguf, RejectsWhatLlamaCppCannotRead) {
   auto t = io::gguf_tensor("a", a, DType::F32);
   EXPECT_THROW(io::gguf_serialize({}, {t, t}), Error);  // duplicate name
   EXPECT_THROW(io::gguf_serialize({io::gguf_kv_u32("k", 1), io::gguf_kv_u32("k", 2)}, {}), Error);
-  EXPECT_THROW(io::gguf_serialize({}, {io::gguf_tensor(std::string(64, 'x'), a, DType::F32)}), Error);
+  EXPECT_THROW(io::gguf_serialize({}, {io::gguf_tensor(std::string(64, 'x'), a, DType::F32)}),
+               Error);
   t.bytes.pop_back();
   EXPECT_THROW(io::gguf_serialize({}, {t}), Error);
   EXPECT_THROW(io::gguf_tensor("a", a, DType::F64), Error);
@@ -202,19 +204,23 @@ VectorXd rope_pairs(const VectorXd& q, int64_t heads, int64_t hd, double pos) {
 
 TEST(Gguf, RowOrderMakesPairRotaryEqualHalfRotary) {
   const int64_t heads = 4, kv_heads = 2, hd = 8, in = 6;
-  const MatrixXd wq = test::random_matrix(heads * hd, in, 3), wk = test::random_matrix(kv_heads * hd, in, 4);
+  const MatrixXd wq = test::random_matrix(heads * hd, in, 3),
+                 wk = test::random_matrix(kv_heads * hd, in, 4);
   const VectorXd x = test::random_matrix(in, 1, 5).col(0), y = test::random_matrix(in, 1, 6).col(0);
   const MatrixXd pq = io::permute_rows(wq, io::llama_rope_row_order(heads, hd));
   const MatrixXd pk = io::permute_rows(wk, io::llama_rope_row_order(kv_heads, hd));
-  const VectorXd q_hf = rope_halves(wq * x, heads, hd, 5), k_hf = rope_halves(wk * y, kv_heads, hd, 2);
-  const VectorXd q_ll = rope_pairs(pq * x, heads, hd, 5), k_ll = rope_pairs(pk * y, kv_heads, hd, 2);
+  const VectorXd q_hf = rope_halves(wq * x, heads, hd, 5),
+                 k_hf = rope_halves(wk * y, kv_heads, hd, 2);
+  const VectorXd q_ll = rope_pairs(pq * x, heads, hd, 5),
+                 k_ll = rope_pairs(pk * y, kv_heads, hd, 2);
   for (int64_t h = 0; h < heads; ++h) {  // every attention score is unchanged (grouped heads)
     const int64_t g = h / (heads / kv_heads);
     EXPECT_NEAR(q_hf.segment(h * hd, hd).dot(k_hf.segment(g * hd, hd)),
                 q_ll.segment(h * hd, hd).dot(k_ll.segment(g * hd, hd)), 1e-9);
   }
   // Without the reordering the scores differ: the test can tell.
-  const VectorXd q_bad = rope_pairs(wq * x, heads, hd, 5), k_bad = rope_pairs(wk * y, kv_heads, hd, 2);
+  const VectorXd q_bad = rope_pairs(wq * x, heads, hd, 5),
+                 k_bad = rope_pairs(wk * y, kv_heads, hd, 2);
   EXPECT_GT(std::abs(q_hf.head(hd).dot(k_hf.head(hd)) - q_bad.head(hd).dot(k_bad.head(hd))), 1e-3);
 }
 
@@ -278,11 +284,15 @@ TEST(Gguf, LoraExportFoldsScaleAndReordersQueryRows) {
     const MatrixXd a = g.matrix(t + ".lora_a"), bb = g.matrix(t + ".lora_b");
     return MatrixXd(alpha / static_cast<double>(bb.cols()) * bb * a);
   };
-  auto dense = [&](size_t m) { return MatrixXd(b.modules[m].fit.left(1) * b.modules[m].fit.right(1)); };
+  auto dense = [&](size_t m) {
+    return MatrixXd(b.modules[m].fit.left(1) * b.modules[m].fit.right(1));
+  };
   const MatrixXd q_ref = io::permute_rows(dense(0), io::llama_rope_row_order(2, 8));
   EXPECT_LT((effective("blk.0.attn_q.weight") - q_ref).norm(), 1e-5 * q_ref.norm());
-  EXPECT_GT((effective("blk.0.attn_q.weight") - dense(0)).norm(), 0.1 * q_ref.norm());  // rows did move
-  EXPECT_LT((effective("blk.0.attn_v.weight") - dense(1)).norm(), 1e-5 * dense(1).norm());  // rank 4 != alpha
+  EXPECT_GT((effective("blk.0.attn_q.weight") - dense(0)).norm(),
+            0.1 * q_ref.norm());  // rows did move
+  EXPECT_LT((effective("blk.0.attn_v.weight") - dense(1)).norm(),
+            1e-5 * dense(1).norm());  // rank 4 != alpha
   EXPECT_LT((effective("blk.1.ffn_down.weight") - dense(2)).norm(), 1e-5 * dense(2).norm());
 }
 
@@ -305,7 +315,8 @@ TEST(Gguf, LoraExportRejectsBadInputAndLeavesNothing) {
   b = tiny_bundle();
   io::export_gguf_lora_all(b, tiny_config(), dir / "all", DType::F16);
   EXPECT_TRUE(fs::exists(dir / "all" / "task-a.gguf"));
-  EXPECT_EQ(Parsed::read(dir / "all" / "task-b.gguf").tensors.at("blk.0.attn_v.weight.lora_b").type, 1u);
+  EXPECT_EQ(Parsed::read(dir / "all" / "task-b.gguf").tensors.at("blk.0.attn_v.weight.lora_b").type,
+            1u);
 }
 
 TEST(Gguf, ModelExportOfTheShippedTinyLlama) {
@@ -353,19 +364,28 @@ TEST(GgufCli, ExportsSynthBundleAndRejectsBadRequests) {
   test::TempDir d;
   const std::string dir = d.path().string();
   ASSERT_EQ(test::run(cli() + " synth " + dir + "/a --preset tiny --tasks 2"), 0);
-  ASSERT_EQ(test::run(cli() + " merge " + dir + "/a/task00 " + dir + "/a/task01 --method hydra -o " + dir + "/b.safetensors"), 0);
+  ASSERT_EQ(test::run(cli() + " merge " + dir + "/a/task00 " + dir +
+                      "/a/task01 --method hydra -o " + dir + "/b.safetensors"),
+            0);
   // The synth tiny preset's shapes: hidden 64, k/v out 32 (2 of 4 heads of 16), 2 layers.
   fs::create_directories(d / "base");
-  test::write_text(d / "base" / "config.json",
-                   R"({"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+  test::write_text(
+      d / "base" / "config.json",
+      R"({"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
                        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 260})");
   const std::string base = " --base-model " + dir + "/base";
   std::string out;
-  EXPECT_EQ(test::run(cli() + " export " + dir + "/b.safetensors --all --format gguf" + base + " -o " + dir + "/g", &out), 0)
+  EXPECT_EQ(test::run(cli() + " export " + dir + "/b.safetensors --all --format gguf" + base +
+                          " -o " + dir + "/g",
+                      &out),
+            0)
       << out;
   EXPECT_TRUE(fs::exists(d / "g" / "task00.gguf"));
-  EXPECT_EQ(test::run(cli() + " export " + dir + "/b.safetensors --task task01 --format gguf" + base + " -o " + dir +
-                      "/sub/t1.gguf", &out), 0) << out;
+  EXPECT_EQ(test::run(cli() + " export " + dir + "/b.safetensors --task task01 --format gguf" +
+                          base + " -o " + dir + "/sub/t1.gguf",
+                      &out),
+            0)
+      << out;
   EXPECT_EQ(test::read_text(d / "sub" / "t1.gguf"), test::read_text(d / "g" / "task01.gguf"));
 
   struct Bad {
@@ -378,20 +398,27 @@ TEST(GgufCli, ExportsSynthBundleAndRejectsBadRequests) {
       {"--task task00 --format gguf --base-model " + dir + "/missing", "cannot open"},
   };
   for (const auto& b : bad) {
-    EXPECT_EQ(test::run(cli() + " export " + dir + "/b.safetensors " + b.args + " -o " + dir + "/x.gguf", &out), 1)
+    EXPECT_EQ(
+        test::run(cli() + " export " + dir + "/b.safetensors " + b.args + " -o " + dir + "/x.gguf",
+                  &out),
+        1)
         << b.args;
     EXPECT_NE(out.find(b.message), std::string::npos) << b.args << ": " << out;
     EXPECT_FALSE(fs::exists(d / "x.gguf")) << b.args;
   }
   // A base whose head layout does not fit the adapters: an error naming the module.
-  test::write_text(d / "base" / "config.json",
-                   R"({"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+  test::write_text(
+      d / "base" / "config.json",
+      R"({"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
                        "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 260})");
-  EXPECT_EQ(test::run(cli() + " export " + dir + "/b.safetensors --task task00 --format gguf" + base + " -o " + dir +
-                      "/x.gguf", &out), 1);
+  EXPECT_EQ(test::run(cli() + " export " + dir + "/b.safetensors --task task00 --format gguf" +
+                          base + " -o " + dir + "/x.gguf",
+                      &out),
+            1);
   EXPECT_NE(out.find("k_proj': shape 32 x 64 differs"), std::string::npos) << out;
   EXPECT_FALSE(fs::exists(d / "x.gguf"));
-  EXPECT_EQ(test::run(cli() + " export-model " + dir + "/base -o " + dir + "/m.gguf", &out), 1);  // no weights
+  EXPECT_EQ(test::run(cli() + " export-model " + dir + "/base -o " + dir + "/m.gguf", &out),
+            1);  // no weights
   EXPECT_NE(out.find("model.safetensors"), std::string::npos) << out;
   EXPECT_FALSE(fs::exists(d / "m.gguf"));
 }

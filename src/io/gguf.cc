@@ -2,6 +2,7 @@
 
 #include <cstring>
 #include <set>
+#include <type_traits>
 
 #include "hydraopt/error.h"
 #include "io/atomic_file.h"
@@ -24,7 +25,9 @@ void put_string(std::string* out, const std::string& s) {
   out->append(s);
 }
 
-GgufKV kv(std::string key, GgufType type, std::string value) { return {std::move(key), type, std::move(value)}; }
+GgufKV kv(std::string key, GgufType type, std::string value) {
+  return {std::move(key), type, std::move(value)};
+}
 
 template <typename T>
 GgufKV kv_array(std::string key, GgufType elem, const std::vector<T>& v) {
@@ -79,12 +82,17 @@ GgufKV gguf_kv_i32s(std::string key, const std::vector<int32_t>& v) {
 
 uint32_t gguf_ggml_type(DType dtype) {
   switch (dtype) {
-    case DType::F32: return 0;
-    case DType::F16: return 1;
-    case DType::BF16: return 30;
-    case DType::F64: break;
+    case DType::F32:
+      return 0;
+    case DType::F16:
+      return 1;
+    case DType::BF16:
+      return 30;
+    case DType::F64:
+      break;
   }
-  throw Error("GGUF tensors are written as F32, F16 or BF16, not " + std::string(dtype_name(dtype)));
+  throw Error("GGUF tensors are written as F32, F16 or BF16, not " +
+              std::string(dtype_name(dtype)));
 }
 
 GgufTensor gguf_tensor(std::string name, const Eigen::MatrixXd& m, DType dtype) {
@@ -99,7 +107,8 @@ GgufTensor gguf_tensor(std::string name, const Eigen::VectorXd& v, DType dtype) 
   return {std::move(name), {v.size()}, dtype, std::move(t.bytes)};
 }
 
-std::vector<std::byte> gguf_serialize(const std::vector<GgufKV>& kvs, const std::vector<GgufTensor>& tensors,
+std::vector<std::byte> gguf_serialize(const std::vector<GgufKV>& kvs,
+                                      const std::vector<GgufTensor>& tensors,
                                       const std::string& label) {
   std::string head = "GGUF";
   put<uint32_t>(&head, kGgufVersion);
@@ -127,10 +136,12 @@ std::vector<std::byte> gguf_serialize(const std::vector<GgufKV>& kvs, const std:
   uint64_t offset = 0;
   for (const auto& t : tensors) {
     if (t.name.empty() || t.name.size() > kGgufMaxName) {
-      throw Error(label, t.name, "tensor name must be 1 to " + std::to_string(kGgufMaxName) + " bytes");
+      throw Error(label, t.name,
+                  "tensor name must be 1 to " + std::to_string(kGgufMaxName) + " bytes");
     }
     if (!names.insert(t.name).second) throw Error(label, t.name, "duplicate tensor name");
-    if (t.ne.empty() || t.ne.size() > 4) throw Error(label, t.name, "a GGUF tensor has 1 to 4 dimensions");
+    if (t.ne.empty() || t.ne.size() > 4)
+      throw Error(label, t.name, "a GGUF tensor has 1 to 4 dimensions");
     uint64_t numel = 1;
     for (int64_t d : t.ne) {
       if (d <= 0 || numel > (uint64_t{1} << 48) / static_cast<uint64_t>(d)) {
@@ -186,7 +197,8 @@ std::vector<int64_t> llama_rope_row_order(int64_t heads, int64_t head_dim) {
 }
 
 Eigen::MatrixXd permute_rows(const Eigen::MatrixXd& m, const std::vector<int64_t>& order) {
-  if (static_cast<int64_t>(order.size()) != m.rows()) throw std::logic_error("row order size differs from rows");
+  if (static_cast<int64_t>(order.size()) != m.rows())
+    throw std::logic_error("row order size differs from rows");
   Eigen::MatrixXd out(m.rows(), m.cols());
   for (Eigen::Index r = 0; r < m.rows(); ++r) out.row(r) = m.row(order[static_cast<size_t>(r)]);
   return out;

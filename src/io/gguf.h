@@ -51,8 +51,19 @@ inline constexpr uint32_t kGgufAlignment = 32;
 inline constexpr size_t kGgufMaxName = 63;  ///< bytes; llama.cpp's limit is 64 with the NUL
 
 enum class GgufType : uint32_t {
-  U8 = 0, I8 = 1, U16 = 2, I16 = 3, U32 = 4, I32 = 5, F32 = 6, BOOL = 7,
-  STRING = 8, ARRAY = 9, U64 = 10, I64 = 11, F64 = 12,
+  U8 = 0,
+  I8 = 1,
+  U16 = 2,
+  I16 = 3,
+  U32 = 4,
+  I32 = 5,
+  F32 = 6,
+  BOOL = 7,
+  STRING = 8,
+  ARRAY = 9,
+  U64 = 10,
+  I64 = 11,
+  F64 = 12,
 };
 
 /// One metadata entry, its value already encoded (type tag excluded).
@@ -91,7 +102,8 @@ GgufTensor gguf_tensor(std::string name, const Eigen::VectorXd& v, DType dtype);
 /// tensor) on a duplicate key or name, a name longer than kGgufMaxName,
 /// more than 4 or non-positive dimensions, or bytes that do not match
 /// ne x the element size.
-std::vector<std::byte> gguf_serialize(const std::vector<GgufKV>& kvs, const std::vector<GgufTensor>& tensors,
+std::vector<std::byte> gguf_serialize(const std::vector<GgufKV>& kvs,
+                                      const std::vector<GgufTensor>& tensors,
                                       const std::string& label = "gguf");
 
 /// Writes the file atomically (temporary file beside it, fsync, rename).

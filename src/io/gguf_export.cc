@@ -6,6 +6,7 @@
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <regex>
 #include <set>
 
@@ -25,14 +26,15 @@ namespace {
 // A Hugging Face LLaMA module name split into layer and llama.cpp tensor.
 struct LlamaModule {
   int64_t layer = -1;
-  std::string gguf;   // "attn_q", ...
-  std::string proj;   // "q_proj", ...
+  std::string gguf;  // "attn_q", ...
+  std::string proj;  // "q_proj", ...
 };
 
 const std::map<std::string, std::string>& gguf_names() {
   static const std::map<std::string, std::string> names = {
-      {"self_attn.q_proj", "attn_q"},   {"self_attn.k_proj", "attn_k"}, {"self_attn.v_proj", "attn_v"},
-      {"self_attn.o_proj", "attn_output"}, {"mlp.gate_proj", "ffn_gate"}, {"mlp.up_proj", "ffn_up"},
+      {"self_attn.q_proj", "attn_q"}, {"self_attn.k_proj", "attn_k"},
+      {"self_attn.v_proj", "attn_v"}, {"self_attn.o_proj", "attn_output"},
+      {"mlp.gate_proj", "ffn_gate"},  {"mlp.up_proj", "ffn_up"},
       {"mlp.down_proj", "ffn_down"}};
   return names;
 }
@@ -74,9 +76,10 @@ LlamaConfig llama_config_read(const fs::path& path) {
     nlohmann::json j = nlohmann::json::parse(in);
     const std::string type = j.value("model_type", "");
     if (type != "llama" && type != "mistral") {
-      throw Error(file.string(), "", "model_type '" + type +
-                                         "' is not supported for GGUF export (llama.cpp's \"llama\" graph runs "
-                                         "model_type llama and mistral)");
+      throw Error(file.string(), "",
+                  "model_type '" + type +
+                      "' is not supported for GGUF export (llama.cpp's \"llama\" graph runs "
+                      "model_type llama and mistral)");
     }
     if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) {
       throw Error(file.string(), "", "rope_scaling is not supported for GGUF export");
@@ -92,8 +95,9 @@ LlamaConfig llama_config_read(const fs::path& path) {
     c.layers = j.at("num_hidden_layers");
     c.heads = j.at("num_attention_heads");
     c.kv_heads = j.value("num_key_value_heads", c.heads);
-    c.head_dim = j.contains("head_dim") && !j["head_dim"].is_null() ? j["head_dim"].get<int64_t>()
-                                                                     : (c.heads > 0 ? c.hidden / c.heads : 0);
+    c.head_dim = j.contains("head_dim") && !j["head_dim"].is_null()
+                     ? j["head_dim"].get<int64_t>()
+                     : (c.heads > 0 ? c.hidden / c.heads : 0);
     c.vocab = j.at("vocab_size");
     c.context = j.value("max_position_embeddings", int64_t{2048});
     c.rms_eps = j.value("rms_norm_eps", 1e-5);
@@ -110,7 +114,8 @@ LlamaConfig llama_config_read(const fs::path& path) {
     throw Error(file.string(), "", std::string("malformed config: ") + e.what());
   }
   const int64_t cap = int64_t{1} << 24;
-  for (int64_t v : {c.hidden, c.intermediate, c.layers, c.heads, c.kv_heads, c.head_dim, c.vocab, c.context}) {
+  for (int64_t v :
+       {c.hidden, c.intermediate, c.layers, c.heads, c.kv_heads, c.head_dim, c.vocab, c.context}) {
     if (v <= 0 || v > cap) throw Error(file.string(), "", "sizes must be positive and below 2^24");
   }
   if (c.heads % c.kv_heads != 0 || c.head_dim % 2 != 0) {
@@ -119,10 +124,11 @@ LlamaConfig llama_config_read(const fs::path& path) {
   return c;
 }
 
-void export_gguf_lora(const Bundle& b, size_t task, const LlamaConfig& base, const fs::path& file, DType dtype,
-                      const std::string& label) {
+void export_gguf_lora(const Bundle& b, size_t task, const LlamaConfig& base, const fs::path& file,
+                      DType dtype, const std::string& label) {
   gguf_ggml_type(dtype);
-  if (b.fan_in_fan_out) throw Error(label, "", "fan_in_fan_out (Conv1D) adapters have no llama.cpp LLaMA form");
+  if (b.fan_in_fan_out)
+    throw Error(label, "", "fan_in_fan_out (Conv1D) adapters have no llama.cpp LLaMA form");
   const BundleTask& t = b.tasks.at(task);
   struct Pair {
     std::string name, proj;
@@ -134,23 +140,32 @@ void export_gguf_lora(const Bundle& b, size_t task, const LlamaConfig& base, con
     const ModuleFit& f = m.fit;
     if (f.right(task).rows() == 0) continue;  // the task has no update here
     auto lm = llama_module(m.name);
-    if (!lm) throw Error(label, m.name, "module has no llama.cpp LLaMA tensor (q/k/v/o/gate/up/down_proj of model.layers.N)");
+    if (!lm)
+      throw Error(
+          label, m.name,
+          "module has no llama.cpp LLaMA tensor (q/k/v/o/gate/up/down_proj of model.layers.N)");
     if (lm->layer >= base.layers) {
-      throw Error(label, m.name, fmt::format("layer {} is beyond the base model's {} layers", lm->layer, base.layers));
+      throw Error(
+          label, m.name,
+          fmt::format("layer {} is beyond the base model's {} layers", lm->layer, base.layers));
     }
     auto [out, in] = module_shape(base, lm->proj);
     if (m.out != out || m.in != in) {
-      throw Error(label, m.name, fmt::format("shape {} x {} differs from the base model's {} x {}", m.out, m.in, out, in));
+      throw Error(
+          label, m.name,
+          fmt::format("shape {} x {} differs from the base model's {} x {}", m.out, m.in, out, in));
     }
-    Pair p{fmt::format("blk.{}.{}.weight", lm->layer, lm->gguf), lm->proj, f.left(task), f.right(task)};
+    Pair p{fmt::format("blk.{}.{}.weight", lm->layer, lm->gguf), lm->proj, f.left(task),
+           f.right(task)};
     ++rank_count[p.right.rows()];
     pairs.push_back(std::move(p));
   }
   if (pairs.empty()) throw Error(label, "", "task '" + t.name + "' has no modules in the bundle");
   // alpha = the most common rank: those modules' B carry exactly s H C.
-  const int64_t alpha = std::max_element(rank_count.begin(), rank_count.end(), [](auto& x, auto& y) {
-                          return x.second < y.second;
-                        })->first;
+  const int64_t alpha =
+      std::max_element(rank_count.begin(), rank_count.end(), [](auto& x, auto& y) {
+        return x.second < y.second;
+      })->first;
   std::vector<GgufTensor> tensors;
   for (auto& p : pairs) {
     const int64_t k = p.right.rows();
@@ -168,12 +183,13 @@ void export_gguf_lora(const Bundle& b, size_t task, const LlamaConfig& base, con
   gguf_write(file, kvs, tensors);
 }
 
-void export_gguf_lora_all(const Bundle& b, const LlamaConfig& base, const fs::path& dir, DType dtype,
-                          const std::string& label) {
+void export_gguf_lora_all(const Bundle& b, const LlamaConfig& base, const fs::path& dir,
+                          DType dtype, const std::string& label) {
   AtomicDir out(dir);
   for (auto& t : b.tasks) {
     check_task_name(t.name, label);
-    if (t.name.size() + 5 > 255) throw Error(label, "", "task name '" + t.name + "' is too long for a file name");
+    if (t.name.size() + 5 > 255)
+      throw Error(label, "", "task name '" + t.name + "' is too long for a file name");
   }
   for (size_t i = 0; i < b.tasks.size(); ++i) {
     export_gguf_lora(b, i, base, out.path() / (b.tasks[i].name + ".gguf"), dtype, label);
@@ -184,7 +200,8 @@ void export_gguf_lora_all(const Bundle& b, const LlamaConfig& base, const fs::pa
 void export_gguf_model(const fs::path& model_dir, const fs::path& file, DType dtype) {
   gguf_ggml_type(dtype);
   const LlamaConfig c = llama_config_read(model_dir);
-  const fs::path st_path = (fs::is_directory(model_dir) ? model_dir : model_dir.parent_path()) / "model.safetensors";
+  const fs::path st_path =
+      (fs::is_directory(model_dir) ? model_dir : model_dir.parent_path()) / "model.safetensors";
   auto st = SafetensorsFile::open(st_path);
   std::set<std::string> used;
   auto get = [&](const std::string& name, int64_t rows, int64_t cols) -> MatrixXd {
@@ -201,12 +218,14 @@ void export_gguf_model(const fs::path& model_dir, const fs::path& file, DType dt
     }
     MatrixXd m = st.matrix(t2);
     if (m.rows() != rows || m.cols() != (vec ? 1 : cols)) {
-      throw Error(st.path(), name, fmt::format("shape differs from config.json's ({} x {})", rows, vec ? 1 : cols));
+      throw Error(st.path(), name,
+                  fmt::format("shape differs from config.json's ({} x {})", rows, vec ? 1 : cols));
     }
     return m;
   };
   std::vector<GgufTensor> tensors;
-  auto matrix = [&](const std::string& gguf, const std::string& hf, const std::string& proj, int64_t rows, int64_t cols) {
+  auto matrix = [&](const std::string& gguf, const std::string& hf, const std::string& proj,
+                    int64_t rows, int64_t cols) {
     tensors.push_back(gguf_tensor(gguf, llama_rows(get(hf, rows, cols), c, proj), dtype));
   };
   auto norm = [&](const std::string& gguf, const std::string& hf) {
@@ -232,19 +251,25 @@ void export_gguf_model(const fs::path& model_dir, const fs::path& file, DType dt
   }
 
   // Byte-level vocabulary with our ids (see gguf_export.h).
-  if (c.vocab < 256) throw Error(st_path.string(), "", "a byte-level vocabulary needs at least 256 ids");
+  if (c.vocab < 256)
+    throw Error(st_path.string(), "", "a byte-level vocabulary needs at least 256 ids");
   std::vector<std::string> tokens(static_cast<size_t>(c.vocab));
   std::vector<int32_t> types(tokens.size(), 5);
   for (int b = 0; b < 256; ++b) {
     tokens[static_cast<size_t>(b)] = fmt::format("<0x{:02X}>", b);
     types[static_cast<size_t>(b)] = 6;
   }
-  for (int64_t i = 256; i < c.vocab; ++i) tokens[static_cast<size_t>(i)] = fmt::format("<unused_{}>", i);
+  for (int64_t i = 256; i < c.vocab; ++i)
+    tokens[static_cast<size_t>(i)] = fmt::format("<unused_{}>", i);
   std::set<int64_t> specials;
-  for (auto [id, text] : {std::pair{c.bos, "<s>"}, {c.eos, "</s>"}, {c.pad, "<pad>"}, {c.sep, "<sep>"}}) {
+  for (auto [id, text] :
+       {std::pair{c.bos, "<s>"}, {c.eos, "</s>"}, {c.pad, "<pad>"}, {c.sep, "<sep>"}}) {
     if (id < 256 || id >= c.vocab || !specials.insert(id).second) {
-      throw Error(st_path.string(), "",
-                  fmt::format("special token id {} ({}) must be distinct, at least 256 and below vocab_size", id, text));
+      throw Error(
+          st_path.string(), "",
+          fmt::format(
+              "special token id {} ({}) must be distinct, at least 256 and below vocab_size", id,
+              text));
     }
     tokens[static_cast<size_t>(id)] = text;
     types[static_cast<size_t>(id)] = 3;
@@ -294,7 +319,8 @@ namespace {
 
 // Like the directory exports, a file export creates its parent directories.
 void prepare_file_target(const fs::path& out) {
-  if (fs::is_directory(out)) throw Error(out.string(), "", "is a directory (give the .gguf file to write)");
+  if (fs::is_directory(out))
+    throw Error(out.string(), "", "is a directory (give the .gguf file to write)");
   std::error_code ec;
   const fs::path parent = fs::absolute(out).parent_path();
   fs::create_directories(parent, ec);

@@ -66,7 +66,8 @@ namespace hydraopt::io {
 struct LlamaConfig {
   std::string architecture;  ///< GGUF architecture ("llama")
   std::string name;
-  int64_t hidden = 0, intermediate = 0, layers = 0, heads = 0, kv_heads = 0, head_dim = 0, vocab = 0;
+  int64_t hidden = 0, intermediate = 0, layers = 0, heads = 0, kv_heads = 0, head_dim = 0,
+          vocab = 0;
   int64_t context = 0;
   double rms_eps = 1e-5, rope_theta = 10000;
   bool tied_embeddings = false;
@@ -79,14 +80,17 @@ struct LlamaConfig {
 LlamaConfig llama_config_read(const std::filesystem::path& path);
 
 /// Task `task` of `b` as a llama.cpp LoRA adapter file.
-void export_gguf_lora(const Bundle& b, size_t task, const LlamaConfig& base, const std::filesystem::path& file,
-                      DType dtype, const std::string& label = "bundle");
+void export_gguf_lora(const Bundle& b, size_t task, const LlamaConfig& base,
+                      const std::filesystem::path& file, DType dtype,
+                      const std::string& label = "bundle");
 
 /// Every task as `dir`/<task>.gguf; the directory appears complete or not at all.
-void export_gguf_lora_all(const Bundle& b, const LlamaConfig& base, const std::filesystem::path& dir, DType dtype,
+void export_gguf_lora_all(const Bundle& b, const LlamaConfig& base,
+                          const std::filesystem::path& dir, DType dtype,
                           const std::string& label = "bundle");
 
 /// The base model directory as a GGUF model file.
-void export_gguf_model(const std::filesystem::path& model_dir, const std::filesystem::path& file, DType dtype);
+void export_gguf_model(const std::filesystem::path& model_dir, const std::filesystem::path& file,
+                       DType dtype);
 
 }  // namespace hydraopt::io

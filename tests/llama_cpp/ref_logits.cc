@@ -23,7 +23,8 @@
 
 int main(int argc, char** argv) {
   if (argc < 6) {
-    std::cerr << "usage: hydraopt_ref_logits MODEL_DIR TASKS_DIR N OUT.json LABEL=BUNDLE:TASK:GGUF...\n";
+    std::cerr
+        << "usage: hydraopt_ref_logits MODEL_DIR TASKS_DIR N OUT.json LABEL=BUNDLE:TASK:GGUF...\n";
     return 2;
   }
   try {
@@ -48,14 +49,19 @@ int main(int argc, char** argv) {
         const int first = static_cast<int>(tokens.size()) - 1;
         for (unsigned char c : answer) tokens.push_back(c);
         tokens.push_back(eos);
-        tokens.resize(std::min<size_t>(tokens.size(), static_cast<size_t>(model.config().max_positions)));
+        tokens.resize(
+            std::min<size_t>(tokens.size(), static_cast<size_t>(model.config().max_positions)));
         const Eigen::MatrixXf with = model.forward(tokens, &deltas), base = model.forward(tokens);
         nlohmann::json lw = nlohmann::json::array(), lb = nlohmann::json::array();
         for (Eigen::Index t = first; t < with.rows(); ++t) {
           lw.push_back(std::vector<float>(with.row(t).begin(), with.row(t).end()));
           lb.push_back(std::vector<float>(base.row(t).begin(), base.row(t).end()));
         }
-        ex.push_back({{"prompt", prompt}, {"tokens", tokens}, {"first", first}, {"logits", lw}, {"base_logits", lb}});
+        ex.push_back({{"prompt", prompt},
+                      {"tokens", tokens},
+                      {"first", first},
+                      {"logits", lw},
+                      {"base_logits", lb}});
       }
       cases.push_back({{"label", label}, {"task", task}, {"gguf", gguf}, {"examples", ex}});
     }
