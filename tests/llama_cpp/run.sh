@@ -21,6 +21,15 @@ ref_logits="$build/hydraopt_ref_logits"
 assets="$root/assets"
 examples="${HYDRAOPT_LLAMA_EXAMPLES:-8}"
 
+for tool in node npm; do
+  command -v "$tool" >/dev/null || { echo "tests/llama_cpp/run.sh: needs $tool (node >= 20)" >&2; exit 1; }
+done
+node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' ||
+  { echo "tests/llama_cpp/run.sh: node $(node --version) is older than 20 (node-llama-cpp 3.22.1 needs >= 20)" >&2; exit 1; }
+for f in "$hydraopt" "$ref_logits"; do
+  [ -x "$f" ] || { echo "tests/llama_cpp/run.sh: $f is missing (build with tests: scripts/setup.sh)" >&2; exit 1; }
+done
+
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
