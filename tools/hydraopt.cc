@@ -13,6 +13,7 @@
 #include "hydraopt/bundle.h"
 #include "hydraopt/dist.h"
 #include "hydraopt/error.h"
+#include "hydraopt/gguf.h"
 #include "hydraopt/inspect.h"
 #include "hydraopt/merge.h"
 #include "hydraopt/synth.h"
@@ -157,8 +158,19 @@ int main(int argc, char** argv) {
   auto* task_opt = exp->add_option("--task", task, "the task to export");
   auto* all_opt = exp->add_flag("--all", all, "export every task as DIR/<task>/");
   task_opt->excludes(all_opt);
-  exp->add_option("-o,--output", export_dir, "output directory")->required();
+  exp->add_option("-o,--output", export_dir, "output directory (with --format gguf and --task: the .gguf file)")->required();
   exp->add_option("--dtype", dtype, "dtype of the exported tensors (default: the bundle's)");
+  // llama.cpp export (issue 6): --format gguf writes FILE.gguf (or DIR/<task>.gguf with --all).
+  std::string export_format = "peft", base_model;
+  exp->add_option("--format", export_format, "peft (directories) or gguf (llama.cpp LoRA files)")
+      ->capture_default_str();
+  exp->add_option("--base-model", base_model, "gguf: the base model directory (its config.json)");
+
+  auto* export_model = app.add_subcommand("export-model", "write a LLaMA model directory as a llama.cpp GGUF model");
+  std::string model_dir, model_out;
+  export_model->add_option("model", model_dir, "model directory (config.json + model.safetensors)")->required();
+  export_model->add_option("-o,--output", model_out, "output .gguf file")->required();
+  export_model->add_option("--dtype", dtype, "dtype of the matrices f32|f16|bf16 (default f32; norms stay f32)");
 
   auto* methods_cmd = app.add_subcommand("methods", "list the merge methods and their parameters");
 
@@ -257,8 +269,22 @@ int main(int argc, char** argv) {
       std::cout << md << "\nwrote " << out_dir << "/sweep.json, sweep.md, sweep.svg\n";
     } else if (*exp) {
       if (task.empty() && !all) throw hydraopt::Error("export needs --task NAME or --all");
-      hydraopt::export_bundle(bundle_in, all ? "" : task, export_dir, parse_dtype(dtype));
+      if (export_format == "gguf") {
+        if (base_model.empty()) {
+          throw hydraopt::Error("export --format gguf needs --base-model DIR: the base model's config.json gives "
+                                "the architecture and head counts llama.cpp's tensors depend on");
+        }
+        hydraopt::export_bundle_gguf(bundle_in, all ? "" : task, base_model, export_dir, parse_dtype(dtype));
+      } else if (export_format == "peft") {
+        if (!base_model.empty()) throw hydraopt::Error("--base-model is only used with --format gguf");
+        hydraopt::export_bundle(bundle_in, all ? "" : task, export_dir, parse_dtype(dtype));
+      } else {
+        throw hydraopt::Error("--format must be peft or gguf, not '" + export_format + "'");
+      }
       std::cout << "wrote " << (all ? "every task" : task) << " to " << export_dir << "\n";
+    } else if (*export_model) {
+      hydraopt::export_model_gguf(model_dir, model_out, parse_dtype(dtype));
+      std::cout << "wrote " << model_out << "\n";
     } else if (*demo) {
       bench.assets = assets;
       prepare_output_dir(demo_out, "demo.json");

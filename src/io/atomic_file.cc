@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -107,6 +108,34 @@ void AtomicFile::commit() {
     fs::remove(temp_, ec);
     throw Error(target_.string(), "", std::string("cannot rename output: ") + std::strerror(err));
   }
+}
+
+AtomicDir::AtomicDir(const fs::path& target) : target_(fs::absolute(target)) {
+  if (fs::exists(target_) && !(fs::is_directory(target_) && fs::is_empty(target_))) {
+    throw Error(target_.string(), "", "already exists and is not an empty directory");
+  }
+  fs::path parent = target_.parent_path();
+  std::error_code ec;
+  fs::create_directories(parent, ec);
+  std::string leaf = ".";
+  leaf += target_.filename().string();
+  leaf += ".tmp.XXXXXX";
+  std::string templ = (parent / leaf).string();
+  if (!::mkdtemp(templ.data())) throw Error(target_.string(), "", "cannot create a temporary directory beside it");
+  temp_ = templ;
+}
+
+AtomicDir::~AtomicDir() {
+  std::error_code ec;
+  if (!done_) fs::remove_all(temp_, ec);
+}
+
+void AtomicDir::commit() {
+  fs::permissions(temp_, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                             fs::perms::others_read | fs::perms::others_exec);
+  if (fs::exists(target_)) fs::remove(target_);  // an empty directory (checked above)
+  fs::rename(temp_, target_);
+  done_ = true;
 }
 
 void write_file_atomic(const fs::path& path, std::string_view text) {

@@ -36,6 +36,26 @@ class AtomicFile {
   int fd_ = -1;
 };
 
+/// A directory that appears complete or not at all. The constructor checks
+/// that the target is absent or an empty directory and creates a temporary
+/// directory beside it (path()); commit() renames that onto the target. If
+/// commit() is never reached, the temporary directory is removed.
+class AtomicDir {
+ public:
+  explicit AtomicDir(const std::filesystem::path& target);
+  ~AtomicDir();
+  AtomicDir(const AtomicDir&) = delete;
+  AtomicDir& operator=(const AtomicDir&) = delete;
+
+  const std::filesystem::path& path() const { return temp_; }
+  const std::filesystem::path& target() const { return target_; }
+  void commit();
+
+ private:
+  std::filesystem::path target_, temp_;
+  bool done_ = false;
+};
+
 /// Writes `text` to `path` atomically.
 void write_file_atomic(const std::filesystem::path& path, std::string_view text);
 

@@ -427,53 +427,11 @@ void check_task_name(const std::string& name, const std::string& file) {
   if (bad) throw Error(file, "", "task name '" + name + "' cannot be used as a directory name");
 }
 
-namespace {
-
-// A fresh temporary directory beside `target`, removed unless released.
-struct TempDirBeside {
-  fs::path path;
-  bool keep = false;
-  explicit TempDirBeside(const fs::path& target) {
-    fs::path parent = target.parent_path();
-    std::error_code ec;
-    fs::create_directories(parent, ec);
-    std::string leaf = ".";
-    leaf += target.filename().string();
-    leaf += ".tmp.XXXXXX";
-    std::string templ = (parent / leaf).string();
-    if (!::mkdtemp(templ.data())) throw Error(target.string(), "", "cannot create a temporary directory beside it");
-    path = templ;
-  }
-  ~TempDirBeside() {
-    std::error_code ec;
-    if (!keep) fs::remove_all(path, ec);
-  }
-  // Renames the finished directory onto the target (which must be absent or empty).
-  void commit(const fs::path& target) {
-    fs::permissions(path, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
-                              fs::perms::others_read | fs::perms::others_exec);
-    if (fs::exists(target)) fs::remove(target);
-    fs::rename(path, target);
-    keep = true;
-  }
-};
-
-fs::path checked_target(const fs::path& dir) {
-  fs::path target = fs::absolute(dir);
-  if (fs::exists(target) && !(fs::is_directory(target) && fs::is_empty(target))) {
-    throw Error(target.string(), "", "already exists and is not an empty directory");
-  }
-  return target;
-}
-
-}  // namespace
-
 void export_peft_all(const Bundle& b, const fs::path& dir, DType dtype) {
-  fs::path target = checked_target(dir);
-  for (auto& t : b.tasks) check_task_name(t.name, target.string());
-  TempDirBeside tmp(target);
-  for (size_t i = 0; i < b.tasks.size(); ++i) export_peft(b, i, tmp.path / b.tasks[i].name, dtype);
-  tmp.commit(target);
+  AtomicDir out(dir);
+  for (auto& t : b.tasks) check_task_name(t.name, out.target().string());
+  for (size_t i = 0; i < b.tasks.size(); ++i) export_peft(b, i, out.path() / b.tasks[i].name, dtype);
+  out.commit();
 }
 
 void export_peft(const Bundle& b, size_t task, const fs::path& dir, DType dtype) {
@@ -527,11 +485,10 @@ void export_peft(const Bundle& b, size_t task, const fs::path& dir, DType dtype)
                          {"inference_mode", true}};
 
   // Build the directory beside its target, then rename: complete or absent.
-  fs::path target = checked_target(dir);
-  TempDirBeside tmp(target);
-  safetensors_write(tmp.path / "adapter_model.safetensors", std::move(tensors), {{"format", "pt"}});
-  write_file_atomic(tmp.path / "adapter_config.json", config.dump(2) + "\n");
-  tmp.commit(target);
+  AtomicDir out(dir);
+  safetensors_write(out.path() / "adapter_model.safetensors", std::move(tensors), {{"format", "pt"}});
+  write_file_atomic(out.path() / "adapter_config.json", config.dump(2) + "\n");
+  out.commit();
 }
 
 }  // namespace hydraopt::io

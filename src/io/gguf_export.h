@@ -1,0 +1,96 @@
+// What hydraopt writes into GGUF files for llama.cpp (container: gguf.h).
+//
+// LoRA adapter (one task of a bundle):
+//   general.architecture  string  the base model's ("llama": model_type
+//                                 llama or mistral in its config.json)
+//   general.type          string  "adapter"
+//   general.name          string  the task name
+//   adapter.type          string  "lora"
+//   adapter.lora.alpha    f32     see "scale" below
+//   general.alignment     u32     32
+//   tensors, per adapted module of layer N:
+//     blk.N.<t>.weight.lora_a   ne = {in, k}   A (k x in), row-major
+//     blk.N.<t>.weight.lora_b   ne = {k, out}  B (out x k), row-major
+//   with <t> = attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_up,
+//   ffn_down for q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj,
+//   down_proj (llama.cpp's tensor names for the base weights, which it
+//   matches by prefix). Any other module is an error naming it.
+//
+//   Scale: llama.cpp adds (user scale) * alpha / k * B (A x) per module,
+//   with one alpha per file and k = that module's rank (B's ne[0]). A
+//   bundle task has per-module ranks k_m and scales s_m, so we write
+//   alpha = the most common k_m and store B_m = s_m * (k_m / alpha) * H C:
+//   the effective update is exactly s_m H C A (up to the dtype rounding of
+//   B), whatever the ranks.
+//
+//   Row order: llama.cpp's LLaMA graph rotates adjacent pairs of each
+//   head's query/key features, Hugging Face checkpoints rotate the two
+//   halves (rotate_half), so llama.cpp's converter reorders the output
+//   rows of q_proj (per head, heads = num_attention_heads) and k_proj
+//   (heads = num_key_value_heads) of the base model. The LoRA update of
+//   those modules must get the same order: B's rows are reordered (A is
+//   untouched), with llama_rope_row_order().
+//
+// Base model (LLaMA, Hugging Face names):
+//   general.architecture "llama", general.name, general.file_type (0 all
+//   F32, 1 mostly F16, 32 mostly BF16), llama.context_length
+//   (max_position_embeddings), llama.embedding_length, llama.block_count,
+//   llama.feed_forward_length, llama.attention.head_count,
+//   llama.attention.head_count_kv, llama.attention.key_length and
+//   value_length (head_dim), llama.rope.dimension_count (head_dim),
+//   llama.rope.freq_base, llama.attention.layer_norm_rms_epsilon,
+//   llama.vocab_size.
+//   Tensors: token_embd, output (absent when embeddings are tied),
+//   output_norm, blk.N.{attn_norm, ffn_norm, attn_q, attn_k, attn_v,
+//   attn_output, ffn_gate, ffn_up, ffn_down}.weight; attn_q / attn_k rows
+//   reordered as above; norms always F32.
+//   Vocabulary: a SentencePiece-type ("llama") vocabulary whose ids are
+//   ours: ids 0-255 are the byte tokens "<0x00>".."<0xFF>" (type 6, byte),
+//   bos/eos/pad/sep from config.json are "<s>", "</s>", "<pad>", "<sep>"
+//   (type 3, control), other ids "<unused_N>" (type 5). With
+//   add_space_prefix false and add_bos_token true, llama.cpp's tokenizer
+//   turns text into bos + its UTF-8 bytes, exactly our encoding (no
+//   merges: every byte falls back to its byte token).
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+#include "hydraopt/dtype.h"
+#include "io/bundle.h"
+
+namespace hydraopt::io {
+
+/// What GGUF export needs from a base model's config.json.
+struct LlamaConfig {
+  std::string architecture;  ///< GGUF architecture ("llama")
+  std::string name;
+  int64_t hidden = 0, intermediate = 0, layers = 0, heads = 0, kv_heads = 0, head_dim = 0,
+          vocab = 0;
+  int64_t context = 0;
+  double rms_eps = 1e-5, rope_theta = 10000;
+  bool tied_embeddings = false;
+  int64_t bos = 256, eos = 257, pad = 258, sep = 259;
+};
+
+/// Reads `path` (a model directory or its config.json); throws naming the
+/// file for an architecture llama.cpp's "llama" graph does not run, or
+/// inconsistent sizes.
+LlamaConfig llama_config_read(const std::filesystem::path& path);
+
+/// Task `task` of `b` as a llama.cpp LoRA adapter file.
+void export_gguf_lora(const Bundle& b, size_t task, const LlamaConfig& base,
+                      const std::filesystem::path& file, DType dtype,
+                      const std::string& label = "bundle");
+
+/// Every task as `dir`/<task>.gguf; the directory appears complete or not at all.
+void export_gguf_lora_all(const Bundle& b, const LlamaConfig& base,
+                          const std::filesystem::path& dir, DType dtype,
+                          const std::string& label = "bundle");
+
+/// The base model directory as a GGUF model file.
+void export_gguf_model(const std::filesystem::path& model_dir, const std::filesystem::path& file,
+                       DType dtype);
+
+}  // namespace hydraopt::io
