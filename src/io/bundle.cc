@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 #include <mutex>
+#include <set>
 #include <nlohmann/json.hpp>
 
 #include "hydraopt/bundle.h"
@@ -286,9 +287,10 @@ void bundle_write(const fs::path& path, const Bundle& b) {
   w.finish(b);
 }
 
-Bundle bundle_read(const fs::path& path) {
-  const std::string file = path.string();
-  SafetensorsFile st = SafetensorsFile::open(path);
+Bundle bundle_read(const fs::path& path) { return bundle_parse(SafetensorsFile::open(path)); }
+
+Bundle bundle_parse(const SafetensorsFile& st) {
+  const std::string& file = st.path();
   auto it = st.metadata().find("hydraopt");
   if (it == st.metadata().end()) throw Error(file, "", "not a hydraopt bundle (no __metadata__[\"hydraopt\"])");
   ordered_json j;
@@ -299,6 +301,7 @@ Bundle bundle_read(const fs::path& path) {
   }
   Bundle b;
   std::map<std::string, bool> used;
+  std::set<std::string> names;
   for (auto& t : st.tensors()) used[t.name] = false;
   try {
     if (j.at("format") != kFormat) throw Error(file, "", "not a hydraopt bundle (format tag)");
@@ -325,6 +328,8 @@ Bundle bundle_read(const fs::path& path) {
       bt.alpha = t.at("alpha").get<double>();
       bt.use_rslora = t.at("use_rslora").get<bool>();
       bt.target_modules = t.at("target_modules").get<std::vector<std::string>>();
+      check_task_name(bt.name, file);  // export uses it as a directory name
+      if (!names.insert(bt.name).second) throw Error(file, "", "task name '" + bt.name + "' appears twice");
       b.tasks.push_back(std::move(bt));
     }
     const size_t n = b.tasks.size();

@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "methods/fit.h"
+#include "io/safetensors.h"
 #include "methods/structures.h"
 
 namespace hydraopt::io {
@@ -111,6 +112,9 @@ class BundleWriter {
 
 void bundle_write(const std::filesystem::path& path, const Bundle& b);
 Bundle bundle_read(const std::filesystem::path& path);
+/// The bundle in a validated safetensors file (bundle_read's checks; used by
+/// the fuzzers on files held in memory).
+Bundle bundle_parse(const SafetensorsFile& st);
 
 /// Writes task `task` of `b` as a PEFT adapter directory at `dir` (created
 /// complete or not at all). The scale is kept exact through alpha:
