@@ -83,7 +83,9 @@ PeftConfig parse_peft_config(std::string_view text, const std::string& file) {
     return v.get<double>();
   };
   if (auto* v = field("peft_type"); v && (!v->is_string() || v->get<std::string>() != "LORA")) {
-    throw Error(file, "", "peft_type is " + v->dump() + ", only LORA adapters can be merged");
+    // Not v->dump(): it recurses, and a deeply nested value overflows the stack.
+    const std::string what = v->is_string() ? "'" + v->get<std::string>() + "'" : std::string("a ") + v->type_name();
+    throw Error(file, "", "peft_type is " + what + ", only LORA adapters can be merged");
   }
   if (auto* v = field("use_dora"); v && v->is_boolean() && v->get<bool>()) {
     throw Error(file, "", "use_dora is true: DoRA adapters cannot be merged as LoRA updates");
