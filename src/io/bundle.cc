@@ -15,6 +15,7 @@
 #include "hydraopt/error.h"
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
+#include "util/sha256.h"
 #include "util/wire.h"
 
 namespace hydraopt::io {
@@ -125,6 +126,7 @@ struct BundleWriter::Impl {
   void store(size_t m, Module rec, const std::byte* data) {
     if (m >= modules.size()) throw std::logic_error("bundle module index out of range");
     rec.written = true;
+    rec.entry["sha256"] = util::sha256_hex({data, rec.bytes});  // `hydraopt verify` checks it
     {
       std::lock_guard<std::mutex> lock(mu);
       if (modules[m].written) throw std::logic_error("bundle module written twice");
@@ -348,6 +350,7 @@ Bundle bundle_parse(const SafetensorsFile& st) {
       f.core_of = m.at("core_of").get<std::vector<int>>();
       f.body_of = m.at("body_of").get<std::vector<int>>();
       f.scale = m.at("scale").get<std::vector<double>>();
+      if (auto h = m.find("sha256"); h != m.end()) bm.sha256 = h->get<std::string>();
       if (f.head_of.size() != n || f.core_of.size() != n || f.body_of.size() != n || f.scale.size() != n) {
         throw Error(file, bm.name, "layout lists do not have one entry per task");
       }
