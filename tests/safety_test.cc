@@ -73,7 +73,7 @@ void rename_task(const fs::path& bundle, const std::string& name) {
 TEST(Safety, TaskNamesThatWouldLeaveTheOutputDirectoryAreRefused) {
   test::TempDir d;
   const fs::path bundle = make_bundle(d);
-  for (const std::string name : {"../escaped", "/tmp/abs", "..", ".", "a\nb", "x\\y", "", std::string(300, 'n')}) {
+  for (const std::string& name : std::vector<std::string>{"../escaped", "/tmp/abs", "..", ".", "a\nb", "x\\y", "", std::string(300, 'n')}) {
     rename_task(bundle, name);
     fs::create_directories(d / "out");
     const std::string e = error_of([&] { export_bundle(bundle, "", d / "out" / "all"); });

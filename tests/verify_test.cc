@@ -1,10 +1,12 @@
 // hydraopt verify: stored checksums, source checksums and recomputed errors.
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <nlohmann/json.hpp>
 
 #include "hydraopt/adapter.h"
 #include "hydraopt/bundle.h"
+#include "hydraopt/error.h"
 #include "hydraopt/merge.h"
 #include "hydraopt/synth.h"
 #include "io/safetensors.h"
