@@ -32,5 +32,18 @@ TEST(FuzzRegression, DeeplyNestedPeftTypeIsAnErrorNotAStackOverflow) {
   EXPECT_NE(e.find("adapter_config.json: peft_type is a array"), std::string::npos) << e.substr(0, 200);
 }
 
+// Found by bundle_fuzz (49 executions): metadata that is not valid UTF-8
+// made safetensors_header() throw nlohmann's type_error 316 instead of a
+// hydraopt::Error. The same bytes in a task name (a directory name, or
+// NAME=DIR) reached the bundle writer after the whole merge and ended as
+// "internal error"; such names are now refused when the adapter is opened.
+TEST(FuzzRegression, InvalidUtf8InNamesAndMetadataIsAnError) {
+  EXPECT_THROW(io::safetensors_header({}, {{"hydraopt", "{\"a\":\"\xff\"}"}}), Error);
+  EXPECT_THROW(io::safetensors_header({{"bad\xc3(", DType::F32, {1}, 0, 4}}, {}), Error);
+  EXPECT_NE(error_of([] { io::check_task_name("caf\xe9", "x"); }).find("cannot be used as a directory name"),
+            std::string::npos);
+  EXPECT_NO_THROW(io::check_task_name("caf\xc3\xa9", "x"));  // é in UTF-8 is fine
+}
+
 }  // namespace
 }  // namespace hydraopt

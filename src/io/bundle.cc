@@ -15,6 +15,7 @@
 #include "hydraopt/error.h"
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
+#include "io/utf8.h"
 #include "util/sha256.h"
 #include "util/wire.h"
 
@@ -414,8 +415,10 @@ Bundle bundle_parse(const SafetensorsFile& st) {
   return b;
 }
 
+// Also valid UTF-8: names are written into the bundle's JSON metadata, whose
+// serialiser throws on invalid bytes (after the whole merge has run).
 void check_task_name(const std::string& name, const std::string& file) {
-  bool bad = name.empty() || name == "." || name == ".." || name.size() > 255;
+  bool bad = name.empty() || name == "." || name == ".." || name.size() > 255 || !valid_utf8(name);
   for (unsigned char c : name) bad = bad || c < 0x20 || c == 0x7f || c == '/' || c == '\\';
   if (bad) throw Error(file, "", "task name '" + name + "' cannot be used as a directory name");
 }
