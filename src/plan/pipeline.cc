@@ -265,7 +265,7 @@ class Session {
     for (size_t i = 0; i < e.task_err2.size(); ++i) e.error += p.weights[i] * e.task_err2[i];
     if (store && writer_) {  // the module's result: store it now, keep nothing
       const auto& mod = set_.modules()[m];
-      writer_->write_module(m, {mod.name, mod.in, mod.out, cs.spec, std::move(stored)});
+      writer_->write_module(m, {mod.name, mod.in, mod.out, cs.spec, std::move(stored), {}});  // sha256: set by the writer
     }
     return e;
   }
@@ -728,7 +728,7 @@ MergeReport merge(const AdapterSet& set, const MergeOptions& options, const fs::
         ModuleFitter fitter(p, as_evaluated);
         fit = fitter.fit(run.specs[0][m]).rounded(s.dtype_);
       }
-      writer->write_module(m, {mod.name, mod.in, mod.out, run.specs[0][m], std::move(fit)});
+      writer->write_module(m, {mod.name, mod.in, mod.out, run.specs[0][m], std::move(fit), {}});  // sha256: set by the writer
     });
     // The other ranks' modules come to rank 0, one at a time.
     dist::stream_to_root(
