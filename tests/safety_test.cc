@@ -135,6 +135,25 @@ TEST(Safety, HugeTensorClaimsFailAtOnce) {
   EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 1.0);
 }
 
+// A --plan file is untrusted too: json's value<int>() on 1e300 was a
+// float-to-int conversion out of range (undefined behaviour).
+TEST(Safety, PlanFileNumbersAreRangeChecked) {
+  test::TempDir d;
+  SynthOptions o;
+  o.tasks = 2;
+  std::vector<std::string> specs;
+  for (auto& p : synth_write(d / "s", o)) specs.push_back(p.string());
+  auto set = AdapterSet::open(specs);
+  for (const char* entry : {R"("rank":1e300,"groups":1)", R"("rank":2,"groups":-1)", R"("rank":"2")"}) {
+    test::write_text(d / "plan.json", std::string(R"([{"name":")") + set.modules()[0].name +
+                                          R"(","family":"shared-A",)" + entry + "}]");
+    MergeOptions mo;
+    mo.plan_file = (d / "plan.json").string();
+    const std::string e = error_of([&] { merge(set, mo, ""); });
+    EXPECT_NE(e.find("must be an integer"), std::string::npos) << entry << ": " << e;
+  }
+}
+
 // RLIMIT_FSIZE makes writes past `bytes` fail with EFBIG (SIGXFSZ ignored),
 // like a full disk; restored at scope exit.
 class FileSizeLimit {

@@ -72,6 +72,18 @@ json read_json_file(const std::string& path, const char* what) {
   }
 }
 
+// A plan entry's "rank" / "groups": an integer in 0..hi, or `fallback` when
+// absent. (json's value<int>() would convert 1e300 with undefined
+// behaviour, and wrap large integers.)
+int64_t plan_int(const json& e, const char* key, int64_t fallback, int64_t hi, const std::string& file) {
+  auto it = e.find(key);
+  if (it == e.end()) return fallback;
+  const bool ok = it->is_number_unsigned() ? it->get<uint64_t>() <= static_cast<uint64_t>(hi)
+                                           : it->is_number_integer() && it->get<int64_t>() >= 0 && it->get<int64_t>() <= hi;
+  if (!ok) throw Error(file, "", std::string("plan entry ") + key + " must be an integer in 0.." + std::to_string(hi));
+  return it->is_number_unsigned() ? static_cast<int64_t>(it->get<uint64_t>()) : it->get<int64_t>();
+}
+
 // Runs body(m) for the modules `mods` (ascending: this rank's) on `threads`
 // threads, BLAS single-threaded; then, across ranks, rethrows the failure
 // of the lowest module index (dist::check). Also used for tasks.
@@ -484,7 +496,9 @@ std::vector<StructureSpec> specs_from_plan_file(const Session& s) {
     for (auto& e : *list) {
       auto fam = family_from_name(e.at("family").get<std::string>());
       if (!fam) throw Error(s.o_.plan_file, "", "unknown structure family " + e.at("family").dump());
-      by_name[e.at("name").get<std::string>()] = {*fam, e.value("rank", int64_t{0}), e.value("groups", 0)};
+      if (!e.is_object()) throw Error(s.o_.plan_file, "", "plan entries must be objects");
+      by_name[e.at("name").get<std::string>()] = {*fam, plan_int(e, "rank", 0, int64_t{1} << 40, s.o_.plan_file),
+                                                  static_cast<int>(plan_int(e, "groups", 0, 1 << 24, s.o_.plan_file))};
     }
   } catch (const json::exception& ex) {
     throw Error(s.o_.plan_file, "", std::string("malformed plan entry: ") + ex.what());
