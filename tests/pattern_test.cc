@@ -25,20 +25,56 @@ std::string error_of(const std::string& key) {
 }
 
 TEST(Pattern, AgreesWithStdRegexOnPeftShapedKeys) {
-  const std::vector<std::string> keys = {
-      "q_proj", "layers.1.self_attn.q_proj", "1.self_attn.q_proj", "model\\.layers\\.\\d+\\.mlp\\..*",
-      "(q|v)_proj", "[qv]_proj", "layers\\.[0-9]{1,2}\\.self_attn\\.q_proj", ".*", "a{2,3}", "x?q_proj",
-      "(?:q|k)_proj", "[^q]_proj", "\\w+_proj", "^model.layers.0.self_attn.q_proj", "proj$",
-      "layers.(1|11).self_attn.q_proj", "[a-c-]x", "", "q_pro+j", "(a|)+q_proj", "a{2,}", "[\\d.]+",
-      "\\x71_proj", "(a*)*", "[]", "[^]"};
-  const std::vector<std::string> names = {
-      "model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.q_proj", "model.layers.11.self_attn.q_proj",
-      "model.layers.0.self_attn.v_proj", "model.layers.3.mlp.down_proj", "aa", "aaa", "aaaa", "a", "q_proj",
-      "xq_proj", "k_proj", "bx", "-x", ".x", "model.layers.0.self_attn.q_prooooj", "a.q_proj", "", "1.2.3"};
+  const std::vector<std::string> keys = {"q_proj",
+                                         "layers.1.self_attn.q_proj",
+                                         "1.self_attn.q_proj",
+                                         "model\\.layers\\.\\d+\\.mlp\\..*",
+                                         "(q|v)_proj",
+                                         "[qv]_proj",
+                                         "layers\\.[0-9]{1,2}\\.self_attn\\.q_proj",
+                                         ".*",
+                                         "a{2,3}",
+                                         "x?q_proj",
+                                         "(?:q|k)_proj",
+                                         "[^q]_proj",
+                                         "\\w+_proj",
+                                         "^model.layers.0.self_attn.q_proj",
+                                         "proj$",
+                                         "layers.(1|11).self_attn.q_proj",
+                                         "[a-c-]x",
+                                         "",
+                                         "q_pro+j",
+                                         "(a|)+q_proj",
+                                         "a{2,}",
+                                         "[\\d.]+",
+                                         "\\x71_proj",
+                                         "(a*)*",
+                                         "[]",
+                                         "[^]"};
+  const std::vector<std::string> names = {"model.layers.0.self_attn.q_proj",
+                                          "model.layers.1.self_attn.q_proj",
+                                          "model.layers.11.self_attn.q_proj",
+                                          "model.layers.0.self_attn.v_proj",
+                                          "model.layers.3.mlp.down_proj",
+                                          "aa",
+                                          "aaa",
+                                          "aaaa",
+                                          "a",
+                                          "q_proj",
+                                          "xq_proj",
+                                          "k_proj",
+                                          "bx",
+                                          "-x",
+                                          ".x",
+                                          "model.layers.0.self_attn.q_prooooj",
+                                          "a.q_proj",
+                                          "",
+                                          "1.2.3"};
   for (const auto& k : keys) {
     SuffixRegex ours(k, "f");
     std::regex ref("(.*\\.)?(" + k + ")$", std::regex::ECMAScript);
-    for (const auto& n : names) EXPECT_EQ(ours.full_match(n), std::regex_match(n, ref)) << k << " on " << n;
+    for (const auto& n : names)
+      EXPECT_EQ(ours.full_match(n), std::regex_match(n, ref)) << k << " on " << n;
   }
 }
 
@@ -60,13 +96,15 @@ TEST(Pattern, HostileKeysRunInLinearTime) {
     return s;
   }();
   const auto start = std::chrono::steady_clock::now();
-  for (const char* key : {"(a|a)*b", "(a*)*b", "((a+)+)+b", "(.*)*x", "(a|aa)*c", "(.*\\.)*(.*\\.)*b",
-                          "(?:a?){100}a{100}b", "((((((a*)*)*)*)*)*)*b", "(a|a?)+b"}) {
+  for (const char* key :
+       {"(a|a)*b", "(a*)*b", "((a+)+)+b", "(.*)*x", "(a|aa)*c", "(.*\\.)*(.*\\.)*b",
+        "(?:a?){100}a{100}b", "((((((a*)*)*)*)*)*)*b", "(a|a?)+b"}) {
     SuffixRegex r(key, "f");
     EXPECT_FALSE(r.full_match(subject)) << key;
     EXPECT_FALSE(r.full_match(dotted)) << key;
   }
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   EXPECT_LT(seconds, 2.0);  // ~10 ms in Release, well under a second under ASan
 }
 
@@ -76,7 +114,8 @@ TEST(Pattern, HostileKeysAreRefusedWithClearErrors) {
   EXPECT_NE(error_of("((a{30}){30}){30}").find("too complex"), std::string::npos);
   EXPECT_NE(error_of("a{1001}").find("repeat count above 1000"), std::string::npos);
   EXPECT_NE(error_of("a{99999999999999999999}").find("repeat count"), std::string::npos);
-  EXPECT_NE(error_of(std::string(128, '(')).find("not a valid regular expression"), std::string::npos);
+  EXPECT_NE(error_of(std::string(128, '(')).find("not a valid regular expression"),
+            std::string::npos);
   EXPECT_NE(error_of("(a)\\1").find("backreference"), std::string::npos);
   EXPECT_NE(error_of("(?=q)q_proj").find("does not support"), std::string::npos);
   EXPECT_NE(error_of("\\bq").find("does not support"), std::string::npos);

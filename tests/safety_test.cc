@@ -73,7 +73,8 @@ void rename_task(const fs::path& bundle, const std::string& name) {
 TEST(Safety, TaskNamesThatWouldLeaveTheOutputDirectoryAreRefused) {
   test::TempDir d;
   const fs::path bundle = make_bundle(d);
-  for (const std::string& name : std::vector<std::string>{"../escaped", "/tmp/abs", "..", ".", "a\nb", "x\\y", "", std::string(300, 'n')}) {
+  for (const std::string& name : std::vector<std::string>{
+           "../escaped", "/tmp/abs", "..", ".", "a\nb", "x\\y", "", std::string(300, 'n')}) {
     rename_task(bundle, name);
     fs::create_directories(d / "out");
     const std::string e = error_of([&] { export_bundle(bundle, "", d / "out" / "all"); });
@@ -91,7 +92,8 @@ TEST(Safety, DuplicateTaskNamesInABundleAreRefused) {
   test::TempDir d;
   const fs::path bundle = make_bundle(d);
   rename_task(bundle, "task01");
-  EXPECT_NE(error_of([&] { io::bundle_read(bundle); }).find("'task01' appears twice"), std::string::npos);
+  EXPECT_NE(error_of([&] { io::bundle_read(bundle); }).find("'task01' appears twice"),
+            std::string::npos);
 }
 
 TEST(Safety, TaskNamesFromArgumentsAndDirectoriesAreChecked) {
@@ -101,7 +103,9 @@ TEST(Safety, TaskNamesFromArgumentsAndDirectoriesAreChecked) {
   synth_write(d / "s", o);
   const std::string dir = (d / "s" / "task00").string();
   for (const std::string name : {"../up", "a/b", "..", "tab\there"}) {
-    EXPECT_NE(error_of([&] { Adapter::open(name + "=" + dir); }).find("cannot be used as a directory name"),
+    EXPECT_NE(error_of([&] {
+                Adapter::open(name + "=" + dir);
+              }).find("cannot be used as a directory name"),
               std::string::npos)
         << name;
   }
@@ -122,15 +126,20 @@ TEST(Safety, HugeTensorClaimsFailAtOnce) {
     return f + h + std::string(16, '\0');
   };
   const auto start = std::chrono::steady_clock::now();
-  const std::string tib = file_with(R"({"dtype":"F32","shape":[262144,1048576],"data_offsets":[0,1099511627776]})");
-  std::string e = error_of([&] { io::SafetensorsFile::parse(std::as_bytes(std::span(tib)), "big.safetensors"); });
+  const std::string tib =
+      file_with(R"({"dtype":"F32","shape":[262144,1048576],"data_offsets":[0,1099511627776]})");
+  std::string e = error_of(
+      [&] { io::SafetensorsFile::parse(std::as_bytes(std::span(tib)), "big.safetensors"); });
   EXPECT_NE(e.find("truncated"), std::string::npos) << e;
-  const std::string wraps = file_with(R"({"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,16]})");
-  e = error_of([&] { io::SafetensorsFile::parse(std::as_bytes(std::span(wraps)), "wrap.safetensors"); });
+  const std::string wraps =
+      file_with(R"({"dtype":"F32","shape":[4294967296,4294967296,16],"data_offsets":[0,16]})");
+  e = error_of(
+      [&] { io::SafetensorsFile::parse(std::as_bytes(std::span(wraps)), "wrap.safetensors"); });
   EXPECT_NE(e.find("overflows"), std::string::npos) << e;
   EXPECT_NE(e.find("tensor 't'"), std::string::npos) << e;
   const std::string neg = file_with(R"({"dtype":"F32","shape":[-4,1],"data_offsets":[0,16]})");
-  e = error_of([&] { io::SafetensorsFile::parse(std::as_bytes(std::span(neg)), "neg.safetensors"); });
+  e = error_of(
+      [&] { io::SafetensorsFile::parse(std::as_bytes(std::span(neg)), "neg.safetensors"); });
   EXPECT_NE(e.find("non-negative"), std::string::npos) << e;
   EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 1.0);
 }
@@ -144,7 +153,8 @@ TEST(Safety, PlanFileNumbersAreRangeChecked) {
   std::vector<std::string> specs;
   for (auto& p : synth_write(d / "s", o)) specs.push_back(p.string());
   auto set = AdapterSet::open(specs);
-  for (const char* entry : {R"("rank":1e300,"groups":1)", R"("rank":2,"groups":-1)", R"("rank":"2")"}) {
+  for (const char* entry :
+       {R"("rank":1e300,"groups":1)", R"("rank":2,"groups":-1)", R"("rank":"2")"}) {
     test::write_text(d / "plan.json", std::string(R"([{"name":")") + set.modules()[0].name +
                                           R"(","family":"shared-A",)" + entry + "}]");
     MergeOptions mo;
@@ -296,20 +306,22 @@ TEST(Safety, CliMergeKilledMidWriteLeavesThePreviousBundle) {
   const fs::path bundle = d / "out" / "b.safetensors";
   test::write_text(bundle, "previous bundle");
   std::string out;
-  const int rc = test::run("bash -c 'ulimit -f 16; exec " + test::cli() + " merge " + (d / "s/task00").string() +
-                               " " + (d / "s/task01").string() + " " + (d / "s/task02").string() +
-                               " --budget 1 -o " + bundle.string() + "'",
-                           &out);
+  const int rc =
+      test::run("bash -c 'ulimit -f 16; exec " + test::cli() + " merge " +
+                    (d / "s/task00").string() + " " + (d / "s/task01").string() + " " +
+                    (d / "s/task02").string() + " --budget 1 -o " + bundle.string() + "'",
+                &out);
   EXPECT_NE(rc, 0) << out;
   EXPECT_EQ(test::read_text(bundle), "previous bundle");
   if (supports_unnamed_files(d / "out")) {
     EXPECT_EQ(listing(d / "out"), std::vector<std::string>{"b.safetensors"});
   }
   // With SIGXFSZ ignored the write fails instead: a one-line error, exit 1.
-  const int rc2 = test::run("bash -c \"trap '' XFSZ; ulimit -f 16; exec " + test::cli() + " merge " +
-                                (d / "s/task00").string() + " " + (d / "s/task01").string() + " " +
-                                (d / "s/task02").string() + " --budget 1 -o " + bundle.string() + "\"",
-                            &out);
+  const int rc2 =
+      test::run("bash -c \"trap '' XFSZ; ulimit -f 16; exec " + test::cli() + " merge " +
+                    (d / "s/task00").string() + " " + (d / "s/task01").string() + " " +
+                    (d / "s/task02").string() + " --budget 1 -o " + bundle.string() + "\"",
+                &out);
   EXPECT_EQ(rc2, 1) << out;
   EXPECT_NE(out.find("hydraopt: error: "), std::string::npos) << out;
   EXPECT_NE(out.find("File too large"), std::string::npos) << out;

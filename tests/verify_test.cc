@@ -48,7 +48,8 @@ TEST(Verify, AFreshBundleVerifiesAndItsErrorsAreRecomputed) {
     ASSERT_EQ(v.tasks.size(), f.report.tasks.size());
     for (size_t i = 0; i < v.tasks.size(); ++i) {
       EXPECT_EQ(v.tasks[i].name, f.report.tasks[i].name);
-      EXPECT_NEAR(v.tasks[i].rel_error, f.report.tasks[i].rel_error, 1e-9 * (1 + f.report.tasks[i].rel_error))
+      EXPECT_NEAR(v.tasks[i].rel_error, f.report.tasks[i].rel_error,
+                  1e-9 * (1 + f.report.tasks[i].rel_error))
           << method;
     }
     EXPECT_NEAR(v.mean_rel_error, f.report.mean_rel_error, 1e-9) << method;
@@ -68,7 +69,8 @@ TEST(Verify, AFlippedBitInStoredTensorsIsFound) {
   auto v = verify_bundle(f.bundle, {});
   ASSERT_EQ(v.problems.size(), 1u);
   const std::string module = t.name.substr(0, t.name.rfind('.', t.name.rfind('.') - 1));
-  EXPECT_NE(v.problems[0].find("module '" + module + "': tensor bytes do not match"), std::string::npos)
+  EXPECT_NE(v.problems[0].find("module '" + module + "': tensor bytes do not match"),
+            std::string::npos)
       << v.problems[0];
   std::string out;
   EXPECT_EQ(test::run(test::cli() + " verify " + f.bundle.string(), &out), 1);
@@ -88,7 +90,8 @@ TEST(Verify, AChangedSourceAdapterIsFound) {
   io::safetensors_write(w, std::move(ts));
   auto v = verify_bundle(f.bundle, f.specs);
   ASSERT_EQ(v.problems.size(), 1u);
-  EXPECT_NE(v.problems[0].find("differs from the adapter merged as task 'task01'"), std::string::npos)
+  EXPECT_NE(v.problems[0].find("differs from the adapter merged as task 'task01'"),
+            std::string::npos)
       << v.problems[0];
   EXPECT_THROW(verify_bundle(f.bundle, {f.specs[0], f.specs[1]}), Error);  // not the bundle's tasks
 }
@@ -96,8 +99,8 @@ TEST(Verify, AChangedSourceAdapterIsFound) {
 TEST(Verify, CliPrintsJson) {
   Fixture f;
   std::string out;
-  ASSERT_EQ(test::run(test::cli() + " verify --json " + f.bundle.string() + " " + f.specs[0] + " " + f.specs[1] +
-                          " " + f.specs[2] + " " + f.specs[3] + " 2>/dev/null",
+  ASSERT_EQ(test::run(test::cli() + " verify --json " + f.bundle.string() + " " + f.specs[0] + " " +
+                          f.specs[1] + " " + f.specs[2] + " " + f.specs[3] + " 2>/dev/null",
                       &out),
             0)
       << out;

@@ -129,13 +129,15 @@ void AtomicFile::commit() {
     const std::string proc = "/proc/self/fd/" + std::to_string(fd_);
     const fs::path dir = parent_dir(target_);
     for (unsigned attempt = 0;; ++attempt) {
-      fs::path name = dir / (temp_leaf(target_) + std::to_string(::getpid()) + "." + std::to_string(attempt));
+      fs::path name =
+          dir / (temp_leaf(target_) + std::to_string(::getpid()) + "." + std::to_string(attempt));
       if (::linkat(AT_FDCWD, proc.c_str(), AT_FDCWD, name.c_str(), AT_SYMLINK_FOLLOW) == 0) {
         temp_ = name;
         break;
       }
       if (errno != EEXIST || attempt > 100) {
-        throw Error(target_.string(), "", std::string("cannot name output file: ") + std::strerror(errno));
+        throw Error(target_.string(), "",
+                    std::string("cannot name output file: ") + std::strerror(errno));
       }
     }
   }

@@ -59,12 +59,14 @@ class Parser {
 
  private:
   [[noreturn]] void fail(const std::string& why) const {
-    throw Error(file_, "", "pattern key '" + std::string(p_) + "' is not a valid regular expression: " + why +
-                               " (at offset " + std::to_string(pos_) + ")");
+    throw Error(file_, "",
+                "pattern key '" + std::string(p_) + "' is not a valid regular expression: " + why +
+                    " (at offset " + std::to_string(pos_) + ")");
   }
   [[noreturn]] void unsupported(const std::string& what) const {
-    throw Error(file_, "", "pattern key '" + std::string(p_) + "' uses " + what +
-                               ", which hydraopt's pattern matcher does not support");
+    throw Error(file_, "",
+                "pattern key '" + std::string(p_) + "' uses " + what +
+                    ", which hydraopt's pattern matcher does not support");
   }
   bool more() const { return pos_ < p_.size(); }
   char peek() const { return p_[pos_]; }
@@ -102,9 +104,15 @@ class Parser {
     if (!more()) return atom_node;
     int lo, hi;
     switch (peek()) {
-      case '*': lo = 0, hi = -1, ++pos_; break;
-      case '+': lo = 1, hi = -1, ++pos_; break;
-      case '?': lo = 0, hi = 1, ++pos_; break;
+      case '*':
+        lo = 0, hi = -1, ++pos_;
+        break;
+      case '+':
+        lo = 1, hi = -1, ++pos_;
+        break;
+      case '?':
+        lo = 0, hi = 1, ++pos_;
+        break;
       case '{': {
         ++pos_;
         lo = hi = number();
@@ -117,11 +125,13 @@ class Parser {
         if (hi >= 0 && hi < lo) fail("{m,n} with n < m");
         break;
       }
-      default: return atom_node;
+      default:
+        return atom_node;
     }
     if (assertion) fail("nothing to repeat");
     if (more() && peek() == '?') ++pos_;  // lazy: same language
-    if (more() && (peek() == '*' || peek() == '+' || peek() == '?' || peek() == '{')) fail("nothing to repeat");
+    if (more() && (peek() == '*' || peek() == '+' || peek() == '?' || peek() == '{'))
+      fail("nothing to repeat");
     Node r = node(Node::kRepeat);
     r.min = lo;
     r.max = hi;
@@ -136,32 +146,53 @@ class Parser {
     const char c = p_[pos_++];
     *cls = false;
     switch (c) {
-      case 'd': *cls = true; return digit();
-      case 'D': *cls = true; return ~digit();
-      case 'w': *cls = true; return word();
-      case 'W': *cls = true; return ~word();
-      case 's': *cls = true; return space();
-      case 'S': *cls = true; return ~space();
-      case 't': return single('\t');
-      case 'n': return single('\n');
-      case 'r': return single('\r');
-      case 'f': return single('\f');
-      case 'v': return single('\v');
-      case '0': return single('\0');
+      case 'd':
+        *cls = true;
+        return digit();
+      case 'D':
+        *cls = true;
+        return ~digit();
+      case 'w':
+        *cls = true;
+        return word();
+      case 'W':
+        *cls = true;
+        return ~word();
+      case 's':
+        *cls = true;
+        return space();
+      case 'S':
+        *cls = true;
+        return ~space();
+      case 't':
+        return single('\t');
+      case 'n':
+        return single('\n');
+      case 'r':
+        return single('\r');
+      case 'f':
+        return single('\f');
+      case 'v':
+        return single('\v');
+      case '0':
+        return single('\0');
       case 'b':
         if (in_class) return single('\b');
         unsupported("a word boundary (\\b)");
-      case 'B': unsupported("a word boundary (\\B)");
+      case 'B':
+        unsupported("a word boundary (\\B)");
       case 'x': {
         unsigned v = 0;
         for (int k = 0; k < 2; ++k) {
-          if (!more() || !std::isxdigit(static_cast<unsigned char>(peek()))) fail("\\x needs two hex digits");
+          if (!more() || !std::isxdigit(static_cast<unsigned char>(peek())))
+            fail("\\x needs two hex digits");
           const char h = p_[pos_++];
           v = v * 16 + static_cast<unsigned>(h <= '9' ? h - '0' : (h | 0x20) - 'a' + 10);
         }
         return single(static_cast<unsigned char>(v));
       }
-      default: break;
+      default:
+        break;
     }
     if (c >= '1' && c <= '9') unsupported("a backreference");
     if (std::isalnum(static_cast<unsigned char>(c))) unsupported(std::string("the escape \\") + c);
@@ -226,17 +257,30 @@ class Parser {
         ++pos_;
         return inner;
       }
-      case '[': n.set = bracket(); return n;
-      case '.': n.set = ~(single('\n') | single('\r')); return n;
-      case '^': return node(Node::kBegin);
-      case '$': return node(Node::kEnd);
+      case '[':
+        n.set = bracket();
+        return n;
+      case '.':
+        n.set = ~(single('\n') | single('\r'));
+        return n;
+      case '^':
+        return node(Node::kBegin);
+      case '$':
+        return node(Node::kEnd);
       case '\\': {
         bool cls;
         n.set = escape(false, &cls);
         return n;
       }
-      case '*': case '+': case '?': case '{': --pos_; fail("nothing to repeat");
-      default: n.set = single(static_cast<unsigned char>(c)); return n;
+      case '*':
+      case '+':
+      case '?':
+      case '{':
+        --pos_;
+        fail("nothing to repeat");
+      default:
+        n.set = single(static_cast<unsigned char>(c));
+        return n;
     }
   }
 
@@ -252,9 +296,15 @@ class Compiler {
 
   void emit(const Node& n) {
     switch (n.kind) {
-      case Node::kSet: push(inst(Inst::kByte, n.set)); break;
-      case Node::kBegin: push(inst(Inst::kBegin)); break;
-      case Node::kEnd: push(inst(Inst::kEnd)); break;
+      case Node::kSet:
+        push(inst(Inst::kByte, n.set));
+        break;
+      case Node::kBegin:
+        push(inst(Inst::kBegin));
+        break;
+      case Node::kEnd:
+        push(inst(Inst::kEnd));
+        break;
       case Node::kCat:
         for (const Node& k : n.kids) emit(k);
         break;
@@ -301,8 +351,9 @@ class Compiler {
 
   int push(Inst i) {
     if (prog_.size() >= kMaxPatternProgram) {
-      throw Error(file_, "", "pattern key '" + std::string(key_) + "' is too complex (more than " +
-                                 std::to_string(kMaxPatternProgram) + " states once repeats are expanded)");
+      throw Error(file_, "",
+                  "pattern key '" + std::string(key_) + "' is too complex (more than " +
+                      std::to_string(kMaxPatternProgram) + " states once repeats are expanded)");
     }
     prog_.push_back(i);
     return size() - 1;
@@ -334,8 +385,9 @@ struct StateSet {
 
 SuffixRegex::SuffixRegex(std::string_view key, const std::string& file) {
   if (key.size() > kMaxPatternLength) {
-    throw Error(file, "", "pattern key longer than " + std::to_string(kMaxPatternLength) + " characters: '" +
-                              std::string(key.substr(0, 40)) + "...'");
+    throw Error(file, "",
+                "pattern key longer than " + std::to_string(kMaxPatternLength) + " characters: '" +
+                    std::string(key.substr(0, 40)) + "...'");
   }
   // (?:.*\.)?(?:key)$
   Node any_dot = node(Node::kCat);
@@ -370,7 +422,9 @@ bool SuffixRegex::full_match(std::string_view s) const {
       seen.insert(pc);
       const Inst& i = prog_[static_cast<size_t>(pc)];
       switch (i.op) {
-        case Inst::kJmp: stack.push_back(i.x); break;
+        case Inst::kJmp:
+          stack.push_back(i.x);
+          break;
         case Inst::kSplit:
           stack.push_back(i.y);
           stack.push_back(i.x);
@@ -382,7 +436,9 @@ bool SuffixRegex::full_match(std::string_view s) const {
           if (at == s.size()) stack.push_back(pc + 1);
           break;
         case Inst::kByte:
-        case Inst::kMatch: to.insert(pc); break;
+        case Inst::kMatch:
+          to.insert(pc);
+          break;
       }
     }
   };
@@ -403,7 +459,8 @@ bool SuffixRegex::full_match(std::string_view s) const {
   return false;
 }
 
-SuffixPatterns::SuffixPatterns(const std::vector<std::string>& keys, const std::string& file) : file_(file) {
+SuffixPatterns::SuffixPatterns(const std::vector<std::string>& keys, const std::string& file)
+    : file_(file) {
   regexes_.reserve(keys.size());
   for (const auto& key : keys) regexes_.emplace_back(key, file);
 }

@@ -48,8 +48,8 @@ class SuffixRegex {
   struct Inst {
     enum Op : uint8_t { kByte, kSplit, kJmp, kBegin, kEnd, kMatch };
     Op op = kMatch;
-    int x = 0, y = 0;     ///< kSplit: both targets; kJmp: x
-    std::bitset<256> set; ///< kByte: the bytes accepted
+    int x = 0, y = 0;      ///< kSplit: both targets; kJmp: x
+    std::bitset<256> set;  ///< kByte: the bytes accepted
   };
 
  private:

@@ -13,7 +13,8 @@ namespace hydraopt {
 
 namespace fs = std::filesystem;
 
-VerifyReport verify_bundle(const fs::path& bundle, const std::vector<std::string>& specs, const LoadOptions& options) {
+VerifyReport verify_bundle(const fs::path& bundle, const std::vector<std::string>& specs,
+                           const LoadOptions& options) {
   const std::string file = bundle.string();
   VerifyReport r;
   const io::SafetensorsFile st = io::SafetensorsFile::open(bundle);
@@ -34,11 +35,13 @@ VerifyReport verify_bundle(const fs::path& bundle, const std::vector<std::string
       for (const auto& x : *list) finite = finite && x.allFinite();
     }
     for (double s : m.fit.scale) finite = finite && std::isfinite(s);
-    if (!finite) r.problems.push_back(file + ": module '" + m.name + "': stored values are not all finite");
+    if (!finite)
+      r.problems.push_back(file + ": module '" + m.name + "': stored values are not all finite");
     if (m.sha256.empty()) continue;
     ++r.modules_checksummed;
     if (h.hex() != m.sha256) {
-      r.problems.push_back(file + ": module '" + m.name + "': tensor bytes do not match their recorded SHA-256");
+      r.problems.push_back(file + ": module '" + m.name +
+                           "': tensor bytes do not match their recorded SHA-256");
     }
   }
   st.release();
@@ -51,18 +54,21 @@ VerifyReport verify_bundle(const fs::path& bundle, const std::vector<std::string
   std::vector<size_t> source(b.tasks.size());  // bundle task -> set task
   for (size_t i = 0; i < b.tasks.size(); ++i) {
     auto it = in_set.find(b.tasks[i].name);
-    if (it == in_set.end()) throw Error(file, "", "bundle task '" + b.tasks[i].name + "' is not among the adapters given");
+    if (it == in_set.end())
+      throw Error(file, "",
+                  "bundle task '" + b.tasks[i].name + "' is not among the adapters given");
     source[i] = it->second;
   }
   if (set.size() != b.tasks.size()) {
-    throw Error(file, "", "the bundle has " + std::to_string(b.tasks.size()) + " tasks but " +
-                              std::to_string(set.size()) + " adapters were given");
+    throw Error(file, "",
+                "the bundle has " + std::to_string(b.tasks.size()) + " tasks but " +
+                    std::to_string(set.size()) + " adapters were given");
   }
   for (size_t i = 0; i < b.tasks.size(); ++i) {
     const fs::path w = set.task(source[i]).weights_path();
     if (util::sha256_file(w) != b.tasks[i].sha256) {
-      r.problems.push_back(w.string() + ": differs from the adapter merged as task '" + b.tasks[i].name +
-                           "' (SHA-256 " + b.tasks[i].sha256 + ")");
+      r.problems.push_back(w.string() + ": differs from the adapter merged as task '" +
+                           b.tasks[i].name + "' (SHA-256 " + b.tasks[i].sha256 + ")");
     }
   }
   std::map<std::string, const io::BundleModule*> by_name;
@@ -88,7 +94,8 @@ VerifyReport verify_bundle(const fs::path& bundle, const std::vector<std::string
   }
   double sum = 0;
   for (size_t i = 0; i < b.tasks.size(); ++i) {
-    const double rel = norm[i] > 0 ? std::sqrt(err[i] / norm[i]) : (err[i] > 0 ? 1.0 : 0.0);  // as merge
+    const double rel =
+        norm[i] > 0 ? std::sqrt(err[i] / norm[i]) : (err[i] > 0 ? 1.0 : 0.0);  // as merge
     r.tasks.push_back({b.tasks[i].name, rel});
     sum += rel;
   }

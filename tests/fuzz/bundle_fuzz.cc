@@ -20,17 +20,22 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const size_t nul = in.find('\0');
     if (!in.empty() && in[0] == '{' && nul != std::string_view::npos) {
       const std::string_view file = in.substr(nul + 1);
-      auto st = io::SafetensorsFile::parse({reinterpret_cast<const std::byte*>(file.data()), file.size()}, "fuzz");
+      auto st = io::SafetensorsFile::parse(
+          {reinterpret_cast<const std::byte*>(file.data()), file.size()}, "fuzz");
       std::vector<io::TensorSlot> slots;
-      for (const auto& t : st.tensors()) slots.push_back({t.name, t.dtype, t.shape, t.begin, t.end});
+      for (const auto& t : st.tensors())
+        slots.push_back({t.name, t.dtype, t.shape, t.begin, t.end});
       uint64_t n = 0;
       std::memcpy(&n, file.data(), 8);
-      std::string image = io::safetensors_header(std::move(slots), {{"hydraopt", std::string(in.substr(0, nul))}});
+      std::string image =
+          io::safetensors_header(std::move(slots), {{"hydraopt", std::string(in.substr(0, nul))}});
       image.append(file.substr(8 + n));
-      auto st2 = io::SafetensorsFile::parse({reinterpret_cast<const std::byte*>(image.data()), image.size()}, "fuzz");
+      auto st2 = io::SafetensorsFile::parse(
+          {reinterpret_cast<const std::byte*>(image.data()), image.size()}, "fuzz");
       io::bundle_parse(st2);
     } else {
-      auto st = io::SafetensorsFile::parse({reinterpret_cast<const std::byte*>(data), size}, "fuzz");
+      auto st =
+          io::SafetensorsFile::parse({reinterpret_cast<const std::byte*>(data), size}, "fuzz");
       io::bundle_parse(st);
     }
   } catch (const Error&) {

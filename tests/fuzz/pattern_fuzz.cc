@@ -17,7 +17,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string_view in(reinterpret_cast<const char*>(data), size);
   const size_t nul = in.find('\0');
   const std::string key(in.substr(0, nul));
-  const std::string subject(nul == std::string_view::npos ? std::string_view() : in.substr(nul + 1));
+  const std::string subject(nul == std::string_view::npos ? std::string_view()
+                                                          : in.substr(nul + 1));
   bool ours;
   try {
     io::SuffixPatterns p({key}, "fuzz");

@@ -18,7 +18,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     for (auto& [k, v] : c.rank_pattern) rank_keys.push_back(k);
     for (auto& [k, v] : c.alpha_pattern) alpha_keys.push_back(k);
     io::SuffixPatterns ranks(rank_keys, "fuzz"), alphas(alpha_keys, "fuzz");
-    for (const char* m : {"model.layers.0.self_attn.q_proj", "model.layers.11.mlp.down_proj", "q_proj", ""}) {
+    for (const char* m :
+         {"model.layers.0.self_attn.q_proj", "model.layers.11.mlp.down_proj", "q_proj", ""}) {
       ranks.match(m);
       alphas.match(m);
     }
