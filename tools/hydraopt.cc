@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fmt/format.h>
 #include <iostream>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 
@@ -179,6 +180,13 @@ int main(int argc, char** argv) {
   export_model->add_option("-o,--output", model_out, "output .gguf file")->required();
   export_model->add_option("--dtype", dtype, "dtype of the matrices f32|f16|bf16 (default f32; norms stay f32)");
 
+  auto* verify = app.add_subcommand("verify", "check a bundle's integrity and, given its source adapters, its errors");
+  std::vector<std::string> verify_sources;
+  verify->add_option("bundle", bundle_in, "bundle written by `hydraopt merge`")->required();
+  verify->add_option("adapters", verify_sources, "the source adapters (as given to merge) to check and recompute errors");
+  verify->add_flag("--json", json, "machine-readable output");
+  add_load_flags(verify);
+
   auto* methods_cmd = app.add_subcommand("methods", "list the merge methods and their parameters");
 
   auto* demo = app.add_subcommand("demo", "task benchmark on the shipped tiny LLaMA and its 40 adapters");
@@ -292,6 +300,30 @@ int main(int argc, char** argv) {
     } else if (*export_model) {
       hydraopt::export_model_gguf(model_dir, model_out, parse_dtype(dtype));
       std::cout << "wrote " << model_out << "\n";
+    } else if (*verify) {
+      auto v = hydraopt::verify_bundle(bundle_in, verify_sources, load);
+      if (json) {
+        nlohmann::ordered_json j = {{"ok", v.problems.empty()},
+                                    {"problems", v.problems},
+                                    {"modules", v.modules},
+                                    {"modules_checksummed", v.modules_checksummed},
+                                    {"sources_checked", v.sources_checked}};
+        if (v.sources_checked) {
+          j["mean_rel_error"] = v.mean_rel_error;
+          j["tasks"] = nlohmann::ordered_json::array();
+          for (auto& t : v.tasks) j["tasks"].push_back({{"name", t.name}, {"rel_error", t.rel_error}});
+        }
+        std::cout << j.dump(2) << "\n";
+      } else {
+        std::cout << fmt::format("{}: {} modules, {} with checksums{}\n", bundle_in, v.modules, v.modules_checksummed,
+                                 v.problems.empty() ? ", all match" : "");
+        for (auto& t : v.tasks) std::cout << fmt::format("  {:<24} rel. error {:.6g}\n", t.name, t.rel_error);
+        if (v.sources_checked) std::cout << fmt::format("  mean rel. error {:.6g}\n", v.mean_rel_error);
+      }
+      if (!v.problems.empty()) {
+        for (size_t k = 0; k + 1 < v.problems.size(); ++k) std::cerr << "hydraopt: error: " << one_line(v.problems[k]) << "\n";
+        throw hydraopt::Error(v.problems.back());
+      }
     } else if (*demo) {
       bench.assets = assets;
       prepare_output_dir(demo_out, "demo.json");

@@ -16,13 +16,42 @@ namespace hydraopt::io {
 
 namespace fs = std::filesystem;
 
-AtomicFile::AtomicFile(fs::path target) : target_(std::move(target)) {
-  fs::path dir = target_.parent_path();
-  if (dir.empty()) dir = ".";
+namespace {
+
+std::string temp_leaf(const fs::path& target) {
   std::string leaf = ".";
-  leaf += target_.filename().string();
-  leaf += ".tmp.XXXXXX";
-  std::string templ = (dir / leaf).string();
+  leaf += target.filename().string();
+  leaf += ".tmp.";
+  return leaf;
+}
+
+fs::path parent_dir(const fs::path& target) {
+  fs::path dir = target.parent_path();
+  return dir.empty() ? fs::path(".") : dir;
+}
+
+// Flushes a directory's entries (the rename) to disk; best effort, as some
+// file systems refuse fsync on directories.
+void fsync_dir(const fs::path& dir) {
+  int d = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (d >= 0) {
+    ::fsync(d);
+    ::close(d);
+  }
+}
+
+}  // namespace
+
+AtomicFile::AtomicFile(fs::path target) : target_(std::move(target)) {
+  const fs::path dir = parent_dir(target_);
+  // An unnamed file (O_TMPFILE) leaves nothing behind even if the process
+  // is killed; it gets a name only in commit(). Needs /proc/self/fd to be
+  // linked, and a file system that supports it; else a named temporary.
+  if (::access("/proc/self/fd", X_OK) == 0) {
+    fd_ = ::open(dir.c_str(), O_TMPFILE | O_WRONLY | O_CLOEXEC, 0644);
+    if (fd_ >= 0) return;
+  }
+  std::string templ = (dir / temp_leaf(target_)).string() + "XXXXXX";
   std::vector<char> buf(templ.begin(), templ.end());
   buf.push_back('\0');
   fd_ = ::mkstemp(buf.data());
@@ -34,8 +63,8 @@ AtomicFile::AtomicFile(fs::path target) : target_(std::move(target)) {
 }
 
 AtomicFile::~AtomicFile() {
-  if (fd_ >= 0) {
-    ::close(fd_);
+  if (fd_ >= 0) ::close(fd_);
+  if (!temp_.empty()) {
     std::error_code ec;
     fs::remove(temp_, ec);
   }
@@ -95,19 +124,34 @@ void AtomicFile::commit() {
   if (::fchmod(fd_, 0644) != 0 || ::fsync(fd_) != 0) {
     throw Error(target_.string(), "", std::string("cannot flush output: ") + std::strerror(errno));
   }
-  if (::close(fd_) != 0) {
-    fd_ = -1;
-    std::error_code ec;
-    fs::remove(temp_, ec);
+  if (temp_.empty()) {
+    // Name the unnamed file beside the target (link() cannot replace an
+    // existing target; rename() below does, atomically).
+    const std::string proc = "/proc/self/fd/" + std::to_string(fd_);
+    const fs::path dir = parent_dir(target_);
+    for (unsigned attempt = 0;; ++attempt) {
+      fs::path name =
+          dir / (temp_leaf(target_) + std::to_string(::getpid()) + "." + std::to_string(attempt));
+      if (::linkat(AT_FDCWD, proc.c_str(), AT_FDCWD, name.c_str(), AT_SYMLINK_FOLLOW) == 0) {
+        temp_ = name;
+        break;
+      }
+      if (errno != EEXIST || attempt > 100) {
+        throw Error(target_.string(), "",
+                    std::string("cannot name output file: ") + std::strerror(errno));
+      }
+    }
+  }
+  const int closed = ::close(fd_);
+  fd_ = -1;
+  if (closed != 0) {
     throw Error(target_.string(), "", std::string("cannot close output: ") + std::strerror(errno));
   }
-  fd_ = -1;
   if (::rename(temp_.c_str(), target_.c_str()) != 0) {
-    int err = errno;
-    std::error_code ec;
-    fs::remove(temp_, ec);
-    throw Error(target_.string(), "", std::string("cannot rename output: ") + std::strerror(err));
+    throw Error(target_.string(), "", std::string("cannot rename output: ") + std::strerror(errno));
   }
+  temp_.clear();
+  fsync_dir(parent_dir(target_));
 }
 
 AtomicDir::AtomicDir(const fs::path& target) : target_(fs::absolute(target)) {

@@ -1,10 +1,14 @@
 // Output files that appear complete or not at all.
 //
 // Bytes go to a temporary file in the target's directory; commit() flushes
-// it to disk (fsync) and renames it over the target. If commit() is never
-// reached (an exception, a failed write) the destructor removes the
-// temporary file, so a previous version of the target stays intact and no
-// partial output is ever visible under the target's name.
+// it to disk (fsync), renames it over the target and flushes the directory.
+// If commit() is never reached (an exception, a failed write) the destructor
+// removes the temporary file, so a previous version of the target stays
+// intact and no partial output is ever visible under the target's name.
+// Where the file system supports it (ext4, xfs, btrfs, tmpfs) the temporary
+// file is unnamed (O_TMPFILE) until commit(), so even a process killed
+// mid-write (SIGKILL, SIGXFSZ) leaves nothing behind; elsewhere it is a
+// hidden `.<name>.tmp.XXXXXX` beside the target.
 #pragma once
 
 #include <cstddef>
@@ -32,7 +36,9 @@ class AtomicFile {
   void commit();
 
  private:
-  std::filesystem::path target_, temp_;
+  std::filesystem::path target_;
+  std::filesystem::path temp_;  ///< named temporary file; empty while unnamed
+
   int fd_ = -1;
 };
 

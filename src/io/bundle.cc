@@ -9,6 +9,7 @@
 #include <cstring>
 #include <mutex>
 #include <span>
+#include <set>
 #include <nlohmann/json.hpp>
 
 #include "hydraopt/bundle.h"
@@ -16,6 +17,8 @@
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
 #include "util/parallel.h"
+#include "io/utf8.h"
+#include "util/sha256.h"
 #include "util/wire.h"
 
 namespace hydraopt::io {
@@ -27,6 +30,8 @@ using Eigen::MatrixXd;
 namespace {
 
 constexpr const char* kFormat = "hydraopt.bundle";
+constexpr int64_t kMaxBundleIndex = 1 << 24;  // heads/cores/bodies per module
+constexpr int64_t kMaxDim = int64_t{1} << 40;
 
 std::string tensor_name(const std::string& module, const char* kind, size_t j) {
   return module + "." + kind + "." + std::to_string(j);
@@ -59,6 +64,29 @@ std::string regex_escape(const std::string& s) {
     if (std::string_view(".^$|()[]{}*+?\\").find(c) != std::string_view::npos) out += '\\';
     out += c;
   }
+  return out;
+}
+
+// Integer metadata fields. json's get<int>() converts a float such as 1e300
+// with undefined behaviour and wraps large integers; these check the type
+// and the range instead.
+int64_t int_field(const ordered_json& v, int64_t lo, int64_t hi, const std::string& file, const std::string& tensor,
+                  const std::string& what) {
+  bool ok = v.is_number_integer();
+  if (ok && v.is_number_unsigned()) ok = v.get<uint64_t>() <= static_cast<uint64_t>(hi);
+  else if (ok) ok = v.get<int64_t>() >= lo && v.get<int64_t>() <= hi;
+  if (!ok) {
+    throw Error(file, tensor, what + " must be an integer in " + std::to_string(lo) + ".." + std::to_string(hi));
+  }
+  return v.is_number_unsigned() ? static_cast<int64_t>(v.get<uint64_t>()) : v.get<int64_t>();
+}
+
+std::vector<int> index_list(const ordered_json& v, int lo, const std::string& file, const std::string& tensor,
+                            const std::string& what) {
+  if (!v.is_array()) throw Error(file, tensor, what + " is not a list");
+  std::vector<int> out;
+  out.reserve(v.size());
+  for (const auto& x : v) out.push_back(static_cast<int>(int_field(x, lo, kMaxBundleIndex, file, tensor, what)));
   return out;
 }
 
@@ -122,11 +150,14 @@ struct BundleWriter::Impl {
     }
   }
 
-  // Stores module m, whose tensors' bytes are data[0, rec.bytes).
-  // Appends the module's bytes, given as consecutive pieces, to the spool.
+  // Stores module m, whose tensors' bytes (rec.bytes in all) are the
+  // consecutive `pieces`: appended to the spool.
   void store(size_t m, Module rec, const std::vector<std::span<const std::byte>>& pieces) {
     if (m >= modules.size()) throw std::logic_error("bundle module index out of range");
     rec.written = true;
+    util::Sha256 sha;
+    for (auto piece : pieces) sha.update(piece);
+    rec.entry["sha256"] = sha.hex();  // `hydraopt verify` checks it
     {
       std::lock_guard<std::mutex> lock(mu);
       if (modules[m].written) throw std::logic_error("bundle module written twice");
@@ -301,9 +332,10 @@ void bundle_write(const fs::path& path, const Bundle& b) {
   w.finish(b);
 }
 
-Bundle bundle_read(const fs::path& path) {
-  const std::string file = path.string();
-  SafetensorsFile st = SafetensorsFile::open(path);
+Bundle bundle_read(const fs::path& path) { return bundle_parse(SafetensorsFile::open(path)); }
+
+Bundle bundle_parse(const SafetensorsFile& st) {
+  const std::string& file = st.path();
   auto it = st.metadata().find("hydraopt");
   if (it == st.metadata().end()) throw Error(file, "", "not a hydraopt bundle (no __metadata__[\"hydraopt\"])");
   ordered_json j;
@@ -314,10 +346,11 @@ Bundle bundle_read(const fs::path& path) {
   }
   Bundle b;
   std::map<std::string, bool> used;
+  std::set<std::string> names;
   for (auto& t : st.tensors()) used[t.name] = false;
   try {
     if (j.at("format") != kFormat) throw Error(file, "", "not a hydraopt bundle (format tag)");
-    if (j.at("version").get<int>() != kBundleVersion) {
+    if (int_field(j.at("version"), 0, 1 << 30, file, "", "version") != kBundleVersion) {
       throw Error(file, "", "bundle format version " + j.at("version").dump() + " is not supported (this is " +
                                 std::to_string(kBundleVersion) + ")");
     }
@@ -329,17 +362,19 @@ Bundle bundle_read(const fs::path& path) {
     b.dtype = *dt;
     b.fan_in_fan_out = j.at("fan_in_fan_out").get<bool>();
     for (auto& [k, v] : j.at("parameters").items()) b.params[k] = v.get<std::string>();
-    b.params_stored = j.at("storage").at("params").get<int64_t>();
-    b.original_params = j.at("storage").at("original_params").get<int64_t>();
+    b.params_stored = int_field(j.at("storage").at("params"), 0, INT64_MAX, file, "", "storage.params");
+    b.original_params = int_field(j.at("storage").at("original_params"), 0, INT64_MAX, file, "", "storage.original_params");
     for (auto& t : j.at("tasks")) {
       BundleTask bt;
       bt.name = t.at("name").get<std::string>();
       bt.source = t.at("source").get<std::string>();
       bt.sha256 = t.at("sha256").get<std::string>();
-      bt.rank = t.at("rank").get<int64_t>();
+      bt.rank = int_field(t.at("rank"), 0, kMaxDim, file, "", "task rank");
       bt.alpha = t.at("alpha").get<double>();
       bt.use_rslora = t.at("use_rslora").get<bool>();
       bt.target_modules = t.at("target_modules").get<std::vector<std::string>>();
+      check_task_name(bt.name, file);  // export uses it as a directory name
+      if (!names.insert(bt.name).second) throw Error(file, "", "task name '" + bt.name + "' appears twice");
       b.tasks.push_back(std::move(bt));
     }
     const size_t n = b.tasks.size();
@@ -347,17 +382,19 @@ Bundle bundle_read(const fs::path& path) {
     for (auto& m : j.at("modules")) {
       BundleModule bm;
       bm.name = m.at("name").get<std::string>();
-      bm.in = m.at("in").get<int64_t>();
-      bm.out = m.at("out").get<int64_t>();
+      bm.in = int_field(m.at("in"), 1, kMaxDim, file, bm.name, "in");
+      bm.out = int_field(m.at("out"), 1, kMaxDim, file, bm.name, "out");
       auto fam = family_from_name(m.at("family").get<std::string>());
       if (!fam) throw Error(file, bm.name, "unknown structure family " + m.at("family").dump());
-      bm.spec = {*fam, m.at("rank").get<int64_t>(), m.at("groups").get<int>()};
+      bm.spec = {*fam, int_field(m.at("rank"), 0, kMaxDim, file, bm.name, "rank"),
+                 static_cast<int>(int_field(m.at("groups"), 0, kMaxBundleIndex, file, bm.name, "groups"))};
       ModuleFit& f = bm.fit;
       f.diagonal_cores = m.at("diagonal_cores").get<bool>();
-      f.head_of = m.at("head_of").get<std::vector<int>>();
-      f.core_of = m.at("core_of").get<std::vector<int>>();
-      f.body_of = m.at("body_of").get<std::vector<int>>();
+      f.head_of = index_list(m.at("head_of"), 0, file, bm.name, "head_of");
+      f.core_of = index_list(m.at("core_of"), -1, file, bm.name, "core_of");
+      f.body_of = index_list(m.at("body_of"), 0, file, bm.name, "body_of");
       f.scale = m.at("scale").get<std::vector<double>>();
+      if (auto h = m.find("sha256"); h != m.end()) bm.sha256 = h->get<std::string>();
       if (f.head_of.size() != n || f.core_of.size() != n || f.body_of.size() != n || f.scale.size() != n) {
         throw Error(file, bm.name, "layout lists do not have one entry per task");
       }
@@ -421,8 +458,10 @@ Bundle bundle_read(const fs::path& path) {
   return b;
 }
 
+// Also valid UTF-8: names are written into the bundle's JSON metadata, whose
+// serialiser throws on invalid bytes (after the whole merge has run).
 void check_task_name(const std::string& name, const std::string& file) {
-  bool bad = name.empty() || name == "." || name == ".." || name.size() > 255;
+  bool bad = name.empty() || name == "." || name == ".." || name.size() > 255 || !valid_utf8(name);
   for (unsigned char c : name) bad = bad || c < 0x20 || c == 0x7f || c == '/' || c == '\\';
   if (bad) throw Error(file, "", "task name '" + name + "' cannot be used as a directory name");
 }

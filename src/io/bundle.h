@@ -17,8 +17,10 @@
 //               "target_modules"}],
 //    "modules": [{"name", "in", "out", "structure", "family", "rank",
 //                 "groups", "diagonal_cores", "head_of", "core_of",
-//                 "body_of", "scale", "params"}]}
-// "tasks[i].sha256" is the SHA-256 of the source adapter_model.safetensors.
+//                 "body_of", "scale", "params", "sha256"}]}
+// "tasks[i].sha256" is the SHA-256 of the source adapter_model.safetensors;
+// "modules[m].sha256" that of the module's stored tensor bytes (heads, then
+// bodies, then cores, each in index order: one contiguous range).
 // Readers check the format tag and version, that every referenced tensor
 // exists with a shape that chains (out x k)(k x k')(k' x in), and that no
 // stray tensor is present.
@@ -32,6 +34,7 @@
 #include <vector>
 
 #include "methods/fit.h"
+#include "io/safetensors.h"
 #include "methods/structures.h"
 
 namespace hydraopt::io {
@@ -51,6 +54,9 @@ struct BundleModule {
   int64_t in = 0, out = 0;
   StructureSpec spec;
   ModuleFit fit;  ///< as stored (already rounded to the bundle dtype)
+  /// SHA-256 of the module's tensor bytes, heads then bodies then cores in
+  /// index order (contiguous in the file); empty in bundles from before it.
+  std::string sha256;
 };
 
 struct Bundle {
@@ -111,6 +117,9 @@ class BundleWriter {
 
 void bundle_write(const std::filesystem::path& path, const Bundle& b);
 Bundle bundle_read(const std::filesystem::path& path);
+/// The bundle in a validated safetensors file (bundle_read's checks; used by
+/// the fuzzers on files held in memory).
+Bundle bundle_parse(const SafetensorsFile& st);
 
 /// Writes task `task` of `b` as a PEFT adapter directory at `dir` (created
 /// complete or not at all). The scale is kept exact through alpha:

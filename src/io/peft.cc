@@ -9,7 +9,9 @@
 
 #include "hydraopt/adapter.h"
 #include "hydraopt/error.h"
+#include "io/bundle.h"
 #include "io/pattern.h"
+#include "io/peft_config.h"
 #include "io/safetensors.h"
 #include "util/parallel.h"
 
@@ -53,27 +55,20 @@ std::string unmergeable_reason(const std::string& name) {
   return "not a LoRA factor (full-weight copy, e.g. modules_to_save)";
 }
 
-struct Config {
-  int64_t r = 8;
-  double alpha = 8;  // PEFT's LoraConfig default, independent of r
-  bool rslora = false;
-  bool fan_in_fan_out = false;
-  std::string base_model;
-  std::vector<std::string> target_modules;
-  std::vector<std::pair<std::string, int64_t>> rank_pattern;
-  std::vector<std::pair<std::string, double>> alpha_pattern;
-};
+}  // namespace
 
-Config parse_config(const fs::path& path) {
-  const std::string file = path.string();
+
+namespace io {
+
+PeftConfig parse_peft_config(std::string_view text, const std::string& file) {
   ordered_json j;
   try {
-    j = ordered_json::parse(read_text(path, kMaxConfigBytes));
+    j = ordered_json::parse(text);
   } catch (const ordered_json::exception& e) {
     throw Error(file, "", std::string("not valid JSON: ") + e.what());
   }
   if (!j.is_object()) throw Error(file, "", "not a JSON object");
-  Config c;
+  PeftConfig c;
   auto field = [&](const char* key) -> const ordered_json* {
     auto it = j.find(key);
     return it == j.end() || it->is_null() ? nullptr : &*it;
@@ -89,7 +84,9 @@ Config parse_config(const fs::path& path) {
     return v.get<double>();
   };
   if (auto* v = field("peft_type"); v && (!v->is_string() || v->get<std::string>() != "LORA")) {
-    throw Error(file, "", "peft_type is " + v->dump() + ", only LORA adapters can be merged");
+    // Not v->dump(): it recurses, and a deeply nested value overflows the stack.
+    const std::string what = v->is_string() ? "'" + v->get<std::string>() + "'" : std::string("a ") + v->type_name();
+    throw Error(file, "", "peft_type is " + what + ", only LORA adapters can be merged");
   }
   if (auto* v = field("use_dora"); v && v->is_boolean() && v->get<bool>()) {
     throw Error(file, "", "use_dora is true: DoRA adapters cannot be merged as LoRA updates");
@@ -131,7 +128,7 @@ Config parse_config(const fs::path& path) {
   return c;
 }
 
-}  // namespace
+}  // namespace io
 
 bool natural_less(const std::string& a, const std::string& b) {
   size_t i = 0, j = 0;
@@ -160,7 +157,7 @@ bool natural_less(const std::string& a, const std::string& b) {
 struct Adapter::Impl {
   std::string name;
   fs::path dir;
-  Config config;
+  io::PeftConfig config;
   DType dtype = DType::F32;
   io::SafetensorsFile weights;
   std::vector<AdapterModule> modules;
@@ -180,6 +177,7 @@ Adapter Adapter::open(const std::string& spec, const LoadOptions& options) {
     impl->name = fs::weakly_canonical(impl->dir).filename().string();
     if (impl->name.empty()) impl->name = impl->dir.filename().string();
   }
+  io::check_task_name(impl->name, spec);  // it becomes a directory name on export
   const fs::path config_path = impl->dir / "adapter_config.json";
   const fs::path weights_path = impl->dir / "adapter_model.safetensors";
   if (!fs::exists(config_path)) throw Error(config_path.string(), "", "missing (not a PEFT adapter directory?)");
@@ -190,10 +188,10 @@ Adapter Adapter::open(const std::string& spec, const LoadOptions& options) {
     }
     throw Error(weights_path.string(), "", "missing");
   }
-  impl->config = parse_config(config_path);
+  impl->config = io::parse_peft_config(read_text(config_path, kMaxConfigBytes), config_path.string());
   impl->weights = io::SafetensorsFile::open(weights_path);
   const std::string wfile = weights_path.string();
-  const Config& c = impl->config;
+  const io::PeftConfig& c = impl->config;
 
   // Classify tensors; collect what cannot be merged.
   std::vector<std::string> bad;

@@ -14,6 +14,7 @@
 #include "hydraopt/error.h"
 #include "io/atomic_file.h"
 #include "io/half.h"
+#include "io/utf8.h"
 #include "util/checked.h"
 
 static_assert(std::endian::native == std::endian::little,
@@ -51,6 +52,8 @@ void to_column_major(const std::byte* p, Eigen::Index rows, Eigen::Index cols, d
   }
 }
 
+}  // namespace
+
 // Strict UTF-8 check (no overlongs, no surrogates, max U+10FFFF).
 bool valid_utf8(std::span<const std::byte> s) {
   size_t i = 0, n = s.size();
@@ -75,6 +78,10 @@ bool valid_utf8(std::span<const std::byte> s) {
   }
   return true;
 }
+
+bool valid_utf8(std::string_view s) { return valid_utf8(std::as_bytes(std::span(s.data(), s.size()))); }
+
+namespace {
 
 uint64_t get_u64(const json& v, const std::string& file, const std::string& tensor,
                  const char* what) {
@@ -341,8 +348,12 @@ std::string safetensors_header(std::vector<TensorSlot> slots, const std::map<std
   // Written entry by entry, in this order: an ordered_json object would
   // look every key up linearly (quadratic in the tensor count, minutes for
   // the 64,000 tensors of 1,000 tasks).
+  for (auto& [k, v] : metadata) {
+    if (!valid_utf8(k) || !valid_utf8(v)) throw Error("", "", "metadata '" + k + "' is not valid UTF-8");
+  }
   std::string json = "{";
   auto key = [&](const std::string& k) {
+    if (!valid_utf8(k)) throw Error("", k, "tensor name is not valid UTF-8");
     if (json.size() > 1) json += ',';
     json += nlohmann::json(k).dump();
     json += ':';

@@ -79,6 +79,17 @@ json read_json_file(const std::string& path, const char* what) {
 // structure per module spreads inside; the planner, with dozens of
 // candidates per module, across.
 enum class Spread { kAcross, kInside };
+// A plan entry's "rank" / "groups": an integer in 0..hi, or `fallback` when
+// absent. (json's value<int>() would convert 1e300 with undefined
+// behaviour, and wrap large integers.)
+int64_t plan_int(const json& e, const char* key, int64_t fallback, int64_t hi, const std::string& file) {
+  auto it = e.find(key);
+  if (it == e.end()) return fallback;
+  const bool ok = it->is_number_unsigned() ? it->get<uint64_t>() <= static_cast<uint64_t>(hi)
+                                           : it->is_number_integer() && it->get<int64_t>() >= 0 && it->get<int64_t>() <= hi;
+  if (!ok) throw Error(file, "", std::string("plan entry ") + key + " must be an integer in 0.." + std::to_string(hi));
+  return it->is_number_unsigned() ? static_cast<int64_t>(it->get<uint64_t>()) : it->get<int64_t>();
+}
 
 // Runs body(m) for the modules `mods` (ascending: this rank's) on `threads`
 // threads, BLAS single-threaded; then, across ranks, rethrows the failure
@@ -274,7 +285,7 @@ class Session {
     for (size_t i = 0; i < e.task_err2.size(); ++i) e.error += p.weights[i] * e.task_err2[i];
     if (store && writer_) {  // the module's result: store it now, keep nothing
       const auto& mod = set_.modules()[m];
-      writer_->write_module(m, {mod.name, mod.in, mod.out, cs.spec, std::move(stored)});
+      writer_->write_module(m, {mod.name, mod.in, mod.out, cs.spec, std::move(stored), {}});  // sha256: set by the writer
     }
     return e;
   }
@@ -493,7 +504,9 @@ std::vector<StructureSpec> specs_from_plan_file(const Session& s) {
     for (auto& e : *list) {
       auto fam = family_from_name(e.at("family").get<std::string>());
       if (!fam) throw Error(s.o_.plan_file, "", "unknown structure family " + e.at("family").dump());
-      by_name[e.at("name").get<std::string>()] = {*fam, e.value("rank", int64_t{0}), e.value("groups", 0)};
+      if (!e.is_object()) throw Error(s.o_.plan_file, "", "plan entries must be objects");
+      by_name[e.at("name").get<std::string>()] = {*fam, plan_int(e, "rank", 0, int64_t{1} << 40, s.o_.plan_file),
+                                                  static_cast<int>(plan_int(e, "groups", 0, 1 << 24, s.o_.plan_file))};
     }
   } catch (const json::exception& ex) {
     throw Error(s.o_.plan_file, "", std::string("malformed plan entry: ") + ex.what());
@@ -737,7 +750,7 @@ MergeReport merge(const AdapterSet& set, const MergeOptions& options, const fs::
         ModuleFitter fitter(p, as_evaluated);
         fit = fitter.fit(run.specs[0][m]).rounded(s.dtype_);
       }
-      writer->write_module(m, {mod.name, mod.in, mod.out, run.specs[0][m], std::move(fit)});
+      writer->write_module(m, {mod.name, mod.in, mod.out, run.specs[0][m], std::move(fit), {}});  // sha256: set by the writer
     }, Spread::kInside);
     // The other ranks' modules come to rank 0, one at a time.
     dist::stream_to_root(

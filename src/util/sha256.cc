@@ -35,6 +35,11 @@ struct Digest {
 
 }  // namespace
 
+Sha256::Sha256() : ctx_(new Digest) {}
+Sha256::~Sha256() { delete static_cast<Digest*>(ctx_); }
+void Sha256::update(std::span<const std::byte> bytes) { static_cast<Digest*>(ctx_)->update(bytes.data(), bytes.size()); }
+std::string Sha256::hex() { return static_cast<Digest*>(ctx_)->hex(); }
+
 std::string sha256_hex(std::span<const std::byte> bytes) {
   Digest d;
   d.update(bytes.data(), bytes.size());

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Writes seed corpora for the fuzz targets into OUT/<target>/ from real files:
+# adapters and a bundle made by the hydraopt CLI, the shipped adapters'
+# configs, and a few configs and pattern keys of the shapes PEFT writes.
+# Usage: tests/fuzz/make_seeds.sh HYDRAOPT_CLI OUT
+set -euo pipefail
+cli=$1
+out=$2
+src=$(cd "$(dirname "$0")/../.." && pwd)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$out"/{safetensors,peft_config,pattern,bundle}
+
+# Small real adapters (tiny preset, rank 1: ~4 KB each) and bundles of them.
+"$cli" synth "$work/s" --preset tiny --tasks 3 --rank 1 --seed 7 2>/dev/null
+"$cli" merge "$work/s/task00" "$work/s/task01" "$work/s/task02" --budget 0.6 --dtype f16 \
+  -o "$work/b.safetensors" >/dev/null
+"$cli" merge "$work/s/task00" "$work/s/task01" --method jd-diag --budget 0.8 --dtype bf16 \
+  -o "$work/jd.safetensors" >/dev/null
+"$cli" export "$work/b.safetensors" --task task01 -o "$work/e" >/dev/null
+cp "$work/s/task00/adapter_model.safetensors" "$out/safetensors/synth"
+cp "$work/e/adapter_model.safetensors" "$out/safetensors/exported"
+cp "$work/b.safetensors" "$out/safetensors/bundle"
+cp "$work/b.safetensors" "$out/bundle/hydraopt"
+cp "$work/jd.safetensors" "$out/bundle/jd-diag"
+
+# The bundle's metadata JSON as plain text, then NUL, then the file without
+# it (the second input form of bundle_fuzz).
+python3 - "$work/b.safetensors" "$out/bundle/split" "$work/jd.safetensors" "$out/bundle/split-jd" <<'PY'
+import json, struct, sys
+for src, dst in zip(sys.argv[1::2], sys.argv[2::2]):
+    data = open(src, "rb").read()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    meta = header.pop("__metadata__")["hydraopt"]
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+    open(dst, "wb").write(meta.encode() + b"\0" + struct.pack("<Q", len(h)) + h + data[8 + n:])
+PY
+
+# Configs: the shipped adapters' (few distinct ones), synth's, an export's
+# (rank_pattern / alpha_pattern written by hydraopt), and PEFT-shaped ones.
+i=0
+for f in "$src"/assets/adapters/*/adapter_config.json; do
+  cp "$f" "$out/peft_config/asset$i"; i=$((i + 1)); [ $i -lt 3 ] || break
+done
+cp "$work/s/task00/adapter_config.json" "$out/peft_config/synth"
+cp "$work/e/adapter_config.json" "$out/peft_config/exported"
+cat > "$out/peft_config/patterns" <<'JSON'
+{"peft_type":"LORA","r":8,"lora_alpha":16,"use_rslora":true,"fan_in_fan_out":false,
+ "target_modules":["q_proj","v_proj"],"base_model_name_or_path":"m",
+ "rank_pattern":{"model.layers.1.self_attn.q_proj":4,"layers\\.[0-9]+\\.mlp\\..*":2,"(q|v)_proj":6},
+ "alpha_pattern":{"^model\\.layers\\.\\d{1,2}\\.self_attn\\.[qkv]_proj$":3.5,"down_proj":1e-3}}
+JSON
+
+# Pattern keys: KEY NUL SUBJECT.
+while IFS='|' read -r name key subject; do
+  printf '%s\0%s' "$key" "$subject" > "$out/pattern/$name"
+done <<'KEYS'
+plain|q_proj|model.layers.0.self_attn.q_proj
+dotted|layers.1.self_attn.q_proj|model.layers.1.self_attn.q_proj
+class|layers\.[0-9]+\.mlp\.(up|down)_proj|model.layers.11.mlp.down_proj
+counted|\d{1,2}\.self_attn\.[^k]_proj|model.layers.3.self_attn.v_proj
+anchored|^model\.layers\.0\..*$|model.layers.0.self_attn.o_proj
+nested|((a|b)*c)+?|abcbc
+KEYS
