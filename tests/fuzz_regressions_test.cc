@@ -9,19 +9,12 @@
 #include "io/bundle.h"
 #include "io/peft_config.h"
 #include "io/safetensors.h"
+#include "test_util.h"
 
 namespace hydraopt {
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected hydraopt::Error";
-  return "";
-}
+using test::error_of;
 
 // Found by review while writing peft_config_fuzz: the error message printed
 // the value with json::dump(), which recurses once per nesting level; a

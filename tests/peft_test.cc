@@ -11,6 +11,7 @@ namespace {
 
 using test::TestModule;
 using test::write_adapter;
+using test::error_of;
 namespace fs = std::filesystem;
 
 const char* kQ0 = "model.layers.0.self_attn.q_proj";
@@ -20,16 +21,6 @@ const char* kV0 = "model.layers.0.self_attn.v_proj";
 
 TestModule mod(const std::string& name, int r, int in, int out, uint64_t seed) {
   return {name, test::random_matrix(r, in, seed), test::random_matrix(out, r, seed + 1000)};
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected hydraopt::Error";
-  return "";
 }
 
 TEST(Peft, LoadsFactorsAndDefaultScaling) {

@@ -25,15 +25,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected hydraopt::Error";
-  return "";
-}
+using test::error_of;
 
 std::vector<std::string> listing(const fs::path& dir) {
   std::vector<std::string> v;

@@ -8,15 +8,29 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "hydraopt/error.h"
 #include "io/safetensors.h"
 
 namespace hydraopt::test {
 
 namespace fs = std::filesystem;
+
+/// The message of the hydraopt::Error that f() throws (a test failure if
+/// it throws none).
+inline std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "expected hydraopt::Error";
+  return "";
+}
 
 /// A fresh directory removed at the end of the test.
 class TempDir {
