@@ -217,7 +217,6 @@ void BundleWriter::write_module(size_t m, const BundleModule& module) {
   });
   Impl::Module rec;
   std::vector<std::span<const std::byte>> pieces;
-  rec.bytes = 0;
   for (auto& t : tensors) {
     pieces.emplace_back(t.bytes);
     rec.bytes += t.bytes.size();

@@ -78,6 +78,13 @@ M transposed_times(const M& t, const M& y) {  // T^T y
   return z;
 }
 
+// Whether top_right_subspace solves a P x n stack exactly for k columns:
+// small problems, where the exact solver is as cheap as a few iterations.
+bool solved_exactly(Index p, Index n, Index k) {
+  const Index l = k + std::max<Index>(10, k / 2);
+  return k <= 0 || std::min(p, n) <= std::max<Index>(128, 2 * l);
+}
+
 }  // namespace
 
 double product_norm2(const MatrixXd& x, const MatrixXd& y) {
@@ -128,17 +135,15 @@ Subspace top_right_subspace_exact(const MatrixXd& t, Index k) {
 
 Subspace top_right_subspace(const MatrixXd& t, Index k) {
   const Index p = t.rows(), n = t.cols();
-  k = std::min({k, p, n});
-  const Index l = k + std::max<Index>(10, k / 2);
-  if (k <= 0 || std::min(p, n) <= std::max<Index>(128, 2 * l)) return top_right_subspace_exact(t, k);
+  if (solved_exactly(p, n, std::min({k, p, n}))) return top_right_subspace_exact(t, k);
   return top_right_subspace(t.cast<float>(), [&]() -> const MatrixXd& { return t; }, k);
 }
 
 Subspace top_right_subspace(const Eigen::MatrixXf& tf, const std::function<const MatrixXd&()>& dense, Index k) {
   const Index p = tf.rows(), n = tf.cols();
   k = std::min({k, p, n});
+  if (solved_exactly(p, n, k)) return top_right_subspace_exact(dense(), k);
   const Index l = k + std::max<Index>(10, k / 2);
-  if (k <= 0 || std::min(p, n) <= std::max<Index>(128, 2 * l)) return top_right_subspace_exact(dense(), k);
 
   constexpr int kMaxIters = 40;
   constexpr double kTol = 1e-4;

@@ -95,10 +95,8 @@ std::vector<double> fit_errors2(const ModuleProblem& p, const ModuleFit& f, cons
   const std::vector<double> own = norms ? std::vector<double>() : update_norms2(p);
   const std::vector<double>& n2 = norms ? *norms : own;
   std::vector<MatrixXd> hh(f.heads.size()), rr(f.bodies.size());
-  util::parallel_for(f.heads.size() + f.bodies.size(), [&](size_t j) {
-    if (j < f.heads.size()) hh[j] = f.heads[j].transpose() * f.heads[j];
-    else rr[j - f.heads.size()] = f.bodies[j - f.heads.size()] * f.bodies[j - f.heads.size()].transpose();
-  });
+  util::parallel_for(f.heads.size(), [&](size_t j) { hh[j] = f.heads[j].transpose() * f.heads[j]; });
+  util::parallel_for(f.bodies.size(), [&](size_t j) { rr[j] = f.bodies[j] * f.bodies[j].transpose(); });
   std::vector<double> e(p.tasks());
   util::parallel_for(p.tasks(), [&](size_t i) {
     const MatrixXd& h = f.heads[f.head_of[i]];

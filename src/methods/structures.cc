@@ -164,19 +164,21 @@ const linalg::Subspace& ModuleFitter::right(int64_t k) {
     util::parallel_for(n, [&](size_t i) {
       if (p_.loras[i].rank() > 0) cores[i] = std::sqrt(p_.weights[i]) * linalg::left_core(p_.left(i));
     });
-    Eigen::MatrixXf tf(at[n], p_.in());
-    util::parallel_for(n, [&](size_t i) {
-      if (p_.loras[i].rank() == 0) return;
-      tf.middleRows(at[i], p_.loras[i].rank()).noalias() = cores[i].cast<float>() * p_.loras[i].A.cast<float>();
-    });
+    // The stack in the precision of `t` (the products too).
+    auto stack = [&](auto& t) {
+      using Scalar = typename std::decay_t<decltype(t)>::Scalar;
+      t.resize(at[n], p_.in());
+      util::parallel_for(n, [&](size_t i) {
+        if (p_.loras[i].rank() == 0) return;
+        t.middleRows(at[i], p_.loras[i].rank()).noalias() =
+            cores[i].template cast<Scalar>() * p_.loras[i].A.template cast<Scalar>();
+      });
+    };
+    Eigen::MatrixXf tf;
+    stack(tf);
     std::optional<MatrixXd> t;
     auto dense = [&]() -> const MatrixXd& {
-      if (!t) {
-        t.emplace(at[n], p_.in());
-        util::parallel_for(n, [&](size_t i) {
-          if (p_.loras[i].rank() > 0) t->middleRows(at[i], p_.loras[i].rank()).noalias() = cores[i] * p_.loras[i].A;
-        });
-      }
+      if (!t) stack(t.emplace());
       return *t;
     };
     // Solve once for as many columns as the structures to come need
