@@ -166,9 +166,13 @@ def test_merge_releases_the_gil():
     """Another Python thread keeps running while a merge computes."""
     ticks, done = [], threading.Event()
 
+    # 12 tasks: about 0.9 s here, well above the 0.2 s the check needs (4
+    # tasks took 0.18-0.25 s once merges ran their threads inside modules).
+    tasks = sorted(p.name for p in ADAPTERS.iterdir())[:12]
+
     def work():
         try:
-            hydraopt.merge(paths(), budget=0.5, threads=1)
+            hydraopt.merge(paths(tasks), budget=0.5, threads=1)
         finally:
             done.set()
 
