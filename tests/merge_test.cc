@@ -168,15 +168,21 @@ TEST(Merge, HydraPointIsByteIdenticalAcrossThreadCounts) {
   std::vector<std::string> in;
   for (auto& p : synth_write(d / "small", so)) in.push_back(p.string());
   const AdapterSet set = AdapterSet::open(in);
-  for (int threads : {1, 2, 3}) {
-    MergeOptions o;
-    o.method = "hydra";
-    o.threads = threads;
-    merge(set, o, d / ("b" + std::to_string(threads) + ".safetensors"));
+  // Threads across modules (the default here) and inside one module (no
+  // memory for more than one module's factors).
+  for (double across_bytes : {256.0 * (1 << 20), 0.0}) {
+    for (int threads : {1, 2, 3}) {
+      MergeOptions o;
+      o.method = "hydra";
+      o.threads = threads;
+      o.across_bytes = across_bytes;
+      merge(set, o, d / ("b" + std::to_string(threads) + (across_bytes > 0 ? "a" : "i") + ".safetensors"));
+    }
   }
-  const std::string one = test::read_text(d / "b1.safetensors");
-  EXPECT_EQ(one, test::read_text(d / "b2.safetensors"));
-  EXPECT_EQ(one, test::read_text(d / "b3.safetensors"));
+  const std::string one = test::read_text(d / "b1a.safetensors");
+  for (const char* other : {"b2a", "b3a", "b1i", "b2i", "b3i"}) {
+    EXPECT_EQ(one, test::read_text(d / (std::string(other) + ".safetensors"))) << other;
+  }
 }
 
 // Modules may reach the writer in any order (threads finish when they

@@ -1,6 +1,8 @@
 // Structures and their fits, checked against dense computations.
 #include <gtest/gtest.h>
 
+#include <tuple>
+
 #include <Eigen/Eigenvalues>
 #include <Eigen/QR>
 #include <Eigen/SVD>
@@ -175,6 +177,35 @@ TEST(Structures, RoundedFitsCarryTheStoredValues) {
   ModuleFitter fitter(p, {});
   ModuleFit f = fitter.fit({Family::kSharedA, 2, 0}).rounded(DType::BF16);
   for (auto& h : f.heads) EXPECT_EQ(h, io::round_to_dtype(h, DType::BF16));
+}
+
+// The hydra point's streamed fit gives the bits of fitting, rounding and
+// measuring one after the other, by the exact solver (P = 14 rows) and by
+// the range finder (P = 175 > 128), and releases the inputs.
+TEST(Structures, StreamedSharedHeadsEqualFitRoundAndMeasure) {
+  for (auto [n, in, r] : {std::tuple{5, 40, 3}, std::tuple{12, 300, 16}}) {
+    const ModuleProblem p = make_problem(n, in, 30, r, 21, true);
+    const StructureSpec s{Family::kSharedA, r, 0};
+    FitOptions o;
+    o.body_width = 1;
+    for (DType dtype : {DType::F32, DType::BF16}) {
+      ModuleFitter fitter(p, o);
+      const ModuleFit want = fitter.fit(s).rounded(dtype);
+      ModuleProblem q = p;
+      std::vector<double> err2;
+      const ModuleFit got = fit_shared_heads(std::move(q), s, o, dtype, update_norms2(p), &err2);
+      EXPECT_EQ(err2, fit_errors2(p, want));
+      EXPECT_EQ(got.bodies, want.bodies);
+      EXPECT_EQ(got.heads, want.heads);
+      EXPECT_EQ(got.head_of, want.head_of);
+      EXPECT_EQ(got.body_of, want.body_of);
+      EXPECT_EQ(got.params(), want.params());
+      for (auto& l : q.loras) EXPECT_EQ(l.A.size() + l.B.size(), 0);
+    }
+  }
+  ModuleProblem p = make_problem(4, 20, 10, 2, 3, false);
+  std::vector<double> err2;
+  EXPECT_THROW(fit_shared_heads(std::move(p), {Family::kSharedA, 2, 2}, {}, DType::F32, {}, &err2), std::logic_error);
 }
 
 TEST(Cluster, WardRecoversSeparatedGroupsDeterministically) {

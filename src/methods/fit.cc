@@ -88,30 +88,33 @@ double error2_stacked(const ModuleProblem& p, const ModuleFit& f, size_t i) {
 }  // namespace
 
 std::vector<double> fit_errors2(const ModuleProblem& p, const ModuleFit& f, const std::vector<double>* norms) {
-  // ||dW||^2 - 2 <dW, dW_hat> + ||dW_hat||^2 with rank-sized products and
-  // the Grams of shared heads and bodies computed once. That difference
-  // loses relative accuracy when the error is tiny, so errors below 1e-6 of
-  // ||dW||^2 are recomputed from the stacked factors.
+  // The Grams of shared heads and bodies, once; then fit_error2 per task.
   const std::vector<double> own = norms ? std::vector<double>() : update_norms2(p);
   const std::vector<double>& n2 = norms ? *norms : own;
   std::vector<MatrixXd> hh(f.heads.size()), rr(f.bodies.size());
   util::parallel_for(f.heads.size(), [&](size_t j) { hh[j] = f.heads[j].transpose() * f.heads[j]; });
   util::parallel_for(f.bodies.size(), [&](size_t j) { rr[j] = f.bodies[j] * f.bodies[j].transpose(); });
   std::vector<double> e(p.tasks());
-  util::parallel_for(p.tasks(), [&](size_t i) {
-    const MatrixXd& h = f.heads[f.head_of[i]];
-    const MatrixXd& r = f.bodies[f.body_of[i]];
-    MatrixXd c;  // the core as a full matrix (identity when absent)
-    if (f.core_of[i] < 0) c = MatrixXd::Identity(h.cols(), r.rows());
-    else if (f.diagonal_cores) c = f.cores[f.core_of[i]].col(0).asDiagonal();
-    else c = f.cores[f.core_of[i]];
-    const double s = f.scale[i];
-    const double inner = s * ((h.transpose() * p.left(i)) * (p.loras[i].A * r.transpose())).cwiseProduct(c).sum();
-    const double sq = s * s * ((c.transpose() * hh[f.head_of[i]] * c).cwiseProduct(rr[f.body_of[i]])).sum();
-    e[i] = n2[i] - 2 * inner + sq;
-    if (!(e[i] > 1e-6 * n2[i])) e[i] = error2_stacked(p, f, i);
-  });
+  util::parallel_for(p.tasks(), [&](size_t i) { e[i] = fit_error2(p, f, i, n2[i], hh[f.head_of[i]], rr[f.body_of[i]]); });
   return e;
+}
+
+double fit_error2(const ModuleProblem& p, const ModuleFit& f, size_t i, double norm2, const MatrixXd& hh,
+                  const MatrixXd& rr) {
+  // ||dW||^2 - 2 <dW, dW_hat> + ||dW_hat||^2 with rank-sized products. That
+  // difference loses relative accuracy when the error is tiny, so errors
+  // below 1e-6 of ||dW||^2 are recomputed from the stacked factors.
+  const MatrixXd& h = f.heads[f.head_of[i]];
+  const MatrixXd& r = f.bodies[f.body_of[i]];
+  MatrixXd c;  // the core as a full matrix (identity when absent)
+  if (f.core_of[i] < 0) c = MatrixXd::Identity(h.cols(), r.rows());
+  else if (f.diagonal_cores) c = f.cores[f.core_of[i]].col(0).asDiagonal();
+  else c = f.cores[f.core_of[i]];
+  const double s = f.scale[i];
+  const double inner = s * ((h.transpose() * p.left(i)) * (p.loras[i].A * r.transpose())).cwiseProduct(c).sum();
+  const double sq = s * s * ((c.transpose() * hh * c).cwiseProduct(rr)).sum();
+  const double e = norm2 - 2 * inner + sq;
+  return e > 1e-6 * norm2 ? e : error2_stacked(p, f, i);
 }
 
 double weighted_error(const ModuleProblem& p, const ModuleFit& f) {

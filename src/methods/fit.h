@@ -59,6 +59,11 @@ std::vector<double> update_norms2(const ModuleProblem& p);
 /// recomputing them.
 std::vector<double> fit_errors2(const ModuleProblem& p, const ModuleFit& f,
                                 const std::vector<double>* norms = nullptr);
+/// ||dW_i - dW_hat_i||_F^2 for task i alone, given ||dW_i||^2 and the
+/// Grams H^T H of its head and R R^T of its body (which fit_errors2
+/// computes once per shared head and body).
+double fit_error2(const ModuleProblem& p, const ModuleFit& f, size_t i, double norm2, const Eigen::MatrixXd& hh,
+                  const Eigen::MatrixXd& rr);
 /// sum_i w_i ||dW_i - dW_hat_i||_F^2
 double weighted_error(const ModuleProblem& p, const ModuleFit& f);
 

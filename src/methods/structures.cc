@@ -7,6 +7,7 @@
 #include <map>
 
 #include "hydraopt/error.h"
+#include "io/safetensors.h"
 #include "util/parallel.h"
 
 namespace hydraopt {
@@ -284,6 +285,36 @@ ModuleFit per_task_layout(size_t n) {
 }
 
 }  // namespace
+
+bool per_task_heads(const StructureSpec& s, size_t tasks) {
+  return s.family == Family::kSharedA && (s.groups <= 0 || static_cast<size_t>(s.groups) >= tasks);
+}
+
+ModuleFit fit_shared_heads(ModuleProblem&& p, const StructureSpec& s, const FitOptions& o, DType dtype,
+                           const std::vector<double>& norms, std::vector<double>* err2) {
+  if (!per_task_heads(s, p.tasks())) throw std::logic_error("fit_shared_heads: not shared-A with a head per task");
+  const size_t n = p.tasks();
+  MatrixXd v;  // the body's basis, as ModuleFitter::fit_shared takes it
+  {
+    ModuleFitter fitter(p, o);
+    if (!spec_valid(s, fitter.shape())) throw Error("structure " + s.label() + " does not fit this module's shape");
+    v = fitter.right(s.rank).basis.leftCols(s.rank);
+  }
+  ModuleFit f = per_task_layout(n);
+  f.bodies = {io::round_to_dtype(v.transpose(), dtype)};
+  std::fill(f.body_of.begin(), f.body_of.end(), 0);
+  f.heads.resize(n);
+  const MatrixXd rr = f.bodies[0] * f.bodies[0].transpose();
+  err2->assign(n, 0.0);
+  util::parallel_for(n, [&](size_t i) {
+    f.head_of[i] = static_cast<int>(i);
+    f.heads[i] = io::round_to_dtype(p.left(i) * (p.loras[i].A * v), dtype);
+    const MatrixXd hh = f.heads[i].transpose() * f.heads[i];
+    (*err2)[i] = fit_error2(p, f, i, norms[i], hh, rr);
+    p.loras[i] = ModuleLora{};
+  });
+  return f;
+}
 
 ModuleFit ModuleFitter::fit_exact() const {
   const size_t n = p_.tasks();

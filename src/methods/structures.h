@@ -106,6 +106,8 @@ class ModuleFitter {
   ModuleShape shape() const;
 
  private:
+  friend ModuleFit fit_shared_heads(ModuleProblem&&, const StructureSpec&, const FitOptions&, DType,
+                                    const std::vector<double>&, std::vector<double>*);
   /// Top right singular subspace of the stacked weighted updates, with at
   /// least k columns (computed lazily, widened on demand).
   const linalg::Subspace& right(int64_t k);
@@ -136,6 +138,18 @@ class ModuleFitter {
   std::unique_ptr<ModuleProblem> transposed_problem_;
   std::unique_ptr<ModuleFitter> mirror_;
 };
+
+/// Whether `s` on `tasks` tasks is shared-A with a head per task (the hydra
+/// point's structure), which fit_shared_heads fits.
+bool per_task_heads(const StructureSpec& s, size_t tasks);
+
+/// ModuleFitter(p, o).fit(s).rounded(dtype) and its fit_errors2 (into
+/// `err2`, from `norms` = update_norms2(p)) for a per_task_heads structure,
+/// consuming `p`: each task's factors are released as soon as its head and
+/// its error after rounding are known, so the module's inputs and its heads
+/// are not both held whole. Bit for bit the same as the separate calls.
+ModuleFit fit_shared_heads(ModuleProblem&& p, const StructureSpec& s, const FitOptions& o, DType dtype,
+                           const std::vector<double>& norms, std::vector<double>* err2);
 
 /// Alternating least squares on a fit's stored matrices with its sharing
 /// pattern fixed: heads, then cores, then bodies, each an exact minimiser.

@@ -171,6 +171,7 @@ class Session {
     if (o.budget_bytes && *o.budget_bytes <= 0) throw Error("--budget-bytes must be positive");
     original_ = set.original_params();
     partition_modules();
+    choose_spread();
     dist::checked([&] { load_groups(); });
     compute_norms();
     dist::checked([&] { compute_weights(); });
@@ -226,11 +227,17 @@ class Session {
       const auto list = specs(m, ModuleShape{mod.in, mod.out, mod.ranks});
       if (list.empty()) return;
       ModuleProblem p = problem(m);
+      if (final && list.size() == 1 && per_task_heads(list[0].spec, p.tasks())) {
+        std::vector<double> err2;
+        ModuleFit stored = fit_shared_heads(std::move(p), list[0].spec, fo, dtype_, norms2_[m], &err2);
+        out[m].push_back(record(m, std::move(stored), std::move(err2), list[0], true, fo.max_iters));
+        return;
+      }
       ModuleFitter fitter(p, fo);
       for (auto& cs : list) {
         out[m].push_back(evaluate(p, m, fitter.fit(cs.spec), cs, final && list.size() == 1, fo.max_iters));
       }
-    }, final ? Spread::kInside : Spread::kAcross);
+    }, final ? spread_ : Spread::kAcross);
     share(out);
     return out;
   }
@@ -279,10 +286,17 @@ class Session {
 
   Evaluated evaluate(const ModuleProblem& p, size_t m, ModuleFit fit, const CandidateSpec& cs, bool store,
                      int max_iters) const {
-    const int64_t params = fit.params();
     ModuleFit stored = std::move(fit).rounded(dtype_);
-    Evaluated e{cs.spec, cs.key, params, 0, fit_errors2(p, stored, &norms2_[m]), max_iters};
-    for (size_t i = 0; i < e.task_err2.size(); ++i) e.error += p.weights[i] * e.task_err2[i];
+    std::vector<double> err2 = fit_errors2(p, stored, &norms2_[m]);
+    return record(m, std::move(stored), std::move(err2), cs, store, max_iters);
+  }
+
+  // A rounded fit and its per-task errors; with `store`, the fit goes to
+  // the bundle writer.
+  Evaluated record(size_t m, ModuleFit stored, std::vector<double> task_err2, const CandidateSpec& cs, bool store,
+                   int max_iters) const {
+    Evaluated e{cs.spec, cs.key, stored.params(), 0, std::move(task_err2), max_iters};
+    for (size_t i = 0; i < e.task_err2.size(); ++i) e.error += weights_[i] * e.task_err2[i];
     if (store && writer_) {  // the module's result: store it now, keep nothing
       const auto& mod = set_.modules()[m];
       writer_->write_module(m, {mod.name, mod.in, mod.out, cs.spec, std::move(stored), {}});  // sha256: set by the writer
@@ -338,6 +352,7 @@ class Session {
   const MergeOptions& o_;
   std::chrono::steady_clock::time_point t0_;
   int threads_ = 1;
+  Spread spread_ = Spread::kInside;  // for one structure per module: see choose_spread
   DType dtype_ = DType::F32;
   Share share_ = Share::kAuto;
   int64_t original_ = 0;
@@ -377,6 +392,20 @@ class Session {
     user_group_count_ = g;
   }
 
+  // Threads across modules are faster (no synchronisation inside a
+  // module, no serial steps) but hold one module's factors per thread.
+  // Across, then, while `threads` modules' factors (in double) take at
+  // most o_.across_bytes; past that (many tasks, wide modules) inside one
+  // module at a time, so memory stays that of one module.
+  void choose_spread() {
+    double largest = 0;
+    for (const auto& m : set_.modules()) {
+      ModuleShape shape{m.in, m.out, m.ranks};
+      largest = std::max(largest, 8.0 * static_cast<double>(m.in + m.out) * static_cast<double>(shape.rank_sum()));
+    }
+    spread_ = threads_ * largest <= o_.across_bytes ? Spread::kAcross : Spread::kInside;
+  }
+
   // Modules over ranks, balanced by the size of their factors.
   void partition_modules() {
     std::vector<double> cost;
@@ -397,7 +426,7 @@ class Session {
       ModuleProblem p;
       p.loras = set_.load(m);
       norms2_[m] = update_norms2(p);
-    }, Spread::kInside);
+    }, spread_);
     if (dist::size() > 1) {  // each entry is non-zero on one rank only: the sums are exact
       std::vector<double> all(nm * n, 0.0);
       for (size_t m : mine_) std::copy(norms2_[m].begin(), norms2_[m].end(), all.begin() + static_cast<ptrdiff_t>(m * n));
