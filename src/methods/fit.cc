@@ -66,7 +66,10 @@ ModuleProblem ModuleProblem::transposed() const {
 
 std::vector<double> update_norms2(const ModuleProblem& p) {
   std::vector<double> n(p.tasks());
-  util::parallel_for(p.tasks(), [&](size_t i) { n[i] = linalg::product_norm2(p.left(i), p.loras[i].A); });
+  util::parallel_for(p.tasks(), [&](size_t i) {
+    const auto& l = p.loras[i];
+    n[i] = l.scale * l.scale * linalg::product_norm2(l.B, l.A);
+  });
   return n;
 }
 
@@ -111,7 +114,8 @@ double fit_error2(const ModuleProblem& p, const ModuleFit& f, size_t i, double n
   else if (f.diagonal_cores) c = f.cores[f.core_of[i]].col(0).asDiagonal();
   else c = f.cores[f.core_of[i]];
   const double s = f.scale[i];
-  const double inner = s * ((h.transpose() * p.left(i)) * (p.loras[i].A * r.transpose())).cwiseProduct(c).sum();
+  const auto& l = p.loras[i];
+  const double inner = s * l.scale * ((h.transpose() * l.B) * (l.A * r.transpose())).cwiseProduct(c).sum();
   const double sq = s * s * ((c.transpose() * hh * c).cwiseProduct(rr)).sum();
   const double e = norm2 - 2 * inner + sq;
   return e > 1e-6 * norm2 ? e : error2_stacked(p, f, i);

@@ -27,6 +27,9 @@ const std::map<Family, const char*> kNames = {
 
 int group_count(int groups, size_t n) { return groups <= 0 ? static_cast<int>(n) : std::min<int>(groups, n); }
 
+// s B (A V): a task's update in the basis V of a body (its head).
+MatrixXd head(const ModuleLora& l, const MatrixXd& v) { return l.scale * (l.B * (l.A * v)); }
+
 // Pads m with zero rows (or columns) to exactly k, so stored sizes match the spec.
 MatrixXd pad_rows(const MatrixXd& m, Index k) {
   MatrixXd out = MatrixXd::Zero(k, m.cols());
@@ -163,7 +166,8 @@ const linalg::Subspace& ModuleFitter::right(int64_t k) {
     std::vector<Index> at(n + 1, 0);  // first row of each task's block
     for (size_t i = 0; i < n; ++i) at[i + 1] = at[i] + p_.loras[i].rank();
     util::parallel_for(n, [&](size_t i) {
-      if (p_.loras[i].rank() > 0) cores[i] = std::sqrt(p_.weights[i]) * linalg::left_core(p_.left(i));
+      const auto& l = p_.loras[i];  // left core of s B: |s| times B's
+      if (l.rank() > 0) cores[i] = std::sqrt(p_.weights[i]) * std::abs(l.scale) * linalg::left_core(l.B);
     });
     // The stack in the precision of `t` (the products too).
     auto stack = [&](auto& t) {
@@ -308,7 +312,7 @@ ModuleFit fit_shared_heads(ModuleProblem&& p, const StructureSpec& s, const FitO
   err2->assign(n, 0.0);
   util::parallel_for(n, [&](size_t i) {
     f.head_of[i] = static_cast<int>(i);
-    f.heads[i] = io::round_to_dtype(p.left(i) * (p.loras[i].A * v), dtype);
+    f.heads[i] = io::round_to_dtype(head(p.loras[i], v), dtype);
     const MatrixXd hh = f.heads[i].transpose() * f.heads[i];
     (*err2)[i] = fit_error2(p, f, i, norms[i], hh, rr);
     p.loras[i] = ModuleLora{};
@@ -362,7 +366,7 @@ ModuleFit ModuleFitter::fit_merged(int64_t k) {
 
 std::vector<MatrixXd> ModuleFitter::projections(const MatrixXd& v) const {
   std::vector<MatrixXd> y(p_.tasks());
-  util::parallel_for(y.size(), [&](size_t i) { y[i] = p_.left(i) * (p_.loras[i].A * v); });
+  util::parallel_for(y.size(), [&](size_t i) { y[i] = head(p_.loras[i], v); });
   return y;
 }
 
