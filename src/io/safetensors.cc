@@ -33,20 +33,29 @@ int64_t TensorInfo::numel() const {
 namespace {
 
 // Row-major elements of type T at p (rows x cols, possibly unaligned) into
-// column-major out, converted by cvt. Tiles of 8 columns keep the reads
-// sequential and the writes in 8 streams (16 streams a power-of-two stride
-// apart thrash the L1 sets: 3x slower).
+// column-major out, converted by cvt. Through 16 x 128 tiles: each tile is
+// read row by row (sequential) into a buffer that stays in L1, then written
+// column by column (16 contiguous values each), about twice as fast as
+// converting element by element into the strided destination.
 template <typename T, typename Cvt>
 void to_column_major(const std::byte* p, Eigen::Index rows, Eigen::Index cols, double* out, Cvt cvt) {
-  constexpr Eigen::Index kTile = 8;
-  for (Eigen::Index c0 = 0; c0 < cols; c0 += kTile) {
-    const Eigen::Index c1 = std::min(cols, c0 + kTile);
-    for (Eigen::Index r = 0; r < rows; ++r) {
-      const std::byte* row = p + static_cast<size_t>(r * cols) * sizeof(T);
-      for (Eigen::Index c = c0; c < c1; ++c) {
-        T x;
-        std::memcpy(&x, row + static_cast<size_t>(c) * sizeof(T), sizeof(T));
-        out[c * rows + r] = cvt(x);
+  constexpr Eigen::Index kRows = 16, kCols = 128;
+  double tile[kRows * kCols];
+  for (Eigen::Index r0 = 0; r0 < rows; r0 += kRows) {
+    const Eigen::Index rn = std::min(kRows, rows - r0);
+    for (Eigen::Index c0 = 0; c0 < cols; c0 += kCols) {
+      const Eigen::Index cn = std::min(kCols, cols - c0);
+      for (Eigen::Index r = 0; r < rn; ++r) {
+        const std::byte* row = p + static_cast<size_t>((r0 + r) * cols + c0) * sizeof(T);
+        for (Eigen::Index c = 0; c < cn; ++c) {
+          T x;
+          std::memcpy(&x, row + static_cast<size_t>(c) * sizeof(T), sizeof(T));
+          tile[r * kCols + c] = cvt(x);
+        }
+      }
+      for (Eigen::Index c = 0; c < cn; ++c) {
+        double* dst = out + (c0 + c) * rows + r0;
+        for (Eigen::Index r = 0; r < rn; ++r) dst[r] = tile[r * kCols + c];
       }
     }
   }
