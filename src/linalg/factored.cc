@@ -29,16 +29,30 @@ MatrixXd gram_rows(const MatrixXd& y) {  // Y Y^T
   return g.selfadjointView<Eigen::Lower>();
 }
 
-// Orthonormal basis Q of the columns of V (n x k, n >= k) by Householder QR,
-// each column's sign chosen so that q_j . v_j >= 0 (deterministic).
+// Orthonormal basis Q of the columns of V (n x k, n >= k) with q_j . v_j >= 0
+// (deterministic). By Cholesky QR twice in double, Q = V R1^-1 R2^-1: two
+// Grams and two triangular solves, several times faster than Householder
+// on tall thin V and as accurate while V is well conditioned (the first
+// Cholesky factor's diagonal within 1e-4 of its largest). Otherwise (V
+// near rank deficient) by Householder QR.
 template <typename Matrix>
 Matrix orthonormal_like(const Matrix& v) {
-  Eigen::HouseholderQR<Matrix> qr(v);
-  Matrix q = qr.householderQ() * Matrix::Identity(v.rows(), v.cols());
-  for (Index j = 0; j < v.cols(); ++j) {
-    if (q.col(j).dot(v.col(j)) < 0) q.col(j) = -q.col(j);
+  const Index k = v.cols();
+  MatrixXd q = v.template cast<double>();
+  bool ok = k > 0;
+  for (int pass = 0; pass < 2 && ok; ++pass) {
+    Eigen::LLT<MatrixXd> llt(gram(q));
+    const Eigen::VectorXd d = llt.matrixLLT().diagonal();
+    ok = llt.info() == Eigen::Success && d.minCoeff() > (pass == 0 ? 1e-4 : 0.5) * d.maxCoeff();
+    if (ok) llt.matrixU().template solveInPlace<Eigen::OnTheRight>(q);
   }
-  return q;
+  if (ok) return q.template cast<typename Matrix::Scalar>();
+  Eigen::HouseholderQR<Matrix> qr(v);
+  Matrix h = qr.householderQ() * Matrix::Identity(v.rows(), k);
+  for (Index j = 0; j < k; ++j) {
+    if (h.col(j).dot(v.col(j)) < 0) h.col(j) = -h.col(j);
+  }
+  return h;
 }
 
 // The range finders' stopping rule on successive changes d (latest) and
