@@ -183,6 +183,17 @@ TEST(PeftSet, MissingModuleIsAZeroUpdate) {
   EXPECT_EQ(set.modules()[1].name, kV0);
   EXPECT_EQ(set.modules()[1].ranks, (std::vector<int64_t>{4, 0}));
   auto f = set.load(1);
+  // Norms read without the factors: ||s B A||^2, 0 for the missing module.
+  for (size_t m = 0; m < 2; ++m) {
+    const auto loaded = set.load(m);
+    const auto n2 = set.update_norms2(m);
+    ASSERT_EQ(n2.size(), 2u);
+    for (size_t i = 0; i < 2; ++i) {
+      const double dense = (loaded[i].scale * loaded[i].B * loaded[i].A).squaredNorm();
+      EXPECT_NEAR(n2[i], dense, 1e-12 * dense) << m << " " << i;
+    }
+  }
+  EXPECT_EQ(set.update_norms2(1)[1], 0.0);
   EXPECT_EQ(f[1].rank(), 0);
   EXPECT_EQ(f[1].A.cols(), 8);
   EXPECT_EQ(f[1].B.rows(), 4);

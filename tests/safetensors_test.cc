@@ -149,6 +149,7 @@ TEST_P(RoundTrip, EveryDtypeRoundTripsThroughAFile) {
   EXPECT_EQ(t->shape, (std::vector<int64_t>{3, 5}));
   Eigen::MatrixXd back = f.matrix(*t);
   EXPECT_EQ(back, stored);  // exact: reading is lossless
+  EXPECT_EQ(f.matrix_transposed(*t), Eigen::MatrixXd(stored.transpose()));
   const double tol = dt == DType::F64 ? 0 : dt == DType::F32 ? 1e-7 : dt == DType::F16 ? 1e-3 : 8e-3;
   EXPECT_LE((back - m).cwiseAbs().maxCoeff(), tol * m.cwiseAbs().maxCoeff());
   // Header is padded to 8 bytes so the data buffer is aligned.

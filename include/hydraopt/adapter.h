@@ -79,6 +79,9 @@ class Adapter {
   /// pages are unmapped again after the copy, so a pass over all modules
   /// keeps only the factors it holds in memory.
   ModuleLora load(const std::string& module) const;
+  /// ||s B A||_F^2 of one module (throws if the adapter lacks it), without
+  /// keeping its factors; A is read in file order (as A^T), faster than load.
+  double update_norm2(const std::string& module) const;
   /// Path of adapter_model.safetensors.
   std::filesystem::path weights_path() const;
 
@@ -111,6 +114,8 @@ class AdapterSet {
   /// Every task's factors for module m; a task without it gets rank 0
   /// (a zero update).
   std::vector<ModuleLora> load(size_t m) const;
+  /// Every task's ||s B A||_F^2 on module m (0 where a task lacks it).
+  std::vector<double> update_norms2(size_t m) const;
   /// sum over tasks of their LoRA parameter counts
   int64_t original_params() const;
   /// Widest stored dtype over all tasks.

@@ -10,6 +10,7 @@
 #include "hydraopt/adapter.h"
 #include "hydraopt/error.h"
 #include "io/bundle.h"
+#include "linalg/factored.h"
 #include "io/pattern.h"
 #include "io/peft_config.h"
 #include "io/safetensors.h"
@@ -303,6 +304,16 @@ ModuleLora Adapter::load(const std::string& module) const {
   return l;
 }
 
+double Adapter::update_norm2(const std::string& module) const {
+  auto it = impl_->factors.find(module);
+  if (it == impl_->factors.end()) throw Error(weights_path().string(), module, "module not in adapter");
+  const double s = find(module)->scale;
+  const Eigen::MatrixXd at = impl_->weights.matrix_transposed(*it->second.first);
+  const Eigen::MatrixXd b = impl_->weights.matrix(*it->second.second);
+  impl_->weights.release();
+  return s * s * linalg::product_norm2_transposed(b, at);
+}
+
 AdapterSet::AdapterSet(std::vector<Adapter> adapters) : tasks_(std::move(adapters)) {
   if (tasks_.empty()) throw Error("no adapters given");
   std::map<std::string, size_t> names;
@@ -364,6 +375,15 @@ std::vector<ModuleLora> AdapterSet::load(size_t m) const {
       out[i].A.setZero(0, mod.in);
       out[i].B.setZero(mod.out, 0);
     }
+  });
+  return out;
+}
+
+std::vector<double> AdapterSet::update_norms2(size_t m) const {
+  const Module& mod = modules_.at(m);
+  std::vector<double> out(tasks_.size(), 0.0);
+  util::parallel_for(tasks_.size(), [&](size_t i) {
+    if (mod.ranks[i] > 0) out[i] = tasks_[i].update_norm2(mod.name);
   });
   return out;
 }

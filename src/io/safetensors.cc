@@ -289,6 +289,30 @@ Eigen::MatrixXd SafetensorsFile::matrix(const TensorInfo& t) const {
   return m;
 }
 
+Eigen::MatrixXd SafetensorsFile::matrix_transposed(const TensorInfo& t) const {
+  if (t.shape.size() != 2) {
+    throw Error(label_, t.name, "expected a 2-D tensor, got " + std::to_string(t.shape.size()) + "-D");
+  }
+  // Row-major rows x cols is column-major cols x rows: convert in order.
+  Eigen::MatrixXd m(t.shape[1], t.shape[0]);
+  const std::byte* p = data_ + t.begin;
+  auto convert = [&](auto cvt, auto tag) {
+    using T = decltype(tag);
+    for (Eigen::Index i = 0; i < m.size(); ++i) {
+      T x;
+      std::memcpy(&x, p + static_cast<size_t>(i) * sizeof(T), sizeof(T));
+      m.data()[i] = cvt(x);
+    }
+  };
+  switch (t.dtype) {
+    case DType::F64: convert([](double x) { return x; }, double{}); break;
+    case DType::F32: convert([](float x) { return double{x}; }, float{}); break;
+    case DType::BF16: convert([](uint16_t h) { return double{bf16_to_float(h)}; }, uint16_t{}); break;
+    case DType::F16: convert([](uint16_t h) { return double{f16_to_float(h)}; }, uint16_t{}); break;
+  }
+  return m;
+}
+
 void SafetensorsFile::release() const {
   // Reading a tensor also maps pages around it: a fault maps a window of
   // page-cache pages (fault_around_bytes) and whole large folios, which

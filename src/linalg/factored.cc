@@ -106,6 +106,11 @@ double product_norm2(const MatrixXd& x, const MatrixXd& y) {
   return std::max(0.0, (gram(x).cwiseProduct(gram_rows(y))).sum());
 }
 
+double product_norm2_transposed(const MatrixXd& x, const MatrixXd& yt) {
+  if (x.cols() == 0) return 0;
+  return std::max(0.0, (gram(x).cwiseProduct(gram(yt))).sum());
+}
+
 double product_inner(const MatrixXd& x1, const MatrixXd& y1, const MatrixXd& x2, const MatrixXd& y2) {
   if (x1.cols() == 0 || x2.cols() == 0) return 0;
   // trace((X1^T X2)(Y2 Y1^T)) = sum((X1^T X2) .* (Y1 Y2^T))

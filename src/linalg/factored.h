@@ -15,6 +15,10 @@ namespace hydraopt::linalg {
 /// ||X Y||_F^2 = trace((X^T X)(Y Y^T)) for X (m x p), Y (p x n); >= 0.
 double product_norm2(const Eigen::MatrixXd& x, const Eigen::MatrixXd& y);
 
+/// The same given Y^T (n x p) instead of Y: trace((X^T X)(Yt^T Yt)), both
+/// Grams of tall matrices (the cheaper kind to form).
+double product_norm2_transposed(const Eigen::MatrixXd& x, const Eigen::MatrixXd& yt);
+
 /// <X1 Y1, X2 Y2>_F = trace((X1^T X2)(Y2 Y1^T)).
 double product_inner(const Eigen::MatrixXd& x1, const Eigen::MatrixXd& y1, const Eigen::MatrixXd& x2,
                      const Eigen::MatrixXd& y2);

@@ -422,11 +422,7 @@ class Session {
   void compute_norms() {
     const size_t nm = set_.modules().size(), n = set_.size();
     norms2_.assign(nm, {});
-    for_modules(mine_, threads_, nullptr, [&](size_t m) {
-      ModuleProblem p;
-      p.loras = set_.load(m);
-      norms2_[m] = update_norms2(p);
-    }, spread_);
+    for_modules(mine_, threads_, nullptr, [&](size_t m) { norms2_[m] = set_.update_norms2(m); }, spread_);
     if (dist::size() > 1) {  // each entry is non-zero on one rank only: the sums are exact
       std::vector<double> all(nm * n, 0.0);
       for (size_t m : mine_) std::copy(norms2_[m].begin(), norms2_[m].end(), all.begin() + static_cast<ptrdiff_t>(m * n));
