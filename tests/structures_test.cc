@@ -180,32 +180,52 @@ TEST(Structures, RoundedFitsCarryTheStoredValues) {
 }
 
 // The hydra point's streamed fit gives the bits of fitting, rounding and
-// measuring one after the other, by the exact solver (P = 14 rows) and by
-// the range finder (P = 175 > 128), and releases the inputs.
+// measuring one after the other: by the exact solver (P = 14 rows), by the
+// range finder (P = 175 > 128) for k or (body_width 4, P = 159) 4k
+// columns, and by the range finder's double phase (every task with one A:
+// a stack of rank 16). It reads each task twice, three times when T is
+// needed in double (exact solver, double phase).
 TEST(Structures, StreamedSharedHeadsEqualFitRoundAndMeasure) {
-  for (auto [n, in, r] : {std::tuple{5, 40, 3}, std::tuple{12, 300, 16}}) {
-    const ModuleProblem p = make_problem(n, in, 30, r, 21, true);
-    const StructureSpec s{Family::kSharedA, r, 0};
+  struct Case {
+    int n, in, r, body_width;
+    bool one_a, dense;
+  };
+  for (auto c : {Case{5, 40, 3, 1, false, true}, Case{12, 300, 16, 1, false, false},
+                 Case{20, 300, 8, 4, false, false}, Case{12, 300, 16, 1, true, true}}) {
+    ModuleProblem p = make_problem(c.n, c.in, 30, c.r, 21, true);
+    if (c.one_a) {
+      for (auto& l : p.loras) l.A = p.loras[0].A.topRows(l.A.rows());
+    }
+    ModuleFitter fitter(p, {});
+    const ModuleShape shape = fitter.shape();
+    const StructureSpec s{Family::kSharedA, c.r, 0};
     FitOptions o;
-    o.body_width = 1;
+    o.body_width = c.body_width;
     for (DType dtype : {DType::F32, DType::BF16}) {
-      ModuleFitter fitter(p, o);
-      const ModuleFit want = fitter.fit(s).rounded(dtype);
-      ModuleProblem q = p;
+      const ModuleFit want = ModuleFitter(p, o).fit(s).rounded(dtype);
       std::vector<double> err2;
-      const ModuleFit got = fit_shared_heads(std::move(q), s, o, dtype, update_norms2(p), &err2);
+      std::vector<int> reads(p.tasks(), 0);
+      auto read = [&](size_t i) {
+        ++reads[i];
+        return p.loras[i];
+      };
+      const ModuleFit got = fit_shared_heads(shape, p.weights, read, s, o, dtype, update_norms2(p), &err2);
+      EXPECT_EQ(reads, std::vector<int>(p.tasks(), c.dense ? 3 : 2)) << c.n << " " << c.r;
       EXPECT_EQ(err2, fit_errors2(p, want));
       EXPECT_EQ(got.bodies, want.bodies);
       EXPECT_EQ(got.heads, want.heads);
       EXPECT_EQ(got.head_of, want.head_of);
       EXPECT_EQ(got.body_of, want.body_of);
       EXPECT_EQ(got.params(), want.params());
-      for (auto& l : q.loras) EXPECT_EQ(l.A.size() + l.B.size(), 0);
     }
   }
-  ModuleProblem p = make_problem(4, 20, 10, 2, 3, false);
+  const ModuleProblem p = make_problem(4, 20, 10, 2, 3, false);
   std::vector<double> err2;
-  EXPECT_THROW(fit_shared_heads(std::move(p), {Family::kSharedA, 2, 2}, {}, DType::F32, {}, &err2), std::logic_error);
+  auto read = [&](size_t i) { return p.loras[i]; };
+  const ModuleShape shape = ModuleFitter(p, {}).shape();
+  EXPECT_THROW(fit_shared_heads(shape, p.weights, read, {Family::kSharedA, 2, 2}, {}, DType::F32, {}, &err2),
+               std::logic_error);
+  EXPECT_THROW(fit_shared_heads(shape, p.weights, read, {Family::kSharedA, 30, 0}, {}, DType::F32, {}, &err2), Error);
 }
 
 TEST(Cluster, WardRecoversSeparatedGroupsDeterministically) {

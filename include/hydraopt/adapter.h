@@ -114,6 +114,8 @@ class AdapterSet {
   /// Every task's factors for module m; a task without it gets rank 0
   /// (a zero update).
   std::vector<ModuleLora> load(size_t m) const;
+  /// Task i's factors for module m: load(m)[i].
+  ModuleLora load(size_t m, size_t i) const;
   /// Every task's ||s B A||_F^2 on module m (0 where a task lacks it).
   std::vector<double> update_norms2(size_t m) const;
   /// sum over tasks of their LoRA parameter counts

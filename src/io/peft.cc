@@ -366,17 +366,18 @@ AdapterSet AdapterSet::open(const std::vector<std::string>& specs, const LoadOpt
 }
 
 std::vector<ModuleLora> AdapterSet::load(size_t m) const {
-  const Module& mod = modules_.at(m);
   std::vector<ModuleLora> out(tasks_.size());
-  util::parallel_for(tasks_.size(), [&](size_t i) {
-    if (mod.ranks[i] > 0) {
-      out[i] = tasks_[i].load(mod.name);
-    } else {
-      out[i].A.setZero(0, mod.in);
-      out[i].B.setZero(mod.out, 0);
-    }
-  });
+  util::parallel_for(tasks_.size(), [&](size_t i) { out[i] = load(m, i); });
   return out;
+}
+
+ModuleLora AdapterSet::load(size_t m, size_t i) const {
+  const Module& mod = modules_.at(m);
+  if (mod.ranks.at(i) > 0) return tasks_.at(i).load(mod.name);
+  ModuleLora l;
+  l.A.setZero(0, mod.in);
+  l.B.setZero(mod.out, 0);
+  return l;
 }
 
 std::vector<double> AdapterSet::update_norms2(size_t m) const {

@@ -154,42 +154,67 @@ ModuleShape ModuleFitter::shape() const {
   return m;
 }
 
+namespace {
+
+// The stack T of sqrt(w_i) S_i A_i with S_i^T S_i = (s_i B_i)^T (s_i B_i):
+// its right singular vectors are those of the stack of sqrt(w_i) dW_i, at
+// a rank-sized cost per task. Built task by task: a core from the task's
+// B, then its rows from its A.
+class WeightedStack {
+ public:
+  explicit WeightedStack(const std::vector<int64_t>& ranks) : cores_(ranks.size()), at_(ranks.size() + 1, 0) {
+    for (size_t i = 0; i < ranks.size(); ++i) at_[i + 1] = at_[i] + ranks[i];
+  }
+  Index rows() const { return at_.back(); }
+  void set_core(size_t i, const ModuleLora& l, double weight) {  // left core of s B: |s| times B's
+    if (l.rank() > 0) cores_[i] = std::sqrt(weight) * std::abs(l.scale) * linalg::left_core(l.B);
+  }
+  /// Task i's rows of T in the precision of `t` (the product too).
+  template <typename Matrix>
+  void fill(Matrix& t, size_t i, const MatrixXd& a) const {
+    using Scalar = typename Matrix::Scalar;
+    if (at_[i + 1] == at_[i]) return;
+    t.middleRows(at_[i], at_[i + 1] - at_[i]).noalias() =
+        cores_[i].template cast<Scalar>() * a.template cast<Scalar>();
+  }
+
+ private:
+  std::vector<MatrixXd> cores_;
+  std::vector<Index> at_;  // first row of each task's block
+};
+
+// Columns of the shared-body subspace to solve for, for shared rank k:
+// k, or the planner's widest body (FitOptions::body_width) if wider, within
+// min(sum of ranks, in), the most there are.
+int64_t body_columns(const ModuleShape& m, const FitOptions& o, int64_t k) {
+  return std::min(std::min(m.rank_sum(), m.in), std::max(k, o.body_width * m.max_rank()));
+}
+
+}  // namespace
+
 const linalg::Subspace& ModuleFitter::right(int64_t k) {
   if (k > right_rank()) throw std::logic_error("shared rank exceeds the data's rank");
   if (!right_ || right_->basis.cols() < k) {
-    // Stack T of sqrt(w_i) S_i A_i with S_i^T S_i = (s_i B_i)^T (s_i B_i):
-    // its right singular vectors are those of the stack of sqrt(w_i) dW_i.
-    // Held in single precision, as the range finder uses it; in double only
-    // if it asks (nearly exact fits), built again from the cores.
+    // T held in single precision, as the range finder uses it; in double
+    // only if it asks (nearly exact fits).
     const size_t n = p_.tasks();
-    std::vector<MatrixXd> cores(n);
-    std::vector<Index> at(n + 1, 0);  // first row of each task's block
-    for (size_t i = 0; i < n; ++i) at[i + 1] = at[i] + p_.loras[i].rank();
-    util::parallel_for(n, [&](size_t i) {
-      const auto& l = p_.loras[i];  // left core of s B: |s| times B's
-      if (l.rank() > 0) cores[i] = std::sqrt(p_.weights[i]) * std::abs(l.scale) * linalg::left_core(l.B);
-    });
-    // The stack in the precision of `t` (the products too).
-    auto stack = [&](auto& t) {
-      using Scalar = typename std::decay_t<decltype(t)>::Scalar;
-      t.resize(at[n], p_.in());
-      util::parallel_for(n, [&](size_t i) {
-        if (p_.loras[i].rank() == 0) return;
-        t.middleRows(at[i], p_.loras[i].rank()).noalias() =
-            cores[i].template cast<Scalar>() * p_.loras[i].A.template cast<Scalar>();
-      });
+    const ModuleShape m = shape();
+    WeightedStack stack(m.ranks);
+    util::parallel_for(n, [&](size_t i) { stack.set_core(i, p_.loras[i], p_.weights[i]); });
+    auto fill = [&](auto& t) {
+      t.resize(stack.rows(), p_.in());
+      util::parallel_for(n, [&](size_t i) { stack.fill(t, i, p_.loras[i].A); });
     };
     Eigen::MatrixXf tf;
-    stack(tf);
+    fill(tf);
     std::optional<MatrixXd> t;
     auto dense = [&]() -> const MatrixXd& {
-      if (!t) stack(t.emplace());
+      if (!t) fill(t.emplace());
       return *t;
     };
     // Solve once for as many columns as the structures to come need
     // (leading columns of a top-K basis are a top-k basis); more on demand.
-    const int64_t want = std::min(right_rank(), std::max(k, o_.body_width * p_.max_rank()));
-    right_ = linalg::top_right_subspace(tf, dense, want);
+    right_ = linalg::top_right_subspace(tf, dense, body_columns(m, o_, k));
   }
   return *right_;
 }
@@ -294,23 +319,45 @@ bool per_task_heads(const StructureSpec& s, size_t tasks) {
   return s.family == Family::kSharedA && (s.groups <= 0 || static_cast<size_t>(s.groups) >= tasks);
 }
 
-ModuleFit fit_shared_heads(ModuleProblem&& p, const StructureSpec& s, const FitOptions& o, DType dtype,
-                           const std::vector<double>& norms, std::vector<double>* err2) {
-  if (!per_task_heads(s, p.tasks())) throw std::logic_error("fit_shared_heads: not shared-A with a head per task");
-  const size_t n = p.tasks();
-  MatrixXd v;  // the body's basis, as ModuleFitter::fit_shared takes it
+ModuleFit fit_shared_heads(const ModuleShape& shape, const std::vector<double>& weights,
+                           const std::function<ModuleLora(size_t)>& read, const StructureSpec& s, const FitOptions& o,
+                           DType dtype, const std::vector<double>& norms, std::vector<double>* err2) {
+  const size_t n = shape.ranks.size();
+  if (!per_task_heads(s, n)) throw std::logic_error("fit_shared_heads: not shared-A with a head per task");
+  if (!spec_valid(s, shape)) throw Error("structure " + s.label() + " does not fit this module's shape");
+  // The body, as ModuleFitter::right finds it, from a stack built task by
+  // task: no task's factors are kept past its rows.
+  MatrixXd v;
   {
-    ModuleFitter fitter(p, o);
-    if (!spec_valid(s, fitter.shape())) throw Error("structure " + s.label() + " does not fit this module's shape");
-    v = fitter.right(s.rank).basis.leftCols(s.rank);
+    WeightedStack stack(shape.ranks);
+    Eigen::MatrixXf tf(stack.rows(), shape.in);
+    util::parallel_for(n, [&](size_t i) {
+      const ModuleLora l = read(i);
+      stack.set_core(i, l, weights[i]);
+      stack.fill(tf, i, l.A);
+    });
+    std::optional<MatrixXd> t;
+    auto dense = [&]() -> const MatrixXd& {
+      if (!t) {
+        t.emplace(stack.rows(), shape.in);
+        util::parallel_for(n, [&](size_t i) { stack.fill(*t, i, read(i).A); });
+      }
+      return *t;
+    };
+    v = linalg::top_right_subspace(tf, dense, body_columns(shape, o, s.rank)).basis.leftCols(s.rank);
   }
+  // Heads and errors, each task read again and dropped when done.
   ModuleFit f = per_task_layout(n);
   f.bodies = {io::round_to_dtype(v.transpose(), dtype)};
   std::fill(f.body_of.begin(), f.body_of.end(), 0);
   f.heads.resize(n);
   const MatrixXd rr = f.bodies[0] * f.bodies[0].transpose();
+  ModuleProblem p;  // holds task i's factors while task i is worked on
+  p.loras.resize(n);
+  p.weights = weights;
   err2->assign(n, 0.0);
   util::parallel_for(n, [&](size_t i) {
+    p.loras[i] = read(i);
     f.head_of[i] = static_cast<int>(i);
     f.heads[i] = io::round_to_dtype(head(p.loras[i], v), dtype);
     const MatrixXd hh = f.heads[i].transpose() * f.heads[i];

@@ -21,6 +21,7 @@
 // minimisations, so its objective sum_i w_i ||dW_i - dW_hat_i||^2 never rises.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -106,8 +107,6 @@ class ModuleFitter {
   ModuleShape shape() const;
 
  private:
-  friend ModuleFit fit_shared_heads(ModuleProblem&&, const StructureSpec&, const FitOptions&, DType,
-                                    const std::vector<double>&, std::vector<double>*);
   /// Top right singular subspace of the stacked weighted updates, with at
   /// least k columns (computed lazily, widened on demand).
   const linalg::Subspace& right(int64_t k);
@@ -143,13 +142,15 @@ class ModuleFitter {
 /// point's structure), which fit_shared_heads fits.
 bool per_task_heads(const StructureSpec& s, size_t tasks);
 
-/// ModuleFitter(p, o).fit(s).rounded(dtype) and its fit_errors2 (into
-/// `err2`, from `norms` = update_norms2(p)) for a per_task_heads structure,
-/// consuming `p`: each task's factors are released as soon as its head and
-/// its error after rounding are known, so the module's inputs and its heads
-/// are not both held whole. Bit for bit the same as the separate calls.
-ModuleFit fit_shared_heads(ModuleProblem&& p, const StructureSpec& s, const FitOptions& o, DType dtype,
-                           const std::vector<double>& norms, std::vector<double>* err2);
+/// For the problem p of `shape` and `weights` whose task i's factors are
+/// read(i): ModuleFitter(p, o).fit(s).rounded(dtype) and its fit_errors2
+/// (into `err2`, from `norms` = update_norms2(p)) for a per_task_heads
+/// structure, bit for bit, without holding the module's factors: each task
+/// is read once for the body (twice when the range finder needs the stack
+/// in double) and once for its head and error, and dropped after each.
+ModuleFit fit_shared_heads(const ModuleShape& shape, const std::vector<double>& weights,
+                           const std::function<ModuleLora(size_t)>& read, const StructureSpec& s, const FitOptions& o,
+                           DType dtype, const std::vector<double>& norms, std::vector<double>* err2);
 
 /// Alternating least squares on a fit's stored matrices with its sharing
 /// pattern fixed: heads, then cores, then bodies, each an exact minimiser.

@@ -226,13 +226,14 @@ class Session {
       const auto& mod = set_.modules()[m];
       const auto list = specs(m, ModuleShape{mod.in, mod.out, mod.ranks});
       if (list.empty()) return;
-      ModuleProblem p = problem(m);
-      if (final && list.size() == 1 && per_task_heads(list[0].spec, p.tasks())) {
+      if (final && list.size() == 1 && per_task_heads(list[0].spec, set_.size())) {
         std::vector<double> err2;
-        ModuleFit stored = fit_shared_heads(std::move(p), list[0].spec, fo, dtype_, norms2_[m], &err2);
+        ModuleFit stored = fit_shared_heads({mod.in, mod.out, mod.ranks}, weights_, [&](size_t i) { return set_.load(m, i); },
+                                            list[0].spec, fo, dtype_, norms2_[m], &err2);
         out[m].push_back(record(m, std::move(stored), std::move(err2), list[0], true, fo.max_iters));
         return;
       }
+      ModuleProblem p = problem(m);
       ModuleFitter fitter(p, fo);
       for (auto& cs : list) {
         out[m].push_back(evaluate(p, m, fitter.fit(cs.spec), cs, final && list.size() == 1, fo.max_iters));
