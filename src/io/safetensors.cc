@@ -324,36 +324,51 @@ void SafetensorsFile::release() const {
 
 namespace {
 
-void pack(const double* src, size_t n, DType dtype, std::byte* dst) {
-  for (size_t i = 0; i < n; ++i) {
-    switch (dtype) {
-      case DType::F64: std::memcpy(dst + 8 * i, &src[i], 8); break;
-      case DType::F32: {
-        float f = static_cast<float>(src[i]);
-        std::memcpy(dst + 4 * i, &f, 4);
-        break;
-      }
-      case DType::BF16: {
-        uint16_t h = float_to_bf16(static_cast<float>(src[i]));
-        std::memcpy(dst + 2 * i, &h, 2);
-        break;
-      }
-      case DType::F16: {
-        uint16_t h = float_to_f16(static_cast<float>(src[i]));
-        std::memcpy(dst + 2 * i, &h, 2);
-        break;
-      }
-    }
+// Calls f(cvt) with cvt converting a double to dtype's stored bits (a
+// double, float or uint16_t), so loops see one conversion, not a switch.
+template <typename F>
+void with_encoder(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::F64: return f([](double x) { return x; });
+    case DType::F32: return f([](double x) { return static_cast<float>(x); });
+    case DType::BF16: return f([](double x) { return float_to_bf16(static_cast<float>(x)); });
+    case DType::F16: return f([](double x) { return float_to_f16(static_cast<float>(x)); });
   }
+}
+
+void pack(const double* src, size_t n, DType dtype, std::byte* dst) {
+  with_encoder(dtype, [&](auto cvt) {
+    for (size_t i = 0; i < n; ++i) {
+      const auto x = cvt(src[i]);
+      std::memcpy(dst + i * sizeof(x), &x, sizeof(x));
+    }
+  });
 }
 
 }  // namespace
 
 TensorData tensor_from_matrix(std::string name, const Eigen::MatrixXd& m, DType dtype) {
   TensorData t{std::move(name), dtype, {m.rows(), m.cols()}, {}};
-  const Eigen::MatrixXd rowmajor = m.transpose();  // column-major of m^T == row-major of m
   t.bytes.resize(static_cast<size_t>(m.size()) * dtype_size(dtype));
-  pack(rowmajor.data(), static_cast<size_t>(m.size()), dtype, t.bytes.data());
+  // Row-major out of column-major m, through 16 x 128 tiles as in
+  // to_column_major: columns read contiguously into the tile, rows written.
+  constexpr Eigen::Index kRows = 16, kCols = 128;
+  double tile[kRows * kCols];
+  const size_t width = dtype_size(dtype);
+  for (Eigen::Index r0 = 0; r0 < m.rows(); r0 += kRows) {
+    const Eigen::Index rn = std::min(kRows, m.rows() - r0);
+    for (Eigen::Index c0 = 0; c0 < m.cols(); c0 += kCols) {
+      const Eigen::Index cn = std::min(kCols, m.cols() - c0);
+      for (Eigen::Index c = 0; c < cn; ++c) {
+        const double* col = m.data() + (c0 + c) * m.rows() + r0;
+        for (Eigen::Index r = 0; r < rn; ++r) tile[r * kCols + c] = col[r];
+      }
+      for (Eigen::Index r = 0; r < rn; ++r) {
+        pack(tile + r * kCols, static_cast<size_t>(cn), dtype,
+             t.bytes.data() + static_cast<size_t>((r0 + r) * m.cols() + c0) * width);
+      }
+    }
+  }
   return t;
 }
 

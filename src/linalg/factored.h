@@ -65,7 +65,7 @@ Subspace top_right_subspace(const Eigen::MatrixXd& t, Eigen::Index k);
 /// called only when the iteration needs it (the double-precision phase, the
 /// exact solver), and what it returns must stay valid until this function
 /// returns. The single-precision phase measures E_q against ||tf||^2
-/// (summed in double). Given tf = T.cast<float>() the result equals
+/// (each column's in single precision, summed in double). Given tf = T.cast<float>() the result equals
 /// top_right_subspace(T, k).
 Subspace top_right_subspace(const Eigen::MatrixXf& tf, const std::function<const Eigen::MatrixXd&()>& dense,
                             Eigen::Index k);
