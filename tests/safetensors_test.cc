@@ -1,10 +1,14 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <fstream>
+#include <limits>
+#include <span>
 
 #include "hydraopt/error.h"
 #include "io/atomic_file.h"
 #include "io/half.h"
+#include "util/sha256.h"
 #include "io/safetensors.h"
 #include "test_util.h"
 
@@ -170,6 +174,17 @@ TEST(Safetensors, Bf16RoundsToNearestEven) {
   // 1 + 3*2^-8 is halfway too: ties go to the even 1 + 2^-6.
   EXPECT_EQ(io::bf16_to_float(io::float_to_bf16(1.0f + 3 * 0x1p-8f)), 1.0f + 0x1p-6f);
   EXPECT_TRUE(std::isnan(io::bf16_to_float(io::float_to_bf16(std::nanf("")))));
+  // A NaN whose payload is all in the dropped half stays NaN (rounding
+  // would carry it to infinity); infinities and the largest finite values
+  // round as numbers.
+  const uint32_t low_nan_bits = 0xff800001u;
+  float low_nan;
+  std::memcpy(&low_nan, &low_nan_bits, 4);
+  EXPECT_EQ(io::float_to_bf16(low_nan), 0xffc0);
+  EXPECT_EQ(io::float_to_bf16(INFINITY), 0x7f80);
+  EXPECT_EQ(io::float_to_bf16(-INFINITY), 0xff80);
+  EXPECT_EQ(io::float_to_bf16(std::numeric_limits<float>::max()), 0x7f80);  // rounds up to infinity
+  EXPECT_EQ(io::float_to_bf16(-0.0f), 0x8000);
   EXPECT_EQ(io::f16_to_float(io::float_to_f16(65504.0f)), 65504.0f);
 }
 
@@ -209,6 +224,23 @@ TEST(Safetensors, OpenNamesTheFile) {
 
 namespace hydraopt {
 namespace {
+
+// Known digests (FIPS 180-2 "abc", the empty input), and a file hashed in
+// several mapped steps equals the hash of its bytes in one piece.
+TEST(Sha256, FilesHashLikeTheirBytes) {
+  test::TempDir d;
+  const auto write = [&](const char* name, const std::string& bytes) {
+    std::ofstream(d / name, std::ios::binary) << bytes;
+    return d / name;
+  };
+  EXPECT_EQ(util::sha256_file(write("abc", "abc")), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  EXPECT_EQ(util::sha256_file(write("empty", "")), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  std::string big(9 << 20, '\0');
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>((i * 2654435761u) >> 13);
+  EXPECT_EQ(util::sha256_file(write("big", big)),
+            util::sha256_hex(std::as_bytes(std::span<const char>(big.data(), big.size()))));
+  EXPECT_THROW(util::sha256_file(d / "missing"), Error);
+}
 
 TEST(AtomicFile, UncommittedWriteLeavesNoTraceAndKeepsThePrevious) {
   test::TempDir dir;

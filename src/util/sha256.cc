@@ -2,10 +2,15 @@
 
 #include <openssl/evp.h>
 
-#include <cstdio>
-#include <fstream>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <memory>
-#include <vector>
 
 #include "hydraopt/error.h"
 
@@ -47,13 +52,32 @@ std::string sha256_hex(std::span<const std::byte> bytes) {
 }
 
 std::string sha256_file(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(path.string(), "", "cannot open for hashing");
-  Digest d;
-  std::vector<char> buf(1 << 20);
-  while (in.read(buf.data(), static_cast<std::streamsize>(buf.size())) || in.gcount() > 0) {
-    d.update(buf.data(), static_cast<size_t>(in.gcount()));
+  // Mapped rather than read: the file is usually in the page cache (the
+  // merge has just read it), and mapping spares copying it. Hashed in 4 MiB
+  // steps, each unmapped after use so the resident set stays small.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw Error(path.string(), "", std::string("cannot open for hashing: ") + std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    const int e = errno;
+    ::close(fd);
+    throw Error(path.string(), "", std::string("cannot stat for hashing: ") + std::strerror(e));
   }
+  Digest d;
+  constexpr off_t kStep = off_t{4} << 20;  // a multiple of the page size
+  for (off_t at = 0; at < st.st_size; at += kStep) {
+    const size_t n = static_cast<size_t>(std::min<off_t>(kStep, st.st_size - at));
+    void* p = ::mmap(nullptr, n, PROT_READ, MAP_PRIVATE, fd, at);
+    if (p == MAP_FAILED) {
+      const int e = errno;
+      ::close(fd);
+      throw Error(path.string(), "", std::string("cannot map for hashing: ") + std::strerror(e));
+    }
+    ::madvise(p, n, MADV_SEQUENTIAL);
+    d.update(p, n);
+    ::munmap(p, n);
+  }
+  ::close(fd);
   return d.hex();
 }
 
