@@ -53,7 +53,7 @@ std::string sha256_hex(std::span<const std::byte> bytes) {
 
 std::string sha256_file(const std::filesystem::path& path) {
   // Mapped rather than read: the file is usually in the page cache (the
-  // merge has just read it), and mapping spares copying it. Hashed in 4 MiB
+  // merge has just read it), and mapping spares copying it. Hashed in 1 MiB
   // steps, each unmapped after use so the resident set stays small.
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw Error(path.string(), "", std::string("cannot open for hashing: ") + std::strerror(errno));
@@ -64,7 +64,7 @@ std::string sha256_file(const std::filesystem::path& path) {
     throw Error(path.string(), "", std::string("cannot stat for hashing: ") + std::strerror(e));
   }
   Digest d;
-  constexpr off_t kStep = off_t{4} << 20;  // a multiple of the page size
+  constexpr off_t kStep = off_t{1} << 20;  // a multiple of the page size
   for (off_t at = 0; at < st.st_size; at += kStep) {
     const size_t n = static_cast<size_t>(std::min<off_t>(kStep, st.st_size - at));
     void* p = ::mmap(nullptr, n, PROT_READ, MAP_PRIVATE, fd, at);
