@@ -164,6 +164,42 @@ TEST_P(RoundTrip, EveryDtypeRoundTripsThroughAFile) {
   EXPECT_EQ(raw[8 + n - 1] == ' ' || raw[8 + n - 1] == '}', true);
 }
 
+// Shapes over several conversion tiles (16 x 128) with partial ones at both
+// ends: every element, written and read back either way, against the file's
+// raw row-major bytes decoded here.
+TEST_P(RoundTrip, TiledConversionsPlaceEveryElement) {
+  const DType dt = GetParam();
+  test::TempDir dir;
+  const Eigen::MatrixXd m = test::random_matrix(37, 300, 9);
+  const Eigen::MatrixXd stored = io::round_to_dtype(m, dt);
+  io::safetensors_write(dir / "x.safetensors", {io::tensor_from_matrix("w", m, dt)}, {});
+  auto f = SafetensorsFile::open(dir / "x.safetensors");
+  const auto* t = f.find("w");
+  ASSERT_NE(t, nullptr);
+  const auto raw = f.bytes(*t);
+  auto element = [&](Eigen::Index r, Eigen::Index c) -> double {
+    const std::byte* p = raw.data() + static_cast<size_t>(r * m.cols() + c) * dtype_size(dt);
+    double d = 0;
+    float x = 0;
+    uint16_t h = 0;
+    switch (dt) {
+      case DType::F64: std::memcpy(&d, p, 8); return d;
+      case DType::F32: std::memcpy(&x, p, 4); return x;
+      case DType::BF16: std::memcpy(&h, p, 2); return io::bf16_to_float(h);
+      case DType::F16: std::memcpy(&h, p, 2); return io::f16_to_float(h);
+    }
+    return d;
+  };
+  const Eigen::MatrixXd back = f.matrix(*t), back_t = f.matrix_transposed(*t);
+  for (Eigen::Index r = 0; r < m.rows(); ++r) {
+    for (Eigen::Index c = 0; c < m.cols(); ++c) {
+      ASSERT_EQ(element(r, c), stored(r, c)) << r << " " << c;
+      ASSERT_EQ(back(r, c), stored(r, c)) << r << " " << c;
+      ASSERT_EQ(back_t(c, r), stored(r, c)) << r << " " << c;
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Dtypes, RoundTrip,
                          ::testing::Values(DType::F64, DType::F32, DType::F16, DType::BF16),
                          [](const auto& info) { return std::string(dtype_name(info.param)); });
@@ -235,11 +271,12 @@ TEST(Sha256, FilesHashLikeTheirBytes) {
   };
   EXPECT_EQ(util::sha256_file(write("abc", "abc")), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
   EXPECT_EQ(util::sha256_file(write("empty", "")), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
-  std::string big(9 << 20, '\0');
+  std::string big((9 << 20) + 12345, '\0');  // 9 whole steps and part of one
   for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>((i * 2654435761u) >> 13);
   EXPECT_EQ(util::sha256_file(write("big", big)),
             util::sha256_hex(std::as_bytes(std::span<const char>(big.data(), big.size()))));
   EXPECT_THROW(util::sha256_file(d / "missing"), Error);
+  EXPECT_THROW(util::sha256_file(d.path()), Error);  // a directory
 }
 
 TEST(AtomicFile, UncommittedWriteLeavesNoTraceAndKeepsThePrevious) {

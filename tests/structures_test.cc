@@ -10,6 +10,7 @@
 #include "methods/cluster.h"
 #include "methods/structures.h"
 #include "test_util.h"
+#include "util/parallel.h"
 
 namespace hydraopt {
 namespace {
@@ -183,8 +184,9 @@ TEST(Structures, RoundedFitsCarryTheStoredValues) {
 // measuring one after the other: by the exact solver (P = 14 rows), by the
 // range finder (P = 175 > 128) for k or (body_width 4, P = 159) 4k
 // columns, and by the range finder's double phase (every task with one A:
-// a stack of rank 16). It reads each task twice, three times when T is
-// needed in double (exact solver, double phase).
+// a stack of rank 16); serially (F32) and on 2 threads (BF16). It reads
+// each task twice, three times when T is needed in double (exact solver,
+// double phase).
 TEST(Structures, StreamedSharedHeadsEqualFitRoundAndMeasure) {
   struct Case {
     int n, in, r, body_width;
@@ -206,9 +208,10 @@ TEST(Structures, StreamedSharedHeadsEqualFitRoundAndMeasure) {
       std::vector<double> err2;
       std::vector<int> reads(p.tasks(), 0);
       auto read = [&](size_t i) {
-        ++reads[i];
+        ++reads[i];  // each task is read by one thread at a time
         return p.loras[i];
       };
+      const util::InnerThreads threads(dtype == DType::BF16 ? 2 : 1);
       const ModuleFit got = fit_shared_heads(shape, p.weights, read, s, o, dtype, update_norms2(p), &err2);
       EXPECT_EQ(reads, std::vector<int>(p.tasks(), c.dense ? 3 : 2)) << c.n << " " << c.r;
       EXPECT_EQ(err2, fit_errors2(p, want));
@@ -216,6 +219,9 @@ TEST(Structures, StreamedSharedHeadsEqualFitRoundAndMeasure) {
       EXPECT_EQ(got.heads, want.heads);
       EXPECT_EQ(got.head_of, want.head_of);
       EXPECT_EQ(got.body_of, want.body_of);
+      EXPECT_EQ(got.core_of, want.core_of);
+      EXPECT_EQ(got.cores, want.cores);
+      EXPECT_EQ(got.scale, want.scale);
       EXPECT_EQ(got.params(), want.params());
     }
   }
@@ -225,7 +231,8 @@ TEST(Structures, StreamedSharedHeadsEqualFitRoundAndMeasure) {
   const ModuleShape shape = ModuleFitter(p, {}).shape();
   EXPECT_THROW(fit_shared_heads(shape, p.weights, read, {Family::kSharedA, 2, 2}, {}, DType::F32, {}, &err2),
                std::logic_error);
-  EXPECT_THROW(fit_shared_heads(shape, p.weights, read, {Family::kSharedA, 30, 0}, {}, DType::F32, {}, &err2), Error);
+  EXPECT_THROW(fit_shared_heads(shape, p.weights, read, {Family::kSharedA, 30, 0}, {}, DType::F32, update_norms2(p), &err2),
+               Error);
 }
 
 TEST(Cluster, WardRecoversSeparatedGroupsDeterministically) {

@@ -23,9 +23,9 @@ inline uint16_t float_to_bf16(float f) {
   uint32_t bits;
   std::memcpy(&bits, &f, 4);
   // Both results, then a select: no branch, so loops over it vectorise.
-  const uint32_t nan = (bits >> 16) | 0x40;  // quiet, sign and payload kept
+  const uint32_t quiet_nan = (bits >> 16) | 0x40;  // sign and payload kept
   const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
-  return static_cast<uint16_t>((bits & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
+  return static_cast<uint16_t>((bits & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
 }
 
 inline float f16_to_float(uint16_t h) {

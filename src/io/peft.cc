@@ -10,10 +10,10 @@
 #include "hydraopt/adapter.h"
 #include "hydraopt/error.h"
 #include "io/bundle.h"
-#include "linalg/factored.h"
 #include "io/pattern.h"
 #include "io/peft_config.h"
 #include "io/safetensors.h"
+#include "linalg/factored.h"
 #include "util/parallel.h"
 
 namespace hydraopt {

@@ -44,9 +44,9 @@ MatrixXd gram_rows(const MatrixXd& y) {  // Y Y^T
 // Orthonormal basis Q of the columns of V (n x k, n >= k) with q_j . v_j >= 0
 // (deterministic). By Cholesky QR twice in double, Q = V R1^-1 R2^-1: two
 // Grams and two triangular solves, several times faster than Householder
-// on tall thin V and as accurate while V is well conditioned (the first
-// Cholesky factor's diagonal within 1e-4 of its largest). Otherwise (V
-// near rank deficient) by Householder QR.
+// on tall thin V and as accurate while cond(V) is well below 1/sqrt(eps)
+// (we ask the first Gram's estimated reciprocal condition, 1/cond(V)^2,
+// to be above 1e-12). Otherwise (V near rank deficient) by Householder QR.
 template <typename Matrix>
 Matrix orthonormal_like(const Matrix& v) {
   const Index k = v.cols();
@@ -54,8 +54,7 @@ Matrix orthonormal_like(const Matrix& v) {
   bool ok = k > 0;
   for (int pass = 0; pass < 2 && ok; ++pass) {
     Eigen::LLT<MatrixXd> llt(gram(q));
-    const Eigen::VectorXd d = llt.matrixLLT().diagonal();
-    ok = llt.info() == Eigen::Success && d.minCoeff() > (pass == 0 ? 1e-4 : 0.5) * d.maxCoeff();
+    ok = llt.info() == Eigen::Success && (pass == 1 || llt.rcond() > 1e-12);
     if (ok) llt.matrixU().template solveInPlace<Eigen::OnTheRight>(q);
   }
   if (ok) return q.template cast<typename Matrix::Scalar>();

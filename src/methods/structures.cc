@@ -324,6 +324,7 @@ ModuleFit fit_shared_heads(const ModuleShape& shape, const std::vector<double>& 
                            DType dtype, const std::vector<double>& norms, std::vector<double>* err2) {
   const size_t n = shape.ranks.size();
   if (!per_task_heads(s, n)) throw std::logic_error("fit_shared_heads: not shared-A with a head per task");
+  if (weights.size() != n || norms.size() != n || !err2) throw std::logic_error("fit_shared_heads: one weight and norm per task");
   if (!spec_valid(s, shape)) throw Error("structure " + s.label() + " does not fit this module's shape");
   // The body, as ModuleFitter::right finds it, from a stack built task by
   // task: no task's factors are kept past its rows.

@@ -75,9 +75,10 @@ json read_json_file(const std::string& path, const char* what) {
 
 // Where for_modules puts its threads: on several modules at once, or on
 // the loops inside one module at a time (util::parallel_for), which keeps
-// one module's factors in memory instead of one per thread. Work with one
-// structure per module spreads inside; the planner, with dozens of
-// candidates per module, across.
+// one module's factors in memory instead of one per thread. The planner,
+// with dozens of candidates per module, spreads across; the streamed hydra
+// point and the norms pass across while memory allows (Session::spread_);
+// other work with one structure per module inside.
 enum class Spread { kAcross, kInside };
 // A plan entry's "rank" / "groups": an integer in 0..hi, or `fallback` when
 // absent. (json's value<int>() would convert 1e300 with undefined
@@ -216,10 +217,11 @@ class Session {
   }
 
   // Candidates (hydraopt) or fixed specs, evaluated on every module (a
-  // module given no specs is skipped). With `final`, a module's only spec
-  // is its result: it goes to the bundle writer, if any, at once.
+  // module given no specs is skipped), threads spread by `spread`. With
+  // `final`, a module's only spec is its result: it goes to the bundle
+  // writer, if any, at once.
   std::vector<std::vector<Evaluated>> evaluate_all(const std::function<std::vector<CandidateSpec>(size_t, const ModuleShape&)>& specs,
-                                                   const FitOptions& fo, bool final) {
+                                                   const FitOptions& fo, bool final, Spread spread) {
     const size_t nm = set_.modules().size();
     std::vector<std::vector<Evaluated>> out(nm);
     for_modules(mine_, threads_, o_.progress, [&](size_t m) {
@@ -238,7 +240,7 @@ class Session {
       for (auto& cs : list) {
         out[m].push_back(evaluate(p, m, fitter.fit(cs.spec), cs, final && list.size() == 1, fo.max_iters));
       }
-    }, final ? spread_ : Spread::kAcross);
+    }, spread);
     share(out);
     return out;
   }
@@ -353,7 +355,7 @@ class Session {
   const MergeOptions& o_;
   std::chrono::steady_clock::time_point t0_;
   int threads_ = 1;
-  Spread spread_ = Spread::kInside;  // for one structure per module: see choose_spread
+  Spread spread_ = Spread::kInside;  // for the streamed hydra point and the norms pass: see choose_spread
   DType dtype_ = DType::F32;
   Share share_ = Share::kAuto;
   int64_t original_ = 0;
@@ -393,11 +395,13 @@ class Session {
     user_group_count_ = g;
   }
 
-  // Threads across modules are faster (no synchronisation inside a
-  // module, no serial steps) but hold one module's factors per thread.
-  // Across, then, while `threads` modules' factors (in double) take at
-  // most o_.across_bytes; past that (many tasks, wide modules) inside one
-  // module at a time, so memory stays that of one module.
+  // For the norms pass and the streamed hydra point (fit_shared_heads),
+  // which hold at most a module's factors in double, or its
+  // single-precision stack and heads: threads across modules are faster
+  // (no synchronisation inside a module, no serial steps) but hold that
+  // per thread. Across, then, while `threads` modules' factors in double
+  // take at most o_.across_bytes; past that (many tasks, wide modules)
+  // inside one module at a time, so memory stays that of one module.
   void choose_spread() {
     double largest = 0;
     for (const auto& m : set_.modules()) {
@@ -630,7 +634,7 @@ MethodRun run_method(Session& s, const std::string& name, std::vector<double> bu
           if (!spec_valid(sp, shape)) throw Error(mods[m].name + ": hydra-avg needs every task at one rank here");
           return std::vector<CandidateSpec>{{sp, "avg-A"}};
         },
-        for_known_structures(fo), true);
+        for_known_structures(fo), true, name == "hydra" ? s.spread_ : Spread::kInside);
     std::vector<const Evaluated*> chosen;
     for (auto& e : ev) chosen.push_back(&e[0]);
     for (size_t b = 0; b < budgets.size(); ++b) finish(b, chosen, seconds_since(t0));
@@ -649,7 +653,7 @@ MethodRun run_method(Session& s, const std::string& name, std::vector<double> bu
           for (int64_t k : distinct) v.push_back({clip_rank({f, k, 0}, shape), std::to_string(k)});
           return v;
         },
-        fo, true);
+        fo, true, Spread::kInside);
     for (size_t b = 0; b < budgets.size(); ++b) {
       std::vector<const Evaluated*> chosen;
       const size_t idx = static_cast<size_t>(std::distance(distinct.begin(), distinct.find(ranks[b])));
@@ -664,7 +668,7 @@ MethodRun run_method(Session& s, const std::string& name, std::vector<double> bu
     std::vector<StructureSpec> specs;
     dist::checked([&] { specs = specs_from_plan_file(s); });
     auto ev = s.evaluate_all([&](size_t m, const ModuleShape&) { return std::vector<CandidateSpec>{{specs[m], "plan"}}; },
-                             for_known_structures(fo), true);
+                             for_known_structures(fo), true, Spread::kInside);
     std::vector<const Evaluated*> chosen;
     int64_t total = 0;
     for (auto& e : ev) {
@@ -690,7 +694,7 @@ MethodRun run_method(Session& s, const std::string& name, std::vector<double> bu
   starts.max_iters = 0;
   auto ev = s.evaluate_all(
       [&](size_t, const ModuleShape& shape) { return candidate_specs(shape, s.share_, s.user_group_count_); }, starts,
-      false);
+      false, Spread::kAcross);
   auto table = to_table(ev);
   keep_feasible([&](int64_t lim) { check_floor(s, table, lim); });
   auto plans = plan_budgets(table, limits);
@@ -714,7 +718,7 @@ MethodRun run_method(Session& s, const std::string& name, std::vector<double> bu
           for (size_t c : refine[m]) v.push_back({ev[m][c].spec, ev[m][c].key});
           return v;
         },
-        fo, false);
+        fo, false, Spread::kAcross);
     for (size_t m = 0; m < ev.size(); ++m) {
       for (size_t j = 0; j < refine[m].size(); ++j) ev[m][refine[m][j]] = std::move(refined[m][j]);
     }

@@ -55,29 +55,31 @@ std::string sha256_file(const std::filesystem::path& path) {
   // Mapped rather than read: the file is usually in the page cache (the
   // merge has just read it), and mapping spares copying it. Hashed in 1 MiB
   // steps, each unmapped after use so the resident set stays small.
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw Error(path.string(), "", std::string("cannot open for hashing: ") + std::strerror(errno));
+  // (Like every mapped read, a file truncated by another process meanwhile
+  // would raise SIGBUS; the adapters are read the same way.)
+  struct Fd {
+    int fd;
+    ~Fd() {
+      if (fd >= 0) ::close(fd);
+    }
+  } f{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
+  auto fail = [&](const char* what) {
+    throw Error(path.string(), "", std::string("cannot ") + what + " for hashing: " + std::strerror(errno));
+  };
+  if (f.fd < 0) fail("open");
   struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    const int e = errno;
-    ::close(fd);
-    throw Error(path.string(), "", std::string("cannot stat for hashing: ") + std::strerror(e));
-  }
+  if (::fstat(f.fd, &st) != 0) fail("stat");
+  if (!S_ISREG(st.st_mode)) throw Error(path.string(), "", "cannot hash: not a regular file");
   Digest d;
   constexpr off_t kStep = off_t{1} << 20;  // a multiple of the page size
   for (off_t at = 0; at < st.st_size; at += kStep) {
     const size_t n = static_cast<size_t>(std::min<off_t>(kStep, st.st_size - at));
-    void* p = ::mmap(nullptr, n, PROT_READ, MAP_PRIVATE, fd, at);
-    if (p == MAP_FAILED) {
-      const int e = errno;
-      ::close(fd);
-      throw Error(path.string(), "", std::string("cannot map for hashing: ") + std::strerror(e));
-    }
+    void* p = ::mmap(nullptr, n, PROT_READ, MAP_PRIVATE, f.fd, at);
+    if (p == MAP_FAILED) fail("map");
     ::madvise(p, n, MADV_SEQUENTIAL);
     d.update(p, n);
     ::munmap(p, n);
   }
-  ::close(fd);
   return d.hex();
 }
 
