@@ -96,20 +96,17 @@ struct Parsed {
     EXPECT_EQ(t, 8u) << k;
     return raw.substr(8);
   }
-  float f32_kv(const std::string& k) const {
+  // A scalar value of GGUF type `type`, read as T.
+  template <typename T>
+  T scalar_kv(const std::string& k, uint32_t type) const {
     auto& [t, raw] = kv.at(k);
-    EXPECT_EQ(t, 6u) << k;
-    float f;
-    std::memcpy(&f, raw.data(), 4);
-    return f;
-  }
-  uint32_t u32_kv(const std::string& k) const {
-    auto& [t, raw] = kv.at(k);
-    EXPECT_EQ(t, 4u) << k;
-    uint32_t v;
-    std::memcpy(&v, raw.data(), 4);
+    EXPECT_EQ(t, type) << k;
+    T v;
+    std::memcpy(&v, raw.data(), sizeof(T));
     return v;
   }
+  float f32_kv(const std::string& k) const { return scalar_kv<float>(k, 6); }
+  uint32_t u32_kv(const std::string& k) const { return scalar_kv<uint32_t>(k, 4); }
   // An F32 tensor with ne = {cols, rows} as a rows x cols matrix.
   MatrixXd matrix(const std::string& name) const {
     const T& t = tensors.at(name);

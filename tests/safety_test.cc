@@ -297,23 +297,17 @@ TEST(Safety, CliMergeKilledMidWriteLeavesThePreviousBundle) {
   fs::create_directories(d / "out");
   const fs::path bundle = d / "out" / "b.safetensors";
   test::write_text(bundle, "previous bundle");
+  const std::string merge = test::cli() + " merge " + (d / "s/task00").string() + " " + (d / "s/task01").string() +
+                            " " + (d / "s/task02").string() + " --budget 1 -o " + bundle.string();
   std::string out;
-  const int rc =
-      test::run("bash -c 'ulimit -f 16; exec " + test::cli() + " merge " +
-                    (d / "s/task00").string() + " " + (d / "s/task01").string() + " " +
-                    (d / "s/task02").string() + " --budget 1 -o " + bundle.string() + "'",
-                &out);
+  const int rc = test::run("bash -c 'ulimit -f 16; exec " + merge + "'", &out);
   EXPECT_NE(rc, 0) << out;
   EXPECT_EQ(test::read_text(bundle), "previous bundle");
   if (supports_unnamed_files(d / "out")) {
     EXPECT_EQ(listing(d / "out"), std::vector<std::string>{"b.safetensors"});
   }
   // With SIGXFSZ ignored the write fails instead: a one-line error, exit 1.
-  const int rc2 =
-      test::run("bash -c \"trap '' XFSZ; ulimit -f 16; exec " + test::cli() + " merge " +
-                    (d / "s/task00").string() + " " + (d / "s/task01").string() + " " +
-                    (d / "s/task02").string() + " --budget 1 -o " + bundle.string() + "\"",
-                &out);
+  const int rc2 = test::run("bash -c \"trap '' XFSZ; ulimit -f 16; exec " + merge + "\"", &out);
   EXPECT_EQ(rc2, 1) << out;
   EXPECT_NE(out.find("hydraopt: error: "), std::string::npos) << out;
   EXPECT_NE(out.find("File too large"), std::string::npos) << out;

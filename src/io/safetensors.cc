@@ -32,33 +32,58 @@ int64_t TensorInfo::numel() const {
 
 namespace {
 
-// Row-major elements of type T at p (rows x cols, possibly unaligned) into
-// column-major out, converted by cvt. Through 16 x 128 tiles: each tile is
-// read row by row (sequential) into a buffer that stays in L1, then written
-// column by column (16 contiguous values each), about twice as fast as
-// converting element by element into the strided destination.
-template <typename T, typename Cvt>
-void to_column_major(const std::byte* p, Eigen::Index rows, Eigen::Index cols, double* out, Cvt cvt) {
-  constexpr Eigen::Index kRows = 16, kCols = 128;
-  double tile[kRows * kCols];
-  for (Eigen::Index r0 = 0; r0 < rows; r0 += kRows) {
-    const Eigen::Index rn = std::min(kRows, rows - r0);
-    for (Eigen::Index c0 = 0; c0 < cols; c0 += kCols) {
-      const Eigen::Index cn = std::min(kCols, cols - c0);
-      for (Eigen::Index r = 0; r < rn; ++r) {
-        const std::byte* row = p + static_cast<size_t>((r0 + r) * cols + c0) * sizeof(T);
-        for (Eigen::Index c = 0; c < cn; ++c) {
-          T x;
-          std::memcpy(&x, row + static_cast<size_t>(c) * sizeof(T), sizeof(T));
-          tile[r * kCols + c] = cvt(x);
-        }
-      }
-      for (Eigen::Index c = 0; c < cn; ++c) {
-        double* dst = out + (c0 + c) * rows + r0;
-        for (Eigen::Index r = 0; r < rn; ++r) dst[r] = tile[r * kCols + c];
-      }
+// Transposing between row-major bytes and column-major doubles goes through
+// 16 x 128 tiles held in a buffer that stays in L1: one side is touched row
+// by row, the other column by column (16 contiguous values each), about
+// twice as fast as element by element into a strided destination.
+constexpr Eigen::Index kTileRows = 16, kTileCols = 128;
+
+// f(r0, rn, c0, cn) for each tile of a rows x cols matrix, the last ones partial.
+template <typename F>
+void for_each_tile(Eigen::Index rows, Eigen::Index cols, F&& f) {
+  for (Eigen::Index r0 = 0; r0 < rows; r0 += kTileRows) {
+    for (Eigen::Index c0 = 0; c0 < cols; c0 += kTileCols) {
+      f(r0, std::min(kTileRows, rows - r0), c0, std::min(kTileCols, cols - c0));
     }
   }
+}
+
+// Calls f(T{}, cvt) with T the stored element type of `dtype` and cvt
+// converting one T to double, so loops see one conversion, not a switch.
+template <typename F>
+void with_decoder(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::F64: return f(double{}, [](double x) { return x; });
+    case DType::F32: return f(float{}, [](float x) { return double{x}; });
+    case DType::BF16: return f(uint16_t{}, [](uint16_t h) { return double{bf16_to_float(h)}; });
+    case DType::F16: return f(uint16_t{}, [](uint16_t h) { return double{f16_to_float(h)}; });
+  }
+}
+
+// Element i of the row-major array of T at p (possibly unaligned).
+template <typename T>
+T element(const std::byte* p, size_t i) {
+  T x;
+  std::memcpy(&x, p + i * sizeof(T), sizeof(T));
+  return x;
+}
+
+// Row-major elements of type T at p (rows x cols) into column-major out,
+// converted by cvt.
+template <typename T, typename Cvt>
+void to_column_major(const std::byte* p, Eigen::Index rows, Eigen::Index cols, double* out, Cvt cvt) {
+  double tile[kTileRows * kTileCols];
+  for_each_tile(rows, cols, [&](Eigen::Index r0, Eigen::Index rn, Eigen::Index c0, Eigen::Index cn) {
+    for (Eigen::Index r = 0; r < rn; ++r) {
+      for (Eigen::Index c = 0; c < cn; ++c) {
+        tile[r * kTileCols + c] = cvt(element<T>(p, static_cast<size_t>((r0 + r) * cols + c0 + c)));
+      }
+    }
+    for (Eigen::Index c = 0; c < cn; ++c) {
+      double* dst = out + (c0 + c) * rows + r0;
+      for (Eigen::Index r = 0; r < rn; ++r) dst[r] = tile[r * kTileCols + c];
+    }
+  });
 }
 
 }  // namespace
@@ -269,47 +294,29 @@ std::span<const std::byte> SafetensorsFile::bytes(const TensorInfo& t) const {
   return {data_ + t.begin, static_cast<size_t>(t.nbytes())};
 }
 
-Eigen::MatrixXd SafetensorsFile::matrix(const TensorInfo& t) const {
+void SafetensorsFile::require_2d(const TensorInfo& t) const {
   if (t.shape.size() != 2) {
     throw Error(label_, t.name, "expected a 2-D tensor, got " + std::to_string(t.shape.size()) + "-D");
   }
+}
+
+Eigen::MatrixXd SafetensorsFile::matrix(const TensorInfo& t) const {
+  require_2d(t);
   const Eigen::Index rows = t.shape[0], cols = t.shape[1];
-  const std::byte* p = data_ + t.begin;
   Eigen::MatrixXd m(rows, cols);
-  switch (t.dtype) {
-    case DType::F64: to_column_major<double>(p, rows, cols, m.data(), [](double x) { return x; }); break;
-    case DType::F32: to_column_major<float>(p, rows, cols, m.data(), [](float x) { return double{x}; }); break;
-    case DType::BF16:
-      to_column_major<uint16_t>(p, rows, cols, m.data(), [](uint16_t h) { return double{bf16_to_float(h)}; });
-      break;
-    case DType::F16:
-      to_column_major<uint16_t>(p, rows, cols, m.data(), [](uint16_t h) { return double{f16_to_float(h)}; });
-      break;
-  }
+  with_decoder(t.dtype, [&](auto tag, auto cvt) {
+    to_column_major<decltype(tag)>(data_ + t.begin, rows, cols, m.data(), cvt);
+  });
   return m;
 }
 
 Eigen::MatrixXd SafetensorsFile::matrix_transposed(const TensorInfo& t) const {
-  if (t.shape.size() != 2) {
-    throw Error(label_, t.name, "expected a 2-D tensor, got " + std::to_string(t.shape.size()) + "-D");
-  }
+  require_2d(t);
   // Row-major rows x cols is column-major cols x rows: convert in order.
   Eigen::MatrixXd m(t.shape[1], t.shape[0]);
-  const std::byte* p = data_ + t.begin;
-  auto convert = [&](auto cvt, auto tag) {
-    using T = decltype(tag);
-    for (Eigen::Index i = 0; i < m.size(); ++i) {
-      T x;
-      std::memcpy(&x, p + static_cast<size_t>(i) * sizeof(T), sizeof(T));
-      m.data()[i] = cvt(x);
-    }
-  };
-  switch (t.dtype) {
-    case DType::F64: convert([](double x) { return x; }, double{}); break;
-    case DType::F32: convert([](float x) { return double{x}; }, float{}); break;
-    case DType::BF16: convert([](uint16_t h) { return double{bf16_to_float(h)}; }, uint16_t{}); break;
-    case DType::F16: convert([](uint16_t h) { return double{f16_to_float(h)}; }, uint16_t{}); break;
-  }
+  with_decoder(t.dtype, [&](auto tag, auto cvt) {
+    for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = cvt(element<decltype(tag)>(data_ + t.begin, static_cast<size_t>(i)));
+  });
   return m;
 }
 
@@ -350,25 +357,20 @@ void pack(const double* src, size_t n, DType dtype, std::byte* dst) {
 TensorData tensor_from_matrix(std::string name, const Eigen::MatrixXd& m, DType dtype) {
   TensorData t{std::move(name), dtype, {m.rows(), m.cols()}, {}};
   t.bytes.resize(static_cast<size_t>(m.size()) * dtype_size(dtype));
-  // Row-major out of column-major m, through 16 x 128 tiles as in
-  // to_column_major: columns read contiguously into the tile, rows written.
-  constexpr Eigen::Index kRows = 16, kCols = 128;
-  double tile[kRows * kCols];
+  // Row-major out of column-major m, through tiles as in to_column_major:
+  // columns read contiguously into the tile, rows packed out of it.
+  double tile[kTileRows * kTileCols];
   const size_t width = dtype_size(dtype);
-  for (Eigen::Index r0 = 0; r0 < m.rows(); r0 += kRows) {
-    const Eigen::Index rn = std::min(kRows, m.rows() - r0);
-    for (Eigen::Index c0 = 0; c0 < m.cols(); c0 += kCols) {
-      const Eigen::Index cn = std::min(kCols, m.cols() - c0);
-      for (Eigen::Index c = 0; c < cn; ++c) {
-        const double* col = m.data() + (c0 + c) * m.rows() + r0;
-        for (Eigen::Index r = 0; r < rn; ++r) tile[r * kCols + c] = col[r];
-      }
-      for (Eigen::Index r = 0; r < rn; ++r) {
-        pack(tile + r * kCols, static_cast<size_t>(cn), dtype,
-             t.bytes.data() + static_cast<size_t>((r0 + r) * m.cols() + c0) * width);
-      }
+  for_each_tile(m.rows(), m.cols(), [&](Eigen::Index r0, Eigen::Index rn, Eigen::Index c0, Eigen::Index cn) {
+    for (Eigen::Index c = 0; c < cn; ++c) {
+      const double* col = m.data() + (c0 + c) * m.rows() + r0;
+      for (Eigen::Index r = 0; r < rn; ++r) tile[r * kTileCols + c] = col[r];
     }
-  }
+    for (Eigen::Index r = 0; r < rn; ++r) {
+      pack(tile + r * kTileCols, static_cast<size_t>(cn), dtype,
+           t.bytes.data() + static_cast<size_t>((r0 + r) * m.cols() + c0) * width);
+    }
+  });
   return t;
 }
 

@@ -90,6 +90,8 @@ class SafetensorsFile {
   void release() const;
 
  private:
+  /// Throws unless t is 2-D.
+  void require_2d(const TensorInfo& t) const;
   void validate(std::span<const std::byte> file);
 
   std::string label_;

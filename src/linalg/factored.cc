@@ -103,11 +103,13 @@ M transposed_times(const M& t, const M& y) {  // T^T y
   return z;
 }
 
-// Whether top_right_subspace solves a P x n stack exactly for k columns:
+// Columns the range finders iterate with for k wanted: k oversampled.
+Index oversampled(Index k) { return k + std::max<Index>(10, k / 2); }
+
+// Whether a range finder solves a P x n problem exactly for k columns:
 // small problems, where the exact solver is as cheap as a few iterations.
 bool solved_exactly(Index p, Index n, Index k) {
-  const Index l = k + std::max<Index>(10, k / 2);
-  return k <= 0 || std::min(p, n) <= std::max<Index>(128, 2 * l);
+  return k <= 0 || std::min(p, n) <= std::max<Index>(128, 2 * oversampled(k));
 }
 
 }  // namespace
@@ -173,7 +175,7 @@ Subspace top_right_subspace(const Eigen::MatrixXf& tf, const std::function<const
   const Index p = tf.rows(), n = tf.cols();
   k = std::min({k, p, n});
   if (solved_exactly(p, n, k)) return top_right_subspace_exact(dense(), k);
-  const Index l = k + std::max<Index>(10, k / 2);
+  const Index l = oversampled(k);
 
   constexpr int kMaxIters = 40;
   constexpr double kTol = 1e-4;
@@ -230,7 +232,7 @@ Subspace top_right_subspace(const Eigen::MatrixXf& tf, const std::function<const
 Subspace top_right_subspace_of_product(const MatrixXd& l, const MatrixXd& r, Index k) {
   const Index p = l.cols(), n = r.cols();
   k = std::min({k, l.rows(), p, n});
-  const Index w = k + std::max<Index>(10, k / 2);
+  const Index w = oversampled(k);
   auto exact = [&] {
     MatrixXd u, vt;
     factored_svd(l, r, k, &u, &vt);
@@ -239,7 +241,7 @@ Subspace top_right_subspace_of_product(const MatrixXd& l, const MatrixXd& r, Ind
     s.values = u.colwise().norm().transpose();
     return s;
   };
-  if (k <= 0 || std::min(p, n) <= std::max<Index>(128, 2 * w)) return exact();
+  if (solved_exactly(p, n, k)) return exact();
 
   constexpr int kMaxIters = 40;
   constexpr double kTol = 1e-4;

@@ -1,6 +1,7 @@
 #include "methods/fit.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "io/safetensors.h"
 #include "linalg/factored.h"
@@ -119,6 +120,10 @@ double fit_error2(const ModuleProblem& p, const ModuleFit& f, size_t i, double n
   const double sq = s * s * ((c.transpose() * hh * c).cwiseProduct(rr)).sum();
   const double e = norm2 - 2 * inner + sq;
   return e > 1e-6 * norm2 ? e : error2_stacked(p, f, i);
+}
+
+double relative_error(double err2, double norm2) {
+  return norm2 > 0 ? std::sqrt(err2 / norm2) : (err2 > 0 ? 1.0 : 0.0);
 }
 
 double weighted_error(const ModuleProblem& p, const ModuleFit& f) {

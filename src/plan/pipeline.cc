@@ -342,7 +342,7 @@ class Session {
     r.fraction = static_cast<double>(r.params) / static_cast<double>(original_);
     double sum = 0;
     for (size_t i = 0; i < err.size(); ++i) {
-      double rel = total_norm2_[i] > 0 ? std::sqrt(err[i] / total_norm2_[i]) : (err[i] > 0 ? 1.0 : 0.0);
+      const double rel = relative_error(err[i], total_norm2_[i]);
       r.tasks.push_back({set_.task(i).name(), rel});
       sum += rel;
     }
@@ -404,20 +404,19 @@ class Session {
   // inside one module at a time, so memory stays that of one module.
   void choose_spread() {
     double largest = 0;
-    for (const auto& m : set_.modules()) {
-      ModuleShape shape{m.in, m.out, m.ranks};
-      largest = std::max(largest, 8.0 * static_cast<double>(m.in + m.out) * static_cast<double>(shape.rank_sum()));
-    }
+    for (const auto& m : set_.modules()) largest = std::max(largest, 8.0 * factor_count(m));
     spread_ = threads_ * largest <= o_.across_bytes ? Spread::kAcross : Spread::kInside;
+  }
+
+  // Numbers in a module's factors over all tasks: sum_i r_i (in + out).
+  static double factor_count(const AdapterSet::Module& m) {
+    return static_cast<double>(m.in + m.out) * static_cast<double>(ModuleShape{m.in, m.out, m.ranks}.rank_sum());
   }
 
   // Modules over ranks, balanced by the size of their factors.
   void partition_modules() {
     std::vector<double> cost;
-    for (const auto& m : set_.modules()) {
-      ModuleShape shape{m.in, m.out, m.ranks};
-      cost.push_back(static_cast<double>(m.in + m.out) * static_cast<double>(shape.rank_sum()));
-    }
+    for (const auto& m : set_.modules()) cost.push_back(factor_count(m));
     owner_ = dist::partition(cost, dist::size());
     for (size_t m = 0; m < owner_.size(); ++m) {
       if (owner_[m] == dist::rank()) mine_.push_back(m);

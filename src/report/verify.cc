@@ -94,8 +94,7 @@ VerifyReport verify_bundle(const fs::path& bundle, const std::vector<std::string
   }
   double sum = 0;
   for (size_t i = 0; i < b.tasks.size(); ++i) {
-    const double rel =
-        norm[i] > 0 ? std::sqrt(err[i] / norm[i]) : (err[i] > 0 ? 1.0 : 0.0);  // as merge
+    const double rel = relative_error(err[i], norm[i]);
     r.tasks.push_back({b.tasks[i].name, rel});
     sum += rel;
   }
