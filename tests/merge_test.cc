@@ -1,5 +1,8 @@
 // End-to-end merging: invariants, optima, bundles and exports.
 #include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstring>
 
 #include <Eigen/SVD>
 #include <nlohmann/json.hpp>
@@ -211,6 +214,59 @@ TEST(BundleWriter, FileDoesNotDependOnModuleOrder) {
   size_t files = 0;
   for ([[maybe_unused]] auto& e : fs::directory_iterator(d.path())) ++files;
   EXPECT_EQ(files, 3u) << "no spool or partial output may remain";
+}
+
+// Given the layout in advance (expect()), modules go straight to their
+// places in the output file, in any order, and the header is put in front
+// at the end; where the file system cannot insert it (tmpfs), finish()
+// copies instead. Either way the file is the spool's, byte for byte, with
+// the data at a 4 KiB boundary. A module of another size is refused.
+TEST(BundleWriter, ExpectedLayoutGivesTheSameFile) {
+  test::TempDir d;
+  MergeOptions o = at(0.4);
+  o.method = "hydra";  // evaluate_all sets the layout
+  merge(tiny(), o, d / "merged.safetensors");
+  const io::Bundle b = io::bundle_read(d / "merged.safetensors");
+  std::vector<int64_t> params;
+  for (const auto& m : b.modules) params.push_back(m.fit.params());
+  {
+    io::BundleWriter w(d / "spooled.safetensors", b.dtype, b.modules.size());
+    for (size_t m = 0; m < b.modules.size(); ++m) w.write_module(m, b.modules[m]);
+    w.finish(b);
+  }
+  const std::string spooled = test::read_text(d / "spooled.safetensors");
+  EXPECT_EQ(spooled, test::read_text(d / "merged.safetensors"));
+  uint64_t n = 0;
+  std::memcpy(&n, spooled.data(), 8);
+  EXPECT_EQ((8 + n) % 4096, 0u);
+  std::vector<fs::path> dirs = {d.path()};
+  std::string shm = "/dev/shm/hydraopt-test-XXXXXX";
+  if (::access("/dev/shm", W_OK) == 0 && ::mkdtemp(shm.data())) dirs.push_back(shm);
+  for (const auto& dir : dirs) {
+    {
+      io::BundleWriter w(dir / "direct.safetensors", b.dtype, b.modules.size());
+      w.expect(params);
+      for (size_t m = b.modules.size(); m-- > 0;) w.write_module(m, b.modules[m]);
+      w.finish(b);
+    }
+    EXPECT_EQ(test::read_text(dir / "direct.safetensors"), spooled) << dir;
+  }
+  if (dirs.size() > 1) fs::remove_all(dirs.back());
+  {
+    io::BundleWriter w(d / "wrong.safetensors", b.dtype, b.modules.size());
+    std::vector<int64_t> wrong = params;
+    wrong[0] += 1;
+    w.expect(wrong);
+    EXPECT_THROW(w.write_module(0, b.modules[0]), std::logic_error);
+    EXPECT_THROW(w.expect(std::vector<int64_t>(1)), std::logic_error);  // one size per module
+  }
+  {
+    io::BundleWriter w(d / "late.safetensors", b.dtype, b.modules.size());
+    w.write_module(0, b.modules[0]);
+    EXPECT_THROW(w.expect(params), std::logic_error);  // too late
+  }
+  EXPECT_FALSE(fs::exists(d / "wrong.safetensors"));
+  EXPECT_FALSE(fs::exists(d / "late.safetensors"));
 }
 
 // Under MPI, ranks other than 0 spool their modules and send them to rank

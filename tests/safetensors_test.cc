@@ -1,4 +1,5 @@
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cstring>
 #include <fstream>
@@ -293,6 +294,37 @@ TEST(AtomicFile, UncommittedWriteLeavesNoTraceAndKeepsThePrevious) {
   EXPECT_EQ(files, 1);
   io::write_file_atomic(dir / "out.bin", "new");
   EXPECT_EQ(test::read_text(dir / "out.bin"), "new");
+}
+
+// insert_front shifts what was written up by whole blocks, leaving zeros in
+// front (ext4, xfs), or reports that it cannot (tmpfs) and changes nothing.
+// Both ways the committed file is what was written.
+TEST(AtomicFile, InsertFrontShiftsTheContentOrLeavesIt) {
+  std::vector<std::filesystem::path> dirs;
+  test::TempDir here;
+  dirs.push_back(here.path());
+  std::string shm = "/dev/shm/hydraopt-test-XXXXXX";  // tmpfs, where present: no insertion
+  if (::access("/dev/shm", W_OK) == 0 && ::mkdtemp(shm.data())) dirs.push_back(shm);
+  for (const auto& dir : dirs) {
+    SCOPED_TRACE(dir.string());
+    std::string data(10000, '\0');
+    for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>('a' + i % 26);
+    std::string expect;
+    {
+      io::AtomicFile f(dir / "out.bin");
+      f.write_at(std::as_bytes(std::span(data.data(), data.size())), 0);
+      if (f.insert_front(8192)) {
+        expect = std::string(8192, '\0') + data;
+        f.write_at(std::as_bytes(std::span("head", 4)), 0);
+        expect.replace(0, 4, "head");
+      } else {
+        expect = data;
+      }
+      f.commit();
+    }
+    EXPECT_EQ(test::read_text(dir / "out.bin"), expect);
+  }
+  if (dirs.size() > 1) std::filesystem::remove_all(dirs.back());
 }
 
 TEST(AtomicFile, UnwritableDirectoryIsAClearError) {

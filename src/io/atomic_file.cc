@@ -1,6 +1,7 @@
 #include "io/atomic_file.h"
 
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <sys/stat.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -48,7 +49,7 @@ AtomicFile::AtomicFile(fs::path target) : target_(std::move(target)) {
   // is killed; it gets a name only in commit(). Needs /proc/self/fd to be
   // linked, and a file system that supports it; else a named temporary.
   if (::access("/proc/self/fd", X_OK) == 0) {
-    fd_ = ::open(dir.c_str(), O_TMPFILE | O_WRONLY | O_CLOEXEC, 0644);
+    fd_ = ::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0644);
     if (fd_ >= 0) return;
   }
   std::string templ = (dir / temp_leaf(target_)).string() + "XXXXXX";
@@ -117,6 +118,30 @@ void AtomicFile::copy_from(int fd, uint64_t offset, uint64_t length) {
     if (n == 0) fail(EIO);  // the source ended early
     length -= static_cast<uint64_t>(n);
   }
+}
+
+void AtomicFile::write_at(std::span<const std::byte> bytes, uint64_t offset) {
+  size_t done = 0;
+  while (done < bytes.size()) {
+    ssize_t n = ::pwrite(fd_, bytes.data() + done, bytes.size() - done, static_cast<off_t>(offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) throw Error(target_.string(), "", std::string("write failed: ") + std::strerror(errno));
+    done += static_cast<size_t>(n);
+  }
+  // Only a hint (errors surface in commit's fsync).
+  ::sync_file_range(fd_, static_cast<off_t>(offset), static_cast<off_t>(bytes.size()), SYNC_FILE_RANGE_WRITE);
+}
+
+bool AtomicFile::insert_front(uint64_t length) {
+  struct stat before {};
+  if (::fstat(fd_, &before) != 0) throw Error(target_.string(), "", std::string("cannot stat output: ") + std::strerror(errno));
+  if (::fallocate(fd_, FALLOC_FL_INSERT_RANGE, 0, static_cast<off_t>(length)) == 0) return true;
+  const int err = errno;
+  struct stat after {};
+  if (::fstat(fd_, &after) != 0 || after.st_size != before.st_size) {
+    throw Error(target_.string(), "", std::string("cannot make room for the header: ") + std::strerror(err));
+  }
+  return false;
 }
 
 void AtomicFile::commit() {

@@ -32,6 +32,19 @@ class AtomicFile {
   /// Appends `length` bytes of the open file `fd` from `offset` (in the
   /// kernel with copy_file_range where it can, else through a buffer).
   void copy_from(int fd, uint64_t offset, uint64_t length);
+  /// Writes `bytes` at `offset` (thread-safe for disjoint ranges) and starts
+  /// their write-back to disk, so that commit() has little left to flush.
+  void write_at(std::span<const std::byte> bytes, uint64_t offset);
+  /// Shifts the whole content `length` bytes up, leaving a hole at the
+  /// start, without copying it (fallocate's FALLOC_FL_INSERT_RANGE: ext4,
+  /// xfs). `length` must be a multiple of the file system's block size. False
+  /// where the file system cannot; the file is then as it was.
+  bool insert_front(uint64_t length);
+  /// Whether the temporary file has no name (O_TMPFILE): then nothing is
+  /// left behind even if the process is killed.
+  bool unnamed() const { return temp_.empty(); }
+  /// The open temporary file (read-write), e.g. for copy_from().
+  int fd() const { return fd_; }
   /// fsync + rename over the target; the object is finished afterwards.
   void commit();
 

@@ -30,6 +30,10 @@ using Eigen::MatrixXd;
 namespace {
 
 constexpr const char* kFormat = "hydraopt.bundle";
+// Bundles' tensor data starts at a multiple of this (the header padded
+// with spaces): the page size, and the block size that lets finish() put
+// the header in front of data already written (AtomicFile::insert_front).
+constexpr uint64_t kDataAlign = 4096;
 constexpr int64_t kMaxBundleIndex = 1 << 24;  // heads/cores/bodies per module
 constexpr int64_t kMaxDim = int64_t{1} << 40;
 
@@ -112,10 +116,18 @@ struct BundleWriter::Impl {
   };
   fs::path path;  // empty: spool only
   DType dtype;
+  // Where the modules' bytes go. Once expect() has fixed the layout, straight
+  // into the bundle's unnamed temporary file at their final places (data
+  // offsets; finish() inserts the header in front). Otherwise appended to an
+  // unlinked spool file, which finish() copies in module order.
+  std::unique_ptr<AtomicFile> direct;
+  std::vector<uint64_t> expected, offset;  // with `direct`: each module's byte count and data offset
   int spool = -1;
   mutable std::mutex mu;
   uint64_t spool_end = 0;
   std::vector<Module> modules;
+
+  int data_fd() const { return direct ? direct->fd() : spool; }
 
   std::string spool_name() const { return path.empty() ? "hydraopt spool" : path.string(); }
 
@@ -133,7 +145,7 @@ struct BundleWriter::Impl {
   void pwrite_all(const std::byte* data, size_t size, uint64_t at) const {
     size_t done = 0;
     while (done < size) {
-      ssize_t n = ::pwrite(spool, data + done, size - done, static_cast<off_t>(at + done));
+      ssize_t n = ::pwrite(data_fd(), data + done, size - done, static_cast<off_t>(at + done));
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) throw Error(spool_name(), "", std::string("write failed: ") + std::strerror(errno));
       done += static_cast<size_t>(n);
@@ -143,7 +155,7 @@ struct BundleWriter::Impl {
   void pread_all(char* data, size_t size, uint64_t at) const {
     size_t done = 0;
     while (done < size) {
-      ssize_t n = ::pread(spool, data + done, size - done, static_cast<off_t>(at + done));
+      ssize_t n = ::pread(data_fd(), data + done, size - done, static_cast<off_t>(at + done));
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) throw Error(spool_name(), "", std::string("read failed: ") + std::strerror(errno));
       done += static_cast<size_t>(n);
@@ -161,12 +173,18 @@ struct BundleWriter::Impl {
     {
       std::lock_guard<std::mutex> lock(mu);
       if (modules[m].written) throw std::logic_error("bundle module written twice");
-      rec.spool_offset = spool_end;
-      spool_end += rec.bytes;
+      if (direct) {
+        if (rec.bytes != expected[m]) throw std::logic_error("bundle module size differs from the expected layout");
+        rec.spool_offset = offset[m];
+      } else {
+        rec.spool_offset = spool_end;
+        spool_end += rec.bytes;
+      }
     }
     uint64_t at = rec.spool_offset;
     for (auto piece : pieces) {
-      pwrite_all(piece.data(), piece.size(), at);
+      if (direct) direct->write_at(piece, at);
+      else pwrite_all(piece.data(), piece.size(), at);
       at += piece.size();
     }
     std::lock_guard<std::mutex> lock(mu);
@@ -275,6 +293,28 @@ void BundleWriter::write_encoded(size_t m, std::string_view message) {
   impl_->store(m, std::move(rec), {bytes});
 }
 
+void BundleWriter::expect(const std::vector<int64_t>& params) {
+  Impl& w = *impl_;
+  if (params.size() != w.modules.size()) throw std::logic_error("expect(): one size per module");
+  if (w.path.empty() || w.direct) return;
+  for (auto& m : w.modules) {
+    if (m.written) throw std::logic_error("expect() after a module was written");
+  }
+  auto file = std::make_unique<AtomicFile>(w.path);
+  // A named temporary file would be left behind by a killed process, with
+  // the data so far; the spool is unlinked from the start.
+  if (!file->unnamed()) return;
+  w.expected.clear();
+  w.offset.clear();
+  uint64_t end = 0;
+  for (int64_t p : params) {
+    w.offset.push_back(end);
+    w.expected.push_back(static_cast<uint64_t>(p) * dtype_size(w.dtype));
+    end += w.expected.back();
+  }
+  w.direct = std::move(file);
+}
+
 bool BundleWriter::has_module(size_t m) const {
   std::lock_guard<std::mutex> lock(impl_->mu);
   return m < impl_->modules.size() && impl_->modules[m].written;
@@ -319,14 +359,24 @@ void BundleWriter::finish(const Bundle& b) {
                        {"storage", {{"params", b.params_stored}, {"original_params", b.original_params}}},
                        {"tasks", tasks},
                        {"modules", mods}};
+  const std::string header = safetensors_header(std::move(slots), {{"hydraopt", meta.dump()}, {"format", "pt"}}, kDataAlign);
+  const auto header_bytes = std::as_bytes(std::span(header.data(), header.size()));
+  if (w.direct && w.direct->insert_front(header.size())) {
+    w.direct->write_at(header_bytes, 0);
+    w.direct->commit();
+    return;
+  }
   AtomicFile out(w.path);
-  out.write(safetensors_header(std::move(slots), {{"hydraopt", meta.dump()}, {"format", "pt"}}));
-  for (auto& m : w.modules) out.copy_from(w.spool, m.spool_offset, m.bytes);
+  out.write(header_bytes);
+  for (auto& m : w.modules) out.copy_from(w.data_fd(), m.spool_offset, m.bytes);
   out.commit();
 }
 
 void bundle_write(const fs::path& path, const Bundle& b) {
   BundleWriter w(path, b.dtype, b.modules.size());
+  std::vector<int64_t> params;
+  for (const auto& m : b.modules) params.push_back(m.fit.params());
+  w.expect(params);
   for (size_t m = 0; m < b.modules.size(); ++m) w.write_module(m, b.modules[m]);
   w.finish(b);
 }

@@ -21,6 +21,8 @@
 // "tasks[i].sha256" is the SHA-256 of the source adapter_model.safetensors;
 // "modules[m].sha256" that of the module's stored tensor bytes (heads, then
 // bodies, then cores, each in index order: one contiguous range).
+// The header is padded with spaces so that the data starts at a multiple
+// of 4096 bytes (see BundleWriter::expect).
 // Readers check the format tag and version, that every referenced tensor
 // exists with a shape that chains (out x k)(k x k')(k' x in), and that no
 // stray tensor is present.
@@ -98,6 +100,13 @@ class BundleWriter {
   BundleWriter(const BundleWriter&) = delete;
   BundleWriter& operator=(const BundleWriter&) = delete;
 
+  /// Optional, before any module is written: every module's stored numbers
+  /// (ModuleFit::params). The modules then go straight to their places in
+  /// the output file, in whatever order they come, and finish() needs no
+  /// copy (where the file system can insert the header in front: ext4,
+  /// xfs). A module of another size is then a logic error. Ignored by a
+  /// spool-only writer.
+  void expect(const std::vector<int64_t>& params);
   /// Stores module m (name, shape, spec and its fit, already rounded).
   void write_module(size_t m, const BundleModule& module);
   bool has_module(size_t m) const;

@@ -393,7 +393,9 @@ Eigen::MatrixXd round_to_dtype(const Eigen::MatrixXd& m, DType dtype) {
   return m;
 }
 
-std::string safetensors_header(std::vector<TensorSlot> slots, const std::map<std::string, std::string>& metadata) {
+std::string safetensors_header(std::vector<TensorSlot> slots, const std::map<std::string, std::string>& metadata,
+                               uint64_t align) {
+  if (align == 0 || align % 8 != 0) throw std::logic_error("safetensors_header: alignment must be a multiple of 8");
   std::sort(slots.begin(), slots.end(), [](const TensorSlot& a, const TensorSlot& b) { return a.name < b.name; });
   // Written entry by entry, in this order: an ordered_json object would
   // look every key up linearly (quadratic in the tensor count, minutes for
@@ -428,7 +430,7 @@ std::string safetensors_header(std::vector<TensorSlot> slots, const std::map<std
                 .dump();
   }
   json += '}';
-  json.append((8 - json.size() % 8) % 8, ' ');
+  json.append((align - (8 + json.size()) % align) % align, ' ');
   const uint64_t n = json.size();
   std::string out(8, '\0');
   std::memcpy(out.data(), &n, 8);

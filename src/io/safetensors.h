@@ -127,9 +127,11 @@ struct TensorSlot {
 
 /// The bytes before the data buffer: the 8-byte header length and the JSON
 /// header (metadata first, then the slots sorted by name), padded with
-/// spaces to a multiple of 8. Throws on a reserved name or a slot whose
-/// size does not match its shape and dtype.
-std::string safetensors_header(std::vector<TensorSlot> slots, const std::map<std::string, std::string>& metadata);
+/// spaces (as the format allows) so that the data starts at a multiple of
+/// `align` bytes (8 by default; a multiple of 8). Throws on a reserved name
+/// or a slot whose size does not match its shape and dtype.
+std::string safetensors_header(std::vector<TensorSlot> slots, const std::map<std::string, std::string>& metadata,
+                               uint64_t align = 8);
 
 /// Serialises to bytes (header + data); data and header in name order.
 std::vector<std::byte> safetensors_serialize(std::vector<TensorData> tensors,

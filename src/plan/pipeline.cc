@@ -224,9 +224,20 @@ class Session {
                                                    const FitOptions& fo, bool final, Spread spread) {
     const size_t nm = set_.modules().size();
     std::vector<std::vector<Evaluated>> out(nm);
+    // Every module's specs, on every rank: with one per module the bundle's
+    // layout is known before any is fitted.
+    std::vector<std::vector<CandidateSpec>> lists(nm);
+    dist::checked([&] {
+      for (size_t m = 0; m < nm; ++m) lists[m] = specs(m, shape(m));
+    });
+    if (final && writer_ && std::all_of(lists.begin(), lists.end(), [](const auto& l) { return l.size() == 1; })) {
+      std::vector<int64_t> params;
+      for (size_t m = 0; m < nm; ++m) params.push_back(spec_params(lists[m][0].spec, shape(m)));
+      writer_->expect(params);
+    }
     for_modules(mine_, threads_, o_.progress, [&](size_t m) {
       const auto& mod = set_.modules()[m];
-      const auto list = specs(m, ModuleShape{mod.in, mod.out, mod.ranks});
+      const auto& list = lists[m];
       if (list.empty()) return;
       if (final && list.size() == 1 && per_task_heads(list[0].spec, set_.size())) {
         std::vector<double> err2;
@@ -305,6 +316,11 @@ class Session {
       writer_->write_module(m, {mod.name, mod.in, mod.out, cs.spec, std::move(stored), {}});  // sha256: set by the writer
     }
     return e;
+  }
+
+  ModuleShape shape(size_t m) const {
+    const auto& mod = set_.modules()[m];
+    return {mod.in, mod.out, mod.ranks};
   }
 
   ModuleProblem problem(size_t m) const {
@@ -766,6 +782,14 @@ MergeReport merge(const AdapterSet& set, const MergeOptions& options, const fs::
     // Modules with several candidates (the planner's) are fitted again with
     // the evaluation's options, so the bundle is the fit the report measured.
     const FitOptions fo = s.fit_options(params);
+    // The planner's modules: none written yet, their structures now known.
+    bool none_written = !info.single_adapter;
+    for (size_t m = 0; m < set.modules().size(); ++m) none_written = none_written && !writer->has_module(m);
+    if (none_written) {
+      std::vector<int64_t> stored;
+      for (size_t m = 0; m < set.modules().size(); ++m) stored.push_back(spec_params(run.specs[0][m], s.shape(m)));
+      writer->expect(stored);
+    }
     for_modules(s.mine_, s.threads_, options.progress, [&](size_t m) {
       if (writer->has_module(m)) return;
       const auto& mod = set.modules()[m];
