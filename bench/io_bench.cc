@@ -32,6 +32,18 @@ BENCHMARK(BM_ConvertBf16)->Arg(32)->Arg(512);
 void BM_ConvertF16(benchmark::State& state) { convert(state, hydraopt::DType::F16); }
 BENCHMARK(BM_ConvertF16)->Arg(32)->Arg(512);
 
+// A rows x cols double matrix encoded as BF16 row-major bytes, as the bundle
+// writer does per factor: heads are tall and narrow (2048 x 32), bodies
+// wide (32 x 2048).
+void BM_EncodeBf16(benchmark::State& state) {
+  const Eigen::MatrixXd m = Eigen::MatrixXd::Random(state.range(0), state.range(1));
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(hydraopt::io::tensor_from_matrix("x", m, hydraopt::DType::BF16));
+  }
+  state.SetItemsProcessed(state.iterations() * m.size());
+}
+BENCHMARK(BM_EncodeBf16)->Args({2048, 32})->Args({32, 2048});
+
 // One module of N llama-1b-shaped BF16 adapters (r = 32, 2048 x 2048), each
 // in its own file (page cache warm): what a pass over a module costs in I/O
 // and conversion to double.

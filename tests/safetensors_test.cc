@@ -170,33 +170,37 @@ TEST_P(RoundTrip, EveryDtypeRoundTripsThroughAFile) {
 // raw row-major bytes decoded here.
 TEST_P(RoundTrip, TiledConversionsPlaceEveryElement) {
   const DType dt = GetParam();
-  test::TempDir dir;
-  const Eigen::MatrixXd m = test::random_matrix(37, 300, 9);
-  const Eigen::MatrixXd stored = io::round_to_dtype(m, dt);
-  io::safetensors_write(dir / "x.safetensors", {io::tensor_from_matrix("w", m, dt)}, {});
-  auto f = SafetensorsFile::open(dir / "x.safetensors");
-  const auto* t = f.find("w");
-  ASSERT_NE(t, nullptr);
-  const auto raw = f.bytes(*t);
-  auto element = [&](Eigen::Index r, Eigen::Index c) -> double {
-    const std::byte* p = raw.data() + static_cast<size_t>(r * m.cols() + c) * dtype_size(dt);
-    double d = 0;
-    float x = 0;
-    uint16_t h = 0;
-    switch (dt) {
-      case DType::F64: std::memcpy(&d, p, 8); return d;
-      case DType::F32: std::memcpy(&x, p, 4); return x;
-      case DType::BF16: std::memcpy(&h, p, 2); return io::bf16_to_float(h);
-      case DType::F16: std::memcpy(&h, p, 2); return io::f16_to_float(h);
-    }
-    return d;
-  };
-  const Eigen::MatrixXd back = f.matrix(*t), back_t = f.matrix_transposed(*t);
-  for (Eigen::Index r = 0; r < m.rows(); ++r) {
-    for (Eigen::Index c = 0; c < m.cols(); ++c) {
-      ASSERT_EQ(element(r, c), stored(r, c)) << r << " " << c;
-      ASSERT_EQ(back(r, c), stored(r, c)) << r << " " << c;
-      ASSERT_EQ(back_t(c, r), stored(r, c)) << r << " " << c;
+  // Wide (tiles) and narrow (at most 64 columns: encoded row by row).
+  for (auto [rows, cols] : {std::pair<Eigen::Index, Eigen::Index>{37, 300}, {301, 19}}) {
+    SCOPED_TRACE(std::to_string(rows) + " x " + std::to_string(cols));
+    test::TempDir dir;
+    const Eigen::MatrixXd m = test::random_matrix(rows, cols, 9);
+    const Eigen::MatrixXd stored = io::round_to_dtype(m, dt);
+    io::safetensors_write(dir / "x.safetensors", {io::tensor_from_matrix("w", m, dt)}, {});
+    auto f = SafetensorsFile::open(dir / "x.safetensors");
+    const auto* t = f.find("w");
+    ASSERT_NE(t, nullptr);
+    const auto raw = f.bytes(*t);
+    auto element = [&](Eigen::Index r, Eigen::Index c) -> double {
+      const std::byte* p = raw.data() + static_cast<size_t>(r * m.cols() + c) * dtype_size(dt);
+      double d = 0;
+      float x = 0;
+      uint16_t h = 0;
+      switch (dt) {
+        case DType::F64: std::memcpy(&d, p, 8); return d;
+        case DType::F32: std::memcpy(&x, p, 4); return x;
+        case DType::BF16: std::memcpy(&h, p, 2); return io::bf16_to_float(h);
+        case DType::F16: std::memcpy(&h, p, 2); return io::f16_to_float(h);
+      }
+      return d;
+    };
+    const Eigen::MatrixXd back = f.matrix(*t), back_t = f.matrix_transposed(*t);
+    for (Eigen::Index r = 0; r < m.rows(); ++r) {
+      for (Eigen::Index c = 0; c < m.cols(); ++c) {
+        ASSERT_EQ(element(r, c), stored(r, c)) << r << " " << c;
+        ASSERT_EQ(back(r, c), stored(r, c)) << r << " " << c;
+        ASSERT_EQ(back_t(c, r), stored(r, c)) << r << " " << c;
+      }
     }
   }
 }

@@ -5,7 +5,10 @@
 #include <Eigen/QR>
 #include <Eigen/SVD>
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <memory>
+#include <mutex>
 
 #include "util/parallel.h"
 #include "util/random.h"
@@ -64,6 +67,31 @@ Matrix orthonormal_like(const Matrix& v) {
     if (h.col(j).dot(v.col(j)) < 0) h.col(j) = -h.col(j);
   }
   return h;
+}
+
+// A range finder's start: the orthonormalised Gaussian n x l matrix of
+// the counter-based stream keyed (seed, p, n, k). Every module of a given
+// shape starts from the same one, so the last few are kept (by key; each
+// is a pure function of its key, so keeping them changes no bit).
+std::shared_ptr<const MatrixXd> random_start(uint64_t seed, Index p, Index n, Index k, Index l) {
+  using Key = std::array<uint64_t, 5>;
+  static std::mutex mu;
+  static std::vector<std::pair<Key, std::shared_ptr<const MatrixXd>>> kept;  // most recent last
+  const Key key{seed, static_cast<uint64_t>(p), static_cast<uint64_t>(n), static_cast<uint64_t>(k),
+                static_cast<uint64_t>(l)};
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    for (auto& [k2, z] : kept) {
+      if (k2 == key) return z;
+    }
+  }
+  util::Stream rng(seed, key[1], key[2], key[3]);
+  auto z = std::make_shared<const MatrixXd>(orthonormal_like(rng.normal(n, l, 1.0)));
+  std::lock_guard<std::mutex> lock(mu);
+  constexpr size_t kKept = 8;
+  if (kept.size() == kKept) kept.erase(kept.begin());
+  kept.emplace_back(key, z);
+  return z;
 }
 
 // The range finders' stopping rule on successive changes d (latest) and
@@ -182,9 +210,8 @@ Subspace top_right_subspace(const Eigen::MatrixXf& tf, const std::function<const
   // Single precision suffices while the residual is at least this share of
   // ||T||^2: rounding (~1e-7 of ||T||^2) is then ~1e-5 of the residual.
   constexpr double kSingleFloor = 1e-2;
-  util::Stream rng(0x5ca1ab1e, static_cast<uint64_t>(p), static_cast<uint64_t>(n), static_cast<uint64_t>(k));
-  MatrixXd z = orthonormal_like(rng.normal(n, l, 1.0));
-  Eigen::MatrixXf zf = z.cast<float>(), yf;
+  Eigen::MatrixXf zf = random_start(0x5ca1ab1e, p, n, k, l)->cast<float>(), yf;
+  MatrixXd z;                   // the iterate, once the double phase starts
   const MatrixXd* t = nullptr;  // T in double, once the double phase starts
   double total = 0;             // ||T||^2: of tf (columns in single precision, summed in double), then of T
   for (Index j = 0; j < n; ++j) total += static_cast<double>(tf.col(j).squaredNorm());
@@ -245,9 +272,8 @@ Subspace top_right_subspace_of_product(const MatrixXd& l, const MatrixXd& r, Ind
 
   constexpr int kMaxIters = 40;
   constexpr double kTol = 1e-4;
-  util::Stream rng(0x5ca1ab1f, static_cast<uint64_t>(p), static_cast<uint64_t>(n), static_cast<uint64_t>(k));
   const Eigen::MatrixXf lf = l.cast<float>(), rf = r.cast<float>();
-  Eigen::MatrixXf zf = orthonormal_like(rng.normal(n, w, 1.0)).cast<float>(), yf;
+  Eigen::MatrixXf zf = random_start(0x5ca1ab1f, p, n, k, w)->cast<float>(), yf;
   double prev = 0, prev_gain = INFINITY;
   for (int it = 1; it <= kMaxIters; ++it) {
     yf.noalias() = lf * (rf * zf);  // L R z
