@@ -32,6 +32,33 @@ BENCHMARK(BM_ConvertBf16)->Arg(32)->Arg(512);
 void BM_ConvertF16(benchmark::State& state) { convert(state, hydraopt::DType::F16); }
 BENCHMARK(BM_ConvertF16)->Arg(32)->Arg(512);
 
+// A 2048 x n BF16 tensor (a B factor: tall and narrow) to column-major double.
+void BM_ConvertBf16Tall(benchmark::State& state) {
+  const Eigen::Index n = state.range(0);
+  auto bytes = hydraopt::io::safetensors_serialize(
+      {hydraopt::io::tensor_from_matrix("x", Eigen::MatrixXd::Random(2048, n), hydraopt::DType::BF16)}, {});
+  auto file = hydraopt::io::SafetensorsFile::parse(bytes, "bench");
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(file.matrix(file.tensors()[0]));
+  }
+  state.SetBytesProcessed(state.iterations() * n * 2048 * 2);
+}
+BENCHMARK(BM_ConvertBf16Tall)->Arg(32);
+
+// The same two shapes read transposed (in the file's row-major order: no
+// transposition), as the norms pass reads A.
+void BM_ConvertBf16Transposed(benchmark::State& state) {
+  const Eigen::Index rows = state.range(0), cols = state.range(1);
+  auto bytes = hydraopt::io::safetensors_serialize(
+      {hydraopt::io::tensor_from_matrix("x", Eigen::MatrixXd::Random(rows, cols), hydraopt::DType::BF16)}, {});
+  auto file = hydraopt::io::SafetensorsFile::parse(bytes, "bench");
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(file.matrix_transposed(file.tensors()[0]));
+  }
+  state.SetBytesProcessed(state.iterations() * rows * cols * 2);
+}
+BENCHMARK(BM_ConvertBf16Transposed)->Args({32, 2048})->Args({2048, 32});
+
 // A rows x cols double matrix encoded as BF16 row-major bytes, as the bundle
 // writer does per factor: heads are tall and narrow (2048 x 32), bodies
 // wide (32 x 2048).

@@ -180,8 +180,8 @@ TEST(Structures, RoundedFitsCarryTheStoredValues) {
   for (auto& h : f.heads) EXPECT_EQ(h, io::round_to_dtype(h, DType::BF16));
 }
 
-// The hydra point's streamed fit gives the bits of fitting, rounding and
-// measuring one after the other: by the exact solver (P = 14 rows), by the
+// The hydra point's streamed fit, on factors read transposed (as stored),
+// gives the bits of fitting, rounding and measuring one after the other: by the exact solver (P = 14 rows), by the
 // range finder (P = 175 > 128) for k or (body_width 4, P = 159) 4k
 // columns, and by the range finder's double phase (every task with one A:
 // a stack of rank 16); serially (F32) and on 2 threads (BF16). It reads
@@ -209,7 +209,7 @@ TEST(Structures, StreamedSharedHeadsEqualFitRoundAndMeasure) {
       std::vector<int> reads(p.tasks(), 0);
       auto read = [&](size_t i) {
         ++reads[i];  // each task is read by one thread at a time
-        return p.loras[i];
+        return ModuleLoraT{p.loras[i].A.transpose(), p.loras[i].B.transpose(), p.loras[i].scale};
       };
       const util::InnerThreads threads(dtype == DType::BF16 ? 2 : 1);
       const ModuleFit got = fit_shared_heads(shape, p.weights, read, s, o, dtype, update_norms2(p), &err2);
@@ -227,7 +227,7 @@ TEST(Structures, StreamedSharedHeadsEqualFitRoundAndMeasure) {
   }
   const ModuleProblem p = make_problem(4, 20, 10, 2, 3, false);
   std::vector<double> err2;
-  auto read = [&](size_t i) { return p.loras[i]; };
+  auto read = [&](size_t i) { return ModuleLoraT{p.loras[i].A.transpose(), p.loras[i].B.transpose(), p.loras[i].scale}; };
   const ModuleShape shape = ModuleFitter(p, {}).shape();
   EXPECT_THROW(fit_shared_heads(shape, p.weights, read, {Family::kSharedA, 2, 2}, {}, DType::F32, {}, &err2),
                std::logic_error);

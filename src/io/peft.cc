@@ -304,14 +304,20 @@ ModuleLora Adapter::load(const std::string& module) const {
   return l;
 }
 
-double Adapter::update_norm2(const std::string& module) const {
+ModuleLoraT Adapter::load_transposed(const std::string& module) const {
   auto it = impl_->factors.find(module);
   if (it == impl_->factors.end()) throw Error(weights_path().string(), module, "module not in adapter");
-  const double s = find(module)->scale;
-  const Eigen::MatrixXd at = impl_->weights.matrix_transposed(*it->second.first);
-  const Eigen::MatrixXd b = impl_->weights.matrix(*it->second.second);
+  ModuleLoraT l;
+  l.At = impl_->weights.matrix_transposed(*it->second.first);
+  l.Bt = impl_->weights.matrix_transposed(*it->second.second);
+  l.scale = find(module)->scale;
   impl_->weights.release();
-  return s * s * linalg::product_norm2_transposed(b, at);
+  return l;
+}
+
+double Adapter::update_norm2(const std::string& module) const {
+  const ModuleLoraT l = load_transposed(module);
+  return l.scale * l.scale * linalg::product_norm2_transposed(l.Bt, l.At);
 }
 
 AdapterSet::AdapterSet(std::vector<Adapter> adapters) : tasks_(std::move(adapters)) {
@@ -377,6 +383,15 @@ ModuleLora AdapterSet::load(size_t m, size_t i) const {
   ModuleLora l;
   l.A.setZero(0, mod.in);
   l.B.setZero(mod.out, 0);
+  return l;
+}
+
+ModuleLoraT AdapterSet::load_transposed(size_t m, size_t i) const {
+  const Module& mod = modules_.at(m);
+  if (mod.ranks.at(i) > 0) return tasks_.at(i).load_transposed(mod.name);
+  ModuleLoraT l;
+  l.At.setZero(mod.in, 0);
+  l.Bt.setZero(0, mod.out);
   return l;
 }
 

@@ -147,9 +147,9 @@ double product_norm2(const MatrixXd& x, const MatrixXd& y) {
   return std::max(0.0, (gram(x).cwiseProduct(gram_rows(y))).sum());
 }
 
-double product_norm2_transposed(const MatrixXd& x, const MatrixXd& yt) {
-  if (x.cols() == 0) return 0;
-  return std::max(0.0, (gram(x).cwiseProduct(gram(yt))).sum());
+double product_norm2_transposed(const MatrixXd& xt, const MatrixXd& yt) {
+  if (xt.rows() == 0) return 0;
+  return std::max(0.0, (gram_rows(xt).cwiseProduct(gram(yt))).sum());
 }
 
 double product_inner(const MatrixXd& x1, const MatrixXd& y1, const MatrixXd& x2, const MatrixXd& y2) {
@@ -168,6 +168,15 @@ MatrixXd left_core(const MatrixXd& l) {
   Eigen::LLT<MatrixXd> llt(gram(l));
   if (llt.info() == Eigen::Success) return llt.matrixU();
   Eigen::HouseholderQR<MatrixXd> qr(l);
+  return qr.matrixQR().topRows(p).triangularView<Eigen::Upper>();
+}
+
+MatrixXd left_core_transposed(const MatrixXd& lt) {
+  const Index p = lt.rows();
+  if (lt.cols() < p) return lt.transpose();
+  Eigen::LLT<MatrixXd> llt(gram_rows(lt));
+  if (llt.info() == Eigen::Success) return llt.matrixU();
+  Eigen::HouseholderQR<MatrixXd> qr(lt.transpose());
   return qr.matrixQR().topRows(p).triangularView<Eigen::Upper>();
 }
 

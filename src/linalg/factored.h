@@ -15,9 +15,8 @@ namespace hydraopt::linalg {
 /// ||X Y||_F^2 = trace((X^T X)(Y Y^T)) for X (m x p), Y (p x n); >= 0.
 double product_norm2(const Eigen::MatrixXd& x, const Eigen::MatrixXd& y);
 
-/// The same given Y^T (n x p) instead of Y: trace((X^T X)(Yt^T Yt)), both
-/// Grams of tall matrices (the cheaper kind to form).
-double product_norm2_transposed(const Eigen::MatrixXd& x, const Eigen::MatrixXd& yt);
+/// The same given X^T (p x m) and Y^T (n x p): trace((Xt Xt^T)(Yt^T Yt)).
+double product_norm2_transposed(const Eigen::MatrixXd& xt, const Eigen::MatrixXd& yt);
 
 /// <X1 Y1, X2 Y2>_F = trace((X1^T X2)(Y2 Y1^T)).
 double product_inner(const Eigen::MatrixXd& x1, const Eigen::MatrixXd& y1, const Eigen::MatrixXd& x2,
@@ -26,6 +25,8 @@ double product_inner(const Eigen::MatrixXd& x1, const Eigen::MatrixXd& y1, const
 /// Upper-triangular S (p x p) with S^T S = L^T L, so ||L R x|| = ||S R x||
 /// for every R, x: the left factor reduced to its rank-sized core.
 Eigen::MatrixXd left_core(const Eigen::MatrixXd& l);
+/// left_core(Lt^T) given Lt, bit for bit.
+Eigen::MatrixXd left_core_transposed(const Eigen::MatrixXd& lt);
 
 struct Subspace {
   Eigen::MatrixXd basis;   ///< n x k, orthonormal columns

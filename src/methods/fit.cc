@@ -78,15 +78,36 @@ namespace {
 
 // ||dW_i - dW_hat_i||^2 from [s B_i, -L] [A_i; R]: accurate to rounding
 // of the norm itself, for any error however small.
-double error2_stacked(const ModuleProblem& p, const ModuleFit& f, size_t i) {
+double error2_stacked(const ModuleLora& lora, const ModuleFit& f, size_t i) {
   const MatrixXd l = f.left(i);
   const MatrixXd& r = f.right(i);
-  const auto& lora = p.loras[i];
   MatrixXd x(l.rows(), lora.rank() + l.cols());
-  x << p.left(i), -l;
+  x << lora.scale * lora.B, -l;
   MatrixXd y(lora.rank() + r.rows(), r.cols());
   y << lora.A, r;
   return linalg::product_norm2(x, y);
+}
+
+// fit_error2 on task i's factors A (r x in) and B (out x r), given as
+// matrices or as transposed views of At and Bt: the same products either
+// way. `lora()` gives them as a ModuleLora for the rare exact recount.
+template <typename AType, typename BType, typename Lora>
+double error2(const AType& a, const BType& b, double lscale, const ModuleFit& f, size_t i, double norm2,
+              const MatrixXd& hh, const MatrixXd& rr, Lora&& lora) {
+  // ||dW||^2 - 2 <dW, dW_hat> + ||dW_hat||^2 with rank-sized products. That
+  // difference loses relative accuracy when the error is tiny, so errors
+  // below 1e-6 of ||dW||^2 are recomputed from the stacked factors.
+  const MatrixXd& h = f.heads[f.head_of[i]];
+  const MatrixXd& r = f.bodies[f.body_of[i]];
+  MatrixXd c;  // the core as a full matrix (identity when absent)
+  if (f.core_of[i] < 0) c = MatrixXd::Identity(h.cols(), r.rows());
+  else if (f.diagonal_cores) c = f.cores[f.core_of[i]].col(0).asDiagonal();
+  else c = f.cores[f.core_of[i]];
+  const double s = f.scale[i];
+  const double inner = s * lscale * ((h.transpose() * b) * (a * r.transpose())).cwiseProduct(c).sum();
+  const double sq = s * s * ((c.transpose() * hh * c).cwiseProduct(rr)).sum();
+  const double e = norm2 - 2 * inner + sq;
+  return e > 1e-6 * norm2 ? e : error2_stacked(lora(), f, i);
 }
 
 }  // namespace
@@ -105,21 +126,14 @@ std::vector<double> fit_errors2(const ModuleProblem& p, const ModuleFit& f, cons
 
 double fit_error2(const ModuleProblem& p, const ModuleFit& f, size_t i, double norm2, const MatrixXd& hh,
                   const MatrixXd& rr) {
-  // ||dW||^2 - 2 <dW, dW_hat> + ||dW_hat||^2 with rank-sized products. That
-  // difference loses relative accuracy when the error is tiny, so errors
-  // below 1e-6 of ||dW||^2 are recomputed from the stacked factors.
-  const MatrixXd& h = f.heads[f.head_of[i]];
-  const MatrixXd& r = f.bodies[f.body_of[i]];
-  MatrixXd c;  // the core as a full matrix (identity when absent)
-  if (f.core_of[i] < 0) c = MatrixXd::Identity(h.cols(), r.rows());
-  else if (f.diagonal_cores) c = f.cores[f.core_of[i]].col(0).asDiagonal();
-  else c = f.cores[f.core_of[i]];
-  const double s = f.scale[i];
-  const auto& l = p.loras[i];
-  const double inner = s * l.scale * ((h.transpose() * l.B) * (l.A * r.transpose())).cwiseProduct(c).sum();
-  const double sq = s * s * ((c.transpose() * hh * c).cwiseProduct(rr)).sum();
-  const double e = norm2 - 2 * inner + sq;
-  return e > 1e-6 * norm2 ? e : error2_stacked(p, f, i);
+  const ModuleLora& l = p.loras[i];
+  return error2(l.A, l.B, l.scale, f, i, norm2, hh, rr, [&]() -> const ModuleLora& { return l; });
+}
+
+double fit_error2(const ModuleLoraT& l, const ModuleFit& f, size_t i, double norm2, const MatrixXd& hh,
+                  const MatrixXd& rr) {
+  return error2(l.At.transpose(), l.Bt.transpose(), l.scale, f, i, norm2, hh, rr,
+                [&] { return ModuleLora{l.At.transpose(), l.Bt.transpose(), l.scale}; });
 }
 
 double relative_error(double err2, double norm2) {

@@ -64,6 +64,9 @@ std::vector<double> fit_errors2(const ModuleProblem& p, const ModuleFit& f,
 /// computes once per shared head and body).
 double fit_error2(const ModuleProblem& p, const ModuleFit& f, size_t i, double norm2, const Eigen::MatrixXd& hh,
                   const Eigen::MatrixXd& rr);
+/// The same for task i's factors given transposed (as read from the file).
+double fit_error2(const ModuleLoraT& l, const ModuleFit& f, size_t i, double norm2, const Eigen::MatrixXd& hh,
+                  const Eigen::MatrixXd& rr);
 /// A task's relative error sqrt(err2 / norm2) from its squared error and
 /// squared update norm over all modules (1 for an error on no update).
 double relative_error(double err2, double norm2);

@@ -29,6 +29,7 @@ int group_count(int groups, size_t n) { return groups <= 0 ? static_cast<int>(n)
 
 // s B (A V): a task's update in the basis V of a body (its head).
 MatrixXd head(const ModuleLora& l, const MatrixXd& v) { return l.scale * (l.B * (l.A * v)); }
+MatrixXd head(const ModuleLoraT& l, const MatrixXd& v) { return l.scale * (l.Bt.transpose() * (l.At.transpose() * v)); }
 
 // Pads m with zero rows (or columns) to exactly k, so stored sizes match the spec.
 MatrixXd pad_rows(const MatrixXd& m, Index k) {
@@ -169,13 +170,24 @@ class WeightedStack {
   void set_core(size_t i, const ModuleLora& l, double weight) {  // left core of s B: |s| times B's
     if (l.rank() > 0) cores_[i] = std::sqrt(weight) * std::abs(l.scale) * linalg::left_core(l.B);
   }
-  /// Task i's rows of T in the precision of `t` (the product too).
+  void set_core(size_t i, const ModuleLoraT& l, double weight) {  // the same from B^T, bit for bit
+    if (l.rank() > 0) cores_[i] = std::sqrt(weight) * std::abs(l.scale) * linalg::left_core_transposed(l.Bt);
+  }
+  /// Task i's rows of T in the precision of `t` (the product too), from A
+  /// or (transposed) from A^T: the same products.
   template <typename Matrix>
   void fill(Matrix& t, size_t i, const MatrixXd& a) const {
     using Scalar = typename Matrix::Scalar;
     if (at_[i + 1] == at_[i]) return;
     t.middleRows(at_[i], at_[i + 1] - at_[i]).noalias() =
         cores_[i].template cast<Scalar>() * a.template cast<Scalar>();
+  }
+  template <typename Matrix>
+  void fill_transposed(Matrix& t, size_t i, const MatrixXd& at) const {
+    using Scalar = typename Matrix::Scalar;
+    if (at_[i + 1] == at_[i]) return;
+    t.middleRows(at_[i], at_[i + 1] - at_[i]).noalias() =
+        cores_[i].template cast<Scalar>() * at.template cast<Scalar>().transpose();
   }
 
  private:
@@ -320,7 +332,7 @@ bool per_task_heads(const StructureSpec& s, size_t tasks) {
 }
 
 ModuleFit fit_shared_heads(const ModuleShape& shape, const std::vector<double>& weights,
-                           const std::function<ModuleLora(size_t)>& read, const StructureSpec& s, const FitOptions& o,
+                           const std::function<ModuleLoraT(size_t)>& read, const StructureSpec& s, const FitOptions& o,
                            DType dtype, const std::vector<double>& norms, std::vector<double>* err2) {
   const size_t n = shape.ranks.size();
   if (!per_task_heads(s, n)) throw std::logic_error("fit_shared_heads: not shared-A with a head per task");
@@ -333,15 +345,15 @@ ModuleFit fit_shared_heads(const ModuleShape& shape, const std::vector<double>& 
     WeightedStack stack(shape.ranks);
     Eigen::MatrixXf tf(stack.rows(), shape.in);
     util::parallel_for(n, [&](size_t i) {
-      const ModuleLora l = read(i);
+      const ModuleLoraT l = read(i);
       stack.set_core(i, l, weights[i]);
-      stack.fill(tf, i, l.A);
+      stack.fill_transposed(tf, i, l.At);
     });
     std::optional<MatrixXd> t;
     auto dense = [&]() -> const MatrixXd& {
       if (!t) {
         t.emplace(stack.rows(), shape.in);
-        util::parallel_for(n, [&](size_t i) { stack.fill(*t, i, read(i).A); });
+        util::parallel_for(n, [&](size_t i) { stack.fill_transposed(*t, i, read(i).At); });
       }
       return *t;
     };
@@ -353,17 +365,13 @@ ModuleFit fit_shared_heads(const ModuleShape& shape, const std::vector<double>& 
   std::fill(f.body_of.begin(), f.body_of.end(), 0);
   f.heads.resize(n);
   const MatrixXd rr = f.bodies[0] * f.bodies[0].transpose();
-  ModuleProblem p;  // holds task i's factors while task i is worked on
-  p.loras.resize(n);
-  p.weights = weights;
   err2->assign(n, 0.0);
   util::parallel_for(n, [&](size_t i) {
-    p.loras[i] = read(i);
+    const ModuleLoraT l = read(i);
     f.head_of[i] = static_cast<int>(i);
-    f.heads[i] = io::round_to_dtype(head(p.loras[i], v), dtype);
+    f.heads[i] = io::round_to_dtype(head(l, v), dtype);
     const MatrixXd hh = f.heads[i].transpose() * f.heads[i];
-    (*err2)[i] = fit_error2(p, f, i, norms[i], hh, rr);
-    p.loras[i] = ModuleLora{};
+    (*err2)[i] = fit_error2(l, f, i, norms[i], hh, rr);
   });
   return f;
 }

@@ -143,13 +143,13 @@ class ModuleFitter {
 bool per_task_heads(const StructureSpec& s, size_t tasks);
 
 /// For the problem p of `shape` and `weights` whose task i's factors are
-/// read(i): ModuleFitter(p, o).fit(s).rounded(dtype) and its fit_errors2
+/// read(i) (transposed, as stored): ModuleFitter(p, o).fit(s).rounded(dtype) and its fit_errors2
 /// (into `err2`, from `norms` = update_norms2(p)) for a per_task_heads
 /// structure, bit for bit, without holding the module's factors: each task
 /// is read once for the body (twice when the range finder needs the stack
 /// in double) and once for its head and error, and dropped after each.
 ModuleFit fit_shared_heads(const ModuleShape& shape, const std::vector<double>& weights,
-                           const std::function<ModuleLora(size_t)>& read, const StructureSpec& s, const FitOptions& o,
+                           const std::function<ModuleLoraT(size_t)>& read, const StructureSpec& s, const FitOptions& o,
                            DType dtype, const std::vector<double>& norms, std::vector<double>* err2);
 
 /// Alternating least squares on a fit's stored matrices with its sharing

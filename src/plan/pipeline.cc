@@ -241,7 +241,7 @@ class Session {
       if (list.empty()) return;
       if (final && list.size() == 1 && per_task_heads(list[0].spec, set_.size())) {
         std::vector<double> err2;
-        ModuleFit stored = fit_shared_heads({mod.in, mod.out, mod.ranks}, weights_, [&](size_t i) { return set_.load(m, i); },
+        ModuleFit stored = fit_shared_heads({mod.in, mod.out, mod.ranks}, weights_, [&](size_t i) { return set_.load_transposed(m, i); },
                                             list[0].spec, fo, dtype_, norms2_[m], &err2);
         out[m].push_back(record(m, std::move(stored), std::move(err2), list[0], true, fo.max_iters));
         return;
