@@ -9,6 +9,7 @@
 #include <cmath>
 #include <memory>
 #include <mutex>
+#include <type_traits>
 
 #include "util/parallel.h"
 #include "util/random.h"
@@ -26,13 +27,14 @@ namespace {
 // mirrored, so the result is exactly symmetric.
 constexpr Index kGramBlock = 256;
 
-MatrixXd gram(const MatrixXd& x) {  // X^T X
-  MatrixXd g = MatrixXd::Zero(x.cols(), x.cols());
+template <typename Matrix>
+Matrix gram(const Matrix& x) {  // X^T X
+  Matrix g = Matrix::Zero(x.cols(), x.cols());
   for (Index r = 0; r < x.rows(); r += kGramBlock) {
     const auto b = x.middleRows(r, std::min(kGramBlock, x.rows() - r));
     g.noalias() += b.transpose() * b;
   }
-  return g.selfadjointView<Eigen::Lower>();
+  return g.template selfadjointView<Eigen::Lower>();
 }
 
 MatrixXd gram_rows(const MatrixXd& y) {  // Y Y^T
@@ -45,14 +47,28 @@ MatrixXd gram_rows(const MatrixXd& y) {  // Y Y^T
 }
 
 // Orthonormal basis Q of the columns of V (n x k, n >= k) with q_j . v_j >= 0
-// (deterministic). By Cholesky QR twice in double, Q = V R1^-1 R2^-1: two
-// Grams and two triangular solves, several times faster than Householder
-// on tall thin V and as accurate while cond(V) is well below 1/sqrt(eps)
-// (we ask the first Gram's estimated reciprocal condition, 1/cond(V)^2,
-// to be above 1e-12). Otherwise (V near rank deficient) by Householder QR.
+// (deterministic). By Cholesky QR twice, Q = V R1^-1 R2^-1: two Grams and
+// two triangular solves, several times faster than Householder on tall
+// thin V and as accurate while cond(V) is well below 1/sqrt(eps): we ask
+// the first Gram's estimated reciprocal condition, 1/cond(V)^2, to be above
+// 1e-4 in single precision (the first pass then leaves at most ~1e-3 of
+// loss of orthogonality, which the second removes) and 1e-12 in double.
+// A single-precision V (the range finders' iterates) is done in single
+// precision if it can, else in double; otherwise (V near rank deficient)
+// by Householder QR.
 template <typename Matrix>
 Matrix orthonormal_like(const Matrix& v) {
   const Index k = v.cols();
+  if constexpr (std::is_same_v<typename Matrix::Scalar, float>) {
+    Eigen::MatrixXf q = v;
+    bool ok = k > 0;
+    for (int pass = 0; pass < 2 && ok; ++pass) {
+      Eigen::LLT<Eigen::MatrixXf> llt(gram(q));
+      ok = llt.info() == Eigen::Success && (pass == 1 || llt.rcond() > 1e-4);
+      if (ok) llt.matrixU().template solveInPlace<Eigen::OnTheRight>(q);
+    }
+    if (ok) return q;
+  }
   MatrixXd q = v.template cast<double>();
   bool ok = k > 0;
   for (int pass = 0; pass < 2 && ok; ++pass) {
