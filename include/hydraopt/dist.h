@@ -19,8 +19,11 @@
 
 namespace hydraopt::dist {
 
-/// Initialises MPI in MPI builds (no-op otherwise) and finalises it on
-/// destruction. One per program, created first thing in main().
+/// Initialises MPI in MPI builds and finalises it on destruction. In every
+/// build it also makes the BLAS behind LAPACK single-threaded at once (as
+/// merge() would later), which stops OpenBLAS's idle workers spinning
+/// through the program's first 0.1 s. One per program, created first thing
+/// in main().
 class Environment {
  public:
   Environment(int& argc, char**& argv);

@@ -10,6 +10,7 @@
 #include <stdexcept>
 
 #include "dist/dist.h"
+#include "util/blas_threads.h"
 
 namespace hydraopt::dist {
 
@@ -63,6 +64,7 @@ std::optional<std::string> recv_message(int from) {
 }  // namespace
 
 Environment::Environment(int& argc, char**& argv) {
+  util::single_threaded_blas();
   int init = 0;
   MPI_Initialized(&init);
   if (init) return;  // the program's own MPI_Init came first

@@ -2,10 +2,11 @@
 #include <stdexcept>
 
 #include "dist/dist.h"
+#include "util/blas_threads.h"
 
 namespace hydraopt::dist {
 
-Environment::Environment(int&, char**&) {}
+Environment::Environment(int&, char**&) { util::single_threaded_blas(); }
 Environment::~Environment() = default;
 
 bool built_with_mpi() { return false; }

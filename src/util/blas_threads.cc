@@ -4,6 +4,7 @@
 
 #ifdef EIGEN_USE_LAPACKE
 extern "C" void openblas_set_num_threads(int);
+extern "C" int blas_thread_shutdown_(void);  // exported by OpenBLAS (its fork handler uses it)
 #endif
 
 namespace hydraopt::util {
@@ -11,7 +12,14 @@ namespace hydraopt::util {
 void single_threaded_blas() {
 #ifdef EIGEN_USE_LAPACKE
   static std::once_flag once;
-  std::call_once(once, [] { openblas_set_num_threads(1); });
+  std::call_once(once, [] {
+    openblas_set_num_threads(1);
+    // OpenBLAS starts its worker threads when it is loaded, and they spin
+    // (sched_yield) for about 0.1 s before sleeping: on a 2-core machine,
+    // half the cores for the first 0.1 s of a merge. Stop them; OpenBLAS
+    // starts them again if ever asked for more threads.
+    blas_thread_shutdown_();
+  });
 #endif
 }
 

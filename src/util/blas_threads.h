@@ -5,8 +5,9 @@
 
 namespace hydraopt::util {
 
-/// Makes OpenBLAS single-threaded for the rest of the process (idempotent,
-/// thread-safe; a no-op when built without OpenBLAS).
+/// Makes OpenBLAS single-threaded for the rest of the process and stops its
+/// idle worker threads (idempotent, thread-safe; a no-op when built without
+/// OpenBLAS). Call it early: the workers spin from the moment OpenBLAS loads.
 void single_threaded_blas();
 
 }  // namespace hydraopt::util
