@@ -71,6 +71,16 @@ void BM_EncodeBf16(benchmark::State& state) {
 }
 BENCHMARK(BM_EncodeBf16)->Args({2048, 32})->Args({32, 2048});
 
+// Rounding a fitted head to BF16 and back (what the bundle will hold).
+void BM_RoundToBf16(benchmark::State& state) {
+  const Eigen::MatrixXd m = Eigen::MatrixXd::Random(2048, 32);
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(hydraopt::io::round_to_dtype(m, hydraopt::DType::BF16));
+  }
+  state.SetItemsProcessed(state.iterations() * m.size());
+}
+BENCHMARK(BM_RoundToBf16);
+
 // One module of N llama-1b-shaped BF16 adapters (r = 32, 2048 x 2048), each
 // in its own file (page cache warm): what a pass over a module costs in I/O
 // and conversion to double.
