@@ -4,6 +4,7 @@
 
 #include "hydraopt/adapter.h"
 #include "hydraopt/error.h"
+#include "util/sha256.h"
 #include "test_util.h"
 
 namespace hydraopt {
@@ -194,6 +195,15 @@ TEST(PeftSet, MissingModuleIsAZeroUpdate) {
     }
   }
   EXPECT_EQ(set.update_norms2(1)[1], 0.0);
+  // One pass per file: the same norms, bit for bit, and the file's SHA-256.
+  for (size_t i = 0; i < 2; ++i) {
+    std::string sha;
+    const std::vector<double> col = set.scan(i, &sha);
+    ASSERT_EQ(col.size(), 2u);
+    for (size_t m = 0; m < 2; ++m) EXPECT_EQ(col[m], set.update_norms2(m)[i]) << m << " " << i;
+    EXPECT_EQ(sha, util::sha256_file(set.task(i).weights_path()));
+    EXPECT_EQ(set.scan(i, nullptr), col);
+  }
   EXPECT_EQ(f[1].rank(), 0);
   EXPECT_EQ(f[1].A.cols(), 8);
   EXPECT_EQ(f[1].B.rows(), 4);

@@ -95,6 +95,11 @@ class Adapter {
   /// ||s B A||_F^2 of one module (throws if the adapter lacks it), without
   /// keeping its factors; read in file order, as load_transposed.
   double update_norm2(const std::string& module) const;
+  /// One pass over the weights file in byte order: ||s B A||_F^2 of each of
+  /// `modules` (0 for one the adapter lacks), as update_norm2 gives it, and,
+  /// with `sha256`, the file's SHA-256 (as util::sha256_file). Each tensor is
+  /// converted right after it is hashed, while its bytes are in cache.
+  std::vector<double> scan(const std::vector<std::string>& modules, std::string* sha256) const;
   /// Path of adapter_model.safetensors.
   std::filesystem::path weights_path() const;
 
@@ -133,6 +138,10 @@ class AdapterSet {
   ModuleLoraT load_transposed(size_t m, size_t i) const;
   /// Every task's ||s B A||_F^2 on module m (0 where a task lacks it).
   std::vector<double> update_norms2(size_t m) const;
+  /// Task i's ||s B A||_F^2 on every module (0 where it lacks one), in one
+  /// pass over its file that also takes the file's SHA-256 when asked
+  /// (Adapter::scan).
+  std::vector<double> scan(size_t i, std::string* sha256) const;
   /// sum over tasks of their LoRA parameter counts
   int64_t original_params() const;
   /// Widest stored dtype over all tasks.

@@ -15,6 +15,7 @@
 #include "io/safetensors.h"
 #include "linalg/factored.h"
 #include "util/parallel.h"
+#include "util/sha256.h"
 
 namespace hydraopt {
 
@@ -315,6 +316,54 @@ ModuleLoraT Adapter::load_transposed(const std::string& module) const {
   return l;
 }
 
+std::vector<double> Adapter::scan(const std::vector<std::string>& modules, std::string* sha256) const {
+  const io::SafetensorsFile& w = impl_->weights;
+  struct Item {
+    const io::TensorInfo* t;
+    size_t module;
+    bool a;
+  };
+  std::vector<Item> items;
+  for (size_t m = 0; m < modules.size(); ++m) {
+    auto it = impl_->factors.find(modules[m]);
+    if (it == impl_->factors.end()) continue;
+    items.push_back({it->second.first, m, true});
+    items.push_back({it->second.second, m, false});
+  }
+  std::sort(items.begin(), items.end(), [](const Item& x, const Item& y) { return x.t->begin < y.t->begin; });
+  std::vector<double> out(modules.size(), 0.0);
+  std::vector<Eigen::MatrixXd> ga(modules.size()), gb(modules.size());  // A A^T, B^T B until both are known
+  util::Sha256 hash;
+  const auto image = w.image();
+  size_t hashed = 0, unreleased = 0;
+  for (const Item& item : items) {
+    const size_t end = w.data_offset() + item.t->end;
+    if (sha256 && end > hashed) {
+      hash.update(image.subspan(hashed, end - hashed));
+      hashed = end;
+    }
+    const Eigen::MatrixXd x = w.matrix_transposed(*item.t);  // A^T or B^T
+    (item.a ? ga : gb)[item.module] = item.a ? linalg::column_gram(x) : linalg::row_gram(x);
+    const size_t m = item.module;
+    if (ga[m].size() && gb[m].size()) {  // as product_norm2_transposed(B^T, A^T), bit for bit
+      const double s = find(modules[m])->scale;
+      out[m] = s * s * std::max(0.0, (gb[m].cwiseProduct(ga[m])).sum());
+      ga[m] = gb[m] = Eigen::MatrixXd();
+    }
+    unreleased += item.t->end - item.t->begin;
+    if (unreleased > (size_t{8} << 20)) {  // keep the resident set small
+      w.release();
+      unreleased = 0;
+    }
+  }
+  if (sha256) {
+    hash.update(image.subspan(hashed));
+    *sha256 = hash.hex();
+  }
+  w.release();
+  return out;
+}
+
 double Adapter::update_norm2(const std::string& module) const {
   const ModuleLoraT l = load_transposed(module);
   return l.scale * l.scale * linalg::product_norm2_transposed(l.Bt, l.At);
@@ -393,6 +442,12 @@ ModuleLoraT AdapterSet::load_transposed(size_t m, size_t i) const {
   l.At.setZero(mod.in, 0);
   l.Bt.setZero(0, mod.out);
   return l;
+}
+
+std::vector<double> AdapterSet::scan(size_t i, std::string* sha256) const {
+  std::vector<std::string> names;
+  for (const Module& m : modules_) names.push_back(m.name);
+  return tasks_.at(i).scan(names, sha256);
 }
 
 std::vector<double> AdapterSet::update_norms2(size_t m) const {

@@ -135,11 +135,13 @@ SafetensorsFile& SafetensorsFile::operator=(SafetensorsFile&& o) noexcept {
     label_ = std::move(o.label_);
     metadata_ = std::move(o.metadata_);
     tensors_ = std::move(o.tensors_);
+    image_ = o.image_;
     data_ = o.data_;
     map_ = o.map_;
     map_size_ = o.map_size_;
     o.map_ = nullptr;
     o.data_ = nullptr;
+    o.image_ = {};
     o.map_size_ = 0;
   }
   return *this;
@@ -185,6 +187,7 @@ SafetensorsFile SafetensorsFile::parse(std::span<const std::byte> file, std::str
 
 void SafetensorsFile::validate(std::span<const std::byte> file) {
   const std::string& L = label_;
+  image_ = file;
   if (file.size() < 8) {
     throw Error(L, "", "file is " + std::to_string(file.size()) + " bytes, shorter than the 8-byte header length");
   }

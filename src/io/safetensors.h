@@ -88,6 +88,10 @@ class SafetensorsFile {
   /// Unmaps the file's pages from this process (they stay in the page
   /// cache); later reads fault them in again.
   void release() const;
+  /// The whole file's bytes (header included), and where the data buffer
+  /// (TensorInfo::begin 0) starts in them.
+  std::span<const std::byte> image() const { return image_; }
+  size_t data_offset() const { return static_cast<size_t>(data_ - image_.data()); }
 
  private:
   /// Throws unless t is 2-D.
@@ -97,6 +101,7 @@ class SafetensorsFile {
   std::string label_;
   std::map<std::string, std::string> metadata_;
   std::vector<TensorInfo> tensors_;
+  std::span<const std::byte> image_;  ///< the whole file
   const std::byte* data_ = nullptr;  ///< start of the data buffer
   void* map_ = nullptr;              ///< mmap base, if we own a mapping
   size_t map_size_ = 0;

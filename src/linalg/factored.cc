@@ -163,6 +163,9 @@ double product_norm2(const MatrixXd& x, const MatrixXd& y) {
   return std::max(0.0, (gram(x).cwiseProduct(gram_rows(y))).sum());
 }
 
+MatrixXd column_gram(const MatrixXd& x) { return gram(x); }
+MatrixXd row_gram(const MatrixXd& y) { return gram_rows(y); }
+
 double product_norm2_transposed(const MatrixXd& xt, const MatrixXd& yt) {
   if (xt.rows() == 0) return 0;
   return std::max(0.0, (gram_rows(xt).cwiseProduct(gram(yt))).sum());

@@ -15,8 +15,13 @@ namespace hydraopt::linalg {
 /// ||X Y||_F^2 = trace((X^T X)(Y Y^T)) for X (m x p), Y (p x n); >= 0.
 double product_norm2(const Eigen::MatrixXd& x, const Eigen::MatrixXd& y);
 
-/// The same given X^T (p x m) and Y^T (n x p): trace((Xt Xt^T)(Yt^T Yt)).
+/// The same given X^T (p x m) and Y^T (n x p): trace((Xt Xt^T)(Yt^T Yt)),
+/// i.e. max(0, sum(row_gram(Xt) .* column_gram(Yt))).
 double product_norm2_transposed(const Eigen::MatrixXd& xt, const Eigen::MatrixXd& yt);
+
+/// X^T X and Y Y^T, exactly symmetric: the Grams the functions here use.
+Eigen::MatrixXd column_gram(const Eigen::MatrixXd& x);
+Eigen::MatrixXd row_gram(const Eigen::MatrixXd& y);
 
 /// <X1 Y1, X2 Y2>_F = trace((X1^T X2)(Y2 Y1^T)).
 double product_inner(const Eigen::MatrixXd& x1, const Eigen::MatrixXd& y1, const Eigen::MatrixXd& x2,

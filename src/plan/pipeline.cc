@@ -32,7 +32,6 @@
 #include "plan/planner.h"
 #include "util/blas_threads.h"
 #include "util/parallel.h"
-#include "util/sha256.h"
 #include "util/wire.h"
 
 namespace hydraopt {
@@ -77,8 +76,8 @@ json read_json_file(const std::string& path, const char* what) {
 // the loops inside one module at a time (util::parallel_for), which keeps
 // one module's factors in memory instead of one per thread. The planner,
 // with dozens of candidates per module, spreads across; the streamed hydra
-// point and the norms pass across while memory allows (Session::spread_);
-// other work with one structure per module inside.
+// point across while memory allows (Session::spread_); other work with one
+// structure per module inside. (The sources' scan spreads across tasks.)
 enum class Spread { kAcross, kInside };
 // A plan entry's "rank" / "groups": an integer in 0..hi, or `fallback` when
 // absent. (json's value<int>() would convert 1e300 with undefined
@@ -156,7 +155,9 @@ struct Evaluated {
 
 class Session {
  public:
-  Session(const AdapterSet& set, const MergeOptions& o) : set_(set), o_(o), t0_(std::chrono::steady_clock::now()) {
+  // With `hash_sources`, the sources' SHA-256 too (sha_), for a bundle.
+  Session(const AdapterSet& set, const MergeOptions& o, bool hash_sources)
+      : set_(set), o_(o), t0_(std::chrono::steady_clock::now()) {
     // By default the node's cores, shared among the ranks on it.
     threads_ = o.threads > 0 ? o.threads
                              : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / dist::local_size());
@@ -174,7 +175,7 @@ class Session {
     partition_modules();
     choose_spread();
     dist::checked([&] { load_groups(); });
-    compute_norms();
+    scan_sources(hash_sources);
     dist::checked([&] { compute_weights(); });
   }
 
@@ -371,7 +372,7 @@ class Session {
   const MergeOptions& o_;
   std::chrono::steady_clock::time_point t0_;
   int threads_ = 1;
-  Spread spread_ = Spread::kInside;  // for the streamed hydra point and the norms pass: see choose_spread
+  Spread spread_ = Spread::kInside;  // for the streamed hydra point: see choose_spread
   DType dtype_ = DType::F32;
   Share share_ = Share::kAuto;
   int64_t original_ = 0;
@@ -381,6 +382,7 @@ class Session {
   std::vector<int> owner_;                   // [module] the rank that fits it
   std::vector<size_t> mine_;                 // this rank's modules, ascending
   std::vector<double> total_norm2_, weights_;
+  std::vector<std::string> sha_;             // [task] the sources' SHA-256, when asked
   /// merge() with a bundle: single-candidate modules are written here as
   /// soon as they are fitted.
   io::BundleWriter* writer_ = nullptr;
@@ -411,9 +413,8 @@ class Session {
     user_group_count_ = g;
   }
 
-  // For the norms pass and the streamed hydra point (fit_shared_heads),
-  // which hold at most a module's factors in double, or its
-  // single-precision stack and heads: threads across modules are faster
+  // For the streamed hydra point (fit_shared_heads), which holds at most a
+  // module's factors in double, or its single-precision stack and heads: threads across modules are faster
   // (no synchronisation inside a module, no serial steps) but hold that
   // per thread. Across, then, while `threads` modules' factors in double
   // take at most o_.across_bytes; past that (many tasks, wide modules)
@@ -439,15 +440,34 @@ class Session {
     }
   }
 
-  void compute_norms() {
+  // Every task's update norms on every module and, with `hash`, its
+  // source's checksum: one pass over each file in byte order (each tensor
+  // converted while its bytes are in cache from hashing), threads across
+  // tasks, tasks shared out over the ranks.
+  void scan_sources(bool hash) {
     const size_t nm = set_.modules().size(), n = set_.size();
-    norms2_.assign(nm, {});
-    for_modules(mine_, threads_, nullptr, [&](size_t m) { norms2_[m] = set_.update_norms2(m); }, spread_);
+    norms2_.assign(nm, std::vector<double>(n, 0.0));
+    sha_.assign(n, "");
+    const std::vector<size_t> my_tasks = my_share(n);
+    for_modules(my_tasks, threads_, nullptr, [&](size_t i) {
+      const std::vector<double> col = set_.scan(i, hash ? &sha_[i] : nullptr);
+      for (size_t m = 0; m < nm; ++m) norms2_[m][i] = col[m];
+    });
     if (dist::size() > 1) {  // each entry is non-zero on one rank only: the sums are exact
       std::vector<double> all(nm * n, 0.0);
-      for (size_t m : mine_) std::copy(norms2_[m].begin(), norms2_[m].end(), all.begin() + static_cast<ptrdiff_t>(m * n));
+      for (size_t m = 0; m < nm; ++m) std::copy(norms2_[m].begin(), norms2_[m].end(), all.begin() + static_cast<ptrdiff_t>(m * n));
       dist::allreduce_sum(all);
       for (size_t m = 0; m < nm; ++m) norms2_[m].assign(all.begin() + static_cast<ptrdiff_t>(m * n), all.begin() + static_cast<ptrdiff_t>((m + 1) * n));
+      if (hash) {
+        std::string mine;
+        util::WireWriter put(mine);
+        for (size_t i : my_tasks) put.put(sha_[i]);
+        const auto all_sha = dist::allgather(mine);
+        for (size_t r = 0; r < all_sha.size(); ++r) {
+          util::WireReader get(all_sha[r]);
+          for (size_t i = r; i < n; i += all_sha.size()) sha_[i] = get.get_string();
+        }
+      }
     }
     total_norm2_.assign(n, 0.0);
     for (size_t m = 0; m < nm; ++m) {
@@ -761,7 +781,7 @@ MergeReport merge(const AdapterSet& set, const MergeOptions& options, const fs::
     if (!fs::is_directory(dir)) throw Error(bundle.string(), "", "output directory does not exist");
     if (::access(dir.c_str(), W_OK) != 0) throw Error(bundle.string(), "", "output directory is not writable");
   });
-  Session s(set, options);
+  Session s(set, options, !bundle.empty());
   // Rank 0 writes the bundle; the others spool their modules for it.
   std::optional<io::BundleWriter> writer;
   dist::checked([&] {
@@ -809,20 +829,6 @@ MergeReport merge(const AdapterSet& set, const MergeOptions& options, const fs::
     dist::stream_to_root(
         s.owner_, [&](size_t m) { return writer->encoded_module(m); },
         [&](size_t m, std::string& message) { writer->write_encoded(m, message); });
-    // The sources' checksums, tasks shared out over the ranks.
-    std::vector<std::string> sha(set.size());
-    const std::vector<size_t> my_tasks = my_share(set.size());
-    for_modules(my_tasks, s.threads_, nullptr, [&](size_t i) { sha[i] = util::sha256_file(set.task(i).weights_path()); });
-    if (dist::size() > 1) {
-      std::string mine;
-      util::WireWriter put(mine);
-      for (size_t i : my_tasks) put.put(sha[i]);
-      const auto all = dist::allgather(mine);
-      for (size_t r = 0; r < all.size(); ++r) {
-        util::WireReader get(all[r]);
-        for (size_t i = r; i < set.size(); i += all.size()) sha[i] = get.get_string();
-      }
-    }
     dist::checked([&] {
       if (!root) return;
       io::Bundle b;
@@ -836,7 +842,7 @@ MergeReport merge(const AdapterSet& set, const MergeOptions& options, const fs::
       b.params_stored = report.params;
       for (size_t i = 0; i < set.size(); ++i) {
         const Adapter& t = set.task(i);
-        b.tasks.push_back({t.name(), t.dir().string(), sha[i], t.rank(), t.alpha(), t.use_rslora(), t.target_modules()});
+        b.tasks.push_back({t.name(), t.dir().string(), s.sha_[i], t.rank(), t.alpha(), t.use_rslora(), t.target_modules()});
       }
       writer->finish(b);
     });
@@ -856,7 +862,7 @@ std::vector<MergeReport> sweep(const AdapterSet& set, const std::vector<std::str
   for (double b : budgets) {
     if (!(b > 0 && b <= 1)) throw Error("budgets must be fractions in (0, 1], got " + std::to_string(b));
   }
-  Session s(set, options);
+  Session s(set, options, false);
   std::vector<MergeReport> out;
   for (auto& name : method_names) {
     const MethodInfo& info = *find_method(name);
