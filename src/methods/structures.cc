@@ -8,6 +8,7 @@
 
 #include "hydraopt/error.h"
 #include "io/safetensors.h"
+#include "util/memory.h"
 #include "util/parallel.h"
 
 namespace hydraopt {
@@ -344,6 +345,7 @@ ModuleFit fit_shared_heads(const ModuleShape& shape, const std::vector<double>& 
   {
     WeightedStack stack(shape.ranks);
     Eigen::MatrixXf tf(stack.rows(), shape.in);
+    util::advise_huge_pages(tf.data(), static_cast<size_t>(tf.size()) * sizeof(float));
     util::parallel_for(n, [&](size_t i) {
       const ModuleLoraT l = read(i);
       stack.set_core(i, l, weights[i]);

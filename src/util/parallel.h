@@ -1,8 +1,8 @@
 // Loops inside one module's work (over tasks, tensors, row blocks).
 //
 // A merge spreads its threads either across modules (the planner: many
-// candidates per module; the streamed hydra point and the norms pass while
-// memory allows) or inside one module at a time (other work with one
+// candidates per module; the streamed hydra point while memory allows) or
+// inside one module at a time (other work with one
 // structure per module), which holds one module's factors in memory
 // instead of one per thread. `InnerThreads`
 // sets, for the calling thread, how many threads parallel_for may use; a
