@@ -8,6 +8,7 @@
 
 #include "linalg/factored.h"
 #include "util/parallel.h"
+#include "test_util.h"
 #include "util/random.h"
 
 namespace hydraopt {
@@ -157,6 +158,19 @@ TEST(LeftCore, ReproducesTheGram) {
   }
   const MatrixXd wide = rng.normal(4, 12, 1.0);
   EXPECT_EQ(linalg::left_core(wide), wide);
+}
+
+// The Grams of X and of X^T agree bit for bit, and so do the left cores,
+// also where a last block of rows is thin enough for Eigen's small-product
+// path (266 = 256 + 10 rows, 4 columns).
+TEST(Grams, OfAMatrixAndOfItsTransposeAreTheSameBits) {
+  for (auto [rows, cols] : {std::pair<int, int>{266, 4}, {700, 32}, {9, 3}, {300, 1}}) {
+    const MatrixXd x = test::random_matrix(rows, cols, 17);
+    const MatrixXd xt = x.transpose();
+    EXPECT_EQ(linalg::column_gram(x), linalg::row_gram(xt)) << rows << " x " << cols;
+    EXPECT_EQ(linalg::left_core(x), linalg::left_core_transposed(xt)) << rows << " x " << cols;
+    EXPECT_NEAR((linalg::column_gram(x) - x.transpose() * x).norm(), 0, 1e-12 * x.squaredNorm());
+  }
 }
 
 }  // namespace

@@ -192,8 +192,12 @@ TEST(Structures, StreamedSharedHeadsEqualFitRoundAndMeasure) {
     int n, in, r, body_width;
     bool one_a, dense;
   };
+  // (Also rank 1, where Eigen multiplies matrix by vector, and in = 8,
+  // where it multiplies coefficient by coefficient: the transposed reads are
+  // copied out there.)
   for (auto c : {Case{5, 40, 3, 1, false, true}, Case{12, 300, 16, 1, false, false},
-                 Case{20, 300, 8, 4, false, false}, Case{12, 300, 16, 1, true, true}}) {
+                 Case{20, 300, 8, 4, false, false}, Case{12, 300, 16, 1, true, true},
+                 Case{6, 300, 1, 1, false, true}, Case{5, 8, 2, 1, false, true}}) {
     ModuleProblem p = make_problem(c.n, c.in, 30, c.r, 21, true);
     if (c.one_a) {
       for (auto& l : p.loras) l.A = p.loras[0].A.topRows(l.A.rows());

@@ -128,8 +128,9 @@ void AtomicFile::write_at(std::span<const std::byte> bytes, uint64_t offset) {
     if (n <= 0) throw Error(target_.string(), "", std::string("write failed: ") + std::strerror(errno));
     done += static_cast<size_t>(n);
   }
-  // Only a hint (errors surface in commit's fsync).
-  ::sync_file_range(fd_, static_cast<off_t>(offset), static_cast<off_t>(bytes.size()), SYNC_FILE_RANGE_WRITE);
+  // Only a hint (errors surface in commit's fsync). (A length of 0 would
+  // mean "to the end of the file".)
+  if (!bytes.empty()) ::sync_file_range(fd_, static_cast<off_t>(offset), static_cast<off_t>(bytes.size()), SYNC_FILE_RANGE_WRITE);
 }
 
 bool AtomicFile::insert_front(uint64_t length) {

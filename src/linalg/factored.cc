@@ -19,12 +19,20 @@ namespace hydraopt::linalg {
 using Eigen::Index;
 using Eigen::MatrixXd;
 
+bool order_free_product(Index m, Index depth, Index n) {
+  return depth == 1 || (m > 1 && n > 1 && m + n + depth >= 20);
+}
+
 namespace {
 
 // Grams of tall (or wide) factors, summed over blocks of 256 rows (or
 // columns): full products of short blocks take about half the time of
 // Eigen's symmetric rank update of the whole factor. The lower triangle is
-// mirrored, so the result is exactly symmetric.
+// mirrored, so the result is exactly symmetric. A block whose product
+// Eigen would not do by its general matrix product (order_free_product) is
+// copied out first, so that gram(X) and gram_rows(X^T) are the same bits
+// (Eigen's small and matrix-vector products sum in an order that depends
+// on the operands' layout and alignment).
 constexpr Index kGramBlock = 256;
 
 template <typename Matrix>
@@ -32,16 +40,26 @@ Matrix gram(const Matrix& x) {  // X^T X
   Matrix g = Matrix::Zero(x.cols(), x.cols());
   for (Index r = 0; r < x.rows(); r += kGramBlock) {
     const auto b = x.middleRows(r, std::min(kGramBlock, x.rows() - r));
-    g.noalias() += b.transpose() * b;
+    if (order_free_product(b.cols(), b.rows(), b.cols())) {
+      g.noalias() += b.transpose() * b;
+    } else {
+      const Matrix c = b;
+      g.noalias() += c.transpose() * c;
+    }
   }
   return g.template selfadjointView<Eigen::Lower>();
 }
 
-MatrixXd gram_rows(const MatrixXd& y) {  // Y Y^T
+MatrixXd gram_rows(const MatrixXd& y) {  // Y Y^T, as gram(Y^T)
   MatrixXd g = MatrixXd::Zero(y.rows(), y.rows());
   for (Index c = 0; c < y.cols(); c += kGramBlock) {
     const auto b = y.middleCols(c, std::min(kGramBlock, y.cols() - c));
-    g.noalias() += b * b.transpose();
+    if (order_free_product(b.rows(), b.cols(), b.rows())) {
+      g.noalias() += b * b.transpose();
+    } else {
+      const MatrixXd t = b.transpose();
+      g.noalias() += t.transpose() * t;
+    }
   }
   return g.selfadjointView<Eigen::Lower>();
 }

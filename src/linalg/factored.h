@@ -19,6 +19,14 @@ double product_norm2(const Eigen::MatrixXd& x, const Eigen::MatrixXd& y);
 /// i.e. max(0, sum(row_gram(Xt) .* column_gram(Yt))).
 double product_norm2_transposed(const Eigen::MatrixXd& xt, const Eigen::MatrixXd& yt);
 
+/// Whether Eigen's product of an m x depth and a depth x n matrix gives the
+/// same bits whatever the operands' storage order: its general matrix
+/// product (both sides above 1, m + n + depth >= 20) and outer products do;
+/// its matrix-vector and small coefficient-based products do not. Code that
+/// works on transposed views (ModuleLoraT, row_gram) copies them out where
+/// this fails, so it matches the untransposed code bit for bit.
+bool order_free_product(Eigen::Index m, Eigen::Index depth, Eigen::Index n);
+
 /// X^T X and Y Y^T, exactly symmetric: the Grams the functions here use.
 Eigen::MatrixXd column_gram(const Eigen::MatrixXd& x);
 Eigen::MatrixXd row_gram(const Eigen::MatrixXd& y);

@@ -132,6 +132,15 @@ double fit_error2(const ModuleProblem& p, const ModuleFit& f, size_t i, double n
 
 double fit_error2(const ModuleLoraT& l, const ModuleFit& f, size_t i, double norm2, const MatrixXd& hh,
                   const MatrixXd& rr) {
+  const MatrixXd& h = f.heads[f.head_of[i]];
+  const MatrixXd& r = f.bodies[f.body_of[i]];
+  // (The functions taking ModuleLoraT copy the factors out where Eigen's
+  // products would depend on their storage order: linalg::order_free_product.)
+  if (!linalg::order_free_product(h.cols(), l.Bt.cols(), l.rank()) ||
+      !linalg::order_free_product(l.rank(), l.At.rows(), r.rows())) {
+    const ModuleLora copy{l.At.transpose(), l.Bt.transpose(), l.scale};
+    return error2(copy.A, copy.B, copy.scale, f, i, norm2, hh, rr, [&]() -> const ModuleLora& { return copy; });
+  }
   return error2(l.At.transpose(), l.Bt.transpose(), l.scale, f, i, norm2, hh, rr,
                 [&] { return ModuleLora{l.At.transpose(), l.Bt.transpose(), l.scale}; });
 }

@@ -30,7 +30,13 @@ int group_count(int groups, size_t n) { return groups <= 0 ? static_cast<int>(n)
 
 // s B (A V): a task's update in the basis V of a body (its head).
 MatrixXd head(const ModuleLora& l, const MatrixXd& v) { return l.scale * (l.B * (l.A * v)); }
-MatrixXd head(const ModuleLoraT& l, const MatrixXd& v) { return l.scale * (l.Bt.transpose() * (l.At.transpose() * v)); }
+MatrixXd head(const ModuleLoraT& l, const MatrixXd& v) {  // the same bits (see order_free_product)
+  if (!linalg::order_free_product(l.rank(), l.At.rows(), v.cols()) ||
+      !linalg::order_free_product(l.Bt.cols(), l.rank(), v.cols())) {
+    return head(ModuleLora{l.At.transpose(), l.Bt.transpose(), l.scale}, v);
+  }
+  return l.scale * (l.Bt.transpose() * (l.At.transpose() * v));
+}
 
 // Pads m with zero rows (or columns) to exactly k, so stored sizes match the spec.
 MatrixXd pad_rows(const MatrixXd& m, Index k) {
@@ -187,6 +193,7 @@ class WeightedStack {
   void fill_transposed(Matrix& t, size_t i, const MatrixXd& at) const {
     using Scalar = typename Matrix::Scalar;
     if (at_[i + 1] == at_[i]) return;
+    if (!linalg::order_free_product(at.cols(), at.cols(), at.rows())) return fill(t, i, MatrixXd(at.transpose()));
     t.middleRows(at_[i], at_[i + 1] - at_[i]).noalias() =
         cores_[i].template cast<Scalar>() * at.template cast<Scalar>().transpose();
   }

@@ -231,11 +231,16 @@ class Session {
     dist::checked([&] {
       for (size_t m = 0; m < nm; ++m) lists[m] = specs(m, shape(m));
     });
-    if (final && writer_ && std::all_of(lists.begin(), lists.end(), [](const auto& l) { return l.size() == 1; })) {
-      std::vector<int64_t> params;
-      for (size_t m = 0; m < nm; ++m) params.push_back(spec_params(lists[m][0].spec, shape(m)));
-      writer_->expect(params);
-    }
+    // (Not with a groups file, whose group count the fits follow over the
+    // spec's; expect() creates the output file, so every rank checks.)
+    dist::checked([&] {
+      if (final && writer_ && o_.groups_file.empty() &&
+          std::all_of(lists.begin(), lists.end(), [](const auto& l) { return l.size() == 1; })) {
+        std::vector<int64_t> params;
+        for (size_t m = 0; m < nm; ++m) params.push_back(spec_params(lists[m][0].spec, shape(m)));
+        writer_->expect(params);
+      }
+    });
     for_modules(mine_, threads_, o_.progress, [&](size_t m) {
       const auto& mod = set_.modules()[m];
       const auto& list = lists[m];
@@ -802,14 +807,17 @@ MergeReport merge(const AdapterSet& set, const MergeOptions& options, const fs::
     // Modules with several candidates (the planner's) are fitted again with
     // the evaluation's options, so the bundle is the fit the report measured.
     const FitOptions fo = s.fit_options(params);
-    // The planner's modules: none written yet, their structures now known.
-    bool none_written = !info.single_adapter;
-    for (size_t m = 0; m < set.modules().size(); ++m) none_written = none_written && !writer->has_module(m);
-    if (none_written) {
-      std::vector<int64_t> stored;
-      for (size_t m = 0; m < set.modules().size(); ++m) stored.push_back(spec_params(run.specs[0][m], s.shape(m)));
-      writer->expect(stored);
-    }
+    // The planner's modules: none written yet, their structures now known
+    // (as evaluate_all: not with a groups file; every rank checks).
+    dist::checked([&] {
+      bool none_written = !info.single_adapter && options.groups_file.empty();
+      for (size_t m = 0; m < set.modules().size(); ++m) none_written = none_written && !writer->has_module(m);
+      if (none_written) {
+        std::vector<int64_t> stored;
+        for (size_t m = 0; m < set.modules().size(); ++m) stored.push_back(spec_params(run.specs[0][m], s.shape(m)));
+        writer->expect(stored);
+      }
+    });
     for_modules(s.mine_, s.threads_, options.progress, [&](size_t m) {
       if (writer->has_module(m)) return;
       const auto& mod = set.modules()[m];

@@ -4,7 +4,9 @@
 
 #ifdef EIGEN_USE_LAPACKE
 extern "C" void openblas_set_num_threads(int);
-extern "C" int blas_thread_shutdown_(void);  // exported by OpenBLAS (its fork handler uses it)
+// Exported by OpenBLAS's threaded builds (its fork handler uses it); weak, as
+// the serial build (libopenblas0-serial) has no threads and no such symbol.
+extern "C" int blas_thread_shutdown_(void) __attribute__((weak));
 #endif
 
 namespace hydraopt::util {
@@ -18,7 +20,7 @@ void single_threaded_blas() {
     // (sched_yield) for about 0.1 s before sleeping: on a 2-core machine,
     // half the cores for the first 0.1 s of a merge. Stop them; OpenBLAS
     // starts them again if ever asked for more threads.
-    blas_thread_shutdown_();
+    if (blas_thread_shutdown_) blas_thread_shutdown_();
   });
 #endif
 }
