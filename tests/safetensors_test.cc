@@ -1,5 +1,4 @@
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <cstring>
 #include <fstream>
@@ -304,12 +303,8 @@ TEST(AtomicFile, UncommittedWriteLeavesNoTraceAndKeepsThePrevious) {
 // front (ext4, xfs), or reports that it cannot (tmpfs) and changes nothing.
 // Both ways the committed file is what was written.
 TEST(AtomicFile, InsertFrontShiftsTheContentOrLeavesIt) {
-  std::vector<std::filesystem::path> dirs;
-  test::TempDir here;
-  dirs.push_back(here.path());
-  std::string shm = "/dev/shm/hydraopt-test-XXXXXX";  // tmpfs, where present: no insertion
-  if (::access("/dev/shm", W_OK) == 0 && ::mkdtemp(shm.data())) dirs.push_back(shm);
-  for (const auto& dir : dirs) {
+  for (const auto& temp : test::output_dirs()) {
+    const std::filesystem::path& dir = temp->path();
     SCOPED_TRACE(dir.string());
     std::string data(10000, '\0');
     for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>('a' + i % 26);
@@ -328,7 +323,6 @@ TEST(AtomicFile, InsertFrontShiftsTheContentOrLeavesIt) {
     }
     EXPECT_EQ(test::read_text(dir / "out.bin"), expect);
   }
-  if (dirs.size() > 1) std::filesystem::remove_all(dirs.back());
 }
 
 TEST(AtomicFile, UnwritableDirectoryIsAClearError) {

@@ -3,12 +3,14 @@
 #pragma once
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <Eigen/Core>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -35,8 +37,8 @@ inline std::string error_of(const std::function<void()>& f) {
 /// A fresh directory removed at the end of the test.
 class TempDir {
  public:
-  TempDir() {
-    std::string templ = (fs::temp_directory_path() / "hydraopt-test-XXXXXX").string();
+  explicit TempDir(const fs::path& base = fs::temp_directory_path()) {
+    std::string templ = (base / "hydraopt-test-XXXXXX").string();
     path_ = ::mkdtemp(templ.data());
   }
   ~TempDir() {
@@ -49,6 +51,16 @@ class TempDir {
  private:
   fs::path path_;
 };
+
+/// Directories to write outputs into: a temporary one here and, where
+/// /dev/shm is writable, one on tmpfs (another file system's features:
+/// O_TMPFILE, but no FALLOC_FL_INSERT_RANGE). Removed on destruction.
+inline std::vector<std::unique_ptr<TempDir>> output_dirs() {
+  std::vector<std::unique_ptr<TempDir>> dirs;
+  dirs.push_back(std::make_unique<TempDir>());
+  if (::access("/dev/shm", W_OK) == 0) dirs.push_back(std::make_unique<TempDir>("/dev/shm"));
+  return dirs;
+}
 
 inline void write_text(const fs::path& p, const std::string& text) {
   std::ofstream(p, std::ios::binary) << text;

@@ -32,11 +32,11 @@ struct MergeOptions {
   std::string plan_file;
   /// Worker threads; 0 = all cores. Results do not depend on it.
   int threads = 0;
-  /// Memory for the hydra point and the norms pass, which hold at most a
-  /// module's factors in double (or, for the hydra point, its
-  /// single-precision stack and heads): threads work on several modules at
-  /// once (faster) while that many modules' factors, in double, fit in it;
-  /// otherwise they share one module at a time. Results do not depend on it.
+  /// Memory for the hydra point, which holds at most a module's factors in
+  /// double (or its single-precision stack and heads): threads work on
+  /// several modules at once (faster) while that many modules' factors, in
+  /// double, fit in it; otherwise they share one module at a time. Results
+  /// do not depend on it.
   double across_bytes = 256.0 * (1 << 20);
   /// Stored dtype; default the inputs' widest.
   std::optional<DType> dtype;

@@ -120,14 +120,18 @@ void AtomicFile::copy_from(int fd, uint64_t offset, uint64_t length) {
   }
 }
 
-void AtomicFile::write_at(std::span<const std::byte> bytes, uint64_t offset) {
+void write_all_at(int fd, std::span<const std::byte> bytes, uint64_t offset, const std::string& file) {
   size_t done = 0;
   while (done < bytes.size()) {
-    ssize_t n = ::pwrite(fd_, bytes.data() + done, bytes.size() - done, static_cast<off_t>(offset + done));
+    ssize_t n = ::pwrite(fd, bytes.data() + done, bytes.size() - done, static_cast<off_t>(offset + done));
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) throw Error(target_.string(), "", std::string("write failed: ") + std::strerror(errno));
+    if (n <= 0) throw Error(file, "", std::string("write failed: ") + std::strerror(errno));
     done += static_cast<size_t>(n);
   }
+}
+
+void AtomicFile::write_at(std::span<const std::byte> bytes, uint64_t offset) {
+  write_all_at(fd_, bytes, offset, target_.string());
   // Only a hint (errors surface in commit's fsync). (A length of 0 would
   // mean "to the end of the file".)
   if (!bytes.empty()) ::sync_file_range(fd_, static_cast<off_t>(offset), static_cast<off_t>(bytes.size()), SYNC_FILE_RANGE_WRITE);

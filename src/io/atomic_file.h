@@ -20,6 +20,10 @@
 
 namespace hydraopt::io {
 
+/// Writes all of `bytes` to `fd` at `offset` (pwrite, resumed after short
+/// writes and EINTR); a failure is an Error naming `file`.
+void write_all_at(int fd, std::span<const std::byte> bytes, uint64_t offset, const std::string& file);
+
 class AtomicFile {
  public:
   explicit AtomicFile(std::filesystem::path target);

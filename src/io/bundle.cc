@@ -121,7 +121,7 @@ struct BundleWriter::Impl {
   // offsets; finish() inserts the header in front). Otherwise appended to an
   // unlinked spool file, which finish() copies in module order.
   std::unique_ptr<AtomicFile> direct;
-  std::vector<uint64_t> expected, offset;  // with `direct`: each module's byte count and data offset
+  std::vector<uint64_t> offset;  // with `direct`: module m's data is [offset[m], offset[m + 1])
   int spool = -1;
   mutable std::mutex mu;
   uint64_t spool_end = 0;
@@ -140,16 +140,6 @@ struct BundleWriter::Impl {
                   std::string("cannot create output file: ") + std::strerror(errno));
     }
     ::unlink(templ.c_str());
-  }
-
-  void pwrite_all(const std::byte* data, size_t size, uint64_t at) const {
-    size_t done = 0;
-    while (done < size) {
-      ssize_t n = ::pwrite(data_fd(), data + done, size - done, static_cast<off_t>(at + done));
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) throw Error(spool_name(), "", std::string("write failed: ") + std::strerror(errno));
-      done += static_cast<size_t>(n);
-    }
   }
 
   void pread_all(char* data, size_t size, uint64_t at) const {
@@ -174,7 +164,9 @@ struct BundleWriter::Impl {
       std::lock_guard<std::mutex> lock(mu);
       if (modules[m].written) throw std::logic_error("bundle module written twice");
       if (direct) {
-        if (rec.bytes != expected[m]) throw std::logic_error("bundle module size differs from the expected layout");
+        if (rec.bytes != offset[m + 1] - offset[m]) {
+          throw std::logic_error("bundle module size differs from the expected layout");
+        }
         rec.spool_offset = offset[m];
       } else {
         rec.spool_offset = spool_end;
@@ -184,7 +176,7 @@ struct BundleWriter::Impl {
     uint64_t at = rec.spool_offset;
     for (auto piece : pieces) {
       if (direct) direct->write_at(piece, at);
-      else pwrite_all(piece.data(), piece.size(), at);
+      else write_all_at(spool, piece, at, spool_name());
       at += piece.size();
     }
     std::lock_guard<std::mutex> lock(mu);
@@ -304,14 +296,8 @@ void BundleWriter::expect(const std::vector<int64_t>& params) {
   // A named temporary file would be left behind by a killed process, with
   // the data so far; the spool is unlinked from the start.
   if (!file->unnamed()) return;
-  w.expected.clear();
-  w.offset.clear();
-  uint64_t end = 0;
-  for (int64_t p : params) {
-    w.offset.push_back(end);
-    w.expected.push_back(static_cast<uint64_t>(p) * dtype_size(w.dtype));
-    end += w.expected.back();
-  }
+  w.offset.assign(1, 0);
+  for (int64_t p : params) w.offset.push_back(w.offset.back() + static_cast<uint64_t>(p) * dtype_size(w.dtype));
   w.direct = std::move(file);
 }
 

@@ -342,12 +342,13 @@ std::vector<double> Adapter::scan(const std::vector<std::string>& modules, std::
       hash.update(image.subspan(hashed, end - hashed));
       hashed = end;
     }
-    const Eigen::MatrixXd x = w.matrix_transposed(*item.t);  // A^T or B^T
-    (item.a ? ga : gb)[item.module] = item.a ? linalg::column_gram(x) : linalg::row_gram(x);
     const size_t m = item.module;
-    if (ga[m].size() && gb[m].size()) {  // as product_norm2_transposed(B^T, A^T), bit for bit
+    const Eigen::MatrixXd x = w.matrix_transposed(*item.t);  // A^T or B^T
+    if (item.a) ga[m] = linalg::column_gram(x);
+    else gb[m] = linalg::row_gram(x);
+    if (ga[m].size() && gb[m].size()) {  // as update_norm2
       const double s = find(modules[m])->scale;
-      out[m] = s * s * std::max(0.0, (gb[m].cwiseProduct(ga[m])).sum());
+      out[m] = s * s * linalg::norm2_from_grams(gb[m], ga[m]);
       ga[m] = gb[m] = Eigen::MatrixXd();
     }
     unreleased += item.t->end - item.t->begin;

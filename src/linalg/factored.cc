@@ -178,15 +178,17 @@ bool solved_exactly(Index p, Index n, Index k) {
 
 double product_norm2(const MatrixXd& x, const MatrixXd& y) {
   if (x.cols() == 0) return 0;
-  return std::max(0.0, (gram(x).cwiseProduct(gram_rows(y))).sum());
+  return norm2_from_grams(gram(x), gram_rows(y));
 }
 
 MatrixXd column_gram(const MatrixXd& x) { return gram(x); }
 MatrixXd row_gram(const MatrixXd& y) { return gram_rows(y); }
 
+double norm2_from_grams(const MatrixXd& gx, const MatrixXd& gy) { return std::max(0.0, gx.cwiseProduct(gy).sum()); }
+
 double product_norm2_transposed(const MatrixXd& xt, const MatrixXd& yt) {
   if (xt.rows() == 0) return 0;
-  return std::max(0.0, (gram_rows(xt).cwiseProduct(gram(yt))).sum());
+  return norm2_from_grams(gram_rows(xt), gram(yt));
 }
 
 double product_inner(const MatrixXd& x1, const MatrixXd& y1, const MatrixXd& x2, const MatrixXd& y2) {

@@ -30,6 +30,9 @@ bool order_free_product(Eigen::Index m, Eigen::Index depth, Eigen::Index n);
 /// X^T X and Y Y^T, exactly symmetric: the Grams the functions here use.
 Eigen::MatrixXd column_gram(const Eigen::MatrixXd& x);
 Eigen::MatrixXd row_gram(const Eigen::MatrixXd& y);
+/// ||X Y||_F^2 from the Grams X^T X and Y Y^T: max(0, sum(gx .* gy)), as
+/// product_norm2 and product_norm2_transposed take it.
+double norm2_from_grams(const Eigen::MatrixXd& gx, const Eigen::MatrixXd& gy);
 
 /// <X1 Y1, X2 Y2>_F = trace((X1^T X2)(Y2 Y1^T)).
 double product_inner(const Eigen::MatrixXd& x1, const Eigen::MatrixXd& y1, const Eigen::MatrixXd& x2,

@@ -143,8 +143,8 @@ class ModuleFitter {
 bool per_task_heads(const StructureSpec& s, size_t tasks);
 
 /// For the problem p of `shape` and `weights` whose task i's factors are
-/// read(i) (transposed, as stored): ModuleFitter(p, o).fit(s).rounded(dtype) and its fit_errors2
-/// (into `err2`, from `norms` = update_norms2(p)) for a per_task_heads
+/// read(i) (transposed, as stored): ModuleFitter(p, o).fit(s).rounded(dtype)
+/// and its fit_errors2 (into `err2`, from `norms` = update_norms2(p)) for a per_task_heads
 /// structure, bit for bit, without holding the module's factors: each task
 /// is read once for the body (twice when the range finder needs the stack
 /// in double) and once for its head and error, and dropped after each.

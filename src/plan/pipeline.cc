@@ -231,16 +231,11 @@ class Session {
     dist::checked([&] {
       for (size_t m = 0; m < nm; ++m) lists[m] = specs(m, shape(m));
     });
-    // (Not with a groups file, whose group count the fits follow over the
-    // spec's; expect() creates the output file, so every rank checks.)
-    dist::checked([&] {
-      if (final && writer_ && o_.groups_file.empty() &&
-          std::all_of(lists.begin(), lists.end(), [](const auto& l) { return l.size() == 1; })) {
-        std::vector<int64_t> params;
-        for (size_t m = 0; m < nm; ++m) params.push_back(spec_params(lists[m][0].spec, shape(m)));
-        writer_->expect(params);
-      }
-    });
+    if (final && std::all_of(lists.begin(), lists.end(), [](const auto& l) { return l.size() == 1; })) {
+      std::vector<StructureSpec> only;
+      for (const auto& l : lists) only.push_back(l[0].spec);
+      expect_layout(only);
+    }
     for_modules(mine_, threads_, o_.progress, [&](size_t m) {
       const auto& mod = set_.modules()[m];
       const auto& list = lists[m];
@@ -322,6 +317,23 @@ class Session {
       writer_->write_module(m, {mod.name, mod.in, mod.out, cs.spec, std::move(stored), {}});  // sha256: set by the writer
     }
     return e;
+  }
+
+  // Every module's structure known before any is written: the bundle's
+  // layout is fixed, and fitted modules go straight to their places
+  // (BundleWriter::expect). Not with a groups file, whose group count the
+  // fits follow over the spec's. expect() creates the output file, so
+  // every rank checks.
+  void expect_layout(const std::vector<StructureSpec>& specs) const {
+    dist::checked([&] {
+      if (!writer_ || !o_.groups_file.empty()) return;
+      for (size_t m = 0; m < specs.size(); ++m) {
+        if (writer_->has_module(m)) return;
+      }
+      std::vector<int64_t> params;
+      for (size_t m = 0; m < specs.size(); ++m) params.push_back(spec_params(specs[m], shape(m)));
+      writer_->expect(params);
+    });
   }
 
   ModuleShape shape(size_t m) const {
@@ -419,9 +431,9 @@ class Session {
   }
 
   // For the streamed hydra point (fit_shared_heads), which holds at most a
-  // module's factors in double, or its single-precision stack and heads: threads across modules are faster
-  // (no synchronisation inside a module, no serial steps) but hold that
-  // per thread. Across, then, while `threads` modules' factors in double
+  // module's factors in double, or its single-precision stack and heads:
+  // threads across modules are faster (no synchronisation inside a module,
+  // no serial steps) but hold that per thread. Across, then, while `threads` modules' factors in double
   // take at most o_.across_bytes; past that (many tasks, wide modules)
   // inside one module at a time, so memory stays that of one module.
   void choose_spread() {
@@ -807,17 +819,7 @@ MergeReport merge(const AdapterSet& set, const MergeOptions& options, const fs::
     // Modules with several candidates (the planner's) are fitted again with
     // the evaluation's options, so the bundle is the fit the report measured.
     const FitOptions fo = s.fit_options(params);
-    // The planner's modules: none written yet, their structures now known
-    // (as evaluate_all: not with a groups file; every rank checks).
-    dist::checked([&] {
-      bool none_written = !info.single_adapter && options.groups_file.empty();
-      for (size_t m = 0; m < set.modules().size(); ++m) none_written = none_written && !writer->has_module(m);
-      if (none_written) {
-        std::vector<int64_t> stored;
-        for (size_t m = 0; m < set.modules().size(); ++m) stored.push_back(spec_params(run.specs[0][m], s.shape(m)));
-        writer->expect(stored);
-      }
-    });
+    if (!info.single_adapter) s.expect_layout(run.specs[0]);  // the planner's: none written yet
     for_modules(s.mine_, s.threads_, options.progress, [&](size_t m) {
       if (writer->has_module(m)) return;
       const auto& mod = set.modules()[m];

@@ -2,10 +2,9 @@
 //
 // A merge spreads its threads either across modules (the planner: many
 // candidates per module; the streamed hydra point while memory allows) or
-// inside one module at a time (other work with one
-// structure per module), which holds one module's factors in memory
-// instead of one per thread. `InnerThreads`
-// sets, for the calling thread, how many threads parallel_for may use; a
+// inside one module at a time (other work with one structure per module),
+// which holds one module's factors in memory instead of one per thread.
+// `InnerThreads` sets, for the calling thread, how many threads parallel_for may use; a
 // parallel_for already running inside a parallel region (modules in
 // parallel) runs serially. Every index is computed by exactly one thread
 // and writes its own outputs, so results never depend on the thread count.

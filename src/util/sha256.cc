@@ -52,8 +52,8 @@ std::string sha256_hex(std::span<const std::byte> bytes) {
 }
 
 std::string sha256_file(const std::filesystem::path& path) {
-  // Mapped rather than read: the file is usually in the page cache (the
-  // merge has just read it), and mapping spares copying it. Hashed in 1 MiB
+  // Mapped rather than read: the file is usually in the page cache (verify
+  // has just read it), and mapping spares copying it. Hashed in 1 MiB
   // steps, each unmapped after use so the resident set stays small.
   // (Like every mapped read, a file truncated by another process meanwhile
   // would raise SIGBUS; the adapters are read the same way.)
