@@ -8,6 +8,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <set>
 #include <string>
 
 #include "hydraopt/adapter.h"
@@ -121,10 +122,16 @@ int main(int argc, char** argv) {
     cmd->add_option("--groups", mo.groups_file, "JSON file [[task, ...], ...] grouping tasks for shared parts");
     cmd->add_option("--threads", mo.threads, "worker threads (0: all cores)")->capture_default_str();
     cmd->add_option("--dtype", dtype, "stored dtype f32|f16|bf16 (default: the inputs' widest)");
-    for (const char* p : {"density", "sign_method", "seed", "lambda", "rank", "max_iters", "tol"}) {
-      std::string flag = std::string("--") + p;
-      std::replace(flag.begin() + 2, flag.end(), '_', '-');
-      cmd->add_option(flag, param_flags[p], std::string("method parameter ") + p + " (see `hydraopt methods`)");
+    // A flag per parameter any method takes (the registry's); a flag the
+    // chosen method does not take is an error from the library.
+    std::set<std::string> added;
+    for (const auto& m : hydraopt::methods()) {
+      for (const auto& p : m.params) {
+        if (!added.insert(p.name).second) continue;
+        std::string flag = "--" + p.name;
+        std::replace(flag.begin() + 2, flag.end(), '_', '-');
+        cmd->add_option(flag, param_flags[p.name], p.help + " (" + p.range + "; see `hydraopt methods`)");
+      }
     }
     add_load_flags(cmd);
   };
@@ -336,7 +343,7 @@ int main(int argc, char** argv) {
       for (const auto& m : hydraopt::methods()) {
         std::cout << fmt::format("{:<16} {:<9} {}\n", m.name, m.single_adapter ? "single" : "per-task", m.summary);
         std::string ps;
-        for (auto& p : m.params) ps += fmt::format("{}{}={}", ps.empty() ? "" : ", ", p.name, p.default_value);
+        for (auto& p : m.params) ps += fmt::format("{}{}={} ({})", ps.empty() ? "" : ", ", p.name, p.default_value, p.range);
         std::cout << fmt::format("{:<16} {:<9} params: {}\n{:<16} {:<9} ref: {}\n", "", "",
                                  ps.empty() ? "none" : ps, "", "", m.reference);
       }

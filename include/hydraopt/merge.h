@@ -85,12 +85,21 @@ std::string write_sweep(const std::filesystem::path& dir, const std::vector<Merg
 
 struct MethodParam {
   std::string name, default_value, help;
+  std::string type;   ///< "integer", "real" or "choice"
+  std::string range;  ///< the allowed values, e.g. "(0, 1]", "total | frequency"
+};
+
+enum class MethodKind {
+  kPlanner,        ///< chooses a structure per module within the budget
+  kStructure,      ///< one fixed per-task structure on every module
+  kSingleAdapter,  ///< one merged adapter serves every task
 };
 
 struct MethodInfo {
   std::string name;
+  MethodKind kind = MethodKind::kStructure;
   bool single_adapter = false;  ///< one merged adapter serves every task
-  bool uses_budget = true;
+  bool uses_budget = true;      ///< storage follows the budget (else: the method's own)
   std::string summary;
   std::string reference;
   std::vector<MethodParam> params;

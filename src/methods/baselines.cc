@@ -6,6 +6,7 @@
 #include <cassert>
 #include <cmath>
 #include <functional>
+#include <limits>
 #include <numbers>
 
 #include "hydraopt/error.h"
@@ -32,23 +33,59 @@ struct MergeMethod {
   Sparsify sparsify;
   Consensus consensus;
   DefaultLambda default_lambda;
+  const char* summary;
+  const char* reference;
 };
 
 // Only the entrywise spaces (dense, aligned) take a sparsify step or a ties
 // consensus; the others are sums by construction.
 constexpr MergeMethod kMethods[] = {
-    {"linear", Space::kFactors, Sparsify::kNone, Consensus::kSum, DefaultLambda::kMean},
-    {"ta", Space::kFactored, Sparsify::kNone, Consensus::kSum, DefaultLambda::kMean},
-    {"ties", Space::kDense, Sparsify::kMagnitude, Consensus::kTies, DefaultLambda::kOne},
-    {"dare-linear", Space::kDense, Sparsify::kDare, Consensus::kSum, DefaultLambda::kMean},
-    {"dare-ties", Space::kDense, Sparsify::kDare, Consensus::kTies, DefaultLambda::kOne},
-    {"magnitude-prune", Space::kDense, Sparsify::kMagnitude, Consensus::kSum, DefaultLambda::kMean},
+    {"linear", Space::kFactors, Sparsify::kNone, Consensus::kSum, DefaultLambda::kMean,
+     "PEFT linear: A's and B's merged separately with weights sqrt(w s)",
+     "PEFT add_weighted_adapter(combination_type='linear')"},
+    {"ta", Space::kFactored, Sparsify::kNone, Consensus::kSum, DefaultLambda::kMean,
+     "task arithmetic on dW, then truncated SVD to rank r", "Ilharco et al., 2023, arXiv:2212.04089"},
+    {"ties", Space::kDense, Sparsify::kMagnitude, Consensus::kTies, DefaultLambda::kOne,
+     "trim, elect sign, disjoint mean on dW, then SVD to rank r", "Yadav et al., 2023, arXiv:2306.01708"},
+    {"dare-linear", Space::kDense, Sparsify::kDare, Consensus::kSum, DefaultLambda::kMean,
+     "random drop and rescale on dW, weighted sum, then SVD", "Yu et al., 2024, arXiv:2311.03099"},
+    {"dare-ties", Space::kDense, Sparsify::kDare, Consensus::kTies, DefaultLambda::kOne,
+     "random drop and rescale, TIES sign election and disjoint mean, then SVD", "Yu et al., 2024, arXiv:2311.03099"},
+    {"magnitude-prune", Space::kDense, Sparsify::kMagnitude, Consensus::kSum, DefaultLambda::kMean,
+     "magnitude trim per task, weighted sum, then SVD",
+     "PEFT add_weighted_adapter(combination_type='magnitude_prune_svd')"},
     // knots-ta equals ta up to rounding: U U^T fixes every dW_i, so
     // U (sum_i U^T dW_i) = sum_i dW_i. Kept as the aligned space's plain row.
-    {"knots-ta", Space::kAligned, Sparsify::kNone, Consensus::kSum, DefaultLambda::kMean},
-    {"knots-ties", Space::kAligned, Sparsify::kMagnitude, Consensus::kTies, DefaultLambda::kOne},
-    {"tsv", Space::kTaskSingular, Sparsify::kNone, Consensus::kSum, DefaultLambda::kOne},
+    {"knots-ta", Space::kAligned, Sparsify::kNone, Consensus::kSum, DefaultLambda::kMean,
+     "SVD-align the task updates, task arithmetic on the aligned coordinates", "Stoica et al., 2024, arXiv:2410.19735"},
+    {"knots-ties", Space::kAligned, Sparsify::kMagnitude, Consensus::kTies, DefaultLambda::kOne,
+     "SVD-align the task updates, TIES on the aligned coordinates", "Stoica et al., 2024, arXiv:2410.19735"},
+    {"tsv", Space::kTaskSingular, Sparsify::kNone, Consensus::kSum, DefaultLambda::kOne,
+     "task singular vectors: per-task top singular vectors, whitened and summed",
+     "Gargiulo et al., 2025, arXiv:2412.00081"},
 };
+
+// A method's parameters follow from its pieces: a sparsify step takes a
+// density (and DARE a seed), a ties consensus a sign method; every method
+// takes a scaling and an output rank.
+std::vector<ParamSpec> params_of(const MergeMethod& m) {
+  std::vector<ParamSpec> out;
+  if (m.sparsify != Sparsify::kNone) {
+    out.push_back(real_param("density", "0.2", "fraction of entries kept (magnitude trim / DARE keep rate)", 0, 1, true));
+  }
+  if (m.consensus == Consensus::kTies) {
+    out.push_back(choice_param("sign_method", "total", "sign election: total (sign of the sum) or frequency",
+                               {"total", "frequency"}));
+  }
+  if (m.sparsify == Sparsify::kDare) out.push_back(integer_param("seed", "0", "DARE drop-mask seed"));
+  ParamSpec lambda = real_param("lambda", m.default_lambda == DefaultLambda::kMean ? "1/N" : "1",
+                                "scaling of the merged update", -std::numeric_limits<double>::infinity(),
+                                std::numeric_limits<double>::infinity());
+  lambda.words = {"1/N"};
+  out.push_back(std::move(lambda));
+  out.push_back(integer_param("rank", "0", "rank of the merged adapter (0: the inputs' largest rank)"));
+  return out;
+}
 
 const MergeMethod* find_method(const std::string& name) {
   for (const auto& m : kMethods) {
@@ -435,15 +472,23 @@ void dense_truncated_svd(const MatrixXd& m, Index k, uint64_t seed, MatrixXd* u,
   *vt = svd.matrixV().leftCols(k).transpose();
 }
 
-bool is_single_merge(const std::string& method) { return find_method(method) != nullptr; }
-
-const std::vector<std::string>& single_merge_methods() {
-  static const std::vector<std::string> names = [] {
-    std::vector<std::string> v;
-    for (const auto& m : kMethods) v.emplace_back(m.name);
+const std::vector<SingleMerge>& single_merges() {
+  static const std::vector<SingleMerge> table = [] {
+    std::vector<SingleMerge> v;
+    for (const auto& m : kMethods) v.push_back({m.name, m.summary, m.reference, params_of(m)});
     return v;
   }();
-  return names;
+  return table;
+}
+
+MergeParams merge_params(const Params& params) {
+  MergeParams mp;
+  if (params.has("density")) mp.density = params.real("density");
+  if (params.has("sign_method")) mp.sign_method = params.text("sign_method");
+  if (params.has("seed")) mp.seed = static_cast<uint64_t>(params.integer("seed"));
+  if (params.has("lambda") && params.text("lambda") != "1/N") mp.lambda = params.real("lambda");
+  if (params.has("rank")) mp.rank = params.integer("rank");
+  return mp;
 }
 
 ModuleFit merge_single(const std::string& name, const ModuleProblem& p, const MergeParams& params,

@@ -37,6 +37,7 @@
 #include <string>
 #include <vector>
 
+#include "core/params.h"
 #include "methods/fit.h"
 
 namespace hydraopt {
@@ -65,10 +66,18 @@ struct MergeParams {
 ModuleFit merge_single(const std::string& method, const ModuleProblem& p, const MergeParams& params,
                        uint64_t module_index);
 
-bool is_single_merge(const std::string& method);
+/// A single-merge method as users see it; its parameters follow from its
+/// pieces in the table above.
+struct SingleMerge {
+  std::string name, summary, reference;
+  std::vector<ParamSpec> params;
+};
 
-/// Names of the single-merge methods, in table order.
-const std::vector<std::string>& single_merge_methods();
+/// The single-merge methods, in table order.
+const std::vector<SingleMerge>& single_merges();
+
+/// The typed parameters from a single merge's checked ones.
+MergeParams merge_params(const Params& params);
 
 /// Best rank-k approximation of a dense matrix m (rows x cols): writes U
 /// (rows x k', singular values folded in) and Vt (k' x cols, orthonormal

@@ -1,9 +1,26 @@
 // Report and sweep files.
+#include <nlohmann/json.hpp>
+
 #include "hydraopt/merge.h"
 #include "io/atomic_file.h"
 #include "report/sweep_report.h"
 
 namespace hydraopt {
+
+std::string report_json(const MergeReport& r, bool with_plan) {
+  using nlohmann::ordered_json;
+  ordered_json j = {{"method", r.method},
+                    {"budget", r.budget},
+                    {"storage",
+                     {{"params", r.params}, {"original_params", r.original_params}, {"fraction", r.fraction}, {"bytes", r.bytes}}},
+                    {"mean_rel_error", r.mean_rel_error}};
+  j["tasks"] = ordered_json::array();
+  for (auto& t : r.tasks) j["tasks"].push_back({{"name", t.name}, {"rel_error", t.rel_error}});
+  j["seconds"] = r.seconds;
+  j["parameters"] = r.params_used;
+  if (with_plan) j["plan"] = ordered_json::parse(r.plan_json);
+  return j.dump(2) + "\n";
+}
 
 void write_report(const std::filesystem::path& path, const MergeReport& r) {
   io::write_file_atomic(path, report_json(r));

@@ -1,0 +1,275 @@
+#include "engine/session.h"
+
+#include <algorithm>
+#include <cmath>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "dist/dist.h"
+#include "engine/exchange.h"
+#include "engine/schedule.h"
+#include "hydraopt/error.h"
+#include "io/option_files.h"
+#include "util/wire.h"
+
+namespace hydraopt::engine {
+
+using nlohmann::ordered_json;
+
+namespace {
+
+// Numbers in a module's factors over all tasks: sum_i r_i (in + out).
+double factor_count(const AdapterSet::Module& m) {
+  return static_cast<double>(m.in + m.out) * static_cast<double>(ModuleShape{m.in, m.out, m.ranks}.rank_sum());
+}
+
+}  // namespace
+
+Session::Session(const AdapterSet& set, const MergeOptions& o, bool hash_sources) : set_(set), o_(o) {
+  // By default the node's cores, shared among the ranks on it.
+  threads_ = o.threads > 0 ? o.threads
+                           : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / dist::local_size());
+  dtype_ = o.dtype.value_or(set.dtype());
+  if (o.share == "A") share_ = Share::kA;
+  else if (o.share == "B") share_ = Share::kB;
+  else if (o.share == "auto") share_ = Share::kAuto;
+  else throw Error("--share must be A, B or auto, not '" + o.share + "'");
+  if (o.budget && o.budget_bytes) throw Error("give --budget or --budget-bytes, not both");
+  if (o.budget && !(*o.budget > 0 && *o.budget <= 1)) {
+    throw Error("--budget must be a fraction in (0, 1], got " + std::to_string(*o.budget));
+  }
+  if (o.budget_bytes && *o.budget_bytes <= 0) throw Error("--budget-bytes must be positive");
+  original_ = set.original_params();
+  partition_modules();
+  choose_spread();
+  dist::checked([&] { load_groups(); });
+  scan_sources(hash_sources);
+  dist::checked([&] { compute_weights(); });
+}
+
+ModuleShape Session::shape(size_t m) const {
+  const auto& mod = set_.modules()[m];
+  return {mod.in, mod.out, mod.ranks};
+}
+
+FitOptions Session::fit_defaults() const {
+  FitOptions fo;
+  fo.user_groups = user_groups_;
+  return fo;
+}
+
+const HandPlan* Session::hand_plan() {
+  if (o_.plan_file.empty()) return nullptr;
+  if (!hand_) dist::checked([&] { hand_ = HandPlan{o_.plan_file, io::read_plan_file(o_.plan_file)}; });
+  return &*hand_;
+}
+
+int64_t Session::budget_params(double fraction) const {
+  return static_cast<int64_t>(std::floor(fraction * static_cast<double>(original_) + 1e-9));
+}
+
+double Session::requested_fraction() const {
+  if (o_.budget_bytes) return static_cast<double>(*o_.budget_bytes / dtype_size(dtype_)) / original_;
+  return o_.budget.value_or(0.5);
+}
+
+EvalTable Session::evaluate(const std::function<std::vector<CandidateSpec>(size_t, const ModuleShape&)>& specs,
+                            const FitOptions& fo, bool final, Spread spread) {
+  const size_t nm = set_.modules().size();
+  EvalTable out(nm);
+  // Every module's specs, on every rank: with one per module the bundle's
+  // layout is known before any is fitted.
+  std::vector<std::vector<CandidateSpec>> lists(nm);
+  dist::checked([&] {
+    for (size_t m = 0; m < nm; ++m) lists[m] = specs(m, shape(m));
+  });
+  if (final && std::all_of(lists.begin(), lists.end(), [](const auto& l) { return l.size() == 1; })) {
+    std::vector<StructureSpec> only;
+    for (const auto& l : lists) only.push_back(l[0].spec);
+    expect_layout(only);
+  }
+  for_each_item(mine_, threads_, o_.progress, [&](size_t m) {
+    const auto& list = lists[m];
+    if (list.empty()) return;
+    if (final && list.size() == 1 && per_task_heads(list[0].spec, set_.size())) {
+      // The streamed hydra point: each task read when needed, dropped after.
+      std::vector<double> err2;
+      ModuleFit stored = fit_shared_heads(shape(m), weights_, [&](size_t i) { return set_.load_transposed(m, i); },
+                                          list[0].spec, fo, dtype_, norms2_[m], &err2);
+      out[m].push_back(record(m, std::move(stored), std::move(err2), list[0], true, fo.max_iters));
+      return;
+    }
+    const ModuleProblem p = problem(m);
+    ModuleFitter fitter(p, fo);
+    for (auto& cs : list) {
+      ModuleFit stored = fitter.fit(cs.spec).rounded(dtype_);
+      std::vector<double> err2 = fit_errors2(p, stored, &norms2_[m]);
+      out[m].push_back(record(m, std::move(stored), std::move(err2), cs, final && list.size() == 1, fo.max_iters));
+    }
+  }, spread);
+  share_table(out, mine_);
+  return out;
+}
+
+EvalTable Session::evaluate_merged(const std::function<ModuleFit(const ModuleProblem&, size_t)>& merge) {
+  EvalTable out(set_.modules().size());
+  for_each_item(mine_, threads_, o_.progress, [&](size_t m) {
+    const ModuleProblem p = problem(m);
+    ModuleFit stored = merge(p, m).rounded(dtype_);
+    const StructureSpec spec{Family::kMerged, stored.bodies[0].rows(), 0};
+    std::vector<double> err2 = fit_errors2(p, stored, &norms2_[m]);
+    out[m].push_back(record(m, std::move(stored), std::move(err2), {spec, "merged"}, true, 0));
+  });
+  share_table(out, mine_);
+  return out;
+}
+
+// A rounded fit and its per-task errors; with `store`, the fit goes to the
+// bundle writer and nothing of it is kept.
+Evaluated Session::record(size_t m, ModuleFit stored, std::vector<double> task_err2, const CandidateSpec& cs,
+                          bool store, int max_iters) const {
+  Evaluated e{cs.spec, cs.key, stored.params(), 0, std::move(task_err2), max_iters};
+  for (size_t i = 0; i < e.task_err2.size(); ++i) e.error += weights_[i] * e.task_err2[i];
+  if (store && writer_) {
+    const auto& mod = set_.modules()[m];
+    writer_->write_module(m, {mod.name, mod.in, mod.out, cs.spec, std::move(stored), {}});  // sha256: set by the writer
+  }
+  return e;
+}
+
+// Not with a groups file, whose group count the fits follow over the
+// spec's. expect() creates the output file, so every rank checks.
+void Session::expect_layout(const std::vector<StructureSpec>& specs) const {
+  dist::checked([&] {
+    if (!writer_ || !o_.groups_file.empty()) return;
+    for (size_t m = 0; m < specs.size(); ++m) {
+      if (writer_->has_module(m)) return;
+    }
+    std::vector<int64_t> params;
+    for (size_t m = 0; m < specs.size(); ++m) params.push_back(spec_params(specs[m], shape(m)));
+    writer_->expect(params);
+  });
+}
+
+ModuleProblem Session::problem(size_t m) const {
+  ModuleProblem p;
+  p.loras = set_.load(m);
+  p.weights = weights_;
+  return p;
+}
+
+MergeReport Session::report(const std::string& method, const MethodRun& run, size_t b, const Params& params,
+                            double seconds) const {
+  MergeReport r;
+  r.method = method;
+  r.budget = run.budgets[b];
+  r.original_params = original_;
+  r.params_used = params.values();
+  std::vector<double> err(set_.size(), 0.0);
+  ordered_json plan = ordered_json::array();
+  for (size_t m = 0; m < run.table.size(); ++m) {
+    const Evaluated& e = run.table[m][run.choice[b][m]];
+    r.params += e.params;
+    for (size_t i = 0; i < err.size(); ++i) err[i] += e.task_err2[i];
+    const auto& mod = set_.modules()[m];
+    plan.push_back(ordered_json::parse(io::plan_entry_json(mod.name, mod.in, mod.out, e.spec, e.params)));
+  }
+  r.plan_json = plan.dump();
+  r.bytes = r.params * static_cast<int64_t>(dtype_size(dtype_));
+  r.fraction = static_cast<double>(r.params) / static_cast<double>(original_);
+  double sum = 0;
+  for (size_t i = 0; i < err.size(); ++i) {
+    const double rel = relative_error(err[i], total_norm2_[i]);
+    r.tasks.push_back({set_.task(i).name(), rel});
+    sum += rel;
+  }
+  r.mean_rel_error = sum / static_cast<double>(err.size());
+  r.seconds = seconds;
+  return r;
+}
+
+// Modules over ranks, balanced by the size of their factors.
+void Session::partition_modules() {
+  std::vector<double> cost;
+  for (const auto& m : set_.modules()) cost.push_back(factor_count(m));
+  owner_ = dist::partition(cost, dist::size());
+  for (size_t m = 0; m < owner_.size(); ++m) {
+    if (owner_[m] == dist::rank()) mine_.push_back(m);
+  }
+}
+
+// For the streamed hydra point (fit_shared_heads), which holds at most a
+// module's factors in double, or its single-precision stack and heads:
+// threads across modules are faster (no synchronisation inside a module, no
+// serial steps) but hold that per thread. Across, then, while `threads`
+// modules' factors in double take at most o_.across_bytes; past that (many
+// tasks, wide modules) inside one module at a time.
+void Session::choose_spread() {
+  double largest = 0;
+  for (const auto& m : set_.modules()) largest = std::max(largest, 8.0 * factor_count(m));
+  spread_ = threads_ * largest <= o_.across_bytes ? Spread::kAcross : Spread::kInside;
+}
+
+void Session::load_groups() {
+  if (o_.groups_file.empty()) return;
+  std::vector<std::string> names;
+  for (auto& t : set_.tasks()) names.push_back(t.name());
+  user_groups_ = io::read_groups_file(o_.groups_file, names, &user_group_count_);
+}
+
+// Every task's update norms on every module and, with `hash`, its source's
+// checksum: one pass over each file in byte order (each tensor converted
+// while its bytes are in cache from hashing), threads across tasks, tasks
+// shared out over the ranks.
+void Session::scan_sources(bool hash) {
+  const size_t nm = set_.modules().size(), n = set_.size();
+  norms2_.assign(nm, std::vector<double>(n, 0.0));
+  sha_.assign(n, "");
+  const std::vector<size_t> my_tasks = my_share(n);
+  for_each_item(my_tasks, threads_, nullptr, [&](size_t i) {
+    const std::vector<double> col = set_.scan(i, hash ? &sha_[i] : nullptr);
+    for (size_t m = 0; m < nm; ++m) norms2_[m][i] = col[m];
+  });
+  if (dist::size() > 1) {  // each entry is non-zero on one rank only: the sums are exact
+    std::vector<double> all(nm * n, 0.0);
+    for (size_t m = 0; m < nm; ++m) std::copy(norms2_[m].begin(), norms2_[m].end(), all.begin() + static_cast<ptrdiff_t>(m * n));
+    dist::allreduce_sum(all);
+    for (size_t m = 0; m < nm; ++m) {
+      norms2_[m].assign(all.begin() + static_cast<ptrdiff_t>(m * n), all.begin() + static_cast<ptrdiff_t>((m + 1) * n));
+    }
+    if (hash) {
+      std::string mine;
+      util::WireWriter put(mine);
+      for (size_t i : my_tasks) put.put(sha_[i]);
+      const auto all_sha = dist::allgather(mine);
+      for (size_t r = 0; r < all_sha.size(); ++r) {
+        util::WireReader get(all_sha[r]);
+        for (size_t i = r; i < n; i += all_sha.size()) sha_[i] = get.get_string();
+      }
+    }
+  }
+  total_norm2_.assign(n, 0.0);
+  for (size_t m = 0; m < nm; ++m) {
+    for (size_t i = 0; i < n; ++i) total_norm2_[i] += norms2_[m][i];
+  }
+}
+
+void Session::compute_weights() {
+  const size_t n = set_.size();
+  weights_.assign(n, 0.0);
+  if (o_.weights == "balanced") {
+    for (size_t i = 0; i < n; ++i) weights_[i] = total_norm2_[i] > 0 ? 1.0 / total_norm2_[i] : 0.0;
+  } else if (o_.weights == "uniform") {
+    double mean = 0;
+    for (double x : total_norm2_) mean += x / static_cast<double>(n);
+    for (size_t i = 0; i < n; ++i) weights_[i] = mean > 0 ? 1.0 / mean : 1.0;
+  } else {
+    std::vector<std::string> names;
+    for (auto& t : set_.tasks()) names.push_back(t.name());
+    const std::vector<double> given = io::read_weights_file(o_.weights, names);
+    // Relative to the task's size, so a weight of 1 means "as balanced".
+    for (size_t i = 0; i < n; ++i) weights_[i] = total_norm2_[i] > 0 ? given[i] / total_norm2_[i] : 0.0;
+  }
+}
+
+}  // namespace hydraopt::engine

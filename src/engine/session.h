@@ -1,0 +1,96 @@
+// One merge or sweep over an adapter set: the options checked, every
+// task's update norms and weights, the modules shared out over ranks and
+// threads, and the fits a method asks for (MethodContext), measured and,
+// for merge, written to the bundle as they finish.
+//
+// Under MPI (dist::size() > 1, merge only) each rank loads and fits its own
+// modules (mine()); evaluated fits are exchanged so every rank plans on the
+// whole table, and fitted modules travel to rank 0, which writes the
+// bundle. Every step that can fail on one rank and not another ends in a
+// dist::check, so all ranks stop together. With one rank the exchanges do
+// nothing. Results never depend on the thread or rank count.
+#pragma once
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "hydraopt/merge.h"
+#include "io/bundle.h"
+#include "plan/registry.h"
+
+namespace hydraopt::engine {
+
+class Session final : public MethodContext {
+ public:
+  /// With `hash_sources`, the sources' SHA-256 too (source_sha256()), for a bundle.
+  Session(const AdapterSet& set, const MergeOptions& o, bool hash_sources);
+
+  // MethodContext
+  size_t module_count() const override { return set_.modules().size(); }
+  const std::string& module_name(size_t m) const override { return set_.modules()[m].name; }
+  ModuleShape shape(size_t m) const override;
+  size_t task_count() const override { return set_.size(); }
+  int64_t original_params() const override { return original_; }
+  Share share() const override { return share_; }
+  int user_group_count() const override { return user_group_count_; }
+  FitOptions fit_defaults() const override;
+  Spread streaming_spread() const override { return spread_; }
+  const HandPlan* hand_plan() override;
+  bool budget_given() const override { return o_.budget || o_.budget_bytes; }
+  EvalTable evaluate(const std::function<std::vector<CandidateSpec>(size_t, const ModuleShape&)>& specs,
+                     const FitOptions& fo, bool final, Spread spread) override;
+  EvalTable evaluate_merged(const std::function<ModuleFit(const ModuleProblem&, size_t)>& merge) override;
+
+  /// Stored numbers for a fraction of the original parameter count.
+  int64_t budget_params(double fraction) const;
+  /// The fraction asked for: --budget, --budget-bytes over the original
+  /// bytes, or 0.5.
+  double requested_fraction() const;
+  /// The report of `run` at its b-th budget.
+  MergeReport report(const std::string& method, const MethodRun& run, size_t b, const Params& params,
+                     double seconds) const;
+
+  /// Fitted modules go to `writer` as soon as they are finished.
+  void write_to(io::BundleWriter* writer) { writer_ = writer; }
+  /// Fixes the bundle's layout when every module's structure is known and
+  /// none is written yet, so modules go straight to their places.
+  void expect_layout(const std::vector<StructureSpec>& specs) const;
+  /// Task i's factors on module m, with the task weights.
+  ModuleProblem problem(size_t m) const;
+
+  int threads() const { return threads_; }
+  DType dtype() const { return dtype_; }
+  const std::vector<size_t>& mine() const { return mine_; }
+  const std::vector<int>& owner() const { return owner_; }
+  const std::vector<std::string>& source_sha256() const { return sha_; }
+
+ private:
+  Evaluated record(size_t m, ModuleFit stored, std::vector<double> task_err2, const CandidateSpec& cs, bool store,
+                   int max_iters) const;
+  void partition_modules();
+  void choose_spread();
+  void load_groups();
+  void scan_sources(bool hash);
+  void compute_weights();
+
+  const AdapterSet& set_;
+  const MergeOptions& o_;
+  int threads_ = 1;
+  Spread spread_ = Spread::kInside;
+  DType dtype_ = DType::F32;
+  Share share_ = Share::kAuto;
+  int64_t original_ = 0;
+  std::vector<int> user_groups_;
+  int user_group_count_ = 0;
+  std::optional<HandPlan> hand_;
+  std::vector<std::vector<double>> norms2_;  // [module][task]
+  std::vector<int> owner_;                   // [module] the rank that fits it
+  std::vector<size_t> mine_;                 // this rank's modules, ascending
+  std::vector<double> total_norm2_, weights_;
+  std::vector<std::string> sha_;  // [task] the sources' SHA-256, when asked
+  io::BundleWriter* writer_ = nullptr;
+};
+
+}  // namespace hydraopt::engine

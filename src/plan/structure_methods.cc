@@ -1,0 +1,265 @@
+// The per-task structure methods: hydraopt (the planner), the hydra point,
+// the naive hydra and the joint-diagonalisation forms. Each is a registry
+// entry (plan/registry.h): a descriptor and the run that says which
+// structure every module gets at every budget.
+#include <algorithm>
+#include <set>
+
+#include "hydraopt/error.h"
+#include "plan/planner.h"
+#include "plan/registry.h"
+
+namespace hydraopt {
+
+namespace {
+
+ParamSpec max_iters_param() {
+  return integer_param("max_iters", "30", "alternating least squares iterations at most");
+}
+ParamSpec tol_param() {
+  return real_param("tol", "1e-4", "stop ALS when the objective improves by less, relatively", 0,
+                    std::numeric_limits<double>::infinity());
+}
+
+FitOptions als_options(const MethodContext& ctx, const Params& params) {
+  FitOptions fo = ctx.fit_defaults();
+  fo.max_iters = static_cast<int>(params.integer("max_iters"));
+  fo.tol = params.real("tol");
+  return fo;
+}
+
+// Structures known in advance, one per module: the shared-body subspace is
+// computed only as wide as that structure needs (the planner's default,
+// 4r, serves all its candidates with one solve).
+FitOptions for_known_structures(FitOptions fo) {
+  fo.body_width = 1;
+  return fo;
+}
+
+// Runs that keep only the budgets `feasible` accepts (or rethrow its error).
+void keep_feasible(Budgets* b, const std::function<void(int64_t)>& feasible) {
+  Budgets kept{{}, {}, b->skip_infeasible};
+  for (size_t i = 0; i < b->limits.size(); ++i) {
+    try {
+      feasible(b->limits[i]);
+    } catch (const Error&) {
+      if (!b->skip_infeasible) throw;
+      continue;
+    }
+    kept.fractions.push_back(b->fractions[i]);
+    kept.limits.push_back(b->limits[i]);
+  }
+  *b = std::move(kept);
+}
+
+// ------------------------------------------------------------ hydra points
+
+MethodRun run_hydra(MethodContext& ctx, const Params&, Budgets b) {
+  const FitOptions fo = for_known_structures(ctx.fit_defaults());
+  auto table = ctx.evaluate(
+      [](size_t, const ModuleShape& shape) {
+        return std::vector<CandidateSpec>{{{Family::kSharedA, std::max<int64_t>(1, shape.max_rank()), 0}, "shared-A"}};
+      },
+      fo, true, ctx.streaming_spread());
+  return same_at_every_budget(std::move(table), b, fo);
+}
+
+MethodRun run_hydra_avg(MethodContext& ctx, const Params&, Budgets b) {
+  const FitOptions fo = for_known_structures(ctx.fit_defaults());
+  auto table = ctx.evaluate(
+      [&](size_t m, const ModuleShape& shape) {
+        StructureSpec sp{Family::kAvgA, 0, 0};
+        if (!spec_valid(sp, shape)) throw Error(ctx.module_name(m) + ": hydra-avg needs every task at one rank here");
+        return std::vector<CandidateSpec>{{sp, "avg-A"}};
+      },
+      fo, true, Spread::kInside);
+  return same_at_every_budget(std::move(table), b, fo);
+}
+
+// -------------------------------------------------- joint diagonalisation
+
+// The uniform rank k that fills `budget` with family f (modules that cannot
+// take k keep their largest valid rank).
+int64_t uniform_rank(const MethodContext& ctx, Family f, int64_t budget) {
+  int64_t best = 0;
+  for (int64_t k = 1;; ++k) {
+    int64_t total = 0;
+    bool any = false;
+    for (size_t m = 0; m < ctx.module_count(); ++m) {
+      const ModuleShape shape = ctx.shape(m);
+      StructureSpec sp{f, k, 0};
+      if (!spec_valid(sp, shape)) {
+        for (sp.rank = k - 1; sp.rank >= 1 && !spec_valid(sp, shape); --sp.rank) {
+        }
+        if (sp.rank < 1) sp.rank = 1;
+      } else {
+        any = true;
+      }
+      total += spec_params(sp, shape);
+    }
+    if (total > budget) break;
+    best = k;
+    if (!any) break;  // every module already at its largest rank
+  }
+  if (best == 0) {
+    int64_t total = 0;
+    for (size_t m = 0; m < ctx.module_count(); ++m) total += spec_params({f, 1, 0}, ctx.shape(m));
+    throw Error(std::string("the budget is below the smallest ") + family_name(f) + " storage: fraction " +
+                std::to_string(static_cast<double>(total) / static_cast<double>(ctx.original_params())));
+  }
+  return best;
+}
+
+StructureSpec clip_rank(StructureSpec sp, const ModuleShape& shape) {
+  while (sp.rank > 1 && !spec_valid(sp, shape)) --sp.rank;
+  return sp;
+}
+
+MethodRun run_jd(Family f, MethodContext& ctx, const Params& params, Budgets b) {
+  keep_feasible(&b, [&](int64_t lim) { uniform_rank(ctx, f, lim); });
+  std::vector<int64_t> ranks;
+  for (int64_t lim : b.limits) ranks.push_back(uniform_rank(ctx, f, lim));
+  const std::set<int64_t> distinct(ranks.begin(), ranks.end());
+  MethodRun run;
+  run.fit = als_options(ctx, params);
+  run.budgets = b.fractions;
+  run.table = ctx.evaluate(
+      [&](size_t, const ModuleShape& shape) {
+        std::vector<CandidateSpec> v;
+        for (int64_t k : distinct) v.push_back({clip_rank({f, k, 0}, shape), std::to_string(k)});
+        return v;
+      },
+      run.fit, true, Spread::kInside);
+  for (int64_t k : ranks) {
+    const auto idx = static_cast<size_t>(std::distance(distinct.begin(), distinct.find(k)));
+    run.choice.emplace_back(run.table.size(), idx);
+  }
+  return run;
+}
+
+// ---------------------------------------------------------------- planner
+
+std::vector<std::vector<Candidate>> to_candidates(const EvalTable& ev) {
+  std::vector<std::vector<Candidate>> t(ev.size());
+  for (size_t m = 0; m < ev.size(); ++m) {
+    for (auto& e : ev[m]) t[m].push_back({e.spec, e.key, e.params, e.error});
+  }
+  return t;
+}
+
+void check_floor(const MethodContext& ctx, const std::vector<std::vector<Candidate>>& table, int64_t budget) {
+  const int64_t floor = plan_min_params(table);
+  if (floor > budget) {
+    const auto original = static_cast<double>(ctx.original_params());
+    throw Error("budget fraction " + std::to_string(static_cast<double>(budget) / original) +
+                " is below the smallest achievable storage, fraction " + std::to_string(static_cast<double>(floor) / original));
+  }
+}
+
+// The structures of a --plan file, fitted as given.
+MethodRun run_hand_plan(MethodContext& ctx, const HandPlan& hand, const FitOptions& fo, const Budgets& b) {
+  std::vector<StructureSpec> specs;
+  for (size_t m = 0; m < ctx.module_count(); ++m) {
+    auto it = hand.specs.find(ctx.module_name(m));
+    if (it == hand.specs.end()) throw Error(hand.file, ctx.module_name(m), "module has no entry in the plan");
+    if (!spec_valid(it->second, ctx.shape(m))) {
+      throw Error(hand.file, ctx.module_name(m), "structure " + it->second.label() + " does not fit this module");
+    }
+    specs.push_back(it->second);
+  }
+  const FitOptions known = for_known_structures(fo);
+  auto table = ctx.evaluate([&](size_t m, const ModuleShape&) { return std::vector<CandidateSpec>{{specs[m], "plan"}}; },
+                            known, true, Spread::kInside);
+  int64_t total = 0;
+  for (auto& e : table) total += e[0].params;
+  for (int64_t limit : b.limits) {
+    if (ctx.budget_given() && total > limit) {
+      throw Error(hand.file, "", "the plan stores " + std::to_string(total) + " numbers, over the budget of " +
+                                     std::to_string(limit));
+    }
+  }
+  return same_at_every_budget(std::move(table), b, known);
+}
+
+// Every candidate is first fitted from its closed-form start only, so
+// structures that ALS refines enter the plan with an upper bound on their
+// error. Then, in rounds, the chosen structures that ALS can improve are
+// refined and the plan is redone, until no chosen structure is left
+// unrefined (at most kRounds rounds).
+MethodRun run_planner(MethodContext& ctx, const Params& params, Budgets b) {
+  const FitOptions fo = als_options(ctx, params);
+  if (const HandPlan* hand = ctx.hand_plan()) return run_hand_plan(ctx, *hand, fo, b);
+  constexpr int kRounds = 3;
+  FitOptions starts = fo;
+  starts.max_iters = 0;
+  MethodRun run;
+  run.fit = fo;
+  run.table = ctx.evaluate(
+      [&](size_t, const ModuleShape& shape) { return candidate_specs(shape, ctx.share(), ctx.user_group_count()); },
+      starts, false, Spread::kAcross);
+  EvalTable& ev = run.table;
+  auto table = to_candidates(ev);
+  keep_feasible(&b, [&](int64_t lim) { check_floor(ctx, table, lim); });
+  auto plans = plan_budgets(table, b.limits);
+  for (int round = 0; round < kRounds && fo.max_iters > 0; ++round) {
+    std::vector<std::vector<size_t>> refine(ev.size());
+    bool any = false;
+    for (size_t m = 0; m < ev.size(); ++m) {
+      for (size_t c = 0; c < ev[m].size(); ++c) {
+        const Evaluated& e = ev[m][c];
+        if (e.max_iters == fo.max_iters || !spec_refinable(e.spec, ctx.task_count())) continue;
+        if (std::any_of(plans.begin(), plans.end(), [&](const PlanResult& plan) { return plan.choice[m] == c; })) {
+          refine[m].push_back(c);
+          any = true;
+        }
+      }
+    }
+    if (!any) break;
+    auto refined = ctx.evaluate(
+        [&](size_t m, const ModuleShape&) {
+          std::vector<CandidateSpec> v;
+          for (size_t c : refine[m]) v.push_back({ev[m][c].spec, ev[m][c].key});
+          return v;
+        },
+        fo, false, Spread::kAcross);
+    for (size_t m = 0; m < ev.size(); ++m) {
+      for (size_t j = 0; j < refine[m].size(); ++j) ev[m][refine[m][j]] = std::move(refined[m][j]);
+    }
+    table = to_candidates(ev);
+    plans = plan_budgets(table, b.limits);
+  }
+  run.budgets = b.fractions;
+  for (const PlanResult& plan : plans) run.choice.push_back(plan.choice);
+  return run;
+}
+
+}  // namespace
+
+std::vector<Method> structure_methods() {
+  using namespace std::placeholders;
+  auto method = [](const char* name, MethodKind kind, bool uses_budget, const char* summary, const char* reference,
+                   std::vector<ParamSpec> params, decltype(Method::run) run) {
+    return Method{{name, kind, false, uses_budget, summary, reference, {}}, std::move(params), std::move(run)};
+  };
+  return {
+      method("hydraopt", MethodKind::kPlanner, true,
+             "plans a structure per module (shared A/B bodies or heads, cores, clusters, exact) "
+             "to minimise the task-weighted error within the budget",
+             "this project (docs/methods.md)", {max_iters_param(), tol_param()}, run_planner),
+      method("hydra", MethodKind::kStructure, false,
+             "the hydra point: one optimal shared A of rank r per module, a head per task (closed form)",
+             "this project (docs/methods.md); the fixed structure hydraopt's planner starts from", {}, run_hydra),
+      method("hydra-avg", MethodKind::kStructure, false, "naive hydra: the mean of the A's shared, each task's B kept",
+             "HydraLoRA-style sharing (Tian et al., 2024), without optimisation", {}, run_hydra_avg),
+      method("jd-full", MethodKind::kStructure, true,
+             "shared U, V with a full k x k core per task (Tucker/HOOI); k fills the budget",
+             "De Lathauwer et al., 2000 (HOOI)", {max_iters_param(), tol_param()},
+             std::bind(run_jd, Family::kJdFull, _1, _2, _3)),
+      method("jd-diag", MethodKind::kStructure, true,
+             "shared U, V with a diagonal core per task (ALS); k fills the budget",
+             "joint diagonalisation / INDSCAL (Carroll & Chang, 1970)", {max_iters_param(), tol_param()},
+             std::bind(run_jd, Family::kJdDiag, _1, _2, _3)),
+  };
+}
+
+}  // namespace hydraopt
