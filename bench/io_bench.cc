@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "core/rounding.h"
 #include "hydraopt/adapter.h"
 #include "io/safetensors.h"
 
@@ -75,7 +76,7 @@ BENCHMARK(BM_EncodeBf16)->Args({2048, 32})->Args({32, 2048});
 void BM_RoundToBf16(benchmark::State& state) {
   const Eigen::MatrixXd m = Eigen::MatrixXd::Random(2048, 32);
   for (auto _ : state) {
-    benchmark::DoNotOptimize(hydraopt::io::round_to_dtype(m, hydraopt::DType::BF16));
+    benchmark::DoNotOptimize(hydraopt::round_to_dtype(m, hydraopt::DType::BF16));
   }
   state.SetItemsProcessed(state.iterations() * m.size());
 }

@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "core/rounding.h"
 #include "hydraopt/adapter.h"
 #include "hydraopt/error.h"
 #include "util/sha256.h"
@@ -217,7 +218,7 @@ TEST(Peft, DtypesAreReadIntoDouble) {
     write_adapter(d / "a", R"({"r":4})", {m}, dt);
     auto a = Adapter::open((d / "a").string());
     EXPECT_EQ(a.dtype(), dt);
-    EXPECT_EQ(a.load(kQ0).A, io::round_to_dtype(m.A, dt));
+    EXPECT_EQ(a.load(kQ0).A, round_to_dtype(m.A, dt));
   }
 }
 

@@ -5,9 +5,10 @@
 #include <limits>
 #include <span>
 
+#include "core/rounding.h"
 #include "hydraopt/error.h"
 #include "io/atomic_file.h"
-#include "io/half.h"
+#include "core/half.h"
 #include "util/sha256.h"
 #include "io/safetensors.h"
 #include "test_util.h"
@@ -143,7 +144,7 @@ TEST_P(RoundTrip, EveryDtypeRoundTripsThroughAFile) {
   const DType dt = GetParam();
   test::TempDir dir;
   Eigen::MatrixXd m = test::random_matrix(3, 5, 7) * 0.1;
-  Eigen::MatrixXd stored = io::round_to_dtype(m, dt);
+  Eigen::MatrixXd stored = round_to_dtype(m, dt);
   io::safetensors_write(dir / "x.safetensors", {io::tensor_from_matrix("w", m, dt)}, {{"k", "v"}});
   auto f = SafetensorsFile::open(dir / "x.safetensors");
   EXPECT_EQ(f.metadata().at("k"), "v");
@@ -174,7 +175,7 @@ TEST_P(RoundTrip, TiledConversionsPlaceEveryElement) {
     SCOPED_TRACE(std::to_string(rows) + " x " + std::to_string(cols));
     test::TempDir dir;
     const Eigen::MatrixXd m = test::random_matrix(rows, cols, 9);
-    const Eigen::MatrixXd stored = io::round_to_dtype(m, dt);
+    const Eigen::MatrixXd stored = round_to_dtype(m, dt);
     io::safetensors_write(dir / "x.safetensors", {io::tensor_from_matrix("w", m, dt)}, {});
     auto f = SafetensorsFile::open(dir / "x.safetensors");
     const auto* t = f.find("w");
@@ -188,8 +189,8 @@ TEST_P(RoundTrip, TiledConversionsPlaceEveryElement) {
       switch (dt) {
         case DType::F64: std::memcpy(&d, p, 8); return d;
         case DType::F32: std::memcpy(&x, p, 4); return x;
-        case DType::BF16: std::memcpy(&h, p, 2); return io::bf16_to_float(h);
-        case DType::F16: std::memcpy(&h, p, 2); return io::f16_to_float(h);
+        case DType::BF16: std::memcpy(&h, p, 2); return bf16_to_float(h);
+        case DType::F16: std::memcpy(&h, p, 2); return f16_to_float(h);
       }
       return d;
     };
@@ -210,22 +211,22 @@ INSTANTIATE_TEST_SUITE_P(Dtypes, RoundTrip,
 
 TEST(Safetensors, Bf16RoundsToNearestEven) {
   // 1 + 2^-8 is exactly halfway between two bf16 values: ties go to even (1.0).
-  EXPECT_EQ(io::bf16_to_float(io::float_to_bf16(1.0f + 0x1p-8f)), 1.0f);
+  EXPECT_EQ(bf16_to_float(float_to_bf16(1.0f + 0x1p-8f)), 1.0f);
   // 1 + 3*2^-8 is halfway too: ties go to the even 1 + 2^-6.
-  EXPECT_EQ(io::bf16_to_float(io::float_to_bf16(1.0f + 3 * 0x1p-8f)), 1.0f + 0x1p-6f);
-  EXPECT_TRUE(std::isnan(io::bf16_to_float(io::float_to_bf16(std::nanf("")))));
+  EXPECT_EQ(bf16_to_float(float_to_bf16(1.0f + 3 * 0x1p-8f)), 1.0f + 0x1p-6f);
+  EXPECT_TRUE(std::isnan(bf16_to_float(float_to_bf16(std::nanf("")))));
   // A NaN whose payload is all in the dropped half stays NaN (rounding
   // would carry it to infinity); infinities and the largest finite values
   // round as numbers.
   const uint32_t low_nan_bits = 0xff800001u;
   float low_nan;
   std::memcpy(&low_nan, &low_nan_bits, 4);
-  EXPECT_EQ(io::float_to_bf16(low_nan), 0xffc0);
-  EXPECT_EQ(io::float_to_bf16(INFINITY), 0x7f80);
-  EXPECT_EQ(io::float_to_bf16(-INFINITY), 0xff80);
-  EXPECT_EQ(io::float_to_bf16(std::numeric_limits<float>::max()), 0x7f80);  // rounds up to infinity
-  EXPECT_EQ(io::float_to_bf16(-0.0f), 0x8000);
-  EXPECT_EQ(io::f16_to_float(io::float_to_f16(65504.0f)), 65504.0f);
+  EXPECT_EQ(float_to_bf16(low_nan), 0xffc0);
+  EXPECT_EQ(float_to_bf16(INFINITY), 0x7f80);
+  EXPECT_EQ(float_to_bf16(-INFINITY), 0xff80);
+  EXPECT_EQ(float_to_bf16(std::numeric_limits<float>::max()), 0x7f80);  // rounds up to infinity
+  EXPECT_EQ(float_to_bf16(-0.0f), 0x8000);
+  EXPECT_EQ(f16_to_float(float_to_f16(65504.0f)), 65504.0f);
 }
 
 TEST(Safetensors, WriterIsDeterministicAndSorted) {

@@ -7,6 +7,7 @@
 #include <Eigen/QR>
 #include <Eigen/SVD>
 
+#include "core/rounding.h"
 #include "methods/cluster.h"
 #include "methods/structures.h"
 #include "test_util.h"
@@ -177,7 +178,7 @@ TEST(Structures, RoundedFitsCarryTheStoredValues) {
   auto p = make_problem(3, 8, 6, 2, 8, false);
   ModuleFitter fitter(p, {});
   ModuleFit f = fitter.fit({Family::kSharedA, 2, 0}).rounded(DType::BF16);
-  for (auto& h : f.heads) EXPECT_EQ(h, io::round_to_dtype(h, DType::BF16));
+  for (auto& h : f.heads) EXPECT_EQ(h, round_to_dtype(h, DType::BF16));
 }
 
 // The hydra point's streamed fit, on factors read transposed (as stored),

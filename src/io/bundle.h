@@ -35,9 +35,9 @@
 #include <string_view>
 #include <vector>
 
-#include "methods/fit.h"
+#include "core/fit.h"
 #include "io/safetensors.h"
-#include "methods/structures.h"
+#include "core/structure.h"
 
 namespace hydraopt::io {
 

@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "methods/structures.h"
+#include "core/structure.h"
 
 namespace hydraopt::io {
 

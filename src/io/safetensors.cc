@@ -13,7 +13,7 @@
 
 #include "hydraopt/error.h"
 #include "io/atomic_file.h"
-#include "io/half.h"
+#include "core/half.h"
 #include "io/utf8.h"
 #include "util/checked.h"
 
@@ -396,21 +396,6 @@ TensorData tensor_from_vector(std::string name, const Eigen::VectorXd& v, DType 
   t.bytes.resize(static_cast<size_t>(v.size()) * dtype_size(dtype));
   pack(v.data(), static_cast<size_t>(v.size()), dtype, t.bytes.data());
   return t;
-}
-
-Eigen::MatrixXd round_to_dtype(const Eigen::MatrixXd& m, DType dtype) {
-  switch (dtype) {
-    case DType::F64: return m;
-    case DType::F32: return m.cast<float>().cast<double>();
-    case DType::BF16: {  // a plain loop over the data, which vectorises (unaryExpr's does not)
-      Eigen::MatrixXd out(m.rows(), m.cols());
-      for (Eigen::Index i = 0; i < m.size(); ++i) out.data()[i] = bf16_to_float(float_to_bf16(static_cast<float>(m.data()[i])));
-      return out;
-    }
-    case DType::F16:
-      return m.unaryExpr([](double x) { return double(f16_to_float(float_to_f16(float(x)))); });
-  }
-  return m;
 }
 
 std::string safetensors_header(std::vector<TensorSlot> slots, const std::map<std::string, std::string>& metadata,

@@ -119,9 +119,6 @@ struct TensorData {
 TensorData tensor_from_matrix(std::string name, const Eigen::MatrixXd& m, DType dtype);
 TensorData tensor_from_vector(std::string name, const Eigen::VectorXd& v, DType dtype);
 
-/// The value a double takes after rounding to `dtype` and back.
-Eigen::MatrixXd round_to_dtype(const Eigen::MatrixXd& m, DType dtype);
-
 /// Where a tensor's bytes lie in the data buffer.
 struct TensorSlot {
   std::string name;

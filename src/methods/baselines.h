@@ -38,7 +38,7 @@
 #include <vector>
 
 #include "core/params.h"
-#include "methods/fit.h"
+#include "methods/fit_error.h"
 
 namespace hydraopt {
 

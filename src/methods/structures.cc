@@ -7,7 +7,7 @@
 #include <map>
 
 #include "hydraopt/error.h"
-#include "io/safetensors.h"
+#include "core/rounding.h"
 #include "util/memory.h"
 #include "util/parallel.h"
 
@@ -19,14 +19,6 @@ using Eigen::VectorXd;
 
 namespace {
 
-const std::map<Family, const char*> kNames = {
-    {Family::kExact, "exact"},         {Family::kMerged, "merged"},       {Family::kSharedA, "shared-A"},
-    {Family::kSharedACore, "shared-A+core"}, {Family::kMultiA, "multi-A"}, {Family::kSharedB, "shared-B"},
-    {Family::kSharedBCore, "shared-B+core"}, {Family::kMultiB, "multi-B"}, {Family::kJdFull, "jd-full"},
-    {Family::kJdDiag, "jd-diag"},      {Family::kAvgA, "avg-A"},
-};
-
-int group_count(int groups, size_t n) { return groups <= 0 ? static_cast<int>(n) : std::min<int>(groups, n); }
 
 // s B (A V): a task's update in the basis V of a body (its head).
 MatrixXd head(const ModuleLora& l, const MatrixXd& v) { return l.scale * (l.B * (l.A * v)); }
@@ -46,112 +38,6 @@ MatrixXd pad_rows(const MatrixXd& m, Index k) {
 }
 
 }  // namespace
-
-const char* family_name(Family f) { return kNames.at(f); }
-
-std::optional<Family> family_from_name(const std::string& s) {
-  for (auto& [f, n] : kNames) {
-    if (s == n) return f;
-  }
-  return std::nullopt;
-}
-
-Family mirror(Family f) {
-  switch (f) {
-    case Family::kSharedA: return Family::kSharedB;
-    case Family::kSharedB: return Family::kSharedA;
-    case Family::kSharedACore: return Family::kSharedBCore;
-    case Family::kSharedBCore: return Family::kSharedACore;
-    case Family::kMultiA: return Family::kMultiB;
-    case Family::kMultiB: return Family::kMultiA;
-    default: return f;
-  }
-}
-
-bool shares_b(Family f) {
-  return f == Family::kSharedB || f == Family::kSharedBCore || f == Family::kMultiB;
-}
-
-std::string StructureSpec::label() const {
-  std::string s = family_name(family);
-  if (family == Family::kExact || family == Family::kAvgA) return s;
-  s += " k=" + std::to_string(rank);
-  if (groups > 0) {
-    bool bodies = family == Family::kMultiA || family == Family::kMultiB;
-    s += (bodies ? " bodies=" : " heads=") + std::to_string(groups);
-  }
-  return s;
-}
-
-int64_t ModuleShape::max_rank() const {
-  int64_t r = 0;
-  for (auto x : ranks) r = std::max(r, x);
-  return r;
-}
-
-int64_t ModuleShape::rank_sum() const {
-  int64_t r = 0;
-  for (auto x : ranks) r += x;
-  return r;
-}
-
-int64_t spec_params(const StructureSpec& s, const ModuleShape& m) {
-  const int64_t n = static_cast<int64_t>(m.ranks.size()), k = s.rank, r = m.max_rank();
-  int64_t in = m.in, out = m.out;
-  if (shares_b(s.family)) std::swap(in, out);
-  const int64_t g = group_count(s.groups, m.ranks.size());
-  switch (s.family) {
-    case Family::kExact: return m.rank_sum() * (m.in + m.out);
-    case Family::kMerged: return k * (in + out);
-    case Family::kSharedA:
-    case Family::kSharedB: return k * in + g * k * out;
-    case Family::kSharedACore:
-    case Family::kSharedBCore:
-      if (g == n) return k * in + m.rank_sum() * (out + k);
-      return k * in + g * r * out + n * r * k;
-    case Family::kMultiA:
-    case Family::kMultiB: return g * k * in + n * k * out;
-    case Family::kJdFull: return k * (in + out) + n * k * k;
-    case Family::kJdDiag: return k * (in + out) + n * k;
-    case Family::kAvgA: return r * in + n * r * out;
-  }
-  return 0;
-}
-
-bool spec_refinable(const StructureSpec& s, size_t tasks) {
-  switch (s.family) {
-    case Family::kSharedA:
-    case Family::kSharedB:
-    case Family::kSharedACore:
-    case Family::kSharedBCore: return s.groups > 0 && static_cast<size_t>(s.groups) < tasks;
-    case Family::kJdFull:
-    case Family::kJdDiag: return true;
-    default: return false;
-  }
-}
-
-bool spec_valid(const StructureSpec& s, const ModuleShape& m) {
-  const int64_t k = s.rank, total = m.rank_sum();
-  switch (s.family) {
-    case Family::kExact: return true;
-    case Family::kAvgA: {
-      for (auto x : m.ranks) {
-        if (x != 0 && x != m.max_rank()) return false;
-      }
-      return m.max_rank() > 0;
-    }
-    case Family::kMerged:
-    case Family::kJdFull:
-    case Family::kJdDiag: return k >= 1 && k <= std::min({m.in, m.out, total});
-    case Family::kSharedA:
-    case Family::kMultiA: return k >= 1 && k <= std::min({m.in, m.out, total});
-    case Family::kSharedB:
-    case Family::kMultiB: return k >= 1 && k <= std::min({m.in, m.out, total});
-    case Family::kSharedACore: return k >= 1 && k <= std::min(m.in, total);
-    case Family::kSharedBCore: return k >= 1 && k <= std::min(m.out, total);
-  }
-  return false;
-}
 
 ModuleFitter::ModuleFitter(const ModuleProblem& p, FitOptions o) : p_(p), o_(std::move(o)) {}
 ModuleFitter::~ModuleFitter() = default;
@@ -335,10 +221,6 @@ ModuleFit per_task_layout(size_t n) {
 
 }  // namespace
 
-bool per_task_heads(const StructureSpec& s, size_t tasks) {
-  return s.family == Family::kSharedA && (s.groups <= 0 || static_cast<size_t>(s.groups) >= tasks);
-}
-
 ModuleFit fit_shared_heads(const ModuleShape& shape, const std::vector<double>& weights,
                            const std::function<ModuleLoraT(size_t)>& read, const StructureSpec& s, const FitOptions& o,
                            DType dtype, const std::vector<double>& norms, std::vector<double>* err2) {
@@ -370,7 +252,7 @@ ModuleFit fit_shared_heads(const ModuleShape& shape, const std::vector<double>& 
   }
   // Heads and errors, each task read again and dropped when done.
   ModuleFit f = per_task_layout(n);
-  f.bodies = {io::round_to_dtype(v.transpose(), dtype)};
+  f.bodies = {round_to_dtype(v.transpose(), dtype)};
   std::fill(f.body_of.begin(), f.body_of.end(), 0);
   f.heads.resize(n);
   const MatrixXd rr = f.bodies[0] * f.bodies[0].transpose();
@@ -378,7 +260,7 @@ ModuleFit fit_shared_heads(const ModuleShape& shape, const std::vector<double>& 
   util::parallel_for(n, [&](size_t i) {
     const ModuleLoraT l = read(i);
     f.head_of[i] = static_cast<int>(i);
-    f.heads[i] = io::round_to_dtype(head(l, v), dtype);
+    f.heads[i] = round_to_dtype(head(l, v), dtype);
     const MatrixXd hh = f.heads[i].transpose() * f.heads[i];
     (*err2)[i] = fit_error2(l, f, i, norms[i], hh, rr);
   });

@@ -27,58 +27,12 @@
 #include <string>
 #include <vector>
 
+#include "core/structure.h"
 #include "linalg/factored.h"
 #include "methods/cluster.h"
-#include "methods/fit.h"
+#include "methods/fit_error.h"
 
 namespace hydraopt {
-
-enum class Family {
-  kExact,
-  kMerged,
-  kSharedA,
-  kSharedACore,
-  kMultiA,
-  kSharedB,
-  kSharedBCore,
-  kMultiB,
-  kJdFull,
-  kJdDiag,
-  kAvgA,
-};
-
-const char* family_name(Family f);
-std::optional<Family> family_from_name(const std::string& s);
-/// The family with A and B roles swapped (itself for symmetric ones).
-Family mirror(Family f);
-/// Families whose shared part is on the B side.
-bool shares_b(Family f);
-
-struct StructureSpec {
-  Family family = Family::kExact;
-  int64_t rank = 0;  ///< k (or k' for +core); unused for exact and avg-A
-  int groups = 0;    ///< head groups (shared-*), body groups (multi-*); 0 = one per task
-
-  std::string label() const;
-  bool operator==(const StructureSpec&) const = default;
-};
-
-/// Shape facts that determine a structure's storage.
-struct ModuleShape {
-  int64_t in = 0, out = 0;
-  std::vector<int64_t> ranks;  ///< per task (0 = task lacks the module)
-  int64_t max_rank() const;
-  int64_t rank_sum() const;
-};
-
-/// Stored numbers of `s` on a module of this shape.
-int64_t spec_params(const StructureSpec& s, const ModuleShape& m);
-/// Whether `s` is meaningful here (ranks within what the data can fill).
-bool spec_valid(const StructureSpec& s, const ModuleShape& m);
-/// Whether fitting `s` on `tasks` tasks iterates from its closed-form start
-/// (ALS or HOOI, bounded by FitOptions::max_iters), so that a fit with
-/// max_iters = 0 is only an upper bound on its error.
-bool spec_refinable(const StructureSpec& s, size_t tasks);
 
 struct FitOptions {
   int max_iters = 30;    ///< ALS iterations at most
@@ -138,9 +92,6 @@ class ModuleFitter {
   std::unique_ptr<ModuleFitter> mirror_;
 };
 
-/// Whether `s` on `tasks` tasks is shared-A with a head per task (the hydra
-/// point's structure), which fit_shared_heads fits.
-bool per_task_heads(const StructureSpec& s, size_t tasks);
 
 /// For the problem p of `shape` and `weights` whose task i's factors are
 /// read(i) (transposed, as stored): ModuleFitter(p, o).fit(s).rounded(dtype)

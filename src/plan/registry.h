@@ -24,7 +24,7 @@
 
 #include "core/params.h"
 #include "hydraopt/merge.h"
-#include "methods/fit.h"
+#include "methods/fit_error.h"
 #include "methods/structures.h"
 #include "plan/candidates.h"
 

@@ -6,7 +6,7 @@
 #include "hydraopt/error.h"
 #include "io/bundle.h"
 #include "io/safetensors.h"
-#include "methods/fit.h"
+#include "methods/fit_error.h"
 #include "util/sha256.h"
 
 namespace hydraopt {

@@ -10,7 +10,7 @@
 
 #include <Eigen/Core>
 
-namespace hydraopt::io {
+namespace hydraopt {
 
 inline float bf16_to_float(uint16_t h) {
   uint32_t bits = static_cast<uint32_t>(h) << 16;
@@ -36,4 +36,4 @@ inline uint16_t float_to_f16(float f) {
   return Eigen::numext::bit_cast<uint16_t>(Eigen::half(f));
 }
 
-}  // namespace hydraopt::io
+}  // namespace hydraopt

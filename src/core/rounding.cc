@@ -1,0 +1,22 @@
+#include "core/rounding.h"
+
+#include "core/half.h"
+
+namespace hydraopt {
+
+Eigen::MatrixXd round_to_dtype(const Eigen::MatrixXd& m, DType dtype) {
+  switch (dtype) {
+    case DType::F64: return m;
+    case DType::F32: return m.cast<float>().cast<double>();
+    case DType::BF16: {  // a plain loop over the data, which vectorises (unaryExpr's does not)
+      Eigen::MatrixXd out(m.rows(), m.cols());
+      for (Eigen::Index i = 0; i < m.size(); ++i) out.data()[i] = bf16_to_float(float_to_bf16(static_cast<float>(m.data()[i])));
+      return out;
+    }
+    case DType::F16:
+      return m.unaryExpr([](double x) { return double(f16_to_float(float_to_f16(float(x)))); });
+  }
+  return m;
+}
+
+}  // namespace hydraopt
