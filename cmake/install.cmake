@@ -15,7 +15,7 @@ if(HYDRAOPT_NATIVE AND HYDRAOPT_HAS_MARCH_NATIVE)
   target_compile_options(hydraopt INTERFACE $<INSTALL_INTERFACE:-march=native>)
 endif()
 
-install(TARGETS hydraopt EXPORT hydraoptTargets
+install(TARGETS hydraopt hydraopt_runtime EXPORT hydraoptTargets
   ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
   LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
   RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})

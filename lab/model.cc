@@ -7,7 +7,7 @@
 #include <stdexcept>
 
 #include "hydraopt/dtype.h"
-#include "io/safetensors.h"
+#include "hydraopt/tensors.h"
 
 namespace lab {
 
@@ -90,39 +90,28 @@ void write_text(const fs::path& p, const std::string& s) {
   if (!out) throw std::runtime_error("cannot write " + p.string());
 }
 
-torch::Tensor read_tensor(const hydraopt::io::SafetensorsFile& f, const std::string& name,
-                          const std::vector<int64_t>& shape) {
-  const auto* t = f.find(name);
-  if (!t) throw std::runtime_error(f.path() + ": missing tensor " + name);
-  if (t->shape != shape) {
+torch::Tensor read_tensor(const hydraopt::TensorFile& f, const std::string& name, const std::vector<int64_t>& shape) {
+  if (!f.contains(name)) throw std::runtime_error(f.path() + ": missing tensor " + name);
+  if (f.shape(name) != shape) {
     std::string got, want;
-    for (auto d : t->shape) got += std::to_string(d) + ",";
+    for (auto d : f.shape(name)) got += std::to_string(d) + ",";
     for (auto d : shape) want += std::to_string(d) + ",";
     throw std::runtime_error(f.path() + ": tensor " + name + " has shape [" + got + "], expected [" + want + "]");
   }
+  const Eigen::MatrixXd m = f.matrix(name);  // exact for F32; a 1-D tensor as a column
   torch::Tensor out = torch::empty(shape, torch::kFloat32);
-  if (t->dtype == hydraopt::DType::F32) {
-    auto bytes = f.bytes(*t);
-    std::memcpy(out.data_ptr<float>(), bytes.data(), bytes.size());
-  } else if (shape.size() == 2) {
-    Eigen::MatrixXd m = f.matrix(*t);
-    auto acc = out.accessor<float, 2>();
-    for (int64_t i = 0; i < shape[0]; ++i)
-      for (int64_t j = 0; j < shape[1]; ++j) acc[i][j] = static_cast<float>(m(i, j));
-  } else {
-    throw std::runtime_error(f.path() + ": tensor " + name + ": only F32 is supported for 1-D tensors");
-  }
+  float* p = out.data_ptr<float>();
+  for (int64_t i = 0; i < m.rows(); ++i)
+    for (int64_t j = 0; j < m.cols(); ++j) p[i * m.cols() + j] = static_cast<float>(m(i, j));
   return out;
 }
 
-hydraopt::io::TensorData to_data(const std::string& name, const torch::Tensor& t) {
+hydraopt::F32Tensor to_data(const std::string& name, const torch::Tensor& t) {
   torch::Tensor c = t.detach().to(torch::kFloat32).contiguous();
-  hydraopt::io::TensorData d;
+  hydraopt::F32Tensor d;
   d.name = name;
-  d.dtype = hydraopt::DType::F32;
   d.shape.assign(c.sizes().begin(), c.sizes().end());
-  d.bytes.resize(static_cast<size_t>(c.numel()) * sizeof(float));
-  std::memcpy(d.bytes.data(), c.data_ptr<float>(), d.bytes.size());
+  d.values.assign(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
   return d;
 }
 
@@ -197,7 +186,7 @@ Model Model::load(const fs::path& dir) {
   m.cfg = Config::from_json(read_json(dir / "config.json"));
   const Config& c = m.cfg;
   const int64_t d = c.hidden, I = c.intermediate, hd = c.head_dim;
-  auto f = hydraopt::io::SafetensorsFile::open(dir / "model.safetensors");
+  const auto f = hydraopt::TensorFile::open(dir / "model.safetensors");
   m.embed = read_tensor(f, "model.embed_tokens.weight", {c.vocab, d});
   for (int64_t i = 0; i < c.layers; ++i) {
     const std::string p = layer_prefix(i);
@@ -221,9 +210,9 @@ Model Model::load(const fs::path& dir) {
 void Model::save(const fs::path& dir) const {
   fs::create_directories(dir);
   write_text(dir / "config.json", cfg.to_json().dump(2));
-  std::vector<hydraopt::io::TensorData> data;
+  std::vector<hydraopt::F32Tensor> data;
   for (const auto& [name, t] : named_base()) data.push_back(to_data(name, t));
-  hydraopt::io::safetensors_write(dir / "model.safetensors", std::move(data), {{"format", "pt"}});
+  hydraopt::write_tensors(dir / "model.safetensors", data, {{"format", "pt"}});
 }
 
 // ---------------------------------------------------------------- LoRA
@@ -283,7 +272,7 @@ void Model::load_lora(const fs::path& dir) {
     throw std::runtime_error("adapter: rank_pattern is not supported by the lab");
   if (c.contains("alpha_pattern") && !c["alpha_pattern"].empty())
     throw std::runtime_error("adapter: alpha_pattern is not supported by the lab");
-  auto f = hydraopt::io::SafetensorsFile::open(dir / "adapter_model.safetensors");
+  const auto f = hydraopt::TensorFile::open(dir / "adapter_model.safetensors");
   lora.clear();
   for (int64_t i = 0; i < static_cast<int64_t>(layers.size()); ++i) {
     const auto& L = layers[i];
@@ -292,7 +281,7 @@ void Model::load_lora(const fs::path& dir) {
     for (int m = 0; m < 4; ++m) {
       const int64_t out = ws[m]->size(0), in = ws[m]->size(1);
       const std::string p = lora_prefix(i, m);
-      if (!f.find(p + ".lora_A.weight")) {  // module not adapted: rank-0 update
+      if (!f.contains(p + ".lora_A.weight")) {  // module not adapted: rank-0 update
         pairs[m].A = torch::zeros({lora_r, in});
         pairs[m].B = torch::zeros({out, lora_r});
         continue;
@@ -318,9 +307,9 @@ void Model::save_lora(const fs::path& dir) const {
             {"target_modules", {"q_proj", "k_proj", "v_proj", "o_proj"}}};
   if (lora_alpha == std::floor(lora_alpha)) c["lora_alpha"] = static_cast<int64_t>(lora_alpha);
   write_text(dir / "adapter_config.json", c.dump(2));
-  std::vector<hydraopt::io::TensorData> data;
+  std::vector<hydraopt::F32Tensor> data;
   for (const auto& [name, t] : named_lora()) data.push_back(to_data(name, t));
-  hydraopt::io::safetensors_write(dir / "adapter_model.safetensors", std::move(data), {{"format", "pt"}});
+  hydraopt::write_tensors(dir / "adapter_model.safetensors", data, {{"format", "pt"}});
 }
 
 // ---------------------------------------------------------------- forward

@@ -28,7 +28,6 @@
 #include "hydraopt/inspect.h"
 #include "hydraopt/merge.h"
 #include "hydraopt/model.h"
-#include "io/bundle.h"
 
 namespace py = pybind11;
 using namespace pybind11::literals;
@@ -109,44 +108,23 @@ struct TempDir {
 };
 
 struct PyBundle {
-  fs::path path;
-  hydraopt::io::Bundle data;
+  hydraopt::Bundle data;
   std::optional<std::string> report_json;
-  std::shared_ptr<TempDir> owner;  ///< set when `path` is a temporary file
-
-  size_t module_index(const std::string& name) const {
-    for (size_t m = 0; m < data.modules.size(); ++m) {
-      if (data.modules[m].name == name) return m;
-    }
-    throw hydraopt::Error(path.string(), "", "no module '" + name + "' in the bundle");
-  }
-  size_t task_index(const std::string& name) const {
-    for (size_t t = 0; t < data.tasks.size(); ++t) {
-      if (data.tasks[t].name == name) return t;
-    }
-    throw hydraopt::Error(path.string(), "", "no task '" + name + "' in the bundle");
-  }
+  std::shared_ptr<TempDir> owner;  ///< set when the bundle is a temporary file
 };
 
-PyBundle open_bundle(const fs::path& path) {
-  PyBundle b;
-  b.path = path;
-  b.data = hydraopt::io::bundle_read(path);
-  return b;
-}
+PyBundle open_bundle(const fs::path& path) { return {hydraopt::Bundle::open(path), std::nullopt, nullptr}; }
 
 py::dict module_factors(const PyBundle& b, const std::string& module) {
-  const auto& bm = b.data.modules[b.module_index(module)];
-  const auto& f = bm.fit;
+  const hydraopt::BundleModule bm = b.data.module(b.data.module_index(module));
   py::list heads, cores, bodies;
-  for (const auto& h : f.heads) heads.append(to_numpy(h));
-  for (const auto& c : f.cores) cores.append(to_numpy(c));
-  for (const auto& r : f.bodies) bodies.append(to_numpy(r));
-  return py::dict("name"_a = bm.name, "in"_a = bm.in, "out"_a = bm.out,
-                  "structure"_a = bm.spec.label(), "heads"_a = heads, "cores"_a = cores,
-                  "bodies"_a = bodies, "head_of"_a = f.head_of, "core_of"_a = f.core_of,
-                  "body_of"_a = f.body_of, "scale"_a = f.scale,
-                  "diagonal_cores"_a = f.diagonal_cores);
+  for (const auto& h : bm.heads()) heads.append(to_numpy(h));
+  for (const auto& c : bm.cores()) cores.append(to_numpy(c));
+  for (const auto& r : bm.bodies()) bodies.append(to_numpy(r));
+  return py::dict("name"_a = bm.name(), "in"_a = bm.in(), "out"_a = bm.out(), "structure"_a = bm.structure(),
+                  "heads"_a = heads, "cores"_a = cores, "bodies"_a = bodies, "head_of"_a = bm.head_of(),
+                  "core_of"_a = bm.core_of(), "body_of"_a = bm.body_of(), "scale"_a = bm.scale(),
+                  "diagonal_cores"_a = bm.diagonal_cores());
 }
 
 }  // namespace
@@ -211,30 +189,26 @@ PYBIND11_MODULE(hydraopt, m) {
       .def(py::init([](const py::object& path) { return open_bundle(path_string(path)); }),
            "path"_a)
       .def_property_readonly(
-          "path", [](const PyBundle& b) { return b.path.string(); },
+          "path", [](const PyBundle& b) { return b.data.path().string(); },
           "The bundle file (a temporary one, removed with this object, unless merge() "
           "was given output=).")
       .def_property_readonly("tasks",
-                             [](const PyBundle& b) {
-                               std::vector<std::string> names;
-                               for (const auto& t : b.data.tasks) names.push_back(t.name);
-                               return names;
-                             })
+                             [](const PyBundle& b) { return b.data.tasks(); })
       .def_property_readonly("modules",
                              [](const PyBundle& b) {
                                std::vector<std::string> names;
-                               for (const auto& x : b.data.modules) names.push_back(x.name);
+                               for (size_t m = 0; m < b.data.module_count(); ++m) names.push_back(b.data.module(m).name());
                                return names;
                              })
-      .def_property_readonly("method", [](const PyBundle& b) { return b.data.method; })
-      .def_property_readonly("base_model", [](const PyBundle& b) { return b.data.base_model; })
+      .def_property_readonly("method", [](const PyBundle& b) { return b.data.method(); })
+      .def_property_readonly("base_model", [](const PyBundle& b) { return b.data.base_model(); })
       .def_property_readonly(
-          "dtype", [](const PyBundle& b) { return std::string(dtype_name(b.data.dtype)); })
+          "dtype", [](const PyBundle& b) { return std::string(dtype_name(b.data.dtype())); })
       .def_property_readonly(
-          "params", [](const PyBundle& b) { return b.data.params_stored; },
+          "params", [](const PyBundle& b) { return b.data.params(); },
           "Stored numbers (sum of the sizes of every stored tensor).")
       .def_property_readonly("original_params",
-                             [](const PyBundle& b) { return b.data.original_params; })
+                             [](const PyBundle& b) { return b.data.original_params(); })
       .def_property_readonly(
           "report",
           [](const PyBundle& b) -> py::object {
@@ -248,10 +222,7 @@ PYBIND11_MODULE(hydraopt, m) {
           "plan",
           [](const PyBundle& b) {
             py::list out;
-            for (const auto& x : b.data.modules) {
-              out.append(json_loads(
-                  hydraopt::io::plan_entry_json(x.name, x.in, x.out, x.spec, x.fit.params())));
-            }
+            for (size_t m = 0; m < b.data.module_count(); ++m) out.append(json_loads(b.data.module(m).plan_json()));
             return out;
           },
           "Per module: name, in, out, structure, family, rank, groups, params.")
@@ -264,9 +235,9 @@ PYBIND11_MODULE(hydraopt, m) {
       .def(
           "update",
           [](const PyBundle& b, const std::string& task, const std::string& module) {
-            const auto& f = b.data.modules[b.module_index(module)].fit;
-            const size_t t = b.task_index(task);
-            Eigen::MatrixXd dw = f.left(t) * f.right(t);
+            const hydraopt::FactoredUpdate u =
+                b.data.module(b.data.module_index(module)).task_update(b.data.task_index(task));
+            Eigen::MatrixXd dw = u.left * u.right;
             return to_numpy(dw);
           },
           "task"_a, "module"_a,
@@ -278,15 +249,15 @@ PYBIND11_MODULE(hydraopt, m) {
             const std::string out = path_string(dir);
             const auto dt = parse_dtype(dtype);
             py::gil_scoped_release unlocked;
-            hydraopt::export_bundle(b.path, task.value_or(""), out, dt);
+            b.data.export_peft(task.value_or(""), out, dt);
           },
           "dir"_a, "task"_a = py::none(), "dtype"_a = py::none(),
           "Writes one task (or every task, as dir/<task>/, when task is None) as PEFT adapter "
           "directories.")
       .def("__repr__", [](const PyBundle& b) {
-        return "<hydraopt.Bundle " + b.data.method + ", " + std::to_string(b.data.tasks.size()) +
-               " tasks, " + std::to_string(b.data.modules.size()) + " modules, " +
-               std::to_string(b.data.params_stored) + " params>";
+        return "<hydraopt.Bundle " + b.data.method() + ", " + std::to_string(b.data.tasks().size()) +
+               " tasks, " + std::to_string(b.data.module_count()) + " modules, " +
+               std::to_string(b.data.params()) + " params>";
       });
 
   m.def(
@@ -311,17 +282,18 @@ PYBIND11_MODULE(hydraopt, m) {
         }
         auto set = adapter_set(adapters, skip_unmergeable);
         PyBundle b;
+        fs::path path;
         if (output.is_none()) {
           b.owner = std::make_shared<TempDir>();
-          b.path = b.owner->path / "bundle.safetensors";
+          path = b.owner->path / "bundle.safetensors";
         } else {
-          b.path = path_string(output);
+          path = path_string(output);
         }
         {
           py::gil_scoped_release unlocked;
-          auto report = hydraopt::merge(set, o, b.path);
+          auto report = hydraopt::merge(set, o, path);
           b.report_json = hydraopt::report_json(report, true);
-          b.data = hydraopt::io::bundle_read(b.path);
+          b.data = hydraopt::Bundle::open(path);
         }
         return b;
       },
@@ -356,7 +328,7 @@ PYBIND11_MODULE(hydraopt, m) {
         const std::string in = path_string(bundle), out = path_string(dir);
         const auto dt = parse_dtype(dtype);
         py::gil_scoped_release unlocked;
-        hydraopt::export_bundle(in, task.value_or(""), out, dt);
+        hydraopt::Bundle::open(in).export_peft(task.value_or(""), out, dt);
       },
       "bundle"_a, "dir"_a, "task"_a = py::none(), "dtype"_a = py::none(),
       "`hydraopt export`: one task (or all, as dir/<task>/) of a bundle file as PEFT adapters.");
@@ -369,7 +341,8 @@ PYBIND11_MODULE(hydraopt, m) {
           py::list params;
           for (const auto& p : x.params) {
             params.append(
-                py::dict("name"_a = p.name, "default"_a = p.default_value, "help"_a = p.help));
+                py::dict("name"_a = p.name, "default"_a = p.default_value, "help"_a = p.help,
+                         "type"_a = p.type, "range"_a = p.range));
           }
           out.append(py::dict("name"_a = x.name, "single_adapter"_a = x.single_adapter,
                               "uses_budget"_a = x.uses_budget, "summary"_a = x.summary,
@@ -404,7 +377,7 @@ PYBIND11_MODULE(hydraopt, m) {
               py::gil_scoped_release unlocked;
               std::optional<hydraopt::Deltas> d;
               if (adapter) d = hydraopt::deltas_from_adapter(*adapter);
-              if (bundle) d = hydraopt::deltas_from_bundle(bundle->path, *task);
+              if (bundle) d = hydraopt::deltas_from_bundle(bundle->data.path(), *task);
               logits = x.forward(tokens, d ? &*d : nullptr);
             }
             return to_numpy(logits);

@@ -82,7 +82,7 @@ TEST(Model, BundleTaskEqualsItsExportedAdapter) {
   o.budget = 0.6;
   o.dtype = DType::F32;
   merge(set, o, t / "bundle.safetensors");
-  export_bundle(t / "bundle.safetensors", "b", t / "exported");
+  Bundle::open(t / "bundle.safetensors").export_peft("b", t / "exported");
   Model model = Model::open(d / "model");
   Deltas from_bundle = deltas_from_bundle(t / "bundle.safetensors", "b");
   Deltas from_export = deltas_from_adapter(Adapter::open((t / "exported").string()));

@@ -69,14 +69,14 @@ TEST(Safety, TaskNamesThatWouldLeaveTheOutputDirectoryAreRefused) {
            "../escaped", "/tmp/abs", "..", ".", "a\nb", "x\\y", "", std::string(300, 'n')}) {
     rename_task(bundle, name);
     fs::create_directories(d / "out");
-    const std::string e = error_of([&] { export_bundle(bundle, "", d / "out" / "all"); });
+    const std::string e = error_of([&] { Bundle::open(bundle).export_peft("", d / "out" / "all"); });
     EXPECT_NE(e.find("cannot be used as a directory name"), std::string::npos) << e;
     EXPECT_EQ(e.rfind(bundle.string(), 0), 0u) << e;  // names the file
     EXPECT_TRUE(listing(d / "out").empty());
     EXPECT_FALSE(fs::exists(d / "escaped"));
     rename_task(bundle, "task00");
   }
-  EXPECT_NO_THROW(export_bundle(bundle, "", d / "out" / "all"));
+  EXPECT_NO_THROW(Bundle::open(bundle).export_peft("", d / "out" / "all"));
   EXPECT_EQ(listing(d / "out" / "all"), (std::vector<std::string>{"task00", "task01", "task02"}));
 }
 
@@ -233,14 +233,14 @@ TEST(Safety, AFailedDirectoryExportLeavesNothing) {
   std::string e;
   {
     FileSizeLimit limit(4 << 10);
-    e = error_of([&] { export_bundle(bundle, "", d / "out" / "all"); });
+    e = error_of([&] { Bundle::open(bundle).export_peft("", d / "out" / "all"); });
   }
   EXPECT_NE(e.find("File too large"), std::string::npos) << e;
   EXPECT_TRUE(listing(d / "out").empty());  // neither the target nor a temporary directory
   e = "";
   {
     FileSizeLimit limit(4 << 10);
-    e = error_of([&] { export_bundle(bundle, "task01", d / "out" / "one"); });
+    e = error_of([&] { Bundle::open(bundle).export_peft("task01", d / "out" / "one"); });
   }
   EXPECT_NE(e.find("File too large"), std::string::npos) << e;
   EXPECT_TRUE(listing(d / "out").empty());

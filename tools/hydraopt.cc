@@ -296,10 +296,10 @@ int main(int argc, char** argv) {
           throw hydraopt::Error("export --format gguf needs --base-model DIR: the base model's config.json gives "
                                 "the architecture and head counts llama.cpp's tensors depend on");
         }
-        hydraopt::export_bundle_gguf(bundle_in, all ? "" : task, base_model, export_dir, parse_dtype(dtype));
+        hydraopt::Bundle::open(bundle_in).export_gguf(all ? "" : task, base_model, export_dir, parse_dtype(dtype));
       } else if (export_format == "peft") {
         if (!base_model.empty()) throw hydraopt::Error("--base-model is only used with --format gguf");
-        hydraopt::export_bundle(bundle_in, all ? "" : task, export_dir, parse_dtype(dtype));
+        hydraopt::Bundle::open(bundle_in).export_peft(all ? "" : task, export_dir, parse_dtype(dtype));
       } else {
         throw hydraopt::Error("--format must be peft or gguf, not '" + export_format + "'");
       }

@@ -495,6 +495,15 @@ Bundle bundle_parse(const SafetensorsFile& st) {
 
 // Also valid UTF-8: names are written into the bundle's JSON metadata, whose
 // serialiser throws on invalid bytes (after the whole merge has run).
+size_t task_index(const Bundle& b, const std::string& name, const std::string& file) {
+  for (size_t i = 0; i < b.tasks.size(); ++i) {
+    if (b.tasks[i].name == name) return i;
+  }
+  std::string names;
+  for (auto& t : b.tasks) names += (names.empty() ? "" : ", ") + t.name;
+  throw Error(file, "", "no task '" + name + "' (tasks: " + names + ")");
+}
+
 void check_task_name(const std::string& name, const std::string& file) {
   bool bad = name.empty() || name == "." || name == ".." || name.size() > 255 || !valid_utf8(name);
   for (unsigned char c : name) bad = bad || c < 0x20 || c == 0x7f || c == '/' || c == '\\';
@@ -567,31 +576,3 @@ void export_peft(const Bundle& b, size_t task, const fs::path& dir, DType dtype)
 
 }  // namespace hydraopt::io
 
-namespace hydraopt {
-
-std::vector<std::string> bundle_tasks(const std::filesystem::path& bundle) {
-  std::vector<std::string> names;
-  for (auto& t : io::bundle_read(bundle).tasks) names.push_back(t.name);
-  return names;
-}
-
-void export_bundle(const std::filesystem::path& bundle, const std::string& task, const std::filesystem::path& dir,
-                   std::optional<DType> dtype) {
-  io::Bundle b = io::bundle_read(bundle);
-  const DType dt = dtype.value_or(b.dtype);
-  if (task.empty()) {
-    io::export_peft_all(b, dir, dt);
-    return;
-  }
-  for (size_t i = 0; i < b.tasks.size(); ++i) {
-    if (b.tasks[i].name == task) {
-      io::export_peft(b, i, dir, dt);
-      return;
-    }
-  }
-  std::string names;
-  for (auto& t : b.tasks) names += (names.empty() ? "" : ", ") + t.name;
-  throw Error(bundle.string(), "", "no task '" + task + "' (tasks: " + names + ")");
-}
-
-}  // namespace hydraopt

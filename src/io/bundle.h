@@ -139,6 +139,10 @@ void export_peft(const Bundle& b, size_t task, const std::filesystem::path& dir,
 /// complete or not at all.
 void export_peft_all(const Bundle& b, const std::filesystem::path& dir, DType dtype);
 
+/// The index of task `name` in `b`; an Error naming `file` and listing the
+/// tasks if there is none.
+size_t task_index(const Bundle& b, const std::string& name, const std::string& file);
+
 /// Throws unless `name` is safe as one path component (no '/', '\\',
 /// control characters, "." or "..", at most 255 bytes).
 void check_task_name(const std::string& name, const std::string& file);

@@ -338,16 +338,9 @@ void export_bundle_gguf(const fs::path& bundle, const std::string& task, const f
     io::export_gguf_lora_all(b, base, out, dt, bundle.string());
     return;
   }
-  for (size_t i = 0; i < b.tasks.size(); ++i) {
-    if (b.tasks[i].name == task) {
-      prepare_file_target(out);
-      io::export_gguf_lora(b, i, base, out, dt, bundle.string());
-      return;
-    }
-  }
-  std::string names;
-  for (auto& t : b.tasks) names += (names.empty() ? "" : ", ") + t.name;
-  throw Error(bundle.string(), "", "no task '" + task + "' (tasks: " + names + ")");
+  const size_t i = io::task_index(b, task, bundle.string());
+  prepare_file_target(out);
+  io::export_gguf_lora(b, i, base, out, dt, bundle.string());
 }
 
 void export_model_gguf(const fs::path& model_dir, const fs::path& out, std::optional<DType> dtype) {

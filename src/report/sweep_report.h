@@ -3,6 +3,8 @@
 // error. Both are pure functions of their input (same input -> same bytes).
 #pragma once
 
+#include "hydraopt/plot.h"
+
 #include <string>
 #include <vector>
 
@@ -49,19 +51,6 @@ std::string sweep_markdown(const std::vector<MergeReport>& reports);
 ///   py = kTop + (1 - e / y_max) * (kHeight - kTop - kBottom)
 /// with coordinates written to 2 decimals.
 std::string sweep_svg(const std::vector<MergeReport>& reports, const std::string& title);
-
-/// The same plot for any data: one line per series in the given order
-/// (points drawn in the given order; callers sort them by x), x = storage
-/// fraction, y = whatever `labels.y_axis` names, with the y-axis rule of
-/// sweep_svg. `labels.value` names y in each point's tooltip.
-struct PlotSeries {
-  std::string name;
-  std::vector<std::pair<double, double>> points;  ///< (storage fraction, y)
-};
-struct PlotLabels {
-  std::string title, y_axis, value;
-};
-std::string line_plot_svg(const std::vector<PlotSeries>& series, const PlotLabels& labels);
 
 namespace sweep_svg_layout {
 inline constexpr double kWidth = 860, kHeight = 520;

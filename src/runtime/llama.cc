@@ -6,8 +6,8 @@
 
 #include "hydraopt/error.h"
 #include "hydraopt/model.h"
-#include "io/bundle.h"
-#include "io/safetensors.h"
+#include "hydraopt/bundle.h"
+#include "hydraopt/tensors.h"
 
 namespace hydraopt {
 
@@ -187,13 +187,9 @@ Model Model::open(const fs::path& dir) {
     throw Error(cfg_path.string(), "", std::string("malformed config: ") + e.what());
   }
   const ModelConfig& c = I.cfg;
-  auto st = io::SafetensorsFile::open(dir / "model.safetensors");
+  const TensorFile st = TensorFile::open(dir / "model.safetensors");
   auto get = [&](const std::string& name, int64_t rows, int64_t cols) -> MatrixXf {
-    const io::TensorInfo* t = st.find(name);
-    if (!t) throw Error(st.path(), name, "missing");
-    io::TensorInfo t2 = *t;
-    if (cols == 0) t2.shape = {t->shape.empty() ? 0 : t->shape[0], 1};
-    MatrixXf m = st.matrix(t2).cast<float>();
+    MatrixXf m = st.matrix(name).cast<float>();
     if (m.rows() != rows || m.cols() != std::max<int64_t>(cols, 1)) {
       throw Error(st.path(), name, "shape does not match config.json");
     }
@@ -288,26 +284,23 @@ Deltas deltas_from_adapter(const Adapter& adapter) {
 namespace {
 
 // Task i's updates as the bundle stores them.
-Deltas task_deltas(const io::Bundle& b, size_t i) {
+Deltas task_deltas(const Bundle& b, size_t i) {
   Deltas d;
-  for (const auto& m : b.modules) d[m.name] = {m.fit.left(i).cast<float>(), m.fit.right(i).cast<float>()};
+  for (auto& u : b.task_update(i)) d[u.module] = {u.left.cast<float>(), u.right.cast<float>()};
   return d;
 }
 
 }  // namespace
 
 Deltas deltas_from_bundle(const fs::path& bundle, const std::string& task) {
-  io::Bundle b = io::bundle_read(bundle);
-  for (size_t i = 0; i < b.tasks.size(); ++i) {
-    if (b.tasks[i].name == task) return task_deltas(b, i);
-  }
-  throw Error(bundle.string(), "", "no task '" + task + "'");
+  const Bundle b = Bundle::open(bundle);
+  return task_deltas(b, b.task_index(task));
 }
 
 std::vector<Deltas> bundle_deltas(const fs::path& bundle) {
-  io::Bundle b = io::bundle_read(bundle);
+  const Bundle b = Bundle::open(bundle);
   std::vector<Deltas> out;
-  for (size_t i = 0; i < b.tasks.size(); ++i) out.push_back(task_deltas(b, i));
+  for (size_t i = 0; i < b.tasks().size(); ++i) out.push_back(task_deltas(b, i));
   return out;
 }
 

@@ -7,10 +7,10 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "dist/dist.h"
+#include "hydraopt/dist.h"
 #include "hydraopt/error.h"
-#include "io/atomic_file.h"
-#include "report/sweep_report.h"
+#include "hydraopt/plot.h"
+#include "hydraopt/tensors.h"
 
 #include <omp.h>
 #include <unistd.h>
@@ -190,9 +190,9 @@ std::string BenchmarkResult::svg() const {
 
 void write_benchmark(const fs::path& dir, const BenchmarkResult& result) {
   fs::create_directories(dir);
-  io::write_file_atomic(dir / "demo.json", result.json());
-  io::write_file_atomic(dir / "demo.md", result.table());
-  io::write_file_atomic(dir / "demo.svg", result.svg());
+  write_file_atomic(dir / "demo.json", result.json());
+  write_file_atomic(dir / "demo.md", result.table());
+  write_file_atomic(dir / "demo.svg", result.svg());
 }
 
 }  // namespace hydraopt
