@@ -92,6 +92,29 @@ TEST(Cli, BadInputsGiveOneLineErrorsAndNonZeroExit) {
   }
 }
 
+// num_attention_heads 0 used to kill `demo` (Model::open) with SIGFPE.
+TEST(Cli, ZeroAttentionHeadsIsAOneLineError) {
+  test::TempDir d;
+  const fs::path model = fs::path(HYDRAOPT_SOURCE_DIR) / "assets" / "model";
+  fs::create_directories(d / "assets" / "model");
+  fs::copy(model / "model.safetensors", d / "assets" / "model" / "model.safetensors");
+  std::string cfg = test::read_text(model / "config.json");
+  const std::string heads = "\"num_attention_heads\": 8";
+  ASSERT_NE(cfg.find(heads), std::string::npos);
+  cfg.replace(cfg.find(heads), heads.size(), "\"num_attention_heads\": 0");
+  test::write_text(d / "assets" / "model" / "config.json", cfg);
+  const std::string file = (d / "assets" / "model" / "config.json").string();
+  for (const std::string args :
+       {" demo --assets " + (d / "assets").string() + " --out " + (d / "demo").string(),
+        " export-model " + (d / "assets" / "model").string() + " -o " + (d / "m.gguf").string()}) {
+    std::string out;
+    EXPECT_EQ(run(cli() + args, &out), 1) << args << ": " << out;
+    EXPECT_EQ(lines(out), 1) << args << ": " << out;
+    EXPECT_EQ(out.rfind("hydraopt: error: " + file + ": num_attention_heads must be", 0), 0u) << out;
+  }
+  EXPECT_FALSE(fs::exists(d / "m.gguf"));
+}
+
 TEST(Cli, UsageErrorsExitNonZero) {
   EXPECT_NE(run(cli() + " inspect"), 0);
   EXPECT_NE(run(cli() + " frobnicate"), 0);

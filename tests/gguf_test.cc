@@ -247,9 +247,9 @@ io::Bundle tiny_bundle() {
   return b;
 }
 
-io::LlamaConfig tiny_config() {
-  io::LlamaConfig c;
-  c.architecture = "llama";
+LlamaConfig tiny_config() {
+  LlamaConfig c;
+  c.model_type = "llama";
   c.hidden = 16;
   c.intermediate = 24;
   c.layers = 2;
@@ -257,7 +257,7 @@ io::LlamaConfig tiny_config() {
   c.kv_heads = 1;
   c.head_dim = 8;
   c.vocab = 260;
-  c.context = 64;
+  c.max_positions = 64;
   return c;
 }
 
@@ -296,7 +296,7 @@ TEST(Gguf, LoraExportFoldsScaleAndReordersQueryRows) {
 TEST(Gguf, LoraExportRejectsBadInputAndLeavesNothing) {
   test::TempDir dir;
   io::Bundle b = tiny_bundle();
-  io::LlamaConfig small = tiny_config();
+  LlamaConfig small = tiny_config();
   small.intermediate = 32;  // down_proj no longer fits
   EXPECT_THROW(io::export_gguf_lora(b, 0, small, dir / "x.gguf", DType::F32), Error);
   b.modules[2].name = "model.layers.1.mlp.experts.0.down_proj";

@@ -22,6 +22,7 @@
 
 #include "hydraopt/adapter.h"
 #include "hydraopt/inspect.h"
+#include "test_util.h"
 
 namespace hydraopt {
 namespace {
@@ -337,32 +338,72 @@ TEST(Interop, PatternsCli) { check_cli("patterns"); }
 TEST(Interop, MissingModuleLibrary) { check_library("missing_module"); }
 TEST(Interop, MissingModuleCli) { check_cli("missing_module"); }
 
-// The writer's data is laid out in neither name nor header order, so the
-// reader must be using data_offsets and not positions.
-TEST(Interop, WriterScramblesTensorOrder) {
-  Case c;
-  ASSERT_TRUE(make_case("basic", c));
-  const fs::path file = fs::path(c.specs[0]) / "adapter_model.safetensors";
-  std::string bytes = slurp(file);
-  ASSERT_GE(bytes.size(), 8u);
+// `file` rewritten with its tensors' bytes in reverse header order (the
+// header keeps its key order; only data_offsets change). Returns the data
+// order before and after, as tensor names.
+std::pair<std::vector<std::string>, std::vector<std::string>> reverse_data_order(const fs::path& file) {
+  const std::string bytes = slurp(file);
   uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(bytes[i]);
-  ASSERT_LE(8 + n, bytes.size());
   nlohmann::ordered_json h = nlohmann::ordered_json::parse(bytes.substr(8, n));
-  std::vector<std::string> header_order;
-  std::vector<std::pair<uint64_t, std::string>> by_offset;
+  const std::string data = bytes.substr(8 + n);
+  std::vector<std::string> names;
+  std::vector<std::pair<uint64_t, std::string>> before;
   for (auto& [k, v] : h.items()) {
     if (k == "__metadata__") continue;
-    header_order.push_back(k);
-    by_offset.emplace_back(v["data_offsets"][0].get<uint64_t>(), k);
+    names.push_back(k);
+    before.emplace_back(v["data_offsets"][0].get<uint64_t>(), k);
   }
-  std::sort(by_offset.begin(), by_offset.end());
-  std::vector<std::string> data_order, sorted = header_order;
-  for (auto& [o, k] : by_offset) data_order.push_back(k);
-  std::sort(sorted.begin(), sorted.end());
-  EXPECT_NE(header_order, sorted);
-  EXPECT_NE(data_order, sorted);
-  EXPECT_NE(data_order, header_order);
+  std::sort(before.begin(), before.end());
+  std::string out_data;
+  std::vector<std::string> after;
+  for (auto it = names.rbegin(); it != names.rend(); ++it) {
+    auto& off = h[*it]["data_offsets"];
+    const uint64_t b = off[0].get<uint64_t>(), e = off[1].get<uint64_t>();
+    off = {out_data.size(), out_data.size() + (e - b)};
+    out_data += data.substr(b, e - b);
+    after.push_back(*it);
+  }
+  std::string header = h.dump();
+  header.append((8 - header.size() % 8) % 8, ' ');
+  std::string out(8, '\0');
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((header.size() >> (8 * i)) & 0xff);
+  std::ofstream(file, std::ios::binary | std::ios::trunc) << out << header << out_data;
+  std::vector<std::string> order_before;
+  for (auto& [o, k] : before) order_before.push_back(k);
+  return {order_before, after};
+}
+
+// Tensors are found by their data_offsets, not by their position in the
+// header or the buffer: the writer's adapters, with every file's data
+// moved into another order, read back to the writer's values.
+TEST(Interop, ReaderUsesDataOffsetsNotPositions) {
+  Case c;
+  ASSERT_TRUE(make_case("basic", c));
+  test::TempDir d;
+  std::vector<std::string> specs;
+  for (size_t i = 0; i < c.specs.size(); ++i) {
+    const fs::path dir = d / ("t" + std::to_string(i));
+    fs::copy(c.specs[i], dir, fs::copy_options::recursive);
+    auto [before, after] = reverse_data_order(dir / "adapter_model.safetensors");
+    ASSERT_GE(after.size(), 4u);
+    ASSERT_NE(before, after);  // the data really moved
+    specs.push_back(dir.string());
+  }
+  AdapterSet set = AdapterSet::open(specs);
+  ASSERT_EQ(set.size(), c.expected["tasks"].size());
+  size_t checked = 0;
+  for (size_t i = 0; i < set.size(); ++i) {
+    for (auto& [module, em] : c.expected["tasks"][i]["module_info"].items()) {
+      SCOPED_TRACE("task " + std::to_string(i) + " module " + module);
+      ASSERT_NE(set.task(i).find(module), nullptr);
+      ModuleLora l = set.task(i).load(module);
+      EXPECT_TRUE(same_matrix(l.A, matrix_of(em["A"]))) << "lora_A";
+      EXPECT_TRUE(same_matrix(l.B, matrix_of(em["B"]))) << "lora_B";
+      ++checked;
+    }
+  }
+  EXPECT_GE(checked, 4u);
 }
 
 }  // namespace

@@ -309,41 +309,100 @@ TEST(Structures, JdFullReachesTheDenseHooiOptimum) {
   }
 }
 
+// Independent dense CP/INDSCAL ALS for dW_i ~ U diag(c_i) V^T: each block
+// an ordinary least-squares problem on the dense, weighted updates, solved
+// by QR (the library works on rank-sized Grams and pseudo-inverses).
+struct DenseCp {
+  MatrixXd u, v;  // out x k, in x k
+  std::vector<Eigen::VectorXd> c;
+};
+
+double dense_cp_objective(const ModuleProblem& p, const DenseCp& m) {
+  double e = 0;
+  for (size_t i = 0; i < p.tasks(); ++i) {
+    e += p.weights[i] * (dense(p, i) - m.u * m.c[i].asDiagonal() * m.v.transpose()).squaredNorm();
+  }
+  return e;
+}
+
+// The start fit_jd documents: V and U the top-k right singular vectors of
+// the weighted stacks of the dW_i and of the dW_i^T, c_i = diag(U^T dW_i V).
+DenseCp dense_cp_start(const ModuleProblem& p, int k) {
+  const size_t n = p.tasks();
+  MatrixXd rows(n * p.out(), p.in()), cols(n * p.in(), p.out());
+  for (size_t i = 0; i < n; ++i) {
+    rows.middleRows(i * p.out(), p.out()) = std::sqrt(p.weights[i]) * dense(p, i);
+    cols.middleRows(i * p.in(), p.in()) = std::sqrt(p.weights[i]) * dense(p, i).transpose();
+  }
+  DenseCp m;
+  m.v = Eigen::JacobiSVD<MatrixXd>(rows, Eigen::ComputeThinV).matrixV().leftCols(k);
+  m.u = Eigen::JacobiSVD<MatrixXd>(cols, Eigen::ComputeThinV).matrixV().leftCols(k);
+  for (size_t i = 0; i < n; ++i) m.c.push_back((m.u.transpose() * dense(p, i) * m.v).diagonal());
+  return m;
+}
+
+// One sweep in the library's block order: U, every c_i, V.
+void dense_cp_sweep(const ModuleProblem& p, DenseCp& m) {
+  const size_t n = p.tasks();
+  const Eigen::Index k = m.u.cols(), in = p.in(), out = p.out();
+  // U: [sqrt(w_i) dW_i]_i = U [sqrt(w_i) diag(c_i) V^T]_i side by side.
+  MatrixXd x(out, n * in), mt(n * in, k);
+  for (size_t i = 0; i < n; ++i) {
+    x.middleCols(i * in, in) = std::sqrt(p.weights[i]) * dense(p, i);
+    mt.middleRows(i * in, in) = std::sqrt(p.weights[i]) * m.v * m.c[i].asDiagonal();
+  }
+  m.u = mt.colPivHouseholderQr().solve(x.transpose()).transpose();
+  // c_i: vec(dW_i) = sum_j c_ij vec(u_j v_j^T).
+  for (size_t i = 0; i < n; ++i) {
+    MatrixXd design(out * in, k);
+    for (Eigen::Index j = 0; j < k; ++j) {
+      const MatrixXd rank1 = m.u.col(j) * m.v.col(j).transpose();
+      design.col(j) = Eigen::Map<const Eigen::VectorXd>(rank1.data(), rank1.size());
+    }
+    const MatrixXd d = dense(p, i);
+    m.c[i] = design.colPivHouseholderQr().solve(Eigen::Map<const Eigen::VectorXd>(d.data(), d.size()));
+  }
+  // V: [sqrt(w_i) dW_i]_i = [sqrt(w_i) U diag(c_i)]_i V^T stacked.
+  MatrixXd y(n * out, in), nn(n * out, k);
+  for (size_t i = 0; i < n; ++i) {
+    y.middleRows(i * out, out) = std::sqrt(p.weights[i]) * dense(p, i);
+    nn.middleRows(i * out, out) = std::sqrt(p.weights[i]) * m.u * m.c[i].asDiagonal();
+  }
+  m.v = nn.colPivHouseholderQr().solve(y).transpose();
+}
+
 TEST(Structures, JdDiagMatchesADenseAlsReference) {
-  // Dense CP/INDSCAL ALS from the same start must reach the same objective.
   auto p = make_problem(4, 9, 8, 2, 12, false);
+  const int k = 3;
+  DenseCp ref = dense_cp_start(p, k);
+  // Step by step: the library's objective after its start and each sweep
+  // is the dense reference's after as many sweeps, and so is the fit.
+  {
+    FitOptions o;
+    o.max_iters = 25;
+    o.tol = 0;
+    FitStats st;
+    ModuleFit f = ModuleFitter(p, o).fit({Family::kJdDiag, k, 0}, &st);
+    EXPECT_EQ(st.objective.size(), 26u);  // never stopped by a rising objective
+    DenseCp m = ref;
+    for (size_t j = 0; j < st.objective.size(); ++j) {
+      if (j > 0) dense_cp_sweep(p, m);
+      EXPECT_NEAR(st.objective[j], dense_cp_objective(p, m), 1e-9 * st.objective[0]) << "sweep " << j;
+    }
+    EXPECT_LT(st.objective.back(), 0.9 * st.objective.front());  // the sweeps did something
+    for (size_t i = 0; i < p.tasks(); ++i) {
+      const MatrixXd want = m.u * m.c[i].asDiagonal() * m.v.transpose();
+      EXPECT_LE((dense(f, i) - want).norm(), 1e-6 * dense(p, i).norm()) << "task " << i;
+    }
+  }
+  // Converged: the same objective as the reference run as long.
   FitOptions o;
   o.max_iters = 3000;
   o.tol = 1e-14;
-  ModuleFitter fitter(p, o);
-  const int k = 3;
-  ModuleFit f = fitter.fit({Family::kJdDiag, k, 0});
-  // Dense reference started from the fitted point: one more exact sweep of
-  // each block must not lower the objective (a fixed point of ALS).
-  const size_t n = p.tasks();
-  std::vector<MatrixXd> dw(n);
-  for (size_t i = 0; i < n; ++i) dw[i] = dense(p, i);
-  MatrixXd u = f.heads[0], vt = f.bodies[0];
-  std::vector<Eigen::VectorXd> c(n);
-  for (size_t i = 0; i < n; ++i) c[i] = f.cores[i].col(0);
-  auto objective = [&] {
-    double e = 0;
-    for (size_t i = 0; i < n; ++i) e += p.weights[i] * (dw[i] - u * c[i].asDiagonal() * vt).squaredNorm();
-    return e;
-  };
-  const double before = objective();
-  EXPECT_NEAR(before, weighted_error(p, f), 1e-10 * before);
-  // Exact dense update of every core by least squares on vec(dW_i).
-  for (size_t i = 0; i < n; ++i) {
-    MatrixXd design(dw[i].size(), k);
-    for (int j = 0; j < k; ++j) {
-      MatrixXd rank1 = u.col(j) * vt.row(j);
-      design.col(j) = Eigen::Map<Eigen::VectorXd>(rank1.data(), rank1.size());
-    }
-    Eigen::VectorXd target = Eigen::Map<const Eigen::VectorXd>(dw[i].data(), dw[i].size());
-    c[i] = design.colPivHouseholderQr().solve(target);
-  }
-  EXPECT_GE(objective(), before * (1 - 1e-6));
+  ModuleFit f = ModuleFitter(p, o).fit({Family::kJdDiag, k, 0});
+  for (int j = 0; j < 3000; ++j) dense_cp_sweep(p, ref);
+  const double want = dense_cp_objective(p, ref);
+  EXPECT_NEAR(weighted_error(p, f), want, 1e-6 * want);
 }
 
 TEST(Structures, HydraAvgIsTheMeanOfTheAs) {

@@ -12,7 +12,10 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "report/sweep_report.h"
+#include "test_util.h"
 
 namespace hydraopt {
 namespace {
@@ -363,10 +366,42 @@ TEST(SweepSvg, DistinctColoursAndShapes) {
   EXPECT_EQ(count(markers, "<path"), 8u);  // x and plus: a white halo and the stroke
 }
 
-TEST(SweepReport, Deterministic) {
-  auto a = sample();
-  EXPECT_EQ(sweep_svg(a, "title"), sweep_svg(sample(), "title"));
-  EXPECT_EQ(sweep_markdown(a), sweep_markdown(sample()));
+// `hydraopt sweep` twice, in two processes (other addresses: ASLR) and on
+// 1 and 2 threads: the same sweep.svg, and the same sweep.json and sweep.md
+// but for the measured seconds.
+TEST(SweepReport, SameBytesAcrossProcessesAndThreadCounts) {
+  test::TempDir d;
+  std::string out;
+  ASSERT_EQ(test::run(test::cli() + " synth " + (d / "s").string() + " --preset tiny --tasks 3", &out), 0) << out;
+  const std::string in = " " + (d / "s/task00").string() + " " + (d / "s/task01").string() + " " +
+                         (d / "s/task02").string();
+  for (const char* threads : {"1", "2"}) {
+    ASSERT_EQ(test::run(test::cli() + " sweep" + in + " --methods hydraopt,ta,jd-diag --budgets 0.3,0.6 --threads " +
+                            threads + " --out " + (d / threads).string(),
+                        &out),
+              0)
+        << out;
+  }
+  auto without_seconds = [&](const char* dir) {
+    auto j = nlohmann::json::parse(test::read_text(d / dir / "sweep.json"));
+    EXPECT_TRUE(j.is_array() && j.size() == 5u) << j.dump();
+    for (auto& r : j) EXPECT_EQ(r.erase("seconds"), 1u);
+    std::string md;
+    for (const auto& l : lines(test::read_text(d / dir / "sweep.md"))) {
+      auto c = cells(l);
+      EXPECT_EQ(c.size(), 7u) << l;
+      c.pop_back();  // seconds
+      for (auto& x : c) md += x + "|";
+      md += "\n";
+    }
+    return std::pair{j.dump(), md};
+  };
+  EXPECT_EQ(without_seconds("1"), without_seconds("2"));
+  const std::string svg = test::read_text(d / "1" / "sweep.svg");
+  EXPECT_NE(svg.find("</svg>"), std::string::npos);
+  EXPECT_EQ(svg, test::read_text(d / "2" / "sweep.svg"));
+  // No state carried from call to call (a counter, a cache) either.
+  EXPECT_EQ(sweep_svg(sample(), "t") + sweep_markdown(sample()), sweep_svg(sample(), "t") + sweep_markdown(sample()));
 }
 
 }  // namespace

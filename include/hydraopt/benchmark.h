@@ -32,8 +32,10 @@ double task_score(const Model& model, const TaskExamples& task, const Deltas* de
 struct BenchmarkOptions {
   std::filesystem::path assets = "assets";
   /// (method, budget) points to evaluate; budget ignored by single-adapter
-  /// methods. Budget 0 means 1/N (one adapter's storage) and -1 the hydra
-  /// point (one shared r x in body per module and an out x r head per task).
+  /// methods. Budget 0 means 1/N (one adapter's storage) and -1 the storage
+  /// fraction of the hydra layout (per module one shared r x in body and an
+  /// out x r head per task, r the module's largest rank; at most 1): the
+  /// method is run at the hydra method's storage, it is not the hydra method.
   std::vector<std::pair<std::string, double>> points = {
       {"hydraopt", 0.0}, {"hydraopt", 0.25}, {"hydraopt", -1.0}, {"hydraopt", 0.75},
       {"jd-full", -1.0}, {"hydra-avg", 1.0},  {"ta", 1.0},       {"ties", 1.0},

@@ -36,8 +36,10 @@ struct Inspection {
 
 Inspection inspect(const AdapterSet& set);
 
-/// DESIGN §4: {"tasks":[{name,rank,alpha,dtype,params,modules}],
-///             "modules":[{name,in,out,ranks,similarity_A,similarity_B}]}
+/// DESIGN §4, plus dtype, each module's task count and rank range:
+///   {"tasks":[{name,rank,alpha,dtype,params,modules}],
+///    "modules":[{name,in,out,tasks,min_rank,max_rank,similarity_A,similarity_B}]}
+/// (similarities null with fewer than two tasks).
 std::string inspection_json(const Inspection& x);
 /// Aligned human-readable tables.
 std::string inspection_table(const Inspection& x);

@@ -1,8 +1,8 @@
 // A tiny LLaMA-architecture language model and its forward pass (Eigen),
 // for measuring task quality of adapters and bundles without Python.
 //
-// Files: a directory with config.json (Hugging Face LLaMA keys) and
-// model.safetensors (Hugging Face tensor names, any float dtype). Tokens
+// Files: a directory with config.json (Hugging Face LLaMA keys, read by
+// llama_config_read: see llama_config.h) and model.safetensors (Hugging Face tensor names, any float dtype). Tokens
 // are bytes 0..255 plus special ids from the config (bos, eos, pad, sep).
 // The forward pass is pre-norm: RMSNorm, multi-head attention with
 // grouped-query heads and rotary embeddings (Hugging Face rotate_half
@@ -18,15 +18,11 @@
 #include <vector>
 
 #include "hydraopt/adapter.h"
+#include "hydraopt/llama_config.h"
 
 namespace hydraopt {
 
-struct ModelConfig {
-  int64_t hidden = 0, intermediate = 0, layers = 0, heads = 0, kv_heads = 0, head_dim = 0, vocab = 0;
-  int64_t max_positions = 0;
-  double rms_eps = 1e-5, rope_theta = 10000;
-  int bos = 256, eos = 257, pad = 258, sep = 259;
-};
+using ModelConfig = LlamaConfig;
 
 /// Low-rank updates per module name ("model.layers.0.self_attn.q_proj"):
 /// the module computes W x + L (R x), L (out x k) with any scaling folded in,

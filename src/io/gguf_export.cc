@@ -3,9 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <fstream>
 #include <map>
-#include <nlohmann/json.hpp>
 #include <optional>
 #include <regex>
 #include <set>
@@ -22,6 +20,9 @@ namespace fs = std::filesystem;
 using Eigen::MatrixXd;
 
 namespace {
+
+// The GGUF architecture: llama.cpp runs model_type llama and mistral as "llama".
+constexpr const char* kArchitecture = "llama";
 
 // A Hugging Face LLaMA module name split into layer and llama.cpp tensor.
 struct LlamaModule {
@@ -67,59 +68,18 @@ MatrixXd llama_rows(const MatrixXd& m, const LlamaConfig& c, const std::string& 
 
 }  // namespace
 
-LlamaConfig llama_config_read(const fs::path& path) {
-  const fs::path file = fs::is_directory(path) ? path / "config.json" : path;
-  std::ifstream in(file);
-  if (!in) throw Error(file.string(), "", "cannot open the base model's config.json");
-  LlamaConfig c;
-  try {
-    nlohmann::json j = nlohmann::json::parse(in);
-    const std::string type = j.value("model_type", "");
-    if (type != "llama" && type != "mistral") {
-      throw Error(file.string(), "",
-                  "model_type '" + type +
-                      "' is not supported for GGUF export (llama.cpp's \"llama\" graph runs "
-                      "model_type llama and mistral)");
-    }
-    if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) {
-      throw Error(file.string(), "", "rope_scaling is not supported for GGUF export");
-    }
-    if (j.value("attention_bias", false) || j.value("mlp_bias", false)) {
-      throw Error(file.string(), "", "attention or MLP biases are not supported for GGUF export");
-    }
-    c.architecture = "llama";
-    c.name = j.value("_name_or_path", "");
-    if (c.name.empty()) c.name = fs::absolute(file).parent_path().filename().string();
-    c.hidden = j.at("hidden_size");
-    c.intermediate = j.at("intermediate_size");
-    c.layers = j.at("num_hidden_layers");
-    c.heads = j.at("num_attention_heads");
-    c.kv_heads = j.value("num_key_value_heads", c.heads);
-    c.head_dim = j.contains("head_dim") && !j["head_dim"].is_null()
-                     ? j["head_dim"].get<int64_t>()
-                     : (c.heads > 0 ? c.hidden / c.heads : 0);
-    c.vocab = j.at("vocab_size");
-    c.context = j.value("max_position_embeddings", int64_t{2048});
-    c.rms_eps = j.value("rms_norm_eps", 1e-5);
-    c.rope_theta = j.value("rope_theta", 10000.0);
-    c.tied_embeddings = j.value("tie_word_embeddings", false);
-    auto id = [&](const char* key, int64_t def) {
-      return j.contains(key) && j[key].is_number_integer() ? j[key].get<int64_t>() : def;
-    };
-    c.bos = id("bos_token_id", 256);
-    c.eos = id("eos_token_id", 257);
-    c.pad = id("pad_token_id", 258);
-    c.sep = id("sep_token_id", 259);
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(file.string(), "", std::string("malformed config: ") + e.what());
+LlamaConfig gguf_base_config(const fs::path& path) {
+  LlamaConfig c = llama_config_read(path);
+  const std::string file = (fs::is_directory(path) ? path / "config.json" : path).string();
+  if (c.model_type != "llama" && c.model_type != "mistral") {
+    throw Error(file, "",
+                "model_type '" + c.model_type +
+                    "' is not supported for GGUF export (llama.cpp's \"llama\" graph runs "
+                    "model_type llama and mistral)");
   }
-  const int64_t cap = int64_t{1} << 24;
-  for (int64_t v :
-       {c.hidden, c.intermediate, c.layers, c.heads, c.kv_heads, c.head_dim, c.vocab, c.context}) {
-    if (v <= 0 || v > cap) throw Error(file.string(), "", "sizes must be positive and below 2^24");
-  }
-  if (c.heads % c.kv_heads != 0 || c.head_dim % 2 != 0) {
-    throw Error(file.string(), "", "heads must be a multiple of key/value heads and head_dim even");
+  if (c.rope_scaling) throw Error(file, "", "rope_scaling is not supported for GGUF export");
+  if (c.attention_bias || c.mlp_bias) {
+    throw Error(file, "", "attention or MLP biases are not supported for GGUF export");
   }
   return c;
 }
@@ -174,7 +134,7 @@ void export_gguf_lora(const Bundle& b, size_t task, const LlamaConfig& base, con
     tensors.push_back(gguf_tensor(p.name + ".lora_a", p.right, dtype));
     tensors.push_back(gguf_tensor(p.name + ".lora_b", left, dtype));
   }
-  std::vector<GgufKV> kvs = {gguf_kv_string("general.architecture", base.architecture),
+  std::vector<GgufKV> kvs = {gguf_kv_string("general.architecture", kArchitecture),
                              gguf_kv_string("general.type", "adapter"),
                              gguf_kv_string("general.name", t.name),
                              gguf_kv_string("adapter.type", "lora"),
@@ -199,7 +159,7 @@ void export_gguf_lora_all(const Bundle& b, const LlamaConfig& base, const fs::pa
 
 void export_gguf_model(const fs::path& model_dir, const fs::path& file, DType dtype) {
   gguf_ggml_type(dtype);
-  const LlamaConfig c = llama_config_read(model_dir);
+  const LlamaConfig c = gguf_base_config(model_dir);
   const fs::path st_path =
       (fs::is_directory(model_dir) ? model_dir : model_dir.parent_path()) / "model.safetensors";
   auto st = SafetensorsFile::open(st_path);
@@ -275,7 +235,7 @@ void export_gguf_model(const fs::path& model_dir, const fs::path& file, DType dt
     types[static_cast<size_t>(id)] = 3;
   }
   const uint32_t file_type = dtype == DType::F32 ? 0 : dtype == DType::F16 ? 1 : 32;
-  const std::string a = c.architecture;
+  const std::string a = kArchitecture;
   auto u32 = [](int64_t v) { return static_cast<uint32_t>(v); };
   std::vector<GgufKV> kvs = {
       gguf_kv_string("general.architecture", a),
@@ -283,7 +243,7 @@ void export_gguf_model(const fs::path& model_dir, const fs::path& file, DType dt
       gguf_kv_string("general.name", c.name),
       gguf_kv_u32("general.file_type", file_type),
       gguf_kv_u32("general.alignment", kGgufAlignment),
-      gguf_kv_u32(a + ".context_length", u32(c.context)),
+      gguf_kv_u32(a + ".context_length", u32(c.max_positions)),
       gguf_kv_u32(a + ".embedding_length", u32(c.hidden)),
       gguf_kv_u32(a + ".block_count", u32(c.layers)),
       gguf_kv_u32(a + ".feed_forward_length", u32(c.intermediate)),
@@ -332,7 +292,7 @@ void prepare_file_target(const fs::path& out) {
 void export_bundle_gguf(const fs::path& bundle, const std::string& task, const fs::path& base_model,
                         const fs::path& out, std::optional<DType> dtype) {
   io::Bundle b = io::bundle_read(bundle);
-  const io::LlamaConfig base = io::llama_config_read(base_model);
+  const LlamaConfig base = io::gguf_base_config(base_model);
   const DType dt = dtype.value_or(b.dtype);
   if (task.empty()) {
     io::export_gguf_lora_all(b, base, out, dt, bundle.string());
@@ -344,7 +304,7 @@ void export_bundle_gguf(const fs::path& bundle, const std::string& task, const f
 }
 
 void export_model_gguf(const fs::path& model_dir, const fs::path& out, std::optional<DType> dtype) {
-  io::llama_config_read(model_dir);  // report input errors before creating directories
+  io::gguf_base_config(model_dir);  // report input errors before creating directories
   prepare_file_target(out);
   io::export_gguf_model(model_dir, out, dtype.value_or(DType::F32));
 }

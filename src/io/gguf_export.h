@@ -58,26 +58,15 @@
 #include <string>
 
 #include "hydraopt/dtype.h"
+#include "hydraopt/llama_config.h"
 #include "io/bundle.h"
 
 namespace hydraopt::io {
 
-/// What GGUF export needs from a base model's config.json.
-struct LlamaConfig {
-  std::string architecture;  ///< GGUF architecture ("llama")
-  std::string name;
-  int64_t hidden = 0, intermediate = 0, layers = 0, heads = 0, kv_heads = 0, head_dim = 0,
-          vocab = 0;
-  int64_t context = 0;
-  double rms_eps = 1e-5, rope_theta = 10000;
-  bool tied_embeddings = false;
-  int64_t bos = 256, eos = 257, pad = 258, sep = 259;
-};
-
-/// Reads `path` (a model directory or its config.json); throws naming the
-/// file for an architecture llama.cpp's "llama" graph does not run, or
-/// inconsistent sizes.
-LlamaConfig llama_config_read(const std::filesystem::path& path);
+/// `path`'s config (a model directory or its config.json) if llama.cpp's
+/// "llama" graph runs that model: model_type llama or mistral, no
+/// rope_scaling, no attention or MLP biases; else an Error naming the file.
+LlamaConfig gguf_base_config(const std::filesystem::path& path);
 
 /// Task `task` of `b` as a llama.cpp LoRA adapter file.
 void export_gguf_lora(const Bundle& b, size_t task, const LlamaConfig& base,

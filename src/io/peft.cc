@@ -13,6 +13,7 @@
 #include "io/pattern.h"
 #include "io/peft_config.h"
 #include "io/safetensors.h"
+#include "io/text_file.h"
 #include "linalg/factored.h"
 #include "util/parallel.h"
 #include "util/sha256.h"
@@ -31,18 +32,6 @@ constexpr size_t kMaxConfigBytes = 16 << 20;
 
 bool ends_with(std::string_view s, std::string_view suf) {
   return s.size() >= suf.size() && s.substr(s.size() - suf.size()) == suf;
-}
-
-std::string read_text(const fs::path& p, size_t cap) {
-  std::ifstream in(p, std::ios::binary);
-  if (!in) throw Error(p.string(), "", "cannot open");
-  std::string s;
-  char buf[65536];
-  while (in.read(buf, sizeof buf) || in.gcount() > 0) {
-    s.append(buf, static_cast<size_t>(in.gcount()));
-    if (s.size() > cap) throw Error(p.string(), "", "file larger than " + std::to_string(cap) + " bytes");
-  }
-  return s;
 }
 
 // Why a tensor cannot be merged, or empty if it is a LoRA factor.
@@ -190,7 +179,7 @@ Adapter Adapter::open(const std::string& spec, const LoadOptions& options) {
     }
     throw Error(weights_path.string(), "", "missing");
   }
-  impl->config = io::parse_peft_config(read_text(config_path, kMaxConfigBytes), config_path.string());
+  impl->config = io::parse_peft_config(io::read_text(config_path, kMaxConfigBytes), config_path.string());
   impl->weights = io::SafetensorsFile::open(weights_path);
   const std::string wfile = weights_path.string();
   const io::PeftConfig& c = impl->config;

@@ -1,8 +1,6 @@
 #include <Eigen/Core>
 #include <fmt/format.h>
 #include <cmath>
-#include <fstream>
-#include <nlohmann/json.hpp>
 
 #include "hydraopt/error.h"
 #include "hydraopt/model.h"
@@ -156,36 +154,7 @@ Model::~Model() = default;
 Model Model::open(const fs::path& dir) {
   Model m;
   Impl& I = *m.impl_;
-  const fs::path cfg_path = dir / "config.json";
-  std::ifstream in(cfg_path);
-  if (!in) throw Error(cfg_path.string(), "", "cannot open");
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(in);
-    ModelConfig& c = I.cfg;
-    c.hidden = j.at("hidden_size");
-    c.intermediate = j.at("intermediate_size");
-    c.layers = j.at("num_hidden_layers");
-    c.heads = j.at("num_attention_heads");
-    c.kv_heads = j.value("num_key_value_heads", c.heads);
-    c.head_dim = j.value("head_dim", c.hidden / c.heads);
-    c.vocab = j.at("vocab_size");
-    c.max_positions = j.value("max_position_embeddings", int64_t{2048});
-    c.rms_eps = j.value("rms_norm_eps", 1e-5);
-    c.rope_theta = j.value("rope_theta", 10000.0);
-    c.bos = j.value("bos_token_id", 256);
-    c.eos = j.value("eos_token_id", 257);
-    c.pad = j.value("pad_token_id", 258);
-    c.sep = j.value("sep_token_id", 259);
-    if (c.heads <= 0 || c.kv_heads <= 0 || c.heads % c.kv_heads != 0 || c.head_dim % 2 != 0) {
-      throw Error(cfg_path.string(), "", "heads must be a multiple of kv heads and head_dim even");
-    }
-    if (c.max_positions <= 0 || c.max_positions > (int64_t{1} << 20)) {
-      throw Error(cfg_path.string(), "", "max_position_embeddings must be in 1..2^20");
-    }
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(cfg_path.string(), "", std::string("malformed config: ") + e.what());
-  }
+  I.cfg = llama_config_read(dir / "config.json");
   const ModelConfig& c = I.cfg;
   const TensorFile st = TensorFile::open(dir / "model.safetensors");
   auto get = [&](const std::string& name, int64_t rows, int64_t cols) -> MatrixXf {

@@ -9,7 +9,7 @@ out=$2
 src=$(cd "$(dirname "$0")/../.." && pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$out"/{safetensors,peft_config,pattern,bundle}
+mkdir -p "$out"/{safetensors,peft_config,pattern,bundle,llama_config}
 
 # Small real adapters (tiny preset, rank 1: ~4 KB each) and bundles of them.
 "$cli" synth "$work/s" --preset tiny --tasks 3 --rank 1 --seed 7 2>/dev/null
@@ -51,6 +51,30 @@ cat > "$out/peft_config/patterns" <<'JSON'
  "target_modules":["q_proj","v_proj"],"base_model_name_or_path":"m",
  "rank_pattern":{"model.layers.1.self_attn.q_proj":4,"layers\\.[0-9]+\\.mlp\\..*":2,"(q|v)_proj":6},
  "alpha_pattern":{"^model\\.layers\\.\\d{1,2}\\.self_attn\\.[qkv]_proj$":3.5,"down_proj":1e-3}}
+JSON
+
+# Model configs: the shipped tiny LLaMA's and shapes
+# Hugging Face writes (no head_dim, nulls, rope_scaling, a list of eos ids).
+cp "$src/assets/model/config.json" "$out/llama_config/shipped"
+cat > "$out/llama_config/hf-llama" <<'JSON'
+{"architectures":["LlamaForCausalLM"],"bos_token_id":1,"eos_token_id":2,"hidden_act":"silu",
+ "hidden_size":4096,"initializer_range":0.02,"intermediate_size":11008,"max_position_embeddings":4096,
+ "model_type":"llama","num_attention_heads":32,"num_hidden_layers":32,"num_key_value_heads":32,
+ "pad_token_id":null,"pretraining_tp":1,"rms_norm_eps":1e-05,"rope_scaling":null,"rope_theta":10000.0,
+ "tie_word_embeddings":false,"torch_dtype":"float16","transformers_version":"4.31.0","vocab_size":32000}
+JSON
+cat > "$out/llama_config/hf-llama3" <<'JSON'
+{"_name_or_path":"meta-llama/Llama-3.2-1B","attention_bias":false,"bos_token_id":128000,
+ "eos_token_id":[128001,128008,128009],"head_dim":64,"hidden_size":2048,"intermediate_size":8192,
+ "max_position_embeddings":131072,"mlp_bias":false,"model_type":"llama","num_attention_heads":32,
+ "num_hidden_layers":16,"num_key_value_heads":8,"rms_norm_eps":1e-05,
+ "rope_scaling":{"factor":32.0,"high_freq_factor":4.0,"low_freq_factor":1.0,
+ "original_max_position_embeddings":8192,"rope_type":"llama3"},"rope_theta":500000.0,
+ "tie_word_embeddings":true,"vocab_size":128256}
+JSON
+cat > "$out/llama_config/mistral" <<'JSON'
+{"model_type":"mistral","hidden_size":64,"intermediate_size":96,"num_hidden_layers":2,
+ "num_attention_heads":4,"num_key_value_heads":2,"vocab_size":300,"sliding_window":null}
 JSON
 
 # Pattern keys: KEY NUL SUBJECT.
