@@ -56,10 +56,7 @@ std::string path_string(const py::handle& p) {
 
 std::optional<hydraopt::DType> parse_dtype(const std::optional<std::string>& s) {
   if (!s) return std::nullopt;
-  if (*s == "f32" || *s == "F32") return hydraopt::DType::F32;
-  if (*s == "f16" || *s == "F16") return hydraopt::DType::F16;
-  if (*s == "bf16" || *s == "BF16") return hydraopt::DType::BF16;
-  throw hydraopt::Error("dtype must be 'f32', 'f16' or 'bf16', not '" + *s + "'");
+  return hydraopt::parse_storage_dtype(*s, "dtype");
 }
 
 hydraopt::LoadOptions load_options(bool skip_unmergeable) {

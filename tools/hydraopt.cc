@@ -35,10 +35,7 @@ std::string one_line(std::string s) {
 
 std::optional<hydraopt::DType> parse_dtype(const std::string& s) {
   if (s.empty()) return std::nullopt;
-  if (s == "f32") return hydraopt::DType::F32;
-  if (s == "f16") return hydraopt::DType::F16;
-  if (s == "bf16") return hydraopt::DType::BF16;
-  throw hydraopt::Error("--dtype must be f32, f16 or bf16, not '" + s + "'");
+  return hydraopt::parse_storage_dtype(s, "--dtype");
 }
 
 std::vector<std::string> split(const std::string& s) {

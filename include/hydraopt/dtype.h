@@ -1,6 +1,8 @@
 // Element types of stored tensors.
 #pragma once
 
+#include "hydraopt/error.h"
+
 #include <cstddef>
 #include <cstdint>
 #include <optional>
@@ -39,6 +41,15 @@ inline std::optional<DType> dtype_from_name(std::string_view s) {
   if (s == "BF16") return DType::BF16;
   if (s == "F16") return DType::F16;
   return std::nullopt;
+}
+
+/// A storage dtype as users name it (f32, f16 or bf16, either case); an
+/// Error naming `what` (the option) otherwise.
+inline DType parse_storage_dtype(std::string_view s, const std::string& what) {
+  std::string upper(s);
+  for (char& c : upper) c = static_cast<char>(c >= 'a' && c <= 'z' ? c - 'a' + 'A' : c);
+  if (auto d = dtype_from_name(upper); d && *d != DType::F64) return *d;
+  throw Error(what + " must be f32, f16 or bf16, not '" + std::string(s) + "'");
 }
 
 /// The wider of two dtypes in the sense of "can hold the other's values":

@@ -15,6 +15,7 @@
 #include "hydraopt/bundle.h"
 #include "hydraopt/error.h"
 #include "io/atomic_file.h"
+#include "io/json_fields.h"
 #include "io/safetensors.h"
 #include "util/parallel.h"
 #include "io/utf8.h"
@@ -59,30 +60,6 @@ ordered_json plan_entry(const BundleModule& m, bool with_layout) {
     j["scale"] = m.fit.scale;
   }
   return j;
-}
-
-// Regex-escapes a module name for PEFT's pattern keys.
-std::string regex_escape(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    if (std::string_view(".^$|()[]{}*+?\\").find(c) != std::string_view::npos) out += '\\';
-    out += c;
-  }
-  return out;
-}
-
-// Integer metadata fields. json's get<int>() converts a float such as 1e300
-// with undefined behaviour and wraps large integers; these check the type
-// and the range instead.
-int64_t int_field(const ordered_json& v, int64_t lo, int64_t hi, const std::string& file, const std::string& tensor,
-                  const std::string& what) {
-  bool ok = v.is_number_integer();
-  if (ok && v.is_number_unsigned()) ok = v.get<uint64_t>() <= static_cast<uint64_t>(hi);
-  else if (ok) ok = v.get<int64_t>() >= lo && v.get<int64_t>() <= hi;
-  if (!ok) {
-    throw Error(file, tensor, what + " must be an integer in " + std::to_string(lo) + ".." + std::to_string(hi));
-  }
-  return v.is_number_unsigned() ? static_cast<int64_t>(v.get<uint64_t>()) : v.get<int64_t>();
 }
 
 std::vector<int> index_list(const ordered_json& v, int lo, const std::string& file, const std::string& tensor,
@@ -508,70 +485,6 @@ void check_task_name(const std::string& name, const std::string& file) {
   bool bad = name.empty() || name == "." || name == ".." || name.size() > 255 || !valid_utf8(name);
   for (unsigned char c : name) bad = bad || c < 0x20 || c == 0x7f || c == '/' || c == '\\';
   if (bad) throw Error(file, "", "task name '" + name + "' cannot be used as a directory name");
-}
-
-void export_peft_all(const Bundle& b, const fs::path& dir, DType dtype) {
-  AtomicDir out(dir);
-  for (auto& t : b.tasks) check_task_name(t.name, out.target().string());
-  for (size_t i = 0; i < b.tasks.size(); ++i) export_peft(b, i, out.path() / b.tasks[i].name, dtype);
-  out.commit();
-}
-
-void export_peft(const Bundle& b, size_t task, const fs::path& dir, DType dtype) {
-  const BundleTask& t = b.tasks.at(task);
-  std::vector<TensorData> tensors;
-  std::vector<std::pair<std::string, int64_t>> ranks;
-  std::vector<std::pair<std::string, double>> alphas;
-  std::vector<std::string> leaves;
-  for (const auto& m : b.modules) {
-    const ModuleFit& f = m.fit;
-    MatrixXd left = f.head_core(task);  // H C; the scale goes into alpha
-    const MatrixXd& right = f.right(task);
-    const int64_t k = right.rows();
-    if (k == 0) continue;  // the task has no update on this module
-    const std::string base = "base_model.model." + m.name;
-    tensors.push_back(tensor_from_matrix(base + ".lora_A.weight", right, dtype));
-    tensors.push_back(tensor_from_matrix(base + ".lora_B.weight", left, dtype));
-    ranks.emplace_back(m.name, k);
-    alphas.emplace_back(m.name, f.scale[task] * static_cast<double>(k));
-    leaves.push_back(m.name.substr(m.name.rfind('.') + 1));
-  }
-  if (tensors.empty()) throw Error("task '" + t.name + "' has no modules in the bundle");
-  auto most_common = [](auto values) {
-    std::map<decltype(values[0].second), int> c;
-    for (auto& [k, v] : values) ++c[v];
-    return std::max_element(c.begin(), c.end(), [](auto& a, auto& b) { return a.second < b.second; })->first;
-  };
-  const int64_t r = most_common(ranks);
-  const double alpha = most_common(alphas);
-  ordered_json rank_pattern = ordered_json::object(), alpha_pattern = ordered_json::object();
-  for (auto& [name, k] : ranks) {
-    if (k != r) rank_pattern[regex_escape(name)] = k;
-  }
-  for (auto& [name, a] : alphas) {
-    if (a != alpha) alpha_pattern[regex_escape(name)] = a;
-  }
-  std::sort(leaves.begin(), leaves.end());
-  leaves.erase(std::unique(leaves.begin(), leaves.end()), leaves.end());
-  ordered_json config = {{"peft_type", "LORA"},
-                         {"base_model_name_or_path", b.base_model},
-                         {"r", r},
-                         {"lora_alpha", alpha},
-                         {"rank_pattern", rank_pattern},
-                         {"alpha_pattern", alpha_pattern},
-                         {"use_rslora", false},
-                         {"use_dora", false},
-                         {"fan_in_fan_out", b.fan_in_fan_out},
-                         {"lora_dropout", 0.0},
-                         {"bias", "none"},
-                         {"target_modules", leaves},
-                         {"inference_mode", true}};
-
-  // Build the directory beside its target, then rename: complete or absent.
-  AtomicDir out(dir);
-  safetensors_write(out.path() / "adapter_model.safetensors", std::move(tensors), {{"format", "pt"}});
-  write_file_atomic(out.path() / "adapter_config.json", config.dump(2) + "\n");
-  out.commit();
 }
 
 }  // namespace hydraopt::io

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "hydraopt/error.h"
+#include "io/json_fields.h"
 
 namespace hydraopt::io {
 
@@ -22,16 +23,10 @@ json read_json_file(const std::string& path, const char* what) {
   }
 }
 
-// A plan entry's "rank" / "groups": an integer in 0..hi, or `fallback` when
-// absent. (json's value<int>() would convert 1e300 with undefined
-// behaviour, and wrap large integers.)
+// A plan entry's "rank" / "groups": an integer in 0..hi, or `fallback` when absent.
 int64_t plan_int(const json& e, const char* key, int64_t fallback, int64_t hi, const std::string& file) {
   auto it = e.find(key);
-  if (it == e.end()) return fallback;
-  const bool ok = it->is_number_unsigned() ? it->get<uint64_t>() <= static_cast<uint64_t>(hi)
-                                           : it->is_number_integer() && it->get<int64_t>() >= 0 && it->get<int64_t>() <= hi;
-  if (!ok) throw Error(file, "", std::string("plan entry ") + key + " must be an integer in 0.." + std::to_string(hi));
-  return it->is_number_unsigned() ? static_cast<int64_t>(it->get<uint64_t>()) : it->get<int64_t>();
+  return it == e.end() ? fallback : int_field(*it, 0, hi, file, "", std::string("plan entry ") + key);
 }
 
 }  // namespace

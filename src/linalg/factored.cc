@@ -191,12 +191,6 @@ double product_norm2_transposed(const MatrixXd& xt, const MatrixXd& yt) {
   return norm2_from_grams(gram_rows(xt), gram(yt));
 }
 
-double product_inner(const MatrixXd& x1, const MatrixXd& y1, const MatrixXd& x2, const MatrixXd& y2) {
-  if (x1.cols() == 0 || x2.cols() == 0) return 0;
-  // trace((X1^T X2)(Y2 Y1^T)) = sum((X1^T X2) .* (Y1 Y2^T))
-  return ((x1.transpose() * x2).cwiseProduct(y1 * y2.transpose())).sum();
-}
-
 MatrixXd left_core(const MatrixXd& l) {
   const Index p = l.cols();
   if (l.rows() < p) return l;  // L itself is already small

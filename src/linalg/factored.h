@@ -34,9 +34,6 @@ Eigen::MatrixXd row_gram(const Eigen::MatrixXd& y);
 /// product_norm2 and product_norm2_transposed take it.
 double norm2_from_grams(const Eigen::MatrixXd& gx, const Eigen::MatrixXd& gy);
 
-/// <X1 Y1, X2 Y2>_F = trace((X1^T X2)(Y2 Y1^T)).
-double product_inner(const Eigen::MatrixXd& x1, const Eigen::MatrixXd& y1, const Eigen::MatrixXd& x2,
-                     const Eigen::MatrixXd& y2);
 
 /// Upper-triangular S (p x p) with S^T S = L^T L, so ||L R x|| = ||S R x||
 /// for every R, x: the left factor reduced to its rank-sized core.

@@ -16,7 +16,6 @@ class Dendrogram {
   Dendrogram(const Eigen::MatrixXd& d2, const std::vector<double>& w);
   /// Labels 0..groups-1 per point, numbered by first appearance.
   std::vector<int> cut(int groups) const;
-  int points() const { return n_; }
 
  private:
   int n_ = 0;

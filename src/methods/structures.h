@@ -57,7 +57,6 @@ class ModuleFitter {
   ModuleFitter(const ModuleProblem& p, FitOptions o);
   ~ModuleFitter();
   ModuleFit fit(const StructureSpec& s, FitStats* stats = nullptr);
-  const ModuleProblem& problem() const { return p_; }
   ModuleShape shape() const;
 
  private:

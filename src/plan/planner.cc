@@ -113,7 +113,6 @@ PlanResult knapsack(const Modules& m, int64_t budget) {
     dp.swap(next);
   }
   PlanResult r;
-  r.origin = "knapsack";
   if (!(dp[cap] < inf)) return r;  // rounding made it infeasible: caller falls back
   r.choice.resize(m.size());
   int64_t b = cap;
@@ -140,7 +139,6 @@ PlanResult plan_budget(const Modules& modules, int64_t budget) {
                 std::to_string(floor));
   }
   PlanResult greedy;
-  greedy.origin = "greedy";
   std::vector<std::vector<size_t>> hulls;
   std::vector<size_t> pos(modules.size(), 0);
   for (auto& c : modules) hulls.push_back(hull(c));
@@ -175,7 +173,6 @@ PlanResult plan_budget(const Modules& modules, int64_t budget) {
   for (auto& c : modules[0]) keys.insert(c.key);
   for (const auto& key : keys) {
     PlanResult u;
-    u.origin = "uniform " + key;
     bool complete = true;
     for (auto& c : modules) {
       auto it = std::find_if(c.begin(), c.end(), [&](const Candidate& x) { return x.key == key; });

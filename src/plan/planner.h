@@ -37,7 +37,6 @@ struct PlanResult {
   std::vector<size_t> choice;  ///< candidate index per module
   int64_t params = 0;
   double error = 0;
-  std::string origin;  ///< "greedy" or "uniform <key>"
 };
 
 /// Least storage any plan can have.

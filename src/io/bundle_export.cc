@@ -1,0 +1,94 @@
+// A bundle's tasks written back as standard PEFT adapter directories.
+#include <nlohmann/json.hpp>
+#include <string_view>
+
+#include "hydraopt/error.h"
+#include "io/atomic_file.h"
+#include "io/bundle.h"
+#include "io/safetensors.h"
+
+namespace hydraopt::io {
+
+namespace fs = std::filesystem;
+using Eigen::MatrixXd;
+using nlohmann::ordered_json;
+
+namespace {
+
+// Regex-escapes a module name for PEFT's pattern keys.
+std::string regex_escape(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    if (std::string_view(".^$|()[]{}*+?\\").find(c) != std::string_view::npos) out += '\\';
+    out += c;
+  }
+  return out;
+}
+
+}  // namespace
+
+void export_peft_all(const Bundle& b, const fs::path& dir, DType dtype) {
+  AtomicDir out(dir);
+  for (auto& t : b.tasks) check_task_name(t.name, out.target().string());
+  for (size_t i = 0; i < b.tasks.size(); ++i) export_peft(b, i, out.path() / b.tasks[i].name, dtype);
+  out.commit();
+}
+
+void export_peft(const Bundle& b, size_t task, const fs::path& dir, DType dtype) {
+  const BundleTask& t = b.tasks.at(task);
+  std::vector<TensorData> tensors;
+  std::vector<std::pair<std::string, int64_t>> ranks;
+  std::vector<std::pair<std::string, double>> alphas;
+  std::vector<std::string> leaves;
+  for (const auto& m : b.modules) {
+    const ModuleFit& f = m.fit;
+    MatrixXd left = f.head_core(task);  // H C; the scale goes into alpha
+    const MatrixXd& right = f.right(task);
+    const int64_t k = right.rows();
+    if (k == 0) continue;  // the task has no update on this module
+    const std::string base = "base_model.model." + m.name;
+    tensors.push_back(tensor_from_matrix(base + ".lora_A.weight", right, dtype));
+    tensors.push_back(tensor_from_matrix(base + ".lora_B.weight", left, dtype));
+    ranks.emplace_back(m.name, k);
+    alphas.emplace_back(m.name, f.scale[task] * static_cast<double>(k));
+    leaves.push_back(m.name.substr(m.name.rfind('.') + 1));
+  }
+  if (tensors.empty()) throw Error("task '" + t.name + "' has no modules in the bundle");
+  auto most_common = [](auto values) {
+    std::map<decltype(values[0].second), int> c;
+    for (auto& [k, v] : values) ++c[v];
+    return std::max_element(c.begin(), c.end(), [](auto& a, auto& b) { return a.second < b.second; })->first;
+  };
+  const int64_t r = most_common(ranks);
+  const double alpha = most_common(alphas);
+  ordered_json rank_pattern = ordered_json::object(), alpha_pattern = ordered_json::object();
+  for (auto& [name, k] : ranks) {
+    if (k != r) rank_pattern[regex_escape(name)] = k;
+  }
+  for (auto& [name, a] : alphas) {
+    if (a != alpha) alpha_pattern[regex_escape(name)] = a;
+  }
+  std::sort(leaves.begin(), leaves.end());
+  leaves.erase(std::unique(leaves.begin(), leaves.end()), leaves.end());
+  ordered_json config = {{"peft_type", "LORA"},
+                         {"base_model_name_or_path", b.base_model},
+                         {"r", r},
+                         {"lora_alpha", alpha},
+                         {"rank_pattern", rank_pattern},
+                         {"alpha_pattern", alpha_pattern},
+                         {"use_rslora", false},
+                         {"use_dora", false},
+                         {"fan_in_fan_out", b.fan_in_fan_out},
+                         {"lora_dropout", 0.0},
+                         {"bias", "none"},
+                         {"target_modules", leaves},
+                         {"inference_mode", true}};
+
+  // Build the directory beside its target, then rename: complete or absent.
+  AtomicDir out(dir);
+  safetensors_write(out.path() / "adapter_model.safetensors", std::move(tensors), {{"format", "pt"}});
+  write_file_atomic(out.path() / "adapter_config.json", config.dump(2) + "\n");
+  out.commit();
+}
+
+}  // namespace hydraopt::io
