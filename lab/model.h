@@ -1,6 +1,6 @@
 // The lab's tiny byte-level LLaMA in libtorch, with optional PEFT-style LoRA
 // on q/k/v/o_proj. The exact specification is in lab/README.md; the Eigen
-// forward pass in src/model/ must reproduce these logits.
+// forward pass in src/runtime/ must reproduce these logits.
 #pragma once
 
 #include <torch/torch.h>

@@ -1,6 +1,6 @@
 // The module partition every rank computes alike (src/dist/partition.cc),
 // and the one-rank collectives (serial.cc) held to the contracts the merge
-// pipeline relies on (src/plan/pipeline.cc). Tests never start MPI; the MPI
+// engine relies on (src/engine/). Tests never start MPI; the MPI
 // path is tests/mpi_merge_test.sh.
 #include <gtest/gtest.h>
 
@@ -120,7 +120,7 @@ TEST(Dist, PartitionIsDeterministic) {
   EXPECT_EQ(partition(copy, 5), once);
 }
 
-// What pipeline.cc relies on from one rank.
+// What the engine relies on from one rank.
 TEST(Dist, OneProcessIsRankZeroOfOne) {
   EXPECT_FALSE(built_with_mpi());
   EXPECT_EQ(rank(), 0);

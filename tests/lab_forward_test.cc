@@ -1,4 +1,4 @@
-// The Eigen forward pass (src/model/llama.cc) against the libtorch model of
+// The Eigen forward pass (src/runtime/llama.cc) against the libtorch model of
 // the lab (`hydraopt-lab logits`, lab/model.cc) on the shipped benchmark
 // model and adapters in assets/: every logit of every position, for the
 // base model and for adapters of different applications.
