@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include "hydraopt/dtype.h"
+#include "hydraopt/llama_config.h"
 #include "hydraopt/tensors.h"
 
 namespace lab {
@@ -40,24 +41,28 @@ json Config::to_json() const {
               {"torch_dtype", "float32"}};
 }
 
-Config Config::from_json(const json& j) {
+// The project's one config.json reader (include/hydraopt/llama_config.h),
+// then what the lab does not implement.
+Config Config::read(const fs::path& dir) {
+  const hydraopt::LlamaConfig l = hydraopt::llama_config_read(dir);
   Config c;
-  c.hidden = j.value("hidden_size", c.hidden);
-  c.intermediate = j.value("intermediate_size", c.intermediate);
-  c.layers = j.value("num_hidden_layers", c.layers);
-  c.heads = j.value("num_attention_heads", c.heads);
-  c.kv_heads = j.value("num_key_value_heads", c.heads);
-  c.head_dim = j.value("head_dim", c.hidden / c.heads);
-  c.rms_eps = j.value("rms_norm_eps", c.rms_eps);
-  c.rope_theta = j.value("rope_theta", c.rope_theta);
-  c.vocab = j.value("vocab_size", c.vocab);
-  c.max_positions = j.value("max_position_embeddings", c.max_positions);
-  if (j.value("tie_word_embeddings", false)) throw std::runtime_error("config: tied embeddings are not supported");
-  const std::pair<const char*, int64_t> ids[] = {
-      {"bos_token_id", kBos}, {"eos_token_id", kEos}, {"pad_token_id", kPad}, {"sep_token_id", kSep}};
-  for (const auto& [key, want] : ids) {
-    if (j.contains(key) && j[key].is_number_integer() && j[key].get<int64_t>() != want) {
-      throw std::runtime_error(std::string("config: ") + key + " must be " + std::to_string(want));
+  c.hidden = l.hidden;
+  c.intermediate = l.intermediate;
+  c.layers = l.layers;
+  c.heads = l.heads;
+  c.kv_heads = l.kv_heads;
+  c.head_dim = l.head_dim;
+  c.rms_eps = l.rms_eps;
+  c.rope_theta = l.rope_theta;
+  c.vocab = l.vocab;
+  c.max_positions = l.max_positions;
+  if (l.tied_embeddings) throw std::runtime_error("config: tied embeddings are not supported");
+  const std::pair<const char*, std::pair<int64_t, int64_t>> ids[] = {
+      {"bos_token_id", {l.bos, kBos}}, {"eos_token_id", {l.eos, kEos}}, {"pad_token_id", {l.pad, kPad}},
+      {"sep_token_id", {l.sep, kSep}}};
+  for (const auto& [key, got_want] : ids) {
+    if (got_want.first != got_want.second) {
+      throw std::runtime_error(std::string("config: ") + key + " must be " + std::to_string(got_want.second));
     }
   }
   c.check();
@@ -183,7 +188,7 @@ Model Model::random(const Config& cfg, uint64_t seed) {
 
 Model Model::load(const fs::path& dir) {
   Model m;
-  m.cfg = Config::from_json(read_json(dir / "config.json"));
+  m.cfg = Config::read(dir);
   const Config& c = m.cfg;
   const int64_t d = c.hidden, I = c.intermediate, hd = c.head_dim;
   const auto f = hydraopt::TensorFile::open(dir / "model.safetensors");

@@ -23,7 +23,9 @@ struct Config {
   double rms_eps = 1e-5, rope_theta = 10000.0;
 
   nlohmann::json to_json() const;
-  static Config from_json(const nlohmann::json& j);
+  /// From a model directory's config.json (hydraopt's reader: every size
+  /// checked before use).
+  static Config read(const std::filesystem::path& dir);
   /// Throws std::runtime_error when sizes are inconsistent.
   void check() const;
 };
