@@ -374,28 +374,5 @@ TEST(Baselines, AllMissingGivesZeroAdapter) {
   }
 }
 
-TEST(Baselines, RandomizedSvdMatchesExact) {
-  // Low rank: the range finder's 13 samples capture it exactly.
-  const MatrixXd low = test::random_matrix(60, 5, 1) * test::random_matrix(5, 50, 2);
-  // Decaying spectrum: sigma_j = 2^-j.
-  Eigen::JacobiSVD<MatrixXd> q1(test::random_matrix(60, 50, 3), Eigen::ComputeThinU);
-  Eigen::JacobiSVD<MatrixXd> q2(test::random_matrix(50, 50, 4), Eigen::ComputeThinU);
-  Eigen::VectorXd s(50);
-  for (Index j = 0; j < 50; ++j) s(j) = std::pow(2.0, -double(j));
-  const MatrixXd decay = q1.matrixU() * s.asDiagonal() * q2.matrixU().transpose();
-  for (const MatrixXd* m : {&low, &decay}) {
-    for (Index k : {3, 4}) {
-      MatrixXd u, vt;
-      dense_truncated_svd(*m, k, 42, &u, &vt, /*exact_limit=*/0);
-      ASSERT_EQ(u.cols(), k);
-      EXPECT_LE(rel_err(u * vt, truncate(*m, k)), 1e-8);
-      EXPECT_LE((vt * vt.transpose() - MatrixXd::Identity(k, k)).norm(), 1e-12);
-      MatrixXd ue, vte;
-      dense_truncated_svd(*m, k, 42, &ue, &vte);
-      EXPECT_LE(rel_err(ue * vte, truncate(*m, k)), 1e-10);
-    }
-  }
-}
-
 }  // namespace
 }  // namespace hydraopt

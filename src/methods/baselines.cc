@@ -1,16 +1,16 @@
 #include "methods/baselines.h"
 
-#include <Eigen/QR>
 #include <Eigen/SVD>
 #include <algorithm>
 #include <cassert>
 #include <cmath>
 #include <functional>
 #include <limits>
-#include <numbers>
 
 #include "hydraopt/error.h"
+#include "linalg/dense_svd.h"
 #include "linalg/factored.h"
+#include "util/random.h"
 
 namespace hydraopt {
 
@@ -98,25 +98,16 @@ enum class SignMethod { kTotal, kFrequency };
 
 // ------------------------------------------------------------ random bits
 
-constexpr uint64_t kGolden = 0x9e3779b97f4a7c15ULL;
-
-// SplitMix64's output function (Steele, Lea, Flood 2014).
-uint64_t mix64(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
-
-// Uniform in [0, 1) from the top 53 bits.
-double unit_double(uint64_t h) { return static_cast<double>(h >> 11) * 0x1.0p-53; }
-
-// DARE mask, counter-based so it depends on nothing but its coordinates:
-//   key  = mix64(mix64(mix64(seed) ^ module_index) ^ task)
-//   u_j  = unit_double(mix64(key + (j + 1) * kGolden))   (j-th SplitMix64 output)
+// DARE mask, counter-based so it depends on nothing but its coordinates
+// (util/random.h: finalize = splitmix_finalize, x_j = splitmix_at):
+//   key  = finalize(finalize(finalize(seed) ^ module_index) ^ task)
+//   u_j  = unit_double(x_j) of SplitMix64 from state key
+//        = unit_double(finalize(key + (j + 1) * gamma))
 // where j is the entry's column-major linear index; entry j survives iff
 // u_j < density.
 uint64_t dare_key(uint64_t seed, uint64_t module_index, uint64_t task) {
-  return mix64(mix64(mix64(seed) ^ module_index) ^ task);
+  using util::splitmix_finalize;
+  return splitmix_finalize(splitmix_finalize(splitmix_finalize(seed) ^ module_index) ^ task);
 }
 
 // --------------------------------------------------------------- sparsify
@@ -161,8 +152,8 @@ void drop_and_rescale(MatrixXd* x, double density, uint64_t key) {
   const double rescale = 1 / density;
   double* d = x->data();
   for (Index j = 0; j < x->size(); ++j) {
-    const uint64_t h = mix64(key + (static_cast<uint64_t>(j) + 1) * kGolden);
-    d[j] = unit_double(h) < density ? d[j] * rescale : 0.0;
+    const double u = util::unit_double(util::splitmix_at(key, static_cast<uint64_t>(j)));
+    d[j] = u < density ? d[j] * rescale : 0.0;
   }
 }
 
@@ -261,25 +252,6 @@ MatrixXd merge_entrywise(Index rows, Index cols, size_t n,
 
 // ------------------------------------------------------------- refactorise
 
-MatrixXd orthonormal_columns(const MatrixXd& y) {
-  Eigen::HouseholderQR<MatrixXd> qr(y);
-  return qr.householderQ() * MatrixXd::Identity(y.rows(), std::min(y.rows(), y.cols()));
-}
-
-MatrixXd gaussian(Index rows, Index cols, uint64_t seed) {
-  // Box-Muller on SplitMix64 outputs: portable, unlike std::normal_distribution.
-  MatrixXd g(rows, cols);
-  uint64_t state = mix64(seed);
-  for (Index j = 0; j < g.size(); ++j) {
-    state += kGolden;
-    const double u1 = 1.0 - unit_double(mix64(state));  // (0, 1]
-    state += kGolden;
-    const double u2 = unit_double(mix64(state));
-    g.data()[j] = std::sqrt(-2 * std::log(u1)) * std::cos(2 * std::numbers::pi * u2);
-  }
-  return g;
-}
-
 /// One head, one body for every task; zero-padded to rank k.
 ModuleFit single_fit(const MatrixXd& u, const MatrixXd& vt, Index k, size_t tasks) {
   assert(u.cols() == vt.rows() && u.cols() <= k);
@@ -348,7 +320,8 @@ ModuleFit merge_dense(const ModuleProblem& p, const MergeMethod& method, const M
   const MatrixXd merged = merge_entrywise(p.out(), p.in(), p.tasks(), task, method, params,
                                           sign_method, module_index, lambda);
   MatrixXd u, vt;
-  dense_truncated_svd(merged, k, mix64(module_index ^ 0x5bd1e995ULL), &u, &vt);
+  const uint64_t seed = util::splitmix_finalize(module_index ^ 0x5bd1e995ULL);
+  linalg::dense_truncated_svd(merged, k, seed, &u, &vt);
   return single_fit(u, vt, k, p.tasks());
 }
 
@@ -441,36 +414,6 @@ void check_params(const MergeParams& params) {
 }
 
 }  // namespace
-
-void dense_truncated_svd(const MatrixXd& m, Index k, uint64_t seed, MatrixXd* u, MatrixXd* vt,
-                         Index exact_limit) {
-  const Index small = std::min(m.rows(), m.cols());
-  k = std::clamp<Index>(k, 0, small);
-  if (k == 0) {
-    *u = MatrixXd::Zero(m.rows(), 0);
-    *vt = MatrixXd::Zero(0, m.cols());
-    return;
-  }
-  constexpr Index kOversample = 10;
-  constexpr int kPowerIters = 4;
-  if (small <= exact_limit || k + kOversample >= small) {
-    Eigen::BDCSVD<MatrixXd> svd(m, Eigen::ComputeThinU | Eigen::ComputeThinV);
-    *u = svd.matrixU().leftCols(k) * svd.singularValues().head(k).asDiagonal();
-    *vt = svd.matrixV().leftCols(k).transpose();
-    return;
-  }
-  // Halko, Martinsson, Tropp (2011), Alg. 4.4: subspace iteration with a
-  // QR after every product so small singular values are not swamped.
-  MatrixXd q = orthonormal_columns(m * gaussian(m.cols(), k + kOversample, seed));
-  for (int it = 0; it < kPowerIters; ++it) {
-    const MatrixXd z = orthonormal_columns(m.transpose() * q);
-    q = orthonormal_columns(m * z);
-  }
-  const MatrixXd b = q.transpose() * m;  // (k + p) x cols
-  Eigen::BDCSVD<MatrixXd> svd(b, Eigen::ComputeThinU | Eigen::ComputeThinV);
-  *u = q * (svd.matrixU().leftCols(k) * svd.singularValues().head(k).asDiagonal());
-  *vt = svd.matrixV().leftCols(k).transpose();
-}
 
 const std::vector<SingleMerge>& single_merges() {
   static const std::vector<SingleMerge> table = [] {

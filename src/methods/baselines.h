@@ -13,7 +13,8 @@
 //              survivors by 1/density)
 //   consensus  sum (lambda * sum) | ties (sign election + disjoint mean,
 //              then lambda)
-//   refactor   truncated SVD to rank k (factored, or dense for `dense`)
+//   refactor   truncated SVD to rank k (linalg::factored_svd, or for
+//              `dense` linalg::dense_truncated_svd seeded by the module)
 //
 //   method            space     sparsify   consensus  default lambda
 //   linear            factors   none       sum        1/N
@@ -78,14 +79,5 @@ const std::vector<SingleMerge>& single_merges();
 
 /// The typed parameters from a single merge's checked ones.
 MergeParams merge_params(const Params& params);
-
-/// Best rank-k approximation of a dense matrix m (rows x cols): writes U
-/// (rows x k', singular values folded in) and Vt (k' x cols, orthonormal
-/// rows), k' = min(k, rows, cols). Exact (BDCSVD) when min(rows, cols) <=
-/// exact_limit or k + 10 >= min(rows, cols); otherwise a randomized range
-/// finder (k + 10 samples, 4 power iterations, Householder QR), seeded by
-/// `seed`. Exposed for tests.
-void dense_truncated_svd(const Eigen::MatrixXd& m, Eigen::Index k, uint64_t seed,
-                         Eigen::MatrixXd* u, Eigen::MatrixXd* vt, Eigen::Index exact_limit = 256);
 
 }  // namespace hydraopt
