@@ -39,23 +39,49 @@ struct MergeMethod {
 
 // Only the entrywise spaces (dense, aligned) take a sparsify step or a ties
 // consensus; the others are sums by construction.
+//
+// PEFT (add_weighted_adapter, PEFT 0.x). For the "*_svd" combination types
+// PEFT merges get_delta_weight(i) = s_i B_i A_i, which already carries the
+// LoRA scaling s_i = alpha_i / r_i, with weights weights[i] * s_i: the
+// scaling is applied twice. We apply it once (lambda sum_i s_i B_i A_i for
+// ta), so each dense row below equals
+//   add_weighted_adapter(adapters, weights=[lambda / s_1, .., lambda / s_N],
+//                        adapter_name, combination_type=T, svd_rank=k,
+//                        svd_clamp=None, density=density,
+//                        majority_sign_method=sign_method)
+// up to rounding, with T in the row's comment (PEFT's merged adapter has
+// lora_alpha = r, scaling 1; with use_rslora it is sqrt(k) larger). Its
+// pieces (merge_utils) are the ones here: magnitude_based_pruning keeps
+// int(density * n) entries, the sign election elects + on a zero measure,
+// disjoint_merge averages the entries with the elected sign. DARE's mask
+// is ours (counter-based, below), PEFT's torch.bernoulli: same law, other
+// draws. PEFT's non-svd "ties", "dare_*" and "magnitude_prune" merge the
+// A's and the B's separately; no row here does.
 constexpr MergeMethod kMethods[] = {
+    // = PEFT combination_type="linear" with weights lambda (the scaling
+    // once there: sqrt(lambda s_i) on A_i and on B_i).
     {"linear", Space::kFactors, Sparsify::kNone, Consensus::kSum, DefaultLambda::kMean,
      "PEFT linear: A's and B's merged separately with weights sqrt(w s)",
      "PEFT add_weighted_adapter(combination_type='linear')"},
+    // = PEFT "svd", weights lambda / s_i.
     {"ta", Space::kFactored, Sparsify::kNone, Consensus::kSum, DefaultLambda::kMean,
      "task arithmetic on dW, then truncated SVD to rank r", "Ilharco et al., 2023, arXiv:2212.04089"},
+    // = PEFT "ties_svd", weights lambda / s_i.
     {"ties", Space::kDense, Sparsify::kMagnitude, Consensus::kTies, DefaultLambda::kOne,
      "trim, elect sign, disjoint mean on dW, then SVD to rank r", "Yadav et al., 2023, arXiv:2306.01708"},
+    // = PEFT "dare_linear_svd", weights lambda / s_i (our mask).
     {"dare-linear", Space::kDense, Sparsify::kDare, Consensus::kSum, DefaultLambda::kMean,
      "random drop and rescale on dW, weighted sum, then SVD", "Yu et al., 2024, arXiv:2311.03099"},
+    // = PEFT "dare_ties_svd", weights lambda / s_i (our mask).
     {"dare-ties", Space::kDense, Sparsify::kDare, Consensus::kTies, DefaultLambda::kOne,
      "random drop and rescale, TIES sign election and disjoint mean, then SVD", "Yu et al., 2024, arXiv:2311.03099"},
+    // = PEFT "magnitude_prune_svd", weights lambda / s_i.
     {"magnitude-prune", Space::kDense, Sparsify::kMagnitude, Consensus::kSum, DefaultLambda::kMean,
      "magnitude trim per task, weighted sum, then SVD",
      "PEFT add_weighted_adapter(combination_type='magnitude_prune_svd')"},
     // knots-ta equals ta up to rounding: U U^T fixes every dW_i, so
     // U (sum_i U^T dW_i) = sum_i dW_i. Kept as the aligned space's plain row.
+    // The aligned rows and tsv have no PEFT counterpart.
     {"knots-ta", Space::kAligned, Sparsify::kNone, Consensus::kSum, DefaultLambda::kMean,
      "SVD-align the task updates, task arithmetic on the aligned coordinates", "Stoica et al., 2024, arXiv:2410.19735"},
     {"knots-ties", Space::kAligned, Sparsify::kMagnitude, Consensus::kTies, DefaultLambda::kOne,
@@ -112,12 +138,16 @@ uint64_t dare_key(uint64_t seed, uint64_t module_index, uint64_t task) {
 
 // --------------------------------------------------------------- sparsify
 
-// Keeps the n_keep = round(density * n) entries of largest |x| (n = x.size()),
-// zeroes the rest. Ties at the threshold go to the lower column-major index,
-// i.e. the order is (|x| descending, index ascending). One n-sized scratch.
+// PEFT's magnitude_based_pruning: keeps the int(density * n) entries of
+// largest |x| (n = x.size(); the double product truncated, as Python's
+// int(): 409 of 2048 at density 0.2), zeroes the rest; density >= 1 keeps
+// all (PEFT's prune). torch.topk leaves open which of equal |x| it keeps;
+// here ties at the threshold go to the lower column-major index, i.e. the
+// order is (|x| descending, index ascending). One n-sized scratch.
 void trim_by_magnitude(MatrixXd* x, double density) {
   const Index n = x->size();
-  const Index keep = std::clamp<Index>(std::llround(density * static_cast<double>(n)), 0, n);
+  const Index product = static_cast<Index>(density * static_cast<double>(n));  // truncated
+  const Index keep = density >= 1 ? n : std::clamp<Index>(product, 0, n);
   if (keep >= n) return;
   if (keep == 0) {
     x->setZero();
@@ -191,10 +221,13 @@ class TiesAccumulator {
     neg_n_ += (t.array() < 0).cast<int>().matrix();
   }
 
-  // Elected sign per entry: "total" = sign of the sum of the (sparsified)
-  // values, "frequency" = sign of #positive - #negative, a tie there falling
-  // back to the sign of the sum; a zero sum elects + (as mergekit). Result:
-  // mean of the entries agreeing with the elected sign (0 if none agree).
+  // PEFT's calculate_majority_sign_mask and disjoint_merge. Elected sign
+  // per entry: + iff the measure is >= 0, the measure being the sum of the
+  // (sparsified) values for "total" (taken as sum of positives + sum of
+  // negatives: the sum up to rounding) and #positive - #negative for
+  // "frequency"; so a zero sum or tied counts elect + (as PEFT and
+  // mergekit). Result: mean of the entries with the elected sign (zeros
+  // never count; 0 if none agree).
   MatrixXd disjoint_mean(SignMethod method) && {
     MatrixXd& out = pos_sum_;
     double* ps = pos_sum_.data();
@@ -202,10 +235,8 @@ class TiesAccumulator {
     const int* pn = pos_n_.data();
     const int* nn = neg_n_.data();
     for (Index j = 0; j < pos_sum_.size(); ++j) {
-      const double total = ps[j] + ns[j];
-      int sign = total < 0 ? -1 : 1;
-      if (method == SignMethod::kFrequency && pn[j] != nn[j]) sign = pn[j] > nn[j] ? 1 : -1;
-      if (sign > 0) {
+      const bool plus = method == SignMethod::kFrequency ? pn[j] >= nn[j] : !(ps[j] + ns[j] < 0);
+      if (plus) {
         ps[j] = pn[j] > 0 ? ps[j] / pn[j] : 0.0;
       } else {
         ps[j] = nn[j] > 0 ? ns[j] / nn[j] : 0.0;
@@ -331,6 +362,10 @@ ModuleFit merge_dense(const ModuleProblem& p, const MergeMethod& method, const M
 // (out x total rank) has the same left singular vectors. U keeps all
 // min(out, M.cols()) thin columns (R); task coordinates X_i = U^T dW_i =
 // S V_i^T (R x in) are merged entrywise and the update is U X_merged.
+// Each column of U is signed so that its largest |entry| (the first of
+// equals) is positive: the TIES election elects + on a zero measure
+// (tied counts, a zero sum), so it is not invariant under flipping a row
+// of every X_i, and the SVD's arbitrary signs would otherwise decide it.
 ModuleFit merge_aligned(const ModuleProblem& p, const MergeMethod& method,
                         const MergeParams& params, SignMethod sign_method, uint64_t module_index,
                         double lambda, Index k) {
@@ -353,6 +388,11 @@ ModuleFit merge_aligned(const ModuleProblem& p, const MergeMethod& method,
   if (m.size() > 0) {
     Eigen::BDCSVD<MatrixXd> svd(m, Eigen::ComputeThinU);
     u = svd.matrixU();
+  }
+  for (Index j = 0; j < u.cols(); ++j) {
+    Index top = 0;
+    u.col(j).cwiseAbs().maxCoeff(&top);
+    if (u(top, j) < 0) u.col(j) = -u.col(j);
   }
   const MatrixXd ut = u.transpose();
   auto task = [&](size_t i) -> MatrixXd {

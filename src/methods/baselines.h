@@ -8,11 +8,11 @@
 //                dense     the out x in dW_i, built one task at a time
 //                aligned   KnOTS coordinates X_i = U^T dW_i (R x in)
 //                tsv       per-task singular vectors, whitened
-//   sparsify   none | magnitude (top `density` fraction of |x| per task) |
-//              dare (keep each entry with probability `density`, rescale
-//              survivors by 1/density)
-//   consensus  sum (lambda * sum) | ties (sign election + disjoint mean,
-//              then lambda)
+//   sparsify   none | magnitude (the int(density * n) largest |x| per
+//              task, as PEFT) | dare (keep each entry with probability
+//              `density`, rescale survivors by 1/density)
+//   consensus  sum (lambda * sum) | ties (sign election, + on a tie, and
+//              disjoint mean, as PEFT; then lambda)
 //   refactor   truncated SVD to rank k (linalg::factored_svd, or for
 //              `dense` linalg::dense_truncated_svd seeded by the module)
 //
@@ -29,8 +29,11 @@
 //
 // Merge weights are uniform (ModuleProblem::weights is not used); a task
 // lacking the module (rank 0) has a zero update and still counts in N.
-// Exact conventions (tie-breaks, the DARE mask) are documented in
-// baselines.cc next to the code that implements them.
+// The LoRA scaling s_i counts once: the dense rows equal PEFT's "*_svd"
+// combinations called with weights lambda / s_i (PEFT counts it twice;
+// the equivalent call per row is beside kMethods in baselines.cc). Exact
+// conventions (tie-breaks, the DARE mask) are documented in baselines.cc
+// next to the code that implements them.
 #pragma once
 
 #include <Eigen/Core>
@@ -47,7 +50,7 @@ struct MergeParams {
   /// Fraction of entries kept by magnitude trimming; DARE keep probability.
   double density = 0.2;
   /// TIES sign election: "total" (sign of the sum) or "frequency" (sign
-  /// with more entries).
+  /// with more entries); + when the sum is 0 or the counts tie (PEFT).
   std::string sign_method = "total";
   /// DARE drop mask seed.
   uint64_t seed = 0;
