@@ -76,16 +76,39 @@ double rel_err(const MatrixXd& got, const MatrixXd& want) {
 }
 
 // ---- independent references
+//
+// The entrywise pieces restate PEFT's definitions (peft/utils/merge_utils.py,
+// PEFT 0.x) on lists of task matrices, in double:
+//   magnitude_based_pruning  keep the k = int(density * numel) entries of
+//                            largest |x| (torch.topk), zero the rest
+//   prune                    density >= 1 leaves the tensor as it is
+//   random_pruning           x * bernoulli(density) / density (rescale)
+//   calculate_majority_sign_mask
+//                            s = sum_i x_i ("total") or sum_i sign(x_i)
+//                            ("frequency"); majority = s >= 0 ? +1 : -1;
+//                            mask_i = sign(x_i) == majority
+//   disjoint_merge           sum_i mask_i w_i x_i / max(1, sum_i mask_i)
+//   task_arithmetic, magnitude_prune, dare_linear: sum_i w_i x_i after the
+//                            pruning; ties, dare_ties: the election on the
+//                            pruned x_i, then disjoint_merge of w_i x_i.
+// Two conventions are ours, where PEFT leaves it open: torch.topk does not
+// say which of equal |x| it keeps (the lower column-major index here), and
+// torch.bernoulli's draws are replaced by the documented DARE mask.
 
-MatrixXd ref_trim(MatrixXd x, double density) {
+MatrixXd peft_magnitude_based_pruning(const MatrixXd& x, double density) {
   const Index n = x.size();
-  const Index keep = std::llround(density * n);
+  const auto k = static_cast<Index>(density * static_cast<double>(n));  // Python int(): truncates
   std::vector<Index> idx(n);
   std::iota(idx.begin(), idx.end(), 0);
   std::stable_sort(idx.begin(), idx.end(),
                    [&](Index a, Index b) { return std::abs(x.data()[a]) > std::abs(x.data()[b]); });
-  for (Index j = keep; j < n; ++j) x.data()[idx[j]] = 0;
-  return x;
+  MatrixXd out = MatrixXd::Zero(x.rows(), x.cols());
+  for (Index j = 0; j < k; ++j) out.data()[idx[j]] = x.data()[idx[j]];
+  return out;
+}
+
+MatrixXd ref_trim(const MatrixXd& x, double density) {  // prune(method="magnitude")
+  return density >= 1 ? x : peft_magnitude_based_pruning(x, density);
 }
 
 uint64_t ref_mix(uint64_t z) {
@@ -94,6 +117,7 @@ uint64_t ref_mix(uint64_t z) {
   return z ^ (z >> 31);
 }
 
+// prune(method="random", rescale=True) with the DARE mask of baselines.cc.
 MatrixXd ref_dare(MatrixXd x, double density, uint64_t seed, uint64_t module, uint64_t task) {
   const uint64_t key = ref_mix(ref_mix(ref_mix(seed) ^ module) ^ task);
   for (Index j = 0; j < x.size(); ++j) {
@@ -110,31 +134,31 @@ MatrixXd ref_sum(const std::vector<MatrixXd>& t) {
   return s;
 }
 
-MatrixXd ref_ties(const std::vector<MatrixXd>& t, bool frequency) {
-  MatrixXd out = MatrixXd::Zero(t[0].rows(), t[0].cols());
-  for (Index r = 0; r < out.rows(); ++r) {
-    for (Index c = 0; c < out.cols(); ++c) {
-      double sum = 0;
-      int pos = 0, neg = 0;
-      for (auto& x : t) {
-        sum += x(r, c);
-        pos += x(r, c) > 0;
-        neg += x(r, c) < 0;
-      }
-      int sign = sum < 0 ? -1 : 1;
-      if (frequency && pos != neg) sign = pos > neg ? 1 : -1;
-      double agree = 0;
-      int count = 0;
-      for (auto& x : t) {
-        if (x(r, c) * sign > 0) {
-          agree += x(r, c);
-          ++count;
-        }
-      }
-      out(r, c) = count ? agree / count : 0.0;
+int sign_of(double x) { return (x > 0) - (x < 0); }
+
+// calculate_majority_sign_mask, then disjoint_merge of w_i x_i.
+MatrixXd peft_elect_and_merge(const std::vector<MatrixXd>& x, const std::vector<double>& w,
+                              bool frequency) {
+  MatrixXd out = MatrixXd::Zero(x[0].rows(), x[0].cols());
+  for (Index j = 0; j < out.size(); ++j) {
+    double magnitude = 0;
+    for (auto& xi : x) magnitude += frequency ? sign_of(xi.data()[j]) : xi.data()[j];
+    const int majority = magnitude >= 0 ? 1 : -1;
+    double sum = 0;
+    int kept = 0;
+    for (size_t i = 0; i < x.size(); ++i) {
+      if (sign_of(x[i].data()[j]) != majority) continue;
+      sum += w[i] * x[i].data()[j];
+      ++kept;
     }
+    out.data()[j] = sum / std::max(kept, 1);
   }
   return out;
+}
+
+// Uniform weights: the disjoint mean itself.
+MatrixXd ref_ties(const std::vector<MatrixXd>& t, bool frequency) {
+  return peft_elect_and_merge(t, std::vector<double>(t.size(), 1.0), frequency);
 }
 
 // Entrywise method applied to task matrices (dense dW_i or KnOTS coordinates).
@@ -206,7 +230,12 @@ MatrixXd reference(const std::string& method, const Case& c, const MergeParams& 
     Index total = 0;
     for (auto& l : p.loras) total += l.rank();
     Eigen::JacobiSVD<MatrixXd> svd(cat, Eigen::ComputeThinU);
-    const MatrixXd u = svd.matrixU().leftCols(std::min<Index>(p.out(), total));
+    MatrixXd u = svd.matrixU().leftCols(std::min<Index>(p.out(), total));
+    for (Index j = 0; j < u.cols(); ++j) {  // largest |u_ij| positive (baselines.cc)
+      Index top = 0;
+      for (Index i = 1; i < u.rows(); ++i) top = std::abs(u(i, j)) > std::abs(u(top, j)) ? i : top;
+      if (u(top, j) < 0) u.col(j) *= -1;
+    }
     std::vector<MatrixXd> x;
     for (auto& d : c.dw) x.push_back(u.transpose() * d);
     const std::string inner = method == "knots-ta" ? "ta" : "knots-ties";
@@ -374,25 +403,153 @@ TEST(Baselines, AllMissingGivesZeroAdapter) {
   }
 }
 
-TEST(Baselines, RandomizedSvdMatchesExact) {
-  // Low rank: the range finder's 13 samples capture it exactly.
-  const MatrixXd low = test::random_matrix(60, 5, 1) * test::random_matrix(5, 50, 2);
-  // Decaying spectrum: sigma_j = 2^-j.
-  Eigen::JacobiSVD<MatrixXd> q1(test::random_matrix(60, 50, 3), Eigen::ComputeThinU);
-  Eigen::JacobiSVD<MatrixXd> q2(test::random_matrix(50, 50, 4), Eigen::ComputeThinU);
-  Eigen::VectorXd s(50);
-  for (Index j = 0; j < 50; ++j) s(j) = std::pow(2.0, -double(j));
-  const MatrixXd decay = q1.matrixU() * s.asDiagonal() * q2.matrixU().transpose();
-  for (const MatrixXd* m : {&low, &decay}) {
-    for (Index k : {3, 4}) {
-      MatrixXd u, vt;
-      dense_truncated_svd(*m, k, 42, &u, &vt, /*exact_limit=*/0);
-      ASSERT_EQ(u.cols(), k);
-      EXPECT_LE(rel_err(u * vt, truncate(*m, k)), 1e-8);
-      EXPECT_LE((vt * vt.transpose() - MatrixXd::Identity(k, k)).norm(), 1e-12);
-      MatrixXd ue, vte;
-      dense_truncated_svd(*m, k, 42, &ue, &vte);
-      EXPECT_LE(rel_err(ue * vte, truncate(*m, k)), 1e-10);
+// ---- PEFT's definitions (issue 15, item 6)
+
+/// One task per matrix: B = I, A = x_i, scale s_i, so dW_i = s_i x_i.
+ModuleProblem dense_tasks(const std::vector<MatrixXd>& x, const std::vector<double>& scales) {
+  ModuleProblem p;
+  for (size_t i = 0; i < x.size(); ++i) {
+    ModuleLora l;
+    l.A = x[i];
+    l.B = MatrixXd::Identity(x[i].rows(), x[i].rows());
+    l.scale = scales[i];
+    p.loras.push_back(std::move(l));
+    p.weights.push_back(1);
+  }
+  return p;
+}
+
+TEST(Baselines, MagnitudeTrimKeepsIntOfDensityTimesN) {
+  // PEFT keeps int(density * n) entries: 409 of 2048 at density 0.2 (not
+  // round's 410), 28 of 100 at 0.29 (0.29 * 100 = 28.999999999999996 in
+  // double; round: 29). Equal magnitudes: the lower column-major index
+  // first, so the 409 kept are the first 409.
+  struct Trim {
+    Index rows, cols;
+    double density;
+    Index kept;
+    bool equal_magnitudes;
+  };
+  for (const Trim& t : {Trim{32, 64, 0.2, 409, false}, Trim{10, 10, 0.29, 28, false},
+                        Trim{32, 64, 0.2, 409, true}}) {
+    SCOPED_TRACE(std::to_string(t.rows) + "x" + std::to_string(t.cols) + " density " +
+                 std::to_string(t.density) + (t.equal_magnitudes ? " equal |x|" : ""));
+    MatrixXd x = test::random_matrix(t.rows, t.cols, 40 + t.rows);
+    if (t.equal_magnitudes) x = x.unaryExpr([](double v) { return v < 0 ? -1.0 : 1.0; });
+    const MatrixXd want = ref_trim(x, t.density);
+    ASSERT_EQ((want.array() != 0).count(), t.kept);
+    if (t.equal_magnitudes) {
+      ASSERT_TRUE(
+          (want.reshaped().head(t.kept).array() == x.reshaped().head(t.kept).array()).all());
+    }
+    const ModuleProblem p = dense_tasks({x}, {1.0});
+    MergeParams mp;
+    mp.density = t.density;
+    const MatrixXd got = served(merge_single("magnitude-prune", p, mp, 0), p, t.rows);
+    EXPECT_EQ((got.array().abs() > 1e-9).count(), t.kept);
+    EXPECT_LE(rel_err(got, want), 1e-12);
+  }
+}
+
+TEST(Baselines, SignElectionAsPeft) {
+  // Every sign pattern of 4 tasks, one per entry (9 x 9 = 3^4), with
+  // scales 0.5, 2, 1.25, 0.75. Both methods elect + when their measure is
+  // exactly 0: a zero sum ("total"), tied counts ("frequency").
+  const std::vector<double> scales = {0.5, 2.0, 1.25, 0.75};
+  std::vector<MatrixXd> x(4, MatrixXd(MatrixXd::Zero(9, 9)));
+  for (Index j = 0; j < 81; ++j) {
+    Index code = j;
+    for (auto& xi : x) {
+      xi.data()[j] = static_cast<double>(code % 3) - 1;
+      code /= 3;
+    }
+  }
+  std::vector<MatrixXd> dw;
+  for (size_t i = 0; i < 4; ++i) dw.push_back(scales[i] * x[i]);
+  const ModuleProblem p = dense_tasks(x, scales);
+  auto entry = [](int a, int b, int c, int d) {  // signs of tasks 0..3
+    return (a + 1) + 3 * (b + 1) + 9 * (c + 1) + 27 * (d + 1);
+  };
+  MergeParams mp;
+  mp.density = 1;
+  for (const bool frequency : {false, true}) {
+    mp.sign_method = frequency ? "frequency" : "total";
+    SCOPED_TRACE(mp.sign_method);
+    const MatrixXd got = served(merge_single("ties", p, mp, 0), p, 9);
+    EXPECT_LE((got - ref_ties(dw, frequency)).cwiseAbs().maxCoeff(), 1e-12);
+    // (+, 0, -, +): sum 0.5 - 1.25 + 0.75 = 0, counts 2:1; + either way.
+    EXPECT_NEAR(got.data()[entry(1, 0, -1, 1)], 0.625, 1e-12);
+    // (+, -, -, +): counts 2:2, sum -2; total -, frequency + (a tie).
+    EXPECT_NEAR(got.data()[entry(1, -1, -1, 1)], frequency ? 0.625 : -1.625, 1e-12);
+    // (+, -, 0, 0): counts 1:1, sum -1.5.
+    EXPECT_NEAR(got.data()[entry(1, -1, 0, 0)], frequency ? 0.5 : -2.0, 1e-12);
+  }
+}
+
+// PEFT's add_weighted_adapter(adapters, weights, combination_type=type,
+// svd_rank=rank, density=..., majority_sign_method=...) for the "*_svd"
+// types, per module (_svd_generalized_task_arithmetic_weighted_adapter):
+// adapters lacking the module are skipped; the merged tensors are
+// get_delta_weight(i) = s_i B_i A_i, weighted by weights[i] * s_i (the
+// scaling a second time); the top `rank` singular triplets are kept
+// (svd_clamp None) in an adapter with lora_alpha = r, i.e. scaling 1.
+MatrixXd peft_svd_combination(const std::string& type, const ModuleProblem& p,
+                              const std::vector<double>& weights, const MergeParams& mp,
+                              uint64_t module, Index rank) {
+  std::vector<MatrixXd> delta;
+  std::vector<double> w;
+  for (size_t i = 0; i < p.tasks(); ++i) {
+    const ModuleLora& l = p.loras[i];
+    if (l.rank() == 0) continue;
+    MatrixXd d = l.scale * l.B * l.A;
+    if (type == "ties_svd" || type == "magnitude_prune_svd") d = ref_trim(d, mp.density);
+    if (type == "dare_linear_svd" || type == "dare_ties_svd") {
+      d = ref_dare(d, mp.density, mp.seed, module, i);
+    }
+    delta.push_back(std::move(d));
+    w.push_back(weights[i] * l.scale);
+  }
+  MatrixXd merged = MatrixXd::Zero(p.out(), p.in());
+  if (type == "ties_svd" || type == "dare_ties_svd") {
+    merged = peft_elect_and_merge(delta, w, mp.sign_method == "frequency");
+  } else {
+    for (size_t j = 0; j < delta.size(); ++j) merged += w[j] * delta[j];
+  }
+  return truncate(merged, rank);
+}
+
+TEST(Baselines, MatchesPeftSvdCombinationsWithWeightsLambdaOverScale) {
+  const std::vector<std::pair<std::string, std::string>> pairs = {
+      {"ta", "svd"},
+      {"ties", "ties_svd"},
+      {"dare-linear", "dare_linear_svd"},
+      {"dare-ties", "dare_ties_svd"},
+      {"magnitude-prune", "magnitude_prune_svd"}};
+  for (uint64_t seed : {11, 12}) {
+    const Case c = make_case(seed);
+    for (const auto& [ours, peft] : pairs) {
+      // 0.29 * 120 = 34.8: PEFT keeps 34 entries per task.
+      for (double density : {0.29, 0.5}) {
+        for (const char* sign : {"total", "frequency"}) {
+          for (double lambda : {0.0, -0.7}) {
+            MergeParams mp;
+            mp.density = density;
+            mp.sign_method = sign;
+            mp.seed = seed;
+            mp.lambda = lambda;
+            SCOPED_TRACE(ours + " density " + std::to_string(density) + " " + sign + " lambda " +
+                         std::to_string(lambda));
+            const bool ties = ours.find("ties") != std::string::npos;
+            const double l = lambda != 0 ? lambda : ties ? 1.0 : 1.0 / c.p.tasks();
+            std::vector<double> weights;
+            for (auto& lora : c.p.loras) weights.push_back(l / lora.scale);
+            const Index k = c.p.max_rank();
+            const MatrixXd want = peft_svd_combination(peft, c.p, weights, mp, 5, k);
+            ASSERT_GT(want.norm(), 0);
+            EXPECT_LE(rel_err(served(merge_single(ours, c.p, mp, 5), c.p, k), want), 1e-8);
+          }
+        }
+      }
     }
   }
 }

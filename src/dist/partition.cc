@@ -3,6 +3,7 @@
 #include <numeric>
 
 #include "dist/dist.h"
+#include "util/random.h"
 
 namespace hydraopt::dist {
 
@@ -13,16 +14,11 @@ std::vector<int> partition(const std::vector<double>& costs, int ranks) {
   std::iota(order.begin(), order.end(), size_t{0});
   // Equal costs in a scrambled (but fixed) order: modules of one shape
   // (q_proj and o_proj, say) then spread over the ranks instead of
-  // alternating by type, as their real costs differ with the data.
-  auto scramble = [](uint64_t x) {  // splitmix64's finaliser
-    x += 0x9e3779b97f4a7c15ULL;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-    return x ^ (x >> 31);
-  };
+  // alternating by type, as their real costs differ with the data. The
+  // order is that of a hash of the index, SplitMix64's.
   std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
     if (costs[a] != costs[b]) return costs[a] > costs[b];
-    const uint64_t ha = scramble(a), hb = scramble(b);
+    const uint64_t ha = util::splitmix_hash(a), hb = util::splitmix_hash(b);
     return ha != hb ? ha < hb : a < b;
   });
   std::vector<double> load(static_cast<size_t>(ranks), 0.0);

@@ -1,16 +1,16 @@
 #include "methods/baselines.h"
 
-#include <Eigen/QR>
 #include <Eigen/SVD>
 #include <algorithm>
 #include <cassert>
 #include <cmath>
 #include <functional>
 #include <limits>
-#include <numbers>
 
 #include "hydraopt/error.h"
+#include "linalg/dense_svd.h"
 #include "linalg/factored.h"
+#include "util/random.h"
 
 namespace hydraopt {
 
@@ -39,23 +39,49 @@ struct MergeMethod {
 
 // Only the entrywise spaces (dense, aligned) take a sparsify step or a ties
 // consensus; the others are sums by construction.
+//
+// PEFT (add_weighted_adapter, PEFT 0.x). For the "*_svd" combination types
+// PEFT merges get_delta_weight(i) = s_i B_i A_i, which already carries the
+// LoRA scaling s_i = alpha_i / r_i, with weights weights[i] * s_i: the
+// scaling is applied twice. We apply it once (lambda sum_i s_i B_i A_i for
+// ta), so each dense row below equals
+//   add_weighted_adapter(adapters, weights=[lambda / s_1, .., lambda / s_N],
+//                        adapter_name, combination_type=T, svd_rank=k,
+//                        svd_clamp=None, density=density,
+//                        majority_sign_method=sign_method)
+// up to rounding, with T in the row's comment (PEFT's merged adapter has
+// lora_alpha = r, scaling 1; with use_rslora it is sqrt(k) larger). Its
+// pieces (merge_utils) are the ones here: magnitude_based_pruning keeps
+// int(density * n) entries, the sign election elects + on a zero measure,
+// disjoint_merge averages the entries with the elected sign. DARE's mask
+// is ours (counter-based, below), PEFT's torch.bernoulli: same law, other
+// draws. PEFT's non-svd "ties", "dare_*" and "magnitude_prune" merge the
+// A's and the B's separately; no row here does.
 constexpr MergeMethod kMethods[] = {
+    // = PEFT combination_type="linear" with weights lambda (the scaling
+    // once there: sqrt(lambda s_i) on A_i and on B_i).
     {"linear", Space::kFactors, Sparsify::kNone, Consensus::kSum, DefaultLambda::kMean,
      "PEFT linear: A's and B's merged separately with weights sqrt(w s)",
      "PEFT add_weighted_adapter(combination_type='linear')"},
+    // = PEFT "svd", weights lambda / s_i.
     {"ta", Space::kFactored, Sparsify::kNone, Consensus::kSum, DefaultLambda::kMean,
      "task arithmetic on dW, then truncated SVD to rank r", "Ilharco et al., 2023, arXiv:2212.04089"},
+    // = PEFT "ties_svd", weights lambda / s_i.
     {"ties", Space::kDense, Sparsify::kMagnitude, Consensus::kTies, DefaultLambda::kOne,
      "trim, elect sign, disjoint mean on dW, then SVD to rank r", "Yadav et al., 2023, arXiv:2306.01708"},
+    // = PEFT "dare_linear_svd", weights lambda / s_i (our mask).
     {"dare-linear", Space::kDense, Sparsify::kDare, Consensus::kSum, DefaultLambda::kMean,
      "random drop and rescale on dW, weighted sum, then SVD", "Yu et al., 2024, arXiv:2311.03099"},
+    // = PEFT "dare_ties_svd", weights lambda / s_i (our mask).
     {"dare-ties", Space::kDense, Sparsify::kDare, Consensus::kTies, DefaultLambda::kOne,
      "random drop and rescale, TIES sign election and disjoint mean, then SVD", "Yu et al., 2024, arXiv:2311.03099"},
+    // = PEFT "magnitude_prune_svd", weights lambda / s_i.
     {"magnitude-prune", Space::kDense, Sparsify::kMagnitude, Consensus::kSum, DefaultLambda::kMean,
      "magnitude trim per task, weighted sum, then SVD",
      "PEFT add_weighted_adapter(combination_type='magnitude_prune_svd')"},
     // knots-ta equals ta up to rounding: U U^T fixes every dW_i, so
     // U (sum_i U^T dW_i) = sum_i dW_i. Kept as the aligned space's plain row.
+    // The aligned rows and tsv have no PEFT counterpart.
     {"knots-ta", Space::kAligned, Sparsify::kNone, Consensus::kSum, DefaultLambda::kMean,
      "SVD-align the task updates, task arithmetic on the aligned coordinates", "Stoica et al., 2024, arXiv:2410.19735"},
     {"knots-ties", Space::kAligned, Sparsify::kMagnitude, Consensus::kTies, DefaultLambda::kOne,
@@ -98,35 +124,30 @@ enum class SignMethod { kTotal, kFrequency };
 
 // ------------------------------------------------------------ random bits
 
-constexpr uint64_t kGolden = 0x9e3779b97f4a7c15ULL;
-
-// SplitMix64's output function (Steele, Lea, Flood 2014).
-uint64_t mix64(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
-
-// Uniform in [0, 1) from the top 53 bits.
-double unit_double(uint64_t h) { return static_cast<double>(h >> 11) * 0x1.0p-53; }
-
-// DARE mask, counter-based so it depends on nothing but its coordinates:
-//   key  = mix64(mix64(mix64(seed) ^ module_index) ^ task)
-//   u_j  = unit_double(mix64(key + (j + 1) * kGolden))   (j-th SplitMix64 output)
+// DARE mask, counter-based so it depends on nothing but its coordinates
+// (util/random.h: finalize = splitmix_finalize, x_j = splitmix_at):
+//   key  = finalize(finalize(finalize(seed) ^ module_index) ^ task)
+//   u_j  = unit_double(x_j) of SplitMix64 from state key
+//        = unit_double(finalize(key + (j + 1) * gamma))
 // where j is the entry's column-major linear index; entry j survives iff
 // u_j < density.
 uint64_t dare_key(uint64_t seed, uint64_t module_index, uint64_t task) {
-  return mix64(mix64(mix64(seed) ^ module_index) ^ task);
+  using util::splitmix_finalize;
+  return splitmix_finalize(splitmix_finalize(splitmix_finalize(seed) ^ module_index) ^ task);
 }
 
 // --------------------------------------------------------------- sparsify
 
-// Keeps the n_keep = round(density * n) entries of largest |x| (n = x.size()),
-// zeroes the rest. Ties at the threshold go to the lower column-major index,
-// i.e. the order is (|x| descending, index ascending). One n-sized scratch.
+// PEFT's magnitude_based_pruning: keeps the int(density * n) entries of
+// largest |x| (n = x.size(); the double product truncated, as Python's
+// int(): 409 of 2048 at density 0.2), zeroes the rest; density >= 1 keeps
+// all (PEFT's prune). torch.topk leaves open which of equal |x| it keeps;
+// here ties at the threshold go to the lower column-major index, i.e. the
+// order is (|x| descending, index ascending). One n-sized scratch.
 void trim_by_magnitude(MatrixXd* x, double density) {
   const Index n = x->size();
-  const Index keep = std::clamp<Index>(std::llround(density * static_cast<double>(n)), 0, n);
+  const Index product = static_cast<Index>(density * static_cast<double>(n));  // truncated
+  const Index keep = density >= 1 ? n : std::clamp<Index>(product, 0, n);
   if (keep >= n) return;
   if (keep == 0) {
     x->setZero();
@@ -161,8 +182,8 @@ void drop_and_rescale(MatrixXd* x, double density, uint64_t key) {
   const double rescale = 1 / density;
   double* d = x->data();
   for (Index j = 0; j < x->size(); ++j) {
-    const uint64_t h = mix64(key + (static_cast<uint64_t>(j) + 1) * kGolden);
-    d[j] = unit_double(h) < density ? d[j] * rescale : 0.0;
+    const double u = util::unit_double(util::splitmix_at(key, static_cast<uint64_t>(j)));
+    d[j] = u < density ? d[j] * rescale : 0.0;
   }
 }
 
@@ -200,10 +221,13 @@ class TiesAccumulator {
     neg_n_ += (t.array() < 0).cast<int>().matrix();
   }
 
-  // Elected sign per entry: "total" = sign of the sum of the (sparsified)
-  // values, "frequency" = sign of #positive - #negative, a tie there falling
-  // back to the sign of the sum; a zero sum elects + (as mergekit). Result:
-  // mean of the entries agreeing with the elected sign (0 if none agree).
+  // PEFT's calculate_majority_sign_mask and disjoint_merge. Elected sign
+  // per entry: + iff the measure is >= 0, the measure being the sum of the
+  // (sparsified) values for "total" (taken as sum of positives + sum of
+  // negatives: the sum up to rounding) and #positive - #negative for
+  // "frequency"; so a zero sum or tied counts elect + (as PEFT and
+  // mergekit). Result: mean of the entries with the elected sign (zeros
+  // never count; 0 if none agree).
   MatrixXd disjoint_mean(SignMethod method) && {
     MatrixXd& out = pos_sum_;
     double* ps = pos_sum_.data();
@@ -211,10 +235,8 @@ class TiesAccumulator {
     const int* pn = pos_n_.data();
     const int* nn = neg_n_.data();
     for (Index j = 0; j < pos_sum_.size(); ++j) {
-      const double total = ps[j] + ns[j];
-      int sign = total < 0 ? -1 : 1;
-      if (method == SignMethod::kFrequency && pn[j] != nn[j]) sign = pn[j] > nn[j] ? 1 : -1;
-      if (sign > 0) {
+      const bool plus = method == SignMethod::kFrequency ? pn[j] >= nn[j] : !(ps[j] + ns[j] < 0);
+      if (plus) {
         ps[j] = pn[j] > 0 ? ps[j] / pn[j] : 0.0;
       } else {
         ps[j] = nn[j] > 0 ? ns[j] / nn[j] : 0.0;
@@ -260,25 +282,6 @@ MatrixXd merge_entrywise(Index rows, Index cols, size_t n,
 }
 
 // ------------------------------------------------------------- refactorise
-
-MatrixXd orthonormal_columns(const MatrixXd& y) {
-  Eigen::HouseholderQR<MatrixXd> qr(y);
-  return qr.householderQ() * MatrixXd::Identity(y.rows(), std::min(y.rows(), y.cols()));
-}
-
-MatrixXd gaussian(Index rows, Index cols, uint64_t seed) {
-  // Box-Muller on SplitMix64 outputs: portable, unlike std::normal_distribution.
-  MatrixXd g(rows, cols);
-  uint64_t state = mix64(seed);
-  for (Index j = 0; j < g.size(); ++j) {
-    state += kGolden;
-    const double u1 = 1.0 - unit_double(mix64(state));  // (0, 1]
-    state += kGolden;
-    const double u2 = unit_double(mix64(state));
-    g.data()[j] = std::sqrt(-2 * std::log(u1)) * std::cos(2 * std::numbers::pi * u2);
-  }
-  return g;
-}
 
 /// One head, one body for every task; zero-padded to rank k.
 ModuleFit single_fit(const MatrixXd& u, const MatrixXd& vt, Index k, size_t tasks) {
@@ -348,7 +351,8 @@ ModuleFit merge_dense(const ModuleProblem& p, const MergeMethod& method, const M
   const MatrixXd merged = merge_entrywise(p.out(), p.in(), p.tasks(), task, method, params,
                                           sign_method, module_index, lambda);
   MatrixXd u, vt;
-  dense_truncated_svd(merged, k, mix64(module_index ^ 0x5bd1e995ULL), &u, &vt);
+  const uint64_t seed = util::splitmix_finalize(module_index ^ 0x5bd1e995ULL);
+  linalg::dense_truncated_svd(merged, k, seed, &u, &vt);
   return single_fit(u, vt, k, p.tasks());
 }
 
@@ -358,6 +362,10 @@ ModuleFit merge_dense(const ModuleProblem& p, const MergeMethod& method, const M
 // (out x total rank) has the same left singular vectors. U keeps all
 // min(out, M.cols()) thin columns (R); task coordinates X_i = U^T dW_i =
 // S V_i^T (R x in) are merged entrywise and the update is U X_merged.
+// Each column of U is signed so that its largest |entry| (the first of
+// equals) is positive: the TIES election elects + on a zero measure
+// (tied counts, a zero sum), so it is not invariant under flipping a row
+// of every X_i, and the SVD's arbitrary signs would otherwise decide it.
 ModuleFit merge_aligned(const ModuleProblem& p, const MergeMethod& method,
                         const MergeParams& params, SignMethod sign_method, uint64_t module_index,
                         double lambda, Index k) {
@@ -380,6 +388,11 @@ ModuleFit merge_aligned(const ModuleProblem& p, const MergeMethod& method,
   if (m.size() > 0) {
     Eigen::BDCSVD<MatrixXd> svd(m, Eigen::ComputeThinU);
     u = svd.matrixU();
+  }
+  for (Index j = 0; j < u.cols(); ++j) {
+    Index top = 0;
+    u.col(j).cwiseAbs().maxCoeff(&top);
+    if (u(top, j) < 0) u.col(j) = -u.col(j);
   }
   const MatrixXd ut = u.transpose();
   auto task = [&](size_t i) -> MatrixXd {
@@ -441,36 +454,6 @@ void check_params(const MergeParams& params) {
 }
 
 }  // namespace
-
-void dense_truncated_svd(const MatrixXd& m, Index k, uint64_t seed, MatrixXd* u, MatrixXd* vt,
-                         Index exact_limit) {
-  const Index small = std::min(m.rows(), m.cols());
-  k = std::clamp<Index>(k, 0, small);
-  if (k == 0) {
-    *u = MatrixXd::Zero(m.rows(), 0);
-    *vt = MatrixXd::Zero(0, m.cols());
-    return;
-  }
-  constexpr Index kOversample = 10;
-  constexpr int kPowerIters = 4;
-  if (small <= exact_limit || k + kOversample >= small) {
-    Eigen::BDCSVD<MatrixXd> svd(m, Eigen::ComputeThinU | Eigen::ComputeThinV);
-    *u = svd.matrixU().leftCols(k) * svd.singularValues().head(k).asDiagonal();
-    *vt = svd.matrixV().leftCols(k).transpose();
-    return;
-  }
-  // Halko, Martinsson, Tropp (2011), Alg. 4.4: subspace iteration with a
-  // QR after every product so small singular values are not swamped.
-  MatrixXd q = orthonormal_columns(m * gaussian(m.cols(), k + kOversample, seed));
-  for (int it = 0; it < kPowerIters; ++it) {
-    const MatrixXd z = orthonormal_columns(m.transpose() * q);
-    q = orthonormal_columns(m * z);
-  }
-  const MatrixXd b = q.transpose() * m;  // (k + p) x cols
-  Eigen::BDCSVD<MatrixXd> svd(b, Eigen::ComputeThinU | Eigen::ComputeThinV);
-  *u = q * (svd.matrixU().leftCols(k) * svd.singularValues().head(k).asDiagonal());
-  *vt = svd.matrixV().leftCols(k).transpose();
-}
 
 const std::vector<SingleMerge>& single_merges() {
   static const std::vector<SingleMerge> table = [] {

@@ -8,12 +8,13 @@
 //                dense     the out x in dW_i, built one task at a time
 //                aligned   KnOTS coordinates X_i = U^T dW_i (R x in)
 //                tsv       per-task singular vectors, whitened
-//   sparsify   none | magnitude (top `density` fraction of |x| per task) |
-//              dare (keep each entry with probability `density`, rescale
-//              survivors by 1/density)
-//   consensus  sum (lambda * sum) | ties (sign election + disjoint mean,
-//              then lambda)
-//   refactor   truncated SVD to rank k (factored, or dense for `dense`)
+//   sparsify   none | magnitude (the int(density * n) largest |x| per
+//              task, as PEFT) | dare (keep each entry with probability
+//              `density`, rescale survivors by 1/density)
+//   consensus  sum (lambda * sum) | ties (sign election, + on a tie, and
+//              disjoint mean, as PEFT; then lambda)
+//   refactor   truncated SVD to rank k (linalg::factored_svd, or for
+//              `dense` linalg::dense_truncated_svd seeded by the module)
 //
 //   method            space     sparsify   consensus  default lambda
 //   linear            factors   none       sum        1/N
@@ -28,8 +29,11 @@
 //
 // Merge weights are uniform (ModuleProblem::weights is not used); a task
 // lacking the module (rank 0) has a zero update and still counts in N.
-// Exact conventions (tie-breaks, the DARE mask) are documented in
-// baselines.cc next to the code that implements them.
+// The LoRA scaling s_i counts once: the dense rows equal PEFT's "*_svd"
+// combinations called with weights lambda / s_i (PEFT counts it twice;
+// the equivalent call per row is beside kMethods in baselines.cc). Exact
+// conventions (tie-breaks, the DARE mask) are documented in baselines.cc
+// next to the code that implements them.
 #pragma once
 
 #include <Eigen/Core>
@@ -46,7 +50,7 @@ struct MergeParams {
   /// Fraction of entries kept by magnitude trimming; DARE keep probability.
   double density = 0.2;
   /// TIES sign election: "total" (sign of the sum) or "frequency" (sign
-  /// with more entries).
+  /// with more entries); + when the sum is 0 or the counts tie (PEFT).
   std::string sign_method = "total";
   /// DARE drop mask seed.
   uint64_t seed = 0;
@@ -78,14 +82,5 @@ const std::vector<SingleMerge>& single_merges();
 
 /// The typed parameters from a single merge's checked ones.
 MergeParams merge_params(const Params& params);
-
-/// Best rank-k approximation of a dense matrix m (rows x cols): writes U
-/// (rows x k', singular values folded in) and Vt (k' x cols, orthonormal
-/// rows), k' = min(k, rows, cols). Exact (BDCSVD) when min(rows, cols) <=
-/// exact_limit or k + 10 >= min(rows, cols); otherwise a randomized range
-/// finder (k + 10 samples, 4 power iterations, Householder QR), seeded by
-/// `seed`. Exposed for tests.
-void dense_truncated_svd(const Eigen::MatrixXd& m, Eigen::Index k, uint64_t seed,
-                         Eigen::MatrixXd* u, Eigen::MatrixXd* vt, Eigen::Index exact_limit = 256);
 
 }  // namespace hydraopt
