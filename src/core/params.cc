@@ -1,5 +1,7 @@
 #include "core/params.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cmath>
 
@@ -37,14 +39,13 @@ double parse_number(const std::string& name, const std::string& v) {
 
 std::string ParamSpec::range() const {
   if (type == Type::kChoice) return joined(words, " | ");
-  std::string r;
   const bool lo = std::isfinite(min), hi = std::isfinite(max);
-  if (lo && hi) r = (min_open ? "(" : "[") + number_text(min) + ", " + number_text(max) + "]";
-  else if (lo) r = (min_open ? "> " : ">= ") + number_text(min);
-  else if (hi) r = "<= " + number_text(max);
-  else r = "any number";
-  if (type == Type::kInteger) r = "integer " + r;
-  for (auto& w : words) r += " or " + w;
+  std::string r = lo && hi ? fmt::format("{}{}, {}]", min_open ? '(' : '[', number_text(min), number_text(max))
+                  : lo     ? fmt::format("{} {}", min_open ? ">" : ">=", number_text(min))
+                  : hi     ? fmt::format("<= {}", number_text(max))
+                           : std::string("any number");
+  if (type == Type::kInteger) r = fmt::format("integer {}", r);
+  for (auto& w : words) r += fmt::format(" or {}", w);
   return r;
 }
 
@@ -63,12 +64,21 @@ void ParamSpec::check(const std::string& value) const {
   }
 }
 
-ParamSpec integer_param(std::string name, std::string default_value, std::string help, double min, double max) {
+namespace {
+
+ParamSpec param(std::string name, ParamSpec::Type type, std::string default_value, std::string help) {
   ParamSpec p;
   p.name = std::move(name);
-  p.type = ParamSpec::Type::kInteger;
+  p.type = type;
   p.default_value = std::move(default_value);
   p.help = std::move(help);
+  return p;
+}
+
+}  // namespace
+
+ParamSpec integer_param(std::string name, std::string default_value, std::string help, double min, double max) {
+  ParamSpec p = param(std::move(name), ParamSpec::Type::kInteger, std::move(default_value), std::move(help));
   p.min = min;
   p.max = max;
   return p;
@@ -76,11 +86,7 @@ ParamSpec integer_param(std::string name, std::string default_value, std::string
 
 ParamSpec real_param(std::string name, std::string default_value, std::string help, double min, double max,
                      bool min_open) {
-  ParamSpec p;
-  p.name = std::move(name);
-  p.type = ParamSpec::Type::kReal;
-  p.default_value = std::move(default_value);
-  p.help = std::move(help);
+  ParamSpec p = param(std::move(name), ParamSpec::Type::kReal, std::move(default_value), std::move(help));
   p.min = min;
   p.max = max;
   p.min_open = min_open;
@@ -88,11 +94,7 @@ ParamSpec real_param(std::string name, std::string default_value, std::string he
 }
 
 ParamSpec choice_param(std::string name, std::string default_value, std::string help, std::vector<std::string> words) {
-  ParamSpec p;
-  p.name = std::move(name);
-  p.type = ParamSpec::Type::kChoice;
-  p.default_value = std::move(default_value);
-  p.help = std::move(help);
+  ParamSpec p = param(std::move(name), ParamSpec::Type::kChoice, std::move(default_value), std::move(help));
   p.words = std::move(words);
   return p;
 }
