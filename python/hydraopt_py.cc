@@ -251,11 +251,65 @@ PYBIND11_MODULE(hydraopt, m) {
           "dir"_a, "task"_a = py::none(), "dtype"_a = py::none(),
           "Writes one task (or every task, as dir/<task>/, when task is None) as PEFT adapter "
           "directories.")
+      .def(
+          "task_adapter",
+          [](const PyBundle& b, const std::string& task) {
+            const hydraopt::Bundle::PeftAdapter a = b.data.task_adapter(task);
+            py::dict state;
+            for (const auto& [name, m] : a.tensors) state[py::str(name)] = to_numpy(m);
+            return py::make_tuple(state, json_loads(a.config_json));
+          },
+          "task"_a,
+          "The task as a PEFT adapter without writing files: (state_dict, config), where state_dict maps\n"
+          "'base_model.model.<module>.lora_A.weight' (k x in) and '...lora_B.weight' (out x k) to float64\n"
+          "numpy arrays and config is adapter_config.json as a dict (lora_alpha / alpha_pattern keep each\n"
+          "scale exact), as export() would write them.")
       .def("__repr__", [](const PyBundle& b) {
         return "<hydraopt.Bundle " + b.data.method() + ", " + std::to_string(b.data.tasks().size()) +
                " tasks, " + std::to_string(b.data.module_count()) + " modules, " +
                std::to_string(b.data.params()) + " params>";
       });
+
+  m.def(
+      "sweep",
+      [](const py::iterable& adapters, const std::optional<std::vector<std::string>>& methods,
+         const std::vector<double>& budgets, const std::string& share, const std::string& weights,
+         const std::optional<std::string>& groups, int threads, const std::optional<std::string>& dtype,
+         const std::optional<py::dict>& params, bool skip_unmergeable) {
+        hydraopt::MergeOptions o;
+        o.share = share;
+        o.weights = weights;
+        o.groups_file = groups.value_or("");
+        o.threads = threads;
+        o.dtype = parse_dtype(dtype);
+        if (params) {
+          for (const auto& [k, v] : *params) o.params[py::str(k)] = py::str(v);
+        }
+        std::vector<std::string> names;
+        if (methods) {
+          names = *methods;
+        } else {
+          for (const auto& x : hydraopt::methods()) names.push_back(x.name);
+        }
+        auto set = adapter_set(adapters, skip_unmergeable);
+        std::vector<std::string> reports;
+        {
+          py::gil_scoped_release unlocked;
+          for (const auto& r : hydraopt::sweep(set, names, budgets, o)) reports.push_back(hydraopt::report_json(r, true));
+        }
+        py::list out;
+        for (const auto& r : reports) out.append(json_loads(r));
+        return out;
+      },
+      "adapters"_a, "methods"_a = py::none(),
+      "budgets"_a = std::vector<double>{0.05, 0.1, 0.2, 0.3, 0.4, 0.52, 0.6, 0.8, 1.0}, "share"_a = "auto",
+      "weights"_a = "balanced", "groups"_a = py::none(), "threads"_a = 0, "dtype"_a = py::none(),
+      "params"_a = py::none(), "skip_unmergeable"_a = false,
+      "Evaluates every (method, budget) without writing bundles, as `hydraopt sweep`: a list of\n"
+      "report dicts (as merge()'s report), per method in the budgets' order. methods: names from\n"
+      "methods() (default: all); a method whose storage does not follow the budget gives one\n"
+      "report at its own storage. params: given to every method, so name only parameters all of\n"
+      "them take.");
 
   m.def(
       "merge",

@@ -103,6 +103,17 @@ class Bundle {
   /// Task i's update on every module, in module order.
   std::vector<FactoredUpdate> task_update(size_t task) const;
 
+  /// Task `task` as a PEFT adapter, in memory: what export_peft writes,
+  /// without writing it. `tensors` holds
+  /// base_model.model.<module>.lora_A.weight (k x in) and .lora_B.weight
+  /// (out x k) per module the task has, as stored; `config_json` is
+  /// adapter_config.json (per-module rank_pattern / alpha_pattern keep
+  /// each scale exact).
+  struct PeftAdapter {
+    std::vector<std::pair<std::string, Eigen::MatrixXd>> tensors;
+    std::string config_json;
+  };
+  PeftAdapter task_adapter(const std::string& task) const;
   /// Writes task `task` (every task, as dir/<task>/, when empty) as standard
   /// PEFT adapter directories; `dtype` defaults to the bundle's. The output
   /// appears complete or not at all.

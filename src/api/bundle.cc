@@ -82,6 +82,11 @@ std::vector<FactoredUpdate> Bundle::task_update(size_t task) const {
   return out;
 }
 
+Bundle::PeftAdapter Bundle::task_adapter(const std::string& task) const {
+  io::PeftImage image = io::peft_image(*data_, task_index(task));
+  return {std::move(image.tensors), std::move(image.config)};
+}
+
 void Bundle::export_peft(const std::string& task, const std::filesystem::path& dir, std::optional<DType> dtype) const {
   const DType dt = dtype.value_or(data_->dtype);
   if (task.empty()) return io::export_peft_all(*data_, dir, dt);

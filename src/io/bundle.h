@@ -130,6 +130,16 @@ Bundle bundle_read(const std::filesystem::path& path);
 /// the fuzzers on files held in memory).
 Bundle bundle_parse(const SafetensorsFile& st);
 
+/// Task `task` of `b` as a PEFT adapter in memory: the tensors
+/// (base_model.model.<module>.lora_A.weight, k x in, and .lora_B.weight,
+/// out x k, as stored: no rounding) and adapter_config.json's text. The
+/// scale is kept exact through alpha: lora_alpha = scale * r per module.
+struct PeftImage {
+  std::vector<std::pair<std::string, Eigen::MatrixXd>> tensors;
+  std::string config;
+};
+PeftImage peft_image(const Bundle& b, size_t task);
+
 /// Writes task `task` of `b` as a PEFT adapter directory at `dir` (created
 /// complete or not at all). The scale is kept exact through alpha:
 /// lora_alpha = scale * r per module (r = lora_alpha where the scale is 1).

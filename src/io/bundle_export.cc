@@ -34,9 +34,10 @@ void export_peft_all(const Bundle& b, const fs::path& dir, DType dtype) {
   out.commit();
 }
 
-void export_peft(const Bundle& b, size_t task, const fs::path& dir, DType dtype) {
+PeftImage peft_image(const Bundle& b, size_t task) {
   const BundleTask& t = b.tasks.at(task);
-  std::vector<TensorData> tensors;
+  PeftImage image;
+  auto& tensors = image.tensors;
   std::vector<std::pair<std::string, int64_t>> ranks;
   std::vector<std::pair<std::string, double>> alphas;
   std::vector<std::string> leaves;
@@ -47,8 +48,8 @@ void export_peft(const Bundle& b, size_t task, const fs::path& dir, DType dtype)
     const int64_t k = right.rows();
     if (k == 0) continue;  // the task has no update on this module
     const std::string base = "base_model.model." + m.name;
-    tensors.push_back(tensor_from_matrix(base + ".lora_A.weight", right, dtype));
-    tensors.push_back(tensor_from_matrix(base + ".lora_B.weight", left, dtype));
+    tensors.emplace_back(base + ".lora_A.weight", right);
+    tensors.emplace_back(base + ".lora_B.weight", std::move(left));
     ranks.emplace_back(m.name, k);
     alphas.emplace_back(m.name, f.scale[task] * static_cast<double>(k));
     leaves.push_back(m.name.substr(m.name.rfind('.') + 1));
@@ -83,11 +84,18 @@ void export_peft(const Bundle& b, size_t task, const fs::path& dir, DType dtype)
                          {"bias", "none"},
                          {"target_modules", leaves},
                          {"inference_mode", true}};
+  image.config = config.dump(2) + "\n";
+  return image;
+}
 
+void export_peft(const Bundle& b, size_t task, const fs::path& dir, DType dtype) {
+  PeftImage image = peft_image(b, task);
+  std::vector<TensorData> tensors;
+  for (auto& [name, m] : image.tensors) tensors.push_back(tensor_from_matrix(name, m, dtype));
   // Build the directory beside its target, then rename: complete or absent.
   AtomicDir out(dir);
   safetensors_write(out.path() / "adapter_model.safetensors", std::move(tensors), {{"format", "pt"}});
-  write_file_atomic(out.path() / "adapter_config.json", config.dump(2) + "\n");
+  write_file_atomic(out.path() / "adapter_config.json", image.config);
   out.commit();
 }
 

@@ -136,6 +136,42 @@ def test_export_roundtrip(bundle, tmp_path):
     assert sorted(p.name for p in (tmp_path / "all").iterdir()) == sorted(TASKS)
 
 
+def test_task_adapter_is_what_export_writes(bundle, tmp_path):
+    state, config = bundle.task_adapter("rev-de")
+    bundle.export(tmp_path / "rev", task="rev-de")
+    assert config == json.loads((tmp_path / "rev" / "adapter_config.json").read_text())
+    written = tmp_path / "rev" / "adapter_model.safetensors"
+    assert sorted(state) == sorted(json.loads(written.read_bytes()[8:8 + struct.unpack("<Q", written.read_bytes()[:8])[0]])
+                                   .keys() - {"__metadata__"})
+    for name, array in state.items():
+        assert array.dtype == np.float64
+        np.testing.assert_array_equal(array.astype(np.float32), raw_tensor(written, name))  # F32 bundle: exact
+    # With each module's alpha / r, the pairs give back the task's updates.
+    for module in bundle.modules:
+        a = state[f"base_model.model.{module}.lora_A.weight"]
+        b = state[f"base_model.model.{module}.lora_B.weight"]
+        leaf = re.escape(module)
+        r = config["rank_pattern"].get(leaf, config["r"])
+        alpha = config["alpha_pattern"].get(leaf, config["lora_alpha"])
+        assert a.shape[0] == r == b.shape[1]
+        np.testing.assert_allclose(alpha / r * b @ a, bundle.update("rev-de", module), rtol=1e-12, atol=1e-15)
+    with pytest.raises(hydraopt.Error, match="no task 'nope'"):
+        bundle.task_adapter("nope")
+
+
+def test_sweep_returns_the_cli_reports(tmp_path):
+    reports = hydraopt.sweep(paths(), methods=["hydraopt", "ta"], budgets=[0.3, 0.6])
+    cli("sweep", *paths(), "--methods", "hydraopt,ta", "--budgets", "0.3,0.6", "--out", tmp_path)
+    want = json.loads((tmp_path / "sweep.json").read_text())
+    assert [(r["method"], r["budget"]) for r in reports] == [(r["method"], r["budget"]) for r in want]
+    for got, exp in zip(reports, want):
+        assert got["mean_rel_error"] == exp["mean_rel_error"] and got["storage"] == exp["storage"]
+        assert "plan" in got
+    assert [r["budget"] for r in reports if r["method"] == "hydraopt"] == [0.3, 0.6]
+    with pytest.raises(hydraopt.Error, match="unknown method 'nope'"):
+        hydraopt.sweep(paths(), methods=["nope"])
+
+
 def test_temporary_bundle_is_removed_with_its_object():
     b = hydraopt.merge(paths()[:2], method="hydra-avg")
     path = pathlib.Path(b.path)
