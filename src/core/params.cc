@@ -103,7 +103,9 @@ Params Params::resolve(const std::string& method, const std::vector<ParamSpec>& 
                        const std::map<std::string, std::string>& given) {
   Params out;
   for (auto& p : specs) out.values_[p.name] = p.default_value;
-  for (auto& [k, v] : given) {
+  for (const auto& entry : given) {
+    const std::string& k = entry.first;  // not a structured binding: clang 14 cannot capture one
+    const std::string& v = entry.second;
     auto it = std::find_if(specs.begin(), specs.end(), [&](const ParamSpec& p) { return p.name == k; });
     if (it == specs.end()) {
       std::vector<std::string> names;
