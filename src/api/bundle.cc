@@ -5,8 +5,8 @@
 #include <nlohmann/json.hpp>
 
 #include "hydraopt/error.h"
-#include "hydraopt/gguf.h"
 #include "io/bundle.h"
+#include "io/gguf_export.h"
 
 namespace hydraopt {
 
@@ -95,7 +95,7 @@ void Bundle::export_peft(const std::string& task, const std::filesystem::path& d
 
 void Bundle::export_gguf(const std::string& task, const std::filesystem::path& base_model,
                          const std::filesystem::path& out, std::optional<DType> dtype) const {
-  export_bundle_gguf(path_, task, base_model, out, dtype);
+  io::export_bundle_gguf(*data_, path_.string(), task, base_model, out, dtype);  // no second read
 }
 
 VerifyReport Bundle::verify(const std::vector<std::string>& sources, const LoadOptions& options) const {

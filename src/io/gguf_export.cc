@@ -289,18 +289,17 @@ void prepare_file_target(const fs::path& out) {
 
 }  // namespace
 
-void export_bundle_gguf(const fs::path& bundle, const std::string& task, const fs::path& base_model,
-                        const fs::path& out, std::optional<DType> dtype) {
-  io::Bundle b = io::bundle_read(bundle);
+void io::export_bundle_gguf(const io::Bundle& b, const std::string& label, const std::string& task,
+                            const fs::path& base_model, const fs::path& out, std::optional<DType> dtype) {
   const LlamaConfig base = io::gguf_base_config(base_model);
   const DType dt = dtype.value_or(b.dtype);
   if (task.empty()) {
-    io::export_gguf_lora_all(b, base, out, dt, bundle.string());
+    io::export_gguf_lora_all(b, base, out, dt, label);
     return;
   }
-  const size_t i = io::task_index(b, task, bundle.string());
+  const size_t i = io::task_index(b, task, label);
   prepare_file_target(out);
-  io::export_gguf_lora(b, i, base, out, dt, bundle.string());
+  io::export_gguf_lora(b, i, base, out, dt, label);
 }
 
 void export_model_gguf(const fs::path& model_dir, const fs::path& out, std::optional<DType> dtype) {

@@ -55,6 +55,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 
 #include "hydraopt/dtype.h"
@@ -74,6 +75,13 @@ void export_gguf_lora(const Bundle& b, size_t task, const LlamaConfig& base,
                       const std::string& label = "bundle");
 
 /// Every task as `dir`/<task>.gguf; the directory appears complete or not at all.
+/// Task `task` of `b` (every task, as out/<task>.gguf, when empty) as
+/// llama.cpp LoRA files; `label` names the bundle in errors. What
+/// Bundle::export_gguf does (include/hydraopt/bundle.h).
+void export_bundle_gguf(const Bundle& b, const std::string& label, const std::string& task,
+                        const std::filesystem::path& base_model, const std::filesystem::path& out,
+                        std::optional<DType> dtype);
+
 void export_gguf_lora_all(const Bundle& b, const LlamaConfig& base,
                           const std::filesystem::path& dir, DType dtype,
                           const std::string& label = "bundle");
