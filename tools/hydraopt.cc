@@ -206,14 +206,20 @@ int main(int argc, char** argv) {
   auto* synth_cmd = app.add_subcommand("synth", "write synthetic PEFT adapters trained from one base");
   hydraopt::SynthOptions synth;
   synth_cmd->add_option("out_dir", out_dir, "output directory")->required();
-  synth_cmd->add_option("--preset", synth.preset, "tiny | small | llama-1b | llama-7b")
-      ->check(CLI::IsMember({"tiny", "small", "llama-1b", "llama-7b"}))
+  synth_cmd->add_option("--preset", synth.preset, "tiny | small | llama-1b | llama-1b-shared | llama-7b")
+      ->check(CLI::IsMember({"tiny", "small", "llama-1b", "llama-1b-shared", "llama-7b"}))
       ->capture_default_str();
   synth_cmd->add_option("--rank", synth.rank, "LoRA rank (default: the preset's; alpha / r is kept)")
       ->check(CLI::Range(1, 4096));
   synth_cmd->add_option("--tasks", synth.tasks, "number of adapters (default: the preset's)")
       ->check(CLI::Range(1, 100000));
   synth_cmd->add_option("--seed", synth.seed, "random seed")->capture_default_str();
+  synth_cmd->add_option("--drift", synth.drift, "mean relative drift of A along shared directions (default: the preset's)")
+      ->check(CLI::Range(0.0, 100.0));
+  synth_cmd->add_option("--noise", synth.noise, "relative isotropic drift of A (default: the preset's)")
+      ->check(CLI::Range(0.0, 100.0));
+  synth_cmd->add_option("--head-noise", synth.head_noise, "within-cluster spread of B heads (default: the preset's)")
+      ->check(CLI::Range(0.0, 100.0));
 
   std::exception_ptr usage;
   try {

@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -23,14 +24,15 @@
 namespace hydraopt {
 
 struct SynthOptions {
-  std::string preset = "tiny";  ///< tiny | small | llama-1b | llama-7b
+  std::string preset = "tiny";  ///< tiny | small | llama-1b | llama-1b-shared | llama-7b
   int tasks = 0;                ///< 0: the preset's default
   int64_t rank = 0;             ///< LoRA rank; 0: the preset's (alpha keeps alpha / r)
   uint64_t seed = 0;
   int clusters = 0;             ///< task clusters for B heads; 0: preset default
-  double drift = 0.45;          ///< mean relative drift of A along shared directions
-  double noise = 0.15;          ///< relative isotropic drift of A
-  double head_noise = 0.6;      ///< within-cluster spread of B heads
+  /// Unset: the preset's (0.45, 0.15, 0.6; llama-1b-shared 0.045, 0.015, 0.6).
+  std::optional<double> drift;       ///< mean relative drift of A along shared directions
+  std::optional<double> noise;       ///< relative isotropic drift of A
+  std::optional<double> head_noise;  ///< within-cluster spread of B heads
 };
 
 struct SynthPreset {
@@ -43,6 +45,7 @@ struct SynthPreset {
   int tasks = 0;
   int clusters = 0;
   DType dtype = DType::F32;
+  double drift = 0.45, noise = 0.15, head_noise = 0.6;
 };
 
 SynthPreset synth_preset(const std::string& name);

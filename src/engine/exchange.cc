@@ -1,6 +1,7 @@
 // Wire format, per rank: for each of its modules, the module index, the
 // entry count, then each entry's spec (family, rank, groups), key, stored
-// numbers, weighted error, per-task squared errors and ALS iterations
+// numbers, weighted error, per-task squared errors, ALS iterations and
+// whether it was measured or predicted
 // (util/wire.h encodings).
 #include "engine/exchange.h"
 
@@ -25,6 +26,7 @@ void share_table(EvalTable& table, const std::vector<size_t>& mine) {
       put.put<double>(e.error);
       put.put(e.task_err2);
       put.put<int32_t>(e.max_iters);
+      put.put<uint8_t>(e.measured);
     }
   }
   const auto all = dist::allgather(bytes);
@@ -43,6 +45,7 @@ void share_table(EvalTable& table, const std::vector<size_t>& mine) {
         e.error = get.get<double>();
         e.task_err2 = get.get_vector<double>();
         e.max_iters = get.get<int32_t>();
+        e.measured = get.get<uint8_t>() != 0;
         list.push_back(std::move(e));
       }
     }

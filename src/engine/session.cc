@@ -111,6 +111,34 @@ EvalTable Session::evaluate(const std::function<std::vector<CandidateSpec>(size_
   return out;
 }
 
+EvalTable Session::predict(const std::function<std::vector<CandidateSpec>(size_t, const ModuleShape&)>& specs,
+                           const FitOptions& fo) {
+  const size_t nm = set_.modules().size();
+  EvalTable out(nm);
+  std::vector<std::vector<CandidateSpec>> lists(nm);
+  dist::checked([&] {
+    for (size_t m = 0; m < nm; ++m) lists[m] = specs(m, shape(m));
+  });
+  for_each_item(mine_, threads_, o_.progress, [&](size_t m) {
+    if (lists[m].empty()) return;
+    const ModuleProblem p = problem(m);
+    ModuleFitter fitter(p, fo);
+    for (auto& cs : lists[m]) {
+      if (cs.spec.family == Family::kExact) {  // no fit to spare: measured
+        ModuleFit stored = fitter.fit(cs.spec).rounded(dtype_);
+        std::vector<double> err2 = fit_errors2(p, stored, &norms2_[m]);
+        out[m].push_back(record(m, std::move(stored), std::move(err2), cs, false, fo.max_iters));
+        continue;
+      }
+      const Prediction pr = fitter.predict(cs.spec, dtype_);
+      Evaluated e{cs.spec, cs.key, spec_params(cs.spec, shape(m)), pr.error, {}, 0, false};
+      out[m].push_back(std::move(e));
+    }
+  }, Spread::kAcross);
+  share_table(out, mine_);
+  return out;
+}
+
 EvalTable Session::evaluate_merged(const std::function<ModuleFit(const ModuleProblem&, size_t)>& merge) {
   EvalTable out(set_.modules().size());
   for_each_item(mine_, threads_, o_.progress, [&](size_t m) {

@@ -41,6 +41,8 @@ class Session final : public MethodContext {
   bool budget_given() const override { return o_.budget || o_.budget_bytes; }
   EvalTable evaluate(const std::function<std::vector<CandidateSpec>(size_t, const ModuleShape&)>& specs,
                      const FitOptions& fo, bool final, Spread spread) override;
+  EvalTable predict(const std::function<std::vector<CandidateSpec>(size_t, const ModuleShape&)>& specs,
+                    const FitOptions& fo) override;
   EvalTable evaluate_merged(const std::function<ModuleFit(const ModuleProblem&, size_t)>& merge) override;
 
   /// Stored numbers for a fraction of the original parameter count.

@@ -355,6 +355,27 @@ void factored_svd(const MatrixXd& l, const MatrixXd& r, Index k, MatrixXd* u, Ma
   *vt = (qrm * svd.matrixV().leftCols(k)).transpose();
 }
 
+double top_eigen_sum(const MatrixXd& g, Index k) {
+  const Index n = g.rows();
+  k = std::min(k, n);
+  if (k <= 0) return 0;
+  if (n <= 192) {
+    Eigen::SelfAdjointEigenSolver<MatrixXd> eig(g, Eigen::EigenvaluesOnly);
+    return eig.eigenvalues().tail(k).cwiseMax(0).sum();
+  }
+  const Index l = std::min(n, k + std::max<Index>(8, k / 2));
+  MatrixXd z = *random_start(0x70e16e, n, n, k, l);
+  double prev = 0;
+  for (int it = 1;; ++it) {
+    const MatrixXd y = g * z;
+    Eigen::SelfAdjointEigenSolver<MatrixXd> eig(z.transpose() * y, Eigen::EigenvaluesOnly);
+    const double sum = eig.eigenvalues().tail(k).cwiseMax(0).sum();
+    if (it == 30 || sum - prev <= 1e-7 * sum) return sum;
+    prev = sum;
+    z = orthonormal_like(y);
+  }
+}
+
 MatrixXd psd_pinv(const MatrixXd& g) {
   if (g.size() == 0) return g;
   Eigen::SelfAdjointEigenSolver<MatrixXd> eig(g);

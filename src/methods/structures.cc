@@ -135,10 +135,12 @@ int64_t ModuleFitter::right_rank() const {
 }
 
 ModuleFitter& ModuleFitter::mirrored() {
+  if (origin_) return *origin_;  // this is a mirror: its mirror is the original
   if (!mirror_) {
     transposed_problem_ = std::make_unique<ModuleProblem>(p_.transposed());
     FitOptions o = o_;
     mirror_ = std::make_unique<ModuleFitter>(*transposed_problem_, o);
+    mirror_->origin_ = this;
   }
   return *mirror_;
 }
@@ -282,30 +284,49 @@ ModuleFit ModuleFitter::fit_exact() const {
   return f;
 }
 
+namespace {
+
+// (sum_i w_i dW_i) / W = L R, the weighted mean update, in factored form.
+void mean_update(const ModuleProblem& p, MatrixXd* l, MatrixXd* r) {
+  double wsum = 0;
+  Index cols = 0;
+  for (size_t i = 0; i < p.tasks(); ++i) {
+    wsum += p.weights[i];
+    cols += p.loras[i].rank();
+  }
+  l->resize(p.out(), cols);
+  r->resize(cols, p.in());
+  cols = 0;
+  for (size_t i = 0; i < p.tasks(); ++i) {
+    const Index ri = p.loras[i].rank();
+    l->middleCols(cols, ri) = (wsum > 0 ? p.weights[i] / wsum : 0.0) * p.left(i);
+    r->middleRows(cols, ri) = p.loras[i].A;
+    cols += ri;
+  }
+}
+
+}  // namespace
+
+const linalg::Subspace& ModuleFitter::merged(int64_t k) {
+  const Index most = std::min<Index>(shape().rank_sum(), std::min(p_.in(), p_.out()));
+  if (!merged_ || merged_->basis.cols() < std::min<Index>(k, most)) {
+    MatrixXd l, r;
+    mean_update(p_, &l, &r);
+    // The leading columns serve every smaller rank: solve once for 2r.
+    merged_ = linalg::top_right_subspace_of_product(l, r, std::max(k, 2 * p_.max_rank()));
+  }
+  return *merged_;
+}
+
 ModuleFit ModuleFitter::fit_merged(int64_t k) {
   // Best rank-k approximation of the weighted mean update (sum w_i dW_i)/W,
   // which minimises sum_i w_i ||dW_i - X||^2 over rank-k X.
   const size_t n = p_.tasks();
-  double wsum = 0;
-  Index p = 0;
-  for (size_t i = 0; i < n; ++i) {
-    wsum += p_.weights[i];
-    p += p_.loras[i].rank();
-  }
-  MatrixXd l(p_.out(), p), r(p, p_.in());
-  p = 0;
-  for (size_t i = 0; i < n; ++i) {
-    const Index ri = p_.loras[i].rank();
-    l.middleCols(p, ri) = (wsum > 0 ? p_.weights[i] / wsum : 0.0) * p_.left(i);
-    r.middleRows(p, ri) = p_.loras[i].A;
-    p += ri;
-  }
-  if (!merged_ || merged_->basis.cols() < std::min(k, std::min<Index>(p, std::min(p_.in(), p_.out())))) {
-    // The leading columns serve every smaller rank: solve once for 2r.
-    merged_ = linalg::top_right_subspace_of_product(l, r, std::max(k, 2 * p_.max_rank()));
-  }
-  const Index kk = std::min<Index>(k, merged_->basis.cols());
-  const MatrixXd v = merged_->basis.leftCols(kk);
+  MatrixXd l, r;
+  mean_update(p_, &l, &r);
+  const linalg::Subspace& sub = merged(k);
+  const Index kk = std::min<Index>(k, sub.basis.cols());
+  const MatrixXd v = sub.basis.leftCols(kk);
   ModuleFit f = per_task_layout(n);
   f.heads = {pad_rows(MatrixXd(l * (r * v)).transpose(), k).transpose()};
   f.bodies = {pad_rows(v.transpose(), k)};

@@ -45,6 +45,12 @@ struct FitOptions {
   int64_t body_width = 4;
 };
 
+/// A structure's weighted error sum_i w_i ||dW_i - dW_hat_i||^2 after
+/// rounding to the stored dtype, told without fitting it (methods/predict.cc).
+struct Prediction {
+  double error = 0;
+};
+
 struct FitStats {
   int iterations = 0;
   std::vector<double> objective;  ///< weighted error after the start and each iteration
@@ -57,6 +63,11 @@ class ModuleFitter {
   ModuleFitter(const ModuleProblem& p, FitOptions o);
   ~ModuleFitter();
   ModuleFit fit(const StructureSpec& s, FitStats* stats = nullptr);
+  /// fit(s).rounded(dtype)'s weighted error (its closed-form start's where
+  /// ALS refines it), from the subspaces the fits share: a few rank-sized
+  /// products, no fit. Exact but for the range finder's tolerance and the
+  /// rounding, which is modelled (docs/methods.md, "Predicted errors").
+  Prediction predict(const StructureSpec& s, DType dtype);
   ModuleShape shape() const;
 
  private:
@@ -81,6 +92,20 @@ class ModuleFitter {
   ModuleFit fit_jd(int64_t k, bool diagonal, FitStats* stats);
   ModuleFit fit_avg() const;
 
+  /// sum_i w_i ||dW_i||^2
+  double weighted_norm2();
+  /// Weighted error of the closed-form start (no rounding).
+  Prediction predict_unrounded(const StructureSpec& s);
+  /// Top right subspace of the weighted mean update, at least k columns.
+  const linalg::Subspace& merged(int64_t k);
+  /// Rows of each task in the weighted stack (its rank).
+  std::vector<Eigen::Index> task_rows() const;
+  /// Unrounded errors of the grouped starts: shared-A(k) with head groups,
+  /// shared-A+core(k) with head groups, multi-A(k) (predict.cc).
+  double grouped_heads(int64_t k, int groups);
+  double grouped_cores(int64_t k, int groups);
+  double multi_bodies(int64_t k, int groups);
+
   const ModuleProblem& p_;
   FitOptions o_;
   std::optional<linalg::Subspace> right_;
@@ -89,6 +114,14 @@ class ModuleFitter {
   std::optional<Dendrogram> head_tree_, body_tree_;
   std::unique_ptr<ModuleProblem> transposed_problem_;
   std::unique_ptr<ModuleFitter> mirror_;
+  ModuleFitter* origin_ = nullptr;  ///< set on a mirror: the fitter it mirrors
+  std::optional<double> weighted_norm2_;
+  /// Heads dW_i V of the last rank predicted with grouped heads.
+  std::vector<Eigen::MatrixXd> heads_;
+  int64_t heads_rank_ = -1;
+  /// T T^T (multi-A) and, for grouped cores of rank core_gram_rank_, X^T X (predict.cc).
+  Eigen::MatrixXd stack_gram_, core_gram_;
+  int64_t core_gram_rank_ = -1;
 };
 
 

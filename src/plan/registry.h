@@ -30,15 +30,16 @@
 
 namespace hydraopt {
 
-/// One structure fitted on one module, measured after rounding to the
-/// bundle dtype.
+/// One structure on one module: fitted and measured after rounding to the
+/// bundle dtype, or only predicted (ModuleFitter::predict).
 struct Evaluated {
   StructureSpec spec;
   std::string key;                ///< the candidate's key (equal across modules)
   int64_t params = 0;             ///< stored numbers
   double error = 0;               ///< sum_i w_i ||dW_i - dW_hat_i||^2
-  std::vector<double> task_err2;  ///< ||dW_i - dW_hat_i||^2 per task
+  std::vector<double> task_err2;  ///< ||dW_i - dW_hat_i||^2 per task (measured only)
   int max_iters = 0;              ///< ALS iterations the fit was allowed
+  bool measured = true;           ///< false: error is a prediction
 };
 
 /// [module][candidate]
@@ -83,6 +84,11 @@ class MethodContext {
   /// finished: the fit goes into the bundle at once.
   virtual EvalTable evaluate(const std::function<std::vector<CandidateSpec>(size_t, const ModuleShape&)>& specs,
                              const FitOptions& fo, bool final, Spread spread) = 0;
+  /// Predicts the error of specs(m, shape(m)) on every module after
+  /// rounding (ModuleFitter::predict; the exact structure, which costs no
+  /// fit, is measured): one range finder per module and side serves all.
+  virtual EvalTable predict(const std::function<std::vector<CandidateSpec>(size_t, const ModuleShape&)>& specs,
+                            const FitOptions& fo) = 0;
   /// One merged adapter per module from merge(problem, module index),
   /// finished (into the bundle at once).
   virtual EvalTable evaluate_merged(const std::function<ModuleFit(const ModuleProblem&, size_t)>& merge) = 0;

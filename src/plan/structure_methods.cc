@@ -3,6 +3,8 @@
 // entry (plan/registry.h): a descriptor and the run that says which
 // structure every module gets at every budget.
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <set>
 
 #include "hydraopt/error.h"
@@ -181,53 +183,66 @@ MethodRun run_hand_plan(MethodContext& ctx, const HandPlan& hand, const FitOptio
   return same_at_every_budget(std::move(table), b, known);
 }
 
-// Every candidate is first fitted from its closed-form start only, so
-// structures that ALS refines enter the plan with an upper bound on their
-// error. Then, in rounds, the chosen structures that ALS can improve are
-// refined and the plan is redone, until no chosen structure is left
-// unrefined (at most kRounds rounds).
+// Plans on predicted errors, writes measured ones.
+//  1. Every candidate's error is predicted (ModuleFitter::predict: the
+//     closed-form starts' errors after rounding) from one range finder per
+//     module and side, a Gram per module and side for the grouped forms,
+//     and small products: no fit.
+//  2. The plans are made on the predictions. The chosen candidates that ALS
+//     refines (grouped heads and cores, jd) are fitted with ALS and
+//     measured, and the plans redone, at most kRounds times.
+//  3. The chosen candidates not yet measured are fitted and measured (with
+//     one budget, straight into the bundle): the report gives what is stored.
 MethodRun run_planner(MethodContext& ctx, const Params& params, Budgets b) {
   const FitOptions fo = als_options(ctx, params);
   if (const HandPlan* hand = ctx.hand_plan()) return run_hand_plan(ctx, *hand, fo, b);
   constexpr int kRounds = 3;
-  FitOptions starts = fo;
-  starts.max_iters = 0;
   MethodRun run;
   run.fit = fo;
-  run.table = ctx.evaluate(
+  run.table = ctx.predict(
       [&](size_t, const ModuleShape& shape) { return candidate_specs(shape, ctx.share(), ctx.user_group_count()); },
-      starts, false, Spread::kAcross);
+      fo);
   EvalTable& ev = run.table;
-  auto table = to_candidates(ev);
-  keep_feasible(&b, [&](int64_t lim) { check_floor(ctx, table, lim); });
-  auto plans = plan_budgets(table, b.limits);
-  for (int round = 0; round < kRounds && fo.max_iters > 0; ++round) {
-    std::vector<std::vector<size_t>> refine(ev.size());
+  keep_feasible(&b, [&](int64_t lim) { check_floor(ctx, to_candidates(ev), lim); });
+  auto measure = [&](const std::vector<std::vector<size_t>>& todo, bool final) {
+    auto measured = ctx.evaluate(
+        [&](size_t m, const ModuleShape&) {
+          std::vector<CandidateSpec> v;
+          for (size_t c : todo[m]) v.push_back({ev[m][c].spec, ev[m][c].key});
+          return v;
+        },
+        fo, final, Spread::kAcross);
+    for (size_t m = 0; m < ev.size(); ++m) {
+      for (size_t j = 0; j < todo[m].size(); ++j) ev[m][todo[m][j]] = std::move(measured[m][j]);
+    }
+  };
+  std::vector<PlanResult> plans;
+  for (int round = 0;; ++round) {
+    plans = plan_budgets(to_candidates(ev), b.limits);
+    if (round == kRounds) break;
+    std::vector<std::vector<size_t>> todo(ev.size());
     bool any = false;
     for (size_t m = 0; m < ev.size(); ++m) {
       for (size_t c = 0; c < ev[m].size(); ++c) {
         const Evaluated& e = ev[m][c];
-        if (e.max_iters == fo.max_iters || !spec_refinable(e.spec, ctx.task_count())) continue;
-        if (std::any_of(plans.begin(), plans.end(), [&](const PlanResult& plan) { return plan.choice[m] == c; })) {
-          refine[m].push_back(c);
+        if (e.measured || !spec_refinable(e.spec, ctx.task_count())) continue;
+        if (std::any_of(plans.begin(), plans.end(), [&](const PlanResult& p) { return p.choice[m] == c; })) {
+          todo[m].push_back(c);
           any = true;
         }
       }
     }
     if (!any) break;
-    auto refined = ctx.evaluate(
-        [&](size_t m, const ModuleShape&) {
-          std::vector<CandidateSpec> v;
-          for (size_t c : refine[m]) v.push_back({ev[m][c].spec, ev[m][c].key});
-          return v;
-        },
-        fo, false, Spread::kAcross);
-    for (size_t m = 0; m < ev.size(); ++m) {
-      for (size_t j = 0; j < refine[m].size(); ++j) ev[m][refine[m][j]] = std::move(refined[m][j]);
-    }
-    table = to_candidates(ev);
-    plans = plan_budgets(table, b.limits);
+    measure(todo, false);
   }
+  std::vector<std::vector<size_t>> todo(ev.size());
+  for (size_t m = 0; m < ev.size(); ++m) {
+    for (const PlanResult& plan : plans) {
+      const size_t c = plan.choice[m];
+      if (!ev[m][c].measured && std::find(todo[m].begin(), todo[m].end(), c) == todo[m].end()) todo[m].push_back(c);
+    }
+  }
+  measure(todo, plans.size() == 1);
   run.budgets = b.fractions;
   for (const PlanResult& plan : plans) run.choice.push_back(plan.choice);
   return run;

@@ -46,12 +46,21 @@ SynthPreset synth_preset(const std::string& name) {
   if (name == "tiny") return {"tiny", 64, 0, 32, 2, attn, 4, 8, 6, 2, DType::F32};
   if (name == "small") return {"small", 512, 0, 128, 4, attn, 8, 16, 16, 4, DType::BF16};
   if (name == "llama-1b") return {"llama-1b", 2048, 0, 512, 16, attn, 32, 128, 40, 5, DType::BF16};
+  if (name == "llama-1b-shared") {
+    // The shapes of llama-1b, with a tenth of its A drift: adapters trained
+    // the usual way (small learning rates), whose A's share much more.
+    SynthPreset p = synth_preset("llama-1b");
+    p.name = name;
+    p.drift = 0.045;
+    p.noise = 0.015;
+    return p;
+  }
   if (name == "llama-7b") {
     std::vector<std::string> all = attn;
     for (const char* p : {"gate_proj", "up_proj", "down_proj"}) all.push_back(p);
     return {"llama-7b", 4096, 11008, 4096, 32, all, 16, 32, 40, 5, DType::BF16};
   }
-  throw Error("unknown synth preset '" + name + "' (choose tiny, small, llama-1b or llama-7b)");
+  throw Error("unknown synth preset '" + name + "' (choose tiny, small, llama-1b, llama-1b-shared or llama-7b)");
 }
 
 std::vector<fs::path> synth_write(const fs::path& out_dir, const SynthOptions& o) {
@@ -62,6 +71,11 @@ std::vector<fs::path> synth_write(const fs::path& out_dir, const SynthOptions& o
     p.rank = o.rank;
   }
   const int tasks = o.tasks > 0 ? o.tasks : p.tasks;
+  const double drift = o.drift.value_or(p.drift), noise = o.noise.value_or(p.noise),
+               head_noise = o.head_noise.value_or(p.head_noise);
+  for (auto [value, flag] : {std::pair{drift, "--drift"}, {noise, "--noise"}, {head_noise, "--head-noise"}}) {
+    if (!(value >= 0 && value <= 100)) throw Error(std::string(flag) + " must be in [0, 100]");
+  }
   const int clusters = std::max(1, std::min(tasks, o.clusters > 0 ? o.clusters : p.clusters));
   if (tasks > 100000) throw Error("--tasks must be at most 100000");
   const auto modules = preset_modules(p);
@@ -96,18 +110,18 @@ std::vector<fs::path> synth_write(const fs::path& out_dir, const SynthOptions& o
   for (int t = 0; t < tasks; ++t) {
     try {
       std::vector<io::TensorData> tensors;
-      const double d_i = o.drift * (0.6 + 0.8 * Stream(o.seed, 0xd1f7, t).uniform());
+      const double d_i = drift * (0.6 + 0.8 * Stream(o.seed, 0xd1f7, t).uniform());
       for (size_t m = 0; m < modules.size(); ++m) {
         const auto& mod = modules[m];
         const double a_sd = 1.0 / std::sqrt(3.0 * static_cast<double>(mod.in));
         Eigen::MatrixXd a0 = Stream(o.seed, 1, m).uniform(r, mod.in, std::sqrt(3.0) * a_sd);
         Eigen::MatrixXd d = Stream(o.seed, 2, m).normal(k, mod.in, a_sd);
         Eigen::MatrixXd mix = Stream(o.seed, 3, m, t + 1).normal(r, k, 1.0 / std::sqrt(double(k)));
-        Eigen::MatrixXd a = a0 + d_i * (mix * d) + Stream(o.seed, 4, m, t + 1).normal(r, mod.in, o.noise * a_sd);
+        Eigen::MatrixXd a = a0 + d_i * (mix * d) + Stream(o.seed, 4, m, t + 1).normal(r, mod.in, noise * a_sd);
         const int c = t % clusters;
-        const double b_sd = 0.02 / std::sqrt(1 + o.head_noise * o.head_noise);
+        const double b_sd = 0.02 / std::sqrt(1 + head_noise * head_noise);
         Eigen::MatrixXd b = Stream(o.seed, 5, m, c + 1).normal(mod.out, r, b_sd) +
-                            Stream(o.seed, 6, m, t + 1).normal(mod.out, r, o.head_noise * b_sd);
+                            Stream(o.seed, 6, m, t + 1).normal(mod.out, r, head_noise * b_sd);
         const std::string base = "base_model.model." + mod.name;
         tensors.push_back(io::tensor_from_matrix(base + ".lora_A.weight", a, p.dtype));
         tensors.push_back(io::tensor_from_matrix(base + ".lora_B.weight", b, p.dtype));

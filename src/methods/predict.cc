@@ -1,0 +1,248 @@
+// Predicted errors (ModuleFitter::predict): what each structure's fit
+// would leave, from the subspaces the fits share, without fitting it.
+//
+// With T the weighted stack of a module's updates (rows sqrt(w_i) S_i A_i,
+// S_i the core of s_i B_i; its right singular values theta_j, so theta_j^2
+// are captured energies, methods/structures.cc) and
+// N = sum_i w_i ||dW_i||^2 = ||T||^2:
+//   shared-A(k), shared-A+core(k), one head or core per task:
+//       N - sum_{j<=k} theta_j^2  (dW_i V V^T is what both keep)
+//   merged(k):  N - W sum_{j<=k} sigma_j^2, sigma the singular values of
+//       the weighted mean update (sum_i w_i dW_i) / W, W = sum_i w_i
+//   shared-A(k) with G head groups (ALS start: each group's mean head):
+//       N - sum_g W_g ||ybar_g||^2, y_i = dW_i V the task's head in the
+//       body's basis, ybar_g the group's weighted mean
+//   shared-A+core(k) with G head groups (start: each group's top-r left
+//       singular subspace of its heads [sqrt(w_i) y_i]):
+//       N - sum_g (top-r eigenvalues of X_g^T X_g), X_g = [s_i B_i R_i^T]
+//       over the group's tasks, R_i the core of sqrt(w_i) (A_i V)^T, since
+//       X_g X_g^T = sum_{i in g} w_i y_i y_i^T
+//   multi-A(k) with G body groups (each group's own closed form):
+//       N - sum_g (top-k eigenvalues of T_g T_g^T), T_g the group's rows of T
+//   jd-full(k), jd-diag(k) (start: U^T dW_i V, or its diagonal, from the
+//       two sides' subspaces): sum_i w_i (||dW_i||^2 - ||core_i||^2)
+//   shared-B, ...: the same on the transposed problem.
+// The groups are the fits' own clusterings. The two grouped eigenvalue
+// sums come from one Gram per module and side (T T^T, X^T X: sum of ranks
+// squared, the groups' blocks on its diagonal) and linalg::top_eigen_sum.
+// So each prediction is the closed-form start's error, to the range
+// finders' tolerance; ALS (grouped heads and cores, jd) only lowers it,
+// and the planner refines the structures it chooses (structure_methods.cc).
+//
+// Rounding every stored number to the dtype adds, for a matrix product of
+// f rounded factors, about f * kappa * ||dW_hat||^2, with kappa the
+// relative variance of rounding to nearest for values spread evenly over
+// the binades: (ulp^2 / 12) E[1/x^2] over x in [1, 2) log-uniform =
+// 0.18 * 2^-2p for p significand bits (bf16: 2.7e-6, f16: 4.3e-8). The
+// fitted part's energy ||dW_hat||^2 summed over tasks is N minus the fit's
+// error.
+#include <Eigen/Eigenvalues>
+
+#include <algorithm>
+#include <cmath>
+
+#include "hydraopt/error.h"
+#include "methods/structures.h"
+#include "util/parallel.h"
+
+namespace hydraopt {
+
+using Eigen::Index;
+using Eigen::MatrixXd;
+
+namespace {
+
+double rounding_variance(DType dtype) {
+  int p = 53;
+  switch (dtype) {
+    case DType::F64: return 0;
+    case DType::F32: p = 24; break;
+    case DType::F16: p = 11; break;
+    case DType::BF16: p = 8; break;
+  }
+  return 0.18 * std::ldexp(1.0, -2 * p);
+}
+
+// sum_{j < k} values_j^2
+double captured(const Eigen::VectorXd& values, int64_t k) {
+  return values.head(std::min<Index>(k, values.size())).squaredNorm();
+}
+
+// Stored matrices multiplied in one task's update.
+int rounded_factors(const StructureSpec& s) {
+  switch (s.family) {
+    case Family::kSharedACore:
+    case Family::kSharedBCore:
+    case Family::kJdFull:
+    case Family::kJdDiag: return 3;
+    default: return 2;
+  }
+}
+
+}  // namespace
+
+double ModuleFitter::weighted_norm2() {
+  if (!weighted_norm2_) {
+    const std::vector<double> norms = update_norms2(p_);
+    double sum = 0;
+    for (size_t i = 0; i < norms.size(); ++i) sum += p_.weights[i] * norms[i];
+    weighted_norm2_ = sum;
+  }
+  return *weighted_norm2_;
+}
+
+namespace {
+
+// The Gram Z Z^T of the rows z_i (r_i x cols) stacked, in single precision
+// (these sums are predictions; the measured errors are in double).
+MatrixXd stacked_gram(const std::vector<Eigen::MatrixXf>& z, Index cols) {
+  Index rows = 0;
+  for (auto& zi : z) rows += zi.rows();
+  Eigen::MatrixXf stack(rows, cols);
+  rows = 0;
+  for (auto& zi : z) {
+    stack.middleRows(rows, zi.rows()) = zi;
+    rows += zi.rows();
+  }
+  Eigen::MatrixXf g = Eigen::MatrixXf::Zero(rows, rows);
+  g.selfadjointView<Eigen::Lower>().rankUpdate(stack);
+  return g.selfadjointView<Eigen::Lower>().toDenseMatrix().cast<double>();
+}
+
+// sum over the groups of `label` of the top-k eigenvalues of the Gram's
+// block on the group's rows (task i owns `rows[i]` rows, in task order).
+double grouped_top_sum(const MatrixXd& gram, const std::vector<Index>& rows, const std::vector<int>& label, int64_t k) {
+  const int groups = *std::max_element(label.begin(), label.end()) + 1;
+  double sum = 0;
+  for (int g = 0; g < groups; ++g) {
+    std::vector<Index> idx;
+    Index at = 0;
+    for (size_t i = 0; i < label.size(); ++i) {
+      if (label[i] == g) {
+        for (Index j = 0; j < rows[i]; ++j) idx.push_back(at + j);
+      }
+      at += rows[i];
+    }
+    if (!idx.empty()) sum += linalg::top_eigen_sum(gram(idx, idx), k);
+  }
+  return sum;
+}
+
+}  // namespace
+
+std::vector<Index> ModuleFitter::task_rows() const {
+  std::vector<Index> rows;
+  for (auto& l : p_.loras) rows.push_back(l.rank());
+  return rows;
+}
+
+double ModuleFitter::multi_bodies(int64_t k, int groups) {
+  const size_t n = p_.tasks();
+  if (stack_gram_.size() == 0) {
+    std::vector<Eigen::MatrixXf> z(n);
+    util::parallel_for(n, [&](size_t i) {
+      const auto& l = p_.loras[i];
+      if (l.rank() == 0) return;
+      z[i] = (std::sqrt(p_.weights[i]) * std::abs(l.scale) * linalg::left_core(l.B)).cast<float>() * l.A.cast<float>();
+    });
+    for (size_t i = 0; i < n; ++i) {
+      if (z[i].size() == 0) z[i].resize(0, p_.in());
+    }
+    stack_gram_ = stacked_gram(z, p_.in());
+  }
+  const double kept = grouped_top_sum(stack_gram_, task_rows(), body_groups(group_count(groups, n)), k);
+  return std::max(0.0, weighted_norm2() - kept);
+}
+
+double ModuleFitter::grouped_cores(int64_t k, int groups) {
+  const size_t n = p_.tasks();
+  if (core_gram_rank_ != k) {
+    const MatrixXd v = right(k).basis.leftCols(k);
+    std::vector<Eigen::MatrixXf> x(n);
+    util::parallel_for(n, [&](size_t i) {
+      const auto& l = p_.loras[i];
+      if (l.rank() == 0) return;
+      const MatrixXd r = linalg::left_core(MatrixXd(std::sqrt(p_.weights[i]) * (l.A * v).transpose()));
+      x[i] = (p_.left(i) * r.transpose()).transpose().cast<float>();  // X_i^T, r x out
+    });
+    for (size_t i = 0; i < n; ++i) {
+      if (x[i].size() == 0) x[i].resize(0, p_.out());
+    }
+    core_gram_ = stacked_gram(x, p_.out());
+    core_gram_rank_ = k;
+  }
+  const double kept = grouped_top_sum(core_gram_, task_rows(), head_groups(group_count(groups, n)), p_.max_rank());
+  return std::max(0.0, weighted_norm2() - kept);
+}
+
+Prediction ModuleFitter::predict(const StructureSpec& s, DType dtype) {
+  if (!spec_valid(s, shape())) throw Error("structure " + s.label() + " does not fit this module's shape");
+  if (s.family == Family::kExact) throw std::logic_error("predict: the exact structure is measured, not predicted");
+  Prediction pr = predict_unrounded(s);
+  pr.error += rounded_factors(s) * rounding_variance(dtype) * std::max(0.0, weighted_norm2() - pr.error);
+  return pr;
+}
+
+Prediction ModuleFitter::predict_unrounded(const StructureSpec& s) {
+  if (shares_b(s.family)) {
+    StructureSpec m = s;
+    m.family = mirror(s.family);
+    return mirrored().predict_unrounded(m);
+  }
+  const size_t n = p_.tasks();
+  const double total = weighted_norm2();
+  const bool per_task = group_count(s.groups, n) == static_cast<int>(n);
+  auto tail = [&](int64_t k) { return std::max(0.0, total - captured(right(k).values, k)); };
+  switch (s.family) {
+    case Family::kMerged: {
+      double wsum = 0;
+      for (double w : p_.weights) wsum += w;
+      return {std::max(0.0, total - wsum * captured(merged(s.rank).values, s.rank))};
+    }
+    case Family::kSharedA: return {per_task ? tail(s.rank) : grouped_heads(s.rank, s.groups)};
+    case Family::kSharedACore: return {per_task ? tail(s.rank) : grouped_cores(s.rank, s.groups)};
+    case Family::kMultiA: return {multi_bodies(s.rank, s.groups)};
+    case Family::kJdFull:
+    case Family::kJdDiag: {
+      const MatrixXd v = right(s.rank).basis.leftCols(s.rank);
+      const MatrixXd u = mirrored().right(s.rank).basis.leftCols(s.rank);
+      std::vector<double> kept(n, 0.0);
+      util::parallel_for(n, [&](size_t i) {
+        const MatrixXd c = (u.transpose() * p_.left(i)) * (p_.loras[i].A * v);
+        kept[i] = s.family == Family::kJdDiag ? c.diagonal().squaredNorm() : c.squaredNorm();
+      });
+      double e = total;
+      for (size_t i = 0; i < n; ++i) e -= p_.weights[i] * kept[i];
+      return {std::max(0.0, e)};
+    }
+    default: break;
+  }
+  throw std::logic_error("predict: unhandled structure family");
+}
+
+double ModuleFitter::grouped_heads(int64_t k, int groups) {
+  // The start's heads are the groups' weighted mean heads in the
+  // closed-form body's basis (fit_shared).
+  const size_t n = p_.tasks();
+  if (heads_rank_ != k) {
+    heads_ = projections(right(k).basis.leftCols(k));
+    heads_rank_ = k;
+  }
+  const std::vector<int> group = head_groups(group_count(groups, n));
+  const int found = *std::max_element(group.begin(), group.end()) + 1;
+  std::vector<MatrixXd> sum(found, MatrixXd::Zero(p_.out(), k));
+  std::vector<double> wg(found, 0.0);
+  for (size_t i = 0; i < n; ++i) {
+    sum[group[i]] += p_.weights[i] * heads_[i];
+    wg[group[i]] += p_.weights[i];
+  }
+  // The part outside the body plus the scatter around the groups' means,
+  // sum_i w_i (||dW_i||^2 - ||y_i||^2) + sum_i w_i ||y_i||^2 - W_g ||ybar_g||^2:
+  double e = weighted_norm2();
+  for (int g = 0; g < found; ++g) {
+    if (wg[g] > 0) e -= sum[g].squaredNorm() / wg[g];
+  }
+  return std::max(0.0, e);
+}
+
+}  // namespace hydraopt

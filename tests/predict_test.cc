@@ -1,0 +1,123 @@
+// Predicted errors (ModuleFitter::predict) against fitted and measured ones.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include <Eigen/Eigenvalues>
+
+#include "core/rounding.h"
+#include "linalg/factored.h"
+#include "methods/structures.h"
+#include "plan/candidates.h"
+#include "test_util.h"
+
+namespace hydraopt {
+namespace {
+
+using Eigen::MatrixXd;
+
+// Adapters trained from one A initialisation, drifting along shared
+// directions, with heads alike within clusters (as synth makes them).
+ModuleProblem make_problem(int n, int in, int out, int r, double drift, uint64_t seed) {
+  ModuleProblem p;
+  const MatrixXd a0 = test::random_matrix(r, in, seed), d = test::random_matrix(2 * r, in, seed + 1);
+  for (int i = 0; i < n; ++i) {
+    ModuleLora l;
+    l.A = a0 + drift * (test::random_matrix(r, 2 * r, seed + 10 + i) * d) / std::sqrt(2.0 * r) +
+          0.3 * drift * test::random_matrix(r, in, seed + 100 + i);
+    l.B = test::random_matrix(out, r, seed + 200 + i % 3) + 0.6 * test::random_matrix(out, r, seed + 300 + i);
+    l.scale = 2.0;
+    p.loras.push_back(l);
+  }
+  for (int i = 0; i < n; ++i) p.weights.push_back(1 / (p.left(i) * p.loras[i].A).squaredNorm());
+  return p;
+}
+
+double total(const ModuleProblem& p) {
+  double t = 0;
+  for (size_t i = 0; i < p.tasks(); ++i) t += p.weights[i] * (p.left(i) * p.loras[i].A).squaredNorm();
+  return t;
+}
+
+// Families whose prediction comes from a single-precision Gram (grouped
+// cores and multi bodies): accurate to ~1e-6 of the update's energy.
+bool from_single_gram(const StructureSpec& s, size_t tasks) {
+  switch (s.family) {
+    case Family::kMultiA:
+    case Family::kMultiB: return true;
+    case Family::kSharedACore:
+    case Family::kSharedBCore: return group_count(s.groups, tasks) < static_cast<int>(tasks);
+    default: return false;
+  }
+}
+
+class PredictTest : public ::testing::TestWithParam<std::tuple<int, int, int, int, double>> {};
+
+TEST_P(PredictTest, EveryCandidateMatchesItsClosedFormStart) {
+  const auto [n, in, out, r, drift] = GetParam();
+  const ModuleProblem p = make_problem(n, in, out, r, drift, 7);
+  FitOptions start;
+  start.max_iters = 0;  // the closed-form starts, as predicted
+  ModuleFitter predictor(p, start), fitter(p, start);
+  const double t = total(p);
+  int checked = 0;
+  for (const CandidateSpec& c : candidate_specs(predictor.shape(), Share::kAuto, 0)) {
+    if (c.spec.family == Family::kExact) continue;
+    const double predicted = predictor.predict(c.spec, DType::F64).error;
+    const double fitted = weighted_error(p, fitter.fit(c.spec));
+    SCOPED_TRACE(c.spec.label() + ": predicted " + std::to_string(predicted) + ", fitted " + std::to_string(fitted));
+    EXPECT_NEAR(predicted, fitted, (from_single_gram(c.spec, p.tasks()) ? 1e-5 : 1e-9) * t + 1e-6 * fitted);
+    ++checked;
+  }
+  EXPECT_GT(checked, 20);
+}
+
+TEST_P(PredictTest, RoundingModelTracksTheMeasuredErrorInBf16) {
+  const auto [n, in, out, r, drift] = GetParam();
+  const ModuleProblem p = make_problem(n, in, out, r, drift, 11);
+  FitOptions start;
+  start.max_iters = 0;
+  ModuleFitter predictor(p, start), fitter(p, start);
+  const double t = total(p);
+  for (const CandidateSpec& c : candidate_specs(predictor.shape(), Share::kAuto, 0)) {
+    if (c.spec.family == Family::kExact) continue;
+    const double unrounded = predictor.predict(c.spec, DType::F64).error;
+    const double predicted = predictor.predict(c.spec, DType::BF16).error;
+    const double measured = weighted_error(p, fitter.fit(c.spec).rounded(DType::BF16));
+    SCOPED_TRACE(c.spec.label() + ": unrounded " + std::to_string(unrounded) + ", predicted " +
+                 std::to_string(predicted) + ", measured " + std::to_string(measured));
+    // The model is the rise's expectation: within half of it, or, where the
+    // fit leaves much more than rounding adds (and the rounding noise's
+    // correlation with the residual moves the error either way), within
+    // 1e-4 of the error.
+    EXPECT_GT(predicted, unrounded);
+    EXPECT_NEAR(predicted, measured, std::max(0.5 * std::abs(measured - unrounded), 1e-4 * measured) + 1e-12 * t);
+  }
+}
+
+// The block Ritz sum (n > 192) against all eigenvalues: from below, and
+// within the stopping tolerance.
+TEST(TopEigenSum, MatchesTheDenseEigenvaluesFromBelow) {
+  Eigen::VectorXd decay(120);
+  for (int j = 0; j < 120; ++j) decay(j) = std::pow(0.95, j);
+  const MatrixXd x = test::random_matrix(400, 120, 3) * decay.asDiagonal();
+  const MatrixXd g = x * x.transpose();
+  Eigen::SelfAdjointEigenSolver<MatrixXd> eig(g, Eigen::EigenvaluesOnly);
+  for (Eigen::Index k : {1, 6, 32, 120, 150}) {
+    const double exact = eig.eigenvalues().tail(k).sum();
+    const double ritz = linalg::top_eigen_sum(g, k);
+    SCOPED_TRACE(k);
+    EXPECT_LE(ritz, exact * (1 + 1e-12));
+    EXPECT_GE(ritz, exact * (1 - 1e-5));
+  }
+  EXPECT_EQ(linalg::top_eigen_sum(g, 0), 0);
+}
+
+// (tasks, in, out, rank, drift): exact solves (small) and the randomized
+// range finder (in above 128), strongly and weakly shared A's.
+INSTANTIATE_TEST_SUITE_P(Shapes, PredictTest,
+                         ::testing::Values(std::make_tuple(9, 40, 30, 3, 0.5), std::make_tuple(12, 160, 96, 6, 0.45),
+                                           std::make_tuple(12, 160, 200, 6, 0.05)));
+
+}  // namespace
+}  // namespace hydraopt
