@@ -320,6 +320,44 @@ TEST(Merge, ExportReproducesTheReportedError) {
   }
 }
 
+// One run for several budgets: each bundle holds what its report measured
+// (the dense error of its export), the reports are the sweep's, and each
+// bundle is the one a merge at that budget alone writes where the plans
+// agree (the reports say so).
+TEST(Merge, SeveralBudgetsInOneRunWriteWhatTheyReport) {
+  test::TempDir d;
+  const std::vector<double> budgets = {0.2, 0.45, 0.8};
+  std::vector<fs::path> paths;
+  for (size_t b = 0; b < budgets.size(); ++b) paths.push_back(d / ("b" + std::to_string(b) + ".safetensors"));
+  MergeOptions o;
+  o.method = "hydraopt";
+  const auto reports = merge(tiny(), o, budgets, paths);
+  const auto swept = sweep(tiny(), {"hydraopt"}, budgets, o);
+  ASSERT_EQ(reports.size(), budgets.size());
+  for (size_t b = 0; b < budgets.size(); ++b) {
+    SCOPED_TRACE(budgets[b]);
+    EXPECT_EQ(reports[b].plan_json, swept[b].plan_json);
+    EXPECT_DOUBLE_EQ(reports[b].mean_rel_error, swept[b].mean_rel_error);
+    const fs::path out = d / ("export" + std::to_string(b));
+    Bundle::open(paths[b]).export_peft("", out);
+    std::vector<std::map<std::string, MatrixXd>> hat(6);
+    for (size_t i = 0; i < 6; ++i) {
+      auto a = Adapter::open((out / tiny().task(i).name()).string());
+      for (auto& m : a.modules()) {
+        auto l = a.load(m.name);
+        hat[i][m.name] = l.scale * l.B * l.A;
+      }
+    }
+    const auto dense = dense_rel_errors(tiny(), hat);
+    for (size_t i = 0; i < 6; ++i) EXPECT_NEAR(dense[i], reports[b].tasks[i].rel_error, 1e-5) << i;
+    const fs::path alone = d / ("alone" + std::to_string(b) + ".safetensors");
+    const auto single = merge(tiny(), at(budgets[b]), alone);
+    if (single.plan_json == reports[b].plan_json) EXPECT_EQ(test::read_text(alone), test::read_text(paths[b]));
+  }
+  EXPECT_NE(test::error_of([&] { merge(tiny(), o, {0.2}, {}); }).find("one bundle path per budget"), std::string::npos);
+  EXPECT_NE(test::error_of([&] { merge(tiny(), at(0.3), {0.2}, {paths[0]}); }).find("as a list"), std::string::npos);
+}
+
 TEST(Merge, BadOptionsAreClearErrors) {
   auto msg = [](const MergeOptions& o) {
     try {

@@ -3,7 +3,7 @@
 
 #include <cmath>
 
-#include <Eigen/Eigenvalues>
+#include <Eigen/QR>
 
 #include "core/rounding.h"
 #include "linalg/factored.h"
@@ -95,20 +95,21 @@ TEST_P(PredictTest, RoundingModelTracksTheMeasuredErrorInBf16) {
   }
 }
 
-// The block Ritz sum (n > 192) against all eigenvalues: from below, and
+// The block Ritz sum (n > 768) against known eigenvalues: from below, and
 // within the stopping tolerance.
-TEST(TopEigenSum, MatchesTheDenseEigenvaluesFromBelow) {
-  Eigen::VectorXd decay(120);
-  for (int j = 0; j < 120; ++j) decay(j) = std::pow(0.95, j);
-  const MatrixXd x = test::random_matrix(400, 120, 3) * decay.asDiagonal();
-  const MatrixXd g = x * x.transpose();
-  Eigen::SelfAdjointEigenSolver<MatrixXd> eig(g, Eigen::EigenvaluesOnly);
+TEST(TopEigenSum, MatchesKnownEigenvaluesFromBelow) {
+  const Eigen::Index n = 800, rank = 120;
+  Eigen::HouseholderQR<MatrixXd> qr(test::random_matrix(n, rank, 3));
+  const MatrixXd q = qr.householderQ() * MatrixXd::Identity(n, rank);
+  Eigen::VectorXd values(rank);  // descending
+  for (int j = 0; j < rank; ++j) values(j) = std::pow(0.93, j);
+  const MatrixXd g = q * values.asDiagonal() * q.transpose();
   for (Eigen::Index k : {1, 6, 32, 120, 150}) {
-    const double exact = eig.eigenvalues().tail(k).sum();
+    const double exact = values.head(std::min(k, rank)).sum();
     const double ritz = linalg::top_eigen_sum(g, k);
     SCOPED_TRACE(k);
     EXPECT_LE(ritz, exact * (1 + 1e-12));
-    EXPECT_GE(ritz, exact * (1 - 1e-5));
+    EXPECT_GE(ritz, exact * (1 - 1e-4));
   }
   EXPECT_EQ(linalg::top_eigen_sum(g, 0), 0);
 }

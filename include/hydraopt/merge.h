@@ -67,6 +67,13 @@ struct MergeReport {
 /// (atomically). Throws hydraopt::Error on bad options or inputs.
 MergeReport merge(const AdapterSet& set, const MergeOptions& options, const std::filesystem::path& bundle);
 
+/// Merges at several budgets (fractions), writing bundles[i] for budgets[i]
+/// (none where the path is empty): the planner predicts its candidates once
+/// for all of them and fits each module once for every bundle. The
+/// options' own budget must be unset. One report per budget.
+std::vector<MergeReport> merge(const AdapterSet& set, const MergeOptions& options, const std::vector<double>& budgets,
+                               const std::vector<std::filesystem::path>& bundles);
+
 /// Evaluates every (method, budget) pair without writing bundles. Fits are
 /// shared across budgets where the method allows it. Errors never rise
 /// with the budget within one method.

@@ -2,7 +2,9 @@
 // run (plan/registry.h) -> report and, for merge, the bundle.
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <map>
 #include <optional>
 
 #include "dist/dist.h"
@@ -66,58 +68,106 @@ io::Bundle bundle_header(const AdapterSet& set, const engine::Session& s, const 
 
 }  // namespace
 
-MergeReport merge(const AdapterSet& set, const MergeOptions& options, const fs::path& bundle) {
+namespace {
+
+// Fails on an unwritable destination before the work, not after.
+void check_destination(const fs::path& bundle) {
+  const fs::path dir = fs::absolute(bundle).parent_path();
+  if (!fs::is_directory(dir)) throw Error(bundle.string(), "", "output directory does not exist");
+  if (::access(dir.c_str(), W_OK) != 0) throw Error(bundle.string(), "", "output directory is not writable");
+}
+
+// Merges at each budget into the bundle beside it (none where empty): one
+// run of the method for all, then per module one fitter for every budget's
+// structure. Fits chosen among several candidates (the planner's) that were
+// measured but not kept are fitted again with the options they were
+// measured with, so each bundle is the fit its report measured. With one
+// budget, the fits the run finished went into the bundle already.
+std::vector<MergeReport> merge_at(const AdapterSet& set, const MergeOptions& options, std::vector<double> budgets,
+                                  const std::vector<fs::path>& bundles) {
   const auto t0 = std::chrono::steady_clock::now();
   const Method& method = method_named(options.method);
-  const bool root = dist::rank() == 0;  // writes the bundle
+  const bool root = dist::rank() == 0;  // writes the bundles
+  const bool any = std::any_of(bundles.begin(), bundles.end(), [](const fs::path& p) { return !p.empty(); });
   dist::checked([&] {
-    if (bundle.empty() || !root) return;
-    // Fail on an unwritable destination before the work, not after.
-    fs::path dir = fs::absolute(bundle).parent_path();
-    if (!fs::is_directory(dir)) throw Error(bundle.string(), "", "output directory does not exist");
-    if (::access(dir.c_str(), W_OK) != 0) throw Error(bundle.string(), "", "output directory is not writable");
+    if (!root) return;
+    for (const auto& b : bundles) {
+      if (!b.empty()) check_destination(b);
+    }
   });
-  engine::Session s(set, options, !bundle.empty());
-  // Rank 0 writes the bundle; the others spool their modules for it.
-  std::optional<io::BundleWriter> writer;
+  engine::Session s(set, options, any);
+  if (budgets.empty()) budgets = {s.requested_fraction()};  // merge(): --budget, --budget-bytes or the default
+  // Rank 0 writes the bundles; the others spool their modules for it.
+  std::vector<std::optional<io::BundleWriter>> writers(bundles.size());
   dist::checked([&] {
-    if (bundle.empty()) return;
-    if (root) writer.emplace(bundle, s.dtype(), set.modules().size());
-    else writer.emplace(s.dtype(), set.modules().size());
+    for (size_t b = 0; b < bundles.size(); ++b) {
+      if (bundles[b].empty()) continue;
+      if (root) writers[b].emplace(bundles[b], s.dtype(), set.modules().size());
+      else writers[b].emplace(s.dtype(), set.modules().size());
+    }
   });
-  s.write_to(writer ? &*writer : nullptr);
-  const double budget = s.requested_fraction();
-  auto [run, reports] = run_method(s, method, options, {budget}, false);
-  MergeReport report = reports[0];
-  if (writer) {
-    // Fits chosen among several candidates (the planner's) were measured,
-    // not kept: fitted again with the options they were measured with, so
-    // the bundle is the fit the report measured.
-    std::vector<StructureSpec> specs;
-    for (size_t m = 0; m < run.table.size(); ++m) specs.push_back(run.table[m][run.choice[0][m]].spec);
-    if (method.info.kind != MethodKind::kSingleAdapter) s.expect_layout(specs);  // none written yet
+  s.write_to(budgets.size() == 1 && writers[0] ? &*writers[0] : nullptr);
+  auto [run, reports] = run_method(s, method, options, budgets, false);
+  if (any) {
+    for (size_t b = 0; b < budgets.size(); ++b) {
+      if (!writers[b] || method.info.kind == MethodKind::kSingleAdapter) continue;
+      std::vector<StructureSpec> specs;
+      for (size_t m = 0; m < run.table.size(); ++m) specs.push_back(run.table[m][run.choice[b][m]].spec);
+      s.expect_layout(specs, &*writers[b]);  // unless the run wrote modules already
+    }
     engine::for_each_item(s.mine(), s.threads(), options.progress, [&](size_t m) {
-      if (writer->has_module(m)) return;
-      if (method.info.kind == MethodKind::kSingleAdapter) throw Error("internal: a merged module was not written");
-      const Evaluated& e = run.table[m][run.choice[0][m]];
       const auto& mod = set.modules()[m];
-      const ModuleProblem p = s.problem(m);
-      FitOptions as_evaluated = run.fit;
-      as_evaluated.max_iters = e.max_iters;
-      ModuleFitter fitter(p, as_evaluated);
-      ModuleFit fit = fitter.fit(e.spec).rounded(s.dtype());
-      writer->write_module(m, {mod.name, mod.in, mod.out, e.spec, std::move(fit), {}});  // sha256: set by the writer
+      std::optional<ModuleProblem> p;
+      std::map<int, ModuleFitter> fitters;  // by ALS iterations allowed
+      for (size_t b = 0; b < budgets.size(); ++b) {
+        if (!writers[b] || writers[b]->has_module(m)) continue;
+        if (method.info.kind == MethodKind::kSingleAdapter) throw Error("internal: a merged module was not written");
+        const Evaluated& e = run.table[m][run.choice[b][m]];
+        if (!p) p = s.problem(m);
+        FitOptions as_evaluated = run.fit;
+        as_evaluated.max_iters = e.max_iters;
+        ModuleFitter& fitter = fitters.try_emplace(e.max_iters, *p, as_evaluated).first->second;
+        ModuleFit fit = fitter.fit(e.spec).rounded(s.dtype());
+        writers[b]->write_module(m, {mod.name, mod.in, mod.out, e.spec, std::move(fit), {}});  // sha256: by the writer
+      }
     }, Spread::kInside);
-    // The other ranks' modules come to rank 0, one at a time.
-    dist::stream_to_root(
-        s.owner(), [&](size_t m) { return writer->encoded_module(m); },
-        [&](size_t m, std::string& message) { writer->write_encoded(m, message); });
-    dist::checked([&] {
-      if (root) writer->finish(bundle_header(set, s, options, report, budget));
-    });
+    for (size_t b = 0; b < budgets.size(); ++b) {
+      if (!writers[b]) continue;
+      // The other ranks' modules come to rank 0, one at a time.
+      dist::stream_to_root(
+          s.owner(), [&](size_t m) { return writers[b]->encoded_module(m); },
+          [&](size_t m, std::string& message) { writers[b]->write_encoded(m, message); });
+      dist::checked([&] {
+        if (root) writers[b]->finish(bundle_header(set, s, options, reports[b], budgets[b]));
+      });
+    }
   }
-  report.seconds = seconds_since(t0);
-  return report;
+  for (auto& r : reports) r.seconds = seconds_since(t0);
+  return reports;
+}
+
+}  // namespace
+
+MergeReport merge(const AdapterSet& set, const MergeOptions& options, const fs::path& bundle) {
+  return merge_at(set, options, {}, {bundle})[0];
+}
+
+std::vector<MergeReport> merge(const AdapterSet& set, const MergeOptions& options, const std::vector<double>& budgets,
+                               const std::vector<fs::path>& bundles) {
+  if (budgets.empty()) throw Error("no budgets to merge at");
+  if (budgets.size() != bundles.size()) throw Error("one bundle path per budget");
+  if (options.budget || options.budget_bytes) throw Error("give the budgets as a list, not as --budget or --budget-bytes");
+  for (double b : budgets) {
+    if (!(b > 0 && b <= 1)) throw Error("budgets must be fractions in (0, 1], got " + std::to_string(b));
+  }
+  if (method_named(options.method).info.kind == MethodKind::kPlanner) return merge_at(set, options, budgets, bundles);
+  std::vector<MergeReport> out;  // nothing to share: one merge per budget
+  for (size_t i = 0; i < budgets.size(); ++i) {
+    MergeOptions o = options;
+    o.budget = budgets[i];
+    out.push_back(merge(set, o, bundles[i]));
+  }
+  return out;
 }
 
 std::vector<MergeReport> sweep(const AdapterSet& set, const std::vector<std::string>& method_names,

@@ -86,7 +86,7 @@ EvalTable Session::evaluate(const std::function<std::vector<CandidateSpec>(size_
   if (final && std::all_of(lists.begin(), lists.end(), [](const auto& l) { return l.size() == 1; })) {
     std::vector<StructureSpec> only;
     for (const auto& l : lists) only.push_back(l[0].spec);
-    expect_layout(only);
+    expect_layout(only, writer_);
   }
   for_each_item(mine_, threads_, o_.progress, [&](size_t m) {
     const auto& list = lists[m];
@@ -167,15 +167,15 @@ Evaluated Session::record(size_t m, ModuleFit stored, std::vector<double> task_e
 
 // Not with a groups file, whose group count the fits follow over the
 // spec's. expect() creates the output file, so every rank checks.
-void Session::expect_layout(const std::vector<StructureSpec>& specs) const {
+void Session::expect_layout(const std::vector<StructureSpec>& specs, io::BundleWriter* writer) const {
   dist::checked([&] {
-    if (!writer_ || !o_.groups_file.empty()) return;
+    if (!writer || !o_.groups_file.empty()) return;
     for (size_t m = 0; m < specs.size(); ++m) {
-      if (writer_->has_module(m)) return;
+      if (writer->has_module(m)) return;
     }
     std::vector<int64_t> params;
     for (size_t m = 0; m < specs.size(); ++m) params.push_back(spec_params(specs[m], shape(m)));
-    writer_->expect(params);
+    writer->expect(params);
   });
 }
 

@@ -58,7 +58,7 @@ class Session final : public MethodContext {
   void write_to(io::BundleWriter* writer) { writer_ = writer; }
   /// Fixes the bundle's layout when every module's structure is known and
   /// none is written yet, so modules go straight to their places.
-  void expect_layout(const std::vector<StructureSpec>& specs) const;
+  void expect_layout(const std::vector<StructureSpec>& specs, io::BundleWriter* writer) const;
   /// Task i's factors on module m, with the task weights.
   ModuleProblem problem(size_t m) const;
 

@@ -104,10 +104,10 @@ void factored_svd(const Eigen::MatrixXd& l, const Eigen::MatrixXd& r, Eigen::Ind
                   Eigen::MatrixXd* vt);
 
 /// Sum of the k largest eigenvalues of a symmetric positive semi-definite
-/// matrix G (n x n): exactly (all eigenvalues) when n <= 192, else by block
+/// matrix G (n x n): exactly (all eigenvalues) when n <= 768, else by block
 /// subspace iteration on G with a Rayleigh-Ritz step every iteration (a
 /// fixed-seed Gaussian start of k + max(8, k / 2) columns), stopped when
-/// the Ritz sum gains less than 1e-7 of itself (at most 30 iterations). The
+/// the Ritz sum gains less than 1e-6 of itself (at most 30 iterations). The
 /// Ritz sum never exceeds the true one.
 double top_eigen_sum(const Eigen::MatrixXd& g, Eigen::Index k);
 

@@ -23,8 +23,9 @@
 //       two sides' subspaces): sum_i w_i (||dW_i||^2 - ||core_i||^2)
 //   shared-B, ...: the same on the transposed problem.
 // The groups are the fits' own clusterings. The two grouped eigenvalue
-// sums come from one Gram per module and side (T T^T, X^T X: sum of ranks
-// squared, the groups' blocks on its diagonal) and linalg::top_eigen_sum.
+// sums come from two Grams per module and side (T T^T, which the body
+// clustering uses too, and X^T X: sum of ranks squared, the groups' blocks
+// on their diagonals) and linalg::top_eigen_sum.
 // So each prediction is the closed-form start's error, to the range
 // finders' tolerance; ALS (grouped heads and cores, jd) only lowers it,
 // and the planner refines the structures it chooses (structure_methods.cc).
@@ -137,20 +138,17 @@ std::vector<Index> ModuleFitter::task_rows() const {
 }
 
 double ModuleFitter::multi_bodies(int64_t k, int groups) {
+  // T T^T = D (Z Z^T) D, D = sqrt(w_i) on task i's rows.
   const size_t n = p_.tasks();
-  if (stack_gram_.size() == 0) {
-    std::vector<Eigen::MatrixXf> z(n);
-    util::parallel_for(n, [&](size_t i) {
-      const auto& l = p_.loras[i];
-      if (l.rank() == 0) return;
-      z[i] = (std::sqrt(p_.weights[i]) * std::abs(l.scale) * linalg::left_core(l.B)).cast<float>() * l.A.cast<float>();
-    });
-    for (size_t i = 0; i < n; ++i) {
-      if (z[i].size() == 0) z[i].resize(0, p_.in());
-    }
-    stack_gram_ = stacked_gram(z, p_.in());
+  const std::vector<Index> rows = task_rows();
+  Eigen::VectorXd d(body_gram().rows());
+  Index at = 0;
+  for (size_t i = 0; i < n; ++i) {
+    d.segment(at, rows[i]).setConstant(std::sqrt(p_.weights[i]));
+    at += rows[i];
   }
-  const double kept = grouped_top_sum(stack_gram_, task_rows(), body_groups(group_count(groups, n)), k);
+  const MatrixXd t = d.asDiagonal() * body_gram() * d.asDiagonal();
+  const double kept = grouped_top_sum(t, rows, body_groups(group_count(groups, n)), k);
   return std::max(0.0, weighted_norm2() - kept);
 }
 

@@ -162,24 +162,43 @@ std::vector<int> ModuleFitter::head_groups(int groups) {
   return head_tree_->cut(groups);
 }
 
+const MatrixXd& ModuleFitter::body_gram() {
+  if (body_gram_.size() == 0 && p_.tasks() > 0) {
+    // Z Z^T for Z the stack of Z_i = S_i A_i (S_i the core of s_i B_i):
+    // its block (i, j) is Z_i Z_j^T, and dW_i^T dW_j = A_i^T S_i^T (..) S_j A_j.
+    const std::vector<Index> rows = task_rows();
+    std::vector<Index> at(rows.size() + 1, 0);
+    for (size_t i = 0; i < rows.size(); ++i) at[i + 1] = at[i] + rows[i];
+    MatrixXd z(at.back(), p_.in());
+    util::parallel_for(p_.tasks(), [&](size_t i) {
+      if (rows[i] > 0) z.middleRows(at[i], rows[i]) = linalg::left_core(p_.left(i)) * p_.loras[i].A;
+    });
+    body_gram_ = MatrixXd::Zero(z.rows(), z.rows());
+    body_gram_.selfadjointView<Eigen::Lower>().rankUpdate(z);
+    body_gram_ = body_gram_.selfadjointView<Eigen::Lower>();
+  }
+  return body_gram_;
+}
+
 std::vector<int> ModuleFitter::body_groups(int groups) {
   if (!o_.user_groups.empty()) return canonical_labels(o_.user_groups);
   if (!body_tree_) {
     // Distance between the tasks' normalised right Grams dW^T dW / ||dW||^2:
     // what a shared body must capture. tr(Gi Gj) = ||Zi Zj^T||^2 / (ni nj)
-    // with Zi = S_i A_i, so only rank-sized products are formed.
+    // with Zi = S_i A_i, the blocks of body_gram().
     const size_t n = p_.tasks();
-    std::vector<MatrixXd> z(n);
+    const MatrixXd& g = body_gram();
+    const std::vector<Index> rows = task_rows();
+    std::vector<Index> at(n + 1, 0);
+    for (size_t i = 0; i < n; ++i) at[i + 1] = at[i] + rows[i];
     std::vector<double> norm(n);
-    for (size_t i = 0; i < n; ++i) {
-      z[i] = p_.loras[i].rank() ? MatrixXd(linalg::left_core(p_.left(i)) * p_.loras[i].A)
-                                : MatrixXd(0, p_.in());
-      norm[i] = z[i].squaredNorm();
-    }
+    for (size_t i = 0; i < n; ++i) norm[i] = g.block(at[i], at[i], rows[i], rows[i]).trace();
     MatrixXd tr(n, n);
     for (size_t i = 0; i < n; ++i) {
       for (size_t j = 0; j <= i; ++j) {
-        double v = norm[i] > 0 && norm[j] > 0 ? (z[i] * z[j].transpose()).squaredNorm() / (norm[i] * norm[j]) : 0;
+        double v = norm[i] > 0 && norm[j] > 0
+                       ? g.block(at[i], at[j], rows[i], rows[j]).squaredNorm() / (norm[i] * norm[j])
+                       : 0;
         tr(i, j) = tr(j, i) = v;
       }
     }

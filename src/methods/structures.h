@@ -100,6 +100,8 @@ class ModuleFitter {
   const linalg::Subspace& merged(int64_t k);
   /// Rows of each task in the weighted stack (its rank).
   std::vector<Eigen::Index> task_rows() const;
+  /// Z Z^T, Z the stack of the tasks' S_i A_i (S_i the core of s_i B_i).
+  const Eigen::MatrixXd& body_gram();
   /// Unrounded errors of the grouped starts: shared-A(k) with head groups,
   /// shared-A+core(k) with head groups, multi-A(k) (predict.cc).
   double grouped_heads(int64_t k, int groups);
@@ -119,8 +121,8 @@ class ModuleFitter {
   /// Heads dW_i V of the last rank predicted with grouped heads.
   std::vector<Eigen::MatrixXd> heads_;
   int64_t heads_rank_ = -1;
-  /// T T^T (multi-A) and, for grouped cores of rank core_gram_rank_, X^T X (predict.cc).
-  Eigen::MatrixXd stack_gram_, core_gram_;
+  /// body_gram(), and for grouped cores of rank core_gram_rank_ X^T X (predict.cc).
+  Eigen::MatrixXd body_gram_, core_gram_;
   int64_t core_gram_rank_ = -1;
 };
 

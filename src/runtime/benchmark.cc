@@ -107,14 +107,34 @@ BenchmarkResult run_benchmark(const BenchmarkOptions& o) {
     hydra += r * m.in + static_cast<int64_t>(set.size()) * r * m.out;
   }
   const double hydra_fraction = std::min(1.0, static_cast<double>(hydra) / static_cast<double>(set.original_params()));
-  for (auto& [method, budget] : o.points) {
+  // Every point's merge; a method's points at several budgets in one run
+  // (the planner predicts its candidates once for all of them).
+  std::vector<MergeReport> merged(o.points.size());
+  std::vector<fs::path> bundles(o.points.size());
+  for (size_t i = 0; i < o.points.size(); ++i) bundles[i] = tmp / fmt::format("bundle{}.safetensors", i);
+  for (size_t i = 0; i < o.points.size(); ++i) {
+    if (!merged[i].method.empty()) continue;
+    std::vector<size_t> same;
+    std::vector<double> budgets;
+    std::vector<fs::path> paths;
+    for (size_t j = i; j < o.points.size(); ++j) {
+      if (o.points[j].first != o.points[i].first) continue;
+      const double budget = o.points[j].second;
+      same.push_back(j);
+      budgets.push_back(budget > 0 ? budget : budget < 0 ? hydra_fraction : 1.0 / static_cast<double>(set.size()));
+      paths.push_back(bundles[j]);
+    }
     MergeOptions mo;
-    mo.method = method;
+    mo.method = o.points[i].first;
     mo.threads = o.threads;
-    mo.budget = budget > 0 ? budget : budget < 0 ? hydra_fraction : 1.0 / static_cast<double>(set.size());
+    auto reports = merge(set, mo, budgets, paths);
+    for (size_t j = 0; j < same.size(); ++j) merged[same[j]] = std::move(reports[j]);
+  }
+  for (size_t pi = 0; pi < o.points.size(); ++pi) {
+    const std::string& method = o.points[pi].first;
     BenchmarkPoint p;
-    const fs::path bundle = tmp / "bundle.safetensors";
-    p.merge = merge(set, mo, bundle);
+    p.merge = std::move(merged[pi]);
+    const fs::path& bundle = bundles[pi];
     auto deltas = bundle_deltas(bundle);
     double sum = 0;
     p.min_relative = INFINITY;
