@@ -16,9 +16,11 @@
 #   --timeout S      per-command limit; a command that exceeds it is killed
 #                    and reported as "timeout" [BENCH_TIMEOUT, default 600]
 #   --threads N      threads for hydraopt and the peer [BENCH_THREADS, default 2]
-#   --no-planner     skip the two `--budget` runs (5 and 6 below), which take
-#                    minutes at these sizes; for a quick hydra-point
-#                    comparison with the peer [BENCH_NO_PLANNER=1]
+#   --no-planner     skip the `--budget` runs (5 below); for a quick
+#                    hydra-point comparison with the peer [BENCH_NO_PLANNER=1]
+#   --budgets "B..." the planner's budgets: fractions, 1/N or hydra (the
+#                    hydra point's storage fraction, see 5)
+#                    [BENCH_BUDGETS, default "1/N 0.25 hydra 0.75"]
 #   --keep           keep the written bundles (deleted after each command by
 #                    default: llama-7b bundles are ~1.5 GB each) [BENCH_KEEP=1]
 #   HYDRAOPT=path    the CLI (default build/hydraopt); PYTHON (default /usr/bin/python3)
@@ -34,10 +36,10 @@
 #   3. `hydraopt inspect --json` (reads everything, and computes subspace
 #      similarity statistics: more than reading; hydraopt has no read-only mode).
 #   4. `hydraopt merge --method hydra` (the hydra point, closed form).
-#   5. `hydraopt merge --budget 1/N` (the planner at one adapter's storage).
-#   6. `hydraopt merge --budget F` with F the hydra point's storage fraction,
+#   5. `hydraopt merge --budget B` (the planner) for each B of --budgets: 1/N
+#      is one adapter's storage, hydra the hydra point's storage fraction,
 #      computed from the shapes: sum_m (r in + N r out) / sum_m (N r (in + out)).
-#   7. the PyTorch peer bench/peers/hydra_torch.py (the same hydra point).
+#   6. the PyTorch peer bench/peers/hydra_torch.py (the same hydra point).
 # Merges and the peer write their result (-o / --out), so writing is timed.
 # Then a Markdown table (preset, command, wall s, CPU s, peak RSS MiB, input
 # MiB, RSS % of input, mean rel. error), the peer/hydraopt ratios at the hydra
@@ -52,6 +54,7 @@ TIMEOUT=${BENCH_TIMEOUT:-600}
 THREADS=${BENCH_THREADS:-2}
 KEEP=${BENCH_KEEP:-0}
 NO_PLANNER=${BENCH_NO_PLANNER:-0}
+PLANNER_BUDGETS=${BENCH_BUDGETS:-"1/N 0.25 hydra 0.75"}
 HYDRAOPT=${HYDRAOPT:-$ROOT/build/hydraopt}
 PY=${PYTHON:-/usr/bin/python3}
 PEER=$ROOT/bench/peers/hydra_torch.py
@@ -68,6 +71,7 @@ while [[ $# -gt 0 ]]; do
     --threads) THREADS=$2; shift 2 ;;
     --keep) KEEP=1; shift ;;
     --no-planner) NO_PLANNER=1; shift ;;
+    --budgets) PLANNER_BUDGETS=$2; shift 2 ;;
     -h|--help) usage 0 ;;
     llama-1b|llama-7b|small|tiny) PRESETS+=("$1"); shift ;;
     *) echo "e2e.sh: unknown argument '$1'" >&2; usage 2 ;;
@@ -162,14 +166,17 @@ for p in "${PRESETS[@]}"; do
       "$HYDRAOPT" merge "${adapters[@]}" --method hydra --threads "$THREADS" -o "$o/hydra.safetensors" --report "$o/hydra.json"
   drop "$o/hydra.safetensors"
   if [[ $NO_PLANNER != 1 ]]; then
-    run "$p" "hydraopt merge --budget 1/N ($ONE_OVER_N)" "$o/budget-1overN.json" "$o/budget-1overN.log" \
-        "$HYDRAOPT" merge "${adapters[@]}" --budget "$ONE_OVER_N" --threads "$THREADS" -o "$o/budget-1overN.safetensors" \
-        --report "$o/budget-1overN.json"
-    drop "$o/budget-1overN.safetensors"
-    run "$p" "hydraopt merge --budget hydra fraction ($HYDRA_FRACTION)" "$o/budget-hydra.json" "$o/budget-hydra.log" \
-        "$HYDRAOPT" merge "${adapters[@]}" --budget "$HYDRA_FRACTION" --threads "$THREADS" -o "$o/budget-hydra.safetensors" \
-        --report "$o/budget-hydra.json"
-    drop "$o/budget-hydra.safetensors"
+    for b in $PLANNER_BUDGETS; do
+      case $b in
+        1/N) value=$ONE_OVER_N; name=1overN; label="1/N ($ONE_OVER_N)" ;;
+        hydra) value=$HYDRA_FRACTION; name=hydra; label="hydra fraction ($HYDRA_FRACTION)" ;;
+        *) value=$b; name=$b; label=$b ;;
+      esac
+      run "$p" "hydraopt merge --budget $label" "$o/budget-$name.json" "$o/budget-$name.log" \
+          "$HYDRAOPT" merge "${adapters[@]}" --budget "$value" --threads "$THREADS" -o "$o/budget-$name.safetensors" \
+          --report "$o/budget-$name.json"
+      drop "$o/budget-$name.safetensors"
+    done
   fi
   run "$p" "peer hydra_torch.py (hydra point)" "$o/peer.json" "$o/peer.json" \
       "$PY" "$PEER" --threads "$THREADS" --out "$o/peer.safetensors" "${adapters[@]}"

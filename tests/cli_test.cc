@@ -43,6 +43,26 @@ TEST(Cli, SynthIsDeterministic) {
   EXPECT_NE(w("a"), w("c"));
 }
 
+// The drift options reach the generator: without drift or noise every task
+// has the shared initialisation as its A, and one shared A is exact.
+TEST(Cli, SynthDriftOptions) {
+  test::TempDir d;
+  std::string out;
+  ASSERT_EQ(run(cli() + " synth " + (d / "s").string() + " --tasks 3 --drift 0 --noise 0", &out), 0) << out;
+  ASSERT_EQ(run(cli() + " synth " + (d / "t").string() + " --tasks 3", &out), 0) << out;
+  auto hydra_error = [&](const char* set) {
+    std::string report;
+    const std::string dirs = (d / set / "task00").string() + " " + (d / set / "task01").string() + " " +
+                             (d / set / "task02").string();
+    EXPECT_EQ(run(cli() + " merge " + dirs + " --method hydra -o " + (d / (std::string(set) + ".safetensors")).string() +
+                      " --report " + (d / (std::string(set) + ".json")).string() + " 2>/dev/null"), 0);
+    return nlohmann::json::parse(test::read_text(d / (std::string(set) + ".json")))["mean_rel_error"].get<double>();
+  };
+  EXPECT_LT(hydra_error("s"), 1e-6);
+  EXPECT_GT(hydra_error("t"), 0.1);
+  EXPECT_NE(run(cli() + " synth " + (d / "u").string() + " --drift -1 2>/dev/null"), 0);
+}
+
 struct BadInput {
   const char* name;
   std::function<void(const fs::path&)> corrupt;
