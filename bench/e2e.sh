@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end benchmark: hydraopt against the reading floor and a PyTorch peer.
 #
-#   bench/e2e.sh [options] [PRESET...]        PRESET: llama-1b, llama-7b (default: both)
+#   bench/e2e.sh [options] [PRESET...]   PRESET: llama-1b, llama-1b-shared, llama-7b (default: llama-1b llama-7b)
 #
 # Options (each also settable by the environment variable in brackets):
 #   --data DIR       adapter sets live in DIR/PRESET; generated there with
@@ -73,7 +73,7 @@ while [[ $# -gt 0 ]]; do
     --no-planner) NO_PLANNER=1; shift ;;
     --budgets) PLANNER_BUDGETS=$2; shift 2 ;;
     -h|--help) usage 0 ;;
-    llama-1b|llama-7b|small|tiny) PRESETS+=("$1"); shift ;;
+    llama-1b|llama-1b-shared|llama-7b|small|tiny) PRESETS+=("$1"); shift ;;
     *) echo "e2e.sh: unknown argument '$1'" >&2; usage 2 ;;
   esac
 done
