@@ -75,14 +75,10 @@ double Session::requested_fraction() const {
 
 EvalTable Session::evaluate(const std::function<std::vector<CandidateSpec>(size_t, const ModuleShape&)>& specs,
                             const FitOptions& fo, bool final, Spread spread) {
-  const size_t nm = set_.modules().size();
-  EvalTable out(nm);
+  EvalTable out(set_.modules().size());
   // Every module's specs, on every rank: with one per module the bundle's
   // layout is known before any is fitted.
-  std::vector<std::vector<CandidateSpec>> lists(nm);
-  dist::checked([&] {
-    for (size_t m = 0; m < nm; ++m) lists[m] = specs(m, shape(m));
-  });
+  const auto lists = spec_lists(specs);
   if (final && std::all_of(lists.begin(), lists.end(), [](const auto& l) { return l.size() == 1; })) {
     std::vector<StructureSpec> only;
     for (const auto& l : lists) only.push_back(l[0].spec);
@@ -111,20 +107,25 @@ EvalTable Session::evaluate(const std::function<std::vector<CandidateSpec>(size_
   return out;
 }
 
+std::vector<std::vector<CandidateSpec>> Session::spec_lists(
+    const std::function<std::vector<CandidateSpec>(size_t, const ModuleShape&)>& specs) const {
+  std::vector<std::vector<CandidateSpec>> lists(set_.modules().size());
+  dist::checked([&] {
+    for (size_t m = 0; m < lists.size(); ++m) lists[m] = specs(m, shape(m));
+  });
+  return lists;
+}
+
 EvalTable Session::predict(const std::function<std::vector<CandidateSpec>(size_t, const ModuleShape&)>& specs,
                            const FitOptions& fo) {
-  const size_t nm = set_.modules().size();
-  EvalTable out(nm);
-  std::vector<std::vector<CandidateSpec>> lists(nm);
-  dist::checked([&] {
-    for (size_t m = 0; m < nm; ++m) lists[m] = specs(m, shape(m));
-  });
+  EvalTable out(set_.modules().size());
+  const auto lists = spec_lists(specs);
   for_each_item(mine_, threads_, o_.progress, [&](size_t m) {
     if (lists[m].empty()) return;
     const ModuleProblem p = problem(m);
     ModuleFitter fitter(p, fo);
     for (auto& cs : lists[m]) {
-      if (cs.spec.family == Family::kExact) {  // no fit to spare: measured
+      if (cs.spec.family == Family::kExact) {  // nothing to fit: measured
         ModuleFit stored = fitter.fit(cs.spec).rounded(dtype_);
         std::vector<double> err2 = fit_errors2(p, stored, &norms2_[m]);
         out[m].push_back(record(m, std::move(stored), std::move(err2), cs, false, fo.max_iters));

@@ -61,6 +61,9 @@ class Session final : public MethodContext {
   void expect_layout(const std::vector<StructureSpec>& specs, io::BundleWriter* writer) const;
   /// Task i's factors on module m, with the task weights.
   ModuleProblem problem(size_t m) const;
+  /// specs(m, shape(m)) for every module (errors in them stop every rank).
+  std::vector<std::vector<CandidateSpec>> spec_lists(
+      const std::function<std::vector<CandidateSpec>(size_t, const ModuleShape&)>& specs) const;
 
   int threads() const { return threads_; }
   DType dtype() const { return dtype_; }

@@ -111,44 +111,44 @@ MatrixXd stacked_gram(const std::vector<Eigen::MatrixXf>& z, Index cols) {
 }
 
 // sum over the groups of `label` of the top-k eigenvalues of the Gram's
-// block on the group's rows (task i owns `rows[i]` rows, in task order).
-double grouped_top_sum(const MatrixXd& gram, const std::vector<Index>& rows, const std::vector<int>& label, int64_t k) {
+// block on the group's rows (task i owns rows at[i] .. at[i + 1]), each row
+// and column scaled by `scale` (one per task) where given.
+double grouped_top_sum(const MatrixXd& gram, const std::vector<Index>& at, const std::vector<int>& label, int64_t k,
+                       const std::vector<double>* scale = nullptr) {
   const int groups = *std::max_element(label.begin(), label.end()) + 1;
   double sum = 0;
   for (int g = 0; g < groups; ++g) {
     std::vector<Index> idx;
-    Index at = 0;
+    Eigen::VectorXd d;
     for (size_t i = 0; i < label.size(); ++i) {
-      if (label[i] == g) {
-        for (Index j = 0; j < rows[i]; ++j) idx.push_back(at + j);
+      if (label[i] != g) continue;
+      for (Index j = at[i]; j < at[i + 1]; ++j) idx.push_back(j);
+      if (scale) {
+        d.conservativeResize(static_cast<Index>(idx.size()));
+        d.tail(at[i + 1] - at[i]).setConstant((*scale)[i]);
       }
-      at += rows[i];
     }
-    if (!idx.empty()) sum += linalg::top_eigen_sum(gram(idx, idx), k);
+    if (idx.empty()) continue;
+    sum += scale ? linalg::top_eigen_sum(d.asDiagonal() * gram(idx, idx) * d.asDiagonal(), k)
+                 : linalg::top_eigen_sum(gram(idx, idx), k);
   }
   return sum;
 }
 
 }  // namespace
 
-std::vector<Index> ModuleFitter::task_rows() const {
-  std::vector<Index> rows;
-  for (auto& l : p_.loras) rows.push_back(l.rank());
-  return rows;
+std::vector<Index> ModuleFitter::task_offsets() const {
+  std::vector<Index> at(p_.tasks() + 1, 0);
+  for (size_t i = 0; i < p_.tasks(); ++i) at[i + 1] = at[i] + p_.loras[i].rank();
+  return at;
 }
 
 double ModuleFitter::multi_bodies(int64_t k, int groups) {
   // T T^T = D (Z Z^T) D, D = sqrt(w_i) on task i's rows.
   const size_t n = p_.tasks();
-  const std::vector<Index> rows = task_rows();
-  Eigen::VectorXd d(body_gram().rows());
-  Index at = 0;
-  for (size_t i = 0; i < n; ++i) {
-    d.segment(at, rows[i]).setConstant(std::sqrt(p_.weights[i]));
-    at += rows[i];
-  }
-  const MatrixXd t = d.asDiagonal() * body_gram() * d.asDiagonal();
-  const double kept = grouped_top_sum(t, rows, body_groups(group_count(groups, n)), k);
+  std::vector<double> d(n);
+  for (size_t i = 0; i < n; ++i) d[i] = std::sqrt(p_.weights[i]);
+  const double kept = grouped_top_sum(body_gram(), task_offsets(), body_groups(group_count(groups, n)), k, &d);
   return std::max(0.0, weighted_norm2() - kept);
 }
 
@@ -169,7 +169,7 @@ double ModuleFitter::grouped_cores(int64_t k, int groups) {
     core_gram_ = stacked_gram(x, p_.out());
     core_gram_rank_ = k;
   }
-  const double kept = grouped_top_sum(core_gram_, task_rows(), head_groups(group_count(groups, n)), p_.max_rank());
+  const double kept = grouped_top_sum(core_gram_, task_offsets(), head_groups(group_count(groups, n)), p_.max_rank());
   return std::max(0.0, weighted_norm2() - kept);
 }
 

@@ -166,12 +166,10 @@ const MatrixXd& ModuleFitter::body_gram() {
   if (body_gram_.size() == 0 && p_.tasks() > 0) {
     // Z Z^T for Z the stack of Z_i = S_i A_i (S_i the core of s_i B_i):
     // its block (i, j) is Z_i Z_j^T, and dW_i^T dW_j = A_i^T S_i^T (..) S_j A_j.
-    const std::vector<Index> rows = task_rows();
-    std::vector<Index> at(rows.size() + 1, 0);
-    for (size_t i = 0; i < rows.size(); ++i) at[i + 1] = at[i] + rows[i];
+    const std::vector<Index> at = task_offsets();
     MatrixXd z(at.back(), p_.in());
     util::parallel_for(p_.tasks(), [&](size_t i) {
-      if (rows[i] > 0) z.middleRows(at[i], rows[i]) = linalg::left_core(p_.left(i)) * p_.loras[i].A;
+      if (at[i + 1] > at[i]) z.middleRows(at[i], at[i + 1] - at[i]) = linalg::left_core(p_.left(i)) * p_.loras[i].A;
     });
     body_gram_ = MatrixXd::Zero(z.rows(), z.rows());
     body_gram_.selfadjointView<Eigen::Lower>().rankUpdate(z);
@@ -188,16 +186,15 @@ std::vector<int> ModuleFitter::body_groups(int groups) {
     // with Zi = S_i A_i, the blocks of body_gram().
     const size_t n = p_.tasks();
     const MatrixXd& g = body_gram();
-    const std::vector<Index> rows = task_rows();
-    std::vector<Index> at(n + 1, 0);
-    for (size_t i = 0; i < n; ++i) at[i + 1] = at[i] + rows[i];
+    const std::vector<Index> at = task_offsets();
+    auto rows = [&](size_t i) { return at[i + 1] - at[i]; };
     std::vector<double> norm(n);
-    for (size_t i = 0; i < n; ++i) norm[i] = g.block(at[i], at[i], rows[i], rows[i]).trace();
+    for (size_t i = 0; i < n; ++i) norm[i] = g.block(at[i], at[i], rows(i), rows(i)).trace();
     MatrixXd tr(n, n);
     for (size_t i = 0; i < n; ++i) {
       for (size_t j = 0; j <= i; ++j) {
         double v = norm[i] > 0 && norm[j] > 0
-                       ? g.block(at[i], at[j], rows[i], rows[j]).squaredNorm() / (norm[i] * norm[j])
+                       ? g.block(at[i], at[j], rows(i), rows(j)).squaredNorm() / (norm[i] * norm[j])
                        : 0;
         tr(i, j) = tr(j, i) = v;
       }
@@ -326,11 +323,13 @@ void mean_update(const ModuleProblem& p, MatrixXd* l, MatrixXd* r) {
 
 }  // namespace
 
-const linalg::Subspace& ModuleFitter::merged(int64_t k) {
+const linalg::Subspace& ModuleFitter::merged(int64_t k, const MatrixXd* l_given, const MatrixXd* r_given) {
   const Index most = std::min<Index>(shape().rank_sum(), std::min(p_.in(), p_.out()));
   if (!merged_ || merged_->basis.cols() < std::min<Index>(k, most)) {
-    MatrixXd l, r;
-    mean_update(p_, &l, &r);
+    MatrixXd l_own, r_own;
+    if (!l_given) mean_update(p_, &l_own, &r_own);
+    const MatrixXd& l = l_given ? *l_given : l_own;
+    const MatrixXd& r = r_given ? *r_given : r_own;
     // The leading columns serve every smaller rank: solve once for 2r.
     merged_ = linalg::top_right_subspace_of_product(l, r, std::max(k, 2 * p_.max_rank()));
   }
@@ -343,7 +342,7 @@ ModuleFit ModuleFitter::fit_merged(int64_t k) {
   const size_t n = p_.tasks();
   MatrixXd l, r;
   mean_update(p_, &l, &r);
-  const linalg::Subspace& sub = merged(k);
+  const linalg::Subspace& sub = merged(k, &l, &r);
   const Index kk = std::min<Index>(k, sub.basis.cols());
   const MatrixXd v = sub.basis.leftCols(kk);
   ModuleFit f = per_task_layout(n);

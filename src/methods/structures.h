@@ -96,10 +96,11 @@ class ModuleFitter {
   double weighted_norm2();
   /// Weighted error of the closed-form start (no rounding).
   Prediction predict_unrounded(const StructureSpec& s);
-  /// Top right subspace of the weighted mean update, at least k columns.
-  const linalg::Subspace& merged(int64_t k);
-  /// Rows of each task in the weighted stack (its rank).
-  std::vector<Eigen::Index> task_rows() const;
+  /// Top right subspace of the weighted mean update, at least k columns
+  /// (from its factors L R when given, as fit_merged has them).
+  const linalg::Subspace& merged(int64_t k, const Eigen::MatrixXd* l = nullptr, const Eigen::MatrixXd* r = nullptr);
+  /// First row of each task in the weighted stack, and one past the last.
+  std::vector<Eigen::Index> task_offsets() const;
   /// Z Z^T, Z the stack of the tasks' S_i A_i (S_i the core of s_i B_i).
   const Eigen::MatrixXd& body_gram();
   /// Unrounded errors of the grouped starts: shared-A(k) with head groups,

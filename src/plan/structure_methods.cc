@@ -3,8 +3,6 @@
 // entry (plan/registry.h): a descriptor and the run that says which
 // structure every module gets at every budget.
 #include <algorithm>
-#include <cmath>
-#include <limits>
 #include <set>
 
 #include "hydraopt/error.h"
