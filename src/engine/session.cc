@@ -123,7 +123,9 @@ EvalTable Session::predict(const std::function<std::vector<CandidateSpec>(size_t
   for_each_item(mine_, threads_, o_.progress, [&](size_t m) {
     if (lists[m].empty()) return;
     const ModuleProblem p = problem(m);
-    ModuleFitter fitter(p, fo);
+    FitOptions estimate = fo;
+    estimate.estimate = true;
+    ModuleFitter fitter(p, estimate);
     for (auto& cs : lists[m]) {
       if (cs.spec.family == Family::kExact) {  // nothing to fit: measured
         ModuleFit stored = fitter.fit(cs.spec).rounded(dtype_);

@@ -241,14 +241,20 @@ Subspace top_right_subspace(const MatrixXd& t, Index k) {
   return top_right_subspace(t.cast<float>(), [&]() -> const MatrixXd& { return t; }, k);
 }
 
-Subspace top_right_subspace(const Eigen::MatrixXf& tf, const std::function<const MatrixXd&()>& dense, Index k) {
+namespace {
+
+// top_right_subspace and its estimate: `estimate` keeps to single
+// precision with the looser stopping rule.
+Subspace range_finder(const Eigen::MatrixXf& tf, const std::function<const MatrixXd&()>& dense, Index k,
+                      bool estimate) {
   const Index p = tf.rows(), n = tf.cols();
   k = std::min({k, p, n});
   if (solved_exactly(p, n, k)) return top_right_subspace_exact(dense(), k);
   const Index l = oversampled(k);
 
   constexpr int kMaxIters = 40;
-  constexpr double kTol = 1e-4;
+  const double kTol = estimate ? 1e-3 : 1e-4;
+  const double floor = estimate ? 1e-7 : 1e-13;
   // Single precision suffices while the residual is at least this share of
   // ||T||^2: rounding (~1e-7 of ||T||^2) is then ~1e-5 of the residual.
   constexpr double kSingleFloor = 1e-2;
@@ -271,7 +277,7 @@ Subspace top_right_subspace(const Eigen::MatrixXf& tf, const std::function<const
     Eigen::SelfAdjointEigenSolver<MatrixXd> eig(y.transpose() * y);
     const Eigen::VectorXd top = eig.eigenvalues().tail(k).reverse().cwiseMax(0);
     const double tail = std::max(0.0, total - top.sum());
-    if (single && tail < kSingleFloor * total) {
+    if (single && !estimate && tail < kSingleFloor * total) {
       // Nearly exact: redo this step, and go on, in double precision.
       single = false;
       t = &dense();
@@ -282,7 +288,7 @@ Subspace top_right_subspace(const Eigen::MatrixXf& tf, const std::function<const
       continue;
     }
     const double drop = prev_tail - tail;
-    if (converged(drop, prev_drop, 1e-13 * total, kTol * tail)) {
+    if (converged(drop, prev_drop, floor * total, kTol * tail) || (estimate && it == kMaxIters)) {
       const MatrixXd ritz = eig.eigenvectors().rightCols(k).rowwise().reverse();
       MatrixXd basis = single ? orthonormal_like(MatrixXd(zf.cast<double>() * ritz)) : MatrixXd(z * ritz);
       return {std::move(basis), top.cwiseSqrt(), it, false};
@@ -296,6 +302,17 @@ Subspace top_right_subspace(const Eigen::MatrixXf& tf, const std::function<const
     }
   }
   return top_right_subspace_exact(dense(), k);
+}
+
+}  // namespace
+
+Subspace top_right_subspace(const Eigen::MatrixXf& tf, const std::function<const MatrixXd&()>& dense, Index k) {
+  return range_finder(tf, dense, k, false);
+}
+
+Subspace estimate_top_right_subspace(const Eigen::MatrixXf& tf, const std::function<const MatrixXd&()>& dense,
+                                     Index k) {
+  return range_finder(tf, dense, k, true);
 }
 
 Subspace top_right_subspace_of_product(const MatrixXd& l, const MatrixXd& r, Index k) {
@@ -359,9 +376,9 @@ double top_eigen_sum(const MatrixXd& g, Index k) {
   const Index n = g.rows();
   k = std::min(k, n);
   if (k <= 0) return 0;
-  if (n <= 768) {  // cheaper than ~10 Ritz iterations
-    Eigen::SelfAdjointEigenSolver<MatrixXd> eig(g, Eigen::EigenvaluesOnly);
-    return eig.eigenvalues().tail(k).cwiseMax(0).sum();
+  if (n <= 1536) {  // in single precision: cheaper than ~10 Ritz iterations
+    Eigen::SelfAdjointEigenSolver<Eigen::MatrixXf> eig(g.cast<float>(), Eigen::EigenvaluesOnly);
+    return eig.eigenvalues().tail(k).cast<double>().cwiseMax(0).sum();
   }
   const Index l = std::min(n, k + std::max<Index>(8, k / 2));
   MatrixXd z = *random_start(0x70e16e, n, n, k, l);

@@ -84,6 +84,15 @@ Subspace top_right_subspace(const Eigen::MatrixXd& t, Eigen::Index k);
 Subspace top_right_subspace(const Eigen::MatrixXf& tf, const std::function<const Eigen::MatrixXd&()>& dense,
                             Eigen::Index k);
 
+/// The same as an estimate, for predicted errors: the iteration stays in
+/// single precision (no double phase; `dense` serves only the exact solver
+/// of small problems), stops when the geometric tail of the gains is below
+/// 1e-3 E_q or a decrement below 1e-7 ||T||^2 (float rounding), and returns
+/// its Ritz pairs after 40 iterations. The captured energy is then within
+/// ~1e-3 of the residual plus ~1e-6 of ||T||^2 of the exact one's.
+Subspace estimate_top_right_subspace(const Eigen::MatrixXf& tf, const std::function<const Eigen::MatrixXd&()>& dense,
+                                     Eigen::Index k);
+
 /// The exact solver: eigendecomposition of the smaller Gram (T^T T, or
 /// T T^T with V = T^T Y / sigma re-orthonormalised).
 Subspace top_right_subspace_exact(const Eigen::MatrixXd& t, Eigen::Index k);
@@ -104,7 +113,8 @@ void factored_svd(const Eigen::MatrixXd& l, const Eigen::MatrixXd& r, Eigen::Ind
                   Eigen::MatrixXd* vt);
 
 /// Sum of the k largest eigenvalues of a symmetric positive semi-definite
-/// matrix G (n x n): exactly (all eigenvalues) when n <= 768, else by block
+/// matrix G (n x n): from all eigenvalues in single precision (to ~1e-6 of
+/// G's largest) when n <= 1536, else by block
 /// subspace iteration on G with a Rayleigh-Ritz step every iteration (a
 /// fixed-seed Gaussian start of k + max(8, k / 2) columns), stopped when
 /// the Ritz sum gains less than 1e-6 of itself (at most 30 iterations). The

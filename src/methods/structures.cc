@@ -103,11 +103,15 @@ int64_t body_columns(const ModuleShape& m, const FitOptions& o, int64_t k) {
 
 const linalg::Subspace& ModuleFitter::right(int64_t k) {
   if (k > right_rank()) throw std::logic_error("shared rank exceeds the data's rank");
-  if (!right_ || right_->basis.cols() < k) {
+  // Solved at body_columns(k) columns and kept by that width, so a fit's
+  // body does not depend on what else this fitter fitted before it.
+  const ModuleShape m = shape();
+  const int64_t cols = body_columns(m, o_, k);
+  auto found = right_.find(cols);
+  if (found == right_.end()) {
     // T held in single precision, as the range finder uses it; in double
     // only if it asks (nearly exact fits).
     const size_t n = p_.tasks();
-    const ModuleShape m = shape();
     WeightedStack stack(m.ranks);
     util::parallel_for(n, [&](size_t i) { stack.set_core(i, p_.loras[i], p_.weights[i]); });
     auto fill = [&](auto& t) {
@@ -121,11 +125,12 @@ const linalg::Subspace& ModuleFitter::right(int64_t k) {
       if (!t) fill(t.emplace());
       return *t;
     };
-    // Solve once for as many columns as the structures to come need
-    // (leading columns of a top-K basis are a top-k basis); more on demand.
-    right_ = linalg::top_right_subspace(tf, dense, body_columns(m, o_, k));
+    // As many columns as the structures to come need (leading columns of a
+    // top-K basis are a top-k basis).
+    found = right_.emplace(cols, o_.estimate ? linalg::estimate_top_right_subspace(tf, dense, cols)
+                                             : linalg::top_right_subspace(tf, dense, cols)).first;
   }
-  return *right_;
+  return found->second;
 }
 
 int64_t ModuleFitter::right_rank() const {
@@ -166,14 +171,17 @@ const MatrixXd& ModuleFitter::body_gram() {
   if (body_gram_.size() == 0 && p_.tasks() > 0) {
     // Z Z^T for Z the stack of Z_i = S_i A_i (S_i the core of s_i B_i):
     // its block (i, j) is Z_i Z_j^T, and dW_i^T dW_j = A_i^T S_i^T (..) S_j A_j.
+    // In single precision: its sums are predictions and distances.
     const std::vector<Index> at = task_offsets();
-    MatrixXd z(at.back(), p_.in());
+    Eigen::MatrixXf z(at.back(), p_.in());
     util::parallel_for(p_.tasks(), [&](size_t i) {
-      if (at[i + 1] > at[i]) z.middleRows(at[i], at[i + 1] - at[i]) = linalg::left_core(p_.left(i)) * p_.loras[i].A;
+      if (at[i + 1] > at[i]) {
+        z.middleRows(at[i], at[i + 1] - at[i]) = (linalg::left_core(p_.left(i)) * p_.loras[i].A).cast<float>();
+      }
     });
-    body_gram_ = MatrixXd::Zero(z.rows(), z.rows());
-    body_gram_.selfadjointView<Eigen::Lower>().rankUpdate(z);
-    body_gram_ = body_gram_.selfadjointView<Eigen::Lower>();
+    Eigen::MatrixXf g = Eigen::MatrixXf::Zero(z.rows(), z.rows());
+    g.selfadjointView<Eigen::Lower>().rankUpdate(z);
+    body_gram_ = g.selfadjointView<Eigen::Lower>().toDenseMatrix().cast<double>();
   }
   return body_gram_;
 }

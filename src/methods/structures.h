@@ -22,6 +22,7 @@
 #pragma once
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -43,6 +44,10 @@ struct FitOptions {
   /// the module's rank r: the planner's widest candidate body (4r); 1 when
   /// only known structures are fitted (wider ones widen it on demand).
   int64_t body_width = 4;
+  /// Subspaces for predicted errors only (ModuleFitter::predict): the range
+  /// finder's estimate (linalg::estimate_top_right_subspace), single
+  /// precision and a looser stop. Fits made with it are not what is stored.
+  bool estimate = false;
 };
 
 /// A structure's weighted error sum_i w_i ||dW_i - dW_hat_i||^2 after
@@ -111,7 +116,8 @@ class ModuleFitter {
 
   const ModuleProblem& p_;
   FitOptions o_;
-  std::optional<linalg::Subspace> right_;
+  /// right()'s subspaces by the width solved for (body_columns).
+  std::map<int64_t, linalg::Subspace> right_;
   /// Top right subspace of the weighted mean update (merged structures).
   std::optional<linalg::Subspace> merged_;
   std::optional<Dendrogram> head_tree_, body_tree_;

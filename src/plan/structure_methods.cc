@@ -196,12 +196,14 @@ MethodRun run_planner(MethodContext& ctx, const Params& params, Budgets b) {
   if (const HandPlan* hand = ctx.hand_plan()) return run_hand_plan(ctx, *hand, fo, b);
   constexpr int kRounds = 3;
   MethodRun run;
-  run.fit = fo;
   run.table = ctx.predict(
       [&](size_t, const ModuleShape& shape) { return candidate_specs(shape, ctx.share(), ctx.user_group_count()); },
       fo);
   EvalTable& ev = run.table;
   keep_feasible(&b, [&](int64_t lim) { check_floor(ctx, to_candidates(ev), lim); });
+  // The chosen structures are fitted with their shared subspaces solved
+  // only as wide as each needs (the predictions solved the widest, 4r).
+  run.fit = for_known_structures(fo);
   auto measure = [&](const std::vector<std::vector<size_t>>& todo, bool final) {
     auto measured = ctx.evaluate(
         [&](size_t m, const ModuleShape&) {
@@ -209,7 +211,7 @@ MethodRun run_planner(MethodContext& ctx, const Params& params, Budgets b) {
           for (size_t c : todo[m]) v.push_back({ev[m][c].spec, ev[m][c].key});
           return v;
         },
-        fo, final, Spread::kAcross);
+        run.fit, final, Spread::kAcross);
     for (size_t m = 0; m < ev.size(); ++m) {
       for (size_t j = 0; j < todo[m].size(); ++j) ev[m][todo[m][j]] = std::move(measured[m][j]);
     }
