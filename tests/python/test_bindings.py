@@ -178,8 +178,10 @@ def test_sweep_returns_the_cli_reports(tmp_path):
     want = json.loads((tmp_path / "sweep.json").read_text())
     assert [(r["method"], r["budget"]) for r in reports] == [(r["method"], r["budget"]) for r in want]
     for got, exp in zip(reports, want):
-        assert got["mean_rel_error"] == exp["mean_rel_error"] and got["storage"] == exp["storage"]
-        assert "plan" in got
+        # The same reports but for the time and the plan (sweep.json leaves plans out).
+        assert len(got["plan"]) == 16 and "plan" not in exp
+        assert {k: v for k, v in got.items() if k not in ("seconds", "plan")} == \
+            {k: v for k, v in exp.items() if k != "seconds"}
     assert [r["budget"] for r in reports if r["method"] == "hydraopt"] == [0.3, 0.6]
     with pytest.raises(hydraopt.Error, match="unknown method 'nope'"):
         hydraopt.sweep(paths(), methods=["nope"])
