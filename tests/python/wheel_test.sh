@@ -9,7 +9,7 @@
 #      `pip install --no-index` of the wheel;
 #   4. from a directory outside the tree (assets linked in): the README's
 #      Python example, `hydraopt --version`, `python -m hydraopt`, a CLI
-#      merge, and a CLI error's exit status.
+#      merge, a CLI error's exit status, and mypy reading the stubs.
 # Nothing is written into the source tree: setuptools' build directory and
 # egg-info go to a scratch directory (DIST_EXTRA_CONFIG).
 # usage: wheel_test.sh BUILD_DIR VERSION [PYTHON]
@@ -119,4 +119,22 @@ python -c 'import hydraopt, json, sys; b = hydraopt.Bundle(sys.argv[1]); assert 
 rc=0
 hydraopt merge assets/adapters/spell-de no-such-adapter -o "$run/x.safetensors" 2>"$run/err" || rc=$?
 [ "$rc" != 0 ] && grep -q "no-such-adapter" "$run/err" || fail "a CLI error: status $rc, stderr $(cat "$run/err")"
+# A type checker finds the installed stubs (py.typed): mypy (Debian's python3-mypy) on code
+# using the API, with one wrong keyword on purpose, reports that one error and no other.
+cat >"$run/typed.py" <<'PY'
+import numpy as np
+import numpy.typing as npt
+
+import hydraopt
+
+b: hydraopt.Bundle = hydraopt.merge(["assets/adapters/spell-de"], budget=0.5, threads=1)
+state, config = b.task_adapter("spell-de")
+a: npt.NDArray[np.float64] = state["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"]
+r: str = config["peft_type"] + hydraopt.sweep(["x"], methods=["ta"])[0]["method"] + b.tasks[0]
+hydraopt.merge(["x"], budgt=0.5)
+PY
+mypy_out=$(python -m mypy --cache-dir "$work/mypy-cache" "$run/typed.py" 2>&1) && fail "mypy found no error: $mypy_out"
+echo "$mypy_out"
+grep -q 'typed.py:10: error: Unexpected keyword argument "budgt" for "merge"' <<<"$mypy_out" &&
+  grep -q "^Found 1 error in 1 file" <<<"$mypy_out" || fail "mypy does not see hydraopt's stubs as expected"
 echo "python.wheel: OK (hydraopt $version)"
