@@ -1,4 +1,6 @@
-// Python bindings (pybind11): `import hydraopt`.
+// Python bindings (pybind11): the extension `hydraopt._hydraopt`, re-exported
+// by the package python/hydraopt/ (`import hydraopt`; type stubs in
+// python/hydraopt/_hydraopt.pyi: keep them in step).
 //
 // A thin layer over the public API, plus reading a bundle's factors
 // (src/io/bundle.h). What crosses into Python is copied: factors become
@@ -126,14 +128,8 @@ py::dict module_factors(const PyBundle& b, const std::string& module) {
 
 }  // namespace
 
-PYBIND11_MODULE(hydraopt, m) {
-  m.doc() =
-      "hydraopt: store many LoRA adapters of one LLM as shared + per-task factors.\n\n"
-      "    import hydraopt\n"
-      "    b = hydraopt.merge(['assets/adapters/spell-de', 'assets/adapters/spell-fr'], "
-      "budget=0.5)\n"
-      "    b.report['mean_rel_error']; b.factors(b.modules[0])['bodies'][0]  # numpy\n"
-      "    b.export('out/spell-de', task='spell-de')\n";
+PYBIND11_MODULE(_hydraopt, m) {
+  m.doc() = "The C++ extension of the hydraopt package: use it as `import hydraopt`.";
   m.attr("__version__") = HYDRAOPT_VERSION;
   py::register_exception<hydraopt::Error>(m, "Error", PyExc_ValueError);
 

@@ -13,6 +13,9 @@ packages=(
   python3 python3-numpy
   # the Python module and its tests (tests/python: pytest, the PEFT check with torch)
   python3-dev pybind11-dev python3-pytest python3-torch
+  # `pip install .` offline (setuptools + wheel as the build backend) and its
+  # ctest python.wheel (a fresh venv; mypy reads the installed type stubs)
+  python3-venv python3-pip python3-setuptools python3-wheel python3-mypy
   # the task benchmark's data sources (read by lab/data/make_tasks.py and its test)
   wngerman wfrench wspanish witalian wportuguese wdutch wswedish wpolish
   hyphen-de hyphen-fr hyphen-es hyphen-it hyphen-pt-pt hyphen-nl hyphen-sv hyphen-pl

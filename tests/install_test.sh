@@ -4,8 +4,8 @@
 #   - a project outside the tree (tests/consumer) configures with
 #     find_package(hydraopt VERSION EXACT), builds, and merges two adapters;
 #   - the installed CLI reports the same version;
-#   - with the Python module, it imports from the installed tree and its
-#     __version__ is the same.
+#   - with the Python module, the package imports from the installed tree,
+#     its __version__ is the same and its type stubs are there.
 # usage: install_test.sh BUILD_DIR VERSION WITH_PYTHON(0|1)
 set -euo pipefail
 build=$1 version=$2 with_python=$3
@@ -49,5 +49,8 @@ if [ "$with_python" = 1 ]; then
   echo "$py"
   grep -q "^$prefix/" <<<"$py" || { echo "FAIL: the module was not imported from the prefix"; exit 1; }
   [ "$(tail -1 <<<"$py")" = "$version" ] || { echo "FAIL: hydraopt.__version__ is not $version"; exit 1; }
+  for f in _hydraopt.pyi py.typed; do
+    [ -f "$prefix/lib/python3/dist-packages/hydraopt/$f" ] || { echo "FAIL: hydraopt/$f not installed"; exit 1; }
+  done
 fi
 echo "install.consumer: OK (version $version)"

@@ -89,7 +89,11 @@ def peft_lora(adapter_dir):
     """module -> (A, B, scaling), as PEFT would build and load the layers."""
     d = pathlib.Path(adapter_dir)
     cfg = json.loads((d / "adapter_config.json").read_text())
-    tensors = read_safetensors(d / "adapter_model.safetensors")
+    return peft_layers(read_safetensors(d / "adapter_model.safetensors"), cfg, d), cfg
+
+
+def peft_layers(tensors, cfg, d="state dict"):
+    """module -> (A, B, scaling) of a state dict and its adapter_config."""
     out = {}
     for name, a in tensors.items():
         if not name.endswith(".lora_A.weight"):
@@ -102,7 +106,7 @@ def peft_lora(adapter_dir):
         scaling = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
         out[module] = (a, b, scaling)
     assert len(tensors) == 2 * len(out), f"{d}: tensors other than lora_A/lora_B pairs"
-    return out, cfg
+    return out
 
 
 def merged_weights(base, lora):
@@ -265,3 +269,40 @@ def test_forward_with_exported_adapter_matches_hydraopt(merged, base, model_cfg)
         assert effect > 0.05  # the adapter matters, so the comparison can tell
         assert diff < 2e-3 * np.abs(peft_logits).max()
         assert diff < 0.05 * effect
+
+
+def test_task_adapter_is_the_cli_export_and_loads_into_torch(merged, base, model_cfg):
+    """Bundle.task_adapter (no files) against the CLI's export of the CLI's bundle, read by the
+    reader above: the same tensors (float64 values that round to the file's F32 bits) and config;
+    applied with torch,
+    PEFT's way, it gives the reported error against the original adapter and hydraopt's logits."""
+    bundle_path, report, peft = merged
+    bundle = hydraopt.Bundle(bundle_path)
+    reported = {t["name"]: t["rel_error"] for t in report["tasks"]}
+    model = hydraopt.Model(MODEL)
+    tokens = model.encode_prompt("Rechtschreibung") + list(b"Re")
+    for task in TASKS:
+        state, config = bundle.task_adapter(task)
+        files = read_safetensors(peft / task / "adapter_model.safetensors")
+        assert sorted(state) == sorted(files)
+        for name, array in state.items():
+            assert array.dtype == np.float64 and array.shape == files[name].shape
+            np.testing.assert_array_equal(array.astype(np.float32), files[name].astype(np.float32),
+                                          err_msg=f"{task}: {name}")
+        assert config == json.loads((peft / task / "adapter_config.json").read_text())
+
+        lora = peft_layers({k: v.copy() for k, v in state.items()}, config)
+        original, _ = peft_lora(ADAPTERS / task)
+        num = den = 0.0
+        for module, (a, b, s) in original.items():
+            dw = s * torch.from_numpy(b) @ torch.from_numpy(a)
+            ea, eb, es = lora[module]
+            num += float(((es * torch.from_numpy(eb) @ torch.from_numpy(ea)) - dw).pow(2).sum())
+            den += float(dw.pow(2).sum())
+        assert math.sqrt(num / den) == pytest.approx(reported[task], rel=1e-4, abs=1e-6)
+        if task == TASKS[0]:
+            logits = llama_logits(merged_weights(base, lora), model_cfg, tokens)
+            ours = model.forward(tokens, bundle=bundle, task=task)
+            assert np.abs(logits - ours).max() < 2e-3 * np.abs(logits).max()
+    with pytest.raises(hydraopt.Error, match="no task 'spell-xx'"):
+        bundle.task_adapter("spell-xx")
