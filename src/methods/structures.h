@@ -149,4 +149,11 @@ ModuleFit fit_shared_heads(const ModuleShape& shape, const std::vector<double>& 
 /// Requires scale == 1 for every task.
 void als_refine(const ModuleProblem& p, ModuleFit* f, const FitOptions& o, FitStats* stats);
 
+/// ALS's exact block minimisations, once: every head given the cores and
+/// bodies (a group's head for its tasks' weighted sum), and every core given
+/// the heads and bodies. The new heads carry the tasks' scales: set
+/// scale = 1 for the tasks whose heads were solved.
+void solve_heads(const ModuleProblem& p, ModuleFit* f);
+void solve_cores(const ModuleProblem& p, ModuleFit* f);
+
 }  // namespace hydraopt

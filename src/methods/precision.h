@@ -1,0 +1,38 @@
+// Storing a fit in a precision: the float dtype, or group-wise integers
+// per role (issue 17).
+#pragma once
+
+#include <optional>
+#include <string>
+
+#include "core/fit.h"
+#include "core/quant.h"
+
+namespace hydraopt {
+
+/// How each kind of stored matrix is kept: an integer format, or (nullopt)
+/// the bundle's float dtype.
+struct Precision {
+  std::optional<QuantFormat> bodies, heads, cores;
+
+  bool all_float() const { return !bodies && !heads && !cores; }
+  /// "float", or e.g. "bodies int4-g32-sym, heads int3-g32-sym".
+  std::string label() const;
+  bool operator==(const Precision&) const = default;
+};
+
+/// The fit as stored in `precision`, quantization-aware: the matrices
+/// shared by several tasks are stored first, and the others are then
+/// solved, in closed form, against what is stored before being stored
+/// themselves. In the fit's orientation with the shared side as bodies
+/// (the transposed problem when only heads are shared):
+///   1. bodies stored (quantized or rounded to `dtype`);
+///   2. heads solved given the stored bodies and the cores (ALS's head step,
+///      methods/als.cc: a least-squares solution that also carries the
+///      tasks' scales), then stored;
+///   3. cores solved given the stored heads and bodies, then stored.
+/// With every role in the float dtype this is fit.rounded(dtype), as
+/// today: no solve. The errors of the result are measured as for any fit.
+ModuleFit store_in_precision(const ModuleProblem& p, ModuleFit fit, const Precision& precision, DType dtype);
+
+}  // namespace hydraopt
