@@ -12,7 +12,12 @@
 // the other factor, spread evenly over the rank), with the largest
 // |predicted / measured - 1| over tasks. The last column stores each
 // adapter quantization-aware (methods/precision.h): A first, then B solved
-// against the stored A by least squares, then stored. Single-threaded.
+// against the stored A by least squares, then stored. A second table
+// checks the planner's model of a stored precision (ModuleFitter::predict
+// with a Precision) against store_in_precision measured, for a few
+// structures and per-role precisions (balanced weights per module): the
+// mean relative error measured, and the largest miss of the predicted
+// rise, |predicted - measured| / (measured - unrounded). Single-threaded.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -80,6 +85,43 @@ int main(int argc, char** argv) {
     }
     std::printf("%-16s %7.1f%% %14.3e %14.3e %11.1f%% %14.3e\n", formats[f].name().c_str(), 100 * bytes[f] / bf16_bytes,
                 mean, model, 100 * worst, solved);
+  }
+  // The model of a stored precision, structure by structure.
+  const std::vector<StructureSpec> specs = {{Family::kSharedA, 0, 0}, {Family::kSharedACore, 0, 0}, {Family::kExact, 0, 0}};
+  const std::vector<Precision> precisions = {{QuantFormat{4, 32, true}, QuantFormat{4, 32, true}, std::nullopt},
+                                             {QuantFormat{8, 32, true}, QuantFormat{3, 32, true}, std::nullopt},
+                                             {QuantFormat{4, 64, true}, QuantFormat{2, 32, true}, QuantFormat{8, 32, true}}};
+  std::printf("\n%-22s %-44s %14s %14s %12s\n", "structure", "precision", "unrounded", "stored", "worst miss");
+  for (StructureSpec s : specs) {
+    for (const Precision& pr : precisions) {
+      double unrounded = 0, stored = 0, worst_miss = 0;
+      int modules = 0;
+      std::string label;
+      for (size_t m = 0; m < set.modules().size(); m += every) {
+        ModuleProblem p;
+        p.loras = set.load(m);
+        double n = 0;
+        for (const auto& l : p.loras) {
+          const double e = l.scale * l.scale * (l.B * l.A).squaredNorm();
+          p.weights.push_back(e > 0 ? 1 / e : 0);
+          n += e > 0 ? 1 : 0;
+        }
+        const int64_t r = p.max_rank();
+        s.rank = s.family == Family::kExact ? 0 : s.family == Family::kSharedA ? r : 2 * r;
+        label = s.label();
+        ModuleFitter predictor(p, {}), fitter(p, {});
+        const ModuleFit fit = fitter.fit(s);
+        const double u = weighted_error(p, fit);
+        const double measured = weighted_error(p, store_in_precision(p, fit, pr, DType::BF16));
+        const double predicted = predictor.predict(s, pr, DType::BF16).error;
+        unrounded += u / n;
+        stored += measured / n;
+        worst_miss = std::max(worst_miss, std::abs(predicted - measured) / std::max(measured - u, 1e-300));
+        ++modules;
+      }
+      std::printf("%-22s %-44s %14.4e %14.4e %11.1f%%\n", label.c_str(), pr.label().c_str(), unrounded / modules,
+                  stored / modules, 100 * worst_miss);
+    }
   }
   return 0;
 }

@@ -42,6 +42,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/quant.h"
 #include "hydraopt/error.h"
 #include "methods/structures.h"
 #include "util/parallel.h"
@@ -178,6 +179,57 @@ Prediction ModuleFitter::predict(const StructureSpec& s, DType dtype) {
   if (s.family == Family::kExact) throw std::logic_error("predict: the exact structure is measured, not predicted");
   Prediction pr = predict_unrounded(s);
   pr.error += rounded_factors(s) * rounding_variance(dtype) * std::max(0.0, weighted_norm2() - pr.error);
+  return pr;
+}
+
+double ModuleFitter::quantization_kappa(const QuantFormat& f, bool heads) {
+  const auto key = std::make_pair(f.name(), heads);
+  auto it = kappa_.find(key);
+  if (it != kappa_.end()) return it->second;
+  // A few tasks' factors stand for the fitted ones: bodies are spans of
+  // the A's rows, heads mixtures of the B's columns, grouped alike.
+  double err = 0, norm = 0;
+  for (size_t i = 0; i < std::min<size_t>(p_.tasks(), 4); ++i) {
+    const MatrixXd& x = heads ? p_.loras[i].B : p_.loras[i].A;
+    err += (x - round_to_format(x, f)).squaredNorm();
+    norm += x.squaredNorm();
+  }
+  return kappa_[key] = norm > 0 ? err / norm : 0;
+}
+
+double ModuleFitter::own_factor_spread() {
+  double spread = 0;
+  for (size_t i = 0; i < p_.tasks(); ++i) {
+    const auto& l = p_.loras[i];
+    if (l.rank() > 0) spread += p_.weights[i] * l.scale * l.scale * l.A.squaredNorm() * l.B.squaredNorm() / l.rank();
+  }
+  return weighted_norm2() > 0 ? spread / weighted_norm2() : 1.0;
+}
+
+Prediction ModuleFitter::predict(const StructureSpec& s, const Precision& precision, DType dtype) {
+  if (precision.all_float()) return predict(s, dtype);
+  if (!spec_valid(s, shape())) throw Error("structure " + s.label() + " does not fit this module's shape");
+  Prediction pr = s.family == Family::kExact ? Prediction{0} : predict_unrounded(s);  // exact: nothing lost unstored
+  const double kept = std::max(0.0, weighted_norm2() - pr.error);
+  auto kappa = [&](const std::optional<QuantFormat>& f, bool heads) {
+    return f ? quantization_kappa(*f, heads) : rounding_variance(dtype);
+  };
+  // Noise E on one factor of a product adds ||E||^2 ||rest||^2 / (inner
+  // dimension) when uncorrelated with the rest: kappa ||dW_hat||^2 next to
+  // a factor with orthonormal rows or columns (fitted bodies, heads in a
+  // body's basis, jd's U and V), but kappa ||A||^2 ||s B||^2 / r for a
+  // task's own factors, kept as read (exact; the own head of a core form
+  // and its core), which trained adapters do not spread evenly over their
+  // rank: rho = that over ||dW||^2, weighted over the tasks.
+  const double kb = kappa(precision.bodies, false), kh = kappa(precision.heads, true);
+  const double kc = rounded_factors(s) == 3 ? kappa(precision.cores, false) : 0.0;
+  const double rho = own_factor_spread();
+  switch (s.family) {
+    case Family::kExact: pr.error += (kb + kh) * rho * kept; break;
+    case Family::kSharedACore: pr.error += kb * kept + (kh + kc) * rho * kept; break;
+    case Family::kSharedBCore: pr.error += kh * kept + (kb + kc) * rho * kept; break;
+    default: pr.error += (kb + kh + kc) * kept; break;
+  }
   return pr;
 }
 

@@ -32,6 +32,7 @@
 #include "linalg/factored.h"
 #include "methods/cluster.h"
 #include "methods/fit_error.h"
+#include "methods/precision.h"
 
 namespace hydraopt {
 
@@ -73,6 +74,12 @@ class ModuleFitter {
   /// products, no fit. Exact but for the range finder's tolerance and the
   /// rounding, which is modelled (docs/methods.md, "Predicted errors").
   Prediction predict(const StructureSpec& s, DType dtype);
+  /// The same stored in `precision` (methods/precision.h): each role in an
+  /// integer format adds its relative quantization error kappa times the
+  /// fitted energy, as rounding does, with kappa measured on the module's
+  /// own factors in that format (bodies and cores: the A's; heads: the
+  /// B's; docs/methods.md, "Precision").
+  Prediction predict(const StructureSpec& s, const Precision& precision, DType dtype);
   ModuleShape shape() const;
 
  private:
@@ -99,6 +106,12 @@ class ModuleFitter {
 
   /// sum_i w_i ||dW_i||^2
   double weighted_norm2();
+  /// ||X - Q(X)||^2 / ||X||^2 for X the first tasks' A's (or B's) in f.
+  double quantization_kappa(const QuantFormat& f, bool heads);
+  std::map<std::pair<std::string, bool>, double> kappa_;
+  /// sum_i w_i s_i^2 ||A_i||^2 ||B_i||^2 / r_i over sum_i w_i ||dW_i||^2: 1
+  /// when every task's update spreads evenly over its rank.
+  double own_factor_spread();
   /// Weighted error of the closed-form start (no rounding).
   Prediction predict_unrounded(const StructureSpec& s);
   /// Top right subspace of the weighted mean update, at least k columns
