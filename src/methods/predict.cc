@@ -254,13 +254,13 @@ Prediction ModuleFitter::predict_unrounded(const StructureSpec& s) {
     case Family::kMultiA: return {multi_bodies(s.rank, s.groups)};
     case Family::kJdFull:
     case Family::kJdDiag: {
-      const MatrixXd v = right(s.rank).basis.leftCols(s.rank);
-      const MatrixXd u = mirrored().right(s.rank).basis.leftCols(s.rank);
+      // U_k^T dW_i V_k is the leading k x k block of the widest core.
+      const std::vector<MatrixXd>& cores = jd_cores(s.rank);
       std::vector<double> kept(n, 0.0);
-      util::parallel_for(n, [&](size_t i) {
-        const MatrixXd c = (u.transpose() * p_.left(i)) * (p_.loras[i].A * v);
+      for (size_t i = 0; i < n; ++i) {
+        const auto c = cores[i].topLeftCorner(s.rank, s.rank);
         kept[i] = s.family == Family::kJdDiag ? c.diagonal().squaredNorm() : c.squaredNorm();
-      });
+      }
       double e = total;
       for (size_t i = 0; i < n; ++i) e -= p_.weights[i] * kept[i];
       return {std::max(0.0, e)};
@@ -268,6 +268,19 @@ Prediction ModuleFitter::predict_unrounded(const StructureSpec& s) {
     default: break;
   }
   throw std::logic_error("predict: unhandled structure family");
+}
+
+const std::vector<MatrixXd>& ModuleFitter::jd_cores(int64_t k) {
+  if (jd_cores_.empty() || jd_cores_[0].rows() < k) {
+    // As wide as both sides' subspaces go: every jd width reads its block.
+    const MatrixXd& v_all = right(k).basis;
+    const MatrixXd& u_all = mirrored().right(k).basis;
+    const Index width = std::min(v_all.cols(), u_all.cols());
+    const MatrixXd v = v_all.leftCols(width), u = u_all.leftCols(width);
+    jd_cores_.assign(p_.tasks(), MatrixXd());
+    util::parallel_for(p_.tasks(), [&](size_t i) { jd_cores_[i] = (u.transpose() * p_.left(i)) * (p_.loras[i].A * v); });
+  }
+  return jd_cores_;
 }
 
 double ModuleFitter::grouped_heads(int64_t k, int groups) {

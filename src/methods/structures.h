@@ -112,6 +112,10 @@ class ModuleFitter {
   /// sum_i w_i s_i^2 ||A_i||^2 ||B_i||^2 / r_i over sum_i w_i ||dW_i||^2: 1
   /// when every task's update spreads evenly over its rank.
   double own_factor_spread();
+  /// U^T dW_i V for every task, U and V both sides' subspaces as wide as
+  /// they are solved (at least k): jd's predicted cores (predict.cc).
+  const std::vector<Eigen::MatrixXd>& jd_cores(int64_t k);
+  std::vector<Eigen::MatrixXd> jd_cores_;
   /// Weighted error of the closed-form start (no rounding).
   Prediction predict_unrounded(const StructureSpec& s);
   /// Top right subspace of the weighted mean update, at least k columns
