@@ -9,7 +9,7 @@ out=$2
 src=$(cd "$(dirname "$0")/../.." && pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$out"/{safetensors,peft_config,pattern,bundle,llama_config}
+mkdir -p "$out"/{safetensors,peft_config,pattern,bundle,llama_config,quant}
 
 # Small real adapters (tiny preset, rank 1: ~4 KB each) and bundles of them.
 "$cli" synth "$work/s" --preset tiny --tasks 3 --rank 1 --seed 7 2>/dev/null
@@ -88,3 +88,11 @@ counted|\d{1,2}\.self_attn\.[^k]_proj|model.layers.3.self_attn.v_proj
 anchored|^model\.layers\.0\..*$|model.layers.0.self_attn.o_proj
 nested|((a|b)*c)+?|abcbc
 KEYS
+
+# Stored integer factors (quant_fuzz.cc's layout): 3 bits, groups of 32,
+# symmetric, 2 x 40 (30 code bytes, 4 scales of 1.0); and 4 bits, groups of
+# 64, asymmetric, 3 x 70 (105 code bytes, 6 scales and 6 minima).
+{ printf '\x01\x00\x01\x02\x28\x1e\x00\x04\x00'; head -c 30 /dev/zero | tr '\0' '\245'
+  printf '\x00\x3c%.0s' 1 2 3 4; } > "$out/quant/int3-g32-sym"
+{ printf '\x02\x01\x00\x03\x46\x69\x00\x06\x00'; head -c 105 /dev/zero | tr '\0' '\123'
+  printf '\x00\x2c%.0s' 1 2 3 4 5 6; printf '\x00\xbc%.0s' 1 2 3 4 5 6; } > "$out/quant/int4-g64-asym"
