@@ -15,6 +15,7 @@
 #include <map>
 #include <string>
 
+#include "check_util.h"
 #include "hydraopt/adapter.h"
 #include "methods/fit_error.h"
 #include "methods/structures.h"
@@ -23,23 +24,12 @@
 using namespace hydraopt;
 
 int main(int argc, char** argv) {
-  if (argc < 3) {
-    std::fprintf(stderr, "usage: %s EVERY ADAPTER...\n", argv[0]);
-    return 2;
-  }
-  const size_t every = std::max(1, std::stoi(argv[1]));
-  const AdapterSet set = AdapterSet::open(std::vector<std::string>(argv + 2, argv + argc));
+  const auto [every, set] = bench::check_args(argc, argv);
   std::map<std::string, std::pair<double, int>> worst;  // family -> (largest relative deviation, candidates)
   double worst_share = 0;
   for (size_t m = 0; m < set.modules().size(); m += every) {
-    ModuleProblem p;
-    p.loras = set.load(m);
     double n = 0;
-    for (const auto& l : p.loras) {  // balanced weights on this module alone
-      const double norm = l.scale * l.scale * (l.B * l.A).squaredNorm();
-      p.weights.push_back(norm > 0 ? 1 / norm : 0);
-      n += norm > 0 ? 1 : 0;
-    }
+    const ModuleProblem p = bench::balanced_problem(set, m, &n);
     FitOptions starts;
     starts.max_iters = 0;
     ModuleFitter predictor(p, starts), fitter(p, starts);

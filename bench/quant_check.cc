@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "core/quant.h"
+#include "check_util.h"
 #include "hydraopt/adapter.h"
 #include "methods/fit_error.h"
 #include "methods/precision.h"
@@ -33,12 +34,7 @@
 using namespace hydraopt;
 
 int main(int argc, char** argv) {
-  if (argc < 3) {
-    std::fprintf(stderr, "usage: %s EVERY ADAPTER...\n", argv[0]);
-    return 2;
-  }
-  const size_t every = std::max(1, std::stoi(argv[1]));
-  const AdapterSet set = AdapterSet::open(std::vector<std::string>(argv + 2, argv + argc));
+  const auto [every, set] = bench::check_args(argc, argv);
   const std::vector<QuantFormat> formats = all_quant_formats();
   const size_t tasks = set.size(), nf = formats.size();
   // Per format and task: measured and predicted error, update energy.
@@ -98,14 +94,8 @@ int main(int argc, char** argv) {
       int modules = 0;
       std::string label;
       for (size_t m = 0; m < set.modules().size(); m += every) {
-        ModuleProblem p;
-        p.loras = set.load(m);
         double n = 0;
-        for (const auto& l : p.loras) {
-          const double e = l.scale * l.scale * (l.B * l.A).squaredNorm();
-          p.weights.push_back(e > 0 ? 1 / e : 0);
-          n += e > 0 ? 1 : 0;
-        }
+        const ModuleProblem p = bench::balanced_problem(set, m, &n);
         const int64_t r = p.max_rank();
         s.rank = s.family == Family::kExact ? 0 : s.family == Family::kSharedA ? r : 2 * r;
         label = s.label();

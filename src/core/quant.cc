@@ -25,6 +25,15 @@ struct Lines {
   int64_t groups_per_line(int group) const { return (length + group - 1) / group; }
 };
 
+// f(line, start, end, index of the group) for every group, in storage order.
+template <typename F>
+void for_each_group(const Lines& lines, int group, F&& f) {
+  int64_t g = 0;
+  for (int64_t line = 0; line < (lines.length ? lines.count : 0); ++line) {
+    for (int64_t start = 0; start < lines.length; start += group) f(line, start, std::min<int64_t>(start + group, lines.length), g++);
+  }
+}
+
 double to_f16(double x) { return f16_to_float(float_to_f16(static_cast<float>(x))); }
 
 }  // namespace
@@ -70,7 +79,7 @@ std::vector<QuantFormat> all_quant_formats() {
 
 int64_t quant_groups(int64_t rows, int64_t cols, const QuantFormat& f) {
   const Lines lines(rows, cols);
-  return rows * cols == 0 ? 0 : lines.count * lines.groups_per_line(f.group);
+  return lines.count * lines.groups_per_line(f.group);  // no lines when rows or cols is 0
 }
 
 int64_t quant_bytes(int64_t rows, int64_t cols, const QuantFormat& f) {
@@ -92,10 +101,10 @@ std::vector<uint8_t> pack_codes(const std::vector<uint8_t>& codes, int bits) {
 }
 
 std::vector<uint8_t> unpack_codes(const std::vector<uint8_t>& packed, int bits, int64_t n) {
-  if (n < 0 || static_cast<uint64_t>(packed.size()) != (static_cast<uint64_t>(n) * bits + 7) / 8) {
-    throw Error("quantized codes: " + std::to_string(packed.size()) + " bytes, " +
-                std::to_string((static_cast<uint64_t>(std::max<int64_t>(n, 0)) * bits + 7) / 8) + " expected for " +
-                std::to_string(n) + " codes of " + std::to_string(bits) + " bits");
+  const uint64_t expected = (static_cast<uint64_t>(std::max<int64_t>(n, 0)) * bits + 7) / 8;
+  if (n < 0 || packed.size() != expected) {
+    throw Error("quantized codes: " + std::to_string(packed.size()) + " bytes, " + std::to_string(expected) +
+                " expected for " + std::to_string(n) + " codes of " + std::to_string(bits) + " bits");
   }
   std::vector<uint8_t> out(static_cast<size_t>(n));
   const uint32_t mask = (1u << bits) - 1;
@@ -121,36 +130,33 @@ QuantizedMatrix quantize(const Eigen::MatrixXd& m, const QuantFormat& f) {
   const int levels = 1 << f.bits, half = levels / 2;
   std::vector<uint8_t> codes;
   codes.reserve(static_cast<size_t>(m.size()));
-  for (int64_t line = 0; line < (m.size() ? lines.count : 0); ++line) {
-    for (int64_t start = 0; start < lines.length; start += f.group) {
-      const int64_t end = std::min<int64_t>(start + f.group, lines.length);
-      double lo = INFINITY, hi = -INFINITY, big = 0;
-      for (int64_t i = start; i < end; ++i) {
-        const double x = at(line, i);
-        if (!std::isfinite(x)) throw Error("cannot quantize a value that is not finite (" + std::to_string(x) + ")");
-        lo = std::min(lo, x);
-        hi = std::max(hi, x);
-        if (std::abs(x) > std::abs(big)) big = x;
-      }
-      double d, base = 0;
-      if (f.symmetric) {
-        d = to_f16(big / -half);
-      } else {
-        base = to_f16(lo);
-        d = to_f16((hi - base) / (levels - 1));
-        if (!std::isfinite(base)) throw Error("a group's minimum " + std::to_string(lo) + " overflows f16");
-      }
-      if (!std::isfinite(d)) throw Error("a group's scale overflows f16 (values up to " + std::to_string(hi) + ")");
-      q.scales.push_back(float_to_f16(static_cast<float>(d)));
-      if (!f.symmetric) q.minima.push_back(float_to_f16(static_cast<float>(base)));
-      for (int64_t i = start; i < end; ++i) {
-        double level = d != 0 ? std::round((at(line, i) - base) / d) : 0;
-        if (f.symmetric) level = std::clamp(level, double(-half), double(half - 1)) + half;
-        else level = std::clamp(level, 0.0, double(levels - 1));
-        codes.push_back(static_cast<uint8_t>(level));
-      }
+  for_each_group(lines, f.group, [&](int64_t line, int64_t start, int64_t end, int64_t) {
+    double lo = INFINITY, hi = -INFINITY, big = 0;
+    for (int64_t i = start; i < end; ++i) {
+      const double x = at(line, i);
+      if (!std::isfinite(x)) throw Error("cannot quantize a value that is not finite (" + std::to_string(x) + ")");
+      lo = std::min(lo, x);
+      hi = std::max(hi, x);
+      if (std::abs(x) > std::abs(big)) big = x;
     }
-  }
+    double d, base = 0;
+    if (f.symmetric) {
+      d = to_f16(big / -half);
+    } else {
+      base = to_f16(lo);
+      d = to_f16((hi - base) / (levels - 1));
+      if (!std::isfinite(base)) throw Error("a group's minimum " + std::to_string(lo) + " overflows f16");
+    }
+    if (!std::isfinite(d)) throw Error("a group's scale overflows f16 (values up to " + std::to_string(hi) + ")");
+    q.scales.push_back(float_to_f16(static_cast<float>(d)));
+    if (!f.symmetric) q.minima.push_back(float_to_f16(static_cast<float>(base)));
+    for (int64_t i = start; i < end; ++i) {
+      double level = d != 0 ? std::round((at(line, i) - base) / d) : 0;
+      if (f.symmetric) level = std::clamp(level, double(-half), double(half - 1)) + half;
+      else level = std::clamp(level, 0.0, double(levels - 1));
+      codes.push_back(static_cast<uint8_t>(level));
+    }
+  });
   q.codes = pack_codes(codes, f.bits);
   return q;
 }
@@ -175,19 +181,16 @@ Eigen::MatrixXd dequantize(const QuantizedMatrix& q) {
   Eigen::MatrixXd m(q.rows, q.cols);
   const Lines lines(q.rows, q.cols);
   const int half = (1 << f.bits) / 2;
-  size_t c = 0, g = 0;
-  for (int64_t line = 0; line < (m.size() ? lines.count : 0); ++line) {
-    for (int64_t start = 0; start < lines.length; start += f.group, ++g) {
-      const double d = f16_to_float(q.scales[g]);
-      const double base = f.symmetric ? 0.0 : f16_to_float(q.minima[g]);
-      if (!std::isfinite(d) || !std::isfinite(base)) throw Error("quantized matrix: a scale or minimum is not finite");
-      const int64_t end = std::min<int64_t>(start + f.group, lines.length);
-      for (int64_t i = start; i < end; ++i, ++c) {
-        const double level = f.symmetric ? double(int(codes[c]) - half) : double(codes[c]);
-        (lines.rows_are_lines ? m(line, i) : m(i, line)) = base + d * level;
-      }
+  size_t c = 0;
+  for_each_group(lines, f.group, [&](int64_t line, int64_t start, int64_t end, int64_t g) {
+    const double d = f16_to_float(q.scales[g]);
+    const double base = f.symmetric ? 0.0 : f16_to_float(q.minima[g]);
+    if (!std::isfinite(d) || !std::isfinite(base)) throw Error("quantized matrix: a scale or minimum is not finite");
+    for (int64_t i = start; i < end; ++i, ++c) {
+      const double level = f.symmetric ? double(int(codes[c]) - half) : double(codes[c]);
+      (lines.rows_are_lines ? m(line, i) : m(i, line)) = base + d * level;
     }
-  }
+  });
   return m;
 }
 

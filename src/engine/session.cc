@@ -120,11 +120,11 @@ EvalTable Session::predict(const std::function<std::vector<CandidateSpec>(size_t
                            const FitOptions& fo) {
   EvalTable out(set_.modules().size());
   const auto lists = spec_lists(specs);
+  FitOptions estimate = fo;
+  estimate.estimate = true;
   for_each_item(mine_, threads_, o_.progress, [&](size_t m) {
     if (lists[m].empty()) return;
     const ModuleProblem p = problem(m);
-    FitOptions estimate = fo;
-    estimate.estimate = true;
     ModuleFitter fitter(p, estimate);
     for (auto& cs : lists[m]) {
       if (cs.spec.family == Family::kExact) {  // nothing to fit: measured
