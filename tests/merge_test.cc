@@ -226,8 +226,8 @@ TEST(BundleWriter, ExpectedLayoutGivesTheSameFile) {
   o.method = "hydra";  // evaluate_all sets the layout
   merge(tiny(), o, d / "merged.safetensors");
   const io::Bundle b = io::bundle_read(d / "merged.safetensors");
-  std::vector<int64_t> params;
-  for (const auto& m : b.modules) params.push_back(m.fit.params());
+  std::vector<int64_t> params;  // the modules' bytes
+  for (const auto& m : b.modules) params.push_back(fit_bytes(m.fit, m.precision, b.dtype));
   {
     io::BundleWriter w(d / "spooled.safetensors", b.dtype, b.modules.size());
     for (size_t m = 0; m < b.modules.size(); ++m) w.write_module(m, b.modules[m]);

@@ -31,7 +31,7 @@ double brute_force(const Modules& m, int64_t budget) {
     int64_t p = 0;
     double e = 0;
     for (size_t i = 0; i < m.size(); ++i) {
-      p += m[i][c[i]].params;
+      p += m[i][c[i]].storage;
       e += m[i][c[i]].error;
     }
     if (p <= budget) best = std::min(best, e);
@@ -47,7 +47,7 @@ double best_uniform(const Modules& m, int64_t budget) {
     int64_t p = 0;
     double e = 0;
     for (auto& c : m) {
-      p += c[j].params;
+      p += c[j].storage;
       e += c[j].error;
     }
     if (p <= budget) best = std::min(best, e);
@@ -59,18 +59,18 @@ TEST(Planner, FitsTheBudgetBeatsUniformAndFindsTheOptimum) {
   double worst_gap = 0;
   for (uint64_t seed = 0; seed < 40; ++seed) {
     auto m = random_table(4, 5, seed);
-    const int64_t lo = plan_min_params(m);
+    const int64_t lo = plan_min_storage(m);
     for (int64_t budget = lo; budget <= lo + 300; budget += 23) {
       PlanResult r = plan_budget(m, budget);
-      EXPECT_LE(r.params, budget);
+      EXPECT_LE(r.storage, budget);
       double check = 0;
       int64_t params = 0;
       for (size_t i = 0; i < m.size(); ++i) {
         check += m[i][r.choice[i]].error;
-        params += m[i][r.choice[i]].params;
+        params += m[i][r.choice[i]].storage;
       }
       EXPECT_DOUBLE_EQ(check, r.error);
-      EXPECT_EQ(params, r.params);
+      EXPECT_EQ(params, r.storage);
       EXPECT_LE(r.error, best_uniform(m, budget) + 1e-12);
       double opt = brute_force(m, budget);
       EXPECT_GE(r.error, opt - 1e-12);
@@ -87,7 +87,7 @@ TEST(Planner, ConvexCurvesAreSolvedExactly) {
   for (int i = 0; i < 3; ++i) {
     for (int p = 1; p <= 6; ++p) m[i].push_back({{}, std::to_string(p), p * (i + 1), (i + 1.0) / p});
   }
-  for (int64_t budget = plan_min_params(m); budget <= 36; ++budget) {
+  for (int64_t budget = plan_min_storage(m); budget <= 36; ++budget) {
     EXPECT_NEAR(plan_budget(m, budget).error, brute_force(m, budget), 1e-12);
   }
 }
@@ -95,17 +95,17 @@ TEST(Planner, ConvexCurvesAreSolvedExactly) {
 TEST(Planner, ErrorNeverRisesWithBudget) {
   auto m = random_table(6, 6, 99);
   std::vector<int64_t> budgets;
-  for (int64_t b = plan_min_params(m); b <= 600; b += 7) budgets.push_back(b);
+  for (int64_t b = plan_min_storage(m); b <= 600; b += 7) budgets.push_back(b);
   auto plans = plan_budgets(m, budgets);
   for (size_t i = 1; i < plans.size(); ++i) {
     EXPECT_LE(plans[i].error, plans[i - 1].error);
-    EXPECT_LE(plans[i].params, budgets[i]);
+    EXPECT_LE(plans[i].storage, budgets[i]);
   }
 }
 
 TEST(Planner, ImpossibleBudgetIsAnError) {
   auto m = random_table(3, 3, 1);
-  EXPECT_THROW(plan_budget(m, plan_min_params(m) - 1), Error);
+  EXPECT_THROW(plan_budget(m, plan_min_storage(m) - 1), Error);
 }
 
 }  // namespace
@@ -122,11 +122,11 @@ TEST(Planner, LargeBudgetsStayWithinBudgetAndNearTheOptimumOfAFinerProblem) {
     auto small = random_table(4, 5, seed);
     auto big = small;
     for (auto& c : big)
-      for (auto& x : c) x.params = x.params * 10000 + 37;
-    const int64_t lo = plan_min_params(big);
+      for (auto& x : c) x.storage = x.storage * 10000 + 37;
+    const int64_t lo = plan_min_storage(big);
     for (int64_t budget = lo; budget <= lo + 3'000'000; budget += 230'011) {
       PlanResult r = plan_budget(big, budget);
-      EXPECT_LE(r.params, budget);
+      EXPECT_LE(r.storage, budget);
       double opt = brute_force(big, budget);
       EXPECT_LE(r.error, opt * 1.05 + 1e-12) << seed << " " << budget;
     }

@@ -9,6 +9,7 @@
 
 #include "core/rounding.h"
 #include "methods/cluster.h"
+#include "core/storage.h"
 #include "methods/structures.h"
 #include "test_util.h"
 #include "util/parallel.h"
@@ -86,6 +87,14 @@ TEST(Structures, FactoredErrorsMatchDenseForEveryStructure) {
       EXPECT_NEAR(e[i], d, 1e-9 * (1 + dense(p, i).squaredNorm())) << s.label() << " task " << i;
     }
     EXPECT_EQ(f.params(), spec_params(s, fitter.shape())) << s.label();
+    // Bytes told from the spec are the fit's own, in any precision.
+    int64_t numbers = 0;
+    for (const StoredShape& x : spec_matrices(s, fitter.shape())) numbers += x.count * x.rows * x.cols;
+    EXPECT_EQ(numbers, f.params());
+    const Precision mixed{QuantFormat{3, 64, false}, QuantFormat{4, 32, true}, QuantFormat{8, 32, true}};
+    for (const Precision& pr : {Precision{}, mixed, Precision{QuantFormat{2, 128, true}, {}, {}}}) {
+      EXPECT_EQ(fit_bytes(f, pr, DType::BF16), spec_bytes(s, fitter.shape(), pr, DType::BF16)) << pr.label();
+    }
   }
 }
 

@@ -28,6 +28,10 @@ MergeReport rep(const std::string& method, double fraction, double err,
   r.original_params = 1000000;
   r.params = static_cast<int64_t>(std::llround(fraction * 1000000));
   r.fraction = fraction;
+  r.bytes = 2 * r.params;  // f32 inputs stored as bf16
+  r.original_bytes = 4 * r.original_params;
+  r.byte_fraction = fraction / 2;
+  r.bf16_fraction = fraction / 2;  // (not a real report's: bf16 bytes would give `fraction`)
   r.mean_rel_error = err;
   r.tasks = std::move(tasks);
   r.seconds = seconds;
@@ -79,16 +83,18 @@ TEST(SweepMarkdown, HeaderAndOneRowPerReport) {
   auto ls = lines(sweep_markdown(sample()));
   ASSERT_EQ(ls.size(), 2u + 6u);
   auto header = cells(ls[0]);
-  ASSERT_EQ(header.size(), 7u);
+  ASSERT_EQ(header.size(), 9u);
   EXPECT_EQ(header[0], "method");
   EXPECT_EQ(header[1], "budget");
-  EXPECT_EQ(header[2], "storage fraction");
-  EXPECT_EQ(header[3], "stored params");
-  EXPECT_EQ(header[4], "mean rel. error");
-  EXPECT_EQ(header[5], "worst task");
-  EXPECT_EQ(header[6], "seconds");
-  EXPECT_EQ(cells(ls[1]).size(), 7u);
-  for (size_t i = 2; i < ls.size(); ++i) EXPECT_EQ(cells(ls[i]).size(), 7u) << ls[i];
+  EXPECT_EQ(header[2], "params fraction");
+  EXPECT_EQ(header[3], "bytes / bf16 copy");
+  EXPECT_EQ(header[4], "stored params");
+  EXPECT_EQ(header[5], "stored bytes");
+  EXPECT_EQ(header[6], "mean rel. error");
+  EXPECT_EQ(header[7], "worst task");
+  EXPECT_EQ(header[8], "seconds");
+  EXPECT_EQ(cells(ls[1]).size(), 9u);
+  for (size_t i = 2; i < ls.size(); ++i) EXPECT_EQ(cells(ls[i]).size(), 9u) << ls[i];
   EXPECT_TRUE(lines(sweep_markdown({})).size() == 2u);
 }
 
@@ -111,19 +117,21 @@ TEST(SweepMarkdown, NumberFormatsAndWorstTask) {
   auto c = cells(ls[4]);  // hydraopt @ 0.5
   EXPECT_EQ(c[1], "0.5");
   EXPECT_EQ(c[2], "0.500");
-  EXPECT_EQ(c[3], "500,000");
-  EXPECT_EQ(c[4], "0.05000");
-  EXPECT_EQ(c[5], "t1 (0.06123)");
-  EXPECT_EQ(c[6], "0.50");
+  EXPECT_EQ(c[3], "0.250");
+  EXPECT_EQ(c[4], "500,000");
+  EXPECT_EQ(c[5], "1,000,000");
+  EXPECT_EQ(c[6], "0.05000");
+  EXPECT_EQ(c[7], "t1 (0.06123)");
+  EXPECT_EQ(c[8], "0.50");
   auto d = cells(ls[6]);  // jd-diag @ 0.05, no tasks
-  EXPECT_EQ(d[5], "—");
+  EXPECT_EQ(d[7], "—");
   MergeReport r = rep("a|b", 0.123456, 0.0123456789);
   r.budget = 0;
   auto e = cells(lines(sweep_markdown({r}))[2]);
   EXPECT_EQ(e[0], "a\\|b");
   EXPECT_EQ(e[1], "—");
   EXPECT_EQ(e[2], "0.123");
-  EXPECT_EQ(e[4], "0.01235");
+  EXPECT_EQ(e[6], "0.01235");
 }
 
 TEST(SweepSvg, WellFormedShape) {
@@ -389,7 +397,7 @@ TEST(SweepReport, SameBytesAcrossProcessesAndThreadCounts) {
     std::string md;
     for (const auto& l : lines(test::read_text(d / dir / "sweep.md"))) {
       auto c = cells(l);
-      EXPECT_EQ(c.size(), 7u) << l;
+      EXPECT_EQ(c.size(), 9u) << l;
       c.pop_back();  // seconds
       for (auto& x : c) md += x + "|";
       md += "\n";

@@ -81,9 +81,11 @@ std::string summary(const hydraopt::MergeReport& r) {
   for (auto& t : r.tasks) {
     if (t.rel_error > worst->rel_error) worst = &t;
   }
-  return fmt::format("{}: storage {:.3f} ({} of {} params, {} bytes), mean rel. error {:.4g} (worst {} {:.4g}), {:.2f} s",
-                     r.method, r.fraction, r.params, r.original_params, r.bytes, r.mean_rel_error, worst->name,
-                     worst->rel_error, r.seconds);
+  return fmt::format(
+      "{}: storage {:.3f} of the params ({} of {}), {} bytes ({:.3f} of a bf16 copy, {:.3f} of the inputs), "
+      "mean rel. error {:.4g} (worst {} {:.4g}), {:.2f} s",
+      r.method, r.fraction, r.params, r.original_params, r.bytes, r.bf16_fraction, r.byte_fraction, r.mean_rel_error,
+      worst->name, worst->rel_error, r.seconds);
 }
 
 }  // namespace
@@ -143,13 +145,19 @@ int main(int argc, char** argv) {
 
   auto* merge = app.add_subcommand("merge", "merge adapters into one bundle within a storage budget");
   std::string bundle_out, report_out;
-  double budget = 0;
+  double budget = 0, budget_bf16 = 0;
   int64_t budget_bytes = 0;
   merge->add_option("adapters", inputs, "PEFT adapter directories (or NAME=DIR)")->required();
   merge->add_option("--method", mo.method, "merge method (see `hydraopt methods`)")->capture_default_str();
   auto* budget_opt = merge->add_option("--budget", budget, "storage as a fraction of the original LoRA parameters (default 0.5)");
-  auto* bytes_opt = merge->add_option("--budget-bytes", budget_bytes, "storage budget in bytes of tensor data");
+  auto* bytes_opt = merge->add_option("--budget-bytes", budget_bytes,
+                                      "storage budget in bytes of tensor data; factors may be stored as integers");
+  auto* bf16_opt = merge->add_option("--budget-bf16", budget_bf16,
+                                     "storage budget in bytes, as a fraction of a bf16 copy of the adapters; "
+                                     "factors may be stored as integers");
   budget_opt->excludes(bytes_opt);
+  budget_opt->excludes(bf16_opt);
+  bytes_opt->excludes(bf16_opt);
   merge->add_option("--plan", mo.plan_file, "use this plan (a report or bundle's plan) instead of planning");
   merge->add_option("-o,--output", bundle_out, "output bundle (.safetensors)")->required();
   merge->add_option("--report", report_out, "also write the report JSON here");
@@ -159,7 +167,13 @@ int main(int argc, char** argv) {
   std::string methods_list, budgets_list = "0.05,0.1,0.2,0.3,0.4,0.52,0.6,0.8,1", out_dir;
   sweep->add_option("adapters", inputs, "PEFT adapter directories (or NAME=DIR)")->required();
   sweep->add_option("--methods", methods_list, "comma-separated methods (default: all)");
-  sweep->add_option("--budgets", budgets_list, "comma-separated storage fractions")->capture_default_str();
+  std::string bf16_list;
+  auto* budgets_opt = sweep->add_option("--budgets", budgets_list, "comma-separated storage fractions (of the parameters)")
+                          ->capture_default_str();
+  auto* bf16_list_opt = sweep->add_option(
+      "--budgets-bf16", bf16_list,
+      "comma-separated byte budgets as fractions of a bf16 copy of the adapters (factors may be stored as integers)");
+  budgets_opt->excludes(bf16_list_opt);
   sweep->add_option("--out", out_dir, "output directory for sweep.json, sweep.md, sweep.svg")->required();
   add_merge_flags(sweep);
 
@@ -256,6 +270,10 @@ int main(int argc, char** argv) {
     } else if (*merge) {
       if (*budget_opt) mo.budget = budget;
       if (*bytes_opt) mo.budget_bytes = budget_bytes;
+      if (*bf16_opt) {
+        mo.budget = budget_bf16;
+        mo.unit = hydraopt::BudgetUnit::kBytes;
+      }
       mo.dtype = parse_dtype(dtype);
       if (root) mo.progress = progress_for("modules");
       std::optional<hydraopt::AdapterSet> set;
@@ -277,11 +295,13 @@ int main(int argc, char** argv) {
         for (auto& m : hydraopt::methods()) names.push_back(m.name);
       }
       std::vector<double> budgets;
-      for (auto& b : split(budgets_list)) {
+      if (*bf16_list_opt) mo.unit = hydraopt::BudgetUnit::kBytes;
+      const std::string flag = *bf16_list_opt ? "--budgets-bf16" : "--budgets";
+      for (auto& b : split(*bf16_list_opt ? bf16_list : budgets_list)) {
         try {
           budgets.push_back(std::stod(b));
         } catch (...) {
-          throw hydraopt::Error("--budgets: '" + b + "' is not a number");
+          throw hydraopt::Error(flag + ": '" + b + "' is not a number");
         }
       }
       mo.dtype = parse_dtype(dtype);

@@ -13,14 +13,24 @@
 
 namespace hydraopt {
 
+/// What a budget counts. kParams: stored numbers, every factor in the float
+/// dtype (the published unit); fractions are of the inputs' parameter
+/// count. kBytes: bytes of tensor data, and each factor role may be stored
+/// as group-wise integers (the planner chooses); fractions are of the bytes
+/// of a bf16 copy of the inputs (2 bytes per input parameter).
+enum class BudgetUnit { kParams, kBytes };
+
 struct MergeOptions {
   /// A name from methods(): "hydraopt" (the planner, default), a fixed
   /// per-task structure, or a single-adapter merge.
   std::string method = "hydraopt";
-  /// Fraction of the original LoRA parameter count, 0 < F <= 1.
+  /// A fraction 0 < F <= 1 in `unit`: of the original LoRA parameter count,
+  /// or of the bytes of a bf16 copy of the inputs.
   std::optional<double> budget;
-  /// Alternative to `budget`: stored bytes of tensor data.
+  /// Alternative to `budget`: stored bytes of tensor data (unit kBytes).
   std::optional<int64_t> budget_bytes;
+  /// The unit of `budget` and of the budget lists of merge() and sweep().
+  BudgetUnit unit = BudgetUnit::kParams;
   /// Which factor may be shared: "A", "B" or "auto" (both, and both at once).
   std::string share = "auto";
   /// Task weights: "balanced" (w_i = 1/||dW_i||^2 over all modules),
@@ -53,9 +63,14 @@ struct TaskError {
 
 struct MergeReport {
   std::string method;
-  double budget = 0;  ///< the requested fraction (or bytes / original bytes)
-  int64_t params = 0, original_params = 0, bytes = 0;
-  double fraction = 0;  ///< params / original_params
+  BudgetUnit unit = BudgetUnit::kParams;
+  double budget = 0;  ///< the requested fraction, in `unit`
+  int64_t params = 0, original_params = 0;
+  int64_t bytes = 0;           ///< stored bytes of tensor data
+  int64_t original_bytes = 0;  ///< the input adapters' LoRA tensor bytes, as given
+  double fraction = 0;         ///< params / original_params
+  double byte_fraction = 0;    ///< bytes / original_bytes (relative to the inputs as given)
+  double bf16_fraction = 0;    ///< bytes / (2 original_params): relative to a bf16 copy of the inputs
   double mean_rel_error = 0;
   std::vector<TaskError> tasks;
   double seconds = 0;

@@ -16,7 +16,7 @@ int64_t BundleModule::out() const { return m_->out; }
 std::string BundleModule::structure() const { return m_->spec.label(); }
 int64_t BundleModule::params() const { return m_->fit.params(); }
 std::string BundleModule::plan_json() const {
-  return io::plan_entry_json(m_->name, m_->in, m_->out, m_->spec, m_->fit.params());
+  return io::plan_entry_json(m_->name, m_->in, m_->out, m_->spec, m_->fit.params(), m_->precision);
 }
 const std::vector<Eigen::MatrixXd>& BundleModule::heads() const { return m_->fit.heads; }
 const std::vector<Eigen::MatrixXd>& BundleModule::cores() const { return m_->fit.cores; }

@@ -1,5 +1,7 @@
 #include "core/rounding.h"
 
+#include <stdexcept>
+
 #include "core/half.h"
 
 namespace hydraopt {
@@ -15,7 +17,9 @@ Eigen::MatrixXd round_to_dtype(const Eigen::MatrixXd& m, DType dtype) {
     }
     case DType::F16:
       return m.unaryExpr([](double x) { return double(f16_to_float(float_to_f16(float(x)))); });
+    case DType::U8: break;
   }
+  throw std::logic_error("round_to_dtype: U8 is not a float dtype");
   return m;
 }
 

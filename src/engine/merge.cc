@@ -12,6 +12,7 @@
 #include "engine/session.h"
 #include "hydraopt/error.h"
 #include "hydraopt/merge.h"
+#include "methods/precision.h"
 
 namespace hydraopt {
 
@@ -33,8 +34,8 @@ std::pair<MethodRun, std::vector<MergeReport>> run_method(engine::Session& s, co
     throw Error(o.plan_file, "", "--plan gives the planner's structures: it goes with --method hydraopt, not " +
                                      method.info.name);
   }
-  Budgets b{std::move(fractions), {}, skip_infeasible};
-  for (double f : b.fractions) b.limits.push_back(s.budget_params(f));
+  Budgets b{std::move(fractions), {}, skip_infeasible, s.unit()};
+  for (double f : b.fractions) b.limits.push_back(s.budget_limit(f));
   MethodRun run = method.run(s, params, std::move(b));
   std::vector<MergeReport> reports;
   const double seconds = seconds_since(t0);
@@ -111,8 +112,11 @@ std::vector<MergeReport> merge_at(const AdapterSet& set, const MergeOptions& opt
   if (any) {
     for (size_t b = 0; b < budgets.size(); ++b) {
       if (!writers[b] || method.info.kind == MethodKind::kSingleAdapter) continue;
-      std::vector<StructureSpec> specs;
-      for (size_t m = 0; m < run.table.size(); ++m) specs.push_back(run.table[m][run.choice[b][m]].spec);
+      std::vector<CandidateSpec> specs;
+      for (size_t m = 0; m < run.table.size(); ++m) {
+        const Evaluated& e = run.table[m][run.choice[b][m]];
+        specs.push_back({e.spec, e.key, e.precision});
+      }
       s.expect_layout(specs, &*writers[b]);  // unless the run wrote modules already
     }
     engine::for_each_item(s.mine(), s.threads(), options.progress, [&](size_t m) {
@@ -127,8 +131,8 @@ std::vector<MergeReport> merge_at(const AdapterSet& set, const MergeOptions& opt
         FitOptions as_evaluated = run.fit;
         as_evaluated.max_iters = e.max_iters;
         ModuleFitter& fitter = fitters.try_emplace(e.max_iters, *p, as_evaluated).first->second;
-        ModuleFit fit = fitter.fit(e.spec).rounded(s.dtype());
-        writers[b]->write_module(m, {mod.name, mod.in, mod.out, e.spec, std::move(fit), {}});  // sha256: by the writer
+        ModuleFit fit = store_in_precision(*p, fitter.fit(e.spec), e.precision, s.dtype());
+        writers[b]->write_module(m, {mod.name, mod.in, mod.out, e.spec, std::move(fit), {}, e.precision});  // sha256: by the writer
       }
     }, Spread::kInside);
     for (size_t b = 0; b < budgets.size(); ++b) {

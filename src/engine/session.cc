@@ -10,6 +10,7 @@
 #include "engine/schedule.h"
 #include "hydraopt/error.h"
 #include "io/option_files.h"
+#include "methods/precision.h"
 #include "util/wire.h"
 
 namespace hydraopt::engine {
@@ -40,6 +41,12 @@ Session::Session(const AdapterSet& set, const MergeOptions& o, bool hash_sources
   }
   if (o.budget_bytes && *o.budget_bytes <= 0) throw Error("--budget-bytes must be positive");
   original_ = set.original_params();
+  unit_ = o.budget_bytes ? BudgetUnit::kBytes : o.unit;
+  for (const Adapter& t : set.tasks()) {
+    for (const AdapterModule& m : t.modules()) {
+      original_bytes_ += m.rank * (m.in + m.out) * static_cast<int64_t>(dtype_size(m.dtype));
+    }
+  }
   partition_modules();
   choose_spread();
   dist::checked([&] { load_groups(); });
@@ -64,12 +71,14 @@ const HandPlan* Session::hand_plan() {
   return &*hand_;
 }
 
-int64_t Session::budget_params(double fraction) const {
-  return static_cast<int64_t>(std::floor(fraction * static_cast<double>(original_) + 1e-9));
+int64_t Session::budget_limit(double fraction) const {
+  const double whole = static_cast<double>(original_) * (unit_ == BudgetUnit::kBytes ? 2.0 : 1.0);
+  if (o_.budget_bytes && fraction == requested_fraction()) return *o_.budget_bytes;  // exactly as given
+  return static_cast<int64_t>(std::floor(fraction * whole + 1e-9));
 }
 
 double Session::requested_fraction() const {
-  if (o_.budget_bytes) return static_cast<double>(*o_.budget_bytes / dtype_size(dtype_)) / original_;
+  if (o_.budget_bytes) return static_cast<double>(*o_.budget_bytes) / (2.0 * static_cast<double>(original_));
   return o_.budget.value_or(0.5);
 }
 
@@ -80,14 +89,14 @@ EvalTable Session::evaluate(const std::function<std::vector<CandidateSpec>(size_
   // layout is known before any is fitted.
   const auto lists = spec_lists(specs);
   if (final && std::all_of(lists.begin(), lists.end(), [](const auto& l) { return l.size() == 1; })) {
-    std::vector<StructureSpec> only;
-    for (const auto& l : lists) only.push_back(l[0].spec);
+    std::vector<CandidateSpec> only;
+    for (const auto& l : lists) only.push_back(l[0]);
     expect_layout(only, writer_);
   }
   for_each_item(mine_, threads_, o_.progress, [&](size_t m) {
     const auto& list = lists[m];
     if (list.empty()) return;
-    if (final && list.size() == 1 && per_task_heads(list[0].spec, set_.size())) {
+    if (final && list.size() == 1 && per_task_heads(list[0].spec, set_.size()) && list[0].precision.all_float()) {
       // The streamed hydra point: each task read when needed, dropped after.
       std::vector<double> err2;
       ModuleFit stored = fit_shared_heads(shape(m), weights_, [&](size_t i) { return set_.load_transposed(m, i); },
@@ -98,7 +107,7 @@ EvalTable Session::evaluate(const std::function<std::vector<CandidateSpec>(size_
     const ModuleProblem p = problem(m);
     ModuleFitter fitter(p, fo);
     for (auto& cs : list) {
-      ModuleFit stored = fitter.fit(cs.spec).rounded(dtype_);
+      ModuleFit stored = store_in_precision(p, fitter.fit(cs.spec), cs.precision, dtype_);
       std::vector<double> err2 = fit_errors2(p, stored, &norms2_[m]);
       out[m].push_back(record(m, std::move(stored), std::move(err2), cs, final && list.size() == 1, fo.max_iters));
     }
@@ -127,14 +136,15 @@ EvalTable Session::predict(const std::function<std::vector<CandidateSpec>(size_t
     const ModuleProblem p = problem(m);
     ModuleFitter fitter(p, estimate);
     for (auto& cs : lists[m]) {
-      if (cs.spec.family == Family::kExact) {  // nothing to fit: measured
-        ModuleFit stored = fitter.fit(cs.spec).rounded(dtype_);
+      if (cs.spec.family == Family::kExact && cs.precision.all_float()) {  // nothing to fit: measured
+        ModuleFit stored = store_in_precision(p, fitter.fit(cs.spec), cs.precision, dtype_);
         std::vector<double> err2 = fit_errors2(p, stored, &norms2_[m]);
         out[m].push_back(record(m, std::move(stored), std::move(err2), cs, false, fo.max_iters));
         continue;
       }
-      const Prediction pr = fitter.predict(cs.spec, dtype_);
-      Evaluated e{cs.spec, cs.key, spec_params(cs.spec, shape(m)), pr.error, {}, 0, false};
+      const Prediction pr = fitter.predict(cs.spec, cs.precision, dtype_);
+      Evaluated e{cs.spec, cs.key, spec_params(cs.spec, shape(m)), pr.error, {}, 0, false, cs.precision,
+                  spec_bytes(cs.spec, shape(m), cs.precision, dtype_)};
       out[m].push_back(std::move(e));
     }
   }, Spread::kAcross);
@@ -149,7 +159,7 @@ EvalTable Session::evaluate_merged(const std::function<ModuleFit(const ModulePro
     ModuleFit stored = merge(p, m).rounded(dtype_);
     const StructureSpec spec{Family::kMerged, stored.bodies[0].rows(), 0};
     std::vector<double> err2 = fit_errors2(p, stored, &norms2_[m]);
-    out[m].push_back(record(m, std::move(stored), std::move(err2), {spec, "merged"}, true, 0));
+    out[m].push_back(record(m, std::move(stored), std::move(err2), {spec, "merged", {}}, true, 0));
   });
   share_table(out, mine_);
   return out;
@@ -159,26 +169,27 @@ EvalTable Session::evaluate_merged(const std::function<ModuleFit(const ModulePro
 // bundle writer and nothing of it is kept.
 Evaluated Session::record(size_t m, ModuleFit stored, std::vector<double> task_err2, const CandidateSpec& cs,
                           bool store, int max_iters) const {
-  Evaluated e{cs.spec, cs.key, stored.params(), 0, std::move(task_err2), max_iters};
+  Evaluated e{cs.spec, cs.key, stored.params(), 0, std::move(task_err2), max_iters, true, cs.precision,
+              fit_bytes(stored, cs.precision, dtype_)};
   for (size_t i = 0; i < e.task_err2.size(); ++i) e.error += weights_[i] * e.task_err2[i];
   if (store && writer_) {
     const auto& mod = set_.modules()[m];
-    writer_->write_module(m, {mod.name, mod.in, mod.out, cs.spec, std::move(stored), {}});  // sha256: set by the writer
+    writer_->write_module(m, {mod.name, mod.in, mod.out, cs.spec, std::move(stored), {}, cs.precision});  // sha256: set by the writer
   }
   return e;
 }
 
 // Not with a groups file, whose group count the fits follow over the
 // spec's. expect() creates the output file, so every rank checks.
-void Session::expect_layout(const std::vector<StructureSpec>& specs, io::BundleWriter* writer) const {
+void Session::expect_layout(const std::vector<CandidateSpec>& specs, io::BundleWriter* writer) const {
   dist::checked([&] {
     if (!writer || !o_.groups_file.empty()) return;
     for (size_t m = 0; m < specs.size(); ++m) {
       if (writer->has_module(m)) return;
     }
-    std::vector<int64_t> params;
-    for (size_t m = 0; m < specs.size(); ++m) params.push_back(spec_params(specs[m], shape(m)));
-    writer->expect(params);
+    std::vector<int64_t> bytes;
+    for (size_t m = 0; m < specs.size(); ++m) bytes.push_back(spec_bytes(specs[m].spec, shape(m), specs[m].precision, dtype_));
+    writer->expect(bytes);
   });
 }
 
@@ -193,6 +204,7 @@ MergeReport Session::report(const std::string& method, const MethodRun& run, siz
                             double seconds) const {
   MergeReport r;
   r.method = method;
+  r.unit = unit_;
   r.budget = run.budgets[b];
   r.original_params = original_;
   r.params_used = params.values();
@@ -201,13 +213,16 @@ MergeReport Session::report(const std::string& method, const MethodRun& run, siz
   for (size_t m = 0; m < run.table.size(); ++m) {
     const Evaluated& e = run.table[m][run.choice[b][m]];
     r.params += e.params;
+    r.bytes += e.bytes;
     for (size_t i = 0; i < err.size(); ++i) err[i] += e.task_err2[i];
     const auto& mod = set_.modules()[m];
-    plan.push_back(ordered_json::parse(io::plan_entry_json(mod.name, mod.in, mod.out, e.spec, e.params)));
+    plan.push_back(ordered_json::parse(io::plan_entry_json(mod.name, mod.in, mod.out, e.spec, e.params, e.precision)));
   }
   r.plan_json = plan.dump();
-  r.bytes = r.params * static_cast<int64_t>(dtype_size(dtype_));
+  r.original_bytes = original_bytes_;
   r.fraction = static_cast<double>(r.params) / static_cast<double>(original_);
+  r.byte_fraction = static_cast<double>(r.bytes) / static_cast<double>(original_bytes_);
+  r.bf16_fraction = static_cast<double>(r.bytes) / (2.0 * static_cast<double>(original_));
   double sum = 0;
   for (size_t i = 0; i < err.size(); ++i) {
     const double rel = relative_error(err[i], total_norm2_[i]);

@@ -35,6 +35,7 @@ class Session final : public MethodContext {
   int64_t original_params() const override { return original_; }
   Share share() const override { return share_; }
   int user_group_count() const override { return user_group_count_; }
+  DType dtype() const override { return dtype_; }
   FitOptions fit_defaults() const override;
   Spread streaming_spread() const override { return spread_; }
   const HandPlan* hand_plan() override;
@@ -45,11 +46,13 @@ class Session final : public MethodContext {
                     const FitOptions& fo) override;
   EvalTable evaluate_merged(const std::function<ModuleFit(const ModuleProblem&, size_t)>& merge) override;
 
-  /// Stored numbers for a fraction of the original parameter count.
-  int64_t budget_params(double fraction) const;
-  /// The fraction asked for: --budget, --budget-bytes over the original
+  /// The budget (stored numbers or bytes, o.unit's) for a fraction: of the
+  /// original parameter count, or of the bytes of a bf16 copy.
+  int64_t budget_limit(double fraction) const;
+  /// The fraction asked for: --budget, --budget-bytes over a bf16 copy's
   /// bytes, or 0.5.
   double requested_fraction() const;
+  BudgetUnit unit() const { return unit_; }
   /// The report of `run` at its b-th budget.
   MergeReport report(const std::string& method, const MethodRun& run, size_t b, const Params& params,
                      double seconds) const;
@@ -58,7 +61,7 @@ class Session final : public MethodContext {
   void write_to(io::BundleWriter* writer) { writer_ = writer; }
   /// Fixes the bundle's layout when every module's structure is known and
   /// none is written yet, so modules go straight to their places.
-  void expect_layout(const std::vector<StructureSpec>& specs, io::BundleWriter* writer) const;
+  void expect_layout(const std::vector<CandidateSpec>& specs, io::BundleWriter* writer) const;
   /// Task i's factors on module m, with the task weights.
   ModuleProblem problem(size_t m) const;
   /// specs(m, shape(m)) for every module (errors in them stop every rank).
@@ -66,7 +69,6 @@ class Session final : public MethodContext {
       const std::function<std::vector<CandidateSpec>(size_t, const ModuleShape&)>& specs) const;
 
   int threads() const { return threads_; }
-  DType dtype() const { return dtype_; }
   const std::vector<size_t>& mine() const { return mine_; }
   const std::vector<int>& owner() const { return owner_; }
   const std::vector<std::string>& source_sha256() const { return sha_; }
@@ -86,7 +88,8 @@ class Session final : public MethodContext {
   Spread spread_ = Spread::kInside;
   DType dtype_ = DType::F32;
   Share share_ = Share::kAuto;
-  int64_t original_ = 0;
+  int64_t original_ = 0, original_bytes_ = 0;
+  BudgetUnit unit_ = BudgetUnit::kParams;
   std::vector<int> user_groups_;
   int user_group_count_ = 0;
   std::optional<HandPlan> hand_;

@@ -19,6 +19,7 @@
 #include "io/safetensors.h"
 #include "util/parallel.h"
 #include "io/utf8.h"
+#include "core/quant.h"
 #include "util/sha256.h"
 #include "util/wire.h"
 
@@ -42,16 +43,84 @@ std::string tensor_name(const std::string& module, const char* kind, size_t j) {
   return module + "." + kind + "." + std::to_string(j);
 }
 
+// The roles' names in the metadata ("precision", "shapes") and in tensor
+// names.
+constexpr const char* kKinds[] = {"head", "body", "core"};
+
+const std::optional<QuantFormat>& kind_format(const Precision& p, const std::string& kind) {
+  return kind == "head" ? p.heads : kind == "body" ? p.bodies : p.cores;
+}
+
+std::optional<QuantFormat>& kind_format(Precision& p, const std::string& kind) {
+  return kind == "head" ? p.heads : kind == "body" ? p.bodies : p.cores;
+}
+
+const std::vector<MatrixXd>& kind_list(const ModuleFit& f, const std::string& kind) {
+  return kind == "head" ? f.heads : kind == "body" ? f.bodies : f.cores;
+}
+
+TensorData f16_tensor(std::string name, const std::vector<uint16_t>& bits) {
+  TensorData t{std::move(name), DType::F16, {static_cast<int64_t>(bits.size())}, {}};
+  t.bytes.resize(bits.size() * 2);
+  for (size_t i = 0; i < bits.size(); ++i) {  // little-endian
+    t.bytes[2 * i] = static_cast<std::byte>(bits[i] & 0xff);
+    t.bytes[2 * i + 1] = static_cast<std::byte>(bits[i] >> 8);
+  }
+  return t;
+}
+
+// A matrix stored in `f`: `name` (U8, the packed codes), `name`.scales and,
+// asymmetric, `name`.minima (F16, one per group), in that order. `m` holds
+// values the format stores exactly (store_in_precision's output): storing
+// anything else would silently change the fit.
+std::vector<TensorData> quantized_tensors(const std::string& name, const MatrixXd& m, const QuantFormat& f) {
+  const QuantizedMatrix q = quantize(m, f);
+  if (dequantize(q) != m) throw std::logic_error(name + ": values are not on the " + f.name() + " grid");
+  std::vector<TensorData> out;
+  TensorData codes{name, DType::U8, {static_cast<int64_t>(q.codes.size())}, {}};
+  codes.bytes.resize(q.codes.size());
+  std::memcpy(codes.bytes.data(), q.codes.data(), q.codes.size());
+  out.push_back(std::move(codes));
+  out.push_back(f16_tensor(name + ".scales", q.scales));
+  if (!f.symmetric) out.push_back(f16_tensor(name + ".minima", q.minima));
+  return out;
+}
+
+std::vector<uint16_t> f16_bits(const SafetensorsFile& st, const TensorInfo& t) {
+  const auto bytes = st.bytes(t);
+  std::vector<uint16_t> v(bytes.size() / 2);
+  for (size_t i = 0; i < v.size(); ++i) {
+    v[i] = static_cast<uint16_t>(static_cast<unsigned>(bytes[2 * i]) | static_cast<unsigned>(bytes[2 * i + 1]) << 8);
+  }
+  return v;
+}
+
 ordered_json plan_entry(const std::string& name, int64_t in, int64_t out, const StructureSpec& spec,
-                        int64_t params) {
-  return {{"name", name},         {"in", in},
-          {"out", out},           {"structure", spec.label()},
-          {"family", family_name(spec.family)}, {"rank", spec.rank},
-          {"groups", spec.groups}, {"params", params}};
+                        int64_t params, const Precision& precision) {
+  ordered_json j = {{"name", name},         {"in", in},
+                    {"out", out},           {"structure", spec.label()},
+                    {"family", family_name(spec.family)}, {"rank", spec.rank},
+                    {"groups", spec.groups}, {"params", params}};
+  if (!precision.all_float()) {
+    j["precision"] = ordered_json::object();
+    for (const char* kind : kKinds) {
+      if (const auto& f = kind_format(precision, kind)) j["precision"][kind] = f->name();
+    }
+  }
+  return j;
 }
 
 ordered_json plan_entry(const BundleModule& m, bool with_layout) {
-  ordered_json j = plan_entry(m.name, m.in, m.out, m.spec, m.fit.params());
+  ordered_json j = plan_entry(m.name, m.in, m.out, m.spec, m.fit.params(), m.precision);
+  if (with_layout && !m.precision.all_float()) {
+    ordered_json shapes = ordered_json::object();
+    for (const char* kind : kKinds) {
+      if (!kind_format(m.precision, kind)) continue;
+      shapes[kind] = ordered_json::array();
+      for (const auto& x : kind_list(m.fit, kind)) shapes[kind].push_back({x.rows(), x.cols()});
+    }
+    j["shapes"] = shapes;
+  }
   if (with_layout) {
     j["diagonal_cores"] = m.fit.diagonal_cores;
     j["head_of"] = m.fit.head_of;
@@ -74,13 +143,14 @@ std::vector<int> index_list(const ordered_json& v, int lo, const std::string& fi
 }  // namespace
 
 std::string plan_entry_json(const std::string& name, int64_t in, int64_t out, const StructureSpec& spec,
-                            int64_t params) {
-  return plan_entry(name, in, out, spec, params).dump();
+                            int64_t params, const Precision& precision) {
+  return plan_entry(name, in, out, spec, params, precision).dump();
 }
 
 struct BundleWriter::Impl {
   struct Tensor {
     std::string name;
+    DType dtype = DType::F32;
     std::vector<int64_t> shape;
     uint64_t bytes = 0;
   };
@@ -88,6 +158,7 @@ struct BundleWriter::Impl {
     bool written = false;
     uint64_t spool_offset = 0, bytes = 0;
     int64_t params = 0;
+    bool quantized = false;       // some role stored as integers (format version 2)
     std::vector<Tensor> tensors;  // in byte order
     ordered_json entry;           // plan entry with layout
   };
@@ -189,27 +260,35 @@ BundleWriter::~BundleWriter() {
 void BundleWriter::write_module(size_t m, const BundleModule& module) {
   Impl& w = *impl_;
   const ModuleFit& f = module.fit;
-  const size_t nh = f.heads.size(), nb = f.bodies.size();
-  std::vector<TensorData> tensors(nh + nb + f.cores.size());
-  util::parallel_for(tensors.size(), [&](size_t j) {
-    if (j < nh) {
-      tensors[j] = tensor_from_matrix(tensor_name(module.name, "head", j), f.heads[j], w.dtype);
-    } else if (j < nh + nb) {
-      tensors[j] = tensor_from_matrix(tensor_name(module.name, "body", j - nh), f.bodies[j - nh], w.dtype);
+  // Heads, bodies, cores, each in index order; a quantized one as several tensors.
+  std::vector<std::pair<const char*, size_t>> items;
+  for (const char* kind : kKinds) {
+    for (size_t j = 0; j < kind_list(f, kind).size(); ++j) items.emplace_back(kind, j);
+  }
+  std::vector<std::vector<TensorData>> stored(items.size());
+  util::parallel_for(items.size(), [&](size_t i) {
+    const auto [kind, j] = items[i];
+    const std::string name = tensor_name(module.name, kind, j);
+    const MatrixXd& x = kind_list(f, kind)[j];
+    if (const auto& format = kind_format(module.precision, kind)) {
+      stored[i] = quantized_tensors(name, x, *format);
+    } else if (f.diagonal_cores && std::string(kind) == "core") {
+      stored[i].push_back(tensor_from_vector(name, x.col(0), w.dtype));
     } else {
-      const size_t c = j - nh - nb;
-      tensors[j] = f.diagonal_cores ? tensor_from_vector(tensor_name(module.name, "core", c), f.cores[c].col(0), w.dtype)
-                                    : tensor_from_matrix(tensor_name(module.name, "core", c), f.cores[c], w.dtype);
+      stored[i].push_back(tensor_from_matrix(name, x, w.dtype));
     }
   });
   Impl::Module rec;
   std::vector<std::span<const std::byte>> pieces;
-  for (auto& t : tensors) {
-    pieces.emplace_back(t.bytes);
-    rec.bytes += t.bytes.size();
-    rec.tensors.push_back({std::move(t.name), std::move(t.shape), t.bytes.size()});
+  for (auto& list : stored) {
+    for (auto& t : list) {
+      pieces.emplace_back(t.bytes);
+      rec.bytes += t.bytes.size();
+      rec.tensors.push_back({std::move(t.name), t.dtype, std::move(t.shape), t.bytes.size()});
+    }
   }
   rec.params = f.params();
+  rec.quantized = !module.precision.all_float();
   rec.entry = plan_entry(module, true);
   w.store(m, std::move(rec), pieces);
 }
@@ -229,6 +308,7 @@ std::string BundleWriter::encoded_module(size_t m) const {
   put.put<uint64_t>(rec.tensors.size());
   for (auto& t : rec.tensors) {
     put.put(t.name);
+    put.put<uint8_t>(static_cast<uint8_t>(t.dtype));
     put.put(t.shape);
     put.put<uint64_t>(t.bytes);
   }
@@ -248,6 +328,7 @@ void BundleWriter::write_encoded(size_t m, std::string_view message) {
   for (uint64_t n = get.get<uint64_t>(); n > 0; --n) {
     Impl::Tensor t;
     t.name = get.get_string();
+    t.dtype = static_cast<DType>(get.get<uint8_t>());
     t.shape = get.get_vector<int64_t>();
     t.bytes = get.get<uint64_t>();
     sum += t.bytes;
@@ -255,6 +336,7 @@ void BundleWriter::write_encoded(size_t m, std::string_view message) {
   }
   rec.params = get.get<int64_t>();
   rec.entry = ordered_json::parse(get.get_string());
+  rec.quantized = rec.entry.contains("precision");
   rec.bytes = get.get<uint64_t>();
   const char* data = get.take(rec.bytes);
   if (sum != rec.bytes || !get.done()) throw std::runtime_error("malformed module message");
@@ -262,9 +344,9 @@ void BundleWriter::write_encoded(size_t m, std::string_view message) {
   impl_->store(m, std::move(rec), {bytes});
 }
 
-void BundleWriter::expect(const std::vector<int64_t>& params) {
+void BundleWriter::expect(const std::vector<int64_t>& bytes) {
   Impl& w = *impl_;
-  if (params.size() != w.modules.size()) throw std::logic_error("expect(): one size per module");
+  if (bytes.size() != w.modules.size()) throw std::logic_error("expect(): one size per module");
   if (w.path.empty() || w.direct) return;
   for (auto& m : w.modules) {
     if (m.written) throw std::logic_error("expect() after a module was written");
@@ -274,7 +356,7 @@ void BundleWriter::expect(const std::vector<int64_t>& params) {
   // the data so far; the spool is unlinked from the start.
   if (!file->unnamed()) return;
   w.offset.assign(1, 0);
-  for (int64_t p : params) w.offset.push_back(w.offset.back() + static_cast<uint64_t>(p) * dtype_size(w.dtype));
+  for (int64_t b : bytes) w.offset.push_back(w.offset.back() + static_cast<uint64_t>(b));
   w.direct = std::move(file);
 }
 
@@ -290,13 +372,15 @@ void BundleWriter::finish(const Bundle& b) {
   ordered_json mods = ordered_json::array();
   uint64_t offset = 0;
   int64_t params = 0;
+  bool quantized = false;
   for (auto& m : w.modules) {
     if (!m.written) throw std::logic_error("bundle finished before all modules were written");
     for (auto& t : m.tensors) {
-      slots.push_back({t.name, w.dtype, t.shape, offset, offset + t.bytes});
+      slots.push_back({t.name, t.dtype, t.shape, offset, offset + t.bytes});
       offset += t.bytes;
     }
     params += m.params;
+    quantized = quantized || m.quantized;
     mods.push_back(m.entry);
   }
   if (params != b.params_stored) throw std::logic_error("bundle storage differs from the planned storage");
@@ -311,7 +395,7 @@ void BundleWriter::finish(const Bundle& b) {
                      {"target_modules", t.target_modules}});
   }
   ordered_json meta = {{"format", kFormat},
-                       {"version", kBundleVersion},
+                       {"version", quantized ? kBundleVersion : 1},  // version 1 readers read float bundles
                        {"hydraopt_version", HYDRAOPT_VERSION},
                        {"method", b.method},
                        {"parameters", b.params},
@@ -337,9 +421,9 @@ void BundleWriter::finish(const Bundle& b) {
 
 void bundle_write(const fs::path& path, const Bundle& b) {
   BundleWriter w(path, b.dtype, b.modules.size());
-  std::vector<int64_t> params;
-  for (const auto& m : b.modules) params.push_back(m.fit.params());
-  w.expect(params);
+  std::vector<int64_t> bytes;
+  for (const auto& m : b.modules) bytes.push_back(fit_bytes(m.fit, m.precision, b.dtype));
+  w.expect(bytes);
   for (size_t m = 0; m < b.modules.size(); ++m) w.write_module(m, b.modules[m]);
   w.finish(b);
 }
@@ -362,8 +446,9 @@ Bundle bundle_parse(const SafetensorsFile& st) {
   for (auto& t : st.tensors()) used[t.name] = false;
   try {
     if (j.at("format") != kFormat) throw Error(file, "", "not a hydraopt bundle (format tag)");
-    if (int_field(j.at("version"), 0, 1 << 30, file, "", "version") != kBundleVersion) {
-      throw Error(file, "", "bundle format version " + j.at("version").dump() + " is not supported (this is " +
+    const int64_t version = int_field(j.at("version"), 0, 1 << 30, file, "", "version");
+    if (version < 1 || version > kBundleVersion) {
+      throw Error(file, "", "bundle format version " + j.at("version").dump() + " is not supported (this reads 1 to " +
                                 std::to_string(kBundleVersion) + ")");
     }
     b.method = j.at("method").get<std::string>();
@@ -410,13 +495,74 @@ Bundle bundle_parse(const SafetensorsFile& st) {
       if (f.head_of.size() != n || f.core_of.size() != n || f.body_of.size() != n || f.scale.size() != n) {
         throw Error(file, bm.name, "layout lists do not have one entry per task");
       }
+      // Integer roles: their formats, and each matrix's shape (the codes
+      // tensor is a flat byte stream).
+      std::map<std::string, std::vector<std::pair<int64_t, int64_t>>> shapes;
+      if (auto pr = m.find("precision"); pr != m.end()) {
+        if (version < 2) throw Error(file, bm.name, "integer storage (\"precision\") needs bundle format version 2");
+        if (!pr->is_object() || pr->empty()) throw Error(file, bm.name, "precision is not an object of roles");
+        for (auto& [kind, v] : pr->items()) {
+          if (kind != "head" && kind != "body" && kind != "core") {
+            throw Error(file, bm.name, "precision names an unknown role '" + kind + "' (head, body or core)");
+          }
+          if (!v.is_string()) throw Error(file, bm.name, "precision of " + kind + " is not a string");
+          kind_format(bm.precision, kind) = parse_quant_format(v.get<std::string>(), file + ": " + bm.name + ": precision");
+          const auto& list = m.at("shapes").at(kind);
+          if (!list.is_array()) throw Error(file, bm.name, "shapes of " + kind + " is not a list");
+          for (const auto& sh : list) {
+            if (!sh.is_array() || sh.size() != 2) throw Error(file, bm.name, "a shape of " + kind + " is not [rows, cols]");
+            shapes[kind].emplace_back(int_field(sh[0], 0, kMaxDim, file, bm.name, "rows"),
+                                      int_field(sh[1], 0, kMaxDim, file, bm.name, "cols"));
+          }
+        }
+      }
+      auto load_quantized = [&](const std::string& name, const TensorInfo& t, const QuantFormat& format,
+                                std::pair<int64_t, int64_t> shape) {
+        QuantizedMatrix q;
+        q.rows = shape.first;
+        q.cols = shape.second;
+        q.format = format;
+        if (t.dtype != DType::U8 || t.shape.size() != 1) throw Error(file, name, "integer codes must be a 1-D U8 tensor");
+        // (rows x cols x bits fits the codes before anything is multiplied)
+        if (q.rows > 0 && q.cols > static_cast<int64_t>(t.nbytes() * 8 / 2) / q.rows) {
+          throw Error(file, name, "shape " + std::to_string(q.rows) + " x " + std::to_string(q.cols) + " needs more codes than the " +
+                                      std::to_string(t.nbytes()) + " bytes stored");
+        }
+        const auto codes = st.bytes(t);
+        q.codes.resize(codes.size());
+        std::memcpy(q.codes.data(), codes.data(), codes.size());
+        for (const char* part : {"scales", "minima"}) {
+          const std::string pname = name + "." + part;
+          const TensorInfo* p = st.find(pname);
+          if (!p) {
+            if (std::string(part) == "minima" && format.symmetric) continue;
+            throw Error(file, pname, "missing (" + format.name() + " stores it)");
+          }
+          if (std::string(part) == "minima" && format.symmetric) throw Error(file, pname, "a symmetric format stores no minima");
+          if (p->dtype != DType::F16 || p->shape.size() != 1) throw Error(file, pname, "must be a 1-D F16 tensor");
+          used[pname] = true;
+          (std::string(part) == "scales" ? q.scales : q.minima) = f16_bits(st, *p);
+        }
+        try {
+          return dequantize(q);
+        } catch (const Error& e) {
+          throw Error(file, name, std::string(e.what()));
+        }
+      };
       auto load = [&](const char* kind, int count, std::vector<MatrixXd>* out) {
+        const auto& format = kind_format(bm.precision, kind);
+        if (format && shapes[kind].size() != static_cast<size_t>(count)) {
+          throw Error(file, bm.name, "shapes of " + std::string(kind) + " list " + std::to_string(shapes[kind].size()) +
+                                         " matrices, the module stores " + std::to_string(count));
+        }
         for (int k = 0; k < count; ++k) {
           std::string name = tensor_name(bm.name, kind, k);
           const TensorInfo* t = st.find(name);
           if (!t) throw Error(file, name, "missing");
           used[name] = true;
-          if (t->shape.size() == 1 && std::string(kind) == "core" && f.diagonal_cores) {
+          if (format) {
+            out->push_back(load_quantized(name, *t, *format, shapes[kind][k]));
+          } else if (t->shape.size() == 1 && std::string(kind) == "core" && f.diagonal_cores) {
             TensorInfo as2d = *t;
             as2d.shape = {t->shape[0], 1};
             out->push_back(st.matrix(as2d));

@@ -7,25 +7,39 @@
 // Task i's update on the module is
 //   scale_i * head[head_of[i]] * core[core_of[i]] * body[body_of[i]]
 // (no core when core_of[i] = -1; a diagonal core multiplies columns).
-// Shared heads/bodies are stored once. All index lists, scales, the plan and
+// Shared heads/bodies are stored once.
+// A role may be stored as group-wise integers (core/quant.h; format
+// version 2): the module's entry then has
+//   "precision": {"head"|"body"|"core": "int4-g32-sym", ...}   (roles absent: the float dtype)
+//   "shapes":    {"head": [[rows, cols], ...], ...}          (each stored matrix of those roles)
+// and each such matrix X is stored as the tensors
+//   X          U8  [bytes]    the packed codes (quant.h's bit stream)
+//   X.scales   F16 [groups]   one scale per group
+//   X.minima   F16 [groups]   asymmetric formats only
+// in that order; readers dequantize, so every consumer (forward pass,
+// exports, verify) sees the stored values. A bundle with no integer role is
+// written as version 1. All index lists, scales, the plan and
 // provenance live in __metadata__["hydraopt"], a JSON string:
-//   {"format": "hydraopt.bundle", "version": 1, "hydraopt_version",
+//   {"format": "hydraopt.bundle", "version": 1 or 2, "hydraopt_version",
 //    "method", "parameters": {name: value}, "budget", "dtype",
 //    "base_model", "fan_in_fan_out",
 //    "storage": {"params", "original_params"},
 //    "tasks": [{"name", "source", "sha256", "rank", "alpha", "use_rslora",
 //               "target_modules"}],
 //    "modules": [{"name", "in", "out", "structure", "family", "rank",
-//                 "groups", "diagonal_cores", "head_of", "core_of",
-//                 "body_of", "scale", "params", "sha256"}]}
+//                 "groups", "params", ["precision", "shapes"],
+//                 "diagonal_cores", "head_of", "core_of",
+//                 "body_of", "scale", "sha256"}]}
 // "tasks[i].sha256" is the SHA-256 of the source adapter_model.safetensors;
 // "modules[m].sha256" that of the module's stored tensor bytes (heads, then
-// bodies, then cores, each in index order: one contiguous range).
+// bodies, then cores, each in index order, an integer matrix's codes,
+// scales and minima together: one contiguous range).
 // The header is padded with spaces so that the data starts at a multiple
 // of 4096 bytes (see BundleWriter::expect).
 // Readers check the format tag and version, that every referenced tensor
-// exists with a shape that chains (out x k)(k x k')(k' x in), and that no
-// stray tensor is present.
+// exists with a shape that chains (out x k)(k x k')(k' x in), that integer
+// tensors have the sizes their format and shape give (codes, padding bits,
+// scales per group, finite scales), and that no stray tensor is present.
 #pragma once
 
 #include <filesystem>
@@ -36,12 +50,16 @@
 #include <vector>
 
 #include "core/fit.h"
+#include "core/storage.h"
 #include "io/safetensors.h"
 #include "core/structure.h"
 
 namespace hydraopt::io {
 
-inline constexpr int kBundleVersion = 1;
+/// The newest format version this writes and reads. Bundles whose
+/// factors are all floats are still written as version 1 (readable by
+/// older hydraopt); integer storage needs version 2.
+inline constexpr int kBundleVersion = 2;
 
 struct BundleTask {
   std::string name, source, sha256;
@@ -55,10 +73,11 @@ struct BundleModule {
   std::string name;
   int64_t in = 0, out = 0;
   StructureSpec spec;
-  ModuleFit fit;  ///< as stored (already rounded to the bundle dtype)
+  ModuleFit fit;  ///< as stored (rounded to the bundle dtype, or dequantized)
   /// SHA-256 of the module's tensor bytes, heads then bodies then cores in
   /// index order (contiguous in the file); empty in bundles from before it.
   std::string sha256;
+  Precision precision;  ///< roles stored as integers (fit holds their values)
 };
 
 struct Bundle {
@@ -73,9 +92,10 @@ struct Bundle {
 };
 
 /// A module's plan entry {"name","in","out","structure","family","rank",
-/// "groups","params"} as JSON text, as written in bundles and reports.
+/// "groups","params"[,"precision"]} as JSON text, as written in bundles and
+/// reports ("precision" only where a role is stored as integers).
 std::string plan_entry_json(const std::string& name, int64_t in, int64_t out, const StructureSpec& spec,
-                            int64_t params);
+                            int64_t params, const Precision& precision = {});
 
 /// Writes a bundle module by module, so a merge holds only the modules it
 /// is working on. write_module() may be called from several threads in any
@@ -100,13 +120,13 @@ class BundleWriter {
   BundleWriter(const BundleWriter&) = delete;
   BundleWriter& operator=(const BundleWriter&) = delete;
 
-  /// Optional, before any module is written: every module's stored numbers
-  /// (ModuleFit::params). The modules then go straight to their places in
+  /// Optional, before any module is written: every module's stored bytes
+  /// (fit_bytes). The modules then go straight to their places in
   /// the output file, in whatever order they come, and finish() needs no
   /// copy (where the file system can insert the header in front: ext4,
   /// xfs). A module of another size is then a logic error. Ignored by a
   /// spool-only writer.
-  void expect(const std::vector<int64_t>& params);
+  void expect(const std::vector<int64_t>& bytes);
   /// Stores module m (name, shape, spec and its fit, already rounded).
   void write_module(size_t m, const BundleModule& module);
   bool has_module(size_t m) const;

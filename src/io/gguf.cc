@@ -89,6 +89,7 @@ uint32_t gguf_ggml_type(DType dtype) {
     case DType::BF16:
       return 30;
     case DType::F64:
+    case DType::U8:
       break;
   }
   throw Error("GGUF tensors are written as F32, F16 or BF16, not " +

@@ -225,6 +225,11 @@ Adapter Adapter::open(const std::string& spec, const LoadOptions& options) {
     if (!B) throw Error(wfile, base + std::string(kSuffixB), "missing (lora_A present without lora_B)");
     if (A->shape.size() != 2) throw Error(wfile, A->name, "lora_A must be 2-D (r x in)");
     if (B->shape.size() != 2) throw Error(wfile, B->name, "lora_B must be 2-D (out x r)");
+    for (const io::TensorInfo* t : {A, B}) {
+      if (!is_float(t->dtype)) {
+        throw Error(wfile, t->name, "dtype " + std::string(dtype_name(t->dtype)) + " is not a float type (need F64, F32, F16 or BF16)");
+      }
+    }
     AdapterModule m;
     m.name = module;
     m.rank = A->shape[0];

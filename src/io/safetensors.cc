@@ -57,7 +57,9 @@ void with_decoder(DType dtype, F&& f) {
     case DType::F32: return f(float{}, [](float x) { return double{x}; });
     case DType::BF16: return f(uint16_t{}, [](uint16_t h) { return double{bf16_to_float(h)}; });
     case DType::F16: return f(uint16_t{}, [](uint16_t h) { return double{f16_to_float(h)}; });
+    case DType::U8: break;
   }
+  throw std::logic_error("with_decoder: not a float dtype");
 }
 
 // Element i of the row-major array of T at p (possibly unaligned).
@@ -234,9 +236,9 @@ void SafetensorsFile::validate(std::span<const std::byte> file) {
     auto parsed = dtype_from_name(name);
     if (!parsed) {
       static const char* kOther[] = {"F8_E4M3", "F8_E5M2", "I64", "I32", "I16", "I8",
-                                     "U64",     "U32",     "U16", "U8",  "BOOL", "C64"};
+                                     "U64",     "U32",     "U16", "BOOL", "C64"};
       bool known = std::find(std::begin(kOther), std::end(kOther), name) != std::end(kOther);
-      throw Error(L, key, known ? "dtype " + name + " is not supported (need F64, F32, F16 or BF16)"
+      throw Error(L, key, known ? "dtype " + name + " is not supported (need F64, F32, F16, BF16 or U8)"
                                 : "unknown dtype '" + name + "'");
     }
     t.dtype = *parsed;
@@ -298,6 +300,9 @@ std::span<const std::byte> SafetensorsFile::bytes(const TensorInfo& t) const {
 }
 
 void SafetensorsFile::require_2d(const TensorInfo& t) const {
+  if (!is_float(t.dtype)) {
+    throw Error(label_, t.name, "holds " + std::string(dtype_name(t.dtype)) + " integer codes, not a float matrix");
+  }
   if (t.shape.size() != 2) {
     throw Error(label_, t.name, "expected a 2-D tensor, got " + std::to_string(t.shape.size()) + "-D");
   }
@@ -343,7 +348,9 @@ void with_encoder(DType dtype, F&& f) {
     case DType::F32: return f([](double x) { return static_cast<float>(x); });
     case DType::BF16: return f([](double x) { return float_to_bf16(static_cast<float>(x)); });
     case DType::F16: return f([](double x) { return float_to_f16(static_cast<float>(x)); });
+    case DType::U8: break;
   }
+  throw std::logic_error("with_encoder: not a float dtype");
 }
 
 void pack(const double* src, size_t n, DType dtype, std::byte* dst) {

@@ -17,8 +17,9 @@
 //   - a header that is not UTF-8, not JSON, or not a JSON object;
 //   - a tensor entry without dtype/shape/data_offsets, or with negative or
 //     non-integer dimensions or offsets;
-//   - a dtype that is unknown, or known but not a float type we read
-//     (we read F64, F32, F16, BF16);
+//   - a dtype that is unknown, or known but not one we read (F64, F32,
+//     F16, BF16, and U8 for a bundle's packed integer codes; matrix()
+//     reads the float types only);
 //   - shape product x element size != end - begin (overflow-checked);
 //   - entries that, sorted by begin, are not contiguous from 0 (a gap or
 //     an overlap), or whose last end is not exactly the data buffer size

@@ -21,20 +21,6 @@ void store(std::vector<Eigen::MatrixXd>* ms, const std::optional<QuantFormat>& f
 
 }  // namespace
 
-std::string Precision::label() const {
-  if (all_float()) return "float";
-  std::string out;
-  auto add = [&](const char* role, const std::optional<QuantFormat>& f) {
-    if (!f) return;
-    if (!out.empty()) out += ", ";
-    out += std::string(role) + " " + f->name();
-  };
-  add("bodies", bodies);
-  add("heads", heads);
-  add("cores", cores);
-  return out;
-}
-
 ModuleFit store_in_precision(const ModuleProblem& p, ModuleFit fit, const Precision& precision, DType dtype) {
   if (precision.all_float()) return std::move(fit).rounded(dtype);
   if (shared(fit.head_of) && !shared(fit.body_of)) {

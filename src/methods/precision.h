@@ -2,24 +2,10 @@
 // per role (issue 17).
 #pragma once
 
-#include <optional>
-#include <string>
-
 #include "core/fit.h"
-#include "core/quant.h"
+#include "core/storage.h"
 
 namespace hydraopt {
-
-/// How each kind of stored matrix is kept: an integer format, or (nullopt)
-/// the bundle's float dtype.
-struct Precision {
-  std::optional<QuantFormat> bodies, heads, cores;
-
-  bool all_float() const { return !bodies && !heads && !cores; }
-  /// "float", or e.g. "bodies int4-g32-sym, heads int3-g32-sym".
-  std::string label() const;
-  bool operator==(const Precision&) const = default;
-};
 
 /// The fit as stored in `precision`, quantization-aware: the matrices
 /// shared by several tasks are stored first, and the others are then

@@ -61,6 +61,7 @@ double rounding_variance(DType dtype) {
     case DType::F32: p = 24; break;
     case DType::F16: p = 11; break;
     case DType::BF16: p = 8; break;
+    case DType::U8: throw std::logic_error("rounding_variance: U8 is not a float dtype");
   }
   return 0.18 * std::ldexp(1.0, -2 * p);
 }
@@ -177,7 +178,7 @@ double ModuleFitter::grouped_cores(int64_t k, int groups) {
 Prediction ModuleFitter::predict(const StructureSpec& s, DType dtype) {
   if (!spec_valid(s, shape())) throw Error("structure " + s.label() + " does not fit this module's shape");
   if (s.family == Family::kExact) throw std::logic_error("predict: the exact structure is measured, not predicted");
-  Prediction pr = predict_unrounded(s);
+  Prediction pr{unrounded(s)};
   pr.error += rounded_factors(s) * rounding_variance(dtype) * std::max(0.0, weighted_norm2() - pr.error);
   return pr;
 }
@@ -197,19 +198,26 @@ double ModuleFitter::quantization_kappa(const QuantFormat& f, bool heads) {
   return kappa_[key] = norm > 0 ? err / norm : 0;
 }
 
+double ModuleFitter::unrounded(const StructureSpec& s) {
+  const std::string key = s.label();
+  if (auto it = unrounded_.find(key); it != unrounded_.end()) return it->second;
+  return unrounded_[key] = predict_unrounded(s).error;
+}
+
 double ModuleFitter::own_factor_spread() {
+  if (spread_) return *spread_;
   double spread = 0;
   for (size_t i = 0; i < p_.tasks(); ++i) {
     const auto& l = p_.loras[i];
     if (l.rank() > 0) spread += p_.weights[i] * l.scale * l.scale * l.A.squaredNorm() * l.B.squaredNorm() / l.rank();
   }
-  return weighted_norm2() > 0 ? spread / weighted_norm2() : 1.0;
+  return *(spread_ = weighted_norm2() > 0 ? spread / weighted_norm2() : 1.0);
 }
 
 Prediction ModuleFitter::predict(const StructureSpec& s, const Precision& precision, DType dtype) {
   if (precision.all_float()) return predict(s, dtype);
   if (!spec_valid(s, shape())) throw Error("structure " + s.label() + " does not fit this module's shape");
-  Prediction pr = s.family == Family::kExact ? Prediction{0} : predict_unrounded(s);  // exact: nothing lost unstored
+  Prediction pr{s.family == Family::kExact ? 0.0 : unrounded(s)};  // exact: nothing lost unstored
   const double kept = std::max(0.0, weighted_norm2() - pr.error);
   auto kappa = [&](const std::optional<QuantFormat>& f, bool heads) {
     return f ? quantization_kappa(*f, heads) : rounding_variance(dtype);

@@ -112,6 +112,11 @@ class ModuleFitter {
   /// sum_i w_i s_i^2 ||A_i||^2 ||B_i||^2 / r_i over sum_i w_i ||dW_i||^2: 1
   /// when every task's update spreads evenly over its rank.
   double own_factor_spread();
+  std::optional<double> spread_;
+  /// predict_unrounded's errors by structure label: one per structure
+  /// whatever the precisions asked for.
+  std::map<std::string, double> unrounded_;
+  double unrounded(const StructureSpec& s);
   /// U^T dW_i V for every task, U and V both sides' subspaces as wide as
   /// they are solved (at least k): jd's predicted cores (predict.cc).
   const std::vector<Eigen::MatrixXd>& jd_cores(int64_t k);

@@ -32,9 +32,9 @@ std::vector<CandidateSpec> candidate_specs(const ModuleShape& m, Share share, in
     if (!spec_valid(s, m) || !seen.insert(s.label()).second) return;
     std::string key = std::string(family_name(f)) + " " + mult_name + "r";
     if (groups > 0) key += (f == Family::kMultiA || f == Family::kMultiB ? " bodies=" : " heads=") + std::to_string(groups);
-    out.push_back({s, key});
+    out.push_back({s, key, {}});
   };
-  out.push_back({{Family::kExact, 0, 0}, "exact"});
+  out.push_back({{Family::kExact, 0, 0}, "exact", {}});
   seen.insert("exact");
   for (auto [mult, name] : {std::pair{0.25, "0.25"}, {0.5, "0.5"}, {1.0, "1"}, {1.5, "1.5"}, {2.0, "2"}}) {
     add(Family::kMerged, mult, 0, name);
@@ -61,6 +61,30 @@ std::vector<CandidateSpec> candidate_specs(const ModuleShape& m, Share share, in
   if (share == Share::kAuto) {
     for (auto [mult, name] : {std::pair{1.0, "1"}, {2.0, "2"}, {3.0, "3"}}) add(Family::kJdFull, mult, 0, name);
     for (auto [mult, name] : {std::pair{1.0, "1"}, {2.0, "2"}, {4.0, "4"}}) add(Family::kJdDiag, mult, 0, name);
+  }
+  return out;
+}
+
+std::vector<Precision> candidate_precisions(const StructureSpec& s) {
+  std::vector<std::optional<QuantFormat>> menu{std::nullopt};
+  for (const QuantFormat& f : all_quant_formats()) menu.emplace_back(f);
+  const bool cores = s.family == Family::kSharedACore || s.family == Family::kSharedBCore ||
+                     s.family == Family::kJdFull || s.family == Family::kJdDiag;
+  std::vector<Precision> out;
+  for (const auto& body : menu) {
+    for (const auto& head : menu) {
+      Precision p{body, head, std::nullopt};
+      if (cores) p.cores = shares_b(s.family) ? body : head;
+      out.push_back(p);
+    }
+  }
+  return out;
+}
+
+std::vector<CandidateSpec> with_precisions(const std::vector<CandidateSpec>& specs) {
+  std::vector<CandidateSpec> out;
+  for (const CandidateSpec& c : specs) {
+    for (const Precision& p : candidate_precisions(c.spec)) out.push_back({c.spec, p.all_float() ? c.key : c.key + "/" + p.key(), p});
   }
   return out;
 }

@@ -16,28 +16,28 @@ using Modules = std::vector<std::vector<Candidate>>;
 size_t smallest(const std::vector<Candidate>& c) {
   size_t best = 0;
   for (size_t j = 1; j < c.size(); ++j) {
-    if (c[j].params < c[best].params || (c[j].params == c[best].params && c[j].error < c[best].error)) best = j;
+    if (c[j].storage < c[best].storage || (c[j].storage == c[best].storage && c[j].error < c[best].error)) best = j;
   }
   return best;
 }
 
-// Lower convex hull of (params, error), from the smallest storage on,
+// Lower convex hull of (storage, error), from the smallest storage on,
 // error strictly decreasing.
 std::vector<size_t> hull(const std::vector<Candidate>& c) {
   std::vector<size_t> order(c.size());
   for (size_t j = 0; j < c.size(); ++j) order[j] = j;
   std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-    return c[a].params != c[b].params ? c[a].params < c[b].params : c[a].error < c[b].error;
+    return c[a].storage != c[b].storage ? c[a].storage < c[b].storage : c[a].error < c[b].error;
   });
   std::vector<size_t> h;
   for (size_t j : order) {
-    if (!h.empty() && c[j].params == c[h.back()].params) continue;  // same storage, worse error
+    if (!h.empty() && c[j].storage == c[h.back()].storage) continue;  // same storage, worse error
     if (!h.empty() && c[j].error >= c[h.back()].error) continue;    // not an improvement
     while (h.size() >= 2) {
       const Candidate &a = c[h[h.size() - 2]], &b = c[h.back()];
       // b is above the chord a -> j: drop it.
-      double lhs = (b.error - a.error) * double(c[j].params - a.params);
-      double rhs = (c[j].error - a.error) * double(b.params - a.params);
+      double lhs = (b.error - a.error) * double(c[j].storage - a.storage);
+      double rhs = (c[j].error - a.error) * double(b.storage - a.storage);
       if (lhs >= rhs) h.pop_back();
       else break;
     }
@@ -47,10 +47,10 @@ std::vector<size_t> hull(const std::vector<Candidate>& c) {
 }
 
 void totals(const Modules& m, PlanResult* p) {
-  p->params = 0;
+  p->storage = 0;
   p->error = 0;
   for (size_t i = 0; i < m.size(); ++i) {
-    p->params += m[i][p->choice[i]].params;
+    p->storage += m[i][p->choice[i]].storage;
     p->error += m[i][p->choice[i]].error;
   }
 }
@@ -67,8 +67,8 @@ void fill(const Modules& m, int64_t budget, PlanResult* p) {
       for (size_t j = 0; j < m[i].size(); ++j) {
         const Candidate& c = m[i][j];
         const double saved = cur.error - c.error;
-        const int64_t extra = c.params - cur.params;
-        if (saved <= 0 || p->params + extra > budget) continue;
+        const int64_t extra = c.storage - cur.storage;
+        if (saved <= 0 || p->storage + extra > budget) continue;
         const double ratio = extra <= 0 ? std::numeric_limits<double>::infinity() : saved / double(extra);
         if (!found || ratio > best_ratio) {
           found = true;
@@ -79,7 +79,7 @@ void fill(const Modules& m, int64_t budget, PlanResult* p) {
       }
     }
     if (!found) break;
-    p->params += m[bm][bc].params - m[bm][p->choice[bm]].params;
+    p->storage += m[bm][bc].storage - m[bm][p->choice[bm]].storage;
     p->error += m[bm][bc].error - m[bm][p->choice[bm]].error;
     p->choice[bm] = bc;
   }
@@ -100,7 +100,7 @@ PlanResult knapsack(const Modules& m, int64_t budget) {
   for (size_t i = 0; i < m.size(); ++i) {
     std::fill(next.begin(), next.end(), inf);
     for (size_t j = 0; j < m[i].size(); ++j) {
-      const int64_t w = (m[i][j].params + unit - 1) / unit;
+      const int64_t w = (m[i][j].storage + unit - 1) / unit;
       const double e = m[i][j].error;
       for (int64_t b = w; b <= cap; ++b) {
         const double v = dp[b - w] + e;
@@ -119,24 +119,91 @@ PlanResult knapsack(const Modules& m, int64_t budget) {
   for (size_t i = m.size(); i-- > 0;) {
     const size_t j = pick[i][b];
     r.choice[i] = j;
-    b -= (m[i][j].params + unit - 1) / unit;
+    b -= (m[i][j].storage + unit - 1) / unit;
   }
   return r;
 }
 
+// The candidates no other beats (less or equal storage and error, one of
+// them less; exact ties kept):
+// the only ones an optimal plan needs. The precision axis makes most
+// candidates dominated (a format with more bytes and more error).
+std::vector<size_t> front(const std::vector<Candidate>& c) {
+  std::vector<size_t> order(c.size());
+  for (size_t j = 0; j < c.size(); ++j) order[j] = j;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return c[a].storage != c[b].storage ? c[a].storage < c[b].storage : c[a].error < c[b].error;
+  });
+  std::vector<size_t> kept;
+  double best = std::numeric_limits<double>::infinity();  // least error at less storage
+  int64_t best_storage = -1;
+  double at_storage = std::numeric_limits<double>::infinity();  // least error at this storage
+  for (size_t j : order) {
+    if (c[j].storage != best_storage) {
+      best = std::min(best, at_storage);
+      best_storage = c[j].storage;
+      at_storage = c[j].error;
+    }
+    if (c[j].error >= best || c[j].error > at_storage) continue;
+    kept.push_back(j);
+  }
+  std::sort(kept.begin(), kept.end());
+  return kept;
+}
+
+// The best of the uniform plans (the same key in every module) that fit,
+// each followed by step 3; only the `tries` best before step 3 are filled.
+PlanResult best_uniform(const Modules& modules, int64_t budget, size_t tries) {
+  std::map<std::string, PlanResult> uniform;
+  for (size_t j = 0; j < modules[0].size(); ++j) uniform[modules[0][j].key].choice.assign(1, j);
+  for (size_t i = 1; i < modules.size(); ++i) {
+    std::map<std::string, size_t> index;
+    for (size_t j = 0; j < modules[i].size(); ++j) index.try_emplace(modules[i][j].key, j);  // the first, as before
+    for (auto it = uniform.begin(); it != uniform.end();) {
+      auto found = index.find(it->first);
+      if (found == index.end()) {
+        it = uniform.erase(it);
+      } else {
+        it->second.choice.push_back(found->second);
+        ++it;
+      }
+    }
+  }
+  std::vector<PlanResult> fits;
+  for (auto& [key, u] : uniform) {
+    totals(modules, &u);
+    if (u.storage <= budget) fits.push_back(std::move(u));
+  }
+  std::stable_sort(fits.begin(), fits.end(), [](const PlanResult& a, const PlanResult& b) { return a.error < b.error; });
+  PlanResult best;
+  for (size_t t = 0; t < std::min(tries, fits.size()); ++t) {
+    fill(modules, budget, &fits[t]);
+    if (best.choice.empty() || fits[t].error < best.error) best = fits[t];
+  }
+  return best;
+}
+
 }  // namespace
 
-int64_t plan_min_params(const Modules& modules) {
+int64_t plan_min_storage(const Modules& modules) {
   int64_t p = 0;
-  for (auto& c : modules) p += c[smallest(c)].params;
+  for (auto& c : modules) p += c[smallest(c)].storage;
   return p;
 }
 
-PlanResult plan_budget(const Modules& modules, int64_t budget) {
-  const int64_t floor = plan_min_params(modules);
+PlanResult plan_budget(const Modules& all, int64_t budget) {
+  const int64_t floor = plan_min_storage(all);
   if (floor > budget) {
-    throw Error("the budget allows " + std::to_string(budget) + " stored numbers but the smallest plan needs " +
+    throw Error("the budget allows " + std::to_string(budget) + " stored units but the smallest plan needs " +
                 std::to_string(floor));
+  }
+  // Steps 1-4 on the undominated candidates; their indices map back.
+  std::vector<std::vector<size_t>> kept;
+  Modules modules;
+  for (auto& c : all) {
+    kept.push_back(front(c));
+    modules.emplace_back();
+    for (size_t j : kept.back()) modules.back().push_back(c[j]);
   }
   PlanResult greedy;
   std::vector<std::vector<size_t>> hulls;
@@ -150,8 +217,8 @@ PlanResult plan_budget(const Modules& modules, int64_t budget) {
     for (size_t i = 0; i < modules.size(); ++i) {
       if (pos[i] + 1 >= hulls[i].size()) continue;
       const Candidate &a = modules[i][hulls[i][pos[i]]], &b = modules[i][hulls[i][pos[i] + 1]];
-      if (greedy.params + (b.params - a.params) > budget) continue;
-      double slope = (a.error - b.error) / double(b.params - a.params);
+      if (greedy.storage + (b.storage - a.storage) > budget) continue;
+      double slope = (a.error - b.error) / double(b.storage - a.storage);
       if (slope > best) {
         best = slope;
         bm = i;
@@ -169,25 +236,11 @@ PlanResult plan_budget(const Modules& modules, int64_t budget) {
     fill(modules, budget, &k);
     if (k.error < result.error) result = k;
   }
-  std::set<std::string> keys;
-  for (auto& c : modules[0]) keys.insert(c.key);
-  for (const auto& key : keys) {
-    PlanResult u;
-    bool complete = true;
-    for (auto& c : modules) {
-      auto it = std::find_if(c.begin(), c.end(), [&](const Candidate& x) { return x.key == key; });
-      if (it == c.end()) {
-        complete = false;
-        break;
-      }
-      u.choice.push_back(static_cast<size_t>(it - c.begin()));
-    }
-    if (!complete) continue;
-    totals(modules, &u);
-    if (u.params > budget) continue;
-    fill(modules, budget, &u);
-    if (u.error < result.error) result = u;
-  }
+  for (size_t i = 0; i < all.size(); ++i) result.choice[i] = kept[i][result.choice[i]];
+  totals(all, &result);
+  // Step 5 on every candidate.
+  constexpr size_t kUniformTries = 64;
+  if (PlanResult u = best_uniform(all, budget, kUniformTries); !u.choice.empty() && u.error < result.error) result = u;
   return result;
 }
 

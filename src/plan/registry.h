@@ -40,6 +40,11 @@ struct Evaluated {
   std::vector<double> task_err2;  ///< ||dW_i - dW_hat_i||^2 per task (measured only)
   int max_iters = 0;              ///< ALS iterations the fit was allowed
   bool measured = true;           ///< false: error is a prediction
+  Precision precision;            ///< how the roles are stored
+  int64_t bytes = 0;              ///< stored bytes (spec_bytes)
+
+  /// Storage in the budget's unit.
+  int64_t storage(BudgetUnit unit) const { return unit == BudgetUnit::kBytes ? bytes : params; }
 };
 
 /// [module][candidate]
@@ -70,6 +75,8 @@ class MethodContext {
   virtual Share share() const = 0;
   /// Groups in the user's groups file (0: none given).
   virtual int user_group_count() const = 0;
+  /// The stored float dtype (roles not stored as integers).
+  virtual DType dtype() const = 0;
   /// Fit options every fit starts from (the user's grouping in them).
   virtual FitOptions fit_defaults() const = 0;
   /// How to spread the streamed hydra point (memory allowing: across).
@@ -94,14 +101,15 @@ class MethodContext {
   virtual EvalTable evaluate_merged(const std::function<ModuleFit(const ModuleProblem&, size_t)>& merge) = 0;
 };
 
-/// The budgets a run is asked for: fractions of the original parameter
-/// count and the same as stored numbers.
+/// The budgets a run is asked for: fractions (of the original parameter
+/// count, or of a bf16 copy's bytes) and the same as stored numbers or bytes.
 struct Budgets {
   std::vector<double> fractions;
   std::vector<int64_t> limits;
   /// Leave out budgets below the method's least storage (sweep) instead
   /// of failing (merge).
   bool skip_infeasible = false;
+  BudgetUnit unit = BudgetUnit::kParams;
 };
 
 struct MethodRun {

@@ -38,7 +38,7 @@ FitOptions for_known_structures(FitOptions fo) {
 
 // Runs that keep only the budgets `feasible` accepts (or rethrow its error).
 void keep_feasible(Budgets* b, const std::function<void(int64_t)>& feasible) {
-  Budgets kept{{}, {}, b->skip_infeasible};
+  Budgets kept{{}, {}, b->skip_infeasible, b->unit};
   for (size_t i = 0; i < b->limits.size(); ++i) {
     try {
       feasible(b->limits[i]);
@@ -58,7 +58,7 @@ MethodRun run_hydra(MethodContext& ctx, const Params&, Budgets b) {
   const FitOptions fo = for_known_structures(ctx.fit_defaults());
   auto table = ctx.evaluate(
       [](size_t, const ModuleShape& shape) {
-        return std::vector<CandidateSpec>{{{Family::kSharedA, std::max<int64_t>(1, shape.max_rank()), 0}, "shared-A"}};
+        return std::vector<CandidateSpec>{{{Family::kSharedA, std::max<int64_t>(1, shape.max_rank()), 0}, "shared-A", {}}};
       },
       fo, true, ctx.streaming_spread());
   return same_at_every_budget(std::move(table), b, fo);
@@ -70,7 +70,7 @@ MethodRun run_hydra_avg(MethodContext& ctx, const Params&, Budgets b) {
       [&](size_t m, const ModuleShape& shape) {
         StructureSpec sp{Family::kAvgA, 0, 0};
         if (!spec_valid(sp, shape)) throw Error(ctx.module_name(m) + ": hydra-avg needs every task at one rank here");
-        return std::vector<CandidateSpec>{{sp, "avg-A"}};
+        return std::vector<CandidateSpec>{{sp, "avg-A", {}}};
       },
       fo, true, Spread::kInside);
   return same_at_every_budget(std::move(table), b, fo);
@@ -78,9 +78,20 @@ MethodRun run_hydra_avg(MethodContext& ctx, const Params&, Budgets b) {
 
 // -------------------------------------------------- joint diagonalisation
 
+// What budget fractions are of: the original parameter count, or a bf16
+// copy's bytes.
+double whole(const MethodContext& ctx, BudgetUnit unit) {
+  return static_cast<double>(ctx.original_params()) * (unit == BudgetUnit::kBytes ? 2.0 : 1.0);
+}
+
 // The uniform rank k that fills `budget` with family f (modules that cannot
 // take k keep their largest valid rank).
-int64_t uniform_rank(const MethodContext& ctx, Family f, int64_t budget) {
+// Storage of `s` on module m in the budget's unit, every role in the float dtype.
+int64_t float_storage(const MethodContext& ctx, const StructureSpec& s, size_t m, BudgetUnit unit) {
+  return unit == BudgetUnit::kBytes ? spec_bytes(s, ctx.shape(m), {}, ctx.dtype()) : spec_params(s, ctx.shape(m));
+}
+
+int64_t uniform_rank(const MethodContext& ctx, Family f, int64_t budget, BudgetUnit unit) {
   int64_t best = 0;
   for (int64_t k = 1;; ++k) {
     int64_t total = 0;
@@ -95,7 +106,7 @@ int64_t uniform_rank(const MethodContext& ctx, Family f, int64_t budget) {
       } else {
         any = true;
       }
-      total += spec_params(sp, shape);
+      total += float_storage(ctx, sp, m, unit);
     }
     if (total > budget) break;
     best = k;
@@ -103,9 +114,9 @@ int64_t uniform_rank(const MethodContext& ctx, Family f, int64_t budget) {
   }
   if (best == 0) {
     int64_t total = 0;
-    for (size_t m = 0; m < ctx.module_count(); ++m) total += spec_params({f, 1, 0}, ctx.shape(m));
+    for (size_t m = 0; m < ctx.module_count(); ++m) total += float_storage(ctx, {f, 1, 0}, m, unit);
     throw Error(std::string("the budget is below the smallest ") + family_name(f) + " storage: fraction " +
-                std::to_string(static_cast<double>(total) / static_cast<double>(ctx.original_params())));
+                std::to_string(static_cast<double>(total) / whole(ctx, unit)));
   }
   return best;
 }
@@ -116,9 +127,9 @@ StructureSpec clip_rank(StructureSpec sp, const ModuleShape& shape) {
 }
 
 MethodRun run_jd(Family f, MethodContext& ctx, const Params& params, Budgets b) {
-  keep_feasible(&b, [&](int64_t lim) { uniform_rank(ctx, f, lim); });
+  keep_feasible(&b, [&](int64_t lim) { uniform_rank(ctx, f, lim, b.unit); });
   std::vector<int64_t> ranks;
-  for (int64_t lim : b.limits) ranks.push_back(uniform_rank(ctx, f, lim));
+  for (int64_t lim : b.limits) ranks.push_back(uniform_rank(ctx, f, lim, b.unit));
   const std::set<int64_t> distinct(ranks.begin(), ranks.end());
   MethodRun run;
   run.fit = als_options(ctx, params);
@@ -126,7 +137,7 @@ MethodRun run_jd(Family f, MethodContext& ctx, const Params& params, Budgets b) 
   run.table = ctx.evaluate(
       [&](size_t, const ModuleShape& shape) {
         std::vector<CandidateSpec> v;
-        for (int64_t k : distinct) v.push_back({clip_rank({f, k, 0}, shape), std::to_string(k)});
+        for (int64_t k : distinct) v.push_back({clip_rank({f, k, 0}, shape), std::to_string(k), {}});
         return v;
       },
       run.fit, true, Spread::kInside);
@@ -139,20 +150,22 @@ MethodRun run_jd(Family f, MethodContext& ctx, const Params& params, Budgets b) 
 
 // ---------------------------------------------------------------- planner
 
-std::vector<std::vector<Candidate>> to_candidates(const EvalTable& ev) {
+std::vector<std::vector<Candidate>> to_candidates(const EvalTable& ev, BudgetUnit unit) {
   std::vector<std::vector<Candidate>> t(ev.size());
   for (size_t m = 0; m < ev.size(); ++m) {
-    for (auto& e : ev[m]) t[m].push_back({e.spec, e.key, e.params, e.error});
+    for (auto& e : ev[m]) t[m].push_back({e.spec, e.key, e.storage(unit), e.error});
   }
   return t;
 }
 
-void check_floor(const MethodContext& ctx, const std::vector<std::vector<Candidate>>& table, int64_t budget) {
-  const int64_t floor = plan_min_params(table);
+void check_floor(const MethodContext& ctx, const std::vector<std::vector<Candidate>>& table, int64_t budget,
+                 BudgetUnit unit) {
+  const int64_t floor = plan_min_storage(table);
   if (floor > budget) {
-    const auto original = static_cast<double>(ctx.original_params());
-    throw Error("budget fraction " + std::to_string(static_cast<double>(budget) / original) +
-                " is below the smallest achievable storage, fraction " + std::to_string(static_cast<double>(floor) / original));
+    const double all = whole(ctx, unit);
+    const char* of = unit == BudgetUnit::kBytes ? " of a bf16 copy's bytes" : " of the parameters";
+    throw Error("budget fraction " + std::to_string(static_cast<double>(budget) / all) + of +
+                " is below the smallest achievable storage, fraction " + std::to_string(static_cast<double>(floor) / all));
   }
 }
 
@@ -168,13 +181,14 @@ MethodRun run_hand_plan(MethodContext& ctx, const HandPlan& hand, const FitOptio
     specs.push_back(it->second);
   }
   const FitOptions known = for_known_structures(fo);
-  auto table = ctx.evaluate([&](size_t m, const ModuleShape&) { return std::vector<CandidateSpec>{{specs[m], "plan"}}; },
+  auto table = ctx.evaluate([&](size_t m, const ModuleShape&) { return std::vector<CandidateSpec>{{specs[m], "plan", {}}}; },
                             known, true, Spread::kInside);
   int64_t total = 0;
-  for (auto& e : table) total += e[0].params;
+  for (auto& e : table) total += e[0].storage(b.unit);
+  const char* units = b.unit == BudgetUnit::kBytes ? " bytes" : " numbers";
   for (int64_t limit : b.limits) {
     if (ctx.budget_given() && total > limit) {
-      throw Error(hand.file, "", "the plan stores " + std::to_string(total) + " numbers, over the budget of " +
+      throw Error(hand.file, "", "the plan stores " + std::to_string(total) + units + ", over the budget of " +
                                      std::to_string(limit));
     }
   }
@@ -196,11 +210,15 @@ MethodRun run_planner(MethodContext& ctx, const Params& params, Budgets b) {
   if (const HandPlan* hand = ctx.hand_plan()) return run_hand_plan(ctx, *hand, fo, b);
   constexpr int kRounds = 3;
   MethodRun run;
+  // With a budget in bytes every structure comes in every precision.
   run.table = ctx.predict(
-      [&](size_t, const ModuleShape& shape) { return candidate_specs(shape, ctx.share(), ctx.user_group_count()); },
+      [&](size_t, const ModuleShape& shape) {
+        auto specs = candidate_specs(shape, ctx.share(), ctx.user_group_count());
+        return b.unit == BudgetUnit::kBytes ? with_precisions(specs) : specs;
+      },
       fo);
   EvalTable& ev = run.table;
-  keep_feasible(&b, [&](int64_t lim) { check_floor(ctx, to_candidates(ev), lim); });
+  keep_feasible(&b, [&](int64_t lim) { check_floor(ctx, to_candidates(ev, b.unit), lim, b.unit); });
   // The chosen structures are fitted with their shared subspaces solved
   // only as wide as each needs (the predictions solved the widest, 4r).
   run.fit = for_known_structures(fo);
@@ -208,7 +226,7 @@ MethodRun run_planner(MethodContext& ctx, const Params& params, Budgets b) {
     auto measured = ctx.evaluate(
         [&](size_t m, const ModuleShape&) {
           std::vector<CandidateSpec> v;
-          for (size_t c : todo[m]) v.push_back({ev[m][c].spec, ev[m][c].key});
+          for (size_t c : todo[m]) v.push_back({ev[m][c].spec, ev[m][c].key, ev[m][c].precision});
           return v;
         },
         run.fit, final, Spread::kAcross);
@@ -218,7 +236,7 @@ MethodRun run_planner(MethodContext& ctx, const Params& params, Budgets b) {
   };
   std::vector<PlanResult> plans;
   for (int round = 0;; ++round) {
-    plans = plan_budgets(to_candidates(ev), b.limits);
+    plans = plan_budgets(to_candidates(ev, b.unit), b.limits);
     if (round == kRounds) break;
     std::vector<std::vector<size_t>> todo(ev.size());
     bool any = false;

@@ -11,8 +11,15 @@ std::string report_json(const MergeReport& r, bool with_plan) {
   using nlohmann::ordered_json;
   ordered_json j = {{"method", r.method},
                     {"budget", r.budget},
+                    {"budget_unit", r.unit == BudgetUnit::kBytes ? "bf16_bytes" : "params"},
                     {"storage",
-                     {{"params", r.params}, {"original_params", r.original_params}, {"fraction", r.fraction}, {"bytes", r.bytes}}},
+                     {{"params", r.params},
+                      {"original_params", r.original_params},
+                      {"fraction", r.fraction},
+                      {"bytes", r.bytes},
+                      {"original_bytes", r.original_bytes},
+                      {"byte_fraction", r.byte_fraction},
+                      {"bf16_fraction", r.bf16_fraction}}},
                     {"mean_rel_error", r.mean_rel_error}};
   j["tasks"] = ordered_json::array();
   for (auto& t : r.tasks) j["tasks"].push_back({{"name", t.name}, {"rel_error", t.rel_error}});

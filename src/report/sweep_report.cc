@@ -11,6 +11,10 @@
 namespace hydraopt {
 namespace {
 
+/// The storage a report is plotted and sorted at: the fraction of the
+/// parameters, or with byte budgets the fraction of a bf16 copy's bytes.
+double storage_axis(const MergeReport& r) { return r.unit == BudgetUnit::kBytes ? r.bf16_fraction : r.fraction; }
+
 /// Indices of `reports` grouped by method (first-appearance order), sorted
 /// by fraction inside a method (stable; NaN fractions last).
 std::vector<std::vector<size_t>> group_by_method(const std::vector<MergeReport>& reports) {
@@ -28,7 +32,7 @@ std::vector<std::vector<size_t>> group_by_method(const std::vector<MergeReport>&
   }
   for (auto& g : groups) {
     std::stable_sort(g.begin(), g.end(), [&](size_t a, size_t b) {
-      double fa = reports[a].fraction, fb = reports[b].fraction;
+      double fa = storage_axis(reports[a]), fb = storage_axis(reports[b]);
       if (std::isnan(fa) || std::isnan(fb)) return !std::isnan(fa) && std::isnan(fb);
       return fa < fb;
     });
@@ -83,18 +87,18 @@ const TaskError* worst_task(const MergeReport& r) {
 
 std::string sweep_markdown(const std::vector<MergeReport>& reports) {
   std::string out =
-      "| method | budget | storage fraction | stored params | mean rel. error | worst task | "
-      "seconds |\n"
-      "|---|---:|---:|---:|---:|---|---:|\n";
+      "| method | budget | params fraction | bytes / bf16 copy | stored params | stored bytes | mean rel. error | "
+      "worst task | seconds |\n"
+      "|---|---:|---:|---:|---:|---:|---:|---|---:|\n";
   for (const auto& group : group_by_method(reports)) {
     for (size_t i : group) {
       const MergeReport& r = reports[i];
       std::string budget = r.budget > 0 ? fmt::format("{:.4g}", r.budget) : "—";
       const TaskError* w = worst_task(r);
       std::string worst = w ? fmt::format("{} ({:#.4g})", md_cell(w->name), w->rel_error) : "—";
-      out += fmt::format("| {} | {} | {:.3f} | {} | {:#.4g} | {} | {:.2f} |\n", md_cell(r.method),
-                         budget, r.fraction, grouped_int(r.params), r.mean_rel_error, worst,
-                         r.seconds);
+      out += fmt::format("| {} | {} | {:.3f} | {:.3f} | {} | {} | {:#.4g} | {} | {:.2f} |\n", md_cell(r.method),
+                         budget, r.fraction, r.bf16_fraction, grouped_int(r.params), grouped_int(r.bytes),
+                         r.mean_rel_error, worst, r.seconds);
     }
   }
   return out;
@@ -104,10 +108,12 @@ std::string sweep_svg(const std::vector<MergeReport>& reports, const std::string
   std::vector<PlotSeries> series;
   for (const auto& group : group_by_method(reports)) {
     PlotSeries se{reports[group[0]].method, {}};
-    for (size_t i : group) se.points.emplace_back(reports[i].fraction, reports[i].mean_rel_error);
+    for (size_t i : group) se.points.emplace_back(storage_axis(reports[i]), reports[i].mean_rel_error);
     series.push_back(std::move(se));
   }
-  return line_plot_svg(series, {title, "mean relative error", "error"});
+  PlotLabels labels{title, "mean relative error", "error"};
+  if (!reports.empty() && reports[0].unit == BudgetUnit::kBytes) labels.x_axis = "storage (bytes as a fraction of a bf16 copy of the adapters)";
+  return line_plot_svg(series, labels);
 }
 
 }  // namespace hydraopt

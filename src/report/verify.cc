@@ -29,6 +29,9 @@ VerifyReport verify_bundle(const fs::path& bundle, const std::vector<std::string
         const io::TensorInfo* t = st.find(m.name + "." + kind + "." + std::to_string(j));
         if (!t) break;
         h.update(st.bytes(*t));
+        for (const char* part : {".scales", ".minima"}) {  // an integer matrix's other tensors
+          if (const io::TensorInfo* q = st.find(t->name + part)) h.update(st.bytes(*q));
+        }
       }
     }
     for (const auto* list : {&m.fit.heads, &m.fit.bodies, &m.fit.cores}) {

@@ -23,6 +23,11 @@ cp "$work/e/adapter_model.safetensors" "$out/safetensors/exported"
 cp "$work/b.safetensors" "$out/safetensors/bundle"
 cp "$work/b.safetensors" "$out/bundle/hydraopt"
 cp "$work/jd.safetensors" "$out/bundle/jd-diag"
+# Integer storage (format version 2): codes, scales and minima tensors.
+"$cli" merge "$work/s/task00" "$work/s/task01" "$work/s/task02" --budget-bf16 0.3 \
+  -o "$work/q.safetensors" >/dev/null
+cp "$work/q.safetensors" "$out/bundle/quantized"
+cp "$work/q.safetensors" "$out/safetensors/quantized-bundle"
 
 # The bundle's metadata JSON as plain text, then NUL, then the file without
 # it (the second input form of bundle_fuzz).
