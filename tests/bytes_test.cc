@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/half.h"
+#include "core/quant.h"
 #include "hydraopt/adapter.h"
 #include "hydraopt/error.h"
 #include "hydraopt/merge.h"
@@ -140,6 +141,49 @@ TEST(Bytes, BudgetBytesIsExactAndCliReportsBothFractions) {
       << out;
   EXPECT_NE(test::read_text(d / "s" / "sweep.svg").find("fraction of a bf16 copy"), std::string::npos);
   EXPECT_EQ(json::parse(test::read_text(d / "s" / "sweep.json")).size(), 2u);
+}
+
+// The quantization baseline is plain round-to-nearest of every adapter's
+// own A and B: its errors are those of the adapters with their factors
+// quantized here, independently; "auto" takes the best format that fits;
+// the planner at the same bytes does at least as well.
+TEST(Bytes, QuantBaselineIsPerAdapterRoundingAndThePlannerBeatsIt) {
+  const AdapterSet& set = tiny();
+  for (const char* name : {"int4-g32-sym", "int3-g128-asym"}) {
+    const QuantFormat f = parse_quant_format(name, "test");
+    MergeOptions o = in_bytes(1.0);
+    o.method = "quant";
+    o.params["quant_format"] = name;
+    const MergeReport r = merge(set, o, "");
+    for (size_t i = 0; i < set.size(); ++i) {
+      double err = 0, norm = 0;
+      for (size_t m = 0; m < set.modules().size(); ++m) {
+        const ModuleLora l = set.load(m)[i];
+        const Eigen::MatrixXd dw = l.scale * l.B * l.A;
+        err += (dw - l.scale * round_to_format(l.B, f) * round_to_format(l.A, f)).squaredNorm();
+        norm += dw.squaredNorm();
+      }
+      EXPECT_NEAR(r.tasks[i].rel_error, std::sqrt(err / norm), 1e-9) << name << " " << i;
+    }
+  }
+  std::vector<MergeReport> swept = sweep(set, {"quant", "hydraopt"}, {0.1, 0.15, 0.2, 0.3}, [] {
+    MergeOptions o;
+    o.unit = BudgetUnit::kBytes;
+    return o;
+  }());
+  std::map<double, MergeReport> quant, planner;
+  for (const auto& r : swept) (r.method == "quant" ? quant : planner)[r.budget] = r;
+  ASSERT_GE(quant.size(), 3u);
+  for (const auto& [budget, q] : quant) {
+    EXPECT_LE(q.bf16_fraction, budget + 1e-12);
+    ASSERT_TRUE(planner.count(budget)) << budget;
+    EXPECT_LE(planner[budget].mean_rel_error, q.mean_rel_error) << budget;
+  }
+  // A budget in stored numbers below 1 cannot hold every number.
+  MergeOptions p;
+  p.method = "quant";
+  p.budget = 0.5;
+  EXPECT_NE(test::error_of([&] { merge(set, p, ""); }).find("give a byte budget"), std::string::npos);
 }
 
 // ------------------------------------------------------ integer bundles

@@ -153,13 +153,25 @@ EvalTable Session::predict(const std::function<std::vector<CandidateSpec>(size_t
 }
 
 EvalTable Session::evaluate_merged(const std::function<ModuleFit(const ModuleProblem&, size_t)>& merge) {
+  return evaluate_stored(
+      [&](const ModuleProblem& p, size_t m) {
+        ModuleFit stored = merge(p, m).rounded(dtype_);
+        const StructureSpec spec{Family::kMerged, stored.bodies[0].rows(), 0};
+        return std::vector<StoredFit>{{{spec, "merged", {}}, std::move(stored)}};
+      },
+      true);
+}
+
+EvalTable Session::evaluate_stored(const std::function<std::vector<StoredFit>(const ModuleProblem&, size_t)>& store,
+                                   bool final) {
   EvalTable out(set_.modules().size());
   for_each_item(mine_, threads_, o_.progress, [&](size_t m) {
     const ModuleProblem p = problem(m);
-    ModuleFit stored = merge(p, m).rounded(dtype_);
-    const StructureSpec spec{Family::kMerged, stored.bodies[0].rows(), 0};
-    std::vector<double> err2 = fit_errors2(p, stored, &norms2_[m]);
-    out[m].push_back(record(m, std::move(stored), std::move(err2), {spec, "merged", {}}, true, 0));
+    std::vector<StoredFit> fits = store(p, m);
+    for (StoredFit& s : fits) {
+      std::vector<double> err2 = fit_errors2(p, s.fit, &norms2_[m]);
+      out[m].push_back(record(m, std::move(s.fit), std::move(err2), s.candidate, final && fits.size() == 1, 0));
+    }
   });
   share_table(out, mine_);
   return out;

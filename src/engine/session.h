@@ -45,6 +45,8 @@ class Session final : public MethodContext {
   EvalTable predict(const std::function<std::vector<CandidateSpec>(size_t, const ModuleShape&)>& specs,
                     const FitOptions& fo) override;
   EvalTable evaluate_merged(const std::function<ModuleFit(const ModuleProblem&, size_t)>& merge) override;
+  EvalTable evaluate_stored(const std::function<std::vector<StoredFit>(const ModuleProblem&, size_t)>& store,
+                            bool final) override;
 
   /// The budget (stored numbers or bytes, o.unit's) for a fraction: of the
   /// original parameter count, or of the bytes of a bf16 copy.

@@ -55,8 +55,10 @@ void totals(const Modules& m, PlanResult* p) {
   }
 }
 
-// Step 3: any improving swap that fits, best error saved per number first.
-void fill(const Modules& m, int64_t budget, PlanResult* p) {
+// Step 3: any improving swap that fits, best error saved per number first;
+// with `to`, swaps only to to[i]'s candidates of module i (a dominated
+// candidate is never a better swap than the one dominating it).
+void fill(const Modules& m, int64_t budget, PlanResult* p, const std::vector<std::vector<size_t>>* to = nullptr) {
   totals(m, p);
   for (;;) {
     double best_ratio = 0;
@@ -64,7 +66,9 @@ void fill(const Modules& m, int64_t budget, PlanResult* p) {
     bool found = false;
     for (size_t i = 0; i < m.size(); ++i) {
       const Candidate& cur = m[i][p->choice[i]];
-      for (size_t j = 0; j < m[i].size(); ++j) {
+      const size_t count = to ? (*to)[i].size() : m[i].size();
+      for (size_t jj = 0; jj < count; ++jj) {
+        const size_t j = to ? (*to)[i][jj] : jj;
         const Candidate& c = m[i][j];
         const double saved = cur.error - c.error;
         const int64_t extra = c.storage - cur.storage;
@@ -153,7 +157,7 @@ std::vector<size_t> front(const std::vector<Candidate>& c) {
 
 // The best of the uniform plans (the same key in every module) that fit,
 // each followed by step 3; only the `tries` best before step 3 are filled.
-PlanResult best_uniform(const Modules& modules, int64_t budget, size_t tries) {
+PlanResult best_uniform(const Modules& modules, int64_t budget, size_t tries, const std::vector<std::vector<size_t>>& to) {
   std::map<std::string, PlanResult> uniform;
   for (size_t j = 0; j < modules[0].size(); ++j) uniform[modules[0][j].key].choice.assign(1, j);
   for (size_t i = 1; i < modules.size(); ++i) {
@@ -177,7 +181,7 @@ PlanResult best_uniform(const Modules& modules, int64_t budget, size_t tries) {
   std::stable_sort(fits.begin(), fits.end(), [](const PlanResult& a, const PlanResult& b) { return a.error < b.error; });
   PlanResult best;
   for (size_t t = 0; t < std::min(tries, fits.size()); ++t) {
-    fill(modules, budget, &fits[t]);
+    fill(modules, budget, &fits[t], &to);
     if (best.choice.empty() || fits[t].error < best.error) best = fits[t];
   }
   return best;
@@ -240,7 +244,7 @@ PlanResult plan_budget(const Modules& all, int64_t budget) {
   totals(all, &result);
   // Step 5 on every candidate.
   constexpr size_t kUniformTries = 64;
-  if (PlanResult u = best_uniform(all, budget, kUniformTries); !u.choice.empty() && u.error < result.error) result = u;
+  if (PlanResult u = best_uniform(all, budget, kUniformTries, kept); !u.choice.empty() && u.error < result.error) result = u;
   return result;
 }
 

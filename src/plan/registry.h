@@ -50,6 +50,12 @@ struct Evaluated {
 /// [module][candidate]
 using EvalTable = std::vector<std::vector<Evaluated>>;
 
+/// A fit as it is stored, with what it is.
+struct StoredFit {
+  CandidateSpec candidate;
+  ModuleFit fit;
+};
+
 /// Where the engine puts its threads for a batch of fits: on several
 /// modules at once, or on the loops inside one module at a time (which
 /// holds one module's factors in memory instead of one per thread).
@@ -99,6 +105,11 @@ class MethodContext {
   /// One merged adapter per module from merge(problem, module index),
   /// finished (into the bundle at once).
   virtual EvalTable evaluate_merged(const std::function<ModuleFit(const ModuleProblem&, size_t)>& merge) = 0;
+  /// Fits made outside the fitters, store(problem, module index) each
+  /// already as stored (rounded or quantized: nothing is done to them),
+  /// measured; with `final`, a module given exactly one is finished.
+  virtual EvalTable evaluate_stored(const std::function<std::vector<StoredFit>(const ModuleProblem&, size_t)>& store,
+                                    bool final) = 0;
 };
 
 /// The budgets a run is asked for: fractions (of the original parameter

@@ -7,6 +7,7 @@
 
 #include "hydraopt/error.h"
 #include "plan/planner.h"
+#include "core/quant.h"
 #include "plan/registry.h"
 
 namespace hydraopt {
@@ -148,6 +149,81 @@ MethodRun run_jd(Family f, MethodContext& ctx, const Params& params, Budgets b) 
   return run;
 }
 
+// ------------------------------------------------- quantization baseline
+
+ParamSpec quant_format_param() {
+  std::vector<std::string> words{"auto"};
+  for (const QuantFormat& f : all_quant_formats()) words.push_back(f.name());
+  return choice_param("quant_format", "auto",
+                      "the quantization baseline's format; auto: at each byte budget the format of least error that fits",
+                      words);
+}
+
+// Every adapter kept, its A and B each stored in one integer format,
+// rounded to nearest on its own (no refit): what a plain per-adapter
+// quantizer stores. Every format stores every number, so a budget in
+// stored numbers is met only at 1; with byte budgets "auto" takes, per
+// budget, the format of least measured error that fits (one format for
+// the whole set, as such a quantizer is run).
+MethodRun run_quant(MethodContext& ctx, const Params& params, Budgets b) {
+  const std::string chosen = params.text("quant_format");
+  const std::vector<QuantFormat> formats =
+      chosen == "auto" ? all_quant_formats() : std::vector<QuantFormat>{parse_quant_format(chosen, "--quant-format")};
+  auto stored = [](const std::vector<QuantFormat>& list) {
+    return [list](const ModuleProblem& p, size_t) {
+      ModuleFitter fitter(p, {});
+      const StructureSpec exact{Family::kExact, 0, 0};
+      const ModuleFit fit = fitter.fit(exact);
+      std::vector<StoredFit> out;
+      for (const QuantFormat& f : list) {
+        ModuleFit q = fit;
+        for (auto& h : q.heads) h = round_to_format(h, f);
+        for (auto& a : q.bodies) a = round_to_format(a, f);
+        out.push_back({{exact, f.name(), Precision{f, f, std::nullopt}}, std::move(q)});
+      }
+      return out;
+    };
+  };
+  MethodRun run;
+  run.fit = ctx.fit_defaults();
+  run.table = ctx.evaluate_stored(stored(formats), formats.size() == 1 && b.limits.size() == 1);
+  // Totals per format (the same index in every module).
+  std::vector<int64_t> storage(formats.size(), 0);
+  std::vector<double> error(formats.size(), 0.0);
+  for (const auto& module : run.table) {
+    for (size_t j = 0; j < formats.size(); ++j) {
+      storage[j] += module[j].storage(b.unit);
+      error[j] += module[j].error;
+    }
+  }
+  std::vector<size_t> best;
+  Budgets kept{{}, {}, b.skip_infeasible, b.unit};
+  for (size_t i = 0; i < b.limits.size(); ++i) {
+    std::optional<size_t> pick;
+    for (size_t j = 0; j < formats.size(); ++j) {
+      if (storage[j] <= b.limits[i] && (!pick || error[j] < error[*pick])) pick = j;
+    }
+    if (!pick) {
+      if (b.skip_infeasible) continue;
+      const size_t least = static_cast<size_t>(std::min_element(storage.begin(), storage.end()) - storage.begin());
+      const char* unit = b.unit == BudgetUnit::kBytes ? "bytes" : "stored numbers (it keeps every number: give a byte budget)";
+      throw Error("quant: the budget of " + std::to_string(b.limits[i]) + " " + unit + " is below its least storage, " +
+                  std::to_string(storage[least]) + " (" + formats[least].name() + ")");
+    }
+    kept.fractions.push_back(b.fractions[i]);
+    kept.limits.push_back(b.limits[i]);
+    best.push_back(*pick);
+  }
+  run.budgets = kept.fractions;
+  for (size_t j : best) run.choice.emplace_back(run.table.size(), j);
+  // One budget: store the chosen format (the others were only measured).
+  if (formats.size() > 1 && best.size() == 1) {
+    run.table = ctx.evaluate_stored(stored({formats[best[0]]}), true);
+    run.choice.assign(1, std::vector<size_t>(run.table.size(), 0));
+  }
+  return run;
+}
+
 // ---------------------------------------------------------------- planner
 
 std::vector<std::vector<Candidate>> to_candidates(const EvalTable& ev, BudgetUnit unit) {
@@ -279,6 +355,11 @@ std::vector<Method> structure_methods() {
              "plans a structure per module (shared A/B bodies or heads, cores, clusters, exact) "
              "to minimise the task-weighted error within the budget",
              "this project (docs/methods.md)", {max_iters_param(), tol_param()}, run_planner),
+      method("quant", MethodKind::kStructure, true,
+             "the quantization baseline: every adapter kept, its A and B in group-wise integers "
+             "(round to nearest, f16 scales; the format of least error that fits a byte budget)",
+             "round-to-nearest group-wise quantization, as in llama.cpp's Q8_0/Q4_0 blocks", {quant_format_param()},
+             run_quant),
       method("hydra", MethodKind::kStructure, false,
              "the hydra point: one optimal shared A of rank r per module, a head per task (closed form)",
              "this project (docs/methods.md); the fixed structure hydraopt's planner starts from", {}, run_hydra),
