@@ -56,6 +56,12 @@ std::string path_string(const py::handle& p) {
   return py::str(py::module_::import("os").attr("fspath")(p)).cast<std::string>();
 }
 
+hydraopt::BudgetUnit parse_unit(const std::string& s) {
+  if (s == "params") return hydraopt::BudgetUnit::kParams;
+  if (s == "bytes") return hydraopt::BudgetUnit::kBytes;
+  throw hydraopt::Error("unit must be 'params' or 'bytes' (fractions of a bf16 copy's bytes), not '" + s + "'");
+}
+
 std::optional<hydraopt::DType> parse_dtype(const std::optional<std::string>& s) {
   if (!s) return std::nullopt;
   return hydraopt::parse_storage_dtype(*s, "dtype");
@@ -271,8 +277,9 @@ PYBIND11_MODULE(_hydraopt, m) {
       [](const py::iterable& adapters, const std::optional<std::vector<std::string>>& methods,
          const std::vector<double>& budgets, const std::string& share, const std::string& weights,
          const std::optional<std::string>& groups, int threads, const std::optional<std::string>& dtype,
-         const std::optional<py::dict>& params, bool skip_unmergeable) {
+         const std::optional<py::dict>& params, bool skip_unmergeable, const std::string& unit) {
         hydraopt::MergeOptions o;
+        o.unit = parse_unit(unit);
         o.share = share;
         o.weights = weights;
         o.groups_file = groups.value_or("");
@@ -300,9 +307,11 @@ PYBIND11_MODULE(_hydraopt, m) {
       "adapters"_a, "methods"_a = py::none(),
       "budgets"_a = std::vector<double>{0.05, 0.1, 0.2, 0.3, 0.4, 0.52, 0.6, 0.8, 1.0}, "share"_a = "auto",
       "weights"_a = "balanced", "groups"_a = py::none(), "threads"_a = 0, "dtype"_a = py::none(),
-      "params"_a = py::none(), "skip_unmergeable"_a = false,
+      "params"_a = py::none(), "skip_unmergeable"_a = false, "unit"_a = "params",
       "Evaluates every (method, budget) without writing bundles, as `hydraopt sweep`: a list of\n"
-      "report dicts (as merge()'s report), per method in the budgets' order. methods: names from\n"
+      "report dicts (as merge()'s report), per method in the budgets' order. unit: 'params'\n"
+      "(budgets are fractions of the parameters) or 'bytes' (of a bf16 copy's bytes; factors may\n"
+      "be stored as integers). methods: names from\n"
       "methods() (default: all); a method whose storage does not follow the budget gives one\n"
       "report at its own storage. params: given to every method, so name only parameters all of\n"
       "them take.");
@@ -313,8 +322,10 @@ PYBIND11_MODULE(_hydraopt, m) {
          std::optional<int64_t> budget_bytes, const std::string& share, const std::string& weights,
          const std::optional<std::string>& groups, const std::optional<std::string>& plan,
          int threads, const std::optional<std::string>& dtype,
-         const std::optional<py::dict>& params, const py::object& output, bool skip_unmergeable) {
+         const std::optional<py::dict>& params, const py::object& output, bool skip_unmergeable,
+         const std::string& unit) {
         hydraopt::MergeOptions o;
+        o.unit = parse_unit(unit);
         o.method = method;
         o.budget = budget;
         o.budget_bytes = budget_bytes;
@@ -347,10 +358,12 @@ PYBIND11_MODULE(_hydraopt, m) {
       "adapters"_a, "budget"_a = py::none(), "method"_a = "hydraopt", "budget_bytes"_a = py::none(),
       "share"_a = "auto", "weights"_a = "balanced", "groups"_a = py::none(), "plan"_a = py::none(),
       "threads"_a = 0, "dtype"_a = py::none(), "params"_a = py::none(), "output"_a = py::none(),
-      "skip_unmergeable"_a = false,
+      "skip_unmergeable"_a = false, "unit"_a = "params",
       "Merges adapters (paths, 'NAME=DIR' strings or Adapter objects) into a Bundle, as `hydraopt "
       "merge`.\n"
-      "budget: fraction of the original LoRA parameter count; params: method parameters by name\n"
+      "budget: fraction of the original LoRA parameter count (unit='params') or of the bytes of a\n"
+      "bf16 copy of the adapters (unit='bytes': factors may be stored as integers, as with\n"
+      "budget_bytes); params: method parameters by name\n"
       "(see methods()); output: where to write the bundle (default: a temporary file owned by the\n"
       "returned Bundle). Raises hydraopt.Error on bad input.");
 

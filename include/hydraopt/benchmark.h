@@ -29,23 +29,41 @@ TaskExamples load_task(const std::filesystem::path& dir, int limit = 0);
 /// Fraction of examples whose greedy answer is exactly right.
 double task_score(const Model& model, const TaskExamples& task, const Deltas* deltas, int threads = 0);
 
+/// A method at a budget. In stored numbers (kParams; every factor bf16):
+/// budget 0 means 1/N (one adapter's storage) and -1 the storage fraction
+/// of the hydra layout (per module one shared r x in body and an out x r
+/// head per task, r the module's largest rank; at most 1): the method is
+/// run at the hydra method's storage, it is not the hydra method; ignored
+/// by single-adapter methods. In bytes (kBytes): a fraction of a bf16
+/// copy's bytes, factors stored as integers where the method chooses.
+struct DemoPoint {
+  std::string method;
+  double budget = 0;
+  BudgetUnit unit = BudgetUnit::kParams;
+  /// The plot's series: the method, with " [bytes]" for byte budgets.
+  std::string series() const { return unit == BudgetUnit::kBytes ? method + " [bytes]" : method; }
+};
+
 struct BenchmarkOptions {
   std::filesystem::path assets = "assets";
-  /// (method, budget) points to evaluate; budget ignored by single-adapter
-  /// methods. Budget 0 means 1/N (one adapter's storage) and -1 the storage
-  /// fraction of the hydra layout (per module one shared r x in body and an
-  /// out x r head per task, r the module's largest rank; at most 1): the
-  /// method is run at the hydra method's storage, it is not the hydra method.
-  std::vector<std::pair<std::string, double>> points = {
-      {"hydraopt", 0.0}, {"hydraopt", 0.25}, {"hydraopt", -1.0}, {"hydraopt", 0.75},
-      {"jd-full", -1.0}, {"hydra-avg", 1.0},  {"ta", 1.0},       {"ties", 1.0},
-      {"dare-ties", 1.0}, {"linear", 1.0},    {"knots-ties", 1.0}};
+  /// Points to evaluate. Every bundle is stored in bf16, so a point's
+  /// storage in bytes is its fraction of a bf16 copy (the plot's x axis).
+  std::vector<DemoPoint> points = {
+      {"hydraopt", 0.0},   {"hydraopt", 0.25},  {"hydraopt", -1.0}, {"hydraopt", 0.75}, {"jd-full", -1.0},
+      {"hydra-avg", 1.0},  {"ta", 1.0},         {"ties", 1.0},      {"dare-ties", 1.0}, {"linear", 1.0},
+      {"knots-ties", 1.0},
+      {"hydraopt", 0.10, BudgetUnit::kBytes},   {"hydraopt", 0.125, BudgetUnit::kBytes},
+      {"hydraopt", 0.135, BudgetUnit::kBytes},  {"hydraopt", 0.16, BudgetUnit::kBytes},
+      {"hydraopt", 0.20, BudgetUnit::kBytes},   {"hydraopt", 0.28, BudgetUnit::kBytes},
+      {"quant", 0.135, BudgetUnit::kBytes},     {"quant", 0.16, BudgetUnit::kBytes},
+      {"quant", 0.20, BudgetUnit::kBytes},      {"quant", 0.28, BudgetUnit::kBytes}};
   int limit = 0;  ///< test examples per task (0: all)
   int threads = 0;
   std::function<void(const std::string&)> log;  ///< progress lines
 };
 
 struct BenchmarkPoint {
+  std::string series;                 ///< DemoPoint::series()
   MergeReport merge;                  ///< storage and reconstruction error
   std::vector<double> scores;         ///< per task, exact match 0..1
   std::vector<double> relative;       ///< per task, score / own adapter's score
@@ -58,7 +76,8 @@ struct BenchmarkResult {
   std::vector<BenchmarkPoint> points;
   std::string json() const;   ///< DESIGN §5 JSON (plus per-task scores)
   std::string table() const;  ///< Markdown: base and adapter scores, one row per point
-  /// Storage fraction vs mean relative task score, one line per method.
+  /// Bytes (fraction of a bf16 copy) vs mean relative task score, one line
+  /// per series (DemoPoint::series).
   std::string svg() const;
 };
 

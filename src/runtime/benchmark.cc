@@ -112,27 +112,34 @@ BenchmarkResult run_benchmark(const BenchmarkOptions& o) {
   std::vector<MergeReport> merged(o.points.size());
   std::vector<fs::path> bundles(o.points.size());
   for (size_t i = 0; i < o.points.size(); ++i) bundles[i] = tmp / fmt::format("bundle{}.safetensors", i);
+  std::vector<bool> done(o.points.size(), false);
   for (size_t i = 0; i < o.points.size(); ++i) {
-    if (!merged[i].method.empty()) continue;
+    if (done[i]) continue;
     std::vector<size_t> same;
     std::vector<double> budgets;
     std::vector<fs::path> paths;
     for (size_t j = i; j < o.points.size(); ++j) {
-      if (o.points[j].first != o.points[i].first) continue;
-      const double budget = o.points[j].second;
+      if (o.points[j].method != o.points[i].method || o.points[j].unit != o.points[i].unit) continue;
+      const double budget = o.points[j].budget;
       same.push_back(j);
-      budgets.push_back(budget > 0 ? budget : budget < 0 ? hydra_fraction : 1.0 / static_cast<double>(set.size()));
+      done[j] = true;
+      budgets.push_back(o.points[j].unit == BudgetUnit::kBytes || budget > 0 ? budget
+                        : budget < 0                                        ? hydra_fraction
+                                                                            : 1.0 / static_cast<double>(set.size()));
       paths.push_back(bundles[j]);
     }
     MergeOptions mo;
-    mo.method = o.points[i].first;
+    mo.method = o.points[i].method;
+    mo.unit = o.points[i].unit;
+    mo.dtype = DType::BF16;
     mo.threads = o.threads;
     auto reports = merge(set, mo, budgets, paths);
     for (size_t j = 0; j < same.size(); ++j) merged[same[j]] = std::move(reports[j]);
   }
   for (size_t pi = 0; pi < o.points.size(); ++pi) {
-    const std::string& method = o.points[pi].first;
+    const std::string method = o.points[pi].series();
     BenchmarkPoint p;
+    p.series = method;
     p.merge = std::move(merged[pi]);
     const fs::path& bundle = bundles[pi];
     auto deltas = bundle_deltas(bundle);
@@ -145,7 +152,8 @@ BenchmarkResult run_benchmark(const BenchmarkOptions& o) {
       p.min_relative = std::min(p.min_relative, p.relative.back());
     }
     p.mean_relative = sum / static_cast<double>(tasks.size());
-    log(fmt::format("{} at storage {:.3f}: mean relative score {:.3f}", method, p.merge.fraction, p.mean_relative));
+    log(fmt::format("{} at storage {:.3f} ({:.3f} of a bf16 copy's bytes): mean relative score {:.3f}", method,
+                    p.merge.fraction, p.merge.bf16_fraction, p.mean_relative));
     r.points.push_back(std::move(p));
   }
   return r;
@@ -164,7 +172,10 @@ std::string BenchmarkResult::json() const {
   j["points"] = nlohmann::ordered_json::array();
   for (auto& p : points) {
     j["points"].push_back({{"method", p.merge.method},
+                           {"series", p.series},
                            {"storage_fraction", p.merge.fraction},
+                           {"bf16_byte_fraction", p.merge.bf16_fraction},
+                           {"bytes", p.merge.bytes},
                            {"mean_relative_score", p.mean_relative},
                            {"min_relative_score", p.min_relative},
                            {"mean_score", mean(p.scores)},
@@ -187,11 +198,12 @@ std::string BenchmarkResult::table() const {
   }
   std::string s = fmt::format("base model: mean exact match {:.1f}%; own adapters: {:.1f}% ({} of {} beat the base)\n\n",
                               100 * base_mean, 100 * ind_mean, tasks.size() - worse, tasks.size());
-  s += "| method | storage % | mean relative task score | worst task's relative score | mean rel. error |\n";
-  s += "|---|---:|---:|---:|---:|\n";
+  s += "| method | params % | bytes % of a bf16 copy | mean relative task score | worst task's relative score | "
+       "mean rel. error |\n";
+  s += "|---|---:|---:|---:|---:|---:|\n";
   for (auto& p : points) {
-    s += fmt::format("| {} | {:.1f} | {:.3f} | {:.3f} | {:.3f} |\n", p.merge.method, 100 * p.merge.fraction,
-                     p.mean_relative, p.min_relative, p.merge.mean_rel_error);
+    s += fmt::format("| {} | {:.1f} | {:.1f} | {:.3f} | {:.3f} | {:.3f} |\n", p.series, 100 * p.merge.fraction,
+                     100 * p.merge.bf16_fraction, p.mean_relative, p.min_relative, p.merge.mean_rel_error);
   }
   return s;
 }
@@ -199,13 +211,15 @@ std::string BenchmarkResult::table() const {
 std::string BenchmarkResult::svg() const {
   std::vector<PlotSeries> series;
   for (const auto& p : points) {
-    auto it = std::find_if(series.begin(), series.end(), [&](const PlotSeries& s) { return s.name == p.merge.method; });
-    if (it == series.end()) it = series.insert(series.end(), PlotSeries{p.merge.method, {}});
-    it->points.emplace_back(p.merge.fraction, p.mean_relative);
+    auto it = std::find_if(series.begin(), series.end(), [&](const PlotSeries& s) { return s.name == p.series; });
+    if (it == series.end()) it = series.insert(series.end(), PlotSeries{p.series, {}});
+    it->points.emplace_back(p.merge.bf16_fraction, p.mean_relative);
   }
   for (auto& s : series) std::stable_sort(s.points.begin(), s.points.end());
-  return line_plot_svg(series, {fmt::format("Task quality kept by each method ({} tasks)", tasks.size()),
-                                "mean relative task score", "relative score"});
+  PlotLabels labels{fmt::format("Task quality kept by each method ({} tasks)", tasks.size()), "mean relative task score",
+                    "relative score"};
+  labels.x_axis = "storage (bytes as a fraction of a bf16 copy of the adapters)";
+  return line_plot_svg(series, labels);
 }
 
 void write_benchmark(const fs::path& dir, const BenchmarkResult& result) {

@@ -131,6 +131,21 @@ def test_merge_writes_the_same_bundle_as_the_cli(tmp_path):
     assert reread.report is None and reread.tasks == TASKS
 
 
+def test_byte_budgets_store_integers_and_match_the_cli(tmp_path):
+    b = hydraopt.merge(paths(), budget=0.2, unit="bytes", output=tmp_path / "py.safetensors")
+    s = b.report["storage"]
+    assert b.report["budget_unit"] == "bf16_bytes"
+    assert s["bytes"] <= 0.2 * 2 * s["original_params"] and s["bf16_fraction"] > 0.15
+    assert any("precision" in m for m in b.plan)
+    cli("merge", *paths(), "--budget-bf16", "0.2", "-o", tmp_path / "cli.safetensors")
+    assert (tmp_path / "py.safetensors").read_bytes() == (tmp_path / "cli.safetensors").read_bytes()
+    swept = hydraopt.sweep(paths(), methods=["quant"], budgets=[0.2, 0.3], unit="bytes")
+    assert [r["budget"] for r in swept] == [0.2, 0.3]
+    assert all(r["storage"]["bf16_fraction"] <= r["budget"] for r in swept)
+    with pytest.raises(hydraopt.Error, match="unit must be"):
+        hydraopt.merge(paths(), budget=0.2, unit="kilobytes")
+
+
 def test_method_parameters_and_dtype(tmp_path):
     b = hydraopt.merge(paths(), method="ties", params={"density": 0.3}, dtype="bf16")
     assert b.report["method"] == "ties" and b.dtype == "BF16"
