@@ -21,6 +21,9 @@
 #   --budgets "B..." the planner's budgets: fractions, 1/N or hydra (the
 #                    hydra point's storage fraction, see 5)
 #                    [BENCH_BUDGETS, default "1/N 0.25 hydra 0.75"]
+#   --byte-budgets "F..."  byte budgets, fractions of a bf16 copy (merge
+#                    --budget-bf16 F: the planner chooses structure x
+#                    precision) [BENCH_BYTE_BUDGETS, default "0.125 0.2"]
 #   --keep           keep the written bundles (deleted after each command by
 #                    default: llama-7b bundles are ~1.5 GB each) [BENCH_KEEP=1]
 #   HYDRAOPT=path    the CLI (default build/hydraopt); PYTHON (default /usr/bin/python3)
@@ -38,7 +41,8 @@
 #   4. `hydraopt merge --method hydra` (the hydra point, closed form).
 #   5. `hydraopt merge --budget B` (the planner) for each B of --budgets: 1/N
 #      is one adapter's storage, hydra the hydra point's storage fraction,
-#      computed from the shapes: sum_m (r in + N r out) / sum_m (N r (in + out)).
+#      computed from the shapes: sum_m (r in + N r out) / sum_m (N r (in + out));
+#      then `hydraopt merge --budget-bf16 F` for each F of --byte-budgets.
 #   6. the PyTorch peer bench/peers/hydra_torch.py (the same hydra point).
 # Merges and the peer write their result (-o / --out), so writing is timed.
 # Then a Markdown table (preset, command, wall s, CPU s, peak RSS MiB, input
@@ -55,6 +59,7 @@ THREADS=${BENCH_THREADS:-2}
 KEEP=${BENCH_KEEP:-0}
 NO_PLANNER=${BENCH_NO_PLANNER:-0}
 PLANNER_BUDGETS=${BENCH_BUDGETS:-"1/N 0.25 hydra 0.75"}
+BYTE_BUDGETS=${BENCH_BYTE_BUDGETS:-"0.125 0.2"}
 HYDRAOPT=${HYDRAOPT:-$ROOT/build/hydraopt}
 PY=${PYTHON:-/usr/bin/python3}
 PEER=$ROOT/bench/peers/hydra_torch.py
@@ -72,6 +77,7 @@ while [[ $# -gt 0 ]]; do
     --keep) KEEP=1; shift ;;
     --no-planner) NO_PLANNER=1; shift ;;
     --budgets) PLANNER_BUDGETS=$2; shift 2 ;;
+    --byte-budgets) BYTE_BUDGETS=$2; shift 2 ;;
     -h|--help) usage 0 ;;
     llama-1b|llama-1b-shared|llama-7b|small|tiny) PRESETS+=("$1"); shift ;;
     *) echo "e2e.sh: unknown argument '$1'" >&2; usage 2 ;;
@@ -176,6 +182,12 @@ for p in "${PRESETS[@]}"; do
           "$HYDRAOPT" merge "${adapters[@]}" --budget "$value" --threads "$THREADS" -o "$o/budget-$name.safetensors" \
           --report "$o/budget-$name.json"
       drop "$o/budget-$name.safetensors"
+    done
+    for f in $BYTE_BUDGETS; do
+      run "$p" "hydraopt merge --budget-bf16 $f" "$o/bytes-$f.json" "$o/bytes-$f.log" \
+          "$HYDRAOPT" merge "${adapters[@]}" --budget-bf16 "$f" --threads "$THREADS" -o "$o/bytes-$f.safetensors" \
+          --report "$o/bytes-$f.json"
+      drop "$o/bytes-$f.safetensors"
     done
   fi
   run "$p" "peer hydra_torch.py (hydra point)" "$o/peer.json" "$o/peer.json" \

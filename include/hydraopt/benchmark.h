@@ -52,11 +52,14 @@ struct BenchmarkOptions {
       {"hydraopt", 0.0},   {"hydraopt", 0.25},  {"hydraopt", -1.0}, {"hydraopt", 0.75}, {"jd-full", -1.0},
       {"hydra-avg", 1.0},  {"ta", 1.0},         {"ties", 1.0},      {"dare-ties", 1.0}, {"linear", 1.0},
       {"knots-ties", 1.0},
-      {"hydraopt", 0.10, BudgetUnit::kBytes},   {"hydraopt", 0.125, BudgetUnit::kBytes},
-      {"hydraopt", 0.135, BudgetUnit::kBytes},  {"hydraopt", 0.16, BudgetUnit::kBytes},
-      {"hydraopt", 0.20, BudgetUnit::kBytes},   {"hydraopt", 0.28, BudgetUnit::kBytes},
-      {"quant", 0.135, BudgetUnit::kBytes},     {"quant", 0.16, BudgetUnit::kBytes},
-      {"quant", 0.20, BudgetUnit::kBytes},      {"quant", 0.28, BudgetUnit::kBytes}};
+      // Byte budgets where the quantization baseline's formats land (int2
+      // groups of 128, int2 groups of 32, int3 groups of 128, int4 groups of
+      // 64: 2.125 to 4.25 bits), each method at the same ones, and 12.5%.
+      {"hydraopt", 0.125, BudgetUnit::kBytes},  {"hydraopt", 0.133, BudgetUnit::kBytes},
+      {"hydraopt", 0.157, BudgetUnit::kBytes},  {"hydraopt", 0.196, BudgetUnit::kBytes},
+      {"hydraopt", 0.266, BudgetUnit::kBytes},
+      {"quant", 0.133, BudgetUnit::kBytes},     {"quant", 0.157, BudgetUnit::kBytes},
+      {"quant", 0.196, BudgetUnit::kBytes},     {"quant", 0.266, BudgetUnit::kBytes}};
   int limit = 0;  ///< test examples per task (0: all)
   int threads = 0;
   std::function<void(const std::string&)> log;  ///< progress lines
