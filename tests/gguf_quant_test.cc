@@ -353,5 +353,67 @@ TEST(GgufLoraExport, FloatBundlesKeepFloatTypes) {
   }
 }
 
+// Through the CLI, on a bundle the planner stored with integer bodies:
+// every lora_a whose body has a block type and rows of whole blocks is
+// written in it and decodes to the bundle's stored values bit for bit;
+// --float-tensors writes the same values as F32.
+TEST(GgufLoraExport, CliWritesPlannedIntegerBodiesAsBlocks) {
+  test::TempDir d;
+  const std::string dir = d.path().string();
+  ASSERT_EQ(test::run(test::cli() + " synth " + dir + "/a --preset tiny --tasks 3"), 0);
+  std::string out;
+  ASSERT_EQ(test::run(test::cli() + " merge " + dir + "/a/task00 " + dir + "/a/task01 " + dir +
+                          "/a/task02 --budget-bf16 0.2 -o " + dir + "/b.safetensors",
+                      &out),
+            0)
+      << out;
+  fs::create_directories(d / "base");  // the synth tiny preset's shapes
+  test::write_text(d / "base" / "config.json",
+                   R"({"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                       "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 260})");
+  const std::string args = dir + "/b.safetensors --all --format gguf --base-model " + dir + "/base -o ";
+  ASSERT_EQ(test::run(test::cli() + " export " + args + dir + "/q --list-tensors", &out), 0) << out;
+  const io::Bundle b = io::bundle_read(d / "b.safetensors");
+  // One line per tensor, after "wrote", the title and the column heads.
+  EXPECT_EQ(static_cast<size_t>(std::count(out.begin(), out.end(), '\n')), 3 + b.tasks.size() * b.modules.size() * 2)
+      << out;
+  std::string floats;
+  ASSERT_EQ(test::run(test::cli() + " export " + args + dir + "/f --float-tensors", &floats), 0) << floats;
+  EXPECT_NE(floats.find("block types turned off"), std::string::npos) << floats;
+
+  int blocks = 0;
+  for (size_t task = 0; task < b.tasks.size(); ++task) {
+    const test::Parsed q = test::Parsed::read(d / "q" / (b.tasks[task].name + ".gguf"));
+    const test::Parsed f = test::Parsed::read(d / "f" / (b.tasks[task].name + ".gguf"));
+    for (const auto& m : b.modules) {
+      const std::string layer = m.name.substr(13, m.name.find('.', 13) - 13);  // model.layers.N.
+      const std::string proj = m.name.substr(m.name.rfind('.') + 1);
+      const std::map<std::string, std::string> gguf = {
+          {"q_proj", "attn_q"}, {"k_proj", "attn_k"}, {"v_proj", "attn_v"}, {"o_proj", "attn_output"}};
+      const std::string a = "blk." + layer + "." + gguf.at(proj) + ".weight.lora_a";
+      const MatrixXd& body = m.fit.right(task);
+      const auto& stored = m.precision.bodies;
+      const bool expect_block = stored && !(stored->bits == 8 && !stored->symmetric) && body.cols() >= body.rows() &&
+                                body.cols() % 32 == 0;
+      EXPECT_EQ(q.tensors.at(a).type != 0, expect_block) << a << " " << (stored ? stored->name() : "float");
+      EXPECT_EQ(f.tensors.at(a).type, 0u) << a;
+      if (expect_block) {
+        ++blocks;
+        EXPECT_EQ(q.values(a), body) << a;  // bit for bit
+      }
+      EXPECT_EQ(f.values(a), body.cast<float>().cast<double>()) << a;
+      const std::string bt = a.substr(0, a.size() - 1) + "b";
+      EXPECT_EQ(q.values(bt), f.values(bt)) << bt;
+    }
+  }
+  ASSERT_GT(blocks, 0) << "the planner stored no body in a format with a block type at --budget-bf16 0.2";
+
+  EXPECT_EQ(test::run(test::cli() + " export " + dir + "/b.safetensors --task task00 --float-tensors -o " + dir +
+                          "/p",
+                      &out),
+            1);
+  EXPECT_NE(out.find("only used with --format gguf"), std::string::npos) << out;
+}
+
 }  // namespace
 }  // namespace hydraopt

@@ -220,9 +220,12 @@ int main(int argc, char** argv) {
   exp->add_option("--format", export_format, "peft (directories) or gguf (llama.cpp LoRA files)")
       ->capture_default_str();
   exp->add_option("--base-model", base_model, "gguf: the base model directory (its config.json)");
-  bool list_tensors = false;
+  bool list_tensors = false, float_tensors = false;
   exp->add_flag("--list-tensors", list_tensors,
                 "gguf: list every tensor's ggml type (default: a summary table)");
+  exp->add_flag("--float-tensors", float_tensors,
+                "gguf: write integer-stored factors in the float dtype too, not llama.cpp's Q8_0/Q4_0/Q4_1 "
+                "(ggml rounds activations to 8 bits against those)");
 
   auto* export_model = app.add_subcommand("export-model", "write a LLaMA model directory as a llama.cpp GGUF model");
   std::string model_dir, model_out;
@@ -353,10 +356,12 @@ int main(int argc, char** argv) {
                                 "the architecture and head counts llama.cpp's tensors depend on");
         }
         gguf_choices =
-            hydraopt::Bundle::open(bundle_in).export_gguf(all ? "" : task, base_model, export_dir, parse_dtype(dtype));
+            hydraopt::Bundle::open(bundle_in).export_gguf(all ? "" : task, base_model, export_dir, parse_dtype(dtype),
+                                                          !float_tensors);
       } else if (export_format == "peft") {
         if (!base_model.empty()) throw hydraopt::Error("--base-model is only used with --format gguf");
-        if (list_tensors) throw hydraopt::Error("--list-tensors is only used with --format gguf");
+        if (list_tensors || float_tensors)
+          throw hydraopt::Error("--list-tensors and --float-tensors are only used with --format gguf");
         hydraopt::Bundle::open(bundle_in).export_peft(all ? "" : task, export_dir, parse_dtype(dtype));
       } else {
         throw hydraopt::Error("--format must be peft or gguf, not '" + export_format + "'");

@@ -85,10 +85,13 @@ LlamaConfig gguf_base_config(const fs::path& path) {
 }
 
 GgufTensor gguf_lora_tensor(std::string name, const MatrixXd& m, const std::optional<QuantFormat>& stored,
-                            DType dtype, const std::string& folded, GgufTensorChoice* choice) {
+                            DType dtype, const std::string& folded, GgufTensorChoice* choice,
+                            bool block_types) {
   choice->stored = stored ? stored->name() : "float";
   choice->reason.clear();
-  if (stored) {
+  if (stored && !block_types) {
+    choice->reason = "block types turned off";
+  } else if (stored) {
     const std::optional<GgmlType> type = ggml_block_type(*stored);
     std::string& why = choice->reason;
     if (!type) {
@@ -118,7 +121,8 @@ GgufTensor gguf_lora_tensor(std::string name, const MatrixXd& m, const std::opti
 }
 
 std::vector<GgufTensorChoice> export_gguf_lora(const Bundle& b, size_t task, const LlamaConfig& base,
-                                               const fs::path& file, DType dtype, const std::string& label) {
+                                               const fs::path& file, DType dtype, const std::string& label,
+                                               bool block_types) {
   ggml_float_type(dtype);
   if (b.fan_in_fan_out)
     throw Error(label, "", "fan_in_fan_out (Conv1D) adapters have no llama.cpp LLaMA form");
@@ -167,7 +171,7 @@ std::vector<GgufTensorChoice> export_gguf_lora(const Bundle& b, size_t task, con
   auto add = [&](std::string name, const MatrixXd& m, const std::optional<QuantFormat>& stored,
                  const std::string& folded) {
     GgufTensorChoice c{t.name, name, "", "", ""};
-    tensors.push_back(gguf_lora_tensor(std::move(name), m, stored, dtype, folded, &c));
+    tensors.push_back(gguf_lora_tensor(std::move(name), m, stored, dtype, folded, &c, block_types));
     choices.push_back(std::move(c));
   };
   for (auto& p : pairs) {
@@ -193,7 +197,7 @@ std::vector<GgufTensorChoice> export_gguf_lora(const Bundle& b, size_t task, con
 }
 
 std::vector<GgufTensorChoice> export_gguf_lora_all(const Bundle& b, const LlamaConfig& base, const fs::path& dir,
-                                                   DType dtype, const std::string& label) {
+                                                   DType dtype, const std::string& label, bool block_types) {
   AtomicDir out(dir);
   for (auto& t : b.tasks) {
     check_task_name(t.name, label);
@@ -202,7 +206,7 @@ std::vector<GgufTensorChoice> export_gguf_lora_all(const Bundle& b, const LlamaC
   }
   std::vector<GgufTensorChoice> choices;
   for (size_t i = 0; i < b.tasks.size(); ++i) {
-    auto c = export_gguf_lora(b, i, base, out.path() / (b.tasks[i].name + ".gguf"), dtype, label);
+    auto c = export_gguf_lora(b, i, base, out.path() / (b.tasks[i].name + ".gguf"), dtype, label, block_types);
     choices.insert(choices.end(), c.begin(), c.end());
   }
   out.commit();
@@ -343,13 +347,14 @@ void prepare_file_target(const fs::path& out) {
 
 std::vector<GgufTensorChoice> io::export_bundle_gguf(const io::Bundle& b, const std::string& label,
                                                      const std::string& task, const fs::path& base_model,
-                                                     const fs::path& out, std::optional<DType> dtype) {
+                                                     const fs::path& out, std::optional<DType> dtype,
+                                                     bool block_types) {
   const LlamaConfig base = io::gguf_base_config(base_model);
   const DType dt = dtype.value_or(b.dtype);
-  if (task.empty()) return io::export_gguf_lora_all(b, base, out, dt, label);
+  if (task.empty()) return io::export_gguf_lora_all(b, base, out, dt, label, block_types);
   const size_t i = io::task_index(b, task, label);
   prepare_file_target(out);
-  return io::export_gguf_lora(b, i, base, out, dt, label);
+  return io::export_gguf_lora(b, i, base, out, dt, label, block_types);
 }
 
 void export_model_gguf(const fs::path& model_dir, const fs::path& out, std::optional<DType> dtype) {

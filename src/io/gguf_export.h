@@ -39,7 +39,13 @@
 //   with LoRA ranks below out that never holds, so lora_b is float. Every
 //   other case (int8 asymmetric, rows not a multiple of 32, ...) is
 //   written in the float dtype; export_gguf_lora reports the choice and
-//   the reason per tensor.
+//   the reason per tensor. Exact values are not exact arithmetic:
+//   against a block type, ggml's CPU matrix product rounds the activations
+//   to 8-bit blocks first (vec_dot_type Q8_0 for Q8_0 and Q4_0, Q8_1 for
+//   Q4_1, in ggml-cpu.c's type traits), which moved the tiny model's
+//   logits by up to 1.2e-3 of their scale (F32 LoRA tensors: 2e-6);
+//   block_types = false (CLI --float-tensors) writes every tensor in the
+//   float dtype.
 //
 //   Row order: llama.cpp's LLaMA graph rotates adjacent pairs of each
 //   head's query/key features, Hugging Face checkpoints rotate the two
@@ -94,17 +100,19 @@ LlamaConfig gguf_base_config(const std::filesystem::path& path);
 /// stored in `stored` (nullopt: floats): a block type if `m` is exactly
 /// `stored`'s values with its groups along m's rows, else `m` in `dtype`.
 /// `folded` says what was multiplied into the stored factor to give m
-/// ("" if nothing): it only words the reason. Fills `choice` (type,
-/// stored, reason; not task or tensor).
+/// ("" if nothing): it only words the reason. `block_types` false: always
+/// `dtype`. Fills `choice` (type, stored, reason; not task or tensor).
 GgufTensor gguf_lora_tensor(std::string name, const Eigen::MatrixXd& m,
                             const std::optional<QuantFormat>& stored, DType dtype,
-                            const std::string& folded, GgufTensorChoice* choice);
+                            const std::string& folded, GgufTensorChoice* choice,
+                            bool block_types = true);
 
 /// Task `task` of `b` as a llama.cpp LoRA adapter file; returns how each
-/// tensor was written.
+/// tensor was written. `block_types` false: every tensor in `dtype`.
 std::vector<GgufTensorChoice> export_gguf_lora(const Bundle& b, size_t task, const LlamaConfig& base,
                                                const std::filesystem::path& file, DType dtype,
-                                               const std::string& label = "bundle");
+                                               const std::string& label = "bundle",
+                                               bool block_types = true);
 
 /// Task `task` of `b` (every task, as out/<task>.gguf, when empty) as
 /// llama.cpp LoRA files; `label` names the bundle in errors. What
@@ -113,12 +121,13 @@ std::vector<GgufTensorChoice> export_bundle_gguf(const Bundle& b, const std::str
                                                  const std::string& task,
                                                  const std::filesystem::path& base_model,
                                                  const std::filesystem::path& out,
-                                                 std::optional<DType> dtype);
+                                                 std::optional<DType> dtype, bool block_types = true);
 
 /// Every task as `dir`/<task>.gguf; the directory appears complete or not at all.
 std::vector<GgufTensorChoice> export_gguf_lora_all(const Bundle& b, const LlamaConfig& base,
                                                    const std::filesystem::path& dir, DType dtype,
-                                                   const std::string& label = "bundle");
+                                                   const std::string& label = "bundle",
+                                                   bool block_types = true);
 
 /// The base model directory as a GGUF model file.
 void export_gguf_model(const std::filesystem::path& model_dir, const std::filesystem::path& file,
