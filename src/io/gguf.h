@@ -34,7 +34,9 @@
 //   1  F16   one f16 per element
 //   30 BF16  one bf16 per element
 //   8  Q8_0  blocks of 32 elements, 34 bytes: f16 d, then 32 int8 q;
-//            x = d q
+//            x = d q (our symmetric int8 uses q = -128; ggml's own
+//            quantizer stops at -127, its CPU dot products take any int8,
+//            as tests/llama_cpp/run.sh shows)
 //   2  Q4_0  blocks of 32, 18 bytes: f16 d, then 16 bytes whose low
 //            nibbles are elements 0-15 and high nibbles elements 16-31;
 //            x = d (nibble - 8)
@@ -124,8 +126,8 @@ GgmlType ggml_float_type(DType dtype);
 /// groups cut into blocks of 32: Q8_0 for int8 symmetric (q in -128..127
 /// is an int8), Q4_0 for int4, int3 and int2 symmetric (q + 8 in 0..15),
 /// Q4_1 for int4, int3 and int2 asymmetric (m = our minimum, q in 0..15);
-/// none for int8 asymmetric (Q8_0 has no minimum, Q8_1 is not a storage
-/// type).
+/// none for int8 asymmetric (no 8-bit ggml type has a minimum: Q8_0 and
+/// Q8_1 are x = d q).
 std::optional<GgmlType> ggml_block_type(const QuantFormat& f);
 
 /// `q` (rows x cols) as a GGUF tensor ne = {cols, rows} of
