@@ -30,8 +30,9 @@ MatrixXd decode(const io::GgufTensor& t) {
   EXPECT_EQ(static_cast<int64_t>(t.bytes.size()), rows * row_bytes);
   MatrixXd m(rows, cols);
   for (int64_t r = 0; r < rows; ++r) {
-    const auto y = test::ggml_test_dequantize_row(static_cast<uint32_t>(t.type),
-                                                  reinterpret_cast<const char*>(t.bytes.data()) + r * row_bytes, cols);
+    const auto y = test::ggml_test_dequantize_row(
+        static_cast<uint32_t>(t.type),
+        reinterpret_cast<const char*>(t.bytes.data()) + r * row_bytes, cols);
     for (int64_t c = 0; c < cols; ++c) m(r, c) = y[static_cast<size_t>(c)];
   }
   return m;
@@ -104,7 +105,10 @@ TEST(GgufBlocks, EveryFormatWithABlockTypeIsCarriedBitExactly) {
       continue;
     }
     ASSERT_TRUE(type) << f.name();
-    EXPECT_EQ(*type, f.bits == 8 ? GgmlType::Q8_0 : f.symmetric ? GgmlType::Q4_0 : GgmlType::Q4_1) << f.name();
+    EXPECT_EQ(*type, f.bits == 8   ? GgmlType::Q8_0
+                     : f.symmetric ? GgmlType::Q4_0
+                                   : GgmlType::Q4_1)
+        << f.name();
     for (auto [rows, cols] : shapes) {
       MatrixXd m = test::random_matrix(rows, cols, 7 + rows * cols + f.bits);
       m.col(0) *= 40;  // one large value per row: other groups keep small scales
@@ -113,7 +117,8 @@ TEST(GgufBlocks, EveryFormatWithABlockTypeIsCarriedBitExactly) {
       const io::GgufTensor t = io::gguf_block_tensor("t", q);
       EXPECT_EQ(t.type, *type);
       EXPECT_EQ(t.ne, (std::vector<int64_t>{cols, rows}));
-      EXPECT_EQ(static_cast<int64_t>(t.bytes.size()), rows * cols / 32 * io::ggml_block_bytes(*type));
+      EXPECT_EQ(static_cast<int64_t>(t.bytes.size()),
+                rows * cols / 32 * io::ggml_block_bytes(*type));
       const MatrixXd stored = dequantize(q);
       EXPECT_EQ(decode(t), stored) << f.name() << " " << rows << " x " << cols;
       // The codes use exactly the levels of the format: q + 8 for
@@ -133,11 +138,12 @@ TEST(GgufBlocks, EveryFormatWithABlockTypeIsCarriedBitExactly) {
       }
       const int half = 1 << (f.bits - 1);
       const auto [lo, hi] = *type == GgmlType::Q8_0 ? std::pair{-128, 127}
-                            : f.symmetric          ? std::pair{8 - half, 8 + half - 1}
-                                                   : std::pair{0, 2 * half - 1};
+                            : f.symmetric           ? std::pair{8 - half, 8 + half - 1}
+                                                    : std::pair{0, 2 * half - 1};
       EXPECT_GE(*levels.begin(), lo) << f.name();
       EXPECT_LE(*levels.rbegin(), hi) << f.name();
-      if (*type == GgmlType::Q8_0) EXPECT_EQ(*levels.begin(), -128) << f.name();  // each group's largest value
+      if (*type == GgmlType::Q8_0)
+        EXPECT_EQ(*levels.begin(), -128) << f.name();  // each group's largest value
       ++checked;
     }
   }
@@ -147,8 +153,10 @@ TEST(GgufBlocks, EveryFormatWithABlockTypeIsCarriedBitExactly) {
 TEST(GgufBlocks, LayoutsThatDoNotCutIntoRowBlocksAreRefused) {
   const QuantFormat int4{4, 32, true};
   // Groups down the columns (rows > cols), rows of 48, int8 asymmetric.
-  EXPECT_THROW(io::gguf_block_tensor("t", quantize(test::random_matrix(64, 8, 1), int4)), std::logic_error);
-  EXPECT_THROW(io::gguf_block_tensor("t", quantize(test::random_matrix(2, 48, 2), int4)), std::logic_error);
+  EXPECT_THROW(io::gguf_block_tensor("t", quantize(test::random_matrix(64, 8, 1), int4)),
+               std::logic_error);
+  EXPECT_THROW(io::gguf_block_tensor("t", quantize(test::random_matrix(2, 48, 2), int4)),
+               std::logic_error);
   EXPECT_THROW(io::gguf_block_tensor("t", quantize(test::random_matrix(2, 64, 3), {8, 32, false})),
                std::logic_error);
   // The container refuses a block tensor whose rows are not whole blocks,
@@ -157,9 +165,11 @@ TEST(GgufBlocks, LayoutsThatDoNotCutIntoRowBlocksAreRefused) {
   io::GgufTensor odd = t;
   odd.ne = {48, 2};
   odd.bytes.resize(3 * 18);
-  EXPECT_NE(test::error_of([&] { io::gguf_serialize({}, {odd}); }).find("not whole blocks of 32"), std::string::npos);
+  EXPECT_NE(test::error_of([&] { io::gguf_serialize({}, {odd}); }).find("not whole blocks of 32"),
+            std::string::npos);
   t.bytes.pop_back();
-  EXPECT_NE(test::error_of([&] { io::gguf_serialize({}, {t}); }).find("byte count"), std::string::npos);
+  EXPECT_NE(test::error_of([&] { io::gguf_serialize({}, {t}); }).find("byte count"),
+            std::string::npos);
 }
 
 // gguf_lora_tensor's choice, and the values it writes.
@@ -207,11 +217,14 @@ TEST(GgufLoraTensor, BlockTypeOnlyWhereTheValuesAreExactlyTheStoredFormat) {
     std::string reason;
   };
   const std::vector<Case> cases = {
-      {round_to_format(test::random_matrix(4, 64, 14), {8, 32, false}), {8, 32, false},
+      {round_to_format(test::random_matrix(4, 64, 14), {8, 32, false}),
+       {8, 32, false},
        "int8-g32-asym has no exact ggml type (Q8_0 has no minimum)"},
-      {round_to_format(test::random_matrix(64, 4, 15), {4, 32, true}), {4, 32, true},
-       "rows shorter than columns: its groups run down the columns, ggml's blocks along the rows"},
-      {round_to_format(test::random_matrix(4, 80, 16), {3, 32, true}), {3, 32, true},
+      {round_to_format(test::random_matrix(64, 4, 15), {4, 32, true}),
+       {4, 32, true},
+       "its groups run down the columns; ggml's blocks run along the rows"},
+      {round_to_format(test::random_matrix(4, 80, 16), {3, 32, true}),
+       {3, 32, true},
        "its rows of 80 are not whole ggml blocks of 32"},
       {test::random_matrix(4, 64, 17), {4, 32, true}, "its values are not int4-g32-sym's"},
   };
@@ -254,7 +267,8 @@ io::Bundle quantized_bundle() {
     const MatrixXd m = test::random_matrix(r, c, seed++);
     return f ? round_to_format(m, *f) : m;
   };
-  auto module = [&](std::string name, int64_t out, int64_t in, int64_t k, Precision p, std::vector<double> scale) {
+  auto module = [&](std::string name, int64_t out, int64_t in, int64_t k, Precision p,
+                    std::vector<double> scale) {
     io::BundleModule m;
     m.name = std::move(name);
     m.out = out;
@@ -268,13 +282,14 @@ io::Bundle quantized_bundle() {
     m.fit.scale = std::move(scale);
     b.modules.push_back(std::move(m));
   };
-  module("model.layers.0.self_attn.q_proj", 64, 64, 4, {QuantFormat{4, 32, true}, QuantFormat{3, 32, false}, {}},
+  module("model.layers.0.self_attn.q_proj", 64, 64, 4,
+         {QuantFormat{4, 32, true}, QuantFormat{3, 32, false}, {}}, {2.0, 0.5});
+  module("model.layers.0.self_attn.k_proj", 32, 64, 4, {QuantFormat{2, 64, false}, {}, {}},
          {2.0, 0.5});
-  module("model.layers.0.self_attn.k_proj", 32, 64, 4, {QuantFormat{2, 64, false}, {}, {}}, {2.0, 0.5});
   // alpha = the most common rank, 4: v's fold is 32 / 4 = 8, so task 0's
   // scale 1/8 leaves its head as stored.
-  module("model.layers.0.self_attn.v_proj", 32, 64, 32, {QuantFormat{8, 32, false}, QuantFormat{8, 32, true}, {}},
-         {0.125, 0.125});
+  module("model.layers.0.self_attn.v_proj", 32, 64, 32,
+         {QuantFormat{8, 32, false}, QuantFormat{8, 32, true}, {}}, {0.125, 0.125});
   b.modules.back().fit.cores = {test::random_matrix(32, 32, seed++)};
   b.modules.back().fit.core_of = {-1, 0};
   module("model.layers.0.mlp.down_proj", 64, 80, 4, {QuantFormat{8, 32, true}, {}, {}}, {2.0, 0.5});
@@ -309,10 +324,11 @@ TEST(GgufLoraExport, IntegerFactorsInBlockTypesAndTheUpdateUnchanged) {
     EXPECT_EQ(by_name.at("t0/" + e.tensor).stored, e.stored) << e.tensor;
   }
   EXPECT_EQ(by_name.at("t0/blk.0.attn_q.weight.lora_b").reason,
-            "rows shorter than columns: its groups run down the columns, ggml's blocks along the rows");
+            "its groups run down the columns; ggml's blocks run along the rows");
   EXPECT_EQ(by_name.at("t1/blk.0.attn_v.weight.lora_b").reason,
             "its values are not int8-g32-sym's once the task's core is multiplied in");
-  EXPECT_EQ(by_name.at("t0/blk.0.ffn_down.weight.lora_a").reason, "its rows of 80 are not whole ggml blocks of 32");
+  EXPECT_EQ(by_name.at("t0/blk.0.ffn_down.weight.lora_a").reason,
+            "its rows of 80 are not whole ggml blocks of 32");
 
   // What llama.cpp computes from the files, alpha / rank * B A with every
   // tensor decoded by ggml's formulas, against the bundle's update.
@@ -329,10 +345,12 @@ TEST(GgufLoraExport, IntegerFactorsInBlockTypesAndTheUpdateUnchanged) {
       const auto& fit = b.modules[m].fit;
       if (g.tensors.at(t + ".lora_a").type != 0) EXPECT_EQ(a, fit.right(task)) << t;
       MatrixXd dense = fit.left(task) * fit.right(task);
-      if (m < 2) dense = io::permute_rows(dense, io::llama_rope_row_order(m == 0 ? 2 : 1, 32));  // q, k
+      if (m < 2)
+        dense = io::permute_rows(dense, io::llama_rope_row_order(m == 0 ? 2 : 1, 32));  // q, k
       const MatrixXd effective = alpha / static_cast<double>(bb.cols()) * bb * a;
       EXPECT_LT((effective - dense).norm(), 1e-6 * dense.norm()) << t << " task " << task;
-      if (g.tensors.at(t + ".lora_b").type == 8) {  // both sides as stored: exact up to the sums' order
+      if (g.tensors.at(t + ".lora_b").type ==
+          8) {  // both sides as stored: exact up to the sums' order
         EXPECT_LT((effective - dense).norm(), 1e-13 * dense.norm()) << t;
       }
     }
@@ -368,17 +386,21 @@ TEST(GgufLoraExport, CliWritesPlannedIntegerBodiesAsBlocks) {
             0)
       << out;
   fs::create_directories(d / "base");  // the synth tiny preset's shapes
-  test::write_text(d / "base" / "config.json",
-                   R"({"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+  test::write_text(
+      d / "base" / "config.json",
+      R"({"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
                        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 260})");
-  const std::string args = dir + "/b.safetensors --all --format gguf --base-model " + dir + "/base -o ";
+  const std::string args =
+      dir + "/b.safetensors --all --format gguf --base-model " + dir + "/base -o ";
   ASSERT_EQ(test::run(test::cli() + " export " + args + dir + "/q --list-tensors", &out), 0) << out;
   const io::Bundle b = io::bundle_read(d / "b.safetensors");
   // One line per tensor, after "wrote", the title and the column heads.
-  EXPECT_EQ(static_cast<size_t>(std::count(out.begin(), out.end(), '\n')), 3 + b.tasks.size() * b.modules.size() * 2)
+  EXPECT_EQ(static_cast<size_t>(std::count(out.begin(), out.end(), '\n')),
+            3 + b.tasks.size() * b.modules.size() * 2)
       << out;
   std::string floats;
-  ASSERT_EQ(test::run(test::cli() + " export " + args + dir + "/f --float-tensors", &floats), 0) << floats;
+  ASSERT_EQ(test::run(test::cli() + " export " + args + dir + "/f --float-tensors", &floats), 0)
+      << floats;
   EXPECT_NE(floats.find("block types turned off"), std::string::npos) << floats;
 
   int blocks = 0;
@@ -388,14 +410,17 @@ TEST(GgufLoraExport, CliWritesPlannedIntegerBodiesAsBlocks) {
     for (const auto& m : b.modules) {
       const std::string layer = m.name.substr(13, m.name.find('.', 13) - 13);  // model.layers.N.
       const std::string proj = m.name.substr(m.name.rfind('.') + 1);
-      const std::map<std::string, std::string> gguf = {
-          {"q_proj", "attn_q"}, {"k_proj", "attn_k"}, {"v_proj", "attn_v"}, {"o_proj", "attn_output"}};
+      const std::map<std::string, std::string> gguf = {{"q_proj", "attn_q"},
+                                                       {"k_proj", "attn_k"},
+                                                       {"v_proj", "attn_v"},
+                                                       {"o_proj", "attn_output"}};
       const std::string a = "blk." + layer + "." + gguf.at(proj) + ".weight.lora_a";
       const MatrixXd& body = m.fit.right(task);
       const auto& stored = m.precision.bodies;
-      const bool expect_block = stored && !(stored->bits == 8 && !stored->symmetric) && body.cols() >= body.rows() &&
-                                body.cols() % 32 == 0;
-      EXPECT_EQ(q.tensors.at(a).type != 0, expect_block) << a << " " << (stored ? stored->name() : "float");
+      const bool expect_block = stored && !(stored->bits == 8 && !stored->symmetric) &&
+                                body.cols() >= body.rows() && body.cols() % 32 == 0;
+      EXPECT_EQ(q.tensors.at(a).type != 0, expect_block)
+          << a << " " << (stored ? stored->name() : "float");
       EXPECT_EQ(f.tensors.at(a).type, 0u) << a;
       if (expect_block) {
         ++blocks;
@@ -406,10 +431,11 @@ TEST(GgufLoraExport, CliWritesPlannedIntegerBodiesAsBlocks) {
       EXPECT_EQ(q.values(bt), f.values(bt)) << bt;
     }
   }
-  ASSERT_GT(blocks, 0) << "the planner stored no body in a format with a block type at --budget-bf16 0.2";
+  ASSERT_GT(blocks, 0)
+      << "the planner stored no body in a format with a block type at --budget-bf16 0.2";
 
-  EXPECT_EQ(test::run(test::cli() + " export " + dir + "/b.safetensors --task task00 --float-tensors -o " + dir +
-                          "/p",
+  EXPECT_EQ(test::run(test::cli() + " export " + dir +
+                          "/b.safetensors --task task00 --float-tensors -o " + dir + "/p",
                       &out),
             1);
   EXPECT_NE(out.find("only used with --format gguf"), std::string::npos) << out;

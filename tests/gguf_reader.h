@@ -25,17 +25,22 @@ namespace hydraopt::test {
 inline double f16_value(uint16_t h) {
   const int exponent = (h >> 10) & 31, mantissa = h & 1023;
   if (exponent == 31) return mantissa ? NAN : (h >> 15 ? -INFINITY : INFINITY);
-  const double v = exponent == 0 ? std::ldexp(mantissa, -24) : std::ldexp(1024 + mantissa, exponent - 25);
+  const double v =
+      exponent == 0 ? std::ldexp(mantissa, -24) : std::ldexp(1024 + mantissa, exponent - 25);
   return h >> 15 ? -v : v;
 }
 
 /// ggml's blocks of 32 (ggml-common.h): bytes per block by type id.
 inline int64_t ggml_test_block_bytes(uint32_t type) {
   switch (type) {
-    case 2: return 18;  // Q4_0: f16 d, 16 bytes of nibbles
-    case 3: return 20;  // Q4_1: f16 d, f16 m, 16 bytes of nibbles
-    case 8: return 34;  // Q8_0: f16 d, 32 int8
-    default: throw std::runtime_error("not a block type: " + std::to_string(type));
+    case 2:
+      return 18;  // Q4_0: f16 d, 16 bytes of nibbles
+    case 3:
+      return 20;  // Q4_1: f16 d, f16 m, 16 bytes of nibbles
+    case 8:
+      return 34;  // Q8_0: f16 d, 32 int8
+    default:
+      throw std::runtime_error("not a block type: " + std::to_string(type));
   }
 }
 
@@ -55,7 +60,8 @@ inline std::vector<double> ggml_test_dequantize_row(uint32_t type, const char* p
     }
     if (type == 3) std::memcpy(&mh, p + 2, 2);
     const unsigned char* qs = reinterpret_cast<const unsigned char*>(p + (type == 3 ? 4 : 2));
-    for (int j = 0; j < 16; ++j) {  // element j: low nibble of byte j; element j + 16: its high nibble
+    for (int j = 0; j < 16;
+         ++j) {  // element j: low nibble of byte j; element j + 16: its high nibble
       const int x0 = qs[j] & 0x0F, x1 = qs[j] >> 4;
       if (type == 2) {  // Q4_0: x = d * (nibble - 8)
         out[j] = d * (x0 - 8);
@@ -177,7 +183,8 @@ struct Parsed {
   // as a rows x cols matrix of the values llama.cpp reads from it.
   Eigen::MatrixXd values(const std::string& name) const {
     const T& t = tensors.at(name);
-    const int64_t cols = static_cast<int64_t>(t.ne[0]), rows = t.ne.size() > 1 ? static_cast<int64_t>(t.ne[1]) : 1;
+    const int64_t cols = static_cast<int64_t>(t.ne[0]),
+                  rows = t.ne.size() > 1 ? static_cast<int64_t>(t.ne[1]) : 1;
     Eigen::MatrixXd m(rows, cols);
     const char* d = bytes.data() + data_start + t.offset;
     for (int64_t r = 0; r < rows; ++r) {

@@ -7,10 +7,10 @@
 #include <cstring>
 #include <map>
 
+#include "gguf_reader.h"
 #include "hydraopt/error.h"
 #include "io/gguf.h"
 #include "io/gguf_export.h"
-#include "gguf_reader.h"
 #include "test_util.h"
 
 namespace hydraopt {

@@ -86,12 +86,18 @@ GgufKV gguf_kv_i32s(std::string key, const std::vector<int32_t>& v) {
 
 const char* ggml_type_name(GgmlType t) {
   switch (t) {
-    case GgmlType::F32: return "F32";
-    case GgmlType::F16: return "F16";
-    case GgmlType::Q4_0: return "Q4_0";
-    case GgmlType::Q4_1: return "Q4_1";
-    case GgmlType::Q8_0: return "Q8_0";
-    case GgmlType::BF16: return "BF16";
+    case GgmlType::F32:
+      return "F32";
+    case GgmlType::F16:
+      return "F16";
+    case GgmlType::Q4_0:
+      return "Q4_0";
+    case GgmlType::Q4_1:
+      return "Q4_1";
+    case GgmlType::Q8_0:
+      return "Q8_0";
+    case GgmlType::BF16:
+      return "BF16";
   }
   throw std::logic_error("unknown ggml type");
 }
@@ -102,12 +108,17 @@ int64_t ggml_block_elements(GgmlType t) {
 
 int64_t ggml_block_bytes(GgmlType t) {
   switch (t) {
-    case GgmlType::F32: return 4;
+    case GgmlType::F32:
+      return 4;
     case GgmlType::F16:
-    case GgmlType::BF16: return 2;
-    case GgmlType::Q4_0: return 2 + kGgmlBlock / 2;
-    case GgmlType::Q4_1: return 4 + kGgmlBlock / 2;
-    case GgmlType::Q8_0: return 2 + kGgmlBlock;
+    case GgmlType::BF16:
+      return 2;
+    case GgmlType::Q4_0:
+      return 2 + kGgmlBlock / 2;
+    case GgmlType::Q4_1:
+      return 4 + kGgmlBlock / 2;
+    case GgmlType::Q8_0:
+      return 2 + kGgmlBlock;
   }
   throw std::logic_error("unknown ggml type");
 }
@@ -138,8 +149,8 @@ GgufTensor gguf_block_tensor(std::string name, const QuantizedMatrix& q) {
   const QuantFormat& f = q.format;
   const std::optional<GgmlType> type = ggml_block_type(f);
   if (!type || q.cols < q.rows || q.cols % kGgmlBlock != 0 || f.group % kGgmlBlock != 0) {
-    throw std::logic_error("gguf_block_tensor: " + f.name() + " on " + std::to_string(q.rows) + " x " +
-                           std::to_string(q.cols) + " does not cut into ggml row blocks");
+    throw std::logic_error("gguf_block_tensor: " + f.name() + " on " + std::to_string(q.rows) +
+                           " x " + std::to_string(q.cols) + " does not cut into ggml row blocks");
   }
   // Row lines (cols >= rows): codes are in row-major order, each row's
   // groups at g = row * groups_per_row + col / group.

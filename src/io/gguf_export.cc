@@ -84,9 +84,9 @@ LlamaConfig gguf_base_config(const fs::path& path) {
   return c;
 }
 
-GgufTensor gguf_lora_tensor(std::string name, const MatrixXd& m, const std::optional<QuantFormat>& stored,
-                            DType dtype, const std::string& folded, GgufTensorChoice* choice,
-                            bool block_types) {
+GgufTensor gguf_lora_tensor(std::string name, const MatrixXd& m,
+                            const std::optional<QuantFormat>& stored, DType dtype,
+                            const std::string& folded, GgufTensorChoice* choice, bool block_types) {
   choice->stored = stored ? stored->name() : "float";
   choice->reason.clear();
   if (stored && !block_types) {
@@ -97,7 +97,7 @@ GgufTensor gguf_lora_tensor(std::string name, const MatrixXd& m, const std::opti
     if (!type) {
       why = stored->name() + " has no exact ggml type (Q8_0 has no minimum)";
     } else if (m.cols() < m.rows()) {
-      why = "rows shorter than columns: its groups run down the columns, ggml's blocks along the rows";
+      why = "its groups run down the columns; ggml's blocks run along the rows";
     } else if (m.cols() % 32 != 0) {
       why = fmt::format("its rows of {} are not whole ggml blocks of 32", m.cols());
     } else {
@@ -112,7 +112,8 @@ GgufTensor gguf_lora_tensor(std::string name, const MatrixXd& m, const std::opti
         choice->type = ggml_type_name(t.type);
         return t;
       }
-      why = "its values are not " + stored->name() + "'s" + (folded.empty() ? "" : " once " + folded);
+      why =
+          "its values are not " + stored->name() + "'s" + (folded.empty() ? "" : " once " + folded);
     }
   }
   GgufTensor t = gguf_tensor(std::move(name), m, dtype);
@@ -120,8 +121,9 @@ GgufTensor gguf_lora_tensor(std::string name, const MatrixXd& m, const std::opti
   return t;
 }
 
-std::vector<GgufTensorChoice> export_gguf_lora(const Bundle& b, size_t task, const LlamaConfig& base,
-                                               const fs::path& file, DType dtype, const std::string& label,
+std::vector<GgufTensorChoice> export_gguf_lora(const Bundle& b, size_t task,
+                                               const LlamaConfig& base, const fs::path& file,
+                                               DType dtype, const std::string& label,
                                                bool block_types) {
   ggml_float_type(dtype);
   if (b.fan_in_fan_out)
@@ -155,8 +157,14 @@ std::vector<GgufTensorChoice> export_gguf_lora(const Bundle& b, size_t task, con
           label, m.name,
           fmt::format("shape {} x {} differs from the base model's {} x {}", m.out, m.in, out, in));
     }
-    Pair p{fmt::format("blk.{}.{}.weight", lm->layer, lm->gguf), lm->proj, f.left(task), f.right(task),
-           m.precision.heads, m.precision.bodies, f.scale[task], f.core_of[task] >= 0};
+    Pair p{fmt::format("blk.{}.{}.weight", lm->layer, lm->gguf),
+           lm->proj,
+           f.left(task),
+           f.right(task),
+           m.precision.heads,
+           m.precision.bodies,
+           f.scale[task],
+           f.core_of[task] >= 0};
     ++rank_count[p.right.rows()];
     pairs.push_back(std::move(p));
   }
@@ -182,7 +190,8 @@ std::vector<GgufTensorChoice> export_gguf_lora(const Bundle& b, size_t task, con
     add(p.name + ".lora_a", p.right, p.bodies, "");
     std::string folded = p.core ? "the task's core is multiplied in" : "";
     if (p.scale * fold != 1) {
-      folded += fmt::format("{}the scale {:g} is folded in", folded.empty() ? "" : " and ", p.scale * fold);
+      folded += fmt::format("{}the scale {:g} is folded in", folded.empty() ? "" : " and ",
+                            p.scale * fold);
     }
     add(p.name + ".lora_b", left, p.heads, folded);
   }
@@ -196,8 +205,9 @@ std::vector<GgufTensorChoice> export_gguf_lora(const Bundle& b, size_t task, con
   return choices;
 }
 
-std::vector<GgufTensorChoice> export_gguf_lora_all(const Bundle& b, const LlamaConfig& base, const fs::path& dir,
-                                                   DType dtype, const std::string& label, bool block_types) {
+std::vector<GgufTensorChoice> export_gguf_lora_all(const Bundle& b, const LlamaConfig& base,
+                                                   const fs::path& dir, DType dtype,
+                                                   const std::string& label, bool block_types) {
   AtomicDir out(dir);
   for (auto& t : b.tasks) {
     check_task_name(t.name, label);
@@ -206,7 +216,8 @@ std::vector<GgufTensorChoice> export_gguf_lora_all(const Bundle& b, const LlamaC
   }
   std::vector<GgufTensorChoice> choices;
   for (size_t i = 0; i < b.tasks.size(); ++i) {
-    auto c = export_gguf_lora(b, i, base, out.path() / (b.tasks[i].name + ".gguf"), dtype, label, block_types);
+    auto c = export_gguf_lora(b, i, base, out.path() / (b.tasks[i].name + ".gguf"), dtype, label,
+                              block_types);
     choices.insert(choices.end(), c.begin(), c.end());
   }
   out.commit();
@@ -346,9 +357,10 @@ void prepare_file_target(const fs::path& out) {
 }  // namespace
 
 std::vector<GgufTensorChoice> io::export_bundle_gguf(const io::Bundle& b, const std::string& label,
-                                                     const std::string& task, const fs::path& base_model,
-                                                     const fs::path& out, std::optional<DType> dtype,
-                                                     bool block_types) {
+                                                     const std::string& task,
+                                                     const fs::path& base_model,
+                                                     const fs::path& out,
+                                                     std::optional<DType> dtype, bool block_types) {
   const LlamaConfig base = io::gguf_base_config(base_model);
   const DType dt = dtype.value_or(b.dtype);
   if (task.empty()) return io::export_gguf_lora_all(b, base, out, dt, label, block_types);

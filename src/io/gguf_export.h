@@ -110,7 +110,8 @@ GgufTensor gguf_lora_tensor(std::string name, const Eigen::MatrixXd& m,
 
 /// Task `task` of `b` as a llama.cpp LoRA adapter file; returns how each
 /// tensor was written. `block_types` false: every tensor in `dtype`.
-std::vector<GgufTensorChoice> export_gguf_lora(const Bundle& b, size_t task, const LlamaConfig& base,
+std::vector<GgufTensorChoice> export_gguf_lora(const Bundle& b, size_t task,
+                                               const LlamaConfig& base,
                                                const std::filesystem::path& file, DType dtype,
                                                const std::string& label = "bundle",
                                                bool block_types = true);
@@ -122,7 +123,8 @@ std::vector<GgufTensorChoice> export_bundle_gguf(const Bundle& b, const std::str
                                                  const std::string& task,
                                                  const std::filesystem::path& base_model,
                                                  const std::filesystem::path& out,
-                                                 std::optional<DType> dtype, bool block_types = true);
+                                                 std::optional<DType> dtype,
+                                                 bool block_types = true);
 
 /// Every task as `dir`/<task>.gguf; the directory appears complete or not at all.
 std::vector<GgufTensorChoice> export_gguf_lora_all(const Bundle& b, const LlamaConfig& base,
