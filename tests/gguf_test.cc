@@ -7,6 +7,7 @@
 #include <cstring>
 #include <map>
 
+#include "gguf_reader.h"
 #include "hydraopt/error.h"
 #include "io/gguf.h"
 #include "io/gguf_export.h"
@@ -18,112 +19,7 @@ namespace {
 namespace fs = std::filesystem;
 using Eigen::MatrixXd;
 using Eigen::VectorXd;
-
-// A GGUF v3 reader written from the spec, independent of io/gguf.cc.
-struct Parsed {
-  uint32_t version = 0;
-  std::map<std::string, std::pair<uint32_t, std::string>> kv;  // type, raw value bytes
-  struct T {
-    std::vector<uint64_t> ne;
-    uint32_t type = 0;
-    uint64_t offset = 0;
-  };
-  std::map<std::string, T> tensors;
-  std::vector<std::string> order;
-  uint64_t data_start = 0, file_size = 0;
-  std::string bytes;
-
-  template <typename V>
-  V at(uint64_t* p) const {
-    if (*p + sizeof(V) > bytes.size()) throw std::runtime_error("truncated");
-    V v;
-    std::memcpy(&v, bytes.data() + *p, sizeof(V));
-    *p += sizeof(V);
-    return v;
-  }
-  std::string str(uint64_t* p) const {
-    const uint64_t n = at<uint64_t>(p);
-    if (*p + n > bytes.size()) throw std::runtime_error("truncated string");
-    std::string s = bytes.substr(*p, n);
-    *p += n;
-    return s;
-  }
-  // Skips a value of type t, returning its raw bytes.
-  std::string value(uint32_t t, uint64_t* p) const {
-    const uint64_t begin = *p;
-    static const std::map<uint32_t, int> size = {{0, 1}, {1, 1}, {2, 2},  {3, 2},  {4, 4}, {5, 4},
-                                                 {6, 4}, {7, 1}, {10, 8}, {11, 8}, {12, 8}};
-    if (t == 8) {
-      str(p);
-    } else if (t == 9) {
-      const uint32_t et = at<uint32_t>(p);
-      const uint64_t n = at<uint64_t>(p);
-      for (uint64_t i = 0; i < n; ++i) value(et, p);
-    } else {
-      *p += size.at(t);
-    }
-    return bytes.substr(begin, *p - begin);
-  }
-
-  static Parsed read(const fs::path& file) {
-    Parsed g;
-    g.bytes = test::read_text(file);
-    g.file_size = g.bytes.size();
-    if (g.bytes.substr(0, 4) != "GGUF") throw std::runtime_error("bad magic");
-    uint64_t p = 4;
-    g.version = g.at<uint32_t>(&p);
-    const uint64_t nt = g.at<uint64_t>(&p), nkv = g.at<uint64_t>(&p);
-    for (uint64_t i = 0; i < nkv; ++i) {
-      std::string k = g.str(&p);
-      const uint32_t t = g.at<uint32_t>(&p);
-      g.kv[k] = {t, g.value(t, &p)};
-    }
-    for (uint64_t i = 0; i < nt; ++i) {
-      std::string name = g.str(&p);
-      T t;
-      const uint32_t nd = g.at<uint32_t>(&p);
-      for (uint32_t d = 0; d < nd; ++d) t.ne.push_back(g.at<uint64_t>(&p));
-      t.type = g.at<uint32_t>(&p);
-      t.offset = g.at<uint64_t>(&p);
-      g.order.push_back(name);
-      g.tensors[name] = t;
-    }
-    g.data_start = (p + 31) / 32 * 32;
-    return g;
-  }
-  std::string string_kv(const std::string& k) const {
-    auto& [t, raw] = kv.at(k);
-    EXPECT_EQ(t, 8u) << k;
-    return raw.substr(8);
-  }
-  // A scalar value of GGUF type `type`, read as T.
-  template <typename T>
-  T scalar_kv(const std::string& k, uint32_t type) const {
-    auto& [t, raw] = kv.at(k);
-    EXPECT_EQ(t, type) << k;
-    T v;
-    std::memcpy(&v, raw.data(), sizeof(T));
-    return v;
-  }
-  float f32_kv(const std::string& k) const { return scalar_kv<float>(k, 6); }
-  uint32_t u32_kv(const std::string& k) const { return scalar_kv<uint32_t>(k, 4); }
-  // An F32 tensor with ne = {cols, rows} as a rows x cols matrix.
-  MatrixXd matrix(const std::string& name) const {
-    const T& t = tensors.at(name);
-    EXPECT_EQ(t.type, 0u);
-    const uint64_t cols = t.ne[0], rows = t.ne.size() > 1 ? t.ne[1] : 1;
-    MatrixXd m(rows, cols);
-    const char* d = bytes.data() + data_start + t.offset;
-    for (uint64_t r = 0; r < rows; ++r) {
-      for (uint64_t c = 0; c < cols; ++c) {
-        float f;
-        std::memcpy(&f, d + 4 * (r * cols + c), 4);
-        m(r, c) = f;
-      }
-    }
-    return m;
-  }
-};
+using test::Parsed;
 
 TEST(Gguf, ContainerReadsBackWithAlignedTensors) {
   test::TempDir dir;

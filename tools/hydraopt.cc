@@ -7,9 +7,11 @@
 #include <fmt/format.h>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <map>
 #include <optional>
 #include <set>
 #include <string>
+#include <tuple>
 
 #include "hydraopt/adapter.h"
 #include "hydraopt/benchmark.h"
@@ -86,6 +88,33 @@ std::string summary(const hydraopt::MergeReport& r) {
       "mean rel. error {:.4g} (worst {} {:.4g}), {:.2f} s",
       r.method, r.fraction, r.params, r.original_params, r.bytes, r.bf16_fraction, r.byte_fraction, r.mean_rel_error,
       worst->name, worst->rel_error, r.seconds);
+}
+
+// The ggml type of every LoRA tensor of a GGUF export: one line each, or
+// a table of how many lora_a / lora_b tensors went out in which type.
+void print_gguf_types(const std::vector<hydraopt::GgufTensorChoice>& choices, bool each) {
+  std::cout << "ggml types (llama.cpp's own where the stored integers map exactly, else the float dtype):\n";
+  if (each) {
+    auto line = [](auto&& task, auto&& tensor, auto&& type, auto&& stored, auto&& reason) {
+      return fmt::format("  {:<16} {:<34} {:<5} {:<14} {}\n", task, tensor, type, stored, reason);
+    };
+    std::cout << line("task", "tensor", "type", "stored", "why floats");
+    for (auto& c : choices) std::cout << line(c.task, c.tensor, c.type, c.stored, c.reason);
+    return;
+  }
+  auto line = [](auto&& count, auto&& tensor, auto&& type, auto&& stored, auto&& reason) {
+    return fmt::format("  {:>7}  {:<6} {:<5} {:<14} {}\n", count, tensor, type, stored, reason);
+  };
+  std::map<std::tuple<std::string, std::string, std::string, std::string>, size_t> groups;
+  for (auto& c : choices) {
+    const std::string side = c.tensor.substr(c.tensor.rfind('.') + 1);  // lora_a or lora_b
+    ++groups[{side, c.type, c.stored, c.reason}];
+  }
+  std::cout << line("tensors", "tensor", "type", "stored", "why floats");
+  for (auto& [key, n] : groups) {
+    auto& [side, type, stored, reason] = key;
+    std::cout << line(n, side, type, stored, reason);
+  }
 }
 
 }  // namespace
@@ -191,6 +220,12 @@ int main(int argc, char** argv) {
   exp->add_option("--format", export_format, "peft (directories) or gguf (llama.cpp LoRA files)")
       ->capture_default_str();
   exp->add_option("--base-model", base_model, "gguf: the base model directory (its config.json)");
+  bool list_tensors = false, float_tensors = false;
+  exp->add_flag("--list-tensors", list_tensors,
+                "gguf: list every tensor's ggml type (default: a summary table)");
+  exp->add_flag("--float-tensors", float_tensors,
+                "gguf: write integer-stored factors in the float dtype too, not llama.cpp's Q8_0/Q4_0/Q4_1 "
+                "(ggml rounds activations to 8 bits against those)");
 
   auto* export_model = app.add_subcommand("export-model", "write a LLaMA model directory as a llama.cpp GGUF model");
   std::string model_dir, model_out;
@@ -314,19 +349,25 @@ int main(int argc, char** argv) {
       std::cout << md << "\nwrote " << out_dir << "/sweep.json, sweep.md, sweep.svg\n";
     } else if (*exp) {
       if (task.empty() && !all) throw hydraopt::Error("export needs --task NAME or --all");
+      std::vector<hydraopt::GgufTensorChoice> gguf_choices;
       if (export_format == "gguf") {
         if (base_model.empty()) {
           throw hydraopt::Error("export --format gguf needs --base-model DIR: the base model's config.json gives "
                                 "the architecture and head counts llama.cpp's tensors depend on");
         }
-        hydraopt::Bundle::open(bundle_in).export_gguf(all ? "" : task, base_model, export_dir, parse_dtype(dtype));
+        gguf_choices =
+            hydraopt::Bundle::open(bundle_in).export_gguf(all ? "" : task, base_model, export_dir, parse_dtype(dtype),
+                                                          !float_tensors);
       } else if (export_format == "peft") {
         if (!base_model.empty()) throw hydraopt::Error("--base-model is only used with --format gguf");
+        if (list_tensors || float_tensors)
+          throw hydraopt::Error("--list-tensors and --float-tensors are only used with --format gguf");
         hydraopt::Bundle::open(bundle_in).export_peft(all ? "" : task, export_dir, parse_dtype(dtype));
       } else {
         throw hydraopt::Error("--format must be peft or gguf, not '" + export_format + "'");
       }
       std::cout << "wrote " << (all ? "every task" : task) << " to " << export_dir << "\n";
+      if (!gguf_choices.empty()) print_gguf_types(gguf_choices, list_tensors);
     } else if (*export_model) {
       hydraopt::export_model_gguf(model_dir, model_out, parse_dtype(dtype));
       std::cout << "wrote " << model_out << "\n";

@@ -14,6 +14,7 @@
 
 #include "hydraopt/adapter.h"
 #include "hydraopt/dtype.h"
+#include "hydraopt/gguf.h"
 #include "hydraopt/merge.h"
 
 namespace hydraopt {
@@ -122,9 +123,14 @@ class Bundle {
   /// Writes task `task` as a llama.cpp LoRA file `out` (.gguf), or every
   /// task as out/<task>.gguf when `task` is empty. `base_model` is the base
   /// model's directory (or its config.json): GGUF needs its architecture
-  /// and head counts.
-  void export_gguf(const std::string& task, const std::filesystem::path& base_model, const std::filesystem::path& out,
-                   std::optional<DType> dtype = std::nullopt) const;
+  /// and head counts. Factors stored as integers go out in llama.cpp's
+  /// block types where exact (`block_types` false: all in the float
+  /// dtype). Returns how each LoRA tensor was written (ggml type, and why
+  /// floats where the bundle stores integers).
+  std::vector<GgufTensorChoice> export_gguf(const std::string& task, const std::filesystem::path& base_model,
+                                            const std::filesystem::path& out,
+                                            std::optional<DType> dtype = std::nullopt,
+                                            bool block_types = true) const;
   /// verify_bundle(path(), sources, options).
   VerifyReport verify(const std::vector<std::string>& sources = {}, const LoadOptions& options = {}) const;
 

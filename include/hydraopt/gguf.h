@@ -7,10 +7,23 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "hydraopt/dtype.h"
 
 namespace hydraopt {
+
+/// How a LoRA export (Bundle::export_gguf) wrote one tensor. A factor the
+/// bundle stores as group-wise integers goes out in llama.cpp's own block
+/// type when its values map onto it exactly (Q8_0, Q4_0, Q4_1), else as
+/// the export's float dtype, with the reason.
+struct GgufTensorChoice {
+  std::string task;    ///< the task, i.e. the file
+  std::string tensor;  ///< e.g. "blk.0.attn_q.weight.lora_a"
+  std::string type;    ///< the ggml type written: "Q8_0", "Q4_0", "Q4_1", "F32", "F16" or "BF16"
+  std::string stored;  ///< the bundle's storage of that factor: "int4-g32-sym", or "float"
+  std::string reason;  ///< why an integer factor was written as floats; empty otherwise
+};
 
 /// Writes a LLaMA-architecture model directory (config.json +
 /// model.safetensors, Hugging Face names, byte-level vocabulary: ids 0-255

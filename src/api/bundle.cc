@@ -93,9 +93,10 @@ void Bundle::export_peft(const std::string& task, const std::filesystem::path& d
   io::export_peft(*data_, task_index(task), dir, dt);
 }
 
-void Bundle::export_gguf(const std::string& task, const std::filesystem::path& base_model,
-                         const std::filesystem::path& out, std::optional<DType> dtype) const {
-  io::export_bundle_gguf(*data_, path_.string(), task, base_model, out, dtype);  // no second read
+std::vector<GgufTensorChoice> Bundle::export_gguf(const std::string& task, const std::filesystem::path& base_model,
+                                                 const std::filesystem::path& out, std::optional<DType> dtype,
+                                                 bool block_types) const {
+  return io::export_bundle_gguf(*data_, path_.string(), task, base_model, out, dtype, block_types);  // no second read
 }
 
 VerifyReport Bundle::verify(const std::vector<std::string>& sources, const LoadOptions& options) const {

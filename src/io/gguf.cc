@@ -1,5 +1,7 @@
 #include "io/gguf.h"
 
+#include <fmt/format.h>
+
 #include <cstring>
 #include <set>
 #include <type_traits>
@@ -37,6 +39,8 @@ GgufKV kv_array(std::string key, GgufType elem, const std::vector<T>& v) {
   for (const T& x : v) put<T>(&s, x);
   return kv(std::move(key), GgufType::ARRAY, std::move(s));
 }
+
+constexpr int64_t kGgmlBlock = 32;  // QK8_0 = QK4_0 = QK4_1 in ggml-common.h
 
 uint64_t align_up(uint64_t n) { return (n + kGgufAlignment - 1) / kGgufAlignment * kGgufAlignment; }
 
@@ -80,14 +84,53 @@ GgufKV gguf_kv_i32s(std::string key, const std::vector<int32_t>& v) {
   return kv_array(std::move(key), GgufType::I32, v);
 }
 
-uint32_t gguf_ggml_type(DType dtype) {
+const char* ggml_type_name(GgmlType t) {
+  switch (t) {
+    case GgmlType::F32:
+      return "F32";
+    case GgmlType::F16:
+      return "F16";
+    case GgmlType::Q4_0:
+      return "Q4_0";
+    case GgmlType::Q4_1:
+      return "Q4_1";
+    case GgmlType::Q8_0:
+      return "Q8_0";
+    case GgmlType::BF16:
+      return "BF16";
+  }
+  throw std::logic_error("unknown ggml type");
+}
+
+int64_t ggml_block_elements(GgmlType t) {
+  return t == GgmlType::Q4_0 || t == GgmlType::Q4_1 || t == GgmlType::Q8_0 ? kGgmlBlock : 1;
+}
+
+int64_t ggml_block_bytes(GgmlType t) {
+  switch (t) {
+    case GgmlType::F32:
+      return 4;
+    case GgmlType::F16:
+    case GgmlType::BF16:
+      return 2;
+    case GgmlType::Q4_0:
+      return 2 + kGgmlBlock / 2;
+    case GgmlType::Q4_1:
+      return 4 + kGgmlBlock / 2;
+    case GgmlType::Q8_0:
+      return 2 + kGgmlBlock;
+  }
+  throw std::logic_error("unknown ggml type");
+}
+
+GgmlType ggml_float_type(DType dtype) {
   switch (dtype) {
     case DType::F32:
-      return 0;
+      return GgmlType::F32;
     case DType::F16:
-      return 1;
+      return GgmlType::F16;
     case DType::BF16:
-      return 30;
+      return GgmlType::BF16;
     case DType::F64:
     case DType::U8:
       break;
@@ -96,16 +139,65 @@ uint32_t gguf_ggml_type(DType dtype) {
               std::string(dtype_name(dtype)));
 }
 
+std::optional<GgmlType> ggml_block_type(const QuantFormat& f) {
+  if (f.bits == 8) return f.symmetric ? std::optional(GgmlType::Q8_0) : std::nullopt;
+  if (f.bits >= 2 && f.bits <= 4) return f.symmetric ? GgmlType::Q4_0 : GgmlType::Q4_1;
+  return std::nullopt;
+}
+
+GgufTensor gguf_block_tensor(std::string name, const QuantizedMatrix& q) {
+  const QuantFormat& f = q.format;
+  const std::optional<GgmlType> type = ggml_block_type(f);
+  if (!type || q.cols < q.rows || q.cols % kGgmlBlock != 0 || f.group % kGgmlBlock != 0) {
+    throw std::logic_error("gguf_block_tensor: " + f.name() + " on " + std::to_string(q.rows) +
+                           " x " + std::to_string(q.cols) + " does not cut into ggml row blocks");
+  }
+  // Row lines (cols >= rows): codes are in row-major order, each row's
+  // groups at g = row * groups_per_row + col / group.
+  const std::vector<uint8_t> codes = unpack_codes(q.codes, f.bits, q.rows * q.cols);
+  const int64_t groups_per_row = (q.cols + f.group - 1) / f.group;
+  const int half = (1 << f.bits) / 2;
+  const int64_t block_bytes = ggml_block_bytes(*type);
+  std::vector<std::byte> out(static_cast<size_t>(q.rows * q.cols / kGgmlBlock * block_bytes));
+  std::byte* p = out.data();
+  auto put16 = [&p](uint16_t v) {
+    std::memcpy(p, &v, 2);  // little-endian targets, as put()
+    p += 2;
+  };
+  for (int64_t r = 0; r < q.rows; ++r) {
+    for (int64_t c0 = 0; c0 < q.cols; c0 += kGgmlBlock) {
+      const size_t g = static_cast<size_t>(r * groups_per_row + c0 / f.group);
+      const uint8_t* u = codes.data() + r * q.cols + c0;  // unsigned codes of the block
+      put16(q.scales[g]);
+      if (*type == GgmlType::Q8_0) {
+        for (int64_t j = 0; j < kGgmlBlock; ++j) {
+          const int8_t v = static_cast<int8_t>(int(u[j]) - half);  // q in -128..127
+          std::memcpy(p++, &v, 1);
+        }
+        continue;
+      }
+      if (*type == GgmlType::Q4_1) put16(q.minima[g]);
+      // Q4_0 stores q + 8 (our symmetric codes are q + half); Q4_1 stores q.
+      const int shift = *type == GgmlType::Q4_0 ? 8 - half : 0;
+      for (int64_t j = 0; j < kGgmlBlock / 2; ++j) {
+        const int lo = u[j] + shift, hi = u[j + kGgmlBlock / 2] + shift;
+        *p++ = static_cast<std::byte>(lo | (hi << 4));
+      }
+    }
+  }
+  return {std::move(name), {q.cols, q.rows}, *type, std::move(out)};
+}
+
 GgufTensor gguf_tensor(std::string name, const Eigen::MatrixXd& m, DType dtype) {
-  gguf_ggml_type(dtype);
+  const GgmlType type = ggml_float_type(dtype);
   TensorData t = tensor_from_matrix(name, m, dtype);  // row-major: ne = {cols, rows}
-  return {std::move(name), {m.cols(), m.rows()}, dtype, std::move(t.bytes)};
+  return {std::move(name), {m.cols(), m.rows()}, type, std::move(t.bytes)};
 }
 
 GgufTensor gguf_tensor(std::string name, const Eigen::VectorXd& v, DType dtype) {
-  gguf_ggml_type(dtype);
+  const GgmlType type = ggml_float_type(dtype);
   TensorData t = tensor_from_vector(name, v, dtype);
-  return {std::move(name), {v.size()}, dtype, std::move(t.bytes)};
+  return {std::move(name), {v.size()}, type, std::move(t.bytes)};
 }
 
 std::vector<std::byte> gguf_serialize(const std::vector<GgufKV>& kvs,
@@ -150,13 +242,19 @@ std::vector<std::byte> gguf_serialize(const std::vector<GgufKV>& kvs,
       }
       numel *= static_cast<uint64_t>(d);
     }
-    if (numel * dtype_size(t.dtype) != t.bytes.size()) {
+    const uint64_t block = static_cast<uint64_t>(ggml_block_elements(t.type));
+    if (static_cast<uint64_t>(t.ne[0]) % block != 0) {
+      throw Error(label, t.name,
+                  fmt::format("{} rows of {} elements are not whole blocks of {}",
+                              ggml_type_name(t.type), t.ne[0], block));
+    }
+    if (numel / block * static_cast<uint64_t>(ggml_block_bytes(t.type)) != t.bytes.size()) {
       throw Error(label, t.name, "byte count does not match its dimensions and type");
     }
     put_string(&head, t.name);
     put<uint32_t>(&head, static_cast<uint32_t>(t.ne.size()));
     for (int64_t d : t.ne) put<uint64_t>(&head, static_cast<uint64_t>(d));
-    put<uint32_t>(&head, gguf_ggml_type(t.dtype));
+    put<uint32_t>(&head, static_cast<uint32_t>(t.type));
     put<uint64_t>(&head, offset);
     offset = align_up(offset + t.bytes.size());
   }

@@ -84,15 +84,57 @@ LlamaConfig gguf_base_config(const fs::path& path) {
   return c;
 }
 
-void export_gguf_lora(const Bundle& b, size_t task, const LlamaConfig& base, const fs::path& file,
-                      DType dtype, const std::string& label) {
-  gguf_ggml_type(dtype);
+GgufTensor gguf_lora_tensor(std::string name, const MatrixXd& m,
+                            const std::optional<QuantFormat>& stored, DType dtype,
+                            const std::string& folded, GgufTensorChoice* choice, bool block_types) {
+  choice->stored = stored ? stored->name() : "float";
+  choice->reason.clear();
+  if (stored && !block_types) {
+    choice->reason = "block types turned off";
+  } else if (stored) {
+    const std::optional<GgmlType> type = ggml_block_type(*stored);
+    std::string& why = choice->reason;
+    if (!type) {
+      why = stored->name() + " has no exact ggml type (Q8_0 has no minimum)";
+    } else if (m.cols() < m.rows()) {
+      why = "its groups run down the columns; ggml's blocks run along the rows";
+    } else if (m.cols() % 32 != 0) {
+      why = fmt::format("its rows of {} are not whole ggml blocks of 32", m.cols());
+    } else {
+      // Exact or nothing: quantized again, the values must come back bit for bit.
+      std::optional<QuantizedMatrix> q;
+      try {
+        q = quantize(m, *stored);
+      } catch (const Error&) {  // a scale or minimum beyond f16: not the stored values
+      }
+      if (q && dequantize(*q) == m) {
+        GgufTensor t = gguf_block_tensor(std::move(name), *q);
+        choice->type = ggml_type_name(t.type);
+        return t;
+      }
+      why =
+          "its values are not " + stored->name() + "'s" + (folded.empty() ? "" : " once " + folded);
+    }
+  }
+  GgufTensor t = gguf_tensor(std::move(name), m, dtype);
+  choice->type = ggml_type_name(t.type);
+  return t;
+}
+
+std::vector<GgufTensorChoice> export_gguf_lora(const Bundle& b, size_t task,
+                                               const LlamaConfig& base, const fs::path& file,
+                                               DType dtype, const std::string& label,
+                                               bool block_types) {
+  ggml_float_type(dtype);
   if (b.fan_in_fan_out)
     throw Error(label, "", "fan_in_fan_out (Conv1D) adapters have no llama.cpp LLaMA form");
   const BundleTask& t = b.tasks.at(task);
   struct Pair {
     std::string name, proj;
     MatrixXd left, right;  // s H C (out x k), R (k x in)
+    std::optional<QuantFormat> heads, bodies;
+    double scale = 1;
+    bool core = false;
   };
   std::vector<Pair> pairs;
   std::map<int64_t, int> rank_count;
@@ -115,8 +157,14 @@ void export_gguf_lora(const Bundle& b, size_t task, const LlamaConfig& base, con
           label, m.name,
           fmt::format("shape {} x {} differs from the base model's {} x {}", m.out, m.in, out, in));
     }
-    Pair p{fmt::format("blk.{}.{}.weight", lm->layer, lm->gguf), lm->proj, f.left(task),
-           f.right(task)};
+    Pair p{fmt::format("blk.{}.{}.weight", lm->layer, lm->gguf),
+           lm->proj,
+           f.left(task),
+           f.right(task),
+           m.precision.heads,
+           m.precision.bodies,
+           f.scale[task],
+           f.core_of[task] >= 0};
     ++rank_count[p.right.rows()];
     pairs.push_back(std::move(p));
   }
@@ -127,12 +175,25 @@ void export_gguf_lora(const Bundle& b, size_t task, const LlamaConfig& base, con
         return x.second < y.second;
       })->first;
   std::vector<GgufTensor> tensors;
+  std::vector<GgufTensorChoice> choices;
+  auto add = [&](std::string name, const MatrixXd& m, const std::optional<QuantFormat>& stored,
+                 const std::string& folded) {
+    GgufTensorChoice c{t.name, name, "", "", ""};
+    tensors.push_back(gguf_lora_tensor(std::move(name), m, stored, dtype, folded, &c, block_types));
+    choices.push_back(std::move(c));
+  };
   for (auto& p : pairs) {
     const int64_t k = p.right.rows();
     MatrixXd left = llama_rows(p.left, base, p.proj);
-    if (k != alpha) left *= static_cast<double>(k) / static_cast<double>(alpha);
-    tensors.push_back(gguf_tensor(p.name + ".lora_a", p.right, dtype));
-    tensors.push_back(gguf_tensor(p.name + ".lora_b", left, dtype));
+    const double fold = static_cast<double>(k) / static_cast<double>(alpha);
+    if (k != alpha) left *= fold;
+    add(p.name + ".lora_a", p.right, p.bodies, "");
+    std::string folded = p.core ? "the task's core is multiplied in" : "";
+    if (p.scale * fold != 1) {
+      folded += fmt::format("{}the scale {:g} is folded in", folded.empty() ? "" : " and ",
+                            p.scale * fold);
+    }
+    add(p.name + ".lora_b", left, p.heads, folded);
   }
   std::vector<GgufKV> kvs = {gguf_kv_string("general.architecture", kArchitecture),
                              gguf_kv_string("general.type", "adapter"),
@@ -141,24 +202,30 @@ void export_gguf_lora(const Bundle& b, size_t task, const LlamaConfig& base, con
                              gguf_kv_f32("adapter.lora.alpha", static_cast<float>(alpha)),
                              gguf_kv_u32("general.alignment", kGgufAlignment)};
   gguf_write(file, kvs, tensors);
+  return choices;
 }
 
-void export_gguf_lora_all(const Bundle& b, const LlamaConfig& base, const fs::path& dir,
-                          DType dtype, const std::string& label) {
+std::vector<GgufTensorChoice> export_gguf_lora_all(const Bundle& b, const LlamaConfig& base,
+                                                   const fs::path& dir, DType dtype,
+                                                   const std::string& label, bool block_types) {
   AtomicDir out(dir);
   for (auto& t : b.tasks) {
     check_task_name(t.name, label);
     if (t.name.size() + 5 > 255)
       throw Error(label, "", "task name '" + t.name + "' is too long for a file name");
   }
+  std::vector<GgufTensorChoice> choices;
   for (size_t i = 0; i < b.tasks.size(); ++i) {
-    export_gguf_lora(b, i, base, out.path() / (b.tasks[i].name + ".gguf"), dtype, label);
+    auto c = export_gguf_lora(b, i, base, out.path() / (b.tasks[i].name + ".gguf"), dtype, label,
+                              block_types);
+    choices.insert(choices.end(), c.begin(), c.end());
   }
   out.commit();
+  return choices;
 }
 
 void export_gguf_model(const fs::path& model_dir, const fs::path& file, DType dtype) {
-  gguf_ggml_type(dtype);
+  ggml_float_type(dtype);
   const LlamaConfig c = gguf_base_config(model_dir);
   const fs::path st_path =
       (fs::is_directory(model_dir) ? model_dir : model_dir.parent_path()) / "model.safetensors";
@@ -289,17 +356,17 @@ void prepare_file_target(const fs::path& out) {
 
 }  // namespace
 
-void io::export_bundle_gguf(const io::Bundle& b, const std::string& label, const std::string& task,
-                            const fs::path& base_model, const fs::path& out, std::optional<DType> dtype) {
+std::vector<GgufTensorChoice> io::export_bundle_gguf(const io::Bundle& b, const std::string& label,
+                                                     const std::string& task,
+                                                     const fs::path& base_model,
+                                                     const fs::path& out,
+                                                     std::optional<DType> dtype, bool block_types) {
   const LlamaConfig base = io::gguf_base_config(base_model);
   const DType dt = dtype.value_or(b.dtype);
-  if (task.empty()) {
-    io::export_gguf_lora_all(b, base, out, dt, label);
-    return;
-  }
+  if (task.empty()) return io::export_gguf_lora_all(b, base, out, dt, label, block_types);
   const size_t i = io::task_index(b, task, label);
   prepare_file_target(out);
-  io::export_gguf_lora(b, i, base, out, dt, label);
+  return io::export_gguf_lora(b, i, base, out, dt, label, block_types);
 }
 
 void export_model_gguf(const fs::path& model_dir, const fs::path& out, std::optional<DType> dtype) {

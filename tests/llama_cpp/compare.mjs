@@ -22,14 +22,33 @@
 //   - the adapter is applied: llama.cpp's logits differ from hydraopt's
 //     base-model logits by more than EFFECT_FACTOR x the tolerance.
 // And per configuration, the base model alone against our base logits.
+//
+// A LoRA with ggml block types (Q8_0, Q4_0, Q4_1: hydraopt's integer-stored
+// factors, exactly their values) is computed by llama.cpp with the
+// activations rounded to 8-bit blocks first (ggml's CPU matrix product
+// converts src1 to the type's vec_dot_type, Q8_0 or Q8_1), so its LoRA
+// branch is not exact arithmetic whatever the KV cache: measured up to
+// 1.2e-3 of the logit scale. Such cases are held to BLOCK_TOL_REL (the
+// default configuration's 3e-3) in both configurations; run.sh exports
+// each of them a second time with F32 tensors (the same values), held to
+// the F32 tolerance like every other case.
 import fs from "node:fs";
-import {getLlama, LlamaLogLevel} from "node-llama-cpp";
+import {getLlama, LlamaLogLevel, readGgufFileInfo} from "node-llama-cpp";
 
 const CONFIGS = [
   {name: "f32 kv cache", kv: "F32", tolRel: 1e-4},
   {name: "default (f16 kv cache)", kv: "F16", tolRel: 3e-3},
 ];
 const EFFECT_FACTOR = 10;
+const BLOCK_TOL_REL = 3e-3;
+const BLOCK_TYPES = {2: "Q4_0", 3: "Q4_1", 8: "Q8_0"};
+
+// The ggml block types among a LoRA file's tensors.
+async function blockTypes(path) {
+  const info = await readGgufFileInfo(path, {readTensorInfo: true, logWarnings: false});
+  return [...new Set(info.fullTensorInfo.map((t) => t.ggmlType).filter((t) => t in BLOCK_TYPES))]
+      .sort().map((t) => BLOCK_TYPES[t]);
+}
 
 const [modelPath, refPath, resultPath] = process.argv.slice(2);
 if (!modelPath || !refPath) {
@@ -94,7 +113,7 @@ async function withSequence(config, lora, fn) {
 const results = [];
 let failed = false;
 
-function compare(config, label, llamaRows, refRows, baseRows) {
+function compare(config, label, llamaRows, refRows, baseRows, blocks = []) {
   let maxAbs = 0, scale = 0, effect = 0, ourEffect = 0, argmaxSame = 0;
   for (let p = 0; p < refRows.length; p++) {
     const a = llamaRows[p], r = refRows[p], b = baseRows[p];
@@ -107,7 +126,8 @@ function compare(config, label, llamaRows, refRows, baseRows) {
     }
     if (argmax(a) === argmax(r)) argmaxSame++;
   }
-  const positions = refRows.length, tol = config.tolRel * scale;
+  const tolRel = blocks.length ? Math.max(config.tolRel, BLOCK_TOL_REL) : config.tolRel;
+  const positions = refRows.length, tol = tolRel * scale;
   let decisive = 0, decisiveSame = 0;
   for (let p = 0; p < positions; p++) {
     if (margin(refRows[p]) > 2 * tol) {
@@ -128,7 +148,7 @@ function compare(config, label, llamaRows, refRows, baseRows) {
   }
   const res = {
     config: config.name, label, positions, max_abs_diff: maxAbs, logit_scale: scale, rel_diff: maxAbs / scale,
-    tol_rel: config.tolRel, argmax_agree: argmaxSame, decisive_positions: decisive, decisive_agree: decisiveSame,
+    tol_rel: tolRel, block_types: blocks, argmax_agree: argmaxSame, decisive_positions: decisive, decisive_agree: decisiveSame,
     max_abs_vs_base: isBase ? null : effect, hydraopt_max_abs_vs_base: isBase ? null : ourEffect,
     ok: problems.length === 0, problems,
   };
@@ -137,7 +157,7 @@ function compare(config, label, llamaRows, refRows, baseRows) {
   console.log(
     `${res.ok ? "ok  " : "FAIL"} [${config.name}] ${label}: ${positions} positions, max abs diff ` +
     `${maxAbs.toExponential(3)} = ${(maxAbs / scale).toExponential(3)} of logit scale ${scale.toFixed(2)} ` +
-    `(tolerance ${config.tolRel}), greedy agree ${argmaxSame}/${positions}` +
+    `(tolerance ${tolRel}${blocks.length ? `: block types ${blocks.join(", ")}` : ""}), greedy agree ${argmaxSame}/${positions}` +
     (isBase ? "" : `, adapter effect ${effect.toFixed(3)} (hydraopt ${ourEffect.toFixed(3)})`) +
     (problems.length ? `\n     ${problems.join("\n     ")}` : ""));
 }
@@ -153,6 +173,7 @@ for (const config of CONFIGS) {
     compare(config, "base model (no adapter)", llamaRows, refRows, refRows);
   });
   for (const c of ref.cases) {
+    const blocks = await blockTypes(c.gguf);
     await withSequence(config, c.gguf, async (sequence) => {
       const llamaRows = [], refRows = [], baseRows = [];
       for (const ex of c.examples) {
@@ -160,7 +181,7 @@ for (const config of CONFIGS) {
         refRows.push(...ex.logits);
         baseRows.push(...ex.base_logits);
       }
-      compare(config, c.label, llamaRows, refRows, baseRows);
+      compare(config, c.label, llamaRows, refRows, baseRows, blocks);
     });
   }
 }

@@ -7,8 +7,11 @@
 #   tests/llama_cpp/run.sh [BUILD_DIR]      (default: build/)
 #
 # 1. export the tiny base model (assets/model) to GGUF;
-# 2. bundle three tasks exactly (merge --budget 1) and all 40 at the hydra
-#    point (merge --method hydra); export tasks of both as GGUF LoRAs;
+# 2. bundle three tasks exactly (merge --budget 1), all 40 at the hydra
+#    point (merge --method hydra), and all 40 in a byte budget whose
+#    factors are group-wise integers (merge --budget-bf16); export tasks of
+#    each as GGUF LoRAs (the integer bundle's lora_a in llama.cpp's block
+#    types, checked to occur);
 # 3. hydraopt_ref_logits: our logits on held-out examples, with and without
 #    each task;
 # 4. compare.mjs: llama.cpp's logits on the same token ids, with each LoRA.
@@ -58,9 +61,42 @@ for t in "${hydra_tasks[@]}"; do
     -o "$work/hydra-$t.gguf"
 done
 
+# Integer factors (issue 17): llama.cpp must read its own block types
+# (Q8_0, Q4_0, Q4_1) written from our stored codes and give our logits.
+# The planner's choice at these byte budgets (fractions of a bf16 copy of
+# the 40 adapters) stores bodies in int8, int4 and int3, symmetric and
+# asymmetric, so every block type occurs; checked below.
+quant_budgets=(${HYDRAOPT_LLAMA_QUANT_BUDGETS:-0.25 0.12})
+quant_tasks=(accent-fr spell-de)
+quant_cases=()
+for budget in "${quant_budgets[@]}"; do
+  bundle="$work/quant-$budget.safetensors"
+  "$hydraopt" merge "$assets"/adapters/* --budget-bf16 "$budget" -o "$bundle"
+  for t in "${quant_tasks[@]}"; do
+    # --list-tensors: "  TASK TENSOR TYPE STORED [WHY FLOATS]" per tensor
+    "$hydraopt" export "$bundle" --task "$t" --format gguf --base-model "$assets/model" --list-tensors \
+      -o "$work/quant-$budget-$t.gguf" >"$work/quant-$budget-$t.types"
+    # The same values as F32 tensors: llama.cpp's arithmetic without 8-bit activations.
+    "$hydraopt" export "$bundle" --task "$t" --format gguf --base-model "$assets/model" --float-tensors \
+      -o "$work/quant-$budget-$t-f32.gguf" >/dev/null
+    quant_cases+=("$t (bf16 budget $budget)=$bundle:$t:$work/quant-$budget-$t.gguf"
+                  "$t (bf16 budget $budget, F32 tensors)=$bundle:$t:$work/quant-$budget-$t-f32.gguf")
+  done
+done
+echo "ggml types of the integer bundles' LoRA tensors (count, type, stored as):"
+cat "$work"/quant-*.types | awk '$3 ~ /^(Q[48]_[01]|F32|F16|BF16)$/ {print $3, $4}' | sort | uniq -c
+for type in Q8_0 Q4_0 Q4_1; do
+  if ! cat "$work"/quant-*.types | awk '{print $3}' | grep -qx "$type"; then
+    echo "tests/llama_cpp/run.sh: no LoRA tensor went out as $type at bf16 budgets ${quant_budgets[*]};" \
+      "choose budgets whose plans store such factors (HYDRAOPT_LLAMA_QUANT_BUDGETS)" >&2
+    exit 1
+  fi
+done
+
 cases=()
 for t in "${exact_tasks[@]}"; do cases+=("$t (exact bundle)=$work/exact.safetensors:$t:$work/exact/$t.gguf"); done
 for t in "${hydra_tasks[@]}"; do cases+=("$t (hydra point)=$work/hydra.safetensors:$t:$work/hydra-$t.gguf"); done
+cases+=("${quant_cases[@]}")
 "$ref_logits" "$assets/model" "$assets/tasks" "$examples" "$work/ref.json" "${cases[@]}"
 
 node "$here/compare.mjs" "$work/model.gguf" "$work/ref.json" "${HYDRAOPT_LLAMA_RESULT:-$work/result.json}"
