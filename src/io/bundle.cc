@@ -62,6 +62,62 @@ ordered_json plan_entry(const BundleModule& m, bool with_layout) {
   return j;
 }
 
+ordered_json history_json(const std::vector<BundleEdit>& history) {
+  ordered_json out = ordered_json::array();
+  for (const auto& e : history) {
+    ordered_json j = {{"op", e.op}, {"tasks", e.tasks}, {"refit", e.refit}, {"reconstructed", e.reconstructed}};
+    if (e.op == "add") j["rel_errors"] = e.rel_errors;
+    out.push_back(std::move(j));
+  }
+  return out;
+}
+
+std::vector<std::string> name_list(const ordered_json& v, const std::string& file, const std::string& what) {
+  if (!v.is_array()) throw Error(file, "", "history: " + what + " is not a list");
+  std::vector<std::string> out;
+  for (const auto& x : v) {
+    if (!x.is_string()) throw Error(file, "", "history: " + what + " holds a non-string");
+    out.push_back(x.get<std::string>());
+    check_task_name(out.back(), file);
+  }
+  return out;
+}
+
+// The "history" list (untrusted): every field typed and in range.
+std::vector<BundleEdit> parse_history(const ordered_json& h, const std::string& file) {
+  if (!h.is_array()) throw Error(file, "", "history is not a list");
+  std::vector<BundleEdit> out;
+  for (const auto& j : h) {
+    if (!j.is_object()) throw Error(file, "", "history entry is not an object");
+    BundleEdit e;
+    e.op = j.at("op").get<std::string>();
+    if (e.op != "add" && e.op != "remove") throw Error(file, "", "history: unknown op '" + e.op + "'");
+    e.tasks = name_list(j.at("tasks"), file, "tasks");
+    if (e.tasks.empty()) throw Error(file, "", "history: an " + e.op + " entry names no tasks");
+    e.refit = j.at("refit").get<std::string>();
+    if (e.refit != "none" && e.refit != "touched" && e.refit != "all") {
+      throw Error(file, "", "history: unknown refit '" + e.refit + "'");
+    }
+    e.reconstructed = name_list(j.at("reconstructed"), file, "reconstructed");
+    if (e.op == "add") {
+      const auto& errs = j.at("rel_errors");
+      if (!errs.is_array() || errs.size() != e.tasks.size()) {
+        throw Error(file, "", "history: rel_errors must list one number per added task");
+      }
+      for (const auto& x : errs) {
+        if (!x.is_number() || !std::isfinite(x.get<double>()) || x.get<double>() < 0) {
+          throw Error(file, "", "history: a rel_error is not a finite number >= 0");
+        }
+        e.rel_errors.push_back(x.get<double>());
+      }
+    } else if (j.contains("rel_errors")) {
+      throw Error(file, "", "history: a remove entry has rel_errors");
+    }
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
 std::vector<int> index_list(const ordered_json& v, int lo, const std::string& file, const std::string& tensor,
                             const std::string& what) {
   if (!v.is_array()) throw Error(file, tensor, what + " is not a list");
@@ -322,6 +378,7 @@ void BundleWriter::finish(const Bundle& b) {
                        {"storage", {{"params", b.params_stored}, {"original_params", b.original_params}}},
                        {"tasks", tasks},
                        {"modules", mods}};
+  if (!b.history.empty()) meta["history"] = history_json(b.history);
   const std::string header = safetensors_header(std::move(slots), {{"hydraopt", meta.dump()}, {"format", "pt"}}, kDataAlign);
   const auto header_bytes = std::as_bytes(std::span(header.data(), header.size()));
   if (w.direct && w.direct->insert_front(header.size())) {
@@ -461,6 +518,7 @@ Bundle bundle_parse(const SafetensorsFile& st) {
       }
       b.modules.push_back(std::move(bm));
     }
+    if (auto h = j.find("history"); h != j.end()) b.history = parse_history(*h, file);
   } catch (const nlohmann::json::exception& e) {
     throw Error(file, "", std::string("bundle metadata is malformed: ") + e.what());
   }

@@ -17,10 +17,20 @@
 //               "target_modules"}],
 //    "modules": [{"name", "in", "out", "structure", "family", "rank",
 //                 "groups", "diagonal_cores", "head_of", "core_of",
-//                 "body_of", "scale", "params", "sha256"}]}
+//                 "body_of", "scale", "params", "sha256"}],
+//    "history": [{"op", "tasks", "refit", "reconstructed", "rel_errors"}]}
 // "tasks[i].sha256" is the SHA-256 of the source adapter_model.safetensors;
 // "modules[m].sha256" that of the module's stored tensor bytes (heads, then
 // bodies, then cores, each in index order: one contiguous range).
+// "history" (optional; absent in a bundle as one merge wrote it) lists the
+// edits since, oldest first (`hydraopt add` / `remove`, engine/edit.cc):
+// "op" is "add" or "remove"; "tasks" the tasks it added or removed (names);
+// "refit" "none" (the stored factors kept, the new tasks' own appended),
+// "touched" or "all" (factors fitted again); "reconstructed" the tasks whose
+// refit targets were their reconstructions from the bundle, not their
+// adapters; "rel_errors" (add only: one per added task) each added task's
+// relative error against its adapter, as fitted. A task's place in the list
+// of edits says when it came or went.
 // The header is padded with spaces so that the data starts at a multiple
 // of 4096 bytes (see BundleWriter::expect).
 // Readers check the format tag and version, that every referenced tensor
@@ -61,6 +71,15 @@ struct BundleModule {
   std::string sha256;
 };
 
+/// One entry of a bundle's "history": an edit since its merge.
+struct BundleEdit {
+  std::string op;                          ///< "add" or "remove"
+  std::vector<std::string> tasks;          ///< the tasks added or removed
+  std::string refit = "none";              ///< "none", "touched" or "all"
+  std::vector<std::string> reconstructed;  ///< tasks whose refit targets were their reconstructions
+  std::vector<double> rel_errors;          ///< add: per added task, its relative error as fitted
+};
+
 struct Bundle {
   std::string method, base_model;
   std::map<std::string, std::string> params;
@@ -70,6 +89,7 @@ struct Bundle {
   int64_t params_stored = 0, original_params = 0;
   std::vector<BundleTask> tasks;
   std::vector<BundleModule> modules;
+  std::vector<BundleEdit> history;  ///< empty for a bundle as merge wrote it
 };
 
 /// A module's plan entry {"name","in","out","structure","family","rank",
