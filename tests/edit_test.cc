@@ -168,6 +168,36 @@ TEST(EditAdd, NewTaskGetsTheClosedFormOptimumGivenTheStoredFactors) {
   }
 }
 
+TEST(EditAdd, ReadsOnlyTheMatricesItSaysItReads) {
+  // What add_task_reads leaves out may be empty (a bundle read without its
+  // values): the result is the same.
+  for (const Case& c : cases()) {
+    SCOPED_TRACE(c.what);
+    const ModuleProblem p = related_problem(4, 3, 14, 11, 5);
+    ModuleFitter fitter(p, {});
+    const ModuleFit stored = fitter.fit(c.spec).rounded(DType::F32);
+    ModuleFit full = stored, sparse = stored;
+    const StoredReads reads = add_task_reads(stored, c.spec);
+    size_t read = 0;
+    for (size_t j = 0; j < reads.heads.size(); ++j) reads.heads[j] ? ++read : (sparse.heads[j] = MatrixXd(), 0);
+    for (size_t j = 0; j < reads.bodies.size(); ++j) reads.bodies[j] ? ++read : (sparse.bodies[j] = MatrixXd(), 0);
+    for (auto& core : sparse.cores) core = MatrixXd();
+    if (c.spec.family == Family::kSharedA && c.spec.groups == 0) EXPECT_EQ(read, 1u);  // the body alone
+    StructureSpec s1 = c.spec, s2 = c.spec;
+    const ModuleLora l = random_lora(3, 14, 11, 8);
+    const AddedTask a = add_task(&full, &s1, l, DType::F32), b = add_task(&sparse, &s2, l, DType::F32);
+    EXPECT_EQ(a.err2, b.err2);
+    EXPECT_EQ(full.head_of, sparse.head_of);
+    EXPECT_EQ(full.body_of, sparse.body_of);
+    EXPECT_EQ(full.core_of, sparse.core_of);
+    EXPECT_EQ(full.scale, sparse.scale);
+    EXPECT_EQ(full.heads.back(), sparse.heads.back());
+    EXPECT_EQ(full.bodies.back(), sparse.bodies.back());
+    if (!full.cores.empty()) EXPECT_EQ(full.cores.back(), sparse.cores.back());
+    EXPECT_EQ(s1, s2);
+  }
+}
+
 TEST(EditAdd, RoundsNewFactorsAfterSolvingAgainstTheStoredOnes) {
   // In bf16: the head is the optimum given the stored body, then rounded.
   const ModuleProblem p = related_problem(3, 4, 16, 12, 3);

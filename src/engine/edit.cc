@@ -24,6 +24,7 @@
 #include "methods/edit.h"
 #include "methods/fit_error.h"
 #include "util/parallel.h"
+#include "util/sha256.h"
 
 namespace hydraopt {
 
@@ -242,13 +243,132 @@ int64_t budget_bytes(const EditOptions& o, double default_fraction, int64_t defa
   return default_bytes;
 }
 
+
+// --- Copying stored bytes (refit "none"): the bundle is read without its
+// values, the few matrices a new task is fitted against are decoded, and
+// every kept tensor goes to the output byte for byte.
+
+std::string tensor_name(const std::string& module, const char* kind, size_t j) {
+  return module + "." + kind + "." + std::to_string(j);
+}
+
+// Decodes the stored matrices add_task reads into `m`'s fit (left empty by
+// io::bundle_parse without values).
+void decode_reads(const io::SafetensorsFile& st, io::BundleModule& m) {
+  const StoredReads reads = add_task_reads(m.fit, m.spec);
+  for (size_t j = 0; j < reads.heads.size(); ++j) {
+    if (reads.heads[j] && m.fit.heads[j].size() == 0) m.fit.heads[j] = st.matrix(*st.find(tensor_name(m.name, "head", j)));
+  }
+  for (size_t j = 0; j < reads.bodies.size(); ++j) {
+    if (reads.bodies[j] && m.fit.bodies[j].size() == 0) m.fit.bodies[j] = st.matrix(*st.find(tensor_name(m.name, "body", j)));
+  }
+}
+
+// Where each stored matrix of an edited module comes from: the index of a
+// stored tensor of the source module, or -1 for a new matrix of its fit.
+struct Origins {
+  std::vector<int> heads, bodies, cores;
+};
+
+// Writes module m of the edited bundle: the source module's tensors that
+// `from` names, as they are, and the fit's new matrices, encoded. The source
+// module's bytes are checked against their recorded SHA-256 on the way (so
+// a damaged bundle is not passed on under a fresh checksum), and the new
+// module's is computed from the state after the prefix they share.
+void write_copied(const io::SafetensorsFile& st, const io::BundleModule& source, const io::BundleModule& edited,
+                  const Origins& from, DType dtype, io::BundleWriter& writer, size_t m) {
+  const std::string& file = st.path();
+  std::vector<std::span<const std::byte>> old_pieces;
+  for (const char* kind : {"head", "body", "core"}) {
+    for (size_t j = 0;; ++j) {
+      const io::TensorInfo* t = st.find(tensor_name(source.name, kind, j));
+      if (!t) break;
+      if (t->dtype != dtype) {
+        throw Error(file, t->name, std::string("stored as ") + std::string(dtype_name(t->dtype)) + ", not the bundle's " +
+                                       std::string(dtype_name(dtype)));
+      }
+      old_pieces.push_back(st.bytes(*t));
+    }
+  }
+  std::vector<io::BundleWriter::StoredTensor> tensors;
+  std::vector<io::TensorData> encoded;
+  encoded.reserve(edited.fit.heads.size() + edited.fit.bodies.size() + edited.fit.cores.size());
+  int64_t params = 0;
+  auto add = [&](const char* kind, const std::vector<Eigen::MatrixXd>& list, const std::vector<int>& origin) {
+    for (size_t j = 0; j < list.size(); ++j) {
+      const std::string name = tensor_name(edited.name, kind, j);
+      if (origin[j] >= 0) {
+        const io::TensorInfo& t = *st.find(tensor_name(source.name, kind, static_cast<size_t>(origin[j])));
+        tensors.push_back({name, t.shape, st.bytes(t)});
+        params += t.numel();
+      } else {
+        const bool vector = edited.fit.diagonal_cores && std::string(kind) == "core";
+        encoded.push_back(vector ? io::tensor_from_vector(name, list[j].col(0), dtype)
+                                 : io::tensor_from_matrix(name, list[j], dtype));
+        tensors.push_back({name, encoded.back().shape, encoded.back().bytes});
+        params += list[j].size();
+      }
+    }
+  };
+  add("head", edited.fit.heads, from.heads);
+  add("body", edited.fit.bodies, from.bodies);
+  add("core", edited.fit.cores, from.cores);
+  size_t shared = 0;  // leading pieces the old and new modules have in common
+  while (shared < old_pieces.size() && shared < tensors.size() && tensors[shared].bytes.data() == old_pieces[shared].data() &&
+         tensors[shared].bytes.size() == old_pieces[shared].size()) {
+    ++shared;
+  }
+  util::Sha256 old_sha;
+  for (size_t k = 0; k < shared; ++k) old_sha.update(old_pieces[k]);
+  util::Sha256 new_sha(old_sha);
+  for (size_t k = shared; k < old_pieces.size(); ++k) old_sha.update(old_pieces[k]);
+  if (!source.sha256.empty() && old_sha.hex() != source.sha256) {
+    throw Error(file, source.name, "tensor bytes do not match their recorded SHA-256 (see hydraopt verify)");
+  }
+  for (size_t k = shared; k < tensors.size(); ++k) new_sha.update(tensors[k].bytes);
+  writer.write_stored(m, edited, tensors, params, new_sha.hex());
+}
+
+// Writes `b` (edited from `source`, read from `st` without values) to
+// `out`: per module, the tensors `origins` names copied and the new ones
+// encoded.
+void write_edited(const io::SafetensorsFile& st, const io::Bundle& source, io::Bundle& b,
+                  const std::vector<Origins>& origins, const fs::path& out, int threads) {
+  std::vector<int64_t> params(b.modules.size(), 0);
+  for (size_t m = 0; m < b.modules.size(); ++m) {
+    const auto& f = b.modules[m].fit;
+    auto count = [&](const char* kind, const std::vector<Eigen::MatrixXd>& list, const std::vector<int>& origin) {
+      for (size_t j = 0; j < list.size(); ++j) {
+        params[m] += origin[j] >= 0
+                         ? st.find(tensor_name(source.modules[m].name, kind, static_cast<size_t>(origin[j])))->numel()
+                         : list[j].size();
+      }
+    };
+    count("head", f.heads, origins[m].heads);
+    count("body", f.bodies, origins[m].bodies);
+    count("core", f.cores, origins[m].cores);
+  }
+  io::BundleWriter writer(out, b.dtype, b.modules.size());
+  writer.expect(params);
+  const util::InnerThreads inner(thread_count(threads));
+  util::parallel_for(b.modules.size(), [&](size_t m) {
+    write_copied(st, source.modules[m], b.modules[m], origins[m], b.dtype, writer, m);
+  });
+  b.params_stored = 0;
+  for (int64_t p : params) b.params_stored += p;
+  writer.finish(b);
+}
+
 }  // namespace
 
 EditReport add_adapters(const fs::path& bundle, const AdapterSet& set, const EditOptions& o, const fs::path& out) {
   const auto t0 = std::chrono::steady_clock::now();
   const std::string refit = refit_mode(o, true);
   check_destination(out);
-  io::Bundle b = io::bundle_read(bundle);
+  // Without a refit the stored tensors are copied as they are: only the
+  // layout is read, and the matrices the new tasks are fitted against.
+  const io::SafetensorsFile st = io::SafetensorsFile::open(bundle);
+  io::Bundle b = io::bundle_parse(st, refit != "none");
   const std::string file = bundle.string();
   check_compatible(b, set, file);
   std::map<std::string, double> recorded = recorded_errors(b);
@@ -267,12 +387,15 @@ EditReport add_adapters(const fs::path& bundle, const AdapterSet& set, const Edi
   // The others keep their stored factors; the new tasks' own are appended.
   // (Where no new adapter has a module, the new tasks' update there is zero,
   // so a refit's errors over its modules are their errors over all.)
+  const io::Bundle source = b;  // (without a refit: the layout and a few matrices)
+  for (auto& m : b.modules) decode_reads(st, m);
   edit.rel_errors = add_none(b, set, refit_on, o.threads);
   std::vector<double> refit_errors;
   if (refit_on.empty()) {
-    for (const Adapter& a : set.tasks()) {
+    for (size_t i = 0; i < set.size(); ++i) {
+      const Adapter& a = set.task(i);
       std::string sha;
-      set.scan(static_cast<size_t>(&a - set.tasks().data()), &sha);  // the source's SHA-256, as merge records it
+      set.scan(i, &sha);  // the source's SHA-256, as merge records it
       b.tasks.push_back({a.name(), a.dir().string(), sha, a.rank(), a.alpha(), a.use_rslora(), a.target_modules()});
     }
   } else {
@@ -295,9 +418,25 @@ EditReport add_adapters(const fs::path& bundle, const AdapterSet& set, const Edi
     std::copy(refit_errors.begin() + static_cast<long>(old_tasks), refit_errors.end(), edit.rel_errors.begin());
   }
   b.original_params = original;
-  b.params_stored = stored_params(b);
   b.history.push_back(edit);
-  io::bundle_write(out, b);
+  if (refit_on.empty()) {
+    // Every stored tensor kept at its index; the new matrices after them.
+    std::vector<Origins> origins(b.modules.size());
+    for (size_t m = 0; m < b.modules.size(); ++m) {
+      auto keep = [](size_t stored, size_t now) {
+        std::vector<int> from(now, -1);
+        for (size_t j = 0; j < stored; ++j) from[j] = static_cast<int>(j);
+        return from;
+      };
+      const ModuleFit &was = source.modules[m].fit, &is = b.modules[m].fit;
+      origins[m] = {keep(was.heads.size(), is.heads.size()), keep(was.bodies.size(), is.bodies.size()),
+                    keep(was.cores.size(), is.cores.size())};
+    }
+    write_edited(st, source, b, origins, out, o.threads);
+  } else {
+    b.params_stored = stored_params(b);
+    io::bundle_write(out, b);
+  }
 
   EditReport r = report_of(b, "add", refit);
   double kept_sum = 0;
@@ -339,7 +478,8 @@ EditReport remove_tasks(const fs::path& bundle, const std::vector<std::string>& 
   const std::string refit = refit_mode(o, false);
   if (names.empty()) throw Error("remove needs at least one --task");
   check_destination(out);
-  io::Bundle b = io::bundle_read(bundle);
+  const io::SafetensorsFile st = io::SafetensorsFile::open(bundle);
+  io::Bundle b = io::bundle_parse(st, refit != "none");  // without a refit: the layout only
   const std::string file = bundle.string();
   std::vector<bool> drop(b.tasks.size(), false), keep(b.tasks.size(), true);
   for (const auto& name : names) {
@@ -355,8 +495,13 @@ EditReport remove_tasks(const fs::path& bundle, const std::vector<std::string>& 
   const int64_t original = b.original_params - original_params_of(b, drop);
   io::BundleEdit edit{"remove", names, refit, {}, {}};
   std::vector<double> refit_errors;
+  const io::Bundle source = b;
+  std::vector<Origins> origins(b.modules.size());
   if (refit == "none") {
-    util::parallel_for(b.modules.size(), [&](size_t m) { remove_tasks(&b.modules[m].fit, drop); });
+    for (size_t m = 0; m < b.modules.size(); ++m) {
+      KeptMatrices kept = remove_tasks(&b.modules[m].fit, drop);
+      origins[m] = {std::move(kept.heads), std::move(kept.bodies), std::move(kept.cores)};
+    }
     std::vector<io::BundleTask> tasks;
     for (size_t i = 0; i < b.tasks.size(); ++i) {
       if (keep[i]) tasks.push_back(std::move(b.tasks[i]));
@@ -376,9 +521,13 @@ EditReport remove_tasks(const fs::path& bundle, const std::vector<std::string>& 
     for (const auto& t : b.tasks) edit.reconstructed.push_back(t.name);
   }
   b.original_params = original;
-  b.params_stored = stored_params(b);
   b.history.push_back(edit);
-  io::bundle_write(out, b);
+  if (refit == "none") {
+    write_edited(st, source, b, origins, out, o.threads);
+  } else {
+    b.params_stored = stored_params(b);
+    io::bundle_write(out, b);
+  }
 
   EditReport r = report_of(b, "remove", refit);
   r.removed = names;

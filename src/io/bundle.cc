@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -50,8 +51,8 @@ ordered_json plan_entry(const std::string& name, int64_t in, int64_t out, const 
           {"groups", spec.groups}, {"params", params}};
 }
 
-ordered_json plan_entry(const BundleModule& m, bool with_layout) {
-  ordered_json j = plan_entry(m.name, m.in, m.out, m.spec, m.fit.params());
+ordered_json plan_entry(const BundleModule& m, bool with_layout, int64_t params) {
+  ordered_json j = plan_entry(m.name, m.in, m.out, m.spec, params);
   if (with_layout) {
     j["diagonal_cores"] = m.fit.diagonal_cores;
     j["head_of"] = m.fit.head_of;
@@ -186,13 +187,19 @@ struct BundleWriter::Impl {
   }
 
   // Stores module m, whose tensors' bytes (rec.bytes in all) are the
-  // consecutive `pieces`: appended to the spool.
-  void store(size_t m, Module rec, const std::vector<std::span<const std::byte>>& pieces) {
+  // consecutive `pieces`: appended to the spool. Their SHA-256 is computed
+  // unless given.
+  void store(size_t m, Module rec, const std::vector<std::span<const std::byte>>& pieces,
+             const std::string* sha256 = nullptr) {
     if (m >= modules.size()) throw std::logic_error("bundle module index out of range");
     rec.written = true;
-    util::Sha256 sha;
-    for (auto piece : pieces) sha.update(piece);
-    rec.entry["sha256"] = sha.hex();  // `hydraopt verify` checks it
+    if (sha256) {
+      rec.entry["sha256"] = *sha256;
+    } else {
+      util::Sha256 sha;
+      for (auto piece : pieces) sha.update(piece);
+      rec.entry["sha256"] = sha.hex();  // `hydraopt verify` checks it
+    }
     {
       std::lock_guard<std::mutex> lock(mu);
       if (modules[m].written) throw std::logic_error("bundle module written twice");
@@ -266,8 +273,25 @@ void BundleWriter::write_module(size_t m, const BundleModule& module) {
     rec.tensors.push_back({std::move(t.name), std::move(t.shape), t.bytes.size()});
   }
   rec.params = f.params();
-  rec.entry = plan_entry(module, true);
+  rec.entry = plan_entry(module, true, rec.params);
   w.store(m, std::move(rec), pieces);
+}
+
+void BundleWriter::write_stored(size_t m, const BundleModule& module, const std::vector<StoredTensor>& tensors,
+                                int64_t params, const std::string& sha256) {
+  Impl::Module rec;
+  std::vector<std::span<const std::byte>> pieces;
+  for (const auto& t : tensors) {
+    pieces.push_back(t.bytes);
+    rec.bytes += t.bytes.size();
+    rec.tensors.push_back({t.name, t.shape, t.bytes.size()});
+  }
+  if (rec.bytes != static_cast<uint64_t>(params) * dtype_size(impl_->dtype)) {
+    throw std::logic_error("write_stored: tensor bytes differ from the module's params");
+  }
+  rec.params = params;
+  rec.entry = plan_entry(module, true, params);
+  impl_->store(m, std::move(rec), pieces, &sha256);
 }
 
 // Message: tensor count, per tensor (name, shape, byte count), params, the
@@ -403,7 +427,7 @@ void bundle_write(const fs::path& path, const Bundle& b) {
 
 Bundle bundle_read(const fs::path& path) { return bundle_parse(SafetensorsFile::open(path)); }
 
-Bundle bundle_parse(const SafetensorsFile& st) {
+Bundle bundle_parse(const SafetensorsFile& st, bool values) {
   const std::string& file = st.path();
   auto it = st.metadata().find("hydraopt");
   if (it == st.metadata().end()) throw Error(file, "", "not a hydraopt bundle (no __metadata__[\"hydraopt\"])");
@@ -467,19 +491,22 @@ Bundle bundle_parse(const SafetensorsFile& st) {
       if (f.head_of.size() != n || f.core_of.size() != n || f.body_of.size() != n || f.scale.size() != n) {
         throw Error(file, bm.name, "layout lists do not have one entry per task");
       }
-      auto load = [&](const char* kind, int count, std::vector<MatrixXd>* out) {
+      // Shapes from the header (rows, cols; a diagonal core's k-vector as
+      // k x 1); values decoded unless only the layout is wanted.
+      using Shape = std::array<int64_t, 2>;
+      auto load = [&](const char* kind, int count, std::vector<MatrixXd>* out, std::vector<Shape>* shapes) {
         for (int k = 0; k < count; ++k) {
           std::string name = tensor_name(bm.name, kind, k);
           const TensorInfo* t = st.find(name);
           if (!t) throw Error(file, name, "missing");
           used[name] = true;
-          if (t->shape.size() == 1 && std::string(kind) == "core" && f.diagonal_cores) {
-            TensorInfo as2d = *t;
-            as2d.shape = {t->shape[0], 1};
-            out->push_back(st.matrix(as2d));
-          } else {
-            out->push_back(st.matrix(*t));
+          TensorInfo as2d = *t;
+          if (t->shape.size() == 1 && std::string(kind) == "core" && f.diagonal_cores) as2d.shape = {t->shape[0], 1};
+          if (as2d.shape.size() != 2) {
+            throw Error(file, name, "expected a 2-D tensor, got " + std::to_string(as2d.shape.size()) + "-D");
           }
+          shapes->push_back({as2d.shape[0], as2d.shape[1]});
+          out->push_back(values ? st.matrix(as2d) : MatrixXd());
         }
       };
       auto count = [&](const std::vector<int>& of, bool allow_none) {
@@ -494,27 +521,27 @@ Bundle bundle_parse(const SafetensorsFile& st) {
       int nh = count(f.head_of, false), nb = count(f.body_of, false), nc = count(f.core_of, true);
       while (st.find(tensor_name(bm.name, "head", nh))) ++nh;
       while (st.find(tensor_name(bm.name, "body", nb))) ++nb;
-      load("head", nh, &f.heads);
-      load("body", nb, &f.bodies);
-      load("core", nc, &f.cores);
-      for (auto& h : f.heads) {
-        if (h.rows() != bm.out) throw Error(file, bm.name, "head rows differ from the module's out");
+      std::vector<Shape> hs, bs, cs;
+      load("head", nh, &f.heads, &hs);
+      load("body", nb, &f.bodies, &bs);
+      load("core", nc, &f.cores, &cs);
+      for (auto& h : hs) {
+        if (h[0] != bm.out) throw Error(file, bm.name, "head rows differ from the module's out");
       }
-      for (auto& r : f.bodies) {
-        if (r.cols() != bm.in) throw Error(file, bm.name, "body columns differ from the module's in");
+      for (auto& r : bs) {
+        if (r[1] != bm.in) throw Error(file, bm.name, "body columns differ from the module's in");
       }
       for (size_t i = 0; i < n; ++i) {
-        const MatrixXd& h = f.heads[f.head_of[i]];
-        const MatrixXd& r = f.bodies[f.body_of[i]];
-        Eigen::Index mid = h.cols();
+        const Shape& h = hs[f.head_of[i]];
+        const Shape& r = bs[f.body_of[i]];
+        int64_t mid = h[1];
         if (f.core_of[i] >= 0) {
-          const MatrixXd& c = f.cores[f.core_of[i]];
-          bool ok = f.diagonal_cores ? (c.rows() == h.cols() && c.rows() == r.rows())
-                                     : (c.rows() == h.cols() && c.cols() == r.rows());
+          const Shape& c = cs[f.core_of[i]];
+          bool ok = f.diagonal_cores ? (c[0] == h[1] && c[0] == r[0]) : (c[0] == h[1] && c[1] == r[0]);
           if (!ok) throw Error(file, tensor_name(bm.name, "core", f.core_of[i]), "shape does not chain head and body");
-          mid = r.rows();
+          mid = r[0];
         }
-        if (mid != r.rows()) throw Error(file, bm.name, "head and body ranks differ for task " + b.tasks[i].name);
+        if (mid != r[0]) throw Error(file, bm.name, "head and body ranks differ for task " + b.tasks[i].name);
       }
       b.modules.push_back(std::move(bm));
     }

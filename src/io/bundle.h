@@ -41,6 +41,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -135,6 +136,20 @@ class BundleWriter {
   /// Stores module m from encoded_module()'s message. Thread-safe like
   /// write_module().
   void write_encoded(size_t m, std::string_view message);
+  /// A tensor already in the bundle's dtype: its name, shape and bytes.
+  struct StoredTensor {
+    std::string name;
+    std::vector<int64_t> shape;
+    std::span<const std::byte> bytes;
+  };
+  /// Stores module m from tensor bytes as they are (another bundle's,
+  /// copied by hydraopt add / remove): `module` gives the name, shape, spec
+  /// and layout (its fit's index lists, scales and diagonal_cores; its
+  /// matrices are not read), `tensors` the heads, bodies and cores in index
+  /// order, `params` their element count and `sha256` that of their bytes in
+  /// that order. Thread-safe like write_module().
+  void write_stored(size_t m, const BundleModule& module, const std::vector<StoredTensor>& tensors, int64_t params,
+                    const std::string& sha256);
   /// Writes the file. `b` gives everything but the modules, which must all
   /// have been written; b.params_stored must equal their sum.
   void finish(const Bundle& b);
@@ -147,8 +162,11 @@ class BundleWriter {
 void bundle_write(const std::filesystem::path& path, const Bundle& b);
 Bundle bundle_read(const std::filesystem::path& path);
 /// The bundle in a validated safetensors file (bundle_read's checks; used by
-/// the fuzzers on files held in memory).
-Bundle bundle_parse(const SafetensorsFile& st);
+/// the fuzzers on files held in memory). Without `values`, the same checks
+/// but the factors are not decoded: every matrix of the fits is left empty
+/// (0 x 0), for callers that copy stored bytes as they are and decode only
+/// what they need (hydraopt add / remove, engine/edit.cc).
+Bundle bundle_parse(const SafetensorsFile& st, bool values = true);
 
 /// Task `task` of `b` as a PEFT adapter in memory: the tensors
 /// (base_model.model.<module>.lora_A.weight, k x in, and .lora_B.weight,

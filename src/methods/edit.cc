@@ -2,10 +2,12 @@
 #include "methods/edit.h"
 
 #include <limits>
+#include <map>
 #include <optional>
 #include <set>
 
 #include "core/rounding.h"
+#include "linalg/factored.h"
 #include "methods/fit_error.h"
 #include "methods/structures.h"
 
@@ -52,22 +54,55 @@ struct Candidate {
   double err2 = std::numeric_limits<double>::infinity();
 };
 
-// <s B A, H R> / ||H R||^2 from rank-sized products: the scale that fits
-// the update best with the stored pair (H, R).
-double least_squares_scale(const ModuleLora& l, const MatrixXd& h, const MatrixXd& r) {
-  const double num = l.scale * (MatrixXd(l.B.transpose() * h).cwiseProduct(MatrixXd(l.A * r.transpose()))).sum();
-  const double den = MatrixXd(h.transpose() * h).cwiseProduct(MatrixXd(r * r.transpose())).sum();
-  return den > 0 ? num / den : 0.0;
+
+// How a new task is stored, by structure (methods/edit.h).
+enum class Mode {
+  kOwnFactors,    // exact: its A and B
+  kHeadPerTask,   // a new head on the best stored body
+  kOwnHeadCore,   // its s B as head, a new core on the body
+  kCorePerPair,   // a new core on the best stored (head, body) pair
+  kScalePerPair,  // the best stored pair, with a least-squares scale
+};
+
+Mode mode_of(const StructureSpec& spec, size_t tasks) {
+  const Family family = shares_b(spec.family) ? mirror(spec.family) : spec.family;
+  const bool head_per_task = group_count(spec.groups, tasks) == static_cast<int>(tasks);
+  switch (family) {
+    case Family::kExact: return Mode::kOwnFactors;
+    case Family::kSharedA: return head_per_task ? Mode::kHeadPerTask : Mode::kScalePerPair;
+    case Family::kMultiA:
+    case Family::kAvgA: return Mode::kHeadPerTask;
+    case Family::kSharedACore: return head_per_task ? Mode::kOwnHeadCore : Mode::kCorePerPair;
+    case Family::kJdFull:
+    case Family::kJdDiag: return Mode::kCorePerPair;
+    case Family::kMerged: return Mode::kScalePerPair;
+    default: break;
+  }
+  throw std::logic_error("add_task: unhandled structure family");
 }
 
 }  // namespace
+
+StoredReads add_task_reads(const ModuleFit& f, const StructureSpec& spec) {
+  StoredReads reads{std::vector<bool>(f.heads.size(), false), std::vector<bool>(f.bodies.size(), false)};
+  const Mode mode = mode_of(spec, f.tasks());
+  if (mode == Mode::kOwnFactors) return reads;
+  const bool t = shares_b(spec.family);
+  const bool pairs = mode == Mode::kCorePerPair || mode == Mode::kScalePerPair;
+  for (size_t i = 0; i < f.tasks(); ++i) {
+    (t ? reads.heads : reads.bodies)[t ? f.head_of[i] : f.body_of[i]] = true;
+    if (pairs) (t ? reads.bodies : reads.heads)[t ? f.body_of[i] : f.head_of[i]] = true;
+  }
+  return reads;
+}
 
 AddedTask add_task(ModuleFit* fit, StructureSpec* spec, const ModuleLora& task, DType dtype) {
   ModuleFit& f = *fit;
   const size_t n = f.tasks();
   if (n == 0) throw std::logic_error("add_task: a stored fit without tasks");
   AddedTask out;
-  if (spec->family == Family::kExact) {
+  const Mode mode = mode_of(*spec, n);
+  if (mode == Mode::kOwnFactors) {
     f.heads.push_back(round_to_dtype(task.B, dtype));
     f.bodies.push_back(round_to_dtype(task.A, dtype));
     f.head_of.push_back(static_cast<int>(f.heads.size()) - 1);
@@ -81,7 +116,6 @@ AddedTask add_task(ModuleFit* fit, StructureSpec* spec, const ModuleLora& task, 
     return out;
   }
   const bool t = shares_b(spec->family);
-  const Family family = t ? mirror(spec->family) : spec->family;
   const Oriented o{f, t};
   const ModuleProblem p{{t ? ModuleLora{task.B.transpose(), task.A.transpose(), task.scale} : task}, {1.0}};
   const ModuleLora& l = p.loras[0];
@@ -94,48 +128,80 @@ AddedTask add_task(ModuleFit* fit, StructureSpec* spec, const ModuleLora& task, 
     bodies.insert(o.body_of(i));
     pairs.insert({o.head_of(i), o.body_of(i)});
   }
-  const bool head_per_task = group_count(spec->groups, n) == static_cast<int>(n);
+  // Grams (and their pseudo-inverses) of the stored matrices tried, once
+  // each: they cost more than the new task's own products.
+  struct Side {
+    MatrixXd m, gram, gram_pinv;
+  };
+  std::map<int, Side> heads_seen, bodies_seen;
+  auto side = [](std::map<int, Side>& seen, int j, MatrixXd m, bool rows) -> const Side& {
+    auto it = seen.find(j);
+    if (it != seen.end()) return it->second;
+    MatrixXd g = rows ? MatrixXd(m * m.transpose()) : MatrixXd(m.transpose() * m);
+    MatrixXd gp = linalg::psd_pinv(g);
+    return seen.emplace(j, Side{std::move(m), std::move(g), std::move(gp)}).first->second;
+  };
+  auto body_side = [&](int b) -> const Side& { return side(bodies_seen, b, o.body(b), true); };
+  auto head_side = [&](int g) -> const Side& { return side(heads_seen, g, o.head(g), false); };
   Candidate best;
-  auto consider = [&](Candidate c) {
-    c.err2 = fit_errors2(p, c.fit, &norms)[0];
+  auto consider = [&](Candidate c, const MatrixXd& hh, const MatrixXd& rr) {
+    c.err2 = fit_error2(p, c.fit, 0, norms[0], hh, rr);
     if (c.err2 < best.err2) best = std::move(c);
   };
-  if (family == Family::kSharedACore && head_per_task) {
-    // The task's own s B as head: the core solved on it is the projection of
-    // the update on the body, the best any head and core can do.
-    for (int b : bodies) {
-      const MatrixXd r = o.body(b);
-      Candidate c{single(round_to_dtype(p.left(0), dtype), MatrixXd(MatrixXd::Zero(l.rank(), r.rows())), r, false, 1.0), -1, b};
-      solve_cores(p, &c.fit);
-      c.fit.cores[0] = round_to_dtype(c.fit.cores[0], dtype);
-      consider(std::move(c));
+  const MatrixXd left = p.left(0);  // s B (out x r)
+  switch (mode) {
+    case Mode::kHeadPerTask:
+      // H = s B A R^T (R R^T)^+, the least-squares head on the body.
+      for (int b : bodies) {
+        const Side& r = body_side(b);
+        MatrixXd h = round_to_dtype(left * (l.A * r.m.transpose()) * r.gram_pinv, dtype);
+        const MatrixXd hh = h.transpose() * h;
+        consider(Candidate{single(std::move(h), std::nullopt, r.m, false, 1.0), -1, b}, hh, r.gram);
+      }
+      break;
+    case Mode::kOwnHeadCore:
+    case Mode::kCorePerPair: {
+      // C = (H^T H)^+ H^T s B A R^T (R R^T)^+ given the head: with the
+      // task's own s B as head, H C R is the update's projection on the
+      // body, the best any head and core can do. A diagonal core is
+      // solve_cores' (methods/als.cc).
+      std::vector<std::pair<int, int>> tried(pairs.begin(), pairs.end());
+      if (mode == Mode::kOwnHeadCore) {
+        tried.clear();
+        for (int b : bodies) tried.push_back({-1, b});
+      }
+      const Side own = [&] {
+        if (mode != Mode::kOwnHeadCore) return Side{};
+        MatrixXd h = round_to_dtype(left, dtype);
+        MatrixXd g = h.transpose() * h;
+        MatrixXd gp = linalg::psd_pinv(g);
+        return Side{std::move(h), std::move(g), std::move(gp)};
+      }();
+      for (auto [g, b] : tried) {
+        const Side& h = g < 0 ? own : head_side(g);
+        const Side& r = body_side(b);
+        Candidate c{single(h.m, MatrixXd(), r.m, f.diagonal_cores, 1.0), g, b};
+        if (f.diagonal_cores) {
+          c.fit.cores[0] = MatrixXd::Zero(h.m.cols(), 1);
+          solve_cores(p, &c.fit);
+        } else {
+          c.fit.cores[0] = h.gram_pinv * (h.m.transpose() * left) * (l.A * r.m.transpose()) * r.gram_pinv;
+        }
+        c.fit.cores[0] = round_to_dtype(c.fit.cores[0], dtype);
+        consider(std::move(c), h.gram, r.gram);
+      }
+      break;
     }
-  } else if ((family == Family::kSharedA && head_per_task) || family == Family::kMultiA || family == Family::kAvgA) {
-    for (int b : bodies) {
-      const MatrixXd r = o.body(b);
-      Candidate c{single(MatrixXd::Zero(p.out(), r.rows()), std::nullopt, r, false, 1.0), -1, b};
-      solve_heads(p, &c.fit);  // the head carries the scale
-      c.fit.heads[0] = round_to_dtype(c.fit.heads[0], dtype);
-      consider(std::move(c));
-    }
-  } else if (family == Family::kSharedACore || family == Family::kJdFull || family == Family::kJdDiag) {
-    for (auto [g, b] : pairs) {
-      const MatrixXd h = o.head(g), r = o.body(b);
-      const bool diag = f.diagonal_cores;
-      MatrixXd core = diag ? MatrixXd::Zero(h.cols(), 1) : MatrixXd::Zero(h.cols(), r.rows());
-      Candidate c{single(h, std::move(core), r, diag, 1.0), g, b};
-      solve_cores(p, &c.fit);
-      c.fit.cores[0] = round_to_dtype(c.fit.cores[0], dtype);
-      consider(std::move(c));
-    }
-  } else if (family == Family::kSharedA || family == Family::kMerged) {
-    for (auto [g, b] : pairs) {
-      const MatrixXd h = o.head(g), r = o.body(b);
-      const double s = least_squares_scale(l, h, r);
-      consider(Candidate{single(h, std::nullopt, r, false, s), g, b});
-    }
-  } else {
-    throw std::logic_error("add_task: unhandled structure family");
+    case Mode::kScalePerPair:
+      // The scale <s B A, H R> / ||H R||^2.
+      for (auto [g, b] : pairs) {
+        const Side &h = head_side(g), &r = body_side(b);
+        const double num = l.scale * (MatrixXd(l.B.transpose() * h.m).cwiseProduct(MatrixXd(l.A * r.m.transpose()))).sum();
+        const double den = h.gram.cwiseProduct(r.gram).sum();
+        consider(Candidate{single(h.m, std::nullopt, r.m, false, den > 0 ? num / den : 0.0), g, b}, h.gram, r.gram);
+      }
+      break;
+    case Mode::kOwnFactors: break;
   }
   if (!best.fit.tasks()) throw std::logic_error("add_task: no candidate");
 
@@ -157,15 +223,20 @@ AddedTask add_task(ModuleFit* fit, StructureSpec* spec, const ModuleLora& task, 
   out.err2 = best.err2;
   // The layout now has a head per task (or for multi-*, as many bodies as
   // before, shared): say so in the spec.
-  if (head_per_task && family != Family::kMultiA) spec->groups = 0;
-  if (family == Family::kMultiA && spec->groups <= 0) spec->groups = static_cast<int>(bodies.size());
+  const Family family = t ? mirror(spec->family) : spec->family;
+  if (family == Family::kMultiA) {
+    if (spec->groups <= 0) spec->groups = static_cast<int>(bodies.size());
+  } else if (mode == Mode::kHeadPerTask || mode == Mode::kOwnHeadCore) {
+    spec->groups = 0;
+  }
   return out;
 }
 
-void remove_tasks(ModuleFit* fit, const std::vector<bool>& drop) {
+KeptMatrices remove_tasks(ModuleFit* fit, const std::vector<bool>& drop) {
   ModuleFit& f = *fit;
   if (drop.size() != f.tasks()) throw std::logic_error("remove_tasks: one flag per task");
-  auto prune = [&](std::vector<MatrixXd>& list, std::vector<int>& of) {
+  KeptMatrices kept_matrices;
+  auto prune = [&](std::vector<MatrixXd>& list, std::vector<int>& of, std::vector<int>& kept_list) {
     std::vector<int> kept(list.size(), 0), dropped(list.size(), 0);
     for (size_t i = 0; i < of.size(); ++i) {
       if (of[i] >= 0) ++(drop[i] ? dropped : kept)[of[i]];
@@ -176,6 +247,7 @@ void remove_tasks(ModuleFit* fit, const std::vector<bool>& drop) {
       if (kept[j] == 0 && dropped[j] > 0) continue;  // only removed tasks used it
       index[j] = static_cast<int>(out.size());
       out.push_back(std::move(list[j]));
+      kept_list.push_back(static_cast<int>(j));
     }
     list = std::move(out);
     std::vector<int> left;
@@ -184,14 +256,15 @@ void remove_tasks(ModuleFit* fit, const std::vector<bool>& drop) {
     }
     of = std::move(left);
   };
-  prune(f.heads, f.head_of);
-  prune(f.cores, f.core_of);
-  prune(f.bodies, f.body_of);
+  prune(f.heads, f.head_of, kept_matrices.heads);
+  prune(f.cores, f.core_of, kept_matrices.cores);
+  prune(f.bodies, f.body_of, kept_matrices.bodies);
   std::vector<double> scale;
   for (size_t i = 0; i < drop.size(); ++i) {
     if (!drop[i]) scale.push_back(f.scale[i]);
   }
   f.scale = std::move(scale);
+  return kept_matrices;
 }
 
 }  // namespace hydraopt

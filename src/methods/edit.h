@@ -38,10 +38,23 @@ struct AddedTask {
 /// longer describes the layout (a head per task: groups 0).
 AddedTask add_task(ModuleFit* fit, StructureSpec* spec, const ModuleLora& task, DType dtype);
 
+/// Which stored matrices add_task reads for a fit of structure `spec`: a
+/// flag per head and per body (cores are never read). The others may be
+/// left empty (a bundle read without its values, io::bundle_parse).
+struct StoredReads {
+  std::vector<bool> heads, bodies;
+};
+StoredReads add_task_reads(const ModuleFit& fit, const StructureSpec& spec);
+
+/// The stored matrices remove_tasks kept: their indices before, in order.
+struct KeptMatrices {
+  std::vector<int> heads, cores, bodies;
+};
+
 /// Removes the tasks with drop[i] from `fit`: their entries of the index
 /// lists and scales, and every stored matrix that only they used; a matrix
 /// that a kept task uses, or that no task used (a spare group slot), stays.
 /// The kept matrices keep their order.
-void remove_tasks(ModuleFit* fit, const std::vector<bool>& drop);
+KeptMatrices remove_tasks(ModuleFit* fit, const std::vector<bool>& drop);
 
 }  // namespace hydraopt
