@@ -498,6 +498,16 @@ TEST(EditBundle, BadInputIsOneLineAndWritesNothing) {
             }).find("every task"),
             std::string::npos);
   nothing_written();
+  // A damaged bundle: its bytes are checked against their checksums on the
+  // way, not passed on under fresh ones.
+  const fs::path damaged = g.d / "damaged.safetensors";
+  std::string bytes = test::read_text(g.before);
+  bytes[bytes.size() - 3] ^= 0x10;
+  test::write_text(damaged, bytes);
+  msg = test::error_of([&] { add_adapters(damaged, fifth, {}, g.after); });
+  EXPECT_NE(msg.find("do not match their recorded SHA-256"), std::string::npos) << msg;
+  EXPECT_NE(test::error_of([&] { remove_tasks(damaged, {"task00"}, {}, g.after); }).find("SHA-256"), std::string::npos);
+  nothing_written();
   // A bundle of another format version.
   const fs::path v2 = g.d / "v2.safetensors";
   fs::copy(g.before, v2);
