@@ -246,6 +246,14 @@ int main(int argc, char** argv) {
   demo->add_option("--limit", bench.limit, "test examples per task (0: all)")->capture_default_str();
   demo->add_option("--threads", bench.threads, "worker threads (0: all cores)");
   demo->add_flag("--json", json, "machine-readable output");
+  hydraopt::OnlineOptions online;
+  bool online_run = false;
+  demo->add_flag("--online", online_run,
+                 "the online benchmark instead: adapters arriving one at a time under a storage cap (add, refit, "
+                 "merge, K-Merge); writes online.{json,md,svg}");
+  demo->add_option("--online-cap", online.cap_adapters, "--online: the storage cap, in adapters")->capture_default_str();
+  demo->add_option("--online-every", online.every, "--online: score after every N arrivals")->capture_default_str();
+  demo->add_option("--online-seed", online.seed, "--online: seed of the arrival order")->capture_default_str();
   std::string demo_out = "out/demo";
   demo->add_option("--out", demo_out, "directory for demo.json, demo.md and demo.svg")->capture_default_str();
 
@@ -401,6 +409,18 @@ int main(int argc, char** argv) {
         throw hydraopt::Error(v.problems.back());
       }
     } else if (*demo) {
+      if (online_run) {
+        online.assets = assets;
+        online.limit = bench.limit;
+        online.threads = bench.threads;
+        prepare_output_dir(demo_out, "online.json");
+        online.log = [](const std::string& line) { std::cerr << line << "\n"; };
+        auto result = hydraopt::run_online(online);
+        hydraopt::write_online(demo_out, result);
+        std::cout << (json ? result.json() : result.table());
+        std::cerr << "wrote " << (std::filesystem::path(demo_out) / "online.{json,md,svg}").string() << "\n";
+        return 0;
+      }
       bench.assets = assets;
       prepare_output_dir(demo_out, "demo.json");
       bench.log = [](const std::string& line) { std::cerr << line << "\n"; };

@@ -156,11 +156,12 @@ std::string grid_and_axes(const Frame& fr) {
   return s;
 }
 
-std::string axis_titles(const Frame& fr, const std::string& y_axis) {
+std::string axis_titles(const Frame& fr, const std::string& x_axis, const std::string& y_axis) {
   std::string s = fmt::format(
       R"(<text x="{}" y="{}" text-anchor="middle" font-size="13" fill="#222222">{}</text>)"
       "\n",
-      num(fr.l + fr.w() / 2), num(fr.b + 42), "storage (fraction of the original LoRA parameters)");
+      num(fr.l + fr.w() / 2), num(fr.b + 42),
+      x_axis.empty() ? std::string("storage (fraction of the original LoRA parameters)") : xml_escape(x_axis));
   s += fmt::format(
       R"~(<text x="{0}" y="{1}" transform="rotate(-90 {0} {1})" text-anchor="middle" font-size="13" fill="#222222">{2}</text>)~"
       "\n",
@@ -346,7 +347,7 @@ std::string line_plot_svg(const std::vector<PlotSeries>& input, const PlotLabels
   const std::vector<Series> series = styled(input);
   std::string s = header(labels.title, fr);
   s += grid_and_axes(fr);
-  s += axis_titles(fr, labels.y_axis);
+  s += axis_titles(fr, labels.x_axis, labels.y_axis);
   s += lines(series, fr);  // all lines first, then the markers on top
   s += markers(series, fr, labels.value);
   s += off_scale_labels(series, fr);

@@ -107,7 +107,7 @@ std::string sweep_svg(const std::vector<MergeReport>& reports, const std::string
     for (size_t i : group) se.points.emplace_back(reports[i].fraction, reports[i].mean_rel_error);
     series.push_back(std::move(se));
   }
-  return line_plot_svg(series, {title, "mean relative error", "error"});
+  return line_plot_svg(series, {title, "mean relative error", "error", ""});
 }
 
 }  // namespace hydraopt

@@ -205,7 +205,7 @@ std::string BenchmarkResult::svg() const {
   }
   for (auto& s : series) std::stable_sort(s.points.begin(), s.points.end());
   return line_plot_svg(series, {fmt::format("Task quality kept by each method ({} tasks)", tasks.size()),
-                                "mean relative task score", "relative score"});
+                                "mean relative task score", "relative score", ""});
 }
 
 void write_benchmark(const fs::path& dir, const BenchmarkResult& result) {
