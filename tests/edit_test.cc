@@ -348,11 +348,21 @@ TEST(EditRefit, ARefitFromReconstructionsEqualsAMergeOfThemAsAdapters) {
     const EditReport r = add_adapters(g.before, AdapterSet::open({g.specs.back()}), o, g.after);
     EXPECT_EQ(r.refit, "all");  // a budget means a refit
 
-    // The same by hand: the stored tasks exported, merged with the new adapter.
+    // The same by hand: the stored tasks' reconstructions written as
+    // adapters (at the least rank that holds them, in double), merged with
+    // the new adapter.
     const Bundle before = Bundle::open(g.before);
-    before.export_peft("", g.d / "exported");
     std::vector<std::string> specs;
-    for (const auto& t : before.tasks()) specs.push_back((g.d / "exported" / t).string());
+    for (const auto& t : before.tasks()) {
+      const Bundle::PeftAdapter a = before.task_adapter(t, true);
+      const fs::path dir = g.d / "exported" / t;
+      fs::create_directories(dir);
+      test::write_text(dir / "adapter_config.json", a.config_json);
+      std::vector<io::TensorData> tensors;
+      for (const auto& [name, m] : a.tensors) tensors.push_back(io::tensor_from_matrix(name, m, DType::F64));
+      io::safetensors_write(dir / "adapter_model.safetensors", std::move(tensors), {{"format", "pt"}});
+      specs.push_back(dir.string());
+    }
     specs.push_back(g.specs.back());
     const AdapterSet all = AdapterSet::open(specs);
     MergeOptions mo;
@@ -385,6 +395,33 @@ TEST(EditRefit, ARefitFromReconstructionsEqualsAMergeOfThemAsAdapters) {
     // No scratch files left beside the output.
     for (const auto& e : fs::directory_iterator(g.d.path())) EXPECT_EQ(e.path().filename().string().find(".after"), std::string::npos);
   }
+}
+
+TEST(EditRefit, ReconstructionsAreWrittenAtTheLeastRankThatHoldsThem) {
+  // shared-A+core with k' = 2r: each update H_i C_i R is of rank r, not k'.
+  Grown g("hydraopt");
+  const Bundle b = Bundle::open(g.before);
+  size_t wider = 0;
+  for (const auto& t : b.tasks()) {
+    const Bundle::PeftAdapter least = b.task_adapter(t, true), as_stored = b.task_adapter(t);
+    ASSERT_EQ(least.tensors.size(), as_stored.tensors.size());
+    const size_t i = b.task_index(t);
+    for (size_t j = 0; j < least.tensors.size(); j += 2) {  // lora_A, lora_B of one module
+      const std::string module = least.tensors[j].first.substr(17, least.tensors[j].first.rfind(".lora_") - 17);
+      const FactoredUpdate u = b.module(b.module_index(module)).task_update(i);
+      const MatrixXd want = u.left * u.right;  // dense, scale included
+      const MatrixXd got = least.tensors[j + 1].second * least.tensors[j].second;  // alpha = r: scale 1
+      EXPECT_LT((got - want).norm(), 1e-12 * want.norm()) << module;
+      EXPECT_LE(least.tensors[j].second.rows(), as_stored.tensors[j].second.rows());
+      Eigen::JacobiSVD<MatrixXd> svd(want);
+      int64_t rank = 0;
+      for (Eigen::Index q = 0; q < svd.singularValues().size(); ++q) rank += svd.singularValues()(q) > 1e-9 * svd.singularValues()(0);
+      EXPECT_EQ(least.tensors[j].second.rows(), rank) << module;
+      wider += as_stored.tensors[j].second.rows() > rank;
+    }
+    EXPECT_NE(least.config_json.find("\"lora_alpha\""), std::string::npos);
+  }
+  EXPECT_GT(wider, 0u);  // the planner chose structures whose stored rank exceeds the update's
 }
 
 TEST(EditRefit, RemoveWithARefitSpendsTheFreedSpaceOnTheRest) {
@@ -507,6 +544,21 @@ TEST(EditBundle, BadInputIsOneLineAndWritesNothing) {
   msg = test::error_of([&] { add_adapters(damaged, fifth, {}, g.after); });
   EXPECT_NE(msg.find("do not match their recorded SHA-256"), std::string::npos) << msg;
   EXPECT_NE(test::error_of([&] { remove_tasks(damaged, {"task00"}, {}, g.after); }).find("SHA-256"), std::string::npos);
+  nothing_written();
+  // Non-finite stored values that a new task would be fitted against
+  // (checksums intact): one line, not a crash nor a silent zero fit.
+  const fs::path inf = g.d / "inf.safetensors";
+  io::Bundle with_inf = io::bundle_read(g.before);
+  const StoredReads reads = add_task_reads(with_inf.modules[0].fit, with_inf.modules[0].spec);
+  for (size_t j = 0; j < reads.bodies.size(); ++j) {
+    if (reads.bodies[j]) with_inf.modules[0].fit.bodies[j](0, 0) = INFINITY;
+  }
+  for (size_t j = 0; j < reads.heads.size(); ++j) {
+    if (reads.heads[j]) with_inf.modules[0].fit.heads[j](0, 0) = INFINITY;
+  }
+  io::bundle_write(inf, with_inf);
+  msg = test::error_of([&] { add_adapters(inf, fifth, {}, g.after); });
+  EXPECT_NE(msg.find("stored values are not finite"), std::string::npos) << msg;
   nothing_written();
   // A bundle of another format version.
   const fs::path v2 = g.d / "v2.safetensors";

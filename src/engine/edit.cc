@@ -2,7 +2,8 @@
 // and `hydraopt remove`. One read of the bundle, the per-module steps of
 // methods/edit.h (refit "none") or a merge whose targets are the stored
 // tasks' reconstructions plus the new adapters (refit "touched"/"all"), a
-// history entry, one atomic write.
+// history entry, one atomic write. One file, a little over 500 lines, so that
+// a newcomer finds all of add and remove in one place.
 #include "hydraopt/edit.h"
 
 #include <unistd.h>
@@ -119,7 +120,8 @@ void check_compatible(const io::Bundle& b, const AdapterSet& set, const std::str
 // Appends each adapter of `set` to every module of `b` but those in `skip`
 // (methods/edit.h), in place; their relative errors over those modules, in
 // set order.
-std::vector<double> add_none(io::Bundle& b, const AdapterSet& set, const std::set<std::string>& skip, int threads) {
+std::vector<double> add_none(io::Bundle& b, const AdapterSet& set, const std::set<std::string>& skip, int threads,
+                             const std::string& file) {
   std::map<std::string, size_t> in_set;
   for (size_t m = 0; m < set.modules().size(); ++m) in_set[set.modules()[m].name] = m;
   const size_t n = set.size();
@@ -134,6 +136,10 @@ std::vector<double> add_none(io::Bundle& b, const AdapterSet& set, const std::se
       if (it != in_set.end()) l = set.load(it->second, i);
       if (l.A.size() == 0 && l.B.size() == 0) l = {Eigen::MatrixXd(0, bm.in), Eigen::MatrixXd(bm.out, 0), 1.0};
       added[m][i] = add_task(&bm.fit, &bm.spec, l, b.dtype);
+      if (!std::isfinite(added[m][i].err2) || !std::isfinite(added[m][i].norm2)) {
+        throw Error(file, bm.name, "the stored factors give no finite fit for task '" + set.task(i).name() +
+                                       "' (non-finite stored values? see hydraopt verify)");
+      }
     }
   });
   std::vector<double> rel(n);
@@ -189,8 +195,8 @@ class Scratch {
 };
 
 // The refit: the tasks of `b` marked in `keep`, their reconstructions as
-// PEFT adapters (as `hydraopt export` writes them, restricted to the modules
-// `on`), and the adapters `added`, merged on those modules with b's method,
+// PEFT adapters (Bundle::task_adapter(task, least_rank = true) in F64,
+// restricted to the modules `on`), and the adapters `added`, merged on those modules with b's method,
 // parameters and dtype into `budget_bytes`. The result's tasks are b's kept
 // tasks, with their provenance, then the added ones; `rel_errors` gets each
 // task's error against its target.
@@ -201,11 +207,13 @@ io::Bundle refit_merge(const io::Bundle& b, const std::vector<bool>& keep, const
   std::vector<io::BundleTask> tasks;
   for (size_t i = 0; i < b.tasks.size(); ++i) {
     if (!keep[i]) continue;
-    io::PeftImage image = io::peft_image(b, i);
+    // At the least rank that holds each update (a refit of rank-inflated
+    // targets would plan for ranks the tasks do not have), in double.
+    io::PeftImage image = io::peft_image(b, i, true);
     std::vector<io::TensorData> tensors;
     for (auto& [name, m] : image.tensors) {
       const std::string module = name.substr(std::string("base_model.model.").size(), name.rfind(".lora_") - 17);
-      if (on.count(module)) tensors.push_back(io::tensor_from_matrix(name, m, b.dtype));
+      if (on.count(module)) tensors.push_back(io::tensor_from_matrix(name, m, DType::F64));
     }
     const fs::path dir = scratch.path() / b.tasks[i].name;
     fs::create_directories(dir);
@@ -256,12 +264,16 @@ std::string tensor_name(const std::string& module, const char* kind, size_t j) {
 // io::bundle_parse without values).
 void decode_reads(const io::SafetensorsFile& st, io::BundleModule& m) {
   const StoredReads reads = add_task_reads(m.fit, m.spec);
-  for (size_t j = 0; j < reads.heads.size(); ++j) {
-    if (reads.heads[j] && m.fit.heads[j].size() == 0) m.fit.heads[j] = st.matrix(*st.find(tensor_name(m.name, "head", j)));
-  }
-  for (size_t j = 0; j < reads.bodies.size(); ++j) {
-    if (reads.bodies[j] && m.fit.bodies[j].size() == 0) m.fit.bodies[j] = st.matrix(*st.find(tensor_name(m.name, "body", j)));
-  }
+  auto decode = [&](const char* kind, std::vector<Eigen::MatrixXd>& list, const std::vector<bool>& read) {
+    for (size_t j = 0; j < read.size(); ++j) {
+      if (!read[j]) continue;
+      const std::string name = tensor_name(m.name, kind, j);
+      if (list[j].size() == 0) list[j] = st.matrix(*st.find(name));
+      if (!list[j].allFinite()) throw Error(st.path(), name, "stored values are not finite (see hydraopt verify)");
+    }
+  };
+  decode("head", m.fit.heads, reads.heads);
+  decode("body", m.fit.bodies, reads.bodies);
 }
 
 // Where each stored matrix of an edited module comes from: the index of a
@@ -389,7 +401,7 @@ EditReport add_adapters(const fs::path& bundle, const AdapterSet& set, const Edi
   // so a refit's errors over its modules are their errors over all.)
   const io::Bundle source = b;  // (without a refit: the layout and a few matrices)
   for (auto& m : b.modules) decode_reads(st, m);
-  edit.rel_errors = add_none(b, set, refit_on, o.threads);
+  edit.rel_errors = add_none(b, set, refit_on, o.threads, file);
   std::vector<double> refit_errors;
   if (refit_on.empty()) {
     for (size_t i = 0; i < set.size(); ++i) {

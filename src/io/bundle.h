@@ -172,11 +172,14 @@ Bundle bundle_parse(const SafetensorsFile& st, bool values = true);
 /// (base_model.model.<module>.lora_A.weight, k x in, and .lora_B.weight,
 /// out x k, as stored: no rounding) and adapter_config.json's text. The
 /// scale is kept exact through alpha: lora_alpha = scale * r per module.
+/// With `least_rank`, each module's update refactored to the least rank
+/// that holds it (a head times a wider core is still of the head's rank;
+/// the scale folded into lora_B): what a refit merges (engine/edit.cc).
 struct PeftImage {
   std::vector<std::pair<std::string, Eigen::MatrixXd>> tensors;
   std::string config;
 };
-PeftImage peft_image(const Bundle& b, size_t task);
+PeftImage peft_image(const Bundle& b, size_t task, bool least_rank = false);
 
 /// Writes task `task` of `b` as a PEFT adapter directory at `dir` (created
 /// complete or not at all). The scale is kept exact through alpha:

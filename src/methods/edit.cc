@@ -146,7 +146,7 @@ AddedTask add_task(ModuleFit* fit, StructureSpec* spec, const ModuleLora& task, 
   Candidate best;
   auto consider = [&](Candidate c, const MatrixXd& hh, const MatrixXd& rr) {
     c.err2 = fit_error2(p, c.fit, 0, norms[0], hh, rr);
-    if (c.err2 < best.err2) best = std::move(c);
+    if (!best.fit.tasks() || c.err2 < best.err2) best = std::move(c);  // (a NaN from non-finite stored values: kept, reported)
   };
   const MatrixXd left = p.left(0);  // s B (out x r)
   switch (mode) {

@@ -28,7 +28,7 @@
 namespace hydraopt {
 
 struct AddedTask {
-  double err2 = 0;   ///< ||dW - dW_hat||_F^2 of the new task on this module
+  double err2 = 0;   ///< ||dW - dW_hat||_F^2 of the new task on this module (NaN if stored values are not finite)
   double norm2 = 0;  ///< ||dW||_F^2
 };
 
