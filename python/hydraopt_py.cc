@@ -26,6 +26,7 @@
 
 #include "hydraopt/adapter.h"
 #include "hydraopt/bundle.h"
+#include "hydraopt/edit.h"
 #include "hydraopt/error.h"
 #include "hydraopt/inspect.h"
 #include "hydraopt/merge.h"
@@ -119,6 +120,34 @@ struct PyBundle {
 };
 
 PyBundle open_bundle(const fs::path& path) { return {hydraopt::Bundle::open(path), std::nullopt, nullptr}; }
+
+hydraopt::EditOptions edit_options(const std::optional<std::string>& refit, std::optional<double> budget,
+                                   std::optional<int64_t> budget_bytes, int threads) {
+  hydraopt::EditOptions o;
+  o.refit = refit;
+  o.budget = budget;
+  o.budget_bytes = budget_bytes;
+  o.threads = threads;
+  return o;
+}
+
+// add()/remove(): `edit` writes the edited bundle to the path it is given:
+// `output`, or a temporary file the returned Bundle owns.
+template <typename Edit>
+PyBundle edited(const py::object& output, Edit&& edit) {
+  PyBundle b;
+  fs::path path;
+  if (output.is_none()) {
+    b.owner = std::make_shared<TempDir>();
+    path = b.owner->path / "bundle.safetensors";
+  } else {
+    path = path_string(output);
+  }
+  py::gil_scoped_release unlocked;
+  b.report_json = hydraopt::edit_report_json(edit(path));
+  b.data = hydraopt::Bundle::open(path);
+  return b;
+}
 
 py::dict module_factors(const PyBundle& b, const std::string& module) {
   const hydraopt::BundleModule bm = b.data.module(b.data.module_index(module));
@@ -214,9 +243,8 @@ PYBIND11_MODULE(_hydraopt, m) {
             if (!b.report_json) return py::none();
             return json_loads(*b.report_json);
           },
-          "merge()'s report as a dict (as `hydraopt merge --report` writes it); None for a bundle "
-          "read "
-          "from a file.")
+          "merge()'s report as a dict (as `hydraopt merge --report` writes it), or add()'s / remove()'s "
+          "(as `hydraopt add --report`); None for a bundle read from a file.")
       .def_property_readonly(
           "plan",
           [](const PyBundle& b) {
@@ -266,6 +294,34 @@ PYBIND11_MODULE(_hydraopt, m) {
           "'base_model.model.<module>.lora_A.weight' (k x in) and '...lora_B.weight' (out x k) to float64\n"
           "numpy arrays and config is adapter_config.json as a dict (lora_alpha / alpha_pattern keep each\n"
           "scale exact), as export() would write them.")
+      .def(
+          "add",
+          [](const PyBundle& b, const py::iterable& adapters, const py::object& output,
+             const std::optional<std::string>& refit, std::optional<double> budget,
+             std::optional<int64_t> budget_bytes, int threads, bool skip_unmergeable) {
+            const auto o = edit_options(refit, budget, budget_bytes, threads);
+            auto set = adapter_set(adapters, skip_unmergeable);
+            return edited(output, [&](const fs::path& out) { return hydraopt::add_adapters(b.data.path(), set, o, out); });
+          },
+          "adapters"_a, "output"_a = py::none(), "refit"_a = py::none(), "budget"_a = py::none(),
+          "budget_bytes"_a = py::none(), "threads"_a = 0, "skip_unmergeable"_a = false,
+          "A new Bundle with `adapters` added, as `hydraopt add` (this one is unchanged). refit: 'none'\n"
+          "(default without a budget: stored factors unchanged, the new tasks' own appended), 'touched' or\n"
+          "'all' (default with a budget: re-planned with the stored tasks' reconstructions as targets).\n"
+          "Its report (a dict) gives each task's status and error. output: where to write it (default: a\n"
+          "temporary file owned by the returned Bundle).")
+      .def(
+          "remove",
+          [](const PyBundle& b, const std::vector<std::string>& tasks, const py::object& output,
+             const std::optional<std::string>& refit, std::optional<double> budget,
+             std::optional<int64_t> budget_bytes, int threads) {
+            const auto o = edit_options(refit, budget, budget_bytes, threads);
+            return edited(output, [&](const fs::path& out) { return hydraopt::remove_tasks(b.data.path(), tasks, o, out); });
+          },
+          "tasks"_a, "output"_a = py::none(), "refit"_a = py::none(), "budget"_a = py::none(),
+          "budget_bytes"_a = py::none(), "threads"_a = 0,
+          "A new Bundle without `tasks` (names), as `hydraopt remove`: with refit 'none' (default) the\n"
+          "remaining tasks' factors stay byte for byte; 'all' re-plans the freed space for them.")
       .def("__repr__", [](const PyBundle& b) {
         return "<hydraopt.Bundle " + b.data.method() + ", " + std::to_string(b.data.tasks().size()) +
                " tasks, " + std::to_string(b.data.module_count()) + " modules, " +

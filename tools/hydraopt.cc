@@ -17,6 +17,7 @@
 #include "hydraopt/benchmark.h"
 #include "hydraopt/bundle.h"
 #include "hydraopt/dist.h"
+#include "hydraopt/edit.h"
 #include "hydraopt/error.h"
 #include "hydraopt/gguf.h"
 #include "hydraopt/inspect.h"
@@ -76,6 +77,20 @@ std::function<void(size_t, size_t)> progress_for(const char* what) {
   return [what](size_t done, size_t total) {
     std::cerr << fmt::format("\r[{}/{}] {}", done, total, what) << (done == total ? "\r\033[K" : "") << std::flush;
   };
+}
+
+std::string edit_summary(const hydraopt::EditReport& r) {
+  size_t added = 0;
+  for (auto& t : r.tasks) added += t.status == "added";
+  std::string s = fmt::format("{} (refit {}): {} tasks", r.op, r.refit, r.tasks.size());
+  if (r.op == "add") s += fmt::format(", {} added", added);
+  else s += fmt::format(", {} removed", r.removed.size());
+  s += fmt::format(", storage {:.3f} ({} of {} params, {} bytes), {:.2f} s", r.fraction, r.params, r.original_params,
+                   r.bytes, r.seconds);
+  for (auto& t : r.tasks) {
+    if (t.status == "added" && t.rel_error) s += fmt::format("\n  added {:<24} rel. error {:.4g}", t.name, *t.rel_error);
+  }
+  return s;
 }
 
 std::string summary(const hydraopt::MergeReport& r) {
@@ -240,6 +255,37 @@ int main(int argc, char** argv) {
   verify->add_flag("--json", json, "machine-readable output");
   add_load_flags(verify);
 
+  // Bundles that grow and shrink (issue 20): the work is src/engine/edit.cc.
+  hydraopt::EditOptions eo;
+  std::string refit;
+  std::vector<CLI::Option*> edit_budget, edit_bytes;
+  auto add_edit_flags = [&](CLI::App* cmd, const char* refits) {
+    cmd->add_option("-o,--output", bundle_out, "output bundle (.safetensors; may be the input)")->required();
+    cmd->add_option("--refit", refit, refits);
+    auto* b = cmd->add_option("--budget", budget, "refit to this storage fraction of the original LoRA parameters");
+    auto* bb = cmd->add_option("--budget-bytes", budget_bytes, "refit to this many bytes of tensor data");
+    b->excludes(bb);
+    edit_budget.push_back(b);
+    edit_bytes.push_back(bb);
+    cmd->add_option("--report", report_out, "also write the report JSON here");
+    cmd->add_option("--threads", eo.threads, "worker threads (0: all cores)")->capture_default_str();
+  };
+  auto* add_cmd = app.add_subcommand("add", "add adapters to a bundle without merging everything again");
+  add_cmd->add_option("bundle", bundle_in, "bundle to add to")->required();
+  add_cmd->add_option("adapters", inputs, "PEFT adapter directories (or NAME=DIR)")->required();
+  add_edit_flags(add_cmd,
+                 "none (default without a budget): stored factors unchanged, the new tasks' own appended; "
+                 "touched: re-plan the modules the new adapters have; all (default with a budget): re-plan "
+                 "every module, the stored tasks' reconstructions as their targets");
+  add_load_flags(add_cmd);
+  auto* remove_cmd = app.add_subcommand("remove", "remove tasks from a bundle");
+  std::vector<std::string> remove_names;
+  remove_cmd->add_option("bundle", bundle_in, "bundle to remove from")->required();
+  remove_cmd->add_option("--task", remove_names, "task(s) to remove")->required();
+  add_edit_flags(remove_cmd,
+                 "none (default): the remaining tasks' factors kept byte for byte; all: re-plan the freed "
+                 "space for the remaining tasks (their reconstructions as targets)");
+
   auto* methods_cmd = app.add_subcommand("methods", "list the merge methods and their parameters");
 
   auto* demo = app.add_subcommand("demo", "task benchmark on the shipped tiny LLaMA and its 40 adapters");
@@ -249,6 +295,14 @@ int main(int argc, char** argv) {
   demo->add_option("--limit", bench.limit, "test examples per task (0: all)")->capture_default_str();
   demo->add_option("--threads", bench.threads, "worker threads (0: all cores)");
   demo->add_flag("--json", json, "machine-readable output");
+  hydraopt::OnlineOptions online;
+  bool online_run = false;
+  demo->add_flag("--online", online_run,
+                 "the online benchmark instead: adapters arriving one at a time under a storage cap (add, refit, "
+                 "merge, K-Merge); writes online.{json,md,svg}");
+  demo->add_option("--online-cap", online.cap_adapters, "--online: the storage cap, in adapters")->capture_default_str();
+  demo->add_option("--online-every", online.every, "--online: score after every N arrivals")->capture_default_str();
+  demo->add_option("--online-seed", online.seed, "--online: seed of the arrival order")->capture_default_str();
   std::string demo_out = "out/demo";
   demo->add_option("--out", demo_out, "directory for demo.json, demo.md and demo.svg")->capture_default_str();
 
@@ -324,6 +378,26 @@ int main(int argc, char** argv) {
         if (!report_out.empty()) hydraopt::write_report(report_out, report);
         std::cout << summary(report) << " -> " << bundle_out << "\n";
       }
+    } else if (*add_cmd || *remove_cmd) {
+      if (!refit.empty()) eo.refit = refit;
+      for (auto* opt : edit_budget) {
+        if (opt->count()) eo.budget = budget;
+      }
+      for (auto* opt : edit_bytes) {
+        if (opt->count()) eo.budget_bytes = budget_bytes;
+      }
+      check_writable(bundle_out);
+      check_writable(report_out);
+      hydraopt::EditReport r;
+      if (*add_cmd) {
+        auto set = hydraopt::AdapterSet::open(inputs, load);
+        r = hydraopt::add_adapters(bundle_in, set, eo, bundle_out);
+      } else {
+        r = hydraopt::remove_tasks(bundle_in, remove_names, eo, bundle_out);
+      }
+      if (!report_out.empty()) hydraopt::write_edit_report(report_out, r);
+      for (auto& w : r.warnings) std::cerr << "hydraopt: warning: " << one_line(w) << "\n";
+      std::cout << edit_summary(r) << "\n -> " << bundle_out << "\n";
     } else if (*sweep) {
       std::vector<std::string> names = split(methods_list);
       if (names.empty()) {
@@ -396,6 +470,18 @@ int main(int argc, char** argv) {
         throw hydraopt::Error(v.problems.back());
       }
     } else if (*demo) {
+      if (online_run) {
+        online.assets = assets;
+        online.limit = bench.limit;
+        online.threads = bench.threads;
+        prepare_output_dir(demo_out, "online.json");
+        online.log = [](const std::string& line) { std::cerr << line << "\n"; };
+        auto result = hydraopt::run_online(online);
+        hydraopt::write_online(demo_out, result);
+        std::cout << (json ? result.json() : result.table());
+        std::cerr << "wrote " << (std::filesystem::path(demo_out) / "online.{json,md,svg}").string() << "\n";
+        return 0;
+      }
       bench.assets = assets;
       prepare_output_dir(demo_out, "demo.json");
       bench.log = [](const std::string& line) { std::cerr << line << "\n"; };

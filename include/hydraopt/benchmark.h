@@ -9,7 +9,9 @@
 // divided by the task's own adapter's score.
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -89,5 +91,50 @@ BenchmarkResult run_benchmark(const BenchmarkOptions& options);
 /// Writes `dir`/demo.json, demo.md and demo.svg (each atomically; creates
 /// `dir` if needed).
 void write_benchmark(const std::filesystem::path& dir, const BenchmarkResult& result);
+
+/// The online benchmark (`hydraopt demo --online`, src/runtime/online.cc):
+/// the adapters arrive one at a time in a fixed shuffled order under a
+/// storage cap of `cap_adapters` adapters' parameters; after every `every`
+/// arrivals (and the last) each way of keeping them is scored on the tasks
+/// seen so far: "add-none" (`merge --method hydra` of the first, then
+/// `add --refit none`: storage grows), "add-refit" (`add --refit all` to the
+/// cap each time), "merge" (everything seen, merged at the cap) and
+/// "k-merge" (at most K = cap_adapters merged adapters, each new one merged
+/// into its most similar slot by task arithmetic).
+struct OnlineOptions {
+  std::filesystem::path assets = "assets";
+  int cap_adapters = 16;   ///< the cap, in adapters' worth of parameters (K-Merge's K)
+  int every = 5;           ///< score after every this many arrivals
+  uint64_t seed = 20;      ///< the arrival order
+  std::string method = "hydraopt";  ///< the method of the merges and refits
+  int limit = 0;           ///< test examples per task (0: all)
+  int threads = 0;
+  std::function<void(const std::string&)> log;
+};
+
+struct OnlinePoint {
+  size_t arrivals = 0;
+  double storage = 0;        ///< stored parameters, in adapters' worth
+  double mean_relative = 0;  ///< over the tasks seen so far
+};
+
+struct OnlineVariant {
+  std::string name;
+  std::vector<OnlinePoint> points;
+};
+
+struct OnlineResult {
+  int cap_adapters = 0;
+  int64_t adapter_params = 0;      ///< one adapter's parameters (the mean)
+  std::vector<std::string> order;  ///< arrival order
+  std::vector<OnlineVariant> variants;
+  std::string json() const;
+  std::string table() const;  ///< Markdown, one row per scoring
+  std::string svg() const;    ///< mean relative score over arrivals, one line per variant
+};
+
+OnlineResult run_online(const OnlineOptions& options);
+/// Writes `dir`/online.json, online.md and online.svg.
+void write_online(const std::filesystem::path& dir, const OnlineResult& result);
 
 }  // namespace hydraopt

@@ -114,7 +114,10 @@ class Bundle {
     std::vector<std::pair<std::string, Eigen::MatrixXd>> tensors;
     std::string config_json;
   };
-  PeftAdapter task_adapter(const std::string& task) const;
+  /// With `least_rank`, each module's update is refactored to the least
+  /// rank that holds it (scale folded into lora_B, lora_alpha = r): the
+  /// targets `hydraopt add --refit` merges for the stored tasks.
+  PeftAdapter task_adapter(const std::string& task, bool least_rank = false) const;
   /// Writes task `task` (every task, as dir/<task>/, when empty) as standard
   /// PEFT adapter directories; `dtype` defaults to the bundle's. The output
   /// appears complete or not at all.

@@ -64,7 +64,8 @@ class Bundle:
     def original_params(self) -> int: ...
     @property
     def report(self) -> Optional[Dict[str, Any]]:
-        """merge()'s report (as `hydraopt merge --report` writes it); None for a bundle read from a file."""
+        """merge()'s report (as `hydraopt merge --report` writes it), or add()'s / remove()'s;
+        None for a bundle read from a file."""
     @property
     def plan(self) -> List[Dict[str, Any]]: ...
     def factors(self, module: str) -> Dict[str, Any]:
@@ -75,6 +76,13 @@ class Bundle:
     def task_adapter(self, task: str) -> Tuple[Dict[str, _F64], Dict[str, Any]]:
         """(state_dict, config): 'base_model.model.<module>.lora_A.weight' / '.lora_B.weight' arrays
         and adapter_config.json as a dict, as export() would write them."""
+    def add(self, adapters: "_Adapters", output: Optional[_Path] = None, refit: Optional[str] = None,
+            budget: Optional[float] = None, budget_bytes: Optional[int] = None, threads: int = 0,
+            skip_unmergeable: bool = False) -> "Bundle":
+        """A new Bundle with the adapters added, as `hydraopt add` (refit 'none', 'touched' or 'all')."""
+    def remove(self, tasks: List[str], output: Optional[_Path] = None, refit: Optional[str] = None,
+               budget: Optional[float] = None, budget_bytes: Optional[int] = None, threads: int = 0) -> "Bundle":
+        """A new Bundle without the tasks, as `hydraopt remove` (refit 'none' or 'all')."""
 
 class Model:
     def __init__(self, dir: _Path) -> None: ...

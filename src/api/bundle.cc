@@ -82,8 +82,8 @@ std::vector<FactoredUpdate> Bundle::task_update(size_t task) const {
   return out;
 }
 
-Bundle::PeftAdapter Bundle::task_adapter(const std::string& task) const {
-  io::PeftImage image = io::peft_image(*data_, task_index(task));
+Bundle::PeftAdapter Bundle::task_adapter(const std::string& task, bool least_rank) const {
+  io::PeftImage image = io::peft_image(*data_, task_index(task), least_rank);
   return {std::move(image.tensors), std::move(image.config)};
 }
 

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -110,8 +111,8 @@ ordered_json plan_entry(const std::string& name, int64_t in, int64_t out, const 
   return j;
 }
 
-ordered_json plan_entry(const BundleModule& m, bool with_layout) {
-  ordered_json j = plan_entry(m.name, m.in, m.out, m.spec, m.fit.params(), m.precision);
+ordered_json plan_entry(const BundleModule& m, bool with_layout, int64_t params) {
+  ordered_json j = plan_entry(m.name, m.in, m.out, m.spec, params, m.precision);
   if (with_layout && !m.precision.all_float()) {
     ordered_json shapes = ordered_json::object();
     for (const char* kind : kKinds) {
@@ -129,6 +130,62 @@ ordered_json plan_entry(const BundleModule& m, bool with_layout) {
     j["scale"] = m.fit.scale;
   }
   return j;
+}
+
+ordered_json history_json(const std::vector<BundleEdit>& history) {
+  ordered_json out = ordered_json::array();
+  for (const auto& e : history) {
+    ordered_json j = {{"op", e.op}, {"tasks", e.tasks}, {"refit", e.refit}, {"reconstructed", e.reconstructed}};
+    if (e.op == "add") j["rel_errors"] = e.rel_errors;
+    out.push_back(std::move(j));
+  }
+  return out;
+}
+
+std::vector<std::string> name_list(const ordered_json& v, const std::string& file, const std::string& what) {
+  if (!v.is_array()) throw Error(file, "", "history: " + what + " is not a list");
+  std::vector<std::string> out;
+  for (const auto& x : v) {
+    if (!x.is_string()) throw Error(file, "", "history: " + what + " holds a non-string");
+    out.push_back(x.get<std::string>());
+    check_task_name(out.back(), file);
+  }
+  return out;
+}
+
+// The "history" list (untrusted): every field typed and in range.
+std::vector<BundleEdit> parse_history(const ordered_json& h, const std::string& file) {
+  if (!h.is_array()) throw Error(file, "", "history is not a list");
+  std::vector<BundleEdit> out;
+  for (const auto& j : h) {
+    if (!j.is_object()) throw Error(file, "", "history entry is not an object");
+    BundleEdit e;
+    e.op = j.at("op").get<std::string>();
+    if (e.op != "add" && e.op != "remove") throw Error(file, "", "history: unknown op '" + e.op + "'");
+    e.tasks = name_list(j.at("tasks"), file, "tasks");
+    if (e.tasks.empty()) throw Error(file, "", "history: an " + e.op + " entry names no tasks");
+    e.refit = j.at("refit").get<std::string>();
+    if (e.refit != "none" && e.refit != "touched" && e.refit != "all") {
+      throw Error(file, "", "history: unknown refit '" + e.refit + "'");
+    }
+    e.reconstructed = name_list(j.at("reconstructed"), file, "reconstructed");
+    if (e.op == "add") {
+      const auto& errs = j.at("rel_errors");
+      if (!errs.is_array() || errs.size() != e.tasks.size()) {
+        throw Error(file, "", "history: rel_errors must list one number per added task");
+      }
+      for (const auto& x : errs) {
+        if (!x.is_number() || !std::isfinite(x.get<double>()) || x.get<double>() < 0) {
+          throw Error(file, "", "history: a rel_error is not a finite number >= 0");
+        }
+        e.rel_errors.push_back(x.get<double>());
+      }
+    } else if (j.contains("rel_errors")) {
+      throw Error(file, "", "history: a remove entry has rel_errors");
+    }
+    out.push_back(std::move(e));
+  }
+  return out;
 }
 
 std::vector<int> index_list(const ordered_json& v, int lo, const std::string& file, const std::string& tensor,
@@ -201,13 +258,19 @@ struct BundleWriter::Impl {
   }
 
   // Stores module m, whose tensors' bytes (rec.bytes in all) are the
-  // consecutive `pieces`: appended to the spool.
-  void store(size_t m, Module rec, const std::vector<std::span<const std::byte>>& pieces) {
+  // consecutive `pieces`: appended to the spool. Their SHA-256 is computed
+  // unless given.
+  void store(size_t m, Module rec, const std::vector<std::span<const std::byte>>& pieces,
+             const std::string* sha256 = nullptr) {
     if (m >= modules.size()) throw std::logic_error("bundle module index out of range");
     rec.written = true;
-    util::Sha256 sha;
-    for (auto piece : pieces) sha.update(piece);
-    rec.entry["sha256"] = sha.hex();  // `hydraopt verify` checks it
+    if (sha256) {
+      rec.entry["sha256"] = *sha256;
+    } else {
+      util::Sha256 sha;
+      for (auto piece : pieces) sha.update(piece);
+      rec.entry["sha256"] = sha.hex();  // `hydraopt verify` checks it
+    }
     {
       std::lock_guard<std::mutex> lock(mu);
       if (modules[m].written) throw std::logic_error("bundle module written twice");
@@ -289,8 +352,28 @@ void BundleWriter::write_module(size_t m, const BundleModule& module) {
   }
   rec.params = f.params();
   rec.quantized = !module.precision.all_float();
-  rec.entry = plan_entry(module, true);
+  rec.entry = plan_entry(module, true, rec.params);
   w.store(m, std::move(rec), pieces);
+}
+
+void BundleWriter::write_stored(size_t m, const BundleModule& module, const std::vector<StoredTensor>& tensors,
+                                int64_t params, const std::string& sha256) {
+  // (hydraopt add / remove refuse bundles with integer roles, whose
+  // matrices are several tensors each.)
+  if (!module.precision.all_float()) throw std::logic_error("write_stored: a module with integer roles");
+  Impl::Module rec;
+  std::vector<std::span<const std::byte>> pieces;
+  for (const auto& t : tensors) {
+    pieces.push_back(t.bytes);
+    rec.bytes += t.bytes.size();
+    rec.tensors.push_back({t.name, impl_->dtype, t.shape, t.bytes.size()});
+  }
+  if (rec.bytes != static_cast<uint64_t>(params) * dtype_size(impl_->dtype)) {
+    throw std::logic_error("write_stored: tensor bytes differ from the module's params");
+  }
+  rec.params = params;
+  rec.entry = plan_entry(module, true, params);
+  impl_->store(m, std::move(rec), pieces, &sha256);
 }
 
 // Message: tensor count, per tensor (name, shape, byte count), params, the
@@ -406,6 +489,7 @@ void BundleWriter::finish(const Bundle& b) {
                        {"storage", {{"params", b.params_stored}, {"original_params", b.original_params}}},
                        {"tasks", tasks},
                        {"modules", mods}};
+  if (!b.history.empty()) meta["history"] = history_json(b.history);
   const std::string header = safetensors_header(std::move(slots), {{"hydraopt", meta.dump()}, {"format", "pt"}}, kDataAlign);
   const auto header_bytes = std::as_bytes(std::span(header.data(), header.size()));
   if (w.direct && w.direct->insert_front(header.size())) {
@@ -430,7 +514,7 @@ void bundle_write(const fs::path& path, const Bundle& b) {
 
 Bundle bundle_read(const fs::path& path) { return bundle_parse(SafetensorsFile::open(path)); }
 
-Bundle bundle_parse(const SafetensorsFile& st) {
+Bundle bundle_parse(const SafetensorsFile& st, bool values) {
   const std::string& file = st.path();
   auto it = st.metadata().find("hydraopt");
   if (it == st.metadata().end()) throw Error(file, "", "not a hydraopt bundle (no __metadata__[\"hydraopt\"])");
@@ -549,7 +633,11 @@ Bundle bundle_parse(const SafetensorsFile& st) {
           throw Error(file, name, std::string(e.what()));
         }
       };
-      auto load = [&](const char* kind, int count, std::vector<MatrixXd>* out) {
+      // Shapes (rows, cols; a diagonal core's k-vector as k x 1): from the
+      // header, or for integer roles from "shapes"; values decoded unless
+      // only the layout is wanted (integer ones are decoded to check them).
+      using Shape = std::array<int64_t, 2>;
+      auto load = [&](const char* kind, int count, std::vector<MatrixXd>* out, std::vector<Shape>* sizes) {
         const auto& format = kind_format(bm.precision, kind);
         if (format && shapes[kind].size() != static_cast<size_t>(count)) {
           throw Error(file, bm.name, "shapes of " + std::string(kind) + " list " + std::to_string(shapes[kind].size()) +
@@ -561,14 +649,19 @@ Bundle bundle_parse(const SafetensorsFile& st) {
           if (!t) throw Error(file, name, "missing");
           used[name] = true;
           if (format) {
-            out->push_back(load_quantized(name, *t, *format, shapes[kind][k]));
-          } else if (t->shape.size() == 1 && std::string(kind) == "core" && f.diagonal_cores) {
-            TensorInfo as2d = *t;
-            as2d.shape = {t->shape[0], 1};
-            out->push_back(st.matrix(as2d));
-          } else {
-            out->push_back(st.matrix(*t));
+            const auto shape = shapes[kind][k];
+            MatrixXd x = load_quantized(name, *t, *format, shape);
+            sizes->push_back({shape.first, shape.second});
+            out->push_back(values ? std::move(x) : MatrixXd());
+            continue;
           }
+          TensorInfo as2d = *t;
+          if (t->shape.size() == 1 && std::string(kind) == "core" && f.diagonal_cores) as2d.shape = {t->shape[0], 1};
+          if (as2d.shape.size() != 2) {
+            throw Error(file, name, "expected a 2-D tensor, got " + std::to_string(as2d.shape.size()) + "-D");
+          }
+          sizes->push_back({as2d.shape[0], as2d.shape[1]});
+          out->push_back(values ? st.matrix(as2d) : MatrixXd());
         }
       };
       auto count = [&](const std::vector<int>& of, bool allow_none) {
@@ -583,30 +676,31 @@ Bundle bundle_parse(const SafetensorsFile& st) {
       int nh = count(f.head_of, false), nb = count(f.body_of, false), nc = count(f.core_of, true);
       while (st.find(tensor_name(bm.name, "head", nh))) ++nh;
       while (st.find(tensor_name(bm.name, "body", nb))) ++nb;
-      load("head", nh, &f.heads);
-      load("body", nb, &f.bodies);
-      load("core", nc, &f.cores);
-      for (auto& h : f.heads) {
-        if (h.rows() != bm.out) throw Error(file, bm.name, "head rows differ from the module's out");
+      std::vector<Shape> hs, bs, cs;
+      load("head", nh, &f.heads, &hs);
+      load("body", nb, &f.bodies, &bs);
+      load("core", nc, &f.cores, &cs);
+      for (auto& h : hs) {
+        if (h[0] != bm.out) throw Error(file, bm.name, "head rows differ from the module's out");
       }
-      for (auto& r : f.bodies) {
-        if (r.cols() != bm.in) throw Error(file, bm.name, "body columns differ from the module's in");
+      for (auto& r : bs) {
+        if (r[1] != bm.in) throw Error(file, bm.name, "body columns differ from the module's in");
       }
       for (size_t i = 0; i < n; ++i) {
-        const MatrixXd& h = f.heads[f.head_of[i]];
-        const MatrixXd& r = f.bodies[f.body_of[i]];
-        Eigen::Index mid = h.cols();
+        const Shape& h = hs[f.head_of[i]];
+        const Shape& r = bs[f.body_of[i]];
+        int64_t mid = h[1];
         if (f.core_of[i] >= 0) {
-          const MatrixXd& c = f.cores[f.core_of[i]];
-          bool ok = f.diagonal_cores ? (c.rows() == h.cols() && c.rows() == r.rows())
-                                     : (c.rows() == h.cols() && c.cols() == r.rows());
+          const Shape& c = cs[f.core_of[i]];
+          bool ok = f.diagonal_cores ? (c[0] == h[1] && c[0] == r[0]) : (c[0] == h[1] && c[1] == r[0]);
           if (!ok) throw Error(file, tensor_name(bm.name, "core", f.core_of[i]), "shape does not chain head and body");
-          mid = r.rows();
+          mid = r[0];
         }
-        if (mid != r.rows()) throw Error(file, bm.name, "head and body ranks differ for task " + b.tasks[i].name);
+        if (mid != r[0]) throw Error(file, bm.name, "head and body ranks differ for task " + b.tasks[i].name);
       }
       b.modules.push_back(std::move(bm));
     }
+    if (auto h = j.find("history"); h != j.end()) b.history = parse_history(*h, file);
   } catch (const nlohmann::json::exception& e) {
     throw Error(file, "", std::string("bundle metadata is malformed: ") + e.what());
   }

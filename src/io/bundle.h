@@ -29,11 +29,21 @@
 //    "modules": [{"name", "in", "out", "structure", "family", "rank",
 //                 "groups", "params", ["precision", "shapes"],
 //                 "diagonal_cores", "head_of", "core_of",
-//                 "body_of", "scale", "sha256"}]}
+//                 "body_of", "scale", "sha256"}],
+//    "history": [{"op", "tasks", "refit", "reconstructed", "rel_errors"}]}
 // "tasks[i].sha256" is the SHA-256 of the source adapter_model.safetensors;
 // "modules[m].sha256" that of the module's stored tensor bytes (heads, then
 // bodies, then cores, each in index order, an integer matrix's codes,
 // scales and minima together: one contiguous range).
+// "history" (optional; absent in a bundle as one merge wrote it) lists the
+// edits since, oldest first (`hydraopt add` / `remove`, engine/edit.cc):
+// "op" is "add" or "remove"; "tasks" the tasks it added or removed (names);
+// "refit" "none" (the stored factors kept, the new tasks' own appended),
+// "touched" or "all" (factors fitted again); "reconstructed" the tasks whose
+// refit targets were their reconstructions from the bundle, not their
+// adapters; "rel_errors" (add only: one per added task) each added task's
+// relative error against its adapter, as fitted. A task's place in the list
+// of edits says when it came or went.
 // The header is padded with spaces so that the data starts at a multiple
 // of 4096 bytes (see BundleWriter::expect).
 // Readers check the format tag and version, that every referenced tensor
@@ -45,6 +55,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -80,6 +91,15 @@ struct BundleModule {
   Precision precision;  ///< roles stored as integers (fit holds their values)
 };
 
+/// One entry of a bundle's "history": an edit since its merge.
+struct BundleEdit {
+  std::string op;                          ///< "add" or "remove"
+  std::vector<std::string> tasks;          ///< the tasks added or removed
+  std::string refit = "none";              ///< "none", "touched" or "all"
+  std::vector<std::string> reconstructed;  ///< tasks whose refit targets were their reconstructions
+  std::vector<double> rel_errors;          ///< add: per added task, its relative error as fitted
+};
+
 struct Bundle {
   std::string method, base_model;
   std::map<std::string, std::string> params;
@@ -89,6 +109,7 @@ struct Bundle {
   int64_t params_stored = 0, original_params = 0;
   std::vector<BundleTask> tasks;
   std::vector<BundleModule> modules;
+  std::vector<BundleEdit> history;  ///< empty for a bundle as merge wrote it
 };
 
 /// A module's plan entry {"name","in","out","structure","family","rank",
@@ -135,6 +156,20 @@ class BundleWriter {
   /// Stores module m from encoded_module()'s message. Thread-safe like
   /// write_module().
   void write_encoded(size_t m, std::string_view message);
+  /// A tensor already in the bundle's dtype: its name, shape and bytes.
+  struct StoredTensor {
+    std::string name;
+    std::vector<int64_t> shape;
+    std::span<const std::byte> bytes;
+  };
+  /// Stores module m from tensor bytes as they are (another bundle's,
+  /// copied by hydraopt add / remove): `module` gives the name, shape, spec
+  /// and layout (its fit's index lists, scales and diagonal_cores; its
+  /// matrices are not read), `tensors` the heads, bodies and cores in index
+  /// order, `params` their element count and `sha256` that of their bytes in
+  /// that order. Thread-safe like write_module().
+  void write_stored(size_t m, const BundleModule& module, const std::vector<StoredTensor>& tensors, int64_t params,
+                    const std::string& sha256);
   /// Writes the file. `b` gives everything but the modules, which must all
   /// have been written; b.params_stored must equal their sum.
   void finish(const Bundle& b);
@@ -147,18 +182,24 @@ class BundleWriter {
 void bundle_write(const std::filesystem::path& path, const Bundle& b);
 Bundle bundle_read(const std::filesystem::path& path);
 /// The bundle in a validated safetensors file (bundle_read's checks; used by
-/// the fuzzers on files held in memory).
-Bundle bundle_parse(const SafetensorsFile& st);
+/// the fuzzers on files held in memory). Without `values`, the same checks
+/// but the factors are not decoded: every matrix of the fits is left empty
+/// (0 x 0), for callers that copy stored bytes as they are and decode only
+/// what they need (hydraopt add / remove, engine/edit.cc).
+Bundle bundle_parse(const SafetensorsFile& st, bool values = true);
 
 /// Task `task` of `b` as a PEFT adapter in memory: the tensors
 /// (base_model.model.<module>.lora_A.weight, k x in, and .lora_B.weight,
 /// out x k, as stored: no rounding) and adapter_config.json's text. The
 /// scale is kept exact through alpha: lora_alpha = scale * r per module.
+/// With `least_rank`, each module's update refactored to the least rank
+/// that holds it (a head times a wider core is still of the head's rank;
+/// the scale folded into lora_B): what a refit merges (engine/edit.cc).
 struct PeftImage {
   std::vector<std::pair<std::string, Eigen::MatrixXd>> tensors;
   std::string config;
 };
-PeftImage peft_image(const Bundle& b, size_t task);
+PeftImage peft_image(const Bundle& b, size_t task, bool least_rank = false);
 
 /// Writes task `task` of `b` as a PEFT adapter directory at `dir` (created
 /// complete or not at all). The scale is kept exact through alpha:

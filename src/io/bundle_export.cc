@@ -1,4 +1,6 @@
 // A bundle's tasks written back as standard PEFT adapter directories.
+#include <Eigen/QR>
+#include <Eigen/SVD>
 #include <nlohmann/json.hpp>
 #include <string_view>
 
@@ -25,6 +27,26 @@ std::string regex_escape(const std::string& s) {
   return out;
 }
 
+// left * right (out x k, k x in) as l * r of the least rank that holds it:
+// QR of both sides, an SVD of the k x k middle, singular values below 1e-10
+// of the largest dropped (zero but for rounding: a head times a core of
+// rank r is rank r, whatever the core's width). The product is unchanged
+// but for rounding in double.
+void least_rank(const MatrixXd& left, const MatrixXd& right, MatrixXd* l, MatrixXd* r) {
+  const Eigen::HouseholderQR<MatrixXd> ql(left), qr(right.transpose());
+  const Eigen::Index k = left.cols();
+  const MatrixXd ql_q = ql.householderQ() * MatrixXd::Identity(left.rows(), k);
+  const MatrixXd qr_q = qr.householderQ() * MatrixXd::Identity(right.cols(), k);
+  const MatrixXd mid = ql.matrixQR().topRows(k).triangularView<Eigen::Upper>() *
+                       MatrixXd(qr.matrixQR().topRows(k).triangularView<Eigen::Upper>()).transpose();
+  const Eigen::JacobiSVD<MatrixXd> svd(mid, Eigen::ComputeFullU | Eigen::ComputeFullV);
+  const Eigen::VectorXd& sv = svd.singularValues();
+  Eigen::Index rank = 0;
+  while (rank < sv.size() && sv(rank) > 1e-10 * sv(0)) ++rank;
+  *l = ql_q * svd.matrixU().leftCols(rank) * sv.head(rank).asDiagonal();
+  *r = (qr_q * svd.matrixV().leftCols(rank)).transpose();
+}
+
 }  // namespace
 
 void export_peft_all(const Bundle& b, const fs::path& dir, DType dtype) {
@@ -34,7 +56,7 @@ void export_peft_all(const Bundle& b, const fs::path& dir, DType dtype) {
   out.commit();
 }
 
-PeftImage peft_image(const Bundle& b, size_t task) {
+PeftImage peft_image(const Bundle& b, size_t task, bool least) {
   const BundleTask& t = b.tasks.at(task);
   PeftImage image;
   auto& tensors = image.tensors;
@@ -44,14 +66,19 @@ PeftImage peft_image(const Bundle& b, size_t task) {
   for (const auto& m : b.modules) {
     const ModuleFit& f = m.fit;
     MatrixXd left = f.head_core(task);  // H C; the scale goes into alpha
-    const MatrixXd& right = f.right(task);
+    MatrixXd right = f.right(task);
+    double scale = f.scale[task];
+    if (least && right.rows() > 0) {
+      least_rank(MatrixXd(scale * left), MatrixXd(right), &left, &right);
+      scale = 1;
+    }
     const int64_t k = right.rows();
     if (k == 0) continue;  // the task has no update on this module
     const std::string base = "base_model.model." + m.name;
     tensors.emplace_back(base + ".lora_A.weight", right);
     tensors.emplace_back(base + ".lora_B.weight", std::move(left));
     ranks.emplace_back(m.name, k);
-    alphas.emplace_back(m.name, f.scale[task] * static_cast<double>(k));
+    alphas.emplace_back(m.name, scale * static_cast<double>(k));
     leaves.push_back(m.name.substr(m.name.rfind('.') + 1));
   }
   if (tensors.empty()) throw Error("task '" + t.name + "' has no modules in the bundle");

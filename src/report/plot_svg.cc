@@ -160,7 +160,8 @@ std::string axis_titles(const Frame& fr, const std::string& x_axis, const std::s
   std::string s = fmt::format(
       R"(<text x="{}" y="{}" text-anchor="middle" font-size="13" fill="#222222">{}</text>)"
       "\n",
-      num(fr.l + fr.w() / 2), num(fr.b + 42), x_axis);
+      num(fr.l + fr.w() / 2), num(fr.b + 42),
+      x_axis.empty() ? std::string("storage (fraction of the original LoRA parameters)") : xml_escape(x_axis));
   s += fmt::format(
       R"~(<text x="{0}" y="{1}" transform="rotate(-90 {0} {1})" text-anchor="middle" font-size="13" fill="#222222">{2}</text>)~"
       "\n",

@@ -41,6 +41,12 @@ struct Digest {
 }  // namespace
 
 Sha256::Sha256() : ctx_(new Digest) {}
+Sha256::Sha256(const Sha256& other) : ctx_(new Digest) {
+  if (EVP_MD_CTX_copy_ex(static_cast<Digest*>(ctx_)->ctx.get(), static_cast<const Digest*>(other.ctx_)->ctx.get()) != 1) {
+    delete static_cast<Digest*>(ctx_);
+    throw std::runtime_error("sha256 copy");
+  }
+}
 Sha256::~Sha256() { delete static_cast<Digest*>(ctx_); }
 void Sha256::update(std::span<const std::byte> bytes) { static_cast<Digest*>(ctx_)->update(bytes.data(), bytes.size()); }
 std::string Sha256::hex() { return static_cast<Digest*>(ctx_)->hex(); }

@@ -15,7 +15,8 @@ class Sha256 {
  public:
   Sha256();
   ~Sha256();
-  Sha256(const Sha256&) = delete;
+  /// A digest that goes on from `other`'s state (for inputs that share a prefix).
+  Sha256(const Sha256& other);
   Sha256& operator=(const Sha256&) = delete;
   void update(std::span<const std::byte> bytes);
   std::string hex();

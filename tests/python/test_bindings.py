@@ -295,3 +295,26 @@ def test_unmergeable_tensors_raise_or_warn(tmp_path):
         warnings.simplefilter("error")
         with pytest.raises(UserWarning):
             hydraopt.merge([dora, ADAPTERS / "spell-fr"], method="hydra-avg", skip_unmergeable=True)
+
+
+def test_bundle_add_and_remove_match_the_cli(tmp_path, bundle):
+    grown = bundle.add([str(ADAPTERS / "cap-nl")], output=tmp_path / "grown.safetensors")
+    assert grown.tasks == TASKS + ["cap-nl"]
+    r = grown.report
+    assert r["op"] == "add" and r["refit"] == "none"
+    assert [t["status"] for t in r["tasks"]] == ["kept"] * 4 + ["added"]
+    assert 0 < r["tasks"][-1]["rel_error"] < 1
+    assert bundle.tasks == TASKS  # the original is unchanged
+    for t in TASKS:  # stored factors kept: the old tasks' updates are the same numbers
+        np.testing.assert_array_equal(grown.update(t, Q0), bundle.update(t, Q0))
+    cli("add", bundle.path, ADAPTERS / "cap-nl", "-o", tmp_path / "cli.safetensors")
+    assert (tmp_path / "cli.safetensors").read_bytes() == (tmp_path / "grown.safetensors").read_bytes()
+    back = grown.remove(["cap-nl"])
+    assert back.tasks == TASKS and back.params == bundle.params
+    assert back.report["op"] == "remove" and back.report["removed"] == ["cap-nl"]
+    for t in TASKS:
+        np.testing.assert_array_equal(back.update(t, Q0), bundle.update(t, Q0))
+    with pytest.raises(hydraopt.Error, match="already in the bundle"):
+        grown.add([str(ADAPTERS / "cap-nl")])
+    with pytest.raises(hydraopt.Error, match="no task 'nope'"):
+        grown.remove(["nope"])
