@@ -347,6 +347,18 @@ TEST(IntegerBundle, CorruptCodesScalesOrGroupsAreRejectedInOneLine) {
   EXPECT_FALSE(fs::exists(d / "x"));
 }
 
+TEST(IntegerBundle, AddAndRemoveRefuseItInOneLine) {
+  Quantized q;
+  test::TempDir d;
+  std::string out;
+  EXPECT_EQ(test::run(test::cli() + " add " + q.file.string() + " extra=" + specs()[0] + " -o " + (d / "a.safetensors").string(), &out), 1);
+  EXPECT_NE(out.find("stores factors as integers"), std::string::npos) << out;
+  EXPECT_EQ(test::run(test::cli() + " remove " + q.file.string() + " --task task00 -o " + (d / "r.safetensors").string(), &out), 1);
+  EXPECT_NE(out.find("float factors only"), std::string::npos) << out;
+  EXPECT_FALSE(fs::exists(d / "a.safetensors"));
+  EXPECT_FALSE(fs::exists(d / "r.safetensors"));
+}
+
 TEST(IntegerBundle, PeftExportDequantizesToTheStoredValues) {
   Quantized q;
   const io::Bundle b = io::bundle_read(q.file);

@@ -563,10 +563,10 @@ TEST(EditBundle, BadInputIsOneLineAndWritesNothing) {
   // A bundle of another format version.
   const fs::path v2 = g.d / "v2.safetensors";
   fs::copy(g.before, v2);
-  rewrite_metadata(v2, [](nlohmann::ordered_json& j) { j["version"] = 2; });
-  EXPECT_NE(test::error_of([&] { add_adapters(v2, fifth, {}, g.after); }).find("version 2 is not supported"),
-            std::string::npos);
-  EXPECT_NE(test::error_of([&] { remove_tasks(v2, {"task00"}, {}, g.after); }).find("version 2"), std::string::npos);
+  rewrite_metadata(v2, [](nlohmann::ordered_json& j) { j["version"] = io::kBundleVersion + 1; });
+  const std::string unsupported = "version " + std::to_string(io::kBundleVersion + 1) + " is not supported";
+  EXPECT_NE(test::error_of([&] { add_adapters(v2, fifth, {}, g.after); }).find(unsupported), std::string::npos);
+  EXPECT_NE(test::error_of([&] { remove_tasks(v2, {"task00"}, {}, g.after); }).find(unsupported), std::string::npos);
   nothing_written();
 }
 

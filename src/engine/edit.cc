@@ -361,7 +361,9 @@ void write_edited(const io::SafetensorsFile& st, const io::Bundle& source, io::B
     count("core", f.cores, origins[m].cores);
   }
   io::BundleWriter writer(out, b.dtype, b.modules.size());
-  writer.expect(params);
+  std::vector<int64_t> bytes;  // float factors only (check_float_only)
+  for (int64_t p : params) bytes.push_back(p * static_cast<int64_t>(dtype_size(b.dtype)));
+  writer.expect(bytes);
   const util::InnerThreads inner(thread_count(threads));
   util::parallel_for(b.modules.size(), [&](size_t m) {
     write_copied(st, source.modules[m], b.modules[m], origins[m], b.dtype, writer, m);

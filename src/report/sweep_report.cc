@@ -111,7 +111,7 @@ std::string sweep_svg(const std::vector<MergeReport>& reports, const std::string
     for (size_t i : group) se.points.emplace_back(storage_axis(reports[i]), reports[i].mean_rel_error);
     series.push_back(std::move(se));
   }
-  PlotLabels labels{title, "mean relative error", "error"};
+  PlotLabels labels{title, "mean relative error", "error", ""};
   if (!reports.empty() && reports[0].unit == BudgetUnit::kBytes) labels.x_axis = "storage (bytes as a fraction of a bf16 copy of the adapters)";
   return line_plot_svg(series, labels);
 }

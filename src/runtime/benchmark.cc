@@ -217,7 +217,7 @@ std::string BenchmarkResult::svg() const {
   }
   for (auto& s : series) std::stable_sort(s.points.begin(), s.points.end());
   PlotLabels labels{fmt::format("Task quality kept by each method ({} tasks)", tasks.size()), "mean relative task score",
-                    "relative score"};
+                    "relative score", ""};
   labels.x_axis = "storage (bytes as a fraction of a bf16 copy of the adapters)";
   return line_plot_svg(series, labels);
 }
