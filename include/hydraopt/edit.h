@@ -19,8 +19,8 @@ struct EditOptions {
   /// re-planned and re-fitted (the bundle's method and parameters), the
   /// stored tasks' reconstructions as their targets and new adapters as
   /// they are. "touched": only the modules the new adapters have, the others
-  /// as with "none". Unset: "all" when a budget is given, else "none"
-  /// (remove: none).
+  /// as with "none" (add only). Unset: "all" when a budget is given, else
+  /// "none".
   std::optional<std::string> refit;
   /// Storage for a refit: a fraction of the original LoRA parameter count,
   /// or bytes of tensor data. Default: add, the bundle's recorded budget;

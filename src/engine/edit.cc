@@ -56,7 +56,7 @@ std::string refit_mode(const EditOptions& o, bool adding) {
     throw Error("--budget must be a fraction in (0, 1], got " + fmt::format("{}", *o.budget));
   }
   if (o.budget_bytes && *o.budget_bytes <= 0) throw Error("--budget-bytes must be positive");
-  const std::string mode = o.refit.value_or(budget && adding ? "all" : "none");
+  const std::string mode = o.refit.value_or(budget ? "all" : "none");
   if (mode != "none" && mode != "touched" && mode != "all") {
     throw Error("--refit must be none, touched or all, not '" + mode + "'");
   }
