@@ -23,24 +23,7 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-const test::TempDir& data() {
-  static test::TempDir d;
-  static bool made = [] {
-    SynthOptions o;
-    o.preset = "tiny";
-    o.tasks = 5;
-    synth_write(d.path() / "tiny", o);
-    return true;
-  }();
-  (void)made;
-  return d;
-}
-
-std::vector<std::string> specs() {
-  std::vector<std::string> v;
-  for (int i = 0; i < 5; ++i) v.push_back((data().path() / "tiny" / ("task0" + std::to_string(i))).string());
-  return v;
-}
+std::vector<std::string> specs() { return test::synth_specs(5); }
 
 const AdapterSet& tiny() {
   static AdapterSet set = AdapterSet::open(specs());

@@ -21,24 +21,7 @@ namespace fs = std::filesystem;
 using Eigen::MatrixXd;
 
 // One synthetic set shared by the tests of this file (written once).
-const test::TempDir& data() {
-  static test::TempDir d;
-  static bool made = [] {
-    SynthOptions o;
-    o.preset = "tiny";
-    o.tasks = 6;
-    synth_write(d.path() / "tiny", o);
-    return true;
-  }();
-  (void)made;
-  return d;
-}
-
-std::vector<std::string> specs() {
-  std::vector<std::string> v;
-  for (int i = 0; i < 6; ++i) v.push_back((data().path() / "tiny" / ("task0" + std::to_string(i))).string());
-  return v;
-}
+std::vector<std::string> specs() { return test::synth_specs(6); }
 
 const AdapterSet& tiny() {
   static AdapterSet set = AdapterSet::open(specs());

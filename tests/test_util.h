@@ -10,12 +10,14 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "hydraopt/error.h"
+#include "hydraopt/synth.h"
 #include "io/safetensors.h"
 
 namespace hydraopt::test {
@@ -51,6 +53,22 @@ class TempDir {
  private:
   fs::path path_;
 };
+
+/// The task directories of a synthetic adapter set (`preset`, `tasks`
+/// adapters, the generator's defaults otherwise), written once per test
+/// binary run and kept until it ends.
+inline std::vector<std::string> synth_specs(int tasks, const std::string& preset = "tiny") {
+  static std::map<std::pair<std::string, int>, std::pair<std::unique_ptr<TempDir>, std::vector<std::string>>> made;
+  auto& entry = made[{preset, tasks}];
+  if (!entry.first) {
+    entry.first = std::make_unique<TempDir>();
+    SynthOptions o;
+    o.preset = preset;
+    o.tasks = tasks;
+    for (const auto& dir : synth_write(entry.first->path() / preset, o)) entry.second.push_back(dir.string());
+  }
+  return entry.second;
+}
 
 /// Directories to write outputs into: a temporary one here and, where
 /// /dev/shm is writable, one on tmpfs (another file system's features:
