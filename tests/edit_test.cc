@@ -392,7 +392,8 @@ TEST(EditRefit, ARefitFromReconstructionsEqualsAMergeOfThemAsAdapters) {
     EXPECT_EQ(b1.history[0].reconstructed, (std::vector<std::string>{"task00", "task01", "task02", "task03"}));
     {  // a byte budget counts tensor bytes (integer factors allowed)
       int64_t bytes = 0;
-      for (const auto& t : io::SafetensorsFile::open(g.after).tensors()) bytes += static_cast<int64_t>(t.nbytes());
+      const io::SafetensorsFile st = io::SafetensorsFile::open(g.after);
+      for (const auto& t : st.tensors()) bytes += static_cast<int64_t>(t.nbytes());
       EXPECT_LE(bytes, *mo.budget_bytes);
     }
     EXPECT_TRUE(verify_bundle(g.after, g.specs).problems.empty());
