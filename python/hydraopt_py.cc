@@ -133,16 +133,18 @@ hydraopt::EditOptions edit_options(const std::optional<std::string>& refit, std:
 
 // add()/remove(): `edit` writes the edited bundle to the path it is given:
 // `output`, or a temporary file the returned Bundle owns.
+// Where a call that makes a bundle writes it: `output`, or a temporary
+// file that `b` owns.
+fs::path bundle_output(const py::object& output, PyBundle* b) {
+  if (!output.is_none()) return path_string(output);
+  b->owner = std::make_shared<TempDir>();
+  return b->owner->path / "bundle.safetensors";
+}
+
 template <typename Edit>
 PyBundle edited(const py::object& output, Edit&& edit) {
   PyBundle b;
-  fs::path path;
-  if (output.is_none()) {
-    b.owner = std::make_shared<TempDir>();
-    path = b.owner->path / "bundle.safetensors";
-  } else {
-    path = path_string(output);
-  }
+  const fs::path path = bundle_output(output, &b);
   py::gil_scoped_release unlocked;
   b.report_json = hydraopt::edit_report_json(edit(path));
   b.data = hydraopt::Bundle::open(path);
@@ -396,13 +398,7 @@ PYBIND11_MODULE(_hydraopt, m) {
         }
         auto set = adapter_set(adapters, skip_unmergeable);
         PyBundle b;
-        fs::path path;
-        if (output.is_none()) {
-          b.owner = std::make_shared<TempDir>();
-          path = b.owner->path / "bundle.safetensors";
-        } else {
-          path = path_string(output);
-        }
+        const fs::path path = bundle_output(output, &b);
         {
           py::gil_scoped_release unlocked;
           auto report = hydraopt::merge(set, o, path);
