@@ -198,6 +198,31 @@ TEST(BundleWriter, FileDoesNotDependOnModuleOrder) {
   EXPECT_EQ(files, 3u) << "no spool or partial output may remain";
 }
 
+// A module stored early and then replaced (discard(), as the planner does
+// when a later round chooses another structure) leaves only the second in
+// the file; once expect() fixed the layout nothing can be discarded.
+TEST(BundleWriter, DiscardedModuleIsReplaced) {
+  test::TempDir d;
+  merge(tiny(), at(0.4), d / "merged.safetensors");
+  const io::Bundle b = io::bundle_read(d / "merged.safetensors");
+  ASSERT_GT(b.modules.size(), 1u);
+  {
+    io::BundleWriter w(d / "replaced.safetensors", b.dtype, b.modules.size());
+    w.write_module(0, b.modules[1]);  // the wrong module's fit first
+    w.discard(0);
+    EXPECT_FALSE(w.has_module(0));
+    for (size_t m = 0; m < b.modules.size(); ++m) w.write_module(m, b.modules[m]);
+    w.finish(b);
+  }
+  EXPECT_EQ(test::read_text(d / "replaced.safetensors"), test::read_text(d / "merged.safetensors"));
+  io::BundleWriter w(d / "direct.safetensors", b.dtype, b.modules.size());
+  std::vector<int64_t> bytes;
+  for (const auto& m : b.modules) bytes.push_back(fit_bytes(m.fit, m.precision, b.dtype));
+  w.expect(bytes);
+  w.write_module(0, b.modules[0]);
+  EXPECT_THROW(w.discard(0), std::logic_error);
+}
+
 // Given the layout in advance (expect()), modules go straight to their
 // places in the output file, in any order, and the header is put in front
 // at the end; where the file system cannot insert it (tmpfs), finish()

@@ -83,12 +83,13 @@ double Session::requested_fraction() const {
 }
 
 EvalTable Session::evaluate(const std::function<std::vector<CandidateSpec>(size_t, const ModuleShape&)>& specs,
-                            const FitOptions& fo, bool final, Spread spread) {
+                            const FitOptions& fo, Store store, Spread spread) {
   EvalTable out(set_.modules().size());
-  // Every module's specs, on every rank: with one per module the bundle's
-  // layout is known before any is fitted.
+  // Every module's specs, on every rank: with one per module, for good, the
+  // bundle's layout is known before any is fitted.
   const auto lists = spec_lists(specs);
-  if (final && std::all_of(lists.begin(), lists.end(), [](const auto& l) { return l.size() == 1; })) {
+  const bool final = store != Store::kNo;
+  if (store == Store::kFinal && std::all_of(lists.begin(), lists.end(), [](const auto& l) { return l.size() == 1; })) {
     std::vector<CandidateSpec> only;
     for (const auto& l : lists) only.push_back(l[0]);
     expect_layout(only, writer_);
@@ -186,6 +187,7 @@ Evaluated Session::record(size_t m, ModuleFit stored, std::vector<double> task_e
   for (size_t i = 0; i < e.task_err2.size(); ++i) e.error += weights_[i] * e.task_err2[i];
   if (store && writer_) {
     const auto& mod = set_.modules()[m];
+    if (writer_->has_module(m)) writer_->discard(m);  // an earlier choice, replaced
     writer_->write_module(m, {mod.name, mod.in, mod.out, cs.spec, std::move(stored), {}, cs.precision});  // sha256: set by the writer
   }
   return e;

@@ -41,7 +41,7 @@ class Session final : public MethodContext {
   const HandPlan* hand_plan() override;
   bool budget_given() const override { return o_.budget || o_.budget_bytes; }
   EvalTable evaluate(const std::function<std::vector<CandidateSpec>(size_t, const ModuleShape&)>& specs,
-                     const FitOptions& fo, bool final, Spread spread) override;
+                     const FitOptions& fo, Store store, Spread spread) override;
   EvalTable predict(const std::function<std::vector<CandidateSpec>(size_t, const ModuleShape&)>& specs,
                     const FitOptions& fo) override;
   EvalTable evaluate_merged(const std::function<ModuleFit(const ModuleProblem&, size_t)>& merge) override;

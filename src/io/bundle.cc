@@ -448,6 +448,13 @@ bool BundleWriter::has_module(size_t m) const {
   return m < impl_->modules.size() && impl_->modules[m].written;
 }
 
+void BundleWriter::discard(size_t m) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  if (m >= impl_->modules.size()) throw std::logic_error("bundle module index out of range");
+  if (impl_->direct) throw std::logic_error("discard() after expect() fixed the layout");
+  impl_->modules[m] = {};
+}
+
 void BundleWriter::finish(const Bundle& b) {
   Impl& w = *impl_;
   if (w.path.empty()) throw std::logic_error("a spool-only bundle writer cannot finish");

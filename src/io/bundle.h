@@ -151,6 +151,10 @@ class BundleWriter {
   /// Stores module m (name, shape, spec and its fit, already rounded).
   void write_module(size_t m, const BundleModule& module);
   bool has_module(size_t m) const;
+  /// Forgets module m (written or not) so that it can be written again: a
+  /// fit stored early and then replaced by another choice. Spooled bytes
+  /// are left unused in the spool; not once expect() fixed the layout.
+  void discard(size_t m);
   /// Module m, once written, as one message for write_encoded().
   std::string encoded_module(size_t m) const;
   /// Stores module m from encoded_module()'s message. Thread-safe like

@@ -61,6 +61,13 @@ struct StoredFit {
 /// holds one module's factors in memory instead of one per thread).
 enum class Spread { kAcross, kInside };
 
+/// What evaluate() does with the fit of a module given exactly one spec.
+enum class Store {
+  kNo,       ///< measures it only
+  kReplace,  ///< stores it in the bundle; a later call may replace it
+  kFinal,    ///< stores it in the bundle for good
+};
+
 /// A plan given by hand (--plan): a structure per module name.
 struct HandPlan {
   std::string file;
@@ -93,10 +100,11 @@ class MethodContext {
   virtual bool budget_given() const = 0;
 
   /// Fits and measures specs(m, shape(m)) on every module (a module with
-  /// no specs gets none). With `final`, a module given exactly one spec is
-  /// finished: the fit goes into the bundle at once.
+  /// no specs gets none). A module given exactly one spec has its fit
+  /// stored in the bundle at once as `store` says (replacing what an
+  /// earlier call stored there).
   virtual EvalTable evaluate(const std::function<std::vector<CandidateSpec>(size_t, const ModuleShape&)>& specs,
-                             const FitOptions& fo, bool final, Spread spread) = 0;
+                             const FitOptions& fo, Store store, Spread spread) = 0;
   /// Predicts the error of specs(m, shape(m)) on every module after
   /// rounding (ModuleFitter::predict; the exact structure, which costs no
   /// fit, is measured): one range finder per module and side serves all.

@@ -3,6 +3,7 @@
 // entry (plan/registry.h): a descriptor and the run that says which
 // structure every module gets at every budget.
 #include <algorithm>
+#include <optional>
 #include <set>
 
 #include "hydraopt/error.h"
@@ -61,7 +62,7 @@ MethodRun run_hydra(MethodContext& ctx, const Params&, Budgets b) {
       [](size_t, const ModuleShape& shape) {
         return std::vector<CandidateSpec>{{{Family::kSharedA, std::max<int64_t>(1, shape.max_rank()), 0}, "shared-A", {}}};
       },
-      fo, true, ctx.streaming_spread());
+      fo, Store::kFinal, ctx.streaming_spread());
   return same_at_every_budget(std::move(table), b, fo);
 }
 
@@ -73,7 +74,7 @@ MethodRun run_hydra_avg(MethodContext& ctx, const Params&, Budgets b) {
         if (!spec_valid(sp, shape)) throw Error(ctx.module_name(m) + ": hydra-avg needs every task at one rank here");
         return std::vector<CandidateSpec>{{sp, "avg-A", {}}};
       },
-      fo, true, Spread::kInside);
+      fo, Store::kFinal, Spread::kInside);
   return same_at_every_budget(std::move(table), b, fo);
 }
 
@@ -141,7 +142,7 @@ MethodRun run_jd(Family f, MethodContext& ctx, const Params& params, Budgets b) 
         for (int64_t k : distinct) v.push_back({clip_rank({f, k, 0}, shape), std::to_string(k), {}});
         return v;
       },
-      run.fit, true, Spread::kInside);
+      run.fit, Store::kFinal, Spread::kInside);
   for (int64_t k : ranks) {
     const auto idx = static_cast<size_t>(std::distance(distinct.begin(), distinct.find(k)));
     run.choice.emplace_back(run.table.size(), idx);
@@ -258,7 +259,7 @@ MethodRun run_hand_plan(MethodContext& ctx, const HandPlan& hand, const FitOptio
   }
   const FitOptions known = for_known_structures(fo);
   auto table = ctx.evaluate([&](size_t m, const ModuleShape&) { return std::vector<CandidateSpec>{{specs[m], "plan", {}}}; },
-                            known, true, Spread::kInside);
+                            known, Store::kFinal, Spread::kInside);
   int64_t total = 0;
   for (auto& e : table) total += e[0].storage(b.unit);
   const char* units = b.unit == BudgetUnit::kBytes ? " bytes" : " numbers";
@@ -278,9 +279,12 @@ MethodRun run_hand_plan(MethodContext& ctx, const HandPlan& hand, const FitOptio
 //     and small products: no fit.
 //  2. The plans are made on the predictions. The chosen candidates that ALS
 //     refines (grouped heads and cores, jd) are fitted with ALS and
-//     measured, and the plans redone, at most kRounds times.
-//  3. The chosen candidates not yet measured are fitted and measured (with
-//     one budget, straight into the bundle): the report gives what is stored.
+//     measured, and the plans redone, at most kRounds times. With one
+//     budget each such fit goes into the bundle at once (a later round's
+//     choice replaces it), so the chosen ones are not fitted twice.
+//  3. The chosen candidates not yet measured, or measured but not stored,
+//     are fitted and measured (with one budget, straight into the bundle):
+//     the report gives what is stored.
 MethodRun run_planner(MethodContext& ctx, const Params& params, Budgets b) {
   const FitOptions fo = als_options(ctx, params);
   if (const HandPlan* hand = ctx.hand_plan()) return run_hand_plan(ctx, *hand, fo, b);
@@ -295,19 +299,33 @@ MethodRun run_planner(MethodContext& ctx, const Params& params, Budgets b) {
       fo);
   EvalTable& ev = run.table;
   keep_feasible(&b, [&](int64_t lim) { check_floor(ctx, to_candidates(ev, b.unit), lim, b.unit); });
+  // With precisions (625 per structure) most candidates are dominated:
+  // only those the plans can choose are kept (the rounds below redo the
+  // plans on them as measurements replace predictions).
+  if (b.unit == BudgetUnit::kBytes) {
+    const auto needed = plan_needed(to_candidates(ev, b.unit), b.limits);
+    for (size_t m = 0; m < ev.size(); ++m) {
+      std::vector<Evaluated> kept;
+      for (size_t c : needed[m]) kept.push_back(std::move(ev[m][c]));
+      ev[m] = std::move(kept);
+    }
+  }
   // The chosen structures are fitted with their shared subspaces solved
   // only as wide as each needs (the predictions solved the widest, 4r).
   run.fit = for_known_structures(fo);
-  auto measure = [&](const std::vector<std::vector<size_t>>& todo, bool final) {
+  const bool one_budget = b.limits.size() == 1;
+  std::vector<std::optional<size_t>> stored(ev.size());  // with one budget: the candidate in the bundle
+  auto measure = [&](const std::vector<std::vector<size_t>>& todo, Store store) {
     auto measured = ctx.evaluate(
         [&](size_t m, const ModuleShape&) {
           std::vector<CandidateSpec> v;
           for (size_t c : todo[m]) v.push_back({ev[m][c].spec, ev[m][c].key, ev[m][c].precision});
           return v;
         },
-        run.fit, final, Spread::kAcross);
+        run.fit, one_budget ? store : Store::kNo, Spread::kAcross);
     for (size_t m = 0; m < ev.size(); ++m) {
       for (size_t j = 0; j < todo[m].size(); ++j) ev[m][todo[m][j]] = std::move(measured[m][j]);
+      if (one_budget && todo[m].size() == 1) stored[m] = todo[m][0];
     }
   };
   std::vector<PlanResult> plans;
@@ -327,16 +345,17 @@ MethodRun run_planner(MethodContext& ctx, const Params& params, Budgets b) {
       }
     }
     if (!any) break;
-    measure(todo, false);
+    measure(todo, Store::kReplace);
   }
   std::vector<std::vector<size_t>> todo(ev.size());
   for (size_t m = 0; m < ev.size(); ++m) {
     for (const PlanResult& plan : plans) {
       const size_t c = plan.choice[m];
-      if (!ev[m][c].measured && std::find(todo[m].begin(), todo[m].end(), c) == todo[m].end()) todo[m].push_back(c);
+      const bool needed = !ev[m][c].measured || (one_budget && stored[m] != c);
+      if (needed && std::find(todo[m].begin(), todo[m].end(), c) == todo[m].end()) todo[m].push_back(c);
     }
   }
-  measure(todo, plans.size() == 1);
+  measure(todo, Store::kFinal);
   run.budgets = b.fractions;
   for (const PlanResult& plan : plans) run.choice.push_back(plan.choice);
   return run;
