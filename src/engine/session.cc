@@ -129,13 +129,14 @@ std::vector<std::vector<CandidateSpec>> Session::spec_lists(
 EvalTable Session::predict(const std::function<std::vector<CandidateSpec>(size_t, const ModuleShape&)>& specs,
                            const FitOptions& fo) {
   EvalTable out(set_.modules().size());
-  const auto lists = spec_lists(specs);
+  auto lists = spec_lists(specs);  // each module's list is released when done
   FitOptions estimate = fo;
   estimate.estimate = true;
   for_each_item(mine_, threads_, o_.progress, [&](size_t m) {
     if (lists[m].empty()) return;
     const ModuleProblem p = problem(m);
     ModuleFitter fitter(p, estimate);
+    out[m].reserve(lists[m].size());
     for (auto& cs : lists[m]) {
       if (cs.spec.family == Family::kExact && cs.precision.all_float()) {  // nothing to fit: measured
         ModuleFit stored = store_in_precision(p, fitter.fit(cs.spec), cs.precision, dtype_);
@@ -144,10 +145,11 @@ EvalTable Session::predict(const std::function<std::vector<CandidateSpec>(size_t
         continue;
       }
       const Prediction pr = fitter.predict(cs.spec, cs.precision, dtype_);
-      Evaluated e{cs.spec, cs.key, spec_params(cs.spec, shape(m)), pr.error, {}, 0, false, cs.precision,
+      Evaluated e{cs.spec, std::move(cs.key), spec_params(cs.spec, shape(m)), pr.error, {}, 0, false, cs.precision,
                   spec_bytes(cs.spec, shape(m), cs.precision, dtype_)};
       out[m].push_back(std::move(e));
     }
+    std::vector<CandidateSpec>().swap(lists[m]);
   }, Spread::kAcross);
   share_table(out, mine_);
   return out;
