@@ -256,8 +256,10 @@ Subspace range_finder(const Eigen::MatrixXf& tf, const std::function<const Matri
   const double kTol = estimate ? 1e-3 : 1e-4;
   const double floor = estimate ? 1e-7 : 1e-13;
   // Single precision suffices while the residual is at least this share of
-  // ||T||^2: rounding (~1e-7 of ||T||^2) is then ~1e-5 of the residual.
-  constexpr double kSingleFloor = 1e-2;
+  // ||T||^2: rounding (~1e-7 of ||T||^2) is then at most ~1e-4 of the
+  // residual, the stopping tolerance. (At 1e-2, strongly shared adapters,
+  // whose residual is ~0.1-1%, spent most of the hydra point in double.)
+  constexpr double kSingleFloor = 1e-3;
   Eigen::MatrixXf zf = random_start(0x5ca1ab1e, p, n, k, l)->cast<float>(), yf;
   MatrixXd z;                   // the iterate, once the double phase starts
   const MatrixXd* t = nullptr;  // T in double, once the double phase starts

@@ -68,8 +68,9 @@ struct Subspace {
 /// inside the 0.1% the design allows.
 ///
 /// The products run in single precision (twice the speed, half the memory
-/// traffic) while E_q >= 1e-2 ||T||^2, where float rounding (~1e-7 ||T||^2)
-/// is ~1e-5 of E_q; below that the iteration continues in double. The
+/// traffic) while E_q >= 1e-3 ||T||^2, where float rounding (~1e-7 ||T||^2)
+/// is at most ~1e-4 of E_q, the stopping tolerance; below that the
+/// iteration continues in double. The
 /// basis is re-orthonormalised in double; the values are accurate to the
 /// working precision.
 Subspace top_right_subspace(const Eigen::MatrixXd& t, Eigen::Index k);
