@@ -133,38 +133,5 @@ TEST(Planner, LargeBudgetsStayWithinBudgetAndNearTheOptimumOfAFinerProblem) {
   }
 }
 
-// plan_needed: planning on only the candidates it keeps gives the plans
-// planning on all of them gives (more than 64 uniform keys, most
-// candidates dominated, as with a precision axis).
-TEST(Planner, PlanningOnTheNeededCandidatesGivesTheSamePlans) {
-  for (uint64_t seed = 0; seed < 6; ++seed) {
-    const Modules all = random_table(12, 300, seed);
-    int64_t lo = plan_min_storage(all), hi = 0;
-    for (auto& c : all) {
-      int64_t most = 0;
-      for (auto& x : c) most = std::max(most, x.storage);
-      hi += most;
-    }
-    std::vector<int64_t> budgets;
-    for (int k = 0; k <= 8; ++k) budgets.push_back(lo + (hi - lo) * k / 12);
-    const auto needed = plan_needed(all, budgets);
-    Modules pruned(all.size());
-    size_t kept = 0, total = 0;
-    for (size_t i = 0; i < all.size(); ++i) {
-      for (size_t j : needed[i]) pruned[i].push_back(all[i][j]);
-      kept += needed[i].size();
-      total += all[i].size();
-    }
-    EXPECT_LT(kept, total / 2) << "seed " << seed << ": too little pruned for the test to mean anything";
-    const auto expected = plan_budgets(all, budgets), got = plan_budgets(pruned, budgets);
-    for (size_t b = 0; b < budgets.size(); ++b) {
-      SCOPED_TRACE("seed " + std::to_string(seed) + ", budget " + std::to_string(budgets[b]));
-      EXPECT_EQ(got[b].storage, expected[b].storage);
-      EXPECT_EQ(got[b].error, expected[b].error);
-      for (size_t i = 0; i < all.size(); ++i) EXPECT_EQ(needed[i][got[b].choice[i]], expected[b].choice[i]);
-    }
-  }
-}
-
 }  // namespace
 }  // namespace hydraopt

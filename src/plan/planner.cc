@@ -155,9 +155,9 @@ std::vector<size_t> front(const std::vector<Candidate>& c) {
   return kept;
 }
 
-// The uniform plans (the same key in every module; in each, the first
-// candidate with that key), their totals made.
-std::map<std::string, PlanResult> uniform_plans(const Modules& modules) {
+// The best of the uniform plans (the same key in every module) that fit,
+// each followed by step 3; only the `tries` best before step 3 are filled.
+PlanResult best_uniform(const Modules& modules, int64_t budget, size_t tries, const std::vector<std::vector<size_t>>& to) {
   std::map<std::string, PlanResult> uniform;
   for (size_t j = 0; j < modules[0].size(); ++j) uniform[modules[0][j].key].choice.assign(1, j);
   for (size_t i = 1; i < modules.size(); ++i) {
@@ -173,30 +173,16 @@ std::map<std::string, PlanResult> uniform_plans(const Modules& modules) {
       }
     }
   }
-  for (auto& [key, u] : uniform) totals(modules, &u);
-  return uniform;
-}
-
-// The `tries` uniform plans of least error that fit the budget.
-std::vector<PlanResult> best_fitting(const std::map<std::string, PlanResult>& uniform, int64_t budget, size_t tries) {
   std::vector<PlanResult> fits;
-  for (const auto& [key, u] : uniform) {
-    if (u.storage <= budget) fits.push_back(u);
+  for (auto& [key, u] : uniform) {
+    totals(modules, &u);
+    if (u.storage <= budget) fits.push_back(std::move(u));
   }
   std::stable_sort(fits.begin(), fits.end(), [](const PlanResult& a, const PlanResult& b) { return a.error < b.error; });
-  if (fits.size() > tries) fits.resize(tries);
-  return fits;
-}
-
-constexpr size_t kUniformTries = 64;
-
-// The best of the uniform plans that fit, each followed by step 3; only
-// the `tries` best before step 3 are filled.
-PlanResult best_uniform(const Modules& modules, int64_t budget, size_t tries, const std::vector<std::vector<size_t>>& to) {
   PlanResult best;
-  for (PlanResult& u : best_fitting(uniform_plans(modules), budget, tries)) {
-    fill(modules, budget, &u, &to);
-    if (best.choice.empty() || u.error < best.error) best = u;
+  for (size_t t = 0; t < std::min(tries, fits.size()); ++t) {
+    fill(modules, budget, &fits[t], &to);
+    if (best.choice.empty() || fits[t].error < best.error) best = fits[t];
   }
   return best;
 }
@@ -257,25 +243,9 @@ PlanResult plan_budget(const Modules& all, int64_t budget) {
   for (size_t i = 0; i < all.size(); ++i) result.choice[i] = kept[i][result.choice[i]];
   totals(all, &result);
   // Step 5 on every candidate.
+  constexpr size_t kUniformTries = 64;
   if (PlanResult u = best_uniform(all, budget, kUniformTries, kept); !u.choice.empty() && u.error < result.error) result = u;
   return result;
-}
-
-std::vector<std::vector<size_t>> plan_needed(const Modules& modules, const std::vector<int64_t>& budgets) {
-  std::vector<std::vector<size_t>> needed;
-  for (const auto& c : modules) needed.push_back(front(c));
-  if (modules.empty()) return needed;
-  const auto uniform = uniform_plans(modules);
-  for (int64_t budget : budgets) {
-    for (const PlanResult& u : best_fitting(uniform, budget, kUniformTries)) {
-      for (size_t i = 0; i < modules.size(); ++i) needed[i].push_back(u.choice[i]);
-    }
-  }
-  for (auto& n : needed) {
-    std::sort(n.begin(), n.end());
-    n.erase(std::unique(n.begin(), n.end()), n.end());
-  }
-  return needed;
 }
 
 std::vector<PlanResult> plan_budgets(const Modules& modules, const std::vector<int64_t>& budgets) {

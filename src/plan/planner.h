@@ -50,13 +50,6 @@ int64_t plan_min_storage(const std::vector<std::vector<Candidate>>& modules);
 /// Throws hydraopt::Error if even the smallest plan exceeds `budget`.
 PlanResult plan_budget(const std::vector<std::vector<Candidate>>& modules, int64_t budget);
 
-/// The candidates plan_budgets(modules, budgets) may choose, per module
-/// (indices, ascending): each module's undominated ones and those of the
-/// uniform plans step 5 tries at each budget. Planning on only these gives
-/// the same plans (a precision axis leaves most candidates out).
-std::vector<std::vector<size_t>> plan_needed(const std::vector<std::vector<Candidate>>& modules,
-                                             const std::vector<int64_t>& budgets);
-
 /// Plans for several budgets (ascending or not) whose error never rises with
 /// the budget: a plan that fits a smaller budget also fits a larger one, so
 /// each budget keeps the better of its own plan and the previous one's.

@@ -299,17 +299,6 @@ MethodRun run_planner(MethodContext& ctx, const Params& params, Budgets b) {
       fo);
   EvalTable& ev = run.table;
   keep_feasible(&b, [&](int64_t lim) { check_floor(ctx, to_candidates(ev, b.unit), lim, b.unit); });
-  // With precisions (625 per structure) most candidates are dominated:
-  // only those the plans can choose are kept (the rounds below redo the
-  // plans on them as measurements replace predictions).
-  if (b.unit == BudgetUnit::kBytes) {
-    const auto needed = plan_needed(to_candidates(ev, b.unit), b.limits);
-    for (size_t m = 0; m < ev.size(); ++m) {
-      std::vector<Evaluated> kept;
-      for (size_t c : needed[m]) kept.push_back(std::move(ev[m][c]));
-      ev[m] = std::move(kept);
-    }
-  }
   // The chosen structures are fitted with their shared subspaces solved
   // only as wide as each needs (the predictions solved the widest, 4r).
   run.fit = for_known_structures(fo);
