@@ -35,6 +35,19 @@ MergeOptions at(double budget, const std::string& method = "hydraopt") {
   return o;
 }
 
+// tiny() merged with `o` into d/merged.safetensors, read back.
+io::Bundle merged_bundle(const test::TempDir& d, const MergeOptions& o) {
+  merge(tiny(), o, d / "merged.safetensors");
+  return io::bundle_read(d / "merged.safetensors");
+}
+
+// Each module's stored bytes (BundleWriter::expect's layout).
+std::vector<int64_t> module_bytes(const io::Bundle& b) {
+  std::vector<int64_t> bytes;
+  for (const auto& m : b.modules) bytes.push_back(fit_bytes(m.fit, m.precision, b.dtype));
+  return bytes;
+}
+
 // Dense reference: relative error per task from explicit matrices.
 std::vector<double> dense_rel_errors(const AdapterSet& set, const std::vector<std::map<std::string, MatrixXd>>& hat) {
   std::vector<double> out;
@@ -176,8 +189,7 @@ TEST(Merge, HydraPointIsByteIdenticalAcrossThreadCounts) {
 // nothing behind.
 TEST(BundleWriter, FileDoesNotDependOnModuleOrder) {
   test::TempDir d;
-  merge(tiny(), at(0.4), d / "merged.safetensors");
-  const io::Bundle b = io::bundle_read(d / "merged.safetensors");
+  const io::Bundle b = merged_bundle(d, at(0.4));
   ASSERT_GT(b.modules.size(), 2u);
   {
     io::BundleWriter w(d / "reversed.safetensors", b.dtype, b.modules.size());
@@ -203,8 +215,7 @@ TEST(BundleWriter, FileDoesNotDependOnModuleOrder) {
 // the file; once expect() fixed the layout nothing can be discarded.
 TEST(BundleWriter, DiscardedModuleIsReplaced) {
   test::TempDir d;
-  merge(tiny(), at(0.4), d / "merged.safetensors");
-  const io::Bundle b = io::bundle_read(d / "merged.safetensors");
+  const io::Bundle b = merged_bundle(d, at(0.4));
   ASSERT_GT(b.modules.size(), 1u);
   {
     io::BundleWriter w(d / "replaced.safetensors", b.dtype, b.modules.size());
@@ -216,9 +227,7 @@ TEST(BundleWriter, DiscardedModuleIsReplaced) {
   }
   EXPECT_EQ(test::read_text(d / "replaced.safetensors"), test::read_text(d / "merged.safetensors"));
   io::BundleWriter w(d / "direct.safetensors", b.dtype, b.modules.size());
-  std::vector<int64_t> bytes;
-  for (const auto& m : b.modules) bytes.push_back(fit_bytes(m.fit, m.precision, b.dtype));
-  w.expect(bytes);
+  w.expect(module_bytes(b));
   w.write_module(0, b.modules[0]);
   EXPECT_THROW(w.discard(0), std::logic_error);
 }
@@ -232,10 +241,8 @@ TEST(BundleWriter, ExpectedLayoutGivesTheSameFile) {
   test::TempDir d;
   MergeOptions o = at(0.4);
   o.method = "hydra";  // evaluate_all sets the layout
-  merge(tiny(), o, d / "merged.safetensors");
-  const io::Bundle b = io::bundle_read(d / "merged.safetensors");
-  std::vector<int64_t> params;  // the modules' bytes
-  for (const auto& m : b.modules) params.push_back(fit_bytes(m.fit, m.precision, b.dtype));
+  const io::Bundle b = merged_bundle(d, o);
+  const std::vector<int64_t> params = module_bytes(b);
   {
     io::BundleWriter w(d / "spooled.safetensors", b.dtype, b.modules.size());
     for (size_t m = 0; m < b.modules.size(); ++m) w.write_module(m, b.modules[m]);
@@ -280,8 +287,7 @@ TEST(BundleWriter, EncodedModulesGiveTheSameFile) {
   test::TempDir d;
   MergeOptions o = at(0.4);
   o.dtype = DType::BF16;
-  merge(tiny(), o, d / "merged.safetensors");
-  const io::Bundle b = io::bundle_read(d / "merged.safetensors");
+  const io::Bundle b = merged_bundle(d, o);
   {
     io::BundleWriter spool(b.dtype, b.modules.size());  // in $TMPDIR, unlinked
     io::BundleWriter w(d / "relayed.safetensors", b.dtype, b.modules.size());
