@@ -51,7 +51,11 @@ struct BenchmarkOptions {
   /// Points to evaluate. Every bundle is stored in bf16, so a point's
   /// storage in bytes is its fraction of a bf16 copy (the plot's x axis).
   std::vector<DemoPoint> points = {
-      {"hydraopt", 0.0},   {"hydraopt", 0.25},  {"hydraopt", -1.0}, {"hydraopt", 0.75}, {"jd-full", -1.0},
+      // hydraopt at every baseline's storage (1/N: the merges; the hydra
+      // layout's: hydra-avg, jd-full), at 0.52 (the published operating
+      // point) and at 0.25 and 0.75.
+      {"hydraopt", 0.0},   {"hydraopt", 0.25},  {"hydraopt", -1.0}, {"hydraopt", 0.52}, {"hydraopt", 0.75},
+      {"jd-full", -1.0},
       {"hydra-avg", 1.0},  {"ta", 1.0},         {"ties", 1.0},      {"dare-ties", 1.0}, {"linear", 1.0},
       {"knots-ties", 1.0},
       // Byte budgets where the quantization baseline's formats land (int2
