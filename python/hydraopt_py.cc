@@ -131,8 +131,6 @@ hydraopt::EditOptions edit_options(const std::optional<std::string>& refit, std:
   return o;
 }
 
-// add()/remove(): `edit` writes the edited bundle to the path it is given:
-// `output`, or a temporary file the returned Bundle owns.
 // Where a call that makes a bundle writes it: `output`, or a temporary
 // file that `b` owns.
 fs::path bundle_output(const py::object& output, PyBundle* b) {
@@ -141,6 +139,8 @@ fs::path bundle_output(const py::object& output, PyBundle* b) {
   return b->owner->path / "bundle.safetensors";
 }
 
+// add()/remove(): `edit` writes the edited bundle to the path it is given:
+// `output`, or a temporary file the returned Bundle owns.
 template <typename Edit>
 PyBundle edited(const py::object& output, Edit&& edit) {
   PyBundle b;

@@ -221,13 +221,7 @@ TEST(EditRemove, RemovingTheAddedTaskGivesTheStoredFitBack) {
     StructureSpec spec = c.spec;
     add_task(&f, &spec, random_lora(3, 14, 11, 42), DType::F32);
     remove_tasks(&f, {false, false, false, false, true});
-    EXPECT_EQ(f.heads, stored.heads);
-    EXPECT_EQ(f.bodies, stored.bodies);
-    EXPECT_EQ(f.cores, stored.cores);
-    EXPECT_EQ(f.head_of, stored.head_of);
-    EXPECT_EQ(f.body_of, stored.body_of);
-    EXPECT_EQ(f.core_of, stored.core_of);
-    EXPECT_EQ(f.scale, stored.scale);
+    test::expect_same_fit(f, stored);
   }
 }
 

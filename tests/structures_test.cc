@@ -229,13 +229,7 @@ TEST(Structures, StreamedSharedHeadsEqualFitRoundAndMeasure) {
       const ModuleFit got = fit_shared_heads(shape, p.weights, read, s, o, dtype, update_norms2(p), &err2);
       EXPECT_EQ(reads, std::vector<int>(p.tasks(), c.dense ? 3 : 2)) << c.n << " " << c.r;
       EXPECT_EQ(err2, fit_errors2(p, want));
-      EXPECT_EQ(got.bodies, want.bodies);
-      EXPECT_EQ(got.heads, want.heads);
-      EXPECT_EQ(got.head_of, want.head_of);
-      EXPECT_EQ(got.body_of, want.body_of);
-      EXPECT_EQ(got.core_of, want.core_of);
-      EXPECT_EQ(got.cores, want.cores);
-      EXPECT_EQ(got.scale, want.scale);
+      test::expect_same_fit(got, want);
       EXPECT_EQ(got.params(), want.params());
     }
   }

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "hydraopt/error.h"
+#include "core/fit.h"
 #include "hydraopt/synth.h"
 #include "io/safetensors.h"
 
@@ -129,5 +130,16 @@ inline int run(const std::string& cmd, std::string* output = nullptr) {
 }
 
 inline std::string cli() { return HYDRAOPT_CLI; }
+
+/// Every matrix, index list and scale of `got` equals `want`'s.
+inline void expect_same_fit(const ModuleFit& got, const ModuleFit& want) {
+  EXPECT_EQ(got.heads, want.heads);
+  EXPECT_EQ(got.bodies, want.bodies);
+  EXPECT_EQ(got.cores, want.cores);
+  EXPECT_EQ(got.head_of, want.head_of);
+  EXPECT_EQ(got.body_of, want.body_of);
+  EXPECT_EQ(got.core_of, want.core_of);
+  EXPECT_EQ(got.scale, want.scale);
+}
 
 }  // namespace hydraopt::test

@@ -6,8 +6,6 @@
 // a newcomer finds all of add and remove in one place.
 #include "hydraopt/edit.h"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -39,14 +37,6 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 
 int thread_count(int threads) {
   return threads > 0 ? threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
-}
-
-// Fails on an unwritable destination before the work, not after.
-void check_destination(const fs::path& out) {
-  const fs::path dir = fs::absolute(out).parent_path();
-  if (!fs::is_directory(dir)) throw Error(out.string(), "", "output directory does not exist");
-  if (::access(dir.c_str(), W_OK) != 0) throw Error(out.string(), "", "output directory is not writable");
-  if (fs::is_directory(out)) throw Error(out.string(), "", "is a directory");
 }
 
 std::string refit_mode(const EditOptions& o, bool adding) {
@@ -211,8 +201,9 @@ io::Bundle refit_merge(const io::Bundle& b, const std::vector<bool>& keep, const
     // targets would plan for ranks the tasks do not have), in double.
     io::PeftImage image = io::peft_image(b, i, true);
     std::vector<io::TensorData> tensors;
+    const std::string prefix = "base_model.model.";  // <prefix><module>.lora_A.weight
     for (auto& [name, m] : image.tensors) {
-      const std::string module = name.substr(std::string("base_model.model.").size(), name.rfind(".lora_") - 17);
+      const std::string module = name.substr(prefix.size(), name.rfind(".lora_") - prefix.size());
       if (on.count(module)) tensors.push_back(io::tensor_from_matrix(name, m, DType::F64));
     }
     const fs::path dir = scratch.path() / b.tasks[i].name;
@@ -256,8 +247,12 @@ int64_t budget_bytes(const EditOptions& o, double default_fraction, int64_t defa
 // values, the few matrices a new task is fitted against are decoded, and
 // every kept tensor goes to the output byte for byte.
 
-std::string tensor_name(const std::string& module, const char* kind, size_t j) {
-  return module + "." + kind + "." + std::to_string(j);
+using io::tensor_name;
+
+// io::check_destination, and not onto a directory.
+void check_output(const fs::path& out) {
+  io::check_destination(out);
+  if (fs::is_directory(out)) throw Error(out.string(), "", "is a directory");
 }
 
 // Decodes the stored matrices add_task reads into `m`'s fit (left empty by
@@ -394,7 +389,7 @@ void check_float_only(const io::Bundle& b, const std::string& file) {
 EditReport add_adapters(const fs::path& bundle, const AdapterSet& set, const EditOptions& o, const fs::path& out) {
   const auto t0 = std::chrono::steady_clock::now();
   const std::string refit = refit_mode(o, true);
-  check_destination(out);
+  check_output(out);
   // Without a refit the stored tensors are copied as they are: only the
   // layout is read, and the matrices the new tasks are fitted against.
   const io::SafetensorsFile st = io::SafetensorsFile::open(bundle);
@@ -508,7 +503,7 @@ EditReport remove_tasks(const fs::path& bundle, const std::vector<std::string>& 
   const auto t0 = std::chrono::steady_clock::now();
   const std::string refit = refit_mode(o, false);
   if (names.empty()) throw Error("remove needs at least one --task");
-  check_destination(out);
+  check_output(out);
   const io::SafetensorsFile st = io::SafetensorsFile::open(bundle);
   io::Bundle b = io::bundle_parse(st, refit != "none");  // without a refit: the layout only
   const std::string file = bundle.string();

@@ -1,7 +1,5 @@
 // merge() and sweep(): options -> session (norms, weights) -> the method's
 // run (plan/registry.h) -> report and, for merge, the bundle.
-#include <unistd.h>
-
 #include <algorithm>
 #include <chrono>
 #include <map>
@@ -10,6 +8,7 @@
 #include "dist/dist.h"
 #include "engine/schedule.h"
 #include "engine/session.h"
+#include "io/atomic_file.h"
 #include "hydraopt/error.h"
 #include "hydraopt/merge.h"
 #include "methods/precision.h"
@@ -67,17 +66,6 @@ io::Bundle bundle_header(const AdapterSet& set, const engine::Session& s, const 
   return b;
 }
 
-}  // namespace
-
-namespace {
-
-// Fails on an unwritable destination before the work, not after.
-void check_destination(const fs::path& bundle) {
-  const fs::path dir = fs::absolute(bundle).parent_path();
-  if (!fs::is_directory(dir)) throw Error(bundle.string(), "", "output directory does not exist");
-  if (::access(dir.c_str(), W_OK) != 0) throw Error(bundle.string(), "", "output directory is not writable");
-}
-
 // Merges at each budget into the bundle beside it (none where empty): one
 // run of the method for all, then per module one fitter for every budget's
 // structure. Fits chosen among several candidates (the planner's) that were
@@ -93,7 +81,7 @@ std::vector<MergeReport> merge_at(const AdapterSet& set, const MergeOptions& opt
   dist::checked([&] {
     if (!root) return;
     for (const auto& b : bundles) {
-      if (!b.empty()) check_destination(b);
+      if (!b.empty()) io::check_destination(b);
     }
   });
   engine::Session s(set, options, any);

@@ -218,4 +218,10 @@ void write_file_atomic(const fs::path& path, std::string_view text) {
   f.commit();
 }
 
+void check_destination(const fs::path& path) {
+  const fs::path dir = fs::absolute(path).parent_path();
+  if (!fs::is_directory(dir)) throw Error(path.string(), "", "output directory does not exist");
+  if (::access(dir.c_str(), W_OK) != 0) throw Error(path.string(), "", "output directory is not writable");
+}
+
 }  // namespace hydraopt::io

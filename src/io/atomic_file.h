@@ -82,4 +82,8 @@ class AtomicDir {
 /// Writes `text` to `path` atomically.
 void write_file_atomic(const std::filesystem::path& path, std::string_view text);
 
+/// Fails (Error naming `path`) when `path`'s directory does not exist or is
+/// not writable: checked before the work, not after.
+void check_destination(const std::filesystem::path& path);
+
 }  // namespace hydraopt::io

@@ -30,6 +30,10 @@ namespace fs = std::filesystem;
 using nlohmann::ordered_json;
 using Eigen::MatrixXd;
 
+std::string tensor_name(const std::string& module, const char* kind, size_t j) {
+  return module + "." + kind + "." + std::to_string(j);
+}
+
 namespace {
 
 constexpr const char* kFormat = "hydraopt.bundle";
@@ -39,10 +43,6 @@ constexpr const char* kFormat = "hydraopt.bundle";
 constexpr uint64_t kDataAlign = 4096;
 constexpr int64_t kMaxBundleIndex = 1 << 24;  // heads/cores/bodies per module
 constexpr int64_t kMaxDim = int64_t{1} << 40;
-
-std::string tensor_name(const std::string& module, const char* kind, size_t j) {
-  return module + "." + kind + "." + std::to_string(j);
-}
 
 // The roles' names in the metadata ("precision", "shapes") and in tensor
 // names.

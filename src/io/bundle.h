@@ -112,6 +112,10 @@ struct Bundle {
   std::vector<BundleEdit> history;  ///< empty for a bundle as merge wrote it
 };
 
+/// The name of module `module`'s stored matrix `j` of `kind` ("head",
+/// "body" or "core"): "<module>.<kind>.<j>".
+std::string tensor_name(const std::string& module, const char* kind, size_t j);
+
 /// A module's plan entry {"name","in","out","structure","family","rank",
 /// "groups","params"[,"precision"]} as JSON text, as written in bundles and
 /// reports ("precision" only where a role is stored as integers).

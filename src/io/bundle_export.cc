@@ -1,6 +1,4 @@
 // A bundle's tasks written back as standard PEFT adapter directories.
-#include <Eigen/QR>
-#include <Eigen/SVD>
 #include <nlohmann/json.hpp>
 #include <string_view>
 
@@ -8,6 +6,7 @@
 #include "io/atomic_file.h"
 #include "io/bundle.h"
 #include "io/safetensors.h"
+#include "linalg/factored.h"
 
 namespace hydraopt::io {
 
@@ -28,23 +27,18 @@ std::string regex_escape(const std::string& s) {
 }
 
 // left * right (out x k, k x in) as l * r of the least rank that holds it:
-// QR of both sides, an SVD of the k x k middle, singular values below 1e-10
-// of the largest dropped (zero but for rounding: a head times a core of
-// rank r is rank r, whatever the core's width). The product is unchanged
-// but for rounding in double.
+// its SVD through both sides' QR (linalg::factored_svd), singular values
+// below 1e-10 of the largest dropped (zero but for rounding: a head times a
+// core of rank r is rank r, whatever the core's width). The product is
+// unchanged but for rounding in double.
 void least_rank(const MatrixXd& left, const MatrixXd& right, MatrixXd* l, MatrixXd* r) {
-  const Eigen::HouseholderQR<MatrixXd> ql(left), qr(right.transpose());
-  const Eigen::Index k = left.cols();
-  const MatrixXd ql_q = ql.householderQ() * MatrixXd::Identity(left.rows(), k);
-  const MatrixXd qr_q = qr.householderQ() * MatrixXd::Identity(right.cols(), k);
-  const MatrixXd mid = ql.matrixQR().topRows(k).triangularView<Eigen::Upper>() *
-                       MatrixXd(qr.matrixQR().topRows(k).triangularView<Eigen::Upper>()).transpose();
-  const Eigen::JacobiSVD<MatrixXd> svd(mid, Eigen::ComputeFullU | Eigen::ComputeFullV);
-  const Eigen::VectorXd& sv = svd.singularValues();
+  MatrixXd u, vt;  // u's columns: left singular vectors times the singular values
+  linalg::factored_svd(left, right, left.cols(), &u, &vt);
+  const Eigen::VectorXd sv = u.colwise().norm();
   Eigen::Index rank = 0;
   while (rank < sv.size() && sv(rank) > 1e-10 * sv(0)) ++rank;
-  *l = ql_q * svd.matrixU().leftCols(rank) * sv.head(rank).asDiagonal();
-  *r = (qr_q * svd.matrixV().leftCols(rank)).transpose();
+  *l = u.leftCols(rank);
+  *r = vt.topRows(rank);
 }
 
 }  // namespace

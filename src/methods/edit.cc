@@ -133,13 +133,16 @@ AddedTask add_task(ModuleFit* fit, StructureSpec* spec, const ModuleLora& task, 
   struct Side {
     MatrixXd m, gram, gram_pinv;
   };
-  std::map<int, Side> heads_seen, bodies_seen;
-  auto side = [](std::map<int, Side>& seen, int j, MatrixXd m, bool rows) -> const Side& {
-    auto it = seen.find(j);
-    if (it != seen.end()) return it->second;
+  auto make_side = [](MatrixXd m, bool rows) {
     MatrixXd g = rows ? MatrixXd(m * m.transpose()) : MatrixXd(m.transpose() * m);
     MatrixXd gp = linalg::psd_pinv(g);
-    return seen.emplace(j, Side{std::move(m), std::move(g), std::move(gp)}).first->second;
+    return Side{std::move(m), std::move(g), std::move(gp)};
+  };
+  std::map<int, Side> heads_seen, bodies_seen;
+  auto side = [&](std::map<int, Side>& seen, int j, MatrixXd m, bool rows) -> const Side& {
+    auto it = seen.find(j);
+    if (it != seen.end()) return it->second;
+    return seen.emplace(j, make_side(std::move(m), rows)).first->second;
   };
   auto body_side = [&](int b) -> const Side& { return side(bodies_seen, b, o.body(b), true); };
   auto head_side = [&](int g) -> const Side& { return side(heads_seen, g, o.head(g), false); };
@@ -170,13 +173,7 @@ AddedTask add_task(ModuleFit* fit, StructureSpec* spec, const ModuleLora& task, 
         tried.clear();
         for (int b : bodies) tried.push_back({-1, b});
       }
-      const Side own = [&] {
-        if (mode != Mode::kOwnHeadCore) return Side{};
-        MatrixXd h = round_to_dtype(left, dtype);
-        MatrixXd g = h.transpose() * h;
-        MatrixXd gp = linalg::psd_pinv(g);
-        return Side{std::move(h), std::move(g), std::move(gp)};
-      }();
+      const Side own = mode == Mode::kOwnHeadCore ? make_side(round_to_dtype(left, dtype), false) : Side{};
       for (auto [g, b] : tried) {
         const Side& h = g < 0 ? own : head_side(g);
         const Side& r = body_side(b);
