@@ -11,6 +11,7 @@
 #include "hydraopt/error.h"
 #include "hydraopt/plot.h"
 #include "hydraopt/tensors.h"
+#include "demo_files.h"
 
 #include <omp.h>
 #include <unistd.h>
@@ -70,13 +71,7 @@ BenchmarkResult run_benchmark(const BenchmarkOptions& o) {
     if (o.log) o.log(fmt::format("[{:5.1f} s] {}", sec, s));
   };
   Model model = Model::open(o.assets / "model");
-  std::vector<std::string> specs;
-  for (auto& e : fs::directory_iterator(o.assets / "adapters")) {
-    if (e.is_directory()) specs.push_back(e.path().string());
-  }
-  std::sort(specs.begin(), specs.end());
-  if (specs.empty()) throw Error((o.assets / "adapters").string(), "", "no adapters");
-  AdapterSet set = AdapterSet::open(specs);
+  AdapterSet set = AdapterSet::open(demo_files::adapter_dirs(o.assets));
   BenchmarkResult r;
   std::vector<TaskExamples> tasks;
   for (const auto& t : set.tasks()) {
@@ -90,15 +85,8 @@ BenchmarkResult run_benchmark(const BenchmarkOptions& o) {
     r.individual.push_back(task_score(model, tasks[i], &own, o.threads));
   }
   log("scored the base model and every adapter");
-  const fs::path tmp = fs::temp_directory_path() / fmt::format("hydraopt-bench-{}", ::getpid());
-  fs::create_directories(tmp);
-  struct Cleanup {
-    fs::path p;
-    ~Cleanup() {
-      std::error_code ec;
-      fs::remove_all(p, ec);
-    }
-  } cleanup{tmp};
+  const demo_files::Scratch scratch("bench");
+  const fs::path& tmp = scratch.path();
   // The hydra point: one shared body (r x in) per module, a head per task.
   int64_t hydra = 0;
   for (const auto& m : set.modules()) {

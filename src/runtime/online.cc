@@ -32,6 +32,7 @@
 #include "hydraopt/error.h"
 #include "hydraopt/plot.h"
 #include "hydraopt/tensors.h"
+#include "demo_files.h"
 
 namespace hydraopt {
 
@@ -131,13 +132,7 @@ OnlineResult run_online(const OnlineOptions& o) {
   if (o.cap_adapters < 1) throw Error("--online-cap must be at least 1 adapter");
   if (o.every < 1) throw Error("--online-every must be at least 1");
   Model model = Model::open(o.assets / "model");
-  std::vector<std::string> specs;
-  for (auto& e : fs::directory_iterator(o.assets / "adapters")) {
-    if (e.is_directory()) specs.push_back(e.path().string());
-  }
-  std::sort(specs.begin(), specs.end());
-  if (specs.empty()) throw Error((o.assets / "adapters").string(), "", "no adapters");
-  const AdapterSet all = AdapterSet::open(specs);
+  const AdapterSet all = AdapterSet::open(demo_files::adapter_dirs(o.assets));
   const size_t n = all.size();
   OnlineResult r;
   r.cap_adapters = o.cap_adapters;
@@ -152,15 +147,8 @@ OnlineResult run_online(const OnlineOptions& o) {
   }
   log(fmt::format("{} adapters scored on their own tasks; cap {} adapters ({} params)", n, o.cap_adapters, cap));
 
-  const fs::path tmp = fs::temp_directory_path() / fmt::format("hydraopt-online-{}", ::getpid());
-  fs::create_directories(tmp);
-  struct Cleanup {
-    fs::path p;
-    ~Cleanup() {
-      std::error_code ec;
-      fs::remove_all(p, ec);
-    }
-  } cleanup{tmp};
+  const demo_files::Scratch scratch("online");
+  const fs::path& tmp = scratch.path();
   const fs::path a_path = tmp / "add-none.safetensors", b_path = tmp / "add-refit.safetensors",
                  c_path = tmp / "merge.safetensors";
   r.variants = {{"add-none", {}}, {"add-refit", {}}, {"merge", {}}, {"k-merge", {}}};
