@@ -364,7 +364,9 @@ TEST(EditRefit, ARefitFromReconstructionsEqualsAMergeOfThemAsAdapters) {
     mo.params = before.parameters();
     mo.dtype = DType::BF16;
     const int64_t original = before.original_params() + AdapterSet::open({g.specs.back()}).original_params();
-    mo.budget_bytes = static_cast<int64_t>(std::floor(0.4 * static_cast<double>(original))) * 2;
+    // The refit's storage: 0.4 of every task's parameters (float factors,
+    // as merge --budget 0.4), here spent on the reconstructions' ranks.
+    mo.budget = std::floor(0.4 * static_cast<double>(original)) / static_cast<double>(all.original_params());
     const fs::path ref = g.d / "ref.safetensors";
     const MergeReport m = merge(all, mo, ref);
     expect_tensors_in(ref, g.after, true);
@@ -436,6 +438,41 @@ TEST(EditRefit, RemoveWithARefitSpendsTheFreedSpaceOnTheRest) {
     EXPECT_EQ(t.status, "refit");
     EXPECT_TRUE(t.reconstructed);
   }
+}
+
+TEST(EditRefit, ABudgetInParametersRefitsToFloatsThatCanBeAddedToAgain) {
+  // The online benchmark's loop: add with a refit to a fraction, then add
+  // again. The fraction counts stored numbers with float factors, as
+  // merge --budget does, so the refit bundle stays editable.
+  Grown g("hydraopt", 6);
+  const fs::path four = g.d / "four.safetensors";  // tasks 0-3; 4 and 5 come later
+  remove_tasks(g.before, {"task04"}, {}, four);
+  EditOptions o;
+  o.budget = 0.3;
+  const fs::path mid = g.d / "mid.safetensors";
+  add_adapters(four, AdapterSet::open({g.specs[4]}), o, mid);
+  const io::Bundle b = io::bundle_read(mid);
+  for (const auto& m : b.modules) EXPECT_TRUE(m.precision.all_float()) << m.name;
+  EXPECT_LE(b.params_stored, static_cast<int64_t>(std::floor(0.3 * static_cast<double>(b.original_params))));
+  const EditReport r = add_adapters(mid, AdapterSet::open({g.specs[5]}), {}, g.after);
+  EXPECT_EQ(r.tasks.size(), 6u);
+
+  // Bytes let the planner store integers; such a bundle is refused by the
+  // next edit with its reason, and nothing is written.
+  EditOptions ob;
+  ob.budget_bytes = b.params_stored / 2;  // a quarter of the float bytes (bf16)
+  const fs::path small = g.d / "small.safetensors", next = g.d / "next.safetensors";
+  add_adapters(four, AdapterSet::open({g.specs[4]}), ob, small);
+  bool integers = false;
+  for (const auto& m : io::bundle_read(small).modules) integers = integers || !m.precision.all_float();
+  ASSERT_TRUE(integers);
+  try {
+    add_adapters(small, AdapterSet::open({g.specs[5]}), {}, next);
+    ADD_FAILURE() << "an integer bundle was edited";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("stores factors as integers"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(next));
 }
 
 TEST(EditRefit, TouchedRefitsOnlyTheModulesTheNewAdapterHas) {

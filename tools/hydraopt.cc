@@ -262,8 +262,11 @@ int main(int argc, char** argv) {
   auto add_edit_flags = [&](CLI::App* cmd, const char* refits) {
     cmd->add_option("-o,--output", bundle_out, "output bundle (.safetensors; may be the input)")->required();
     cmd->add_option("--refit", refit, refits);
-    auto* b = cmd->add_option("--budget", budget, "refit to this storage fraction of the original LoRA parameters");
-    auto* bb = cmd->add_option("--budget-bytes", budget_bytes, "refit to this many bytes of tensor data");
+    auto* b = cmd->add_option("--budget", budget,
+                              "refit to this storage fraction of the original LoRA parameters (float factors)");
+    auto* bb = cmd->add_option("--budget-bytes", budget_bytes,
+                               "refit to this many bytes of tensor data (factors may be stored as integers, "
+                               "which add and remove do not edit yet)");
     b->excludes(bb);
     edit_budget.push_back(b);
     edit_bytes.push_back(bb);
@@ -303,6 +306,9 @@ int main(int argc, char** argv) {
   demo->add_option("--online-cap", online.cap_adapters, "--online: the storage cap, in adapters")->capture_default_str();
   demo->add_option("--online-every", online.every, "--online: score after every N arrivals")->capture_default_str();
   demo->add_option("--online-seed", online.seed, "--online: seed of the arrival order")->capture_default_str();
+  demo->add_option("--online-arrivals", online.arrivals,
+                   "--online: how many adapters arrive, the first of the order (0: all)")
+      ->capture_default_str();
   std::string demo_out = "out/demo";
   demo->add_option("--out", demo_out, "directory for demo.json, demo.md and demo.svg")->capture_default_str();
 

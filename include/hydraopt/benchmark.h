@@ -109,6 +109,7 @@ struct OnlineOptions {
   std::filesystem::path assets = "assets";
   int cap_adapters = 16;   ///< the cap, in adapters' worth of parameters (K-Merge's K)
   int every = 5;           ///< score after every this many arrivals
+  int arrivals = 0;        ///< how many adapters arrive (a prefix of the order; 0: all)
   uint64_t seed = 20;      ///< the arrival order
   std::string method = "hydraopt";  ///< the method of the merges and refits
   int limit = 0;           ///< test examples per task (0: all)

@@ -22,10 +22,12 @@ struct EditOptions {
   /// as with "none" (add only). Unset: "all" when a budget is given, else
   /// "none".
   std::optional<std::string> refit;
-  /// Storage for a refit: a fraction of the original LoRA parameter count,
-  /// or bytes of tensor data. Default: add, the bundle's recorded budget;
-  /// remove, the bundle's storage before the removal (the freed space is
-  /// spent on the remaining tasks).
+  /// Storage for a refit, in merge's units: a fraction of the original LoRA
+  /// parameter count with float factors (as `merge --budget F`), or bytes of
+  /// tensor data, where the planner may store integers (which add and remove
+  /// do not edit yet). Default, in parameters: add, the bundle's recorded
+  /// budget; remove, the bundle's storage before the removal (the freed
+  /// space is spent on the remaining tasks).
   std::optional<double> budget;
   std::optional<int64_t> budget_bytes;
   /// Worker threads for a refit; 0 = all cores.

@@ -184,14 +184,20 @@ class Scratch {
   fs::path path_;
 };
 
+// Storage for a refit: stored numbers (float factors) or bytes.
+struct Storage {
+  bool in_bytes = false;
+  int64_t amount = 0;
+};
+
 // The refit: the tasks of `b` marked in `keep`, their reconstructions as
 // PEFT adapters (Bundle::task_adapter(task, least_rank = true) in F64,
 // restricted to the modules `on`), and the adapters `added`, merged on those modules with b's method,
-// parameters and dtype into `budget_bytes`. The result's tasks are b's kept
+// parameters and dtype into `storage`. The result's tasks are b's kept
 // tasks, with their provenance, then the added ones; `rel_errors` gets each
 // task's error against its target.
 io::Bundle refit_merge(const io::Bundle& b, const std::vector<bool>& keep, const std::vector<Adapter>& added,
-                       const std::set<std::string>& on, int64_t budget_bytes, int threads, const Scratch& scratch,
+                       const std::set<std::string>& on, const Storage& storage, int threads, const Scratch& scratch,
                        std::vector<double>* rel_errors) {
   std::vector<Adapter> adapters;
   std::vector<io::BundleTask> tasks;
@@ -218,7 +224,13 @@ io::Bundle refit_merge(const io::Bundle& b, const std::vector<bool>& keep, const
   MergeOptions mo;
   mo.method = b.method;
   mo.params = b.params;
-  mo.budget_bytes = budget_bytes;
+  if (storage.in_bytes) {
+    mo.budget_bytes = storage.amount;
+  } else {
+    // As a fraction of what this merge's inputs count (the reconstructions
+    // at their least rank), so that it stores `amount` numbers.
+    mo.budget = static_cast<double>(storage.amount) / static_cast<double>(set.original_params());
+  }
   mo.dtype = b.dtype;
   mo.threads = threads;
   const fs::path path = scratch.path() / "refit.safetensors";
@@ -231,17 +243,17 @@ io::Bundle refit_merge(const io::Bundle& b, const std::vector<bool>& keep, const
   return out;
 }
 
-int64_t bytes_of(int64_t params, DType dtype) { return params * static_cast<int64_t>(dtype_size(dtype)); }
-
-// A refit's storage: bytes as given, or a fraction of `original` params.
-int64_t budget_bytes(const EditOptions& o, double default_fraction, int64_t default_bytes, int64_t original, DType dtype) {
-  if (o.budget_bytes) return *o.budget_bytes;
-  if (o.budget || default_bytes <= 0) {
-    return bytes_of(static_cast<int64_t>(std::floor(o.budget.value_or(default_fraction) * static_cast<double>(original))), dtype);
+// A refit's storage, in merge's two units: `--budget F` (and the defaults)
+// count stored numbers with float factors, as `merge --budget F` does, so a
+// refit of a float bundle stays float and can be added to again;
+// `--budget-bytes B` counts bytes, and the planner may store integers.
+Storage refit_storage(const EditOptions& o, double default_fraction, int64_t default_params, int64_t original) {
+  if (o.budget_bytes) return {true, *o.budget_bytes};
+  if (o.budget || default_params <= 0) {
+    return {false, static_cast<int64_t>(std::floor(o.budget.value_or(default_fraction) * static_cast<double>(original)))};
   }
-  return default_bytes;
+  return {false, default_params};
 }
-
 
 // --- Copying stored bytes (refit "none"): the bundle is read without its
 // values, the few matrices a new task is fitted against are decoded, and
@@ -425,14 +437,15 @@ EditReport add_adapters(const fs::path& bundle, const AdapterSet& set, const Edi
       b.tasks.push_back({a.name(), a.dir().string(), sha, a.rank(), a.alpha(), a.use_rslora(), a.target_modules()});
     }
   } else {
-    int64_t bytes = budget_bytes(o, b.budget, 0, original, b.dtype);
-    b.budget = static_cast<double>(bytes / static_cast<int64_t>(dtype_size(b.dtype))) / static_cast<double>(original);
+    Storage storage = refit_storage(o, b.budget, 0, original);
+    const int64_t per_number = storage.in_bytes ? static_cast<int64_t>(dtype_size(b.dtype)) : 1;
+    b.budget = static_cast<double>(storage.amount / per_number) / static_cast<double>(original);
     for (const auto& m : b.modules) {
-      if (!refit_on.count(m.name)) bytes -= bytes_of(m.fit.params(), b.dtype);
+      if (!refit_on.count(m.name)) storage.amount -= m.fit.params() * per_number;
     }
-    if (bytes <= 0) throw Error(file, "", "the budget does not cover the modules the new adapters leave untouched");
+    if (storage.amount <= 0) throw Error(file, "", "the budget does not cover the modules the new adapters leave untouched");
     const Scratch scratch(out);
-    io::Bundle fitted = refit_merge(b, std::vector<bool>(old_tasks, true), set.tasks(), refit_on, bytes, o.threads,
+    io::Bundle fitted = refit_merge(b, std::vector<bool>(old_tasks, true), set.tasks(), refit_on, storage, o.threads,
                                     scratch, &refit_errors);
     for (auto& m : b.modules) {
       for (auto& f : fitted.modules) {
@@ -537,12 +550,13 @@ EditReport remove_tasks(const fs::path& bundle, const std::vector<std::string>& 
   } else {
     // The freed space spent on the remaining tasks: by default the storage
     // the bundle had.
-    const int64_t bytes = budget_bytes(o, b.budget, bytes_of(b.params_stored, b.dtype), original, b.dtype);
-    b.budget = static_cast<double>(bytes / static_cast<int64_t>(dtype_size(b.dtype))) / static_cast<double>(original);
+    const Storage storage = refit_storage(o, b.budget, b.params_stored, original);
+    const int64_t per_number = storage.in_bytes ? static_cast<int64_t>(dtype_size(b.dtype)) : 1;
+    b.budget = static_cast<double>(storage.amount / per_number) / static_cast<double>(original);
     std::set<std::string> all;
     for (const auto& m : b.modules) all.insert(m.name);
     const Scratch scratch(out);
-    io::Bundle fitted = refit_merge(b, keep, {}, all, bytes, o.threads, scratch, &refit_errors);
+    io::Bundle fitted = refit_merge(b, keep, {}, all, storage, o.threads, scratch, &refit_errors);
     b.modules = std::move(fitted.modules);
     b.tasks = std::move(fitted.tasks);
     for (const auto& t : b.tasks) edit.reconstructed.push_back(t.name);

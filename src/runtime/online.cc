@@ -131,21 +131,28 @@ OnlineResult run_online(const OnlineOptions& o) {
   };
   if (o.cap_adapters < 1) throw Error("--online-cap must be at least 1 adapter");
   if (o.every < 1) throw Error("--online-every must be at least 1");
+  if (o.arrivals < 0) throw Error("--online-arrivals must be at least 0 (0: all)");
   Model model = Model::open(o.assets / "model");
   const AdapterSet all = AdapterSet::open(demo_files::adapter_dirs(o.assets));
   const size_t n = all.size();
+  const size_t arriving = o.arrivals > 0 ? std::min(n, static_cast<size_t>(o.arrivals)) : n;
   OnlineResult r;
   r.cap_adapters = o.cap_adapters;
   r.adapter_params = all.original_params() / static_cast<int64_t>(n);
   const int64_t cap = r.adapter_params * o.cap_adapters;
-  std::vector<TaskExamples> tasks;
+  std::map<std::string, size_t> index;
+  for (size_t i = 0; i < n; ++i) index[all.task(i).name()] = i;
+  for (size_t t : shuffled(n, o.seed)) r.order.push_back(all.task(t).name());
+  r.order.resize(arriving);
+  std::vector<TaskExamples> tasks(n);
   std::vector<double> own(n);
-  for (size_t i = 0; i < n; ++i) {
-    tasks.push_back(load_task(o.assets / "tasks" / all.task(i).name(), o.limit));
+  for (const std::string& name : r.order) {
+    const size_t i = index[name];
+    tasks[i] = load_task(o.assets / "tasks" / name, o.limit);
     const Deltas d = deltas_from_adapter(all.task(i));
     own[i] = task_score(model, tasks[i], &d, o.threads);
   }
-  log(fmt::format("{} adapters scored on their own tasks; cap {} adapters ({} params)", n, o.cap_adapters, cap));
+  log(fmt::format("{} adapters scored on their own tasks; cap {} adapters ({} params)", arriving, o.cap_adapters, cap));
 
   const demo_files::Scratch scratch("online");
   const fs::path& tmp = scratch.path();
@@ -154,11 +161,7 @@ OnlineResult run_online(const OnlineOptions& o) {
   r.variants = {{"add-none", {}}, {"add-refit", {}}, {"merge", {}}, {"k-merge", {}}};
   KMerge kmerge(o.cap_adapters);
   std::vector<std::string> seen;
-  std::map<std::string, size_t> index;
-  for (size_t i = 0; i < n; ++i) index[all.task(i).name()] = i;
-  for (size_t t : shuffled(n, o.seed)) r.order.push_back(all.task(t).name());
-
-  for (size_t k = 0; k < n; ++k) {
+  for (size_t k = 0; k < arriving; ++k) {
     const std::string& name = r.order[k];
     const Adapter& a = all.task(index[name]);
     seen.push_back(name);
@@ -183,7 +186,7 @@ OnlineResult run_online(const OnlineOptions& o) {
       add_adapters(b_path, one, refit, b_path);
     }
     kmerge.add(name, a);
-    if ((k + 1) % static_cast<size_t>(o.every) != 0 && k + 1 != n) continue;
+    if ((k + 1) % static_cast<size_t>(o.every) != 0 && k + 1 != arriving) continue;
 
     std::vector<std::string> seen_specs;
     for (auto& s : seen) seen_specs.push_back(all.task(index[s]).dir().string());
