@@ -7,6 +7,7 @@
 #include "hydraopt/bundle.h"
 #include "hydraopt/merge.h"
 #include "hydraopt/model.h"
+#include "io/safetensors.h"
 #include "test_util.h"
 
 namespace hydraopt {
@@ -179,6 +180,60 @@ TEST(Benchmark, ScoresAdaptersAndBundlesOnTheirTasks) {
   auto j = nlohmann::json::parse(r.json());
   EXPECT_EQ(j["tasks"], 2);
   EXPECT_EQ(j["points"].size(), 2u);
+}
+
+TEST(Benchmark, AdapterSetsAreNamedByTheirDirectories) {
+  test::TempDir a;
+  for (const char* d : {"adapters-usual", "adapters-b", "adapters", "adapters-", "tasks"}) fs::create_directories(a / d);
+  test::write_text(a / "adapters-file", "");
+  EXPECT_EQ(adapter_sets(a.path()), (std::vector<std::string>{"fast", "b", "usual"}));
+  fs::create_directory_symlink(fs::path(HYDRAOPT_SOURCE_DIR) / "assets" / "model", a / "model");
+  for (const char* bad : {"nope", "../adapters", ""}) {
+    BenchmarkOptions o;
+    o.assets = a.path();
+    o.set = bad;
+    try {
+      run_benchmark(o);
+      ADD_FAILURE() << "set '" << bad << "' was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("no adapter set '" + std::string(bad) + "' (sets here: fast, b, usual)"),
+                std::string::npos)
+          << e.what();
+    }
+  }
+}
+
+TEST(Benchmark, ASetsProfileIsItsSimilarityAndHowFarAMoved) {
+  // Two tasks whose A is the shipped initialisation scaled by 1.5 and 0.75:
+  // their A row spaces are the initial one (similarity 1), and they moved
+  // 0.5 and 0.25 of its norm (mean drift 0.375).
+  const fs::path init = fs::path(HYDRAOPT_SOURCE_DIR) / "assets" / "lora-init";
+  const Adapter a0 = Adapter::open(init.string());
+  test::TempDir d;
+  std::vector<std::string> specs;
+  int task = 0;
+  for (double c : {1.5, 0.75}) {
+    const fs::path dir = d / ("t" + std::to_string(task++));
+    fs::create_directories(dir);
+    fs::copy_file(init / "adapter_config.json", dir / "adapter_config.json");
+    std::vector<io::TensorData> tensors;
+    Eigen::Index m = 0;
+    for (const auto& mod : a0.modules()) {
+      const ModuleLora l = a0.load(mod.name);
+      const std::string prefix = "base_model.model." + mod.name;
+      tensors.push_back(io::tensor_from_matrix(prefix + ".lora_A.weight", c * l.A, DType::F64));
+      Eigen::MatrixXd b = Eigen::MatrixXd::Zero(l.B.rows(), l.B.cols());
+      b(m++ % b.rows(), 0) = 1;  // any B: the profile looks at A
+      tensors.push_back(io::tensor_from_matrix(prefix + ".lora_B.weight", b, DType::F64));
+    }
+    io::safetensors_write(dir / "adapter_model.safetensors", std::move(tensors), {{"format", "pt"}});
+    specs.push_back(dir.string());
+  }
+  const SetProfile p = set_profile("scaled", AdapterSet::open(specs), init);
+  EXPECT_EQ(p.name, "scaled");
+  EXPECT_NEAR(p.similarity_a, 1.0, 1e-9);
+  EXPECT_NEAR(p.a_drift, 0.375, 1e-6);  // the init is stored in f32, the scaled copies in f64
+  EXPECT_TRUE(std::isnan(set_profile("scaled", AdapterSet::open(specs), {}).a_drift));
 }
 
 TEST(Benchmark, OnlineArrivalsKeepEveryVariantWithinItsStorage) {

@@ -295,6 +295,10 @@ int main(int argc, char** argv) {
   hydraopt::BenchmarkOptions bench;
   std::string assets = "assets";
   demo->add_option("--assets", assets, "assets directory (model/, adapters/, tasks/)")->capture_default_str();
+  std::string demo_set = "fast";
+  demo->add_option("--set", demo_set,
+                   "adapter set: fast (assets/adapters), NAME (assets/adapters-NAME), or all (each in OUT/NAME/)")
+      ->capture_default_str();
   demo->add_option("--limit", bench.limit, "test examples per task (0: all)")->capture_default_str();
   demo->add_option("--threads", bench.threads, "worker threads (0: all cores)");
   demo->add_flag("--json", json, "machine-readable output");
@@ -477,7 +481,9 @@ int main(int argc, char** argv) {
       }
     } else if (*demo) {
       if (online_run) {
+        if (demo_set == "all") throw hydraopt::Error("demo --online takes one --set, not all");
         online.assets = assets;
+        online.set = demo_set;
         online.limit = bench.limit;
         online.threads = bench.threads;
         prepare_output_dir(demo_out, "online.json");
@@ -489,12 +495,24 @@ int main(int argc, char** argv) {
         return 0;
       }
       bench.assets = assets;
-      prepare_output_dir(demo_out, "demo.json");
       bench.log = [](const std::string& line) { std::cerr << line << "\n"; };
-      auto result = hydraopt::run_benchmark(bench);
-      hydraopt::write_benchmark(demo_out, result);
-      std::cout << (json ? result.json() : result.table());
-      std::cerr << "wrote " << (std::filesystem::path(demo_out) / "demo.{json,md,svg}").string() << "\n";
+      // One set: its results in OUT; all: each set's in OUT/<set>/.
+      const bool all_sets = demo_set == "all";
+      const std::vector<std::string> sets = all_sets ? hydraopt::adapter_sets(assets) : std::vector{demo_set};
+      if (sets.empty()) throw hydraopt::Error(assets, "", "no adapter sets (adapters/ or adapters-NAME/)");
+      prepare_output_dir(demo_out, "demo.json");
+      if (all_sets && json) std::cout << "[";  // one JSON document per set
+      for (const std::string& set : sets) {
+        bench.set = set;
+        if (all_sets) std::cerr << "adapter set " << set << "\n";
+        const std::filesystem::path dir = all_sets ? std::filesystem::path(demo_out) / set : std::filesystem::path(demo_out);
+        auto result = hydraopt::run_benchmark(bench);
+        hydraopt::write_benchmark(dir, result);
+        if (all_sets && json && set != sets.front()) std::cout << ",";
+        std::cout << (json ? result.json() : result.table()) << (all_sets && !json ? "\n" : "");
+        std::cerr << "wrote " << (dir / "demo.{json,md,svg}").string() << "\n";
+      }
+      if (all_sets && json) std::cout << "]\n";
     } else if (*methods_cmd) {
       for (const auto& m : hydraopt::methods()) {
         std::cout << fmt::format("{:<16} {:<9} {}\n", m.name, m.single_adapter ? "single" : "per-task", m.summary);

@@ -2,7 +2,11 @@
 //
 // Assets layout (made by the lab, shipped in assets/):
 //   model/                       config.json + model.safetensors (tiny LLaMA)
-//   adapters/<task>/             one PEFT LoRA adapter per task
+//   adapters/<task>/             one PEFT LoRA adapter per task: set "fast"
+//   adapters-<set>/<task>/       the same tasks' adapters of another set
+//                                (another training recipe), e.g. "usual"
+//   lora-init/                   the adapters' shared initialisation (A as
+//                                every set's training started, B zero)
 //   tasks/<task>/test.jsonl      {"prompt": ..., "answer": ...} per line
 // Score = exact match of greedy decoding (checked teacher-forced, see
 // Model::greedy_matches); a bundle's relative score for a task is its score
@@ -46,8 +50,29 @@ struct DemoPoint {
   std::string series() const { return unit == BudgetUnit::kBytes ? method + " [bytes]" : method; }
 };
 
+/// The adapter sets in `assets`: "fast" (assets/adapters) first, then each
+/// assets/adapters-<name> directory, sorted.
+std::vector<std::string> adapter_sets(const std::filesystem::path& assets);
+
+/// Where a set sits between the two regimes (printed beside its table):
+/// how much its tasks' subspaces overlap and how far training moved A.
+struct SetProfile {
+  std::string name;
+  /// inspect()'s similarities, averaged over the modules.
+  double similarity_a = 0, similarity_b = 0;
+  /// Mean over tasks of ||A - A_init||_F / ||A_init||_F (all modules
+  /// together), A_init from assets/lora-init; NaN without it.
+  double a_drift = 0;
+};
+
+/// The profile of the adapters in `set` (a directory of PEFT adapters);
+/// `init` an adapter directory holding their initial A, or empty.
+SetProfile set_profile(const std::string& name, const AdapterSet& set, const std::filesystem::path& init);
+
 struct BenchmarkOptions {
   std::filesystem::path assets = "assets";
+  /// The adapter set (adapter_sets()).
+  std::string set = "fast";
   /// Points to evaluate. Every bundle is stored in bf16, so a point's
   /// storage in bytes is its fraction of a bf16 copy (the plot's x axis).
   std::vector<DemoPoint> points = {
@@ -80,6 +105,7 @@ struct BenchmarkPoint {
 };
 
 struct BenchmarkResult {
+  SetProfile profile;
   std::vector<std::string> tasks;
   std::vector<double> base, individual;  ///< per task scores
   std::vector<BenchmarkPoint> points;
@@ -107,6 +133,7 @@ void write_benchmark(const std::filesystem::path& dir, const BenchmarkResult& re
 /// into its most similar slot by task arithmetic).
 struct OnlineOptions {
   std::filesystem::path assets = "assets";
+  std::string set = "fast";  ///< the adapter set (adapter_sets())
   int cap_adapters = 16;   ///< the cap, in adapters' worth of parameters (K-Merge's K)
   int every = 5;           ///< score after every this many arrivals
   int arrivals = 0;        ///< how many adapters arrive (a prefix of the order; 0: all)

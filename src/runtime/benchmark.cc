@@ -4,11 +4,13 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "hydraopt/dist.h"
 #include "hydraopt/error.h"
+#include "hydraopt/inspect.h"
 #include "hydraopt/plot.h"
 #include "hydraopt/tensors.h"
 #include "demo_files.h"
@@ -19,6 +21,57 @@
 namespace hydraopt {
 
 namespace fs = std::filesystem;
+
+std::vector<std::string> adapter_sets(const fs::path& assets) {
+  std::vector<std::string> sets;
+  std::error_code ec;
+  for (auto& e : fs::directory_iterator(assets, ec)) {
+    const std::string name = e.path().filename().string();
+    if (e.is_directory() && name.rfind("adapters-", 0) == 0 && name.size() > 9) sets.push_back(name.substr(9));
+  }
+  if (ec) throw Error(assets.string(), "", "cannot list: " + ec.message());
+  std::sort(sets.begin(), sets.end());
+  if (fs::is_directory(assets / "adapters")) sets.insert(sets.begin(), "fast");
+  return sets;
+}
+
+fs::path demo_files::set_dir(const fs::path& assets, const std::string& set) {
+  const fs::path dir = set == "fast" ? assets / "adapters" : assets / ("adapters-" + set);
+  const bool plain = !set.empty() && set.find_first_of("/\\") == std::string::npos && set != "." && set != "..";
+  if (!plain || !fs::is_directory(dir)) {
+    std::string known;
+    for (const auto& n : adapter_sets(assets)) known += (known.empty() ? "" : ", ") + n;
+    throw Error(assets.string(), "", "no adapter set '" + set + "' (sets here: " + (known.empty() ? "none" : known) + ")");
+  }
+  return dir;
+}
+
+SetProfile set_profile(const std::string& name, const AdapterSet& set, const fs::path& init) {
+  SetProfile p{name, 0, 0, NAN};
+  const Inspection x = inspect(set);
+  for (const auto& m : x.modules) {
+    p.similarity_a += m.similarity_a / static_cast<double>(x.modules.size());
+    p.similarity_b += m.similarity_b / static_cast<double>(x.modules.size());
+  }
+  if (init.empty()) return p;
+  const Adapter a0 = Adapter::open(init.string());
+  double sum = 0;
+  for (const Adapter& a : set.tasks()) {
+    double moved = 0, start = 0;
+    for (const auto& m : a.modules()) {
+      if (!a0.find(m.name)) throw Error(init.string(), m.name, "the initialisation lacks a module of task " + a.name());
+      const Eigen::MatrixXd A = a.load(m.name).A, A0 = a0.load(m.name).A;
+      if (A.rows() != A0.rows() || A.cols() != A0.cols()) {
+        throw Error(init.string(), m.name, "the initial A's shape differs from task " + a.name() + "'s");
+      }
+      moved += (A - A0).squaredNorm();
+      start += A0.squaredNorm();
+    }
+    sum += start > 0 ? std::sqrt(moved / start) : NAN;
+  }
+  p.a_drift = sum / static_cast<double>(set.size());
+  return p;
+}
 
 TaskExamples load_task(const fs::path& dir, int limit) {
   TaskExamples t;
@@ -71,8 +124,10 @@ BenchmarkResult run_benchmark(const BenchmarkOptions& o) {
     if (o.log) o.log(fmt::format("[{:5.1f} s] {}", sec, s));
   };
   Model model = Model::open(o.assets / "model");
-  AdapterSet set = AdapterSet::open(demo_files::adapter_dirs(o.assets));
+  AdapterSet set = AdapterSet::open(demo_files::adapter_dirs(demo_files::set_dir(o.assets, o.set)));
   BenchmarkResult r;
+  const fs::path init = o.assets / "lora-init";
+  r.profile = set_profile(o.set, set, fs::is_directory(init) ? init : fs::path());
   std::vector<TaskExamples> tasks;
   for (const auto& t : set.tasks()) {
     r.tasks.push_back(t.name());
@@ -154,6 +209,11 @@ std::string BenchmarkResult::json() const {
     return v.empty() ? 0.0 : s / static_cast<double>(v.size());
   };
   nlohmann::ordered_json j;
+  auto number = [](double x) { return std::isfinite(x) ? nlohmann::ordered_json(x) : nlohmann::ordered_json(); };
+  j["set"] = {{"name", profile.name},
+              {"similarity_A", number(profile.similarity_a)},
+              {"similarity_B", number(profile.similarity_b)},
+              {"A_drift", number(profile.a_drift)}};
   j["tasks"] = tasks.size();
   j["base_mean_score"] = mean(base);
   j["lora_mean_score"] = mean(individual);
@@ -184,8 +244,12 @@ std::string BenchmarkResult::table() const {
     ind_mean += individual[i] / tasks.size();
     worse += individual[i] <= base[i];
   }
-  std::string s = fmt::format("base model: mean exact match {:.1f}%; own adapters: {:.1f}% ({} of {} beat the base)\n\n",
-                              100 * base_mean, 100 * ind_mean, tasks.size() - worse, tasks.size());
+  std::string s = fmt::format(
+      "adapter set '{}': mean subspace similarity A {:.2f}, B {:.2f}; mean A drift ||A - A_init|| / ||A_init|| {}\n",
+      profile.name, profile.similarity_a, profile.similarity_b,
+      std::isfinite(profile.a_drift) ? fmt::format("{:.2f}", profile.a_drift) : "unknown (no lora-init)");
+  s += fmt::format("base model: mean exact match {:.1f}%; own adapters: {:.1f}% ({} of {} beat the base)\n\n",
+                   100 * base_mean, 100 * ind_mean, tasks.size() - worse, tasks.size());
   s += "| method | params % | bytes % of a bf16 copy | mean relative task score | worst task's relative score | "
        "mean rel. error |\n";
   s += "|---|---:|---:|---:|---:|---:|\n";
@@ -204,7 +268,8 @@ std::string BenchmarkResult::svg() const {
     it->points.emplace_back(p.merge.bf16_fraction, p.mean_relative);
   }
   for (auto& s : series) std::stable_sort(s.points.begin(), s.points.end());
-  PlotLabels labels{fmt::format("Task quality kept by each method ({} tasks)", tasks.size()), "mean relative task score",
+  PlotLabels labels{fmt::format("Task quality kept by each method ({} tasks, adapter set {})", tasks.size(), profile.name),
+                    "mean relative task score",
                     "relative score", ""};
   labels.x_axis = "storage (bytes as a fraction of a bf16 copy of the adapters)";
   return line_plot_svg(series, labels);

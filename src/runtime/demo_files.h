@@ -15,14 +15,21 @@
 
 namespace hydraopt::demo_files {
 
-/// assets/adapters/*/, sorted; an Error if there are none.
-inline std::vector<std::string> adapter_dirs(const std::filesystem::path& assets) {
+/// The directory of adapter set `set` (see adapter_sets()): assets/adapters
+/// for "fast", assets/adapters-<set> otherwise; an Error naming the sets
+/// there if it does not exist.
+std::filesystem::path set_dir(const std::filesystem::path& assets, const std::string& set);
+
+/// <dir>/*/, sorted; an Error if there are none.
+inline std::vector<std::string> adapter_dirs(const std::filesystem::path& dir) {
   std::vector<std::string> dirs;
-  for (auto& e : std::filesystem::directory_iterator(assets / "adapters")) {
+  std::error_code ec;
+  for (auto& e : std::filesystem::directory_iterator(dir, ec)) {
     if (e.is_directory()) dirs.push_back(e.path().string());
   }
+  if (ec) throw Error(dir.string(), "", "cannot list: " + ec.message());
   std::sort(dirs.begin(), dirs.end());
-  if (dirs.empty()) throw Error((assets / "adapters").string(), "", "no adapters");
+  if (dirs.empty()) throw Error(dir.string(), "", "no adapters");
   return dirs;
 }
 

@@ -133,7 +133,7 @@ OnlineResult run_online(const OnlineOptions& o) {
   if (o.every < 1) throw Error("--online-every must be at least 1");
   if (o.arrivals < 0) throw Error("--online-arrivals must be at least 0 (0: all)");
   Model model = Model::open(o.assets / "model");
-  const AdapterSet all = AdapterSet::open(demo_files::adapter_dirs(o.assets));
+  const AdapterSet all = AdapterSet::open(demo_files::adapter_dirs(demo_files::set_dir(o.assets, o.set)));
   const size_t n = all.size();
   const size_t arriving = o.arrivals > 0 ? std::min(n, static_cast<size_t>(o.arrivals)) : n;
   OnlineResult r;
