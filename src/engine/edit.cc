@@ -22,6 +22,7 @@
 #include "io/safetensors.h"
 #include "methods/edit.h"
 #include "methods/fit_error.h"
+#include "util/clock.h"
 #include "util/parallel.h"
 #include "util/sha256.h"
 
@@ -31,9 +32,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
+using util::seconds_since;
 
 int thread_count(int threads) {
   return threads > 0 ? threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));

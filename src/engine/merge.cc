@@ -12,6 +12,7 @@
 #include "hydraopt/error.h"
 #include "hydraopt/merge.h"
 #include "methods/precision.h"
+#include "util/clock.h"
 
 namespace hydraopt {
 
@@ -19,9 +20,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
+using util::seconds_since;
 
 // Runs `method` at the given budgets; a report per budget it answers.
 std::pair<MethodRun, std::vector<MergeReport>> run_method(engine::Session& s, const Method& method,
