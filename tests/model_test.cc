@@ -112,6 +112,31 @@ TEST(Model, PackedBatchEqualsOneByOne) {
   for (size_t i = 0; i < ex.size(); ++i) EXPECT_EQ(batch[i], model.greedy_matches(ex[i].first, ex[i].second, &deltas)) << i;
 }
 
+TEST(Model, BatchedGreedyOutputsAreWhatGenerateDecodes) {
+  const auto& d = reference();
+  Model model = Model::open(d / "model");
+  Deltas deltas = deltas_from_adapter(Adapter::open((d / "adapter").string()));
+  for (const Deltas* dl : {static_cast<const Deltas*>(nullptr), static_cast<const Deltas*>(&deltas)}) {
+    for (int max_new : {1, 3, 12, 1000}) {
+      std::vector<std::pair<std::vector<int>, std::vector<int>>> ex;
+      std::vector<std::vector<int>> want;
+      for (const char* w : {"ab", "hydra", "x", "longer prompt", "a much longer prompt that nearly fills it"}) {
+        const auto prompt = model.encode_prompt(w);
+        const std::vector<int> out = model.generate(prompt, max_new, dl);
+        std::vector<int> half(out.begin(), out.begin() + static_cast<long>(out.size() / 2));
+        half.push_back(7);  // right, then off
+        std::vector<int> longer = out;
+        longer.insert(longer.end(), {65, 66, 67});  // right, then past the end
+        for (const auto& guess : {out, std::vector<int>{}, std::vector<int>{66, 66, 66, 66}, half, longer}) {
+          ex.push_back({prompt, guess});
+          want.push_back(out);
+        }
+      }
+      EXPECT_EQ(model.greedy_outputs_batch(ex, std::vector<int>(ex.size(), max_new), dl), want) << "max_new " << max_new;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace hydraopt
 
@@ -180,6 +205,45 @@ TEST(Benchmark, ScoresAdaptersAndBundlesOnTheirTasks) {
   auto j = nlohmann::json::parse(r.json());
   EXPECT_EQ(j["tasks"], 2);
   EXPECT_EQ(j["points"].size(), 2u);
+}
+
+TEST(Benchmark, EditSimilarityIsOneMinusLevenshteinOverTheLongerLength) {
+  EXPECT_DOUBLE_EQ(edit_similarity("", ""), 1.0);
+  EXPECT_DOUBLE_EQ(edit_similarity("abc", "abc"), 1.0);
+  EXPECT_DOUBLE_EQ(edit_similarity("", "abcd"), 0.0);
+  EXPECT_DOUBLE_EQ(edit_similarity("kitten", "sitting"), 1.0 - 3.0 / 7.0);  // k->s, e->i, +g
+  EXPECT_DOUBLE_EQ(edit_similarity("flaw", "lawn"), 0.5);                  // -f, +n
+  EXPECT_DOUBLE_EQ(edit_similarity("ab", "ba"), 0.0);                      // two substitutions
+  // Characters, not bytes: one substitution of a two-byte letter.
+  EXPECT_DOUBLE_EQ(edit_similarity("caf\xc3\xa9", "cafe"), 0.75);
+  EXPECT_DOUBLE_EQ(edit_similarity("\xc5\x82\xc3\xb3d\xc5\xba", "\xc5\x82\xc3\xb3dz"), 0.75);  // lodz, 4 letters
+  // A stray byte is a character of its own, equal only to itself.
+  EXPECT_DOUBLE_EQ(edit_similarity("a\xff", "a\xff"), 1.0);
+  EXPECT_DOUBLE_EQ(edit_similarity("a\xc3", "a\xc3\xa9"), 0.5);
+  // Symmetric.
+  EXPECT_DOUBLE_EQ(edit_similarity("sitting", "kitten"), edit_similarity("kitten", "sitting"));
+}
+
+TEST(Benchmark, BothScoresComeFromTheGreedyOutput) {
+  // task_scores' exact match is task_score's (teacher-forced), and its edit
+  // similarity is that of generate()'s output, example by example.
+  const fs::path shipped = fs::path(HYDRAOPT_SOURCE_DIR) / "assets";
+  Model model = Model::open(shipped / "model");
+  for (const char* t : {"rev-es", "hyph-de"}) {
+    const TaskExamples task = load_task(shipped / "tasks" / t, 16);
+    const Deltas own = deltas_from_adapter(Adapter::open((shipped / "adapters" / t).string()));
+    for (const Deltas* d : {static_cast<const Deltas*>(nullptr), &own}) {
+      const TaskScores s = task_scores(model, task, d, 2);
+      EXPECT_DOUBLE_EQ(s.exact, task_score(model, task, d, 2)) << t;
+      double sim = 0;
+      for (const auto& [prompt, answer] : task.examples) {
+        const std::vector<int> out = model.generate(model.encode_prompt(prompt), static_cast<int>(2 * answer.size() + 8), d);
+        sim += edit_similarity(std::string(out.begin(), out.end()), answer);
+      }
+      EXPECT_NEAR(s.similarity, sim / static_cast<double>(task.examples.size()), 1e-12) << t;
+      if (d) EXPECT_GT(s.similarity, s.exact);  // near misses count
+    }
+  }
 }
 
 TEST(Benchmark, AdapterSetsAreNamedByTheirDirectories) {

@@ -35,6 +35,20 @@ TaskExamples load_task(const std::filesystem::path& dir, int limit = 0);
 /// Fraction of examples whose greedy answer is exactly right.
 double task_score(const Model& model, const TaskExamples& task, const Deltas* deltas, int threads = 0);
 
+/// 1 - (Levenshtein distance) / (the longer length), over UTF-8 code points
+/// (a byte that is not part of valid UTF-8 counts as one character); 1 for
+/// two empty strings. The benchmark's smoother second metric.
+double edit_similarity(const std::string& a, const std::string& b);
+
+struct TaskScores {
+  double exact = 0;       ///< fraction of examples whose greedy answer is exactly right (= task_score)
+  double similarity = 0;  ///< mean edit_similarity of the greedy output and the answer
+};
+
+/// Both scores of the free-running greedy output (Model::greedy_outputs_batch,
+/// at most 2 |answer| + 8 new tokens per example).
+TaskScores task_scores(const Model& model, const TaskExamples& task, const Deltas* deltas, int threads = 0);
+
 /// A method at a budget. In stored numbers (kParams; every factor bf16):
 /// budget 0 means 1/N (one adapter's storage) and -1 the storage fraction
 /// of the hydra layout (per module one shared r x in body and an out x r
@@ -102,12 +116,16 @@ struct BenchmarkPoint {
   std::vector<double> scores;         ///< per task, exact match 0..1
   std::vector<double> relative;       ///< per task, score / own adapter's score
   double mean_relative = 0, min_relative = 0;
+  /// The same for the edit similarity of the greedy outputs.
+  std::vector<double> similarity, relative_similarity;
+  double mean_relative_similarity = 0, min_relative_similarity = 0;
 };
 
 struct BenchmarkResult {
   SetProfile profile;
   std::vector<std::string> tasks;
   std::vector<double> base, individual;  ///< per task scores
+  std::vector<double> base_similarity, individual_similarity;  ///< per task edit similarities
   std::vector<BenchmarkPoint> points;
   std::string json() const;   ///< DESIGN §5 JSON (plus per-task scores)
   std::string table() const;  ///< Markdown: base and adapter scores, one row per point

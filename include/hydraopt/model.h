@@ -61,6 +61,18 @@ class Model {
   std::vector<bool> greedy_matches_batch(const std::vector<std::pair<std::vector<int>, std::vector<int>>>& examples,
                                          const Deltas* deltas = nullptr) const;
 
+  /// Greedy decoding after each prompt until eos, `max_new[e]` tokens or the
+  /// context's end, as generate() gives it, for many (prompt, guess) pairs
+  /// at once. Packed teacher-forced passes over prompt + confirmed + guess:
+  /// each pass confirms the argmaxes as long as they agree with the guess,
+  /// and one more (Jacobi decoding), so an example whose greedy output is
+  /// its guess then eos takes one pass, and every pass confirms a token. The
+  /// guess for the next pass is the rest of the last pass's argmaxes.
+  /// `eos`, where given, gets whether each output ended with eos.
+  std::vector<std::vector<int>> greedy_outputs_batch(
+      const std::vector<std::pair<std::vector<int>, std::vector<int>>>& examples, const std::vector<int>& max_new,
+      const Deltas* deltas = nullptr, std::vector<bool>* eos = nullptr) const;
+
   /// bos + UTF-8 bytes of `prompt` + sep.
   std::vector<int> encode_prompt(const std::string& prompt) const;
 

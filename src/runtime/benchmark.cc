@@ -116,6 +116,89 @@ double task_score(const Model& model, const TaskExamples& task, const Deltas* de
   return static_cast<double>(total) / static_cast<double>(n);
 }
 
+namespace {
+
+// Code points of `s`; a byte that does not start a valid UTF-8 sequence
+// stands for itself (offset past the code point range).
+std::vector<uint32_t> code_points(const std::string& s) {
+  std::vector<uint32_t> out;
+  for (size_t i = 0; i < s.size();) {
+    const auto b = static_cast<unsigned char>(s[i]);
+    const size_t n = b < 0x80 ? 1 : (b >> 5) == 0x6 ? 2 : (b >> 4) == 0xE ? 3 : (b >> 3) == 0x1E ? 4 : 0;
+    bool ok = n > 0 && i + n <= s.size();
+    uint32_t cp = n == 1 ? b : n == 2 ? b & 0x1Fu : n == 3 ? b & 0x0Fu : b & 0x07u;
+    for (size_t k = 1; ok && k < n; ++k) {
+      const auto c = static_cast<unsigned char>(s[i + k]);
+      ok = (c >> 6) == 0x2;
+      cp = (cp << 6) | (c & 0x3Fu);
+    }
+    if (ok) {
+      out.push_back(cp);
+      i += n;
+    } else {
+      out.push_back(0x110000u + b);
+      i += 1;
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+double edit_similarity(const std::string& a, const std::string& b) {
+  const std::vector<uint32_t> x = code_points(a), y = code_points(b);
+  if (x.empty() && y.empty()) return 1.0;
+  std::vector<size_t> row(y.size() + 1);
+  for (size_t j = 0; j <= y.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= x.size(); ++i) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= y.size(); ++j) {
+      const size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (x[i - 1] == y[j - 1] ? 0 : 1)});
+      diag = up;
+    }
+  }
+  return 1.0 - static_cast<double>(row[y.size()]) / static_cast<double>(std::max(x.size(), y.size()));
+}
+
+TaskScores task_scores(const Model& model, const TaskExamples& task, const Deltas* deltas, int threads) {
+  constexpr size_t kBatch = 32;  // sequences packed per forward pass
+  const size_t n = task.examples.size(), batches = (n + kBatch - 1) / kBatch;
+  std::vector<int> hits(batches, 0);
+  std::vector<double> sims(batches, 0.0);
+  const int t = threads > 0 ? threads : omp_get_max_threads();
+#pragma omp parallel for num_threads(t) schedule(dynamic)
+  for (size_t b = 0; b < batches; ++b) {
+    std::vector<std::pair<std::vector<int>, std::vector<int>>> ex;
+    std::vector<int> limit;
+    for (size_t i = b * kBatch; i < std::min(n, (b + 1) * kBatch); ++i) {
+      const std::string& answer = task.examples[i].second;
+      std::vector<int> guess(answer.begin(), answer.end());
+      for (int& c : guess) c = static_cast<unsigned char>(c);
+      limit.push_back(static_cast<int>(2 * answer.size() + 8));
+      ex.emplace_back(model.encode_prompt(task.examples[i].first), std::move(guess));
+    }
+    std::vector<bool> eos;
+    const auto outs = model.greedy_outputs_batch(ex, limit, deltas, &eos);
+    for (size_t k = 0; k < ex.size(); ++k) {
+      const std::string& answer = task.examples[b * kBatch + k].second;
+      std::string got;
+      for (int c : outs[k]) got.push_back(static_cast<char>(c < 256 ? c : '?'));
+      hits[b] += eos[k] && outs[k] == ex[k].second;
+      sims[b] += edit_similarity(got, answer);
+    }
+  }
+  TaskScores s;
+  for (size_t b = 0; b < batches; ++b) {
+    s.exact += hits[b];
+    s.similarity += sims[b];
+  }
+  s.exact /= static_cast<double>(n);
+  s.similarity /= static_cast<double>(n);
+  return s;
+}
+
 BenchmarkResult run_benchmark(const BenchmarkOptions& o) {
   if (dist::size() > 1) throw Error("the task benchmark runs in one process: start it without mpirun (or with -np 1)");
   const auto t0 = std::chrono::steady_clock::now();
@@ -135,9 +218,13 @@ BenchmarkResult run_benchmark(const BenchmarkOptions& o) {
   }
   log(fmt::format("{} tasks, {} test examples each (at most)", tasks.size(), tasks[0].examples.size()));
   for (size_t i = 0; i < tasks.size(); ++i) {
-    r.base.push_back(task_score(model, tasks[i], nullptr, o.threads));
-    Deltas own = deltas_from_adapter(set.task(i));
-    r.individual.push_back(task_score(model, tasks[i], &own, o.threads));
+    const TaskScores base = task_scores(model, tasks[i], nullptr, o.threads);
+    r.base.push_back(base.exact);
+    r.base_similarity.push_back(base.similarity);
+    Deltas own_deltas = deltas_from_adapter(set.task(i));
+    const TaskScores own = task_scores(model, tasks[i], &own_deltas, o.threads);
+    r.individual.push_back(own.exact);
+    r.individual_similarity.push_back(own.similarity);
   }
   log("scored the base model and every adapter");
   const demo_files::Scratch scratch("bench");
@@ -186,17 +273,24 @@ BenchmarkResult run_benchmark(const BenchmarkOptions& o) {
     p.merge = std::move(merged[pi]);
     const fs::path& bundle = bundles[pi];
     auto deltas = bundle_deltas(bundle);
-    double sum = 0;
-    p.min_relative = INFINITY;
+    double sum = 0, sum_sim = 0;
+    p.min_relative = p.min_relative_similarity = INFINITY;
     for (size_t i = 0; i < tasks.size(); ++i) {
-      p.scores.push_back(task_score(model, tasks[i], &deltas[i], o.threads));
-      p.relative.push_back(r.individual[i] > 0 ? p.scores[i] / r.individual[i] : 0.0);
+      const TaskScores sc = task_scores(model, tasks[i], &deltas[i], o.threads);
+      p.scores.push_back(sc.exact);
+      p.relative.push_back(r.individual[i] > 0 ? sc.exact / r.individual[i] : 0.0);
       sum += p.relative.back();
       p.min_relative = std::min(p.min_relative, p.relative.back());
+      p.similarity.push_back(sc.similarity);
+      p.relative_similarity.push_back(r.individual_similarity[i] > 0 ? sc.similarity / r.individual_similarity[i] : 0.0);
+      sum_sim += p.relative_similarity.back();
+      p.min_relative_similarity = std::min(p.min_relative_similarity, p.relative_similarity.back());
     }
     p.mean_relative = sum / static_cast<double>(tasks.size());
-    log(fmt::format("{} at storage {:.3f} ({:.3f} of a bf16 copy's bytes): mean relative score {:.3f}", method,
-                    p.merge.fraction, p.merge.bf16_fraction, p.mean_relative));
+    p.mean_relative_similarity = sum_sim / static_cast<double>(tasks.size());
+    log(fmt::format("{} at storage {:.3f} ({:.3f} of a bf16 copy's bytes): mean relative score {:.3f}, "
+                    "edit similarity {:.3f}",
+                    method, p.merge.fraction, p.merge.bf16_fraction, p.mean_relative, p.mean_relative_similarity));
     r.points.push_back(std::move(p));
   }
   return r;
@@ -217,6 +311,8 @@ std::string BenchmarkResult::json() const {
   j["tasks"] = tasks.size();
   j["base_mean_score"] = mean(base);
   j["lora_mean_score"] = mean(individual);
+  j["base_mean_similarity"] = mean(base_similarity);
+  j["lora_mean_similarity"] = mean(individual_similarity);
   j["points"] = nlohmann::ordered_json::array();
   for (auto& p : points) {
     j["points"].push_back({{"method", p.merge.method},
@@ -226,37 +322,50 @@ std::string BenchmarkResult::json() const {
                            {"bytes", p.merge.bytes},
                            {"mean_relative_score", p.mean_relative},
                            {"min_relative_score", p.min_relative},
+                           {"mean_relative_similarity", p.mean_relative_similarity},
+                           {"min_relative_similarity", p.min_relative_similarity},
                            {"mean_score", mean(p.scores)},
                            {"mean_rel_error", p.merge.mean_rel_error}});
   }
   j["per_task"] = nlohmann::ordered_json::array();
   for (size_t i = 0; i < tasks.size(); ++i) {
-    j["per_task"].push_back({{"name", tasks[i]}, {"base", base[i]}, {"lora", individual[i]}});
+    j["per_task"].push_back({{"name", tasks[i]},
+                             {"base", base[i]},
+                             {"lora", individual[i]},
+                             {"base_similarity", base_similarity[i]},
+                             {"lora_similarity", individual_similarity[i]}});
   }
   return j.dump(2) + "\n";
 }
 
 std::string BenchmarkResult::table() const {
-  double base_mean = 0, ind_mean = 0;
+  double base_mean = 0, ind_mean = 0, base_sim = 0, ind_sim = 0;
   int worse = 0;
   for (size_t i = 0; i < tasks.size(); ++i) {
     base_mean += base[i] / tasks.size();
     ind_mean += individual[i] / tasks.size();
+    base_sim += base_similarity[i] / tasks.size();
+    ind_sim += individual_similarity[i] / tasks.size();
     worse += individual[i] <= base[i];
   }
   std::string s = fmt::format(
       "adapter set '{}': mean subspace similarity A {:.2f}, B {:.2f}; mean A drift ||A - A_init|| / ||A_init|| {}\n",
       profile.name, profile.similarity_a, profile.similarity_b,
       std::isfinite(profile.a_drift) ? fmt::format("{:.2f}", profile.a_drift) : "unknown (no lora-init)");
-  s += fmt::format("base model: mean exact match {:.1f}%; own adapters: {:.1f}% ({} of {} beat the base)\n\n",
-                   100 * base_mean, 100 * ind_mean, tasks.size() - worse, tasks.size());
+  s += fmt::format(
+      "base model: mean exact match {:.1f}% (edit similarity {:.3f}); own adapters: {:.1f}% ({:.3f}; {} of {} beat the "
+      "base)\n\n",
+      100 * base_mean, base_sim, 100 * ind_mean, ind_sim, tasks.size() - worse, tasks.size());
   s += "| method | params % | bytes % of a bf16 copy | mean relative task score | worst task's relative score | "
-       "mean rel. error |\n";
-  s += "|---|---:|---:|---:|---:|---:|\n";
+       "mean relative edit similarity | worst task's | mean rel. error |\n";
+  s += "|---|---:|---:|---:|---:|---:|---:|---:|\n";
   for (auto& p : points) {
-    s += fmt::format("| {} | {:.1f} | {:.1f} | {:.3f} | {:.3f} | {:.3f} |\n", p.series, 100 * p.merge.fraction,
-                     100 * p.merge.bf16_fraction, p.mean_relative, p.min_relative, p.merge.mean_rel_error);
+    s += fmt::format("| {} | {:.1f} | {:.1f} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {:.3f} |\n", p.series,
+                     100 * p.merge.fraction, 100 * p.merge.bf16_fraction, p.mean_relative, p.min_relative,
+                     p.mean_relative_similarity, p.min_relative_similarity, p.merge.mean_rel_error);
   }
+  s += "\n(task score: exact match of the greedy answer; edit similarity: 1 - Levenshtein distance / the longer "
+       "length, over characters, of the greedy output and the answer; both relative to each task's own adapter)\n";
   return s;
 }
 

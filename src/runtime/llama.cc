@@ -241,6 +241,82 @@ std::vector<bool> Model::greedy_matches_batch(const std::vector<std::pair<std::v
   return ok;
 }
 
+std::vector<std::vector<int>> Model::greedy_outputs_batch(
+    const std::vector<std::pair<std::vector<int>, std::vector<int>>>& examples, const std::vector<int>& max_new,
+    const Deltas* deltas, std::vector<bool>* eos) const {
+  if (max_new.size() != examples.size()) throw std::invalid_argument("greedy_outputs_batch: one max_new per example");
+  const int64_t context = impl_->cfg.max_positions;
+  struct State {
+    std::vector<int> confirmed, guess;
+    bool done = false, eos = false;
+  };
+  std::vector<State> st(examples.size());
+  for (size_t e = 0; e < examples.size(); ++e) {
+    const int64_t room = context - static_cast<int64_t>(examples[e].first.size());
+    st[e].guess = examples[e].second;
+    st[e].done = examples[e].first.empty() || room <= 0 || max_new[e] <= 0;
+  }
+  for (;;) {
+    std::vector<size_t> active;
+    std::vector<std::vector<int>> seqs;
+    for (size_t e = 0; e < examples.size(); ++e) {
+      if (st[e].done) continue;
+      const auto& prompt = examples[e].first;
+      std::vector<int> seq = prompt;
+      seq.insert(seq.end(), st[e].confirmed.begin(), st[e].confirmed.end());
+      // The guess within the context and the new-token limit; each of its
+      // tokens makes one more prediction.
+      const int64_t left = std::min<int64_t>(context - static_cast<int64_t>(seq.size()),
+                                             max_new[e] - static_cast<int64_t>(st[e].confirmed.size())) - 1;
+      auto& g = st[e].guess;
+      if (static_cast<int64_t>(g.size()) > std::max<int64_t>(0, left)) g.resize(static_cast<size_t>(std::max<int64_t>(0, left)));
+      seq.insert(seq.end(), g.begin(), g.end());
+      seqs.push_back(std::move(seq));
+      active.push_back(e);
+    }
+    if (active.empty()) break;
+    const MatrixXf logits = impl_->forward(seqs, deltas);
+    Eigen::Index row = 0;
+    for (size_t a = 0; a < active.size(); ++a) {
+      State& s = st[active[a]];
+      const size_t prompt = examples[active[a]].first.size();
+      const Eigen::Index base = row + static_cast<Eigen::Index>(prompt + s.confirmed.size()) - 1;
+      const std::vector<int> guess = std::move(s.guess);
+      s.guess.clear();
+      for (size_t t = 0; t <= guess.size(); ++t) {
+        Eigen::Index best;
+        logits.row(base + static_cast<Eigen::Index>(t)).maxCoeff(&best);
+        if (best == impl_->cfg.eos) {
+          s.done = s.eos = true;
+          break;
+        }
+        s.confirmed.push_back(static_cast<int>(best));
+        if (static_cast<int64_t>(s.confirmed.size()) >= max_new[active[a]] ||
+            static_cast<int64_t>(prompt + s.confirmed.size()) >= context) {
+          s.done = true;
+          break;
+        }
+        if (t < guess.size() && best == guess[t]) continue;
+        // Off the guess: the argmaxes after t saw a wrong token; they are
+        // the next pass's guess.
+        for (size_t u = t + 1; u <= guess.size(); ++u) {
+          logits.row(base + static_cast<Eigen::Index>(u)).maxCoeff(&best);
+          s.guess.push_back(static_cast<int>(best));
+        }
+        break;
+      }
+      row += static_cast<Eigen::Index>(seqs[a].size());
+    }
+  }
+  std::vector<std::vector<int>> out;
+  if (eos) eos->clear();
+  for (auto& s : st) {
+    out.push_back(std::move(s.confirmed));
+    if (eos) eos->push_back(s.eos);
+  }
+  return out;
+}
+
 Deltas deltas_from_adapter(const Adapter& adapter) {
   Deltas d;
   for (const auto& m : adapter.modules()) {
