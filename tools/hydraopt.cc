@@ -300,6 +300,8 @@ int main(int argc, char** argv) {
                    "adapter set: fast (assets/adapters), NAME (assets/adapters-NAME), or all (each in OUT/NAME/)")
       ->capture_default_str();
   demo->add_option("--limit", bench.limit, "test examples per task (0: all)")->capture_default_str();
+  demo->add_flag("--similarity", bench.similarity,
+                 "also the edit similarity of the free-running greedy outputs (about 10x the scoring time)");
   demo->add_option("--threads", bench.threads, "worker threads (0: all cores)");
   demo->add_flag("--json", json, "machine-readable output");
   hydraopt::OnlineOptions online;

@@ -217,12 +217,17 @@ BenchmarkResult run_benchmark(const BenchmarkOptions& o) {
     tasks.push_back(load_task(o.assets / "tasks" / t.name(), o.limit));
   }
   log(fmt::format("{} tasks, {} test examples each (at most)", tasks.size(), tasks[0].examples.size()));
+  // Exact match alone (teacher-forced, one pass) unless the similarity is asked for.
+  auto score = [&](const TaskExamples& task, const Deltas* deltas) {
+    if (o.similarity) return task_scores(model, task, deltas, o.threads);
+    return TaskScores{task_score(model, task, deltas, o.threads), NAN};
+  };
   for (size_t i = 0; i < tasks.size(); ++i) {
-    const TaskScores base = task_scores(model, tasks[i], nullptr, o.threads);
+    const TaskScores base = score(tasks[i], nullptr);
     r.base.push_back(base.exact);
     r.base_similarity.push_back(base.similarity);
     Deltas own_deltas = deltas_from_adapter(set.task(i));
-    const TaskScores own = task_scores(model, tasks[i], &own_deltas, o.threads);
+    const TaskScores own = score(tasks[i], &own_deltas);
     r.individual.push_back(own.exact);
     r.individual_similarity.push_back(own.similarity);
   }
@@ -276,21 +281,24 @@ BenchmarkResult run_benchmark(const BenchmarkOptions& o) {
     double sum = 0, sum_sim = 0;
     p.min_relative = p.min_relative_similarity = INFINITY;
     for (size_t i = 0; i < tasks.size(); ++i) {
-      const TaskScores sc = task_scores(model, tasks[i], &deltas[i], o.threads);
+      const TaskScores sc = score(tasks[i], &deltas[i]);
       p.scores.push_back(sc.exact);
       p.relative.push_back(r.individual[i] > 0 ? sc.exact / r.individual[i] : 0.0);
       sum += p.relative.back();
       p.min_relative = std::min(p.min_relative, p.relative.back());
       p.similarity.push_back(sc.similarity);
-      p.relative_similarity.push_back(r.individual_similarity[i] > 0 ? sc.similarity / r.individual_similarity[i] : 0.0);
+      p.relative_similarity.push_back(r.individual_similarity[i] > 0 || !o.similarity
+                                          ? sc.similarity / r.individual_similarity[i]
+                                          : 0.0);
       sum_sim += p.relative_similarity.back();
       p.min_relative_similarity = std::min(p.min_relative_similarity, p.relative_similarity.back());
     }
     p.mean_relative = sum / static_cast<double>(tasks.size());
     p.mean_relative_similarity = sum_sim / static_cast<double>(tasks.size());
-    log(fmt::format("{} at storage {:.3f} ({:.3f} of a bf16 copy's bytes): mean relative score {:.3f}, "
-                    "edit similarity {:.3f}",
-                    method, p.merge.fraction, p.merge.bf16_fraction, p.mean_relative, p.mean_relative_similarity));
+    if (!o.similarity) p.min_relative_similarity = NAN;
+    log(fmt::format("{} at storage {:.3f} ({:.3f} of a bf16 copy's bytes): mean relative score {:.3f}{}", method,
+                    p.merge.fraction, p.merge.bf16_fraction, p.mean_relative,
+                    o.similarity ? fmt::format(", edit similarity {:.3f}", p.mean_relative_similarity) : ""));
     r.points.push_back(std::move(p));
   }
   return r;
@@ -311,8 +319,8 @@ std::string BenchmarkResult::json() const {
   j["tasks"] = tasks.size();
   j["base_mean_score"] = mean(base);
   j["lora_mean_score"] = mean(individual);
-  j["base_mean_similarity"] = mean(base_similarity);
-  j["lora_mean_similarity"] = mean(individual_similarity);
+  j["base_mean_similarity"] = number(mean(base_similarity));
+  j["lora_mean_similarity"] = number(mean(individual_similarity));
   j["points"] = nlohmann::ordered_json::array();
   for (auto& p : points) {
     j["points"].push_back({{"method", p.merge.method},
@@ -322,8 +330,8 @@ std::string BenchmarkResult::json() const {
                            {"bytes", p.merge.bytes},
                            {"mean_relative_score", p.mean_relative},
                            {"min_relative_score", p.min_relative},
-                           {"mean_relative_similarity", p.mean_relative_similarity},
-                           {"min_relative_similarity", p.min_relative_similarity},
+                           {"mean_relative_similarity", number(p.mean_relative_similarity)},
+                           {"min_relative_similarity", number(p.min_relative_similarity)},
                            {"mean_score", mean(p.scores)},
                            {"mean_rel_error", p.merge.mean_rel_error}});
   }
@@ -332,8 +340,8 @@ std::string BenchmarkResult::json() const {
     j["per_task"].push_back({{"name", tasks[i]},
                              {"base", base[i]},
                              {"lora", individual[i]},
-                             {"base_similarity", base_similarity[i]},
-                             {"lora_similarity", individual_similarity[i]}});
+                             {"base_similarity", number(base_similarity[i])},
+                             {"lora_similarity", number(individual_similarity[i])}});
   }
   return j.dump(2) + "\n";
 }
@@ -352,20 +360,23 @@ std::string BenchmarkResult::table() const {
       "adapter set '{}': mean subspace similarity A {:.2f}, B {:.2f}; mean A drift ||A - A_init|| / ||A_init|| {}\n",
       profile.name, profile.similarity_a, profile.similarity_b,
       std::isfinite(profile.a_drift) ? fmt::format("{:.2f}", profile.a_drift) : "unknown (no lora-init)");
-  s += fmt::format(
-      "base model: mean exact match {:.1f}% (edit similarity {:.3f}); own adapters: {:.1f}% ({:.3f}; {} of {} beat the "
-      "base)\n\n",
-      100 * base_mean, base_sim, 100 * ind_mean, ind_sim, tasks.size() - worse, tasks.size());
-  s += "| method | params % | bytes % of a bf16 copy | mean relative task score | worst task's relative score | "
-       "mean relative edit similarity | worst task's | mean rel. error |\n";
-  s += "|---|---:|---:|---:|---:|---:|---:|---:|\n";
+  const bool sim = std::isfinite(base_sim);  // scored with --similarity
+  s += fmt::format("base model: mean exact match {:.1f}%{}; own adapters: {:.1f}%{} ({} of {} beat the base)\n\n",
+                   100 * base_mean, sim ? fmt::format(" (edit similarity {:.3f})", base_sim) : "", 100 * ind_mean,
+                   sim ? fmt::format(" ({:.3f})", ind_sim) : "", tasks.size() - worse, tasks.size());
+  s += "| method | params % | bytes % of a bf16 copy | mean relative task score | worst task's relative score | ";
+  s += sim ? "mean relative edit similarity | worst task's | mean rel. error |\n|---|---:|---:|---:|---:|---:|---:|---:|\n"
+           : "mean rel. error |\n|---|---:|---:|---:|---:|---:|\n";
   for (auto& p : points) {
-    s += fmt::format("| {} | {:.1f} | {:.1f} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {:.3f} |\n", p.series,
-                     100 * p.merge.fraction, 100 * p.merge.bf16_fraction, p.mean_relative, p.min_relative,
-                     p.mean_relative_similarity, p.min_relative_similarity, p.merge.mean_rel_error);
+    s += fmt::format("| {} | {:.1f} | {:.1f} | {:.3f} | {:.3f} | ", p.series, 100 * p.merge.fraction,
+                     100 * p.merge.bf16_fraction, p.mean_relative, p.min_relative);
+    if (sim) s += fmt::format("{:.3f} | {:.3f} | ", p.mean_relative_similarity, p.min_relative_similarity);
+    s += fmt::format("{:.3f} |\n", p.merge.mean_rel_error);
   }
-  s += "\n(task score: exact match of the greedy answer; edit similarity: 1 - Levenshtein distance / the longer "
-       "length, over characters, of the greedy output and the answer; both relative to each task's own adapter)\n";
+  if (sim) {
+    s += "\n(task score: exact match of the greedy answer; edit similarity: 1 - Levenshtein distance / the longer "
+         "length, over characters, of the greedy output and the answer; both relative to each task's own adapter)\n";
+  }
   return s;
 }
 
