@@ -301,7 +301,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   demo->add_option("--limit", bench.limit, "test examples per task (0: all)")->capture_default_str();
   demo->add_flag("--similarity", bench.similarity,
-                 "also the edit similarity of the free-running greedy outputs (about 10x the scoring time)");
+                 "also the edit similarity of the free-running greedy outputs (about 5x the scoring time)");
   demo->add_option("--threads", bench.threads, "worker threads (0: all cores)");
   demo->add_flag("--json", json, "machine-readable output");
   hydraopt::OnlineOptions online;
