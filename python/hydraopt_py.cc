@@ -310,6 +310,8 @@ PYBIND11_MODULE(_hydraopt, m) {
           "A new Bundle with `adapters` added, as `hydraopt add` (this one is unchanged). refit: 'none'\n"
           "(default without a budget: stored factors unchanged, the new tasks' own appended), 'touched' or\n"
           "'all' (default with a budget: re-planned with the stored tasks' reconstructions as targets).\n"
+          "budget: a fraction of the parameters, float factors (as merge); budget_bytes: bytes, where\n"
+          "integer factors may be chosen (add and remove do not edit those yet).\n"
           "Its report (a dict) gives each task's status and error. output: where to write it (default: a\n"
           "temporary file owned by the returned Bundle).")
       .def(
