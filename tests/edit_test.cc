@@ -386,11 +386,14 @@ TEST(EditRefit, ARefitFromReconstructionsEqualsAMergeOfThemAsAdapters) {
     ASSERT_EQ(b1.history.size(), 1u);
     EXPECT_EQ(b1.history[0].refit, "all");
     EXPECT_EQ(b1.history[0].reconstructed, (std::vector<std::string>{"task00", "task01", "task02", "task03"}));
-    {  // a byte budget counts tensor bytes (integer factors allowed)
+    {  // --budget counts stored numbers, every factor bf16 (2 bytes each)
       int64_t bytes = 0;
       const io::SafetensorsFile st = io::SafetensorsFile::open(g.after);
-      for (const auto& t : st.tensors()) bytes += static_cast<int64_t>(t.nbytes());
-      EXPECT_LE(bytes, *mo.budget_bytes);
+      for (const auto& t : st.tensors()) {
+        EXPECT_EQ(t.dtype, DType::BF16) << t.name;
+        bytes += static_cast<int64_t>(t.nbytes());
+      }
+      EXPECT_LE(bytes, 2 * static_cast<int64_t>(std::floor(0.4 * static_cast<double>(original))));
     }
     EXPECT_TRUE(verify_bundle(g.after, g.specs).problems.empty());
     // No scratch files left beside the output.
