@@ -187,6 +187,12 @@ class Scratch {
 struct Storage {
   bool in_bytes = false;
   int64_t amount = 0;
+  /// What one stored float number of `dtype` costs in this unit.
+  int64_t per_number(DType dtype) const { return in_bytes ? static_cast<int64_t>(dtype_size(dtype)) : 1; }
+  /// The bundle's recorded budget: float numbers' worth, as a fraction of `original`.
+  double fraction(DType dtype, int64_t original) const {
+    return static_cast<double>(amount / per_number(dtype)) / static_cast<double>(original);
+  }
 };
 
 // The refit: the tasks of `b` marked in `keep`, their reconstructions as
@@ -437,10 +443,9 @@ EditReport add_adapters(const fs::path& bundle, const AdapterSet& set, const Edi
     }
   } else {
     Storage storage = refit_storage(o, b.budget, 0, original);
-    const int64_t per_number = storage.in_bytes ? static_cast<int64_t>(dtype_size(b.dtype)) : 1;
-    b.budget = static_cast<double>(storage.amount / per_number) / static_cast<double>(original);
+    b.budget = storage.fraction(b.dtype, original);
     for (const auto& m : b.modules) {
-      if (!refit_on.count(m.name)) storage.amount -= m.fit.params() * per_number;
+      if (!refit_on.count(m.name)) storage.amount -= m.fit.params() * storage.per_number(b.dtype);
     }
     if (storage.amount <= 0) throw Error(file, "", "the budget does not cover the modules the new adapters leave untouched");
     const Scratch scratch(out);
@@ -550,8 +555,7 @@ EditReport remove_tasks(const fs::path& bundle, const std::vector<std::string>& 
     // The freed space spent on the remaining tasks: by default the storage
     // the bundle had.
     const Storage storage = refit_storage(o, b.budget, b.params_stored, original);
-    const int64_t per_number = storage.in_bytes ? static_cast<int64_t>(dtype_size(b.dtype)) : 1;
-    b.budget = static_cast<double>(storage.amount / per_number) / static_cast<double>(original);
+    b.budget = storage.fraction(b.dtype, original);
     std::set<std::string> all;
     for (const auto& m : b.modules) all.insert(m.name);
     const Scratch scratch(out);

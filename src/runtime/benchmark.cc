@@ -96,20 +96,31 @@ TaskExamples load_task(const fs::path& dir, int limit) {
   return t;
 }
 
+namespace {
+
+constexpr size_t kBatch = 32;  // sequences packed per forward pass
+
+// Batch b of `task`: each example's encoded prompt and its answer's bytes.
+std::vector<std::pair<std::vector<int>, std::vector<int>>> encoded_batch(const Model& model, const TaskExamples& task,
+                                                                         size_t b) {
+  std::vector<std::pair<std::vector<int>, std::vector<int>>> ex;
+  for (size_t i = b * kBatch; i < std::min(task.examples.size(), (b + 1) * kBatch); ++i) {
+    std::vector<int> answer(task.examples[i].second.begin(), task.examples[i].second.end());
+    for (int& c : answer) c = static_cast<unsigned char>(c);
+    ex.emplace_back(model.encode_prompt(task.examples[i].first), std::move(answer));
+  }
+  return ex;
+}
+
+}  // namespace
+
 double task_score(const Model& model, const TaskExamples& task, const Deltas* deltas, int threads) {
-  constexpr size_t kBatch = 32;  // sequences packed per forward pass
   const size_t n = task.examples.size(), batches = (n + kBatch - 1) / kBatch;
   std::vector<int> hits(batches, 0);
   const int t = threads > 0 ? threads : omp_get_max_threads();
 #pragma omp parallel for num_threads(t) schedule(dynamic)
   for (size_t b = 0; b < batches; ++b) {
-    std::vector<std::pair<std::vector<int>, std::vector<int>>> ex;
-    for (size_t i = b * kBatch; i < std::min(n, (b + 1) * kBatch); ++i) {
-      std::vector<int> answer(task.examples[i].second.begin(), task.examples[i].second.end());
-      for (int& c : answer) c = static_cast<unsigned char>(c);
-      ex.emplace_back(model.encode_prompt(task.examples[i].first), std::move(answer));
-    }
-    for (bool ok : model.greedy_matches_batch(ex, deltas)) hits[b] += ok;
+    for (bool ok : model.greedy_matches_batch(encoded_batch(model, task, b), deltas)) hits[b] += ok;
   }
   int total = 0;
   for (int h : hits) total += h;
@@ -163,22 +174,15 @@ double edit_similarity(const std::string& a, const std::string& b) {
 }
 
 TaskScores task_scores(const Model& model, const TaskExamples& task, const Deltas* deltas, int threads) {
-  constexpr size_t kBatch = 32;  // sequences packed per forward pass
   const size_t n = task.examples.size(), batches = (n + kBatch - 1) / kBatch;
   std::vector<int> hits(batches, 0);
   std::vector<double> sims(batches, 0.0);
   const int t = threads > 0 ? threads : omp_get_max_threads();
 #pragma omp parallel for num_threads(t) schedule(dynamic)
   for (size_t b = 0; b < batches; ++b) {
-    std::vector<std::pair<std::vector<int>, std::vector<int>>> ex;
+    const auto ex = encoded_batch(model, task, b);  // the answers are the first guesses
     std::vector<int> limit;
-    for (size_t i = b * kBatch; i < std::min(n, (b + 1) * kBatch); ++i) {
-      const std::string& answer = task.examples[i].second;
-      std::vector<int> guess(answer.begin(), answer.end());
-      for (int& c : guess) c = static_cast<unsigned char>(c);
-      limit.push_back(static_cast<int>(2 * answer.size() + 8));
-      ex.emplace_back(model.encode_prompt(task.examples[i].first), std::move(guess));
-    }
+    for (const auto& e : ex) limit.push_back(static_cast<int>(2 * e.second.size() + 8));
     std::vector<bool> eos;
     const auto outs = model.greedy_outputs_batch(ex, limit, deltas, &eos);
     for (size_t k = 0; k < ex.size(); ++k) {
