@@ -407,5 +407,39 @@ TEST(Merge, ShareRestrictsTheStructures) {
   }
 }
 
+// weights = "module": every (module, task) counts by its relative error, so
+// scaling one module's updates in every task leaves the plan as it was;
+// under "balanced" the larger module takes the budget.
+TEST(Merge, ModuleWeightsDoNotDependOnAModulesScale) {
+  const test::TempDir d;
+  auto write_set = [&](const std::string& name, double scale) {
+    std::vector<std::string> dirs;
+    for (int t = 0; t < 5; ++t) {
+      std::vector<test::TestModule> mods;
+      for (int m = 0; m < 3; ++m) {
+        const uint64_t seed = 100 * t + 10 * m;
+        // Tasks share part of A, so the shared structures are worth something.
+        MatrixXd a = test::random_matrix(4, 24, seed) + 2 * test::random_matrix(4, 24, 7 + m);
+        MatrixXd b = test::random_matrix(20, 4, seed + 1) * (m == 1 ? scale : 1.0);
+        mods.push_back({"model.layers." + std::to_string(m) + ".self_attn.q_proj", a, b});
+      }
+      const fs::path dir = d / (name + std::to_string(t));
+      test::write_adapter(dir, R"({"r": 4, "lora_alpha": 4, "target_modules": ["q_proj"]})", mods);
+      dirs.push_back(dir.string());
+    }
+    return AdapterSet::open(dirs);
+  };
+  const AdapterSet plain = write_set("plain", 1.0), scaled = write_set("scaled", 30.0);
+  auto plan = [](const AdapterSet& set, const std::string& weights) {
+    MergeOptions o = at(0.45);
+    o.weights = weights;
+    std::vector<std::string> out;
+    for (auto& m : nlohmann::json::parse(merge(set, o, "").plan_json)) out.push_back(m.dump());
+    return out;
+  };
+  EXPECT_EQ(plan(plain, "module"), plan(scaled, "module"));
+  EXPECT_NE(plan(plain, "balanced"), plan(scaled, "balanced"));
+}
+
 }  // namespace
 }  // namespace hydraopt

@@ -207,6 +207,22 @@ TEST(Benchmark, ScoresAdaptersAndBundlesOnTheirTasks) {
   EXPECT_EQ(j["points"].size(), 2u);
 }
 
+TEST(Benchmark, DemoPointsAreParsedOrRefusedByName) {
+  auto same = [](const DemoPoint& p, const std::string& method, double budget, BudgetUnit unit) {
+    return p.method == method && p.budget == budget && p.unit == unit;
+  };
+  EXPECT_TRUE(same(parse_demo_point("hydraopt@0.52"), "hydraopt", 0.52, BudgetUnit::kParams));
+  EXPECT_TRUE(same(parse_demo_point("ta@1/N"), "ta", 0.0, BudgetUnit::kParams));
+  EXPECT_TRUE(same(parse_demo_point("jd-full@hydra"), "jd-full", -1.0, BudgetUnit::kParams));
+  EXPECT_TRUE(same(parse_demo_point("quant@bytes:0.196"), "quant", 0.196, BudgetUnit::kBytes));
+  for (const char* bad : {"hydraopt", "hydraopt@", "hydraopt@0", "hydraopt@1.5", "hydraopt@0.5x", "hydraopt@bytes:",
+                          "nope@0.5", "hydraopt@bytes:-1"}) {
+    const std::string msg = test::error_of([&] { parse_demo_point(bad); });
+    EXPECT_NE(msg.find(std::string("'") + bad + "'"), std::string::npos) << bad << ": " << msg;
+  }
+  EXPECT_NE(test::error_of([] { parse_demo_point("nope@0.5"); }).find("unknown method 'nope'"), std::string::npos);
+}
+
 TEST(Benchmark, EditSimilarityIsOneMinusLevenshteinOverTheLongerLength) {
   EXPECT_DOUBLE_EQ(edit_similarity("", ""), 1.0);
   EXPECT_DOUBLE_EQ(edit_similarity("abc", "abc"), 1.0);

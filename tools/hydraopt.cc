@@ -160,7 +160,7 @@ int main(int argc, char** argv) {
   std::map<std::string, std::string> param_flags;
   auto add_merge_flags = [&](CLI::App* cmd) {
     cmd->add_option("--share", mo.share, "which factor may be shared: A, B or auto")->capture_default_str();
-    cmd->add_option("--weights", mo.weights, "task weights: balanced, uniform or a JSON file {task: weight}")
+    cmd->add_option("--weights", mo.weights, "task weights: balanced, module (each module balanced on its own), uniform or a JSON file {task: weight}")
         ->capture_default_str();
     cmd->add_option("--groups", mo.groups_file, "JSON file [[task, ...], ...] grouping tasks for shared parts");
     cmd->add_option("--threads", mo.threads, "worker threads (0: all cores)")->capture_default_str();
@@ -299,6 +299,13 @@ int main(int argc, char** argv) {
   demo->add_option("--set", demo_set,
                    "adapter set: fast (assets/adapters), NAME (assets/adapters-NAME), or all (each in OUT/NAME/)")
       ->capture_default_str();
+  demo->add_option("--weights", bench.weights, "task weights of every merge (as merge --weights)")
+      ->capture_default_str();
+  std::vector<std::string> demo_points;
+  demo->add_option("--points", demo_points,
+                   "the points to evaluate instead of the default ones: METHOD@F (fraction of the parameters), "
+                   "METHOD@1/N, METHOD@hydra or METHOD@bytes:F (fraction of a bf16 copy's bytes), comma-separated")
+      ->delimiter(',');
   demo->add_option("--limit", bench.limit, "test examples per task (0: all)")->capture_default_str();
   demo->add_flag("--similarity", bench.similarity,
                  "also the edit similarity of the free-running greedy outputs (about 5x the scoring time)");
@@ -484,6 +491,9 @@ int main(int argc, char** argv) {
     } else if (*demo) {
       if (online_run) {
         if (demo_set == "all") throw hydraopt::Error("demo --online takes one --set, not all");
+        if (bench.weights != "balanced" || !demo_points.empty()) {
+          throw hydraopt::Error("demo --online does not take --weights or --points");
+        }
         online.assets = assets;
         online.set = demo_set;
         online.limit = bench.limit;
@@ -498,6 +508,10 @@ int main(int argc, char** argv) {
       }
       bench.assets = assets;
       bench.log = [](const std::string& line) { std::cerr << line << "\n"; };
+      if (!demo_points.empty()) {
+        bench.points.clear();
+        for (const auto& p : demo_points) bench.points.push_back(hydraopt::parse_demo_point(p));
+      }
       // One set: its results in OUT; all: each set's in OUT/<set>/.
       const bool all_sets = demo_set == "all";
       const std::vector<std::string> sets = all_sets ? hydraopt::adapter_sets(assets) : std::vector{demo_set};

@@ -64,6 +64,12 @@ struct DemoPoint {
   std::string series() const { return unit == BudgetUnit::kBytes ? method + " [bytes]" : method; }
 };
 
+/// A point as `demo --points` takes it: METHOD@F (a fraction of the
+/// parameters), METHOD@1/N, METHOD@hydra (the hydra layout's storage) or
+/// METHOD@bytes:F (a fraction of a bf16 copy's bytes). Throws Error on
+/// anything else, or on a method methods() does not list.
+DemoPoint parse_demo_point(const std::string& text);
+
 /// The adapter sets in `assets`: "fast" (assets/adapters) first, then each
 /// assets/adapters-<name> directory, sorted.
 std::vector<std::string> adapter_sets(const std::filesystem::path& assets);
@@ -105,6 +111,8 @@ struct BenchmarkOptions {
       {"hydraopt", 0.266, BudgetUnit::kBytes},
       {"quant", 0.133, BudgetUnit::kBytes},     {"quant", 0.157, BudgetUnit::kBytes},
       {"quant", 0.196, BudgetUnit::kBytes},     {"quant", 0.266, BudgetUnit::kBytes}};
+  /// MergeOptions::weights of every merge ("balanced", "module", ...).
+  std::string weights = "balanced";
   int limit = 0;  ///< test examples per task (0: all)
   int threads = 0;
   /// Also the edit similarity of the free-running greedy outputs. It decodes
@@ -128,6 +136,7 @@ struct BenchmarkPoint {
 
 struct BenchmarkResult {
   SetProfile profile;
+  std::string weights;  ///< BenchmarkOptions::weights
   std::vector<std::string> tasks;
   std::vector<double> base, individual;  ///< per task scores
   std::vector<double> base_similarity, individual_similarity;  ///< per task edit similarities

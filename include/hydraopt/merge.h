@@ -34,7 +34,10 @@ struct MergeOptions {
   /// Which factor may be shared: "A", "B" or "auto" (both, and both at once).
   std::string share = "auto";
   /// Task weights: "balanced" (w_i = 1/||dW_i||^2 over all modules),
-  /// "uniform", or a JSON file {"task": weight, ...}.
+  /// "module" (each module of each task balanced on its own, w_mi =
+  /// 1/(M ||dW_mi||^2) over the M modules: the objective is every task's
+  /// relative error on every module, so no module's update counts less for
+  /// being small), "uniform", or a JSON file {"task": weight, ...}.
   std::string weights = "balanced";
   /// Optional JSON file [["task", ...], ...] grouping tasks for shared heads/bodies.
   std::string groups_file;

@@ -100,7 +100,7 @@ EvalTable Session::evaluate(const std::function<std::vector<CandidateSpec>(size_
     if (final && list.size() == 1 && per_task_heads(list[0].spec, set_.size()) && list[0].precision.all_float()) {
       // The streamed hydra point: each task read when needed, dropped after.
       std::vector<double> err2;
-      ModuleFit stored = fit_shared_heads(shape(m), weights_, [&](size_t i) { return set_.load_transposed(m, i); },
+      ModuleFit stored = fit_shared_heads(shape(m), weights_[m], [&](size_t i) { return set_.load_transposed(m, i); },
                                           list[0].spec, fo, dtype_, norms2_[m], &err2);
       out[m].push_back(record(m, std::move(stored), std::move(err2), list[0], true, fo.max_iters));
       return;
@@ -186,7 +186,7 @@ Evaluated Session::record(size_t m, ModuleFit stored, std::vector<double> task_e
                           bool store, int max_iters) const {
   Evaluated e{cs.spec, cs.key, stored.params(), 0, std::move(task_err2), max_iters, true, cs.precision,
               fit_bytes(stored, cs.precision, dtype_)};
-  for (size_t i = 0; i < e.task_err2.size(); ++i) e.error += weights_[i] * e.task_err2[i];
+  for (size_t i = 0; i < e.task_err2.size(); ++i) e.error += weights_[m][i] * e.task_err2[i];
   if (store && writer_) {
     const auto& mod = set_.modules()[m];
     if (writer_->has_module(m)) writer_->discard(m);  // an earlier choice, replaced
@@ -212,7 +212,7 @@ void Session::expect_layout(const std::vector<CandidateSpec>& specs, io::BundleW
 ModuleProblem Session::problem(size_t m) const {
   ModuleProblem p;
   p.loras = set_.load(m);
-  p.weights = weights_;
+  p.weights = weights_[m];
   return p;
 }
 
@@ -317,20 +317,30 @@ void Session::scan_sources(bool hash) {
 }
 
 void Session::compute_weights() {
-  const size_t n = set_.size();
-  weights_.assign(n, 0.0);
-  if (o_.weights == "balanced") {
-    for (size_t i = 0; i < n; ++i) weights_[i] = total_norm2_[i] > 0 ? 1.0 / total_norm2_[i] : 0.0;
+  const size_t n = set_.size(), nm = norms2_.size();
+  std::vector<double> w(n, 0.0);
+  if (o_.weights == "balanced" || o_.weights == "module") {
+    for (size_t i = 0; i < n; ++i) w[i] = total_norm2_[i] > 0 ? 1.0 / total_norm2_[i] : 0.0;
   } else if (o_.weights == "uniform") {
     double mean = 0;
     for (double x : total_norm2_) mean += x / static_cast<double>(n);
-    for (size_t i = 0; i < n; ++i) weights_[i] = mean > 0 ? 1.0 / mean : 1.0;
+    for (size_t i = 0; i < n; ++i) w[i] = mean > 0 ? 1.0 / mean : 1.0;
   } else {
     std::vector<std::string> names;
     for (auto& t : set_.tasks()) names.push_back(t.name());
     const std::vector<double> given = io::read_weights_file(o_.weights, names);
     // Relative to the task's size, so a weight of 1 means "as balanced".
-    for (size_t i = 0; i < n; ++i) weights_[i] = total_norm2_[i] > 0 ? given[i] / total_norm2_[i] : 0.0;
+    for (size_t i = 0; i < n; ++i) w[i] = total_norm2_[i] > 0 ? given[i] / total_norm2_[i] : 0.0;
+  }
+  weights_.assign(nm, w);
+  if (o_.weights != "module") return;
+  // Each (module, task) balanced on its own: the objective is the mean over
+  // modules of each task's relative error there, so a module whose update is
+  // small is not given up for the large ones.
+  for (size_t m = 0; m < nm; ++m) {
+    for (size_t i = 0; i < n; ++i) {
+      weights_[m][i] = norms2_[m][i] > 0 ? 1.0 / (static_cast<double>(nm) * norms2_[m][i]) : 0.0;
+    }
   }
 }
 

@@ -98,7 +98,8 @@ class Session final : public MethodContext {
   std::vector<std::vector<double>> norms2_;  // [module][task]
   std::vector<int> owner_;                   // [module] the rank that fits it
   std::vector<size_t> mine_;                 // this rank's modules, ascending
-  std::vector<double> total_norm2_, weights_;
+  std::vector<double> total_norm2_;
+  std::vector<std::vector<double>> weights_;  // [module][task]
   std::vector<std::string> sha_;  // [task] the sources' SHA-256, when asked
   io::BundleWriter* writer_ = nullptr;
 };

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "hydraopt/dist.h"
@@ -203,6 +204,37 @@ TaskScores task_scores(const Model& model, const TaskExamples& task, const Delta
   return s;
 }
 
+DemoPoint parse_demo_point(const std::string& text) {
+  const size_t at = text.find('@');
+  auto bad = [&](const std::string& why) {
+    return Error(fmt::format("demo point '{}': {} (METHOD@F, METHOD@1/N, METHOD@hydra or METHOD@bytes:F)", text, why));
+  };
+  if (at == std::string::npos) throw bad("no '@'");
+  DemoPoint p{text.substr(0, at), 0.0};
+  if (!find_method(p.method)) throw bad("unknown method '" + p.method + "' (see hydraopt methods)");
+  std::string budget = text.substr(at + 1);
+  // Named storages, in DemoPoint::budget's encoding.
+  static const std::map<std::string, double> named = {{"1/N", 0.0}, {"hydra", -1.0}};
+  if (auto it = named.find(budget); it != named.end()) {
+    p.budget = it->second;
+    return p;
+  }
+  if (budget.rfind("bytes:", 0) == 0) {
+    p.unit = BudgetUnit::kBytes;
+    budget = budget.substr(6);
+  }
+  size_t used = 0;
+  try {
+    p.budget = std::stod(budget, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used != budget.size() || budget.empty() || !(p.budget > 0 && p.budget <= 1)) {
+    throw bad("the budget must be a fraction in (0, 1]");
+  }
+  return p;
+}
+
 BenchmarkResult run_benchmark(const BenchmarkOptions& o) {
   if (dist::size() > 1) throw Error("the task benchmark runs in one process: start it without mpirun (or with -np 1)");
   const auto t0 = std::chrono::steady_clock::now();
@@ -213,6 +245,7 @@ BenchmarkResult run_benchmark(const BenchmarkOptions& o) {
   Model model = Model::open(o.assets / "model");
   AdapterSet set = AdapterSet::open(demo_files::adapter_dirs(demo_files::set_dir(o.assets, o.set)));
   BenchmarkResult r;
+  r.weights = o.weights;
   const fs::path init = o.assets / "lora-init";
   r.profile = set_profile(o.set, set, fs::is_directory(init) ? init : fs::path());
   std::vector<TaskExamples> tasks;
@@ -268,6 +301,7 @@ BenchmarkResult run_benchmark(const BenchmarkOptions& o) {
       paths.push_back(bundles[j]);
     }
     MergeOptions mo;
+    mo.weights = o.weights;
     mo.method = o.points[i].method;
     mo.unit = o.points[i].unit;
     mo.dtype = DType::BF16;
@@ -321,6 +355,7 @@ std::string BenchmarkResult::json() const {
               {"similarity_B", number(profile.similarity_b)},
               {"A_drift", number(profile.a_drift)}};
   j["tasks"] = tasks.size();
+  j["weights"] = weights;
   j["base_mean_score"] = mean(base);
   j["lora_mean_score"] = mean(individual);
   j["base_mean_similarity"] = number(mean(base_similarity));
@@ -377,6 +412,7 @@ std::string BenchmarkResult::table() const {
     if (sim) s += fmt::format("{:.3f} | {:.3f} | ", p.mean_relative_similarity, p.min_relative_similarity);
     s += fmt::format("{:.3f} |\n", p.merge.mean_rel_error);
   }
+  if (weights != "balanced") s += fmt::format("\n(every merge with --weights {})\n", weights);
   if (sim) {
     s += "\n(task score: exact match of the greedy answer; edit similarity: 1 - Levenshtein distance / the longer "
          "length, over characters, of the greedy output and the answer; both relative to each task's own adapter)\n";
