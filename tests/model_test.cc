@@ -112,6 +112,31 @@ TEST(Model, PackedBatchEqualsOneByOne) {
   for (size_t i = 0; i < ex.size(); ++i) EXPECT_EQ(batch[i], model.greedy_matches(ex[i].first, ex[i].second, &deltas)) << i;
 }
 
+// The last layer computes only the rows asked for; they are the whole
+// pass's rows (the same products on fewer rows, so equal up to the
+// products' blocking).
+TEST(Model, LogitsFromAPositionAreTheWholePassRows) {
+  const auto& d = reference();
+  Model model = Model::open(d / "model");
+  Deltas deltas = deltas_from_adapter(Adapter::open((d / "adapter").string()));
+  std::vector<int> tokens = model.encode_prompt("a longer prompt here");
+  for (int c : {'x', 'y', 'z'}) tokens.push_back(c);
+  const auto t = static_cast<int64_t>(tokens.size());
+  const Deltas* none = nullptr;
+  for (const Deltas* dl : {none, static_cast<const Deltas*>(&deltas)}) {
+    const Eigen::MatrixXf full = model.forward(tokens, dl);
+    ASSERT_EQ(full.rows(), t);
+    for (int64_t from : {int64_t{0}, int64_t{1}, int64_t{7}, t - 1, t}) {
+      const Eigen::MatrixXf part = model.forward(tokens, dl, from);
+      ASSERT_EQ(part.rows(), t - from) << from;
+      if (part.rows() == 0) continue;
+      EXPECT_LE((part - full.bottomRows(t - from)).cwiseAbs().maxCoeff(), 1e-5f * full.cwiseAbs().maxCoeff()) << from;
+    }
+  }
+  EXPECT_THROW(model.forward(tokens, nullptr, t + 1), std::invalid_argument);
+  EXPECT_THROW(model.forward(tokens, nullptr, -1), std::invalid_argument);
+}
+
 TEST(Model, BatchedGreedyOutputsAreWhatGenerateDecodes) {
   const auto& d = reference();
   Model model = Model::open(d / "model");

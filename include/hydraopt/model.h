@@ -47,8 +47,10 @@ class Model {
   ~Model();
 
   const ModelConfig& config() const;
-  /// Logits for every position of `tokens` (T x vocab).
-  Eigen::MatrixXf forward(const std::vector<int>& tokens, const Deltas* deltas = nullptr) const;
+  /// Logits for the positions of `tokens` from `from` on ((T - from) x
+  /// vocab; every position by default). The rows are those of the whole
+  /// pass: the last layer computes only the rows asked for.
+  Eigen::MatrixXf forward(const std::vector<int>& tokens, const Deltas* deltas = nullptr, int64_t from = 0) const;
   /// Greedy decoding after `prompt` until eos or `max_new` tokens; returns
   /// the new tokens (eos excluded).
   std::vector<int> generate(const std::vector<int>& prompt, int max_new, const Deltas* deltas = nullptr) const;

@@ -1,6 +1,8 @@
 #include <Eigen/Core>
 #include <fmt/format.h>
+#include <algorithm>
 #include <cmath>
+#include <stdexcept>
 
 #include "hydraopt/error.h"
 #include "hydraopt/model.h"
@@ -86,15 +88,24 @@ struct Model::Impl {
 
   // Several sequences packed one after another (rows), attending only
   // within their own sequence: the projections run as one large product.
-  MatrixXf forward(const std::vector<std::vector<int>>& seqs, const Deltas* d) const {
-    const int64_t D = cfg.hidden, hd = cfg.head_dim;
+  // Returns the logits of rows from[q] on of each sequence q (all rows
+  // without `from`): the last layer computes only those rows' queries,
+  // attention and MLP (every row's keys and values are still attended to).
+  MatrixXf forward(const std::vector<std::vector<int>>& seqs, const Deltas* d,
+                   const std::vector<int64_t>* from = nullptr) const {
+    const int64_t D = cfg.hidden;
+    if (from && from->size() != seqs.size()) throw std::invalid_argument("forward: one first row per sequence");
     std::vector<int64_t> start;
     std::vector<int> pos;
     int64_t T = 0;
-    for (auto& s : seqs) {
+    for (size_t q = 0; q < seqs.size(); ++q) {
+      const auto& s = seqs[q];
       if (static_cast<int64_t>(s.size()) > cfg.max_positions) {
         throw Error(fmt::format("a sequence of {} tokens exceeds the model's max_position_embeddings ({})", s.size(),
                                 cfg.max_positions));
+      }
+      if (from && ((*from)[q] < 0 || (*from)[q] > static_cast<int64_t>(s.size()))) {
+        throw std::invalid_argument("forward: a first row outside its sequence");
       }
       start.push_back(T);
       for (size_t i = 0; i < s.size(); ++i) pos.push_back(static_cast<int>(i));
@@ -108,34 +119,37 @@ struct Model::Impl {
         x.row(static_cast<Eigen::Index>(t++)) = embed.row(tok);
       }
     }
-    if (T == 0) return MatrixXf(0, cfg.vocab);
-    const int64_t group = cfg.heads / cfg.kv_heads;
-    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    // The last layer's query rows: their indices in x, and each sequence's
+    // first query position.
+    std::vector<Eigen::Index> kept;
+    std::vector<int> kept_pos;
+    std::vector<int64_t> first(seqs.size(), 0);
+    if (from) {
+      for (size_t q = 0; q < seqs.size(); ++q) {
+        first[q] = (*from)[q];
+        for (int64_t t = start[q] + first[q]; t < start[q + 1]; ++t) {
+          kept.push_back(static_cast<Eigen::Index>(t));
+          kept_pos.push_back(pos[static_cast<size_t>(t)]);
+        }
+      }
+    }
+    if (T == 0 || (from && kept.empty())) return MatrixXf(0, cfg.vocab);
+    const std::vector<int64_t> none(seqs.size(), 0);
     for (size_t l = 0; l < layers.size(); ++l) {
+      const bool last = from && l + 1 == layers.size();
       const Layer& L = layers[l];
       const std::string p = "model.layers." + std::to_string(l) + ".";
       MatrixXf h = rms_norm(x, L.norm1, cfg.rms_eps);
-      MatrixXf q = linear(h, L.q, p + "self_attn.q_proj", d);
       MatrixXf k = linear(h, L.k, p + "self_attn.k_proj", d);
       MatrixXf v = linear(h, L.v, p + "self_attn.v_proj", d);
-      rope(&q, cfg.heads, pos);
       rope(&k, cfg.kv_heads, pos);
-      MatrixXf att(T, cfg.heads * hd);
-      for (size_t sq = 0; sq + 1 < start.size(); ++sq) {
-        const int64_t s0 = start[sq], n = start[sq + 1] - s0;
-        for (int64_t head = 0; head < cfg.heads; ++head) {
-          const int64_t kvh = head / group;
-          RowMatrix s = (q.block(s0, head * hd, n, hd) * k.block(s0, kvh * hd, n, hd).transpose()) * scale;
-          for (int64_t t = 0; t < n; ++t) {  // causal softmax of row t over u <= t
-            auto live = s.row(t).head(t + 1).array();
-            live = (live - live.maxCoeff()).exp();
-            live /= live.sum();
-            s.row(t).tail(n - t - 1).setZero();
-          }
-          att.block(s0, head * hd, n, hd) = s * v.block(s0, kvh * hd, n, hd);
-        }
+      if (last) {
+        h = h(kept, Eigen::placeholders::all).eval();
+        x = x(kept, Eigen::placeholders::all).eval();
       }
-      x += linear(att, L.o, p + "self_attn.o_proj", d);
+      MatrixXf q = linear(h, L.q, p + "self_attn.q_proj", d);
+      rope(&q, cfg.heads, last ? kept_pos : pos);
+      x += linear(attention(q, k, v, start, last ? first : none), L.o, p + "self_attn.o_proj", d);
       MatrixXf h2 = rms_norm(x, L.norm2, cfg.rms_eps);
       MatrixXf g = linear(h2, L.gate, p + "mlp.gate_proj", d);
       MatrixXf u = linear(h2, L.up, p + "mlp.up_proj", d);
@@ -143,6 +157,34 @@ struct Model::Impl {
       x += linear(act, L.down, p + "mlp.down_proj", d);
     }
     return rms_norm(x, final_norm, cfg.rms_eps) * lm_head.transpose();
+  }
+
+  // Causal attention within each sequence (rows start[q] .. start[q + 1] of
+  // k and v); q holds each sequence's query rows from position first[q] on,
+  // packed in sequence order.
+  MatrixXf attention(const MatrixXf& q, const MatrixXf& k, const MatrixXf& v, const std::vector<int64_t>& start,
+                     const std::vector<int64_t>& first) const {
+    const int64_t hd = cfg.head_dim, group = cfg.heads / cfg.kv_heads;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    MatrixXf att(q.rows(), cfg.heads * hd);
+    for (size_t sq = 0, qs = 0; sq + 1 < start.size(); ++sq) {
+      const int64_t s0 = start[sq], n = start[sq + 1] - s0, f = first[sq], nq = n - f;
+      if (nq == 0) continue;
+      for (int64_t head = 0; head < cfg.heads; ++head) {
+        const int64_t kvh = head / group;
+        RowMatrix s = (q.block(static_cast<Eigen::Index>(qs), head * hd, nq, hd) *
+                       k.block(s0, kvh * hd, n, hd).transpose()) * scale;
+        for (int64_t t = 0; t < nq; ++t) {  // causal softmax of query f + t over keys u <= f + t
+          auto live = s.row(t).head(f + t + 1).array();
+          live = (live - live.maxCoeff()).exp();
+          live /= live.sum();
+          s.row(t).tail(n - f - t - 1).setZero();
+        }
+        att.block(static_cast<Eigen::Index>(qs), head * hd, nq, hd) = s * v.block(s0, kvh * hd, n, hd);
+      }
+      qs += static_cast<size_t>(nq);
+    }
+    return att;
   }
 };
 
@@ -187,8 +229,9 @@ Model Model::open(const fs::path& dir) {
 
 const ModelConfig& Model::config() const { return impl_->cfg; }
 
-MatrixXf Model::forward(const std::vector<int>& tokens, const Deltas* deltas) const {
-  return impl_->forward(std::vector<std::vector<int>>{tokens}, deltas);
+MatrixXf Model::forward(const std::vector<int>& tokens, const Deltas* deltas, int64_t from) const {
+  const std::vector<int64_t> first{from};
+  return impl_->forward(std::vector<std::vector<int>>{tokens}, deltas, from == 0 ? nullptr : &first);
 }
 
 std::vector<int> Model::encode_prompt(const std::string& prompt) const {
@@ -200,10 +243,12 @@ std::vector<int> Model::encode_prompt(const std::string& prompt) const {
 
 std::vector<int> Model::generate(const std::vector<int>& prompt, int max_new, const Deltas* deltas) const {
   std::vector<int> seq = prompt, out;
+  if (seq.empty()) return out;  // nothing to continue
   for (int s = 0; s < max_new && static_cast<int64_t>(seq.size()) < impl_->cfg.max_positions; ++s) {
-    MatrixXf logits = impl_->forward(std::vector<std::vector<int>>{seq}, deltas);
+    const std::vector<int64_t> last{static_cast<int64_t>(seq.size()) - 1};
+    MatrixXf logits = impl_->forward(std::vector<std::vector<int>>{seq}, deltas, &last);
     Eigen::Index best;
-    logits.row(logits.rows() - 1).maxCoeff(&best);
+    logits.row(0).maxCoeff(&best);
     if (best == impl_->cfg.eos) break;
     out.push_back(static_cast<int>(best));
     seq.push_back(static_cast<int>(best));
@@ -218,25 +263,26 @@ bool Model::greedy_matches(const std::vector<int>& prompt, const std::vector<int
 std::vector<bool> Model::greedy_matches_batch(const std::vector<std::pair<std::vector<int>, std::vector<int>>>& examples,
                                               const Deltas* deltas) const {
   std::vector<std::vector<int>> seqs;
+  std::vector<int64_t> from;  // the row that predicts answer[0] (logits from there on)
   for (auto& [prompt, answer] : examples) {
     seqs.push_back(prompt);
     seqs.back().insert(seqs.back().end(), answer.begin(), answer.end());
+    from.push_back(std::max<int64_t>(0, static_cast<int64_t>(prompt.size()) - 1));
   }
-  MatrixXf logits = impl_->forward(seqs, deltas);
+  MatrixXf logits = impl_->forward(seqs, deltas, &from);
   std::vector<bool> ok(examples.size());
   Eigen::Index row = 0;
   for (size_t e = 0; e < examples.size(); ++e) {
     const auto& [prompt, answer] = examples[e];
-    const Eigen::Index first = row + static_cast<Eigen::Index>(prompt.size()) - 1;  // predicts answer[0]
     bool good = !prompt.empty();
     for (size_t i = 0; good && i <= answer.size(); ++i) {
       const int want = i < answer.size() ? answer[i] : impl_->cfg.eos;
       Eigen::Index best;
-      logits.row(first + static_cast<Eigen::Index>(i)).maxCoeff(&best);
+      logits.row(row + static_cast<Eigen::Index>(i)).maxCoeff(&best);
       good = best == want;
     }
     ok[e] = good;
-    row += static_cast<Eigen::Index>(seqs[e].size());
+    row += static_cast<Eigen::Index>(static_cast<int64_t>(seqs[e].size()) - from[e]);
   }
   return ok;
 }
@@ -259,6 +305,7 @@ std::vector<std::vector<int>> Model::greedy_outputs_batch(
   for (;;) {
     std::vector<size_t> active;
     std::vector<std::vector<int>> seqs;
+    std::vector<int64_t> from;  // the row that predicts the first unconfirmed token
     for (size_t e = 0; e < examples.size(); ++e) {
       if (st[e].done) continue;
       const auto& prompt = examples[e].first;
@@ -271,16 +318,17 @@ std::vector<std::vector<int>> Model::greedy_outputs_batch(
       auto& g = st[e].guess;
       if (static_cast<int64_t>(g.size()) > std::max<int64_t>(0, left)) g.resize(static_cast<size_t>(std::max<int64_t>(0, left)));
       seq.insert(seq.end(), g.begin(), g.end());
+      from.push_back(static_cast<int64_t>(prompt.size() + st[e].confirmed.size()) - 1);
       seqs.push_back(std::move(seq));
       active.push_back(e);
     }
     if (active.empty()) break;
-    const MatrixXf logits = impl_->forward(seqs, deltas);
+    const MatrixXf logits = impl_->forward(seqs, deltas, &from);
     Eigen::Index row = 0;
     for (size_t a = 0; a < active.size(); ++a) {
       State& s = st[active[a]];
       const size_t prompt = examples[active[a]].first.size();
-      const Eigen::Index base = row + static_cast<Eigen::Index>(prompt + s.confirmed.size()) - 1;
+      const Eigen::Index base = row;
       const std::vector<int> guess = std::move(s.guess);
       s.guess.clear();
       for (size_t t = 0; t <= guess.size(); ++t) {
@@ -305,7 +353,7 @@ std::vector<std::vector<int>> Model::greedy_outputs_batch(
         }
         break;
       }
-      row += static_cast<Eigen::Index>(seqs[a].size());
+      row += static_cast<Eigen::Index>(static_cast<int64_t>(seqs[a].size()) - from[a]);
     }
   }
   std::vector<std::vector<int>> out;
