@@ -176,6 +176,7 @@ struct LoraArgs {
   std::string model, task, out;
   int64_t steps = 300, batch = 24, rank = 8, warmup = 10, log_every = 25, seed_a = 1234, seed = 0;
   double lr = 2e-3, alpha = 16, weight_decay = 0.0;
+  bool save_bf16 = false;
 };
 
 int run_lora(const LoraArgs& a) {
@@ -215,7 +216,7 @@ int run_lora(const LoraArgs& a) {
     }
   }
   const double el = seconds_since(t0);
-  m.save_lora(a.out);
+  m.save_lora(a.out, a.save_bf16 ? hydraopt::DType::BF16 : hydraopt::DType::F32);
   std::cout << json{{"task", dir_name(task)}, {"out", a.out}, {"steps", a.steps}, {"first_loss", first},
                     {"final_loss", last}, {"seconds", el}, {"steps_per_second", a.steps / el}}
                    .dump()
@@ -461,6 +462,7 @@ int main(int argc, char** argv) {
   lo->add_option("--alpha", la.alpha)->capture_default_str();
   lo->add_option("--seed-a", la.seed_a, "seed of the A init, shared by all tasks")->capture_default_str();
   lo->add_option("--seed", la.seed, "seed of the batch sampling")->capture_default_str();
+  lo->add_flag("--bf16", la.save_bf16, "store the trained factors in bf16 (rounded to nearest) instead of f32");
   lo->add_option("--log-every", la.log_every)->capture_default_str();
 
   EvalArgs ea;

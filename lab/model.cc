@@ -298,7 +298,7 @@ void Model::load_lora(const fs::path& dir) {
   }
 }
 
-void Model::save_lora(const fs::path& dir) const {
+void Model::save_lora(const fs::path& dir, hydraopt::DType dtype) const {
   fs::create_directories(dir);
   json c = {{"peft_type", "LORA"},
             {"task_type", "CAUSAL_LM"},
@@ -314,7 +314,7 @@ void Model::save_lora(const fs::path& dir) const {
   write_text(dir / "adapter_config.json", c.dump(2));
   std::vector<hydraopt::F32Tensor> data;
   for (const auto& [name, t] : named_lora()) data.push_back(to_data(name, t));
-  hydraopt::write_tensors(dir / "adapter_model.safetensors", data, {{"format", "pt"}});
+  hydraopt::write_tensors(dir / "adapter_model.safetensors", data, {{"format", "pt"}}, dtype);
 }
 
 // ---------------------------------------------------------------- forward

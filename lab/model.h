@@ -13,6 +13,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "hydraopt/dtype.h"
+
 namespace lab {
 
 inline constexpr int64_t kBos = 256, kEos = 257, kPad = 258, kSep = 259;
@@ -72,7 +74,8 @@ class Model {
   void add_lora(int64_t r, double alpha, uint64_t seed_a);
   /// A PEFT adapter directory.
   void load_lora(const std::filesystem::path& dir);
-  void save_lora(const std::filesystem::path& dir) const;
+  /// The PEFT directory; factors stored as `dtype` (f32, or bf16 / f16 rounded to nearest).
+  void save_lora(const std::filesystem::path& dir, hydraopt::DType dtype = hydraopt::DType::F32) const;
   bool has_lora() const { return !lora.empty(); }
   double lora_scale() const { return lora_alpha / static_cast<double>(lora_r); }
 

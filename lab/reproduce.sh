@@ -17,6 +17,9 @@
 #   fast   (OUT_DIR/adapters)        lr 2e-3, LORA_STEPS (200) steps
 #   usual  (OUT_DIR/adapters-usual)  lr 5e-4, 1000 steps: the usual LoRA
 #          recipe's learning rate (1e-4 to 5e-4) with more steps
+# and a worst case for sharing:
+#   seeds  (OUT_DIR/adapters-seeds)  the fast recipe, but each task's A from
+#          its own seed (adapters trained apart), stored in bf16
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-assets}
@@ -51,14 +54,21 @@ first=$(cd "$out/tasks" && ls -d */ | tr -d / | head -1)
 $lab lora --model "$out/model" --task "$out/tasks/$first" --out "$out/lora-init" --steps 0 >/dev/null
 # One single-threaded training per core: deterministic, and faster than one
 # two-threaded training at a time on these small matrices.
-train_set() {  # DIR LR STEPS
+# With SEEDS=per-task, the j-th task (in name order, from 0) starts from its
+# own A (--seed-a 1235 + j) instead of the shared one (1234); EXTRA: more
+# lora flags (e.g. --bf16).
+train_set() {  # DIR LR STEPS [SEEDS [EXTRA]]
   (cd "$out/tasks" && ls -d */ | tr -d /) |
-    xargs -P "$(nproc)" -I{} "$lab" --threads 1 lora --model "$out/model" --task "$out/tasks/{}" \
-      --out "$out/$1/{}" --lr "$2" --steps "$3" >"$out/$1.log"
+    awk -v per="${4:-shared}" '{ print $0, (per == "per-task" ? 1235 + NR - 1 : 1234) }' |
+    xargs -P "$(nproc)" -L 1 sh -c '"$0" --threads 1 lora --model "$1" --task "$2/$6" --out "$3/$6" \
+      --lr "$4" --steps "$5" --seed-a "$7" '"${5:-}" "$lab" "$out/model" "$out/tasks" "$out/$1" "$2" "$3" \
+      >"$out/$1.log"
 }
 train_set adapters 2e-3 "$steps"
 stamp "40 LoRA adapters, set fast"
 train_set adapters-usual 5e-4 1000
 stamp "40 LoRA adapters, set usual"
+train_set adapters-seeds 2e-3 "$steps" per-task --bf16
+stamp "40 LoRA adapters, set seeds"
 build/hydraopt demo --assets "$out" --set all --out "$out/demo"
 stamp "demo"

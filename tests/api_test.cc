@@ -2,6 +2,8 @@
 // Bundle class, and TensorFile.
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include <algorithm>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -192,6 +194,31 @@ TEST(TensorFileApi, RoundTripAndRejections) {
   EXPECT_NE(test::error_of([&] { f.matrix("zz"); }).find("tensor 'zz': missing"), std::string::npos);
   EXPECT_NE(test::error_of([&] { write_tensors(d / "u.safetensors", {{"x", {2, 2}, v}}); })
                 .find("shape and value count differ"),
+            std::string::npos);
+  EXPECT_FALSE(std::filesystem::exists(d / "u.safetensors"));
+}
+
+// Halves are rounded to nearest even: 1 + 2^-8 is a tie in bf16 (8
+// significand bits) and goes down to 1, 1 + 3 * 2^-8 goes up to 1 + 2^-6;
+// f16 keeps both. The reader gives back the rounded values.
+TEST(TensorFileApi, HalvesAreRoundedToNearestEven) {
+  test::TempDir d;
+  const float tie = 1.0f + std::ldexp(1.0f, -8), up = 1.0f + 3 * std::ldexp(1.0f, -8);
+  const std::vector<float> v{tie, up, -2.5f, 65504.0f};
+  write_tensors(d / "b.safetensors", {{"x", {4}, v}}, {}, DType::BF16);
+  write_tensors(d / "h.safetensors", {{"x", {4}, v}}, {}, DType::F16);
+  const TensorFile b = TensorFile::open(d / "b.safetensors"), h = TensorFile::open(d / "h.safetensors");
+  EXPECT_EQ(b.dtype("x"), DType::BF16);
+  EXPECT_EQ(h.dtype("x"), DType::F16);
+  EXPECT_EQ(std::filesystem::file_size(d / "b.safetensors"), std::filesystem::file_size(d / "h.safetensors"));
+  const Eigen::MatrixXd bx = b.matrix("x"), hx = h.matrix("x");
+  EXPECT_EQ(bx(0, 0), 1.0);
+  EXPECT_EQ(bx(1, 0), 1.0 + std::ldexp(1.0, -6));
+  EXPECT_EQ(bx(2, 0), -2.5);
+  EXPECT_EQ(bx(3, 0), 65536.0);  // 65504 rounds up at 8 bits
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(hx(i, 0), static_cast<double>(v[static_cast<size_t>(i)])) << i;
+  EXPECT_NE(test::error_of([&] { write_tensors(d / "u.safetensors", {{"x", {4}, v}}, {}, DType::U8); })
+                .find("stores f32, f16 or bf16"),
             std::string::npos);
   EXPECT_FALSE(std::filesystem::exists(d / "u.safetensors"));
 }

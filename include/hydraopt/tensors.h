@@ -48,10 +48,11 @@ struct F32Tensor {
   std::vector<float> values;
 };
 
-/// Writes a safetensors file of F32 tensors (sorted by name, header padded
-/// to 8 bytes), atomically.
+/// Writes a safetensors file of the tensors (sorted by name, header padded
+/// to 8 bytes), atomically, stored as `dtype` (F32, or F16 / BF16 rounded
+/// to nearest even).
 void write_tensors(const std::filesystem::path& path, const std::vector<F32Tensor>& tensors,
-                   const std::map<std::string, std::string>& metadata = {});
+                   const std::map<std::string, std::string>& metadata = {}, DType dtype = DType::F32);
 
 /// Writes `data` atomically (a temporary file renamed over `path`): the
 /// file is complete or absent, never partial.

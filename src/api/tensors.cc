@@ -3,6 +3,7 @@
 
 #include <cstring>
 
+#include "core/half.h"
 #include "hydraopt/error.h"
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
@@ -46,7 +47,10 @@ Eigen::MatrixXd TensorFile::matrix(const std::string& name) const {
 }
 
 void write_tensors(const std::filesystem::path& path, const std::vector<F32Tensor>& tensors,
-                   const std::map<std::string, std::string>& metadata) {
+                   const std::map<std::string, std::string>& metadata, DType dtype) {
+  if (dtype != DType::F32 && dtype != DType::F16 && dtype != DType::BF16) {
+    throw Error(path.string(), "", "write_tensors stores f32, f16 or bf16");
+  }
   std::vector<io::TensorData> data;
   for (const F32Tensor& t : tensors) {
     int64_t n = 1;
@@ -54,10 +58,18 @@ void write_tensors(const std::filesystem::path& path, const std::vector<F32Tenso
     if (n != static_cast<int64_t>(t.values.size())) throw Error(path.string(), t.name, "shape and value count differ");
     io::TensorData d;
     d.name = t.name;
-    d.dtype = DType::F32;
+    d.dtype = dtype;
     d.shape = t.shape;
-    d.bytes.resize(t.values.size() * sizeof(float));
-    std::memcpy(d.bytes.data(), t.values.data(), d.bytes.size());
+    if (dtype == DType::F32) {
+      d.bytes.resize(t.values.size() * sizeof(float));
+      std::memcpy(d.bytes.data(), t.values.data(), d.bytes.size());
+    } else {  // rounded to nearest, little-endian halves
+      d.bytes.resize(t.values.size() * sizeof(uint16_t));
+      for (size_t i = 0; i < t.values.size(); ++i) {
+        const uint16_t h = dtype == DType::BF16 ? float_to_bf16(t.values[i]) : float_to_f16(t.values[i]);
+        std::memcpy(d.bytes.data() + 2 * i, &h, sizeof h);
+      }
+    }
     data.push_back(std::move(d));
   }
   io::safetensors_write(path, std::move(data), metadata);

@@ -144,8 +144,8 @@ struct Model::Impl {
       MatrixXf v = linear(h, L.v, p + "self_attn.v_proj", d);
       rope(&k, cfg.kv_heads, pos);
       if (last) {
-        h = h(kept, Eigen::placeholders::all).eval();
-        x = x(kept, Eigen::placeholders::all).eval();
+        h = h(kept, Eigen::all).eval();
+        x = x(kept, Eigen::all).eval();
       }
       MatrixXf q = linear(h, L.q, p + "self_attn.q_proj", d);
       rope(&q, cfg.heads, last ? kept_pos : pos);
