@@ -291,27 +291,42 @@ const std::vector<MatrixXd>& ModuleFitter::jd_cores(int64_t k) {
   return jd_cores_;
 }
 
+const MatrixXd& ModuleFitter::head_gram(int64_t k) {
+  if (head_gram_rank_ != k) {
+    // The heads themselves (out x k per task) are dropped once their Gram
+    // is known; the clustering, when at this width, uses them first.
+    const std::vector<MatrixXd> y = projections(right(k).basis.leftCols(k));
+    const size_t n = y.size();
+    head_gram_.resize(static_cast<Index>(n), static_cast<Index>(n));
+    util::parallel_for(n, [&](size_t i) {
+      for (size_t j = 0; j <= i; ++j) head_gram_(i, j) = head_gram_(j, i) = y[i].cwiseProduct(y[j]).sum();
+    });
+    head_gram_rank_ = k;
+    if (!head_tree_ && o_.user_groups.empty() && k == head_cluster_width()) cluster_heads(y);
+  }
+  return head_gram_;
+}
+
 double ModuleFitter::grouped_heads(int64_t k, int groups) {
   // The start's heads are the groups' weighted mean heads in the
-  // closed-form body's basis (fit_shared).
+  // closed-form body's basis (fit_shared). The part outside the body plus
+  // the scatter around the groups' means,
+  //   sum_i w_i (||dW_i||^2 - ||y_i||^2) + sum_i w_i ||y_i||^2 - W_g ||ybar_g||^2,
+  // with W_g^2 ||ybar_g||^2 = sum_{i, j in g} w_i w_j <y_i, y_j>.
   const size_t n = p_.tasks();
-  if (heads_rank_ != k) {
-    heads_ = projections(right(k).basis.leftCols(k));
-    heads_rank_ = k;
-  }
+  const MatrixXd& h = head_gram(k);
   const std::vector<int> group = head_groups(group_count(groups, n));
   const int found = *std::max_element(group.begin(), group.end()) + 1;
-  std::vector<MatrixXd> sum(found, MatrixXd::Zero(p_.out(), k));
-  std::vector<double> wg(found, 0.0);
+  std::vector<double> sum2(found, 0.0), wg(found, 0.0);
   for (size_t i = 0; i < n; ++i) {
-    sum[group[i]] += p_.weights[i] * heads_[i];
     wg[group[i]] += p_.weights[i];
+    for (size_t j = 0; j < n; ++j) {
+      if (group[j] == group[i]) sum2[group[i]] += p_.weights[i] * p_.weights[j] * h(i, j);
+    }
   }
-  // The part outside the body plus the scatter around the groups' means,
-  // sum_i w_i (||dW_i||^2 - ||y_i||^2) + sum_i w_i ||y_i||^2 - W_g ||ybar_g||^2:
   double e = weighted_norm2();
   for (int g = 0; g < found; ++g) {
-    if (wg[g] > 0) e -= sum[g].squaredNorm() / wg[g];
+    if (wg[g] > 0) e -= sum2[g] / wg[g];
   }
   return std::max(0.0, e);
 }

@@ -150,20 +150,22 @@ ModuleFitter& ModuleFitter::mirrored() {
   return *mirror_;
 }
 
+// Tasks' heads are clustered in one shared body basis, where distances
+// mean something: the leading max-rank columns.
+int64_t ModuleFitter::head_cluster_width() const { return std::min<int64_t>(p_.max_rank(), right_rank()); }
+
+void ModuleFitter::cluster_heads(const std::vector<MatrixXd>& y) {
+  const size_t n = y.size();
+  MatrixXd d2(n, n);
+  for (size_t i = 0; i < n; ++i) {
+    for (size_t j = 0; j <= i; ++j) d2(i, j) = d2(j, i) = (y[i] - y[j]).squaredNorm();
+  }
+  head_tree_.emplace(d2, p_.weights);
+}
+
 std::vector<int> ModuleFitter::head_groups(int groups) {
   if (!o_.user_groups.empty()) return canonical_labels(o_.user_groups);
-  if (!head_tree_) {
-    // Tasks' heads in one shared body basis, where distances mean something.
-    const int64_t k = std::min<int64_t>(p_.max_rank(), right_rank());
-    const MatrixXd v = right(k).basis.leftCols(k);
-    const size_t n = p_.tasks();
-    const std::vector<MatrixXd> y = projections(v);
-    MatrixXd d2(n, n);
-    for (size_t i = 0; i < n; ++i) {
-      for (size_t j = 0; j <= i; ++j) d2(i, j) = d2(j, i) = (y[i] - y[j]).squaredNorm();
-    }
-    head_tree_.emplace(d2, p_.weights);
-  }
+  if (!head_tree_) cluster_heads(projections(right(head_cluster_width()).basis.leftCols(head_cluster_width())));
   return head_tree_->cut(groups);
 }
 

@@ -89,6 +89,9 @@ class ModuleFitter {
   /// min(sum of ranks, in): the most columns right() can give.
   int64_t right_rank() const;
   std::vector<int> head_groups(int groups);
+  int64_t head_cluster_width() const;
+  /// The head clustering (head_tree_) from the heads y_i at head_cluster_width().
+  void cluster_heads(const std::vector<Eigen::MatrixXd>& y);
   std::vector<int> body_groups(int groups);
   ModuleFitter& mirrored();
   /// dW_i V = s_i B_i (A_i V) for every task: the heads in a body's basis.
@@ -147,9 +150,11 @@ class ModuleFitter {
   std::unique_ptr<ModuleFitter> mirror_;
   ModuleFitter* origin_ = nullptr;  ///< set on a mirror: the fitter it mirrors
   std::optional<double> weighted_norm2_;
-  /// Heads dW_i V of the last rank predicted with grouped heads.
-  std::vector<Eigen::MatrixXd> heads_;
-  int64_t heads_rank_ = -1;
+  /// <dW_i V, dW_j V> for every pair of tasks, V the body basis of the
+  /// last rank predicted with grouped heads (predict.cc).
+  const Eigen::MatrixXd& head_gram(int64_t k);
+  Eigen::MatrixXd head_gram_;
+  int64_t head_gram_rank_ = -1;
   /// body_gram(), and for grouped cores of rank core_gram_rank_ X^T X (predict.cc).
   Eigen::MatrixXd body_gram_, core_gram_;
   int64_t core_gram_rank_ = -1;
