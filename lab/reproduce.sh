@@ -12,7 +12,7 @@
 # 20-minute budget, in which it ran 779 steps; a fixed step count makes the
 # work the same whatever else the machine is doing.
 #
-# Two adapter sets of the same 40 tasks, both from the same A
+# Two adapter sets of the same 40 tasks from the same A
 # initialisation (--seed-a 1234, written to OUT_DIR/lora-init):
 #   fast   (OUT_DIR/adapters)        lr 2e-3, LORA_STEPS (200) steps
 #   usual  (OUT_DIR/adapters-usual)  lr 5e-4, 1000 steps: the usual LoRA
