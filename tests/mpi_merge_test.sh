@@ -42,6 +42,7 @@ same_as_one_process hydra 2 --method hydra
 same_as_one_process ties 2 --method ties
 same_as_one_process planner-bf16 3 --budget 0.25 --dtype bf16
 same_as_one_process planner-bytes 2 --budget-bf16 0.2  # integer formats in the table
+same_as_one_process planner-module 2 --budget 0.4 --weights module  # per-module weights on every rank
 
 # Fails with one error line, exit != 0 on every rank and nothing left in
 # the output directory $out (new_out NAME makes it, and o=(-o ... --report ...)).
