@@ -417,7 +417,8 @@ PYBIND11_MODULE(_hydraopt, m) {
       "merge`.\n"
       "budget: fraction of the original LoRA parameter count (unit='params') or of the bytes of a\n"
       "bf16 copy of the adapters (unit='bytes': factors may be stored as integers, as with\n"
-      "budget_bytes); params: method parameters by name\n"
+      "budget_bytes); weights: 'balanced', 'module' (each module of each task balanced on its own),\n"
+      "'uniform' or a JSON file, as --weights; params: method parameters by name\n"
       "(see methods()); output: where to write the bundle (default: a temporary file owned by the\n"
       "returned Bundle). Raises hydraopt.Error on bad input.");
 

@@ -131,6 +131,12 @@ def test_merge_writes_the_same_bundle_as_the_cli(tmp_path):
     assert reread.report is None and reread.tasks == TASKS
 
 
+def test_module_weights_match_the_cli(tmp_path):
+    hydraopt.merge(paths(), budget=0.4, weights="module", output=tmp_path / "py.safetensors")
+    cli("merge", *paths(), "--budget", "0.4", "--weights", "module", "-o", tmp_path / "cli.safetensors")
+    assert (tmp_path / "py.safetensors").read_bytes() == (tmp_path / "cli.safetensors").read_bytes()
+
+
 def test_byte_budgets_store_integers_and_match_the_cli(tmp_path):
     b = hydraopt.merge(paths(), budget=0.2, unit="bytes", output=tmp_path / "py.safetensors")
     s = b.report["storage"]
