@@ -98,7 +98,7 @@ namespace {
 
 // The Gram Z Z^T of the rows z_i (r_i x cols) stacked, in single precision
 // (these sums are predictions; the measured errors are in double).
-MatrixXd stacked_gram(const std::vector<Eigen::MatrixXf>& z, Index cols) {
+Eigen::MatrixXf stacked_gram(const std::vector<Eigen::MatrixXf>& z, Index cols) {
   Index rows = 0;
   for (auto& zi : z) rows += zi.rows();
   Eigen::MatrixXf stack(rows, cols);
@@ -109,13 +109,14 @@ MatrixXd stacked_gram(const std::vector<Eigen::MatrixXf>& z, Index cols) {
   }
   Eigen::MatrixXf g = Eigen::MatrixXf::Zero(rows, rows);
   g.selfadjointView<Eigen::Lower>().rankUpdate(stack);
-  return g.selfadjointView<Eigen::Lower>().toDenseMatrix().cast<double>();
+  return g.selfadjointView<Eigen::Lower>().toDenseMatrix();
 }
 
 // sum over the groups of `label` of the top-k eigenvalues of the Gram's
 // block on the group's rows (task i owns rows at[i] .. at[i + 1]), each row
 // and column scaled by `scale` (one per task) where given.
-double grouped_top_sum(const MatrixXd& gram, const std::vector<Index>& at, const std::vector<int>& label, int64_t k,
+template <typename Gram>
+double grouped_top_sum(const Gram& gram, const std::vector<Index>& at, const std::vector<int>& label, int64_t k,
                        const std::vector<double>* scale = nullptr) {
   const int groups = *std::max_element(label.begin(), label.end()) + 1;
   double sum = 0;
@@ -131,8 +132,8 @@ double grouped_top_sum(const MatrixXd& gram, const std::vector<Index>& at, const
       }
     }
     if (idx.empty()) continue;
-    sum += scale ? linalg::top_eigen_sum(d.asDiagonal() * gram(idx, idx) * d.asDiagonal(), k)
-                 : linalg::top_eigen_sum(gram(idx, idx), k);
+    const MatrixXd block = gram(idx, idx).template cast<double>();  // exact from single precision
+    sum += scale ? linalg::top_eigen_sum(d.asDiagonal() * block * d.asDiagonal(), k) : linalg::top_eigen_sum(block, k);
   }
   return sum;
 }

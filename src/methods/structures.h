@@ -155,8 +155,10 @@ class ModuleFitter {
   const Eigen::MatrixXd& head_gram(int64_t k);
   Eigen::MatrixXd head_gram_;
   int64_t head_gram_rank_ = -1;
-  /// body_gram(), and for grouped cores of rank core_gram_rank_ X^T X (predict.cc).
-  Eigen::MatrixXd body_gram_, core_gram_;
+  /// body_gram(), and for grouped cores of rank core_gram_rank_ X^T X
+  /// (predict.cc; single precision, as it is computed).
+  Eigen::MatrixXd body_gram_;
+  Eigen::MatrixXf core_gram_;
   int64_t core_gram_rank_ = -1;
 };
 
