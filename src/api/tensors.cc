@@ -1,9 +1,6 @@
 // hydraopt::TensorFile (include/hydraopt/tensors.h) over io::SafetensorsFile.
 #include "hydraopt/tensors.h"
 
-#include <cstring>
-
-#include "core/half.h"
 #include "hydraopt/error.h"
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
@@ -56,20 +53,10 @@ void write_tensors(const std::filesystem::path& path, const std::vector<F32Tenso
     int64_t n = 1;
     for (int64_t d : t.shape) n *= d;
     if (n != static_cast<int64_t>(t.values.size())) throw Error(path.string(), t.name, "shape and value count differ");
-    io::TensorData d;
-    d.name = t.name;
-    d.dtype = dtype;
+    // One row in the values' order (exact in double), encoded as bundles are.
+    const Eigen::Map<const Eigen::RowVectorXf> row(t.values.data(), static_cast<Eigen::Index>(t.values.size()));
+    io::TensorData d = io::tensor_from_matrix(t.name, row.cast<double>(), dtype);
     d.shape = t.shape;
-    if (dtype == DType::F32) {
-      d.bytes.resize(t.values.size() * sizeof(float));
-      std::memcpy(d.bytes.data(), t.values.data(), d.bytes.size());
-    } else {  // rounded to nearest, little-endian halves
-      d.bytes.resize(t.values.size() * sizeof(uint16_t));
-      for (size_t i = 0; i < t.values.size(); ++i) {
-        const uint16_t h = dtype == DType::BF16 ? float_to_bf16(t.values[i]) : float_to_f16(t.values[i]);
-        std::memcpy(d.bytes.data() + 2 * i, &h, sizeof h);
-      }
-    }
     data.push_back(std::move(d));
   }
   io::safetensors_write(path, std::move(data), metadata);

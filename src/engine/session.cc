@@ -318,8 +318,21 @@ void Session::scan_sources(bool hash) {
 
 void Session::compute_weights() {
   const size_t n = set_.size(), nm = norms2_.size();
+  if (o_.weights == "module") {
+    // Each (module, task) balanced on its own: the objective is the mean
+    // over modules of each task's relative error there, so a module whose
+    // update is small is not given up for the large ones.
+    weights_.assign(nm, std::vector<double>(n, 0.0));
+    for (size_t m = 0; m < nm; ++m) {
+      for (size_t i = 0; i < n; ++i) {
+        if (norms2_[m][i] > 0) weights_[m][i] = 1.0 / (static_cast<double>(nm) * norms2_[m][i]);
+      }
+    }
+    return;
+  }
+  // The same task weights on every module.
   std::vector<double> w(n, 0.0);
-  if (o_.weights == "balanced" || o_.weights == "module") {
+  if (o_.weights == "balanced") {
     for (size_t i = 0; i < n; ++i) w[i] = total_norm2_[i] > 0 ? 1.0 / total_norm2_[i] : 0.0;
   } else if (o_.weights == "uniform") {
     double mean = 0;
@@ -333,15 +346,6 @@ void Session::compute_weights() {
     for (size_t i = 0; i < n; ++i) w[i] = total_norm2_[i] > 0 ? given[i] / total_norm2_[i] : 0.0;
   }
   weights_.assign(nm, w);
-  if (o_.weights != "module") return;
-  // Each (module, task) balanced on its own: the objective is the mean over
-  // modules of each task's relative error there, so a module whose update is
-  // small is not given up for the large ones.
-  for (size_t m = 0; m < nm; ++m) {
-    for (size_t i = 0; i < n; ++i) {
-      weights_[m][i] = norms2_[m][i] > 0 ? 1.0 / (static_cast<double>(nm) * norms2_[m][i]) : 0.0;
-    }
-  }
 }
 
 }  // namespace hydraopt::engine

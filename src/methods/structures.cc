@@ -165,7 +165,10 @@ void ModuleFitter::cluster_heads(const std::vector<MatrixXd>& y) {
 
 std::vector<int> ModuleFitter::head_groups(int groups) {
   if (!o_.user_groups.empty()) return canonical_labels(o_.user_groups);
-  if (!head_tree_) cluster_heads(projections(right(head_cluster_width()).basis.leftCols(head_cluster_width())));
+  if (!head_tree_) {
+    const int64_t k = head_cluster_width();
+    cluster_heads(projections(right(k).basis.leftCols(k)));
+  }
   return head_tree_->cut(groups);
 }
 

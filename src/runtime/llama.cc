@@ -119,15 +119,12 @@ struct Model::Impl {
         x.row(static_cast<Eigen::Index>(t++)) = embed.row(tok);
       }
     }
-    // The last layer's query rows: their indices in x, and each sequence's
-    // first query position.
+    // The last layer's query rows: their indices in x and their positions.
     std::vector<Eigen::Index> kept;
     std::vector<int> kept_pos;
-    std::vector<int64_t> first(seqs.size(), 0);
     if (from) {
       for (size_t q = 0; q < seqs.size(); ++q) {
-        first[q] = (*from)[q];
-        for (int64_t t = start[q] + first[q]; t < start[q + 1]; ++t) {
+        for (int64_t t = start[q] + (*from)[q]; t < start[q + 1]; ++t) {
           kept.push_back(static_cast<Eigen::Index>(t));
           kept_pos.push_back(pos[static_cast<size_t>(t)]);
         }
@@ -149,7 +146,7 @@ struct Model::Impl {
       }
       MatrixXf q = linear(h, L.q, p + "self_attn.q_proj", d);
       rope(&q, cfg.heads, last ? kept_pos : pos);
-      x += linear(attention(q, k, v, start, last ? first : none), L.o, p + "self_attn.o_proj", d);
+      x += linear(attention(q, k, v, start, last ? *from : none), L.o, p + "self_attn.o_proj", d);
       MatrixXf h2 = rms_norm(x, L.norm2, cfg.rms_eps);
       MatrixXf g = linear(h2, L.gate, p + "mlp.gate_proj", d);
       MatrixXf u = linear(h2, L.up, p + "mlp.up_proj", d);
@@ -328,12 +325,11 @@ std::vector<std::vector<int>> Model::greedy_outputs_batch(
     for (size_t a = 0; a < active.size(); ++a) {
       State& s = st[active[a]];
       const size_t prompt = examples[active[a]].first.size();
-      const Eigen::Index base = row;
       const std::vector<int> guess = std::move(s.guess);
       s.guess.clear();
       for (size_t t = 0; t <= guess.size(); ++t) {
         Eigen::Index best;
-        logits.row(base + static_cast<Eigen::Index>(t)).maxCoeff(&best);
+        logits.row(row + static_cast<Eigen::Index>(t)).maxCoeff(&best);
         if (best == impl_->cfg.eos) {
           s.done = s.eos = true;
           break;
@@ -348,7 +344,7 @@ std::vector<std::vector<int>> Model::greedy_outputs_batch(
         // Off the guess: the argmaxes after t saw a wrong token; they are
         // the next pass's guess.
         for (size_t u = t + 1; u <= guess.size(); ++u) {
-          logits.row(base + static_cast<Eigen::Index>(u)).maxCoeff(&best);
+          logits.row(row + static_cast<Eigen::Index>(u)).maxCoeff(&best);
           s.guess.push_back(static_cast<int>(best));
         }
         break;
