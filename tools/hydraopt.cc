@@ -98,10 +98,14 @@ std::string summary(const hydraopt::MergeReport& r) {
   for (auto& t : r.tasks) {
     if (t.rel_error > worst->rel_error) worst = &t;
   }
+  const std::string metric = r.mean_frobenius_rel_error
+                                 ? fmt::format("calibrated rel. error {:.4g}, Frobenius {:.4g}", r.mean_rel_error,
+                                               *r.mean_frobenius_rel_error)
+                                 : fmt::format("rel. error {:.4g}", r.mean_rel_error);
   return fmt::format(
       "{}: storage {:.3f} of the params ({} of {}), {} bytes ({:.3f} of a bf16 copy, {:.3f} of the inputs), "
-      "mean rel. error {:.4g} (worst {} {:.4g}), {:.2f} s",
-      r.method, r.fraction, r.params, r.original_params, r.bytes, r.bf16_fraction, r.byte_fraction, r.mean_rel_error,
+      "mean {} (worst {} {:.4g}), {:.2f} s",
+      r.method, r.fraction, r.params, r.original_params, r.bytes, r.bf16_fraction, r.byte_fraction, metric,
       worst->name, worst->rel_error, r.seconds);
 }
 
@@ -163,6 +167,12 @@ int main(int argc, char** argv) {
     cmd->add_option("--weights", mo.weights, "task weights: balanced, module (each module balanced on its own), uniform or a JSON file {task: weight}")
         ->capture_default_str();
     cmd->add_option("--groups", mo.groups_file, "JSON file [[task, ...], ...] grouping tasks for shared parts");
+    cmd->add_option("--calibration", mo.calibration,
+                    "directory of calibration statistics (<task>.safetensors, from `hydraopt calibrate`): fit the "
+                    "errors on the inputs the tasks feed each module");
+    cmd->add_option("--shrinkage", mo.shrinkage,
+                    "with --calibration: the inputs' second moment shrunk towards the identity by this share, in [0, 1]")
+        ->capture_default_str();
     cmd->add_option("--threads", mo.threads, "worker threads (0: all cores)")->capture_default_str();
     cmd->add_option("--dtype", dtype, "stored dtype f32|f16|bf16 (default: the inputs' widest)");
     // A flag per parameter any method takes (the registry's); a flag the
@@ -291,6 +301,20 @@ int main(int argc, char** argv) {
 
   auto* methods_cmd = app.add_subcommand("methods", "list the merge methods and their parameters");
 
+  auto* calibrate_cmd = app.add_subcommand(
+      "calibrate", "write each task's calibration statistics (the inputs its adapter's modules see) for merge --calibration");
+  hydraopt::CalibrateOptions calib;
+  std::string calib_model, calib_data, calib_out;
+  calibrate_cmd->add_option("model", calib_model, "model directory (config.json, model.safetensors; LLaMA family)")
+      ->required();
+  calibrate_cmd->add_option("adapters", calib.adapters, "PEFT adapter directories (or NAME=DIR)")->required();
+  calibrate_cmd->add_option("--data", calib_data, "directory of <task>/calib.jsonl example files")->required();
+  calibrate_cmd->add_option("-o,--out", calib_out, "output directory (one <task>.safetensors per task)")->required();
+  calibrate_cmd->add_option("--examples", calib.examples, "examples per task, at most")->capture_default_str();
+  calibrate_cmd->add_option("--max-rank", calib.max_rank, "eigenpairs kept per input site, at most")
+      ->capture_default_str();
+  calibrate_cmd->add_option("--threads", calib.threads, "worker threads (0: all cores)");
+
   auto* demo = app.add_subcommand("demo", "task benchmark on the shipped tiny LLaMA and its 40 adapters");
   hydraopt::BenchmarkOptions bench;
   std::string assets = "assets";
@@ -304,9 +328,12 @@ int main(int argc, char** argv) {
   std::vector<std::string> demo_points;
   demo->add_option("--points", demo_points,
                    "the points to evaluate instead of the default ones: METHOD@F (fraction of the parameters), "
-                   "METHOD@1/N, METHOD@hydra or METHOD@bytes:F (fraction of a bf16 copy's bytes), comma-separated")
+                   "METHOD@1/N, METHOD@hydra or METHOD@bytes:F (fraction of a bf16 copy's bytes), comma-separated; "
+                   "METHOD+cal@... merges with calibration statistics (tasks/*/calib.jsonl)")
       ->delimiter(',');
   demo->add_option("--limit", bench.limit, "test examples per task (0: all)")->capture_default_str();
+  demo->add_option("--shrinkage", bench.shrinkage, "calibrated points (METHOD+cal@...): merge --shrinkage")
+      ->capture_default_str();
   demo->add_flag("--similarity", bench.similarity,
                  "also the edit similarity of the free-running greedy outputs (about 5x the scoring time)");
   demo->add_option("--threads", bench.threads, "worker threads (0: all cores)");
@@ -395,6 +422,7 @@ int main(int argc, char** argv) {
       auto report = hydraopt::merge(*set, mo, bundle_out);
       if (root) {
         if (!report_out.empty()) hydraopt::write_report(report_out, report);
+        for (const auto& w : report.warnings) std::cerr << "hydraopt: warning: " << w << "\n";
         std::cout << summary(report) << " -> " << bundle_out << "\n";
       }
     } else if (*add_cmd || *remove_cmd) {
@@ -529,6 +557,12 @@ int main(int argc, char** argv) {
         std::cerr << "wrote " << (dir / "demo.{json,md,svg}").string() << "\n";
       }
       if (all_sets && json) std::cout << "]\n";
+    } else if (*calibrate_cmd) {
+      calib.model = calib_model;
+      calib.data = calib_data;
+      calib.out = calib_out;
+      hydraopt::calibrate(calib);
+      std::cout << "calibrate: " << calib.adapters.size() << " tasks -> " << calib_out << "\n";
     } else if (*methods_cmd) {
       for (const auto& m : hydraopt::methods()) {
         std::cout << fmt::format("{:<16} {:<9} {}\n", m.name, m.single_adapter ? "single" : "per-task", m.summary);

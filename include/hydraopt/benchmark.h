@@ -30,7 +30,22 @@ struct TaskExamples {
 };
 
 /// Reads `<dir>/test.jsonl` (at most `limit` lines when limit > 0).
-TaskExamples load_task(const std::filesystem::path& dir, int limit = 0);
+TaskExamples load_task(const std::filesystem::path& dir, int limit = 0, const std::string& file = "test.jsonl");
+
+/// `hydraopt calibrate`: for each adapter, runs the model over its task's
+/// calibration examples (DATA/<task>/calib.jsonl: prompt, answer and eos,
+/// teacher-forced) with that adapter applied, and writes OUT/<task>.safetensors,
+/// the second moments of every linear module's inputs (hydraopt/calibration.h).
+/// Every file goes to a scratch directory in OUT first and is renamed into
+/// place at the end, so an error leaves none.
+struct CalibrateOptions {
+  std::filesystem::path model, data, out;
+  std::vector<std::string> adapters;  ///< PEFT directories (or NAME=DIR)
+  int examples = 64;                  ///< at most this many per task
+  int64_t max_rank = 256;             ///< eigenpairs kept per site, at most
+  int threads = 0;
+};
+void calibrate(const CalibrateOptions& o);
 
 /// Fraction of examples whose greedy answer is exactly right.
 double task_score(const Model& model, const TaskExamples& task, const Deltas* deltas, int threads = 0);
@@ -60,14 +75,20 @@ struct DemoPoint {
   std::string method;
   double budget = 0;
   BudgetUnit unit = BudgetUnit::kParams;
-  /// The plot's series: the method, with " [bytes]" for byte budgets.
-  std::string series() const { return unit == BudgetUnit::kBytes ? method + " [bytes]" : method; }
+  /// Merged with the tasks' calibration statistics (merge --calibration).
+  bool calibrated = false;
+  /// The plot's series: the method, with " [bytes]" for byte budgets and
+  /// " [cal]" when calibrated.
+  std::string series() const {
+    return method + (unit == BudgetUnit::kBytes ? " [bytes]" : "") + (calibrated ? " [cal]" : "");
+  }
 };
 
 /// A point as `demo --points` takes it: METHOD@F (a fraction of the
 /// parameters), METHOD@1/N, METHOD@hydra (the hydra layout's storage) or
-/// METHOD@bytes:F (a fraction of a bf16 copy's bytes). Throws Error on
-/// anything else, or on a method methods() does not list.
+/// METHOD@bytes:F (a fraction of a bf16 copy's bytes); METHOD+cal@... for
+/// a calibrated merge. Throws Error on anything else, or on a method
+/// methods() does not list.
 DemoPoint parse_demo_point(const std::string& text);
 
 /// The adapter sets in `assets`: "fast" (assets/adapters) first, then each
@@ -113,6 +134,11 @@ struct BenchmarkOptions {
       {"quant", 0.196, BudgetUnit::kBytes},     {"quant", 0.266, BudgetUnit::kBytes}};
   /// MergeOptions::weights of every merge ("balanced", "module", ...).
   std::string weights = "balanced";
+  /// Calibrated points: MergeOptions::shrinkage, and the examples per task
+  /// the statistics come from (tasks/<task>/calib.jsonl, with each task's
+  /// own adapter; written to a scratch directory by calibrate()).
+  double shrinkage = 0.1;
+  int calibration_examples = 64;
   int limit = 0;  ///< test examples per task (0: all)
   int threads = 0;
   /// Also the edit similarity of the free-running greedy outputs. It decodes

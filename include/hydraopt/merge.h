@@ -55,13 +55,24 @@ struct MergeOptions {
   std::optional<DType> dtype;
   /// Method parameters by name (see methods()); unknown names are errors.
   std::map<std::string, std::string> params;
+  /// Calibration (issue 19): a directory of statistics files, one per task
+  /// (<task>.safetensors, from `hydraopt calibrate`; docs/formats.md). Every
+  /// fit then minimises each module's error on the inputs the tasks feed
+  /// it, ||(dW - dW_hat) C^{1/2}||^2 with C the tasks' mean second moment
+  /// there, instead of the Frobenius error; task weights in that metric.
+  std::string calibration;
+  /// Shrinkage of C towards (tr C / in) I, in [0, 1]: how much every input
+  /// direction keeps counting (1: the data-free fit).
+  double shrinkage = 0.1;
   /// Called after each module of each pass: (done, total).
   std::function<void(size_t, size_t)> progress;
 };
 
 struct TaskError {
   std::string name;
-  double rel_error = 0;  ///< sqrt(sum_m ||dW - dW_hat||^2 / sum_m ||dW||^2)
+  double rel_error = 0;  ///< sqrt(sum_m ||dW - dW_hat||^2 / sum_m ||dW||^2), in the fit's metric
+  /// Calibrated merges: the same in the Frobenius metric.
+  std::optional<double> frobenius_rel_error;
 };
 
 struct MergeReport {
@@ -75,7 +86,11 @@ struct MergeReport {
   double byte_fraction = 0;    ///< bytes / original_bytes (relative to the inputs as given)
   double bf16_fraction = 0;    ///< bytes / (2 original_params): relative to a bf16 copy of the inputs
   double mean_rel_error = 0;
+  /// Calibrated merges: the mean of the tasks' Frobenius relative errors.
+  std::optional<double> mean_frobenius_rel_error;
   std::vector<TaskError> tasks;
+  /// What the user should know (e.g. a task without calibration statistics).
+  std::vector<std::string> warnings;
   double seconds = 0;
   std::string plan_json;  ///< the per-module plan, as JSON
   std::map<std::string, std::string> params_used;

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "hydraopt/adapter.h"
+#include "hydraopt/calibration.h"
 #include "hydraopt/llama_config.h"
 
 namespace hydraopt {
@@ -74,6 +75,12 @@ class Model {
   std::vector<std::vector<int>> greedy_outputs_batch(
       const std::vector<std::pair<std::vector<int>, std::vector<int>>>& examples, const std::vector<int>& max_new,
       const Deltas* deltas = nullptr, std::vector<bool>* eos = nullptr) const;
+
+  /// Adds to `sites` what each linear module of every layer reads over
+  /// the tokens of `seqs` (one forward pass, `deltas` applied): X^T X and the
+  /// row count, one site per distinct input (q/k/v: the attention's
+  /// normalised input; o; gate/up; down).
+  void add_input_moments(const std::vector<std::vector<int>>& seqs, const Deltas* deltas, InputSites* sites) const;
 
   /// bos + UTF-8 bytes of `prompt` + sep.
   std::vector<int> encode_prompt(const std::string& prompt) const;

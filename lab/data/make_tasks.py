@@ -4,6 +4,12 @@
 Writes, into OUT (default: <repo>/assets/tasks):
 
   <app>-<lang>/train.jsonl, <app>-<lang>/test.jsonl   40 tasks (8 languages x 5 app slots)
+  <app>-<lang>/calib.jsonl                             calibration set: CALIB_N (64) evenly
+                                                       spaced train examples, the lines at
+                                                       indices floor(j * n / 64), j = 0..63
+                                                       (n = train examples), in that order
+                                                       (so never a test example; shipped
+                                                       with test.jsonl)
   pretrain.txt                                         multilingual pretraining stream
   manifest.json                                        sources, rules, counts, sha256s
 
@@ -32,6 +38,7 @@ PRETRAIN_SEED = 0x5EED_1234_ABCD
 TEST_N = 300
 TRAIN_TARGET = 5000          # per task (at least TRAIN_MIN)
 TRAIN_MIN = 2000
+CALIB_N = 64                 # calib.jsonl = CALIB_N evenly spaced train examples
 MIN_LEN, MAX_LEN = 4, 14     # word length in characters
 MAX_FIELD_BYTES = 30         # prompt and answer each, UTF-8 bytes
 SEQ_BUDGET = 64              # BOS/SEP/EOS + prompt + answer
@@ -697,6 +704,15 @@ class Task:
         return out
 
 
+def calib_sample(train):
+    """The calibration set: train[floor(j * n / CALIB_N)] for j = 0..CALIB_N-1
+    (n = len(train) >= CALIB_N, so the indices are distinct), in that order.
+    Evenly spaced rather than the first CALIB_N lines, because train.jsonl is
+    ordered by class in some tasks."""
+    n = len(train)
+    return [train[j * n // CALIB_N] for j in range(CALIB_N)]
+
+
 def write_jsonl(path, exs):
     with open(path, "w", encoding="utf-8", newline="\n") as f:
         for p, a, _, _ in exs:
@@ -822,6 +838,7 @@ def main():
             assert len(prompts) == len(set(prompts)), (t.name, "duplicate prompt")
             for p, a, _, _ in split:
                 assert fits(p, a) and p and a, (t.name, p, a)
+        assert len(t.train) >= CALIB_N, (t.name, "train smaller than calib")
         if t.app in BALANCED:
             c = collections.Counter(ex[3] for ex in t.test)
             assert len(set(c.values())) == 1, (t.name, c)
@@ -832,7 +849,8 @@ def main():
     for t in tasks:
         d = os.path.join(out, t.name)
         os.makedirs(d, exist_ok=True)
-        for split, exs in (("train", t.train), ("test", t.test)):
+        for split, exs in (("train", t.train), ("test", t.test),
+                           ("calib", calib_sample(t.train))):
             p = os.path.join(d, split + ".jsonl")
             write_jsonl(p, exs)
             files["%s/%s.jsonl" % (t.name, split)] = p
@@ -874,6 +892,7 @@ def main():
     for t in tasks:
         entry = {"name": t.name, "lang": t.lang.code, "slot": t.slot, "app": t.app,
                  "train": len(t.train), "test": len(t.test),
+                 "calib": len(calib_sample(t.train)),
                  "max_prompt_bytes": max(nbytes(ex[0]) for ex in t.train + t.test),
                  "max_answer_bytes": max(nbytes(ex[1]) for ex in t.train + t.test),
                  "sources": [sources[t.lang.code]["wordlist"]["path"]] +
@@ -905,6 +924,12 @@ def main():
             "entirely lowercase, %d-%d letters of the language's alphabet (no digits, "
             "punctuation, spaces)." % (SEED, TEST_N, TEST_N // 2, TRAIN_TARGET,
                                        TRAIN_TARGET // 2, MIN_LEN, MAX_LEN)),
+        "calib_rule": (
+            "<task>/calib.jsonl = %d evenly spaced lines of <task>/train.jsonl: the lines "
+            "at 0-based indices floor(j * n / %d) for j = 0..%d, in that order, where n is "
+            "the number of train examples (a calibration set drawn from the training "
+            "split, so it shares no example, word, prompt or answer with any test set)."
+            % (CALIB_N, CALIB_N, CALIB_N - 1)),
         "seeds": {"hash_key": SEED, "pretrain_splitmix64": PRETRAIN_SEED},
         "excluded_test_strings": len(exclude),
         "sources": sources,

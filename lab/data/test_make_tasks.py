@@ -20,7 +20,10 @@ documentation in lab/data/README.md, never copied from the script's output):
     documented, documented words).
   * SplitOnRealDataTest: regenerates the whole data set with make_tasks.py into
     a temporary directory (once, in setUpClass) and checks it against the
-    shipped assets/tasks/*/test.jsonl and for train/test leakage.
+    shipped assets/tasks/*/test.jsonl and */calib.jsonl, for train/test
+    leakage, and that each calib.jsonl is the 64 evenly spaced lines of its
+    train.jsonl (indices floor(j * n / 64), j = 0..63, n = train examples) with
+    no prompt equal to a test prompt of any task.
 
 The last two classes need the Debian packages listed in REQUIRED_PACKAGES; if
 they are missing the tests FAIL (they do not skip).
@@ -45,6 +48,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 MAKE_TASKS = os.path.join(HERE, "make_tasks.py")
 SHIPPED = os.path.join(REPO, "assets", "tasks")
+CALIB_N = 64            # calib.jsonl = train lines floor(j * n / 64), j = 0..63 (README)
 sys.path.insert(0, HERE)
 
 import make_tasks as mt  # noqa: E402
@@ -546,7 +550,7 @@ class SplitOnRealDataTest(unittest.TestCase):
                 return
             cls.data = {}
             for t in TASKS:
-                for split in ("train", "test"):
+                for split in ("train", "test", "calib"):
                     p = os.path.join(cls.out, t, split + ".jsonl")
                     cls.data[t, split] = read_jsonl(p) if os.path.exists(p) else None
         except Exception as e:  # reported by every test, not as a class error
@@ -654,6 +658,82 @@ class SplitOnRealDataTest(unittest.TestCase):
                     self.assertTrue(f1.read() == f2.read(),
                                     "assets/tasks/%s (generated, untracked) differs from the "
                                     "regenerated file: stale, rerun make_tasks.py" % rel)
+
+    def test_a_shipped_calib_sets_identical_to_regenerated(self):
+        # calib.jsonl ships (like test.jsonl): it must be what the generator writes,
+        # and the regenerated manifest.json must record it like the other files.
+        with open(os.path.join(self.out, "manifest.json"), encoding="utf-8") as f:
+            manifest = json.load(f)
+        counts = {e["name"]: e.get("calib") for e in manifest["tasks"]}
+        for t in TASKS:
+            with self.subTest(task=t):
+                shipped = os.path.join(SHIPPED, t, "calib.jsonl")
+                regen = os.path.join(self.out, t, "calib.jsonl")
+                self.assertTrue(os.path.exists(shipped), shipped)
+                with open(shipped, "rb") as f1, open(regen, "rb") as f2:
+                    data = f2.read()
+                    self.assertTrue(f1.read() == data,
+                                    "%s differs from the regenerated file" % shipped)
+                rec = manifest["files"].get("%s/calib.jsonl" % t)
+                self.assertEqual(rec, {"bytes": len(data),
+                                       "sha256": hashlib.sha256(data).hexdigest()})
+                self.assertEqual(counts[t], CALIB_N)
+
+    # -- (e) calibration sets: drawn from train, never from any test set
+    def test_e_calib_is_64_evenly_spaced_train_lines(self):
+        # README: the train lines at 0-based indices floor(j * n / 64), j = 0..63,
+        # in that order (n = number of train examples)
+        for t in TASKS:
+            with self.subTest(task=t):
+                with open(os.path.join(self.out, t, "train.jsonl"), "rb") as f:
+                    data = f.read()
+                self.assertTrue(data.endswith(b"\n"))
+                train = data[:-1].split(b"\n")
+                n = len(train)
+                self.assertGreaterEqual(n, CALIB_N)
+                idx = [(j * n) // CALIB_N for j in range(CALIB_N)]
+                self.assertEqual(idx[0], 0)
+                self.assertEqual(len(set(idx)), CALIB_N)
+                self.assertLess(idx[-1], n)
+                with open(os.path.join(self.out, t, "calib.jsonl"), "rb") as f:
+                    calib = f.read()
+                self.assertEqual(calib, b"".join(train[i] + b"\n" for i in idx))
+                self.assertEqual(len(self.data[t, "train"]), n)
+                self.assertEqual(len(self.data[t, "calib"]), CALIB_N)
+                self.assertEqual(self.data[t, "calib"],
+                                 [self.data[t, "train"][i] for i in idx])
+
+    def test_e_no_calib_prompt_is_a_test_prompt_of_any_task(self):
+        # all 40 test sets, all languages; compared exactly and lowercased
+        prompts = collections.defaultdict(set)
+        for t, p, a in self.examples("test"):
+            prompts[p].add(t)
+            prompts[p.lower()].add(t)
+        self.assertGreaterEqual(len(prompts), 300)
+        hits = set()
+        for t, p, a in self.examples("calib"):
+            for s in (p, p.lower()):
+                if s in prompts:
+                    hits.add((t, p, a, tuple(sorted(prompts[s]))))
+        self.assertFalse(hits, self.report(hits, "calib prompts equal to a test prompt "
+                                                 "(calib task, prompt, answer, test tasks)"))
+
+    def test_e_shipped_calib_never_overlaps_shipped_test_sets(self):
+        # the same on the shipped files alone (no regeneration needed to see it):
+        # no shipped calib example or prompt occurs in any shipped test set
+        test_lines, test_prompts = set(), set()
+        for t in TASKS:
+            for ex in read_jsonl(os.path.join(SHIPPED, t, "test.jsonl")):
+                test_lines.add((ex["prompt"], ex["answer"]))
+                test_prompts.add(ex["prompt"].lower())
+        self.assertGreater(len(test_prompts), 5000)
+        hits = []
+        for t in TASKS:
+            for ex in read_jsonl(os.path.join(SHIPPED, t, "calib.jsonl")):
+                if (ex["prompt"], ex["answer"]) in test_lines or \
+                        ex["prompt"].lower() in test_prompts:
+                    hits.append((t, ex["prompt"], ex["answer"]))
+        self.assertEqual(hits, [])
 
     # -- (b) no leakage from test into train
     def test_b_no_test_string_is_a_train_word_or_answer(self):

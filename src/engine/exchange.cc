@@ -46,6 +46,7 @@ void share_table(EvalTable& table, const std::vector<size_t>& mine) {
       put.put<int64_t>(e.params);
       put.put<double>(e.error);
       put.put(e.task_err2);
+      put.put(e.task_frob2);
       put.put<int32_t>(e.max_iters);
       put.put<uint8_t>(e.measured);
       put_format(put, e.precision.bodies);
@@ -69,6 +70,7 @@ void share_table(EvalTable& table, const std::vector<size_t>& mine) {
         e.params = get.get<int64_t>();
         e.error = get.get<double>();
         e.task_err2 = get.get_vector<double>();
+        e.task_frob2 = get.get_vector<double>();
         e.max_iters = get.get<int32_t>();
         e.measured = get.get<uint8_t>() != 0;
         e.precision.bodies = get_format(get);

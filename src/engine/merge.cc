@@ -108,17 +108,17 @@ std::vector<MergeReport> merge_at(const AdapterSet& set, const MergeOptions& opt
     }
     engine::for_each_item(s.mine(), s.threads(), options.progress, [&](size_t m) {
       const auto& mod = set.modules()[m];
-      std::optional<ModuleProblem> p;
+      std::optional<engine::LoadedModule> l;
       std::map<int, ModuleFitter> fitters;  // by ALS iterations allowed
       for (size_t b = 0; b < budgets.size(); ++b) {
         if (!writers[b] || writers[b]->has_module(m)) continue;
         if (method.info.kind == MethodKind::kSingleAdapter) throw Error("internal: a merged module was not written");
         const Evaluated& e = run.table[m][run.choice[b][m]];
-        if (!p) p = s.problem(m);
+        if (!l) l = s.load(m);
         FitOptions as_evaluated = run.fit;
         as_evaluated.max_iters = e.max_iters;
-        ModuleFitter& fitter = fitters.try_emplace(e.max_iters, *p, as_evaluated).first->second;
-        ModuleFit fit = store_in_precision(*p, fitter.fit(e.spec), e.precision, s.dtype());
+        ModuleFitter& fitter = fitters.try_emplace(e.max_iters, l->p, as_evaluated).first->second;
+        ModuleFit fit = s.stored(*l, fitter.fit(e.spec), e.precision);
         writers[b]->write_module(m, {mod.name, mod.in, mod.out, e.spec, std::move(fit), {}, e.precision});  // sha256: by the writer
       }
     }, Spread::kInside);

@@ -10,7 +10,9 @@
 #include "engine/schedule.h"
 #include "hydraopt/error.h"
 #include "io/option_files.h"
+#include "methods/fit_error.h"
 #include "methods/precision.h"
+#include "util/sha256.h"
 #include "util/wire.h"
 
 namespace hydraopt::engine {
@@ -51,6 +53,8 @@ Session::Session(const AdapterSet& set, const MergeOptions& o, bool hash_sources
   choose_spread();
   dist::checked([&] { load_groups(); });
   scan_sources(hash_sources);
+  dist::checked([&] { load_calibration(); });
+  if (calibrated()) calibrated_norms();
   dist::checked([&] { compute_weights(); });
 }
 
@@ -97,20 +101,22 @@ EvalTable Session::evaluate(const std::function<std::vector<CandidateSpec>(size_
   for_each_item(mine_, threads_, o_.progress, [&](size_t m) {
     const auto& list = lists[m];
     if (list.empty()) return;
-    if (final && list.size() == 1 && per_task_heads(list[0].spec, set_.size()) && list[0].precision.all_float()) {
+    if (final && list.size() == 1 && per_task_heads(list[0].spec, set_.size()) && list[0].precision.all_float() &&
+        !calibrated()) {
       // The streamed hydra point: each task read when needed, dropped after.
       std::vector<double> err2;
       ModuleFit stored = fit_shared_heads(shape(m), weights_[m], [&](size_t i) { return set_.load_transposed(m, i); },
                                           list[0].spec, fo, dtype_, norms2_[m], &err2);
-      out[m].push_back(record(m, std::move(stored), std::move(err2), list[0], true, fo.max_iters));
+      out[m].push_back(record(m, std::move(stored), std::move(err2), {}, list[0], true, fo.max_iters));
       return;
     }
-    const ModuleProblem p = problem(m);
-    ModuleFitter fitter(p, fo);
+    const LoadedModule l = load(m);
+    ModuleFitter fitter(l.p, fo);
     for (auto& cs : list) {
-      ModuleFit stored = store_in_precision(p, fitter.fit(cs.spec), cs.precision, dtype_);
-      std::vector<double> err2 = fit_errors2(p, stored, &norms2_[m]);
-      out[m].push_back(record(m, std::move(stored), std::move(err2), cs, final && list.size() == 1, fo.max_iters));
+      ModuleFit fit = this->stored(l, fitter.fit(cs.spec), cs.precision);
+      auto [err2, frob2] = errors(m, l, fit);
+      out[m].push_back(
+          record(m, std::move(fit), std::move(err2), std::move(frob2), cs, final && list.size() == 1, fo.max_iters));
     }
   }, spread);
   share_table(out, mine_);
@@ -134,18 +140,18 @@ EvalTable Session::predict(const std::function<std::vector<CandidateSpec>(size_t
   estimate.estimate = true;
   for_each_item(mine_, threads_, o_.progress, [&](size_t m) {
     if (lists[m].empty()) return;
-    const ModuleProblem p = problem(m);
-    ModuleFitter fitter(p, estimate);
+    const LoadedModule l = load(m);
+    ModuleFitter fitter(l.p, estimate);
     out[m].reserve(lists[m].size());
     for (auto& cs : lists[m]) {
       if (cs.spec.family == Family::kExact && cs.precision.all_float()) {  // nothing to fit: measured
-        ModuleFit stored = store_in_precision(p, fitter.fit(cs.spec), cs.precision, dtype_);
-        std::vector<double> err2 = fit_errors2(p, stored, &norms2_[m]);
-        out[m].push_back(record(m, std::move(stored), std::move(err2), cs, false, fo.max_iters));
+        ModuleFit fit = stored(l, fitter.fit(cs.spec), cs.precision);
+        auto [err2, frob2] = errors(m, l, fit);
+        out[m].push_back(record(m, std::move(fit), std::move(err2), std::move(frob2), cs, false, fo.max_iters));
         continue;
       }
       const Prediction pr = fitter.predict(cs.spec, cs.precision, dtype_);
-      Evaluated e{cs.spec, std::move(cs.key), spec_params(cs.spec, shape(m)), pr.error, {}, 0, false, cs.precision,
+      Evaluated e{cs.spec, std::move(cs.key), spec_params(cs.spec, shape(m)), pr.error, {}, {}, 0, false, cs.precision,
                   spec_bytes(cs.spec, shape(m), cs.precision, dtype_)};
       out[m].push_back(std::move(e));
     }
@@ -169,11 +175,14 @@ EvalTable Session::evaluate_stored(const std::function<std::vector<StoredFit>(co
                                    bool final) {
   EvalTable out(set_.modules().size());
   for_each_item(mine_, threads_, o_.progress, [&](size_t m) {
-    const ModuleProblem p = problem(m);
-    std::vector<StoredFit> fits = store(p, m);
+    // Computed on the adapters as read (these methods have no calibrated
+    // form), measured in the merge's metric.
+    const LoadedModule l = load(m);
+    std::vector<StoredFit> fits = store(l.original ? *l.original : l.p, m);
     for (StoredFit& s : fits) {
-      std::vector<double> err2 = fit_errors2(p, s.fit, &norms2_[m]);
-      out[m].push_back(record(m, std::move(s.fit), std::move(err2), s.candidate, final && fits.size() == 1, 0));
+      auto [err2, frob2] = errors(m, l, s.fit);
+      out[m].push_back(
+          record(m, std::move(s.fit), std::move(err2), std::move(frob2), s.candidate, final && fits.size() == 1, 0));
     }
   });
   share_table(out, mine_);
@@ -182,10 +191,10 @@ EvalTable Session::evaluate_stored(const std::function<std::vector<StoredFit>(co
 
 // A rounded fit and its per-task errors; with `store`, the fit goes to the
 // bundle writer and nothing of it is kept.
-Evaluated Session::record(size_t m, ModuleFit stored, std::vector<double> task_err2, const CandidateSpec& cs,
-                          bool store, int max_iters) const {
-  Evaluated e{cs.spec, cs.key, stored.params(), 0, std::move(task_err2), max_iters, true, cs.precision,
-              fit_bytes(stored, cs.precision, dtype_)};
+Evaluated Session::record(size_t m, ModuleFit stored, std::vector<double> task_err2, std::vector<double> task_frob2,
+                          const CandidateSpec& cs, bool store, int max_iters) const {
+  Evaluated e{cs.spec, cs.key, stored.params(), 0, std::move(task_err2), std::move(task_frob2), max_iters, true,
+              cs.precision, fit_bytes(stored, cs.precision, dtype_)};
   for (size_t i = 0; i < e.task_err2.size(); ++i) e.error += weights_[m][i] * e.task_err2[i];
   if (store && writer_) {
     const auto& mod = set_.modules()[m];
@@ -209,11 +218,29 @@ void Session::expect_layout(const std::vector<CandidateSpec>& specs, io::BundleW
   });
 }
 
-ModuleProblem Session::problem(size_t m) const {
-  ModuleProblem p;
-  p.loras = set_.load(m);
-  p.weights = weights_[m];
-  return p;
+LoadedModule Session::load(size_t m) const {
+  LoadedModule l;
+  l.p.loras = set_.load(m);
+  if (!weights_.empty()) l.p.weights = weights_[m];  // empty while the weights are computed
+  if (calibrated()) {
+    l.whitening.emplace(whitening(m));
+    l.original = l.p;
+    l.p = whitened(std::move(l.p), *l.whitening);
+  }
+  return l;
+}
+
+ModuleFit Session::stored(const LoadedModule& l, ModuleFit fit, const Precision& precision) const {
+  if (!l.whitening) return store_in_precision(l.p, std::move(fit), precision, dtype_);
+  const Whitening& w = *l.whitening;
+  return stored_values(unwhitened(store_in_precision(l.p, std::move(fit), precision, dtype_, &w), w), precision, dtype_);
+}
+
+std::pair<std::vector<double>, std::vector<double>> Session::errors(size_t m, const LoadedModule& l,
+                                                                    const ModuleFit& stored) const {
+  if (!l.whitening) return {fit_errors2(l.p, stored, &norms2_[m]), {}};
+  return {fit_errors2(l.p, whitened(stored, *l.whitening), &norms2_[m]),
+          fit_errors2(*l.original, stored, &frob_norms2_[m])};
 }
 
 MergeReport Session::report(const std::string& method, const MethodRun& run, size_t b, const Params& params,
@@ -224,13 +251,14 @@ MergeReport Session::report(const std::string& method, const MethodRun& run, siz
   r.budget = run.budgets[b];
   r.original_params = original_;
   r.params_used = params.values();
-  std::vector<double> err(set_.size(), 0.0);
+  std::vector<double> err(set_.size(), 0.0), frob(set_.size(), 0.0);
   ordered_json plan = ordered_json::array();
   for (size_t m = 0; m < run.table.size(); ++m) {
     const Evaluated& e = run.table[m][run.choice[b][m]];
     r.params += e.params;
     r.bytes += e.bytes;
     for (size_t i = 0; i < err.size(); ++i) err[i] += e.task_err2[i];
+    for (size_t i = 0; i < e.task_frob2.size(); ++i) frob[i] += e.task_frob2[i];
     const auto& mod = set_.modules()[m];
     plan.push_back(ordered_json::parse(io::plan_entry_json(mod.name, mod.in, mod.out, e.spec, e.params, e.precision)));
   }
@@ -239,13 +267,19 @@ MergeReport Session::report(const std::string& method, const MethodRun& run, siz
   r.fraction = static_cast<double>(r.params) / static_cast<double>(original_);
   r.byte_fraction = static_cast<double>(r.bytes) / static_cast<double>(original_bytes_);
   r.bf16_fraction = static_cast<double>(r.bytes) / (2.0 * static_cast<double>(original_));
-  double sum = 0;
+  double sum = 0, frob_sum = 0;
   for (size_t i = 0; i < err.size(); ++i) {
     const double rel = relative_error(err[i], total_norm2_[i]);
-    r.tasks.push_back({set_.task(i).name(), rel});
+    r.tasks.push_back({set_.task(i).name(), rel, std::nullopt});
+    if (calibrated()) {
+      r.tasks.back().frobenius_rel_error = relative_error(frob[i], frob_total_[i]);
+      frob_sum += *r.tasks.back().frobenius_rel_error;
+    }
     sum += rel;
   }
   r.mean_rel_error = sum / static_cast<double>(err.size());
+  if (calibrated()) r.mean_frobenius_rel_error = frob_sum / static_cast<double>(err.size());
+  r.warnings = warnings_;
   r.seconds = seconds;
   return r;
 }
@@ -312,6 +346,95 @@ void Session::scan_sources(bool hash) {
   }
   total_norm2_.assign(n, 0.0);
   for (size_t m = 0; m < nm; ++m) {
+    for (size_t i = 0; i < n; ++i) total_norm2_[i] += norms2_[m][i];
+  }
+}
+
+// Every task's statistics file, checked against the adapters.
+void Session::load_calibration() {
+  if (o_.calibration.empty()) return;
+  if (!(o_.shrinkage >= 0 && o_.shrinkage <= 1)) {
+    throw Error("--shrinkage must be in [0, 1], got " + std::to_string(o_.shrinkage));
+  }
+  const std::filesystem::path dir = o_.calibration;
+  if (!std::filesystem::is_directory(dir)) throw Error(dir.string(), "", "not a directory of calibration statistics");
+  std::map<std::string, size_t> module_of;
+  for (size_t m = 0; m < set_.modules().size(); ++m) module_of[set_.modules()[m].name] = m;
+  const size_t n = set_.size();
+  std::vector<std::optional<io::CalibrationStats>> stats(n);
+  calib_sha_.assign(n, "");
+  for (size_t i = 0; i < n; ++i) {
+    const std::string& task = set_.task(i).name();
+    const std::filesystem::path path = dir / (task + ".safetensors");
+    if (!std::filesystem::exists(path)) {
+      warnings_.push_back("no calibration statistics for task " + task + " (" + path.string() +
+                          "): it counts in each module's mean second moment as the identity");
+      continue;
+    }
+    io::CalibrationStats st = io::read_calibration_stats(path);
+    if (st.task != task) throw Error(path.string(), "", "statistics of task '" + st.task + "', not of '" + task + "'");
+    const std::string& base = set_.task(i).base_model();
+    if (!st.base_model.empty() && !base.empty() && st.base_model != base) {
+      throw Error(path.string(), "", "statistics of base model '" + st.base_model + "'; the adapters' is '" + base + "'");
+    }
+    for (const auto& [site, modules] : st.modules) {
+      for (const std::string& name : modules) {
+        auto it = module_of.find(name);
+        if (it == module_of.end()) throw Error(path.string(), site, "module " + name + " is not in the adapters");
+        const int64_t in = set_.modules()[it->second].in;
+        if (st.sites.at(site).in() != in) {
+          throw Error(path.string(), site + ".diagonal",
+                      "inputs " + std::to_string(st.sites.at(site).in()) + " wide; module " + name + " reads " +
+                          std::to_string(in));
+        }
+      }
+    }
+    calib_sha_[i] = util::sha256_file(path);
+    stats[i] = std::move(st);
+  }
+  if (std::none_of(stats.begin(), stats.end(), [](const auto& s) { return s.has_value(); })) {
+    throw Error(dir.string(), "", "no task has a statistics file (<task>.safetensors)");
+  }
+  calib_ = std::move(stats);
+}
+
+// The tasks' mean second moment on module m, each normalised to trace `in`
+// (the identity's: a task without statistics counts as the identity), then
+// shrunk towards the identity.
+Whitening Session::whitening(size_t m) const {
+  const auto& mod = set_.modules()[m];
+  const auto in = static_cast<Eigen::Index>(mod.in);
+  Eigen::MatrixXd c = Eigen::MatrixXd::Zero(in, in);
+  for (const auto& st : calib_) {
+    const io::InputStats* s = st ? st->for_module(mod.name) : nullptr;
+    const double trace = s ? s->trace() : 0.0;
+    if (trace > 0) {
+      c += s->dense() * (static_cast<double>(in) / trace);
+    } else {
+      c.diagonal().array() += 1.0;
+    }
+  }
+  c /= static_cast<double>(calib_.size());
+  return Whitening(shrink(c, o_.shrinkage));
+}
+
+// Update norms in the calibrated metric (the task weights' and relative
+// errors' denominators); the Frobenius ones are kept for the reports.
+void Session::calibrated_norms() {
+  frob_norms2_ = norms2_;
+  frob_total_ = total_norm2_;
+  const size_t nm = set_.modules().size(), n = set_.size();
+  std::vector<double> all(nm * n, 0.0);
+  dist::checked([&] {
+    for_each_item(mine_, threads_, nullptr, [&](size_t m) {
+      const std::vector<double> norms = update_norms2(load(m).p);
+      std::copy(norms.begin(), norms.end(), all.begin() + static_cast<ptrdiff_t>(m * n));
+    });
+  });
+  dist::allreduce_sum(all);  // each module's entries are non-zero on its rank only: the sums are exact
+  total_norm2_.assign(n, 0.0);
+  for (size_t m = 0; m < nm; ++m) {
+    norms2_[m].assign(all.begin() + static_cast<ptrdiff_t>(m * n), all.begin() + static_cast<ptrdiff_t>((m + 1) * n));
     for (size_t i = 0; i < n; ++i) total_norm2_[i] += norms2_[m][i];
   }
 }

@@ -18,9 +18,19 @@
 
 #include "hydraopt/merge.h"
 #include "io/bundle.h"
+#include "io/calibration.h"
+#include "methods/whitening.h"
 #include "plan/registry.h"
 
 namespace hydraopt::engine {
+
+/// One module's tasks as the fits see them: whitened when calibrated, with
+/// what maps a fit back and the problem as read.
+struct LoadedModule {
+  ModuleProblem p;
+  std::optional<Whitening> whitening;     ///< calibrated only
+  std::optional<ModuleProblem> original;  ///< calibrated only: as read
+};
 
 class Session final : public MethodContext {
  public:
@@ -64,8 +74,15 @@ class Session final : public MethodContext {
   /// Fixes the bundle's layout when every module's structure is known and
   /// none is written yet, so modules go straight to their places.
   void expect_layout(const std::vector<CandidateSpec>& specs, io::BundleWriter* writer) const;
-  /// Task i's factors on module m, with the task weights.
-  ModuleProblem problem(size_t m) const;
+  /// Module m's factors, with the task weights, as the fits see them.
+  LoadedModule load(size_t m) const;
+  /// load(m).p
+  ModuleProblem problem(size_t m) const { return load(m).p; }
+  /// The fit of l.p as the bundle stores it (unwhitened when calibrated).
+  ModuleFit stored(const LoadedModule& l, ModuleFit fit, const Precision& precision) const;
+  bool calibrated() const { return !calib_.empty(); }
+  /// Each task's calibration file's SHA-256 ("" without one), when calibrated.
+  const std::vector<std::string>& calibration_sha256() const { return calib_sha_; }
   /// specs(m, shape(m)) for every module (errors in them stop every rank).
   std::vector<std::vector<CandidateSpec>> spec_lists(
       const std::function<std::vector<CandidateSpec>(size_t, const ModuleShape&)>& specs) const;
@@ -76,8 +93,15 @@ class Session final : public MethodContext {
   const std::vector<std::string>& source_sha256() const { return sha_; }
 
  private:
-  Evaluated record(size_t m, ModuleFit stored, std::vector<double> task_err2, const CandidateSpec& cs, bool store,
-                   int max_iters) const;
+  Evaluated record(size_t m, ModuleFit stored, std::vector<double> task_err2, std::vector<double> task_frob2,
+                   const CandidateSpec& cs, bool store, int max_iters) const;
+  /// A stored fit's errors per task: in the fit's metric, and (calibrated)
+  /// in the Frobenius metric.
+  std::pair<std::vector<double>, std::vector<double>> errors(size_t m, const LoadedModule& l,
+                                                             const ModuleFit& stored) const;
+  void load_calibration();
+  Whitening whitening(size_t m) const;
+  void calibrated_norms();
   void partition_modules();
   void choose_spread();
   void load_groups();
@@ -101,6 +125,11 @@ class Session final : public MethodContext {
   std::vector<double> total_norm2_;
   std::vector<std::vector<double>> weights_;  // [module][task]
   std::vector<std::string> sha_;  // [task] the sources' SHA-256, when asked
+  std::vector<std::optional<io::CalibrationStats>> calib_;  // [task] when calibrated
+  std::vector<std::string> calib_sha_;                      // [task]
+  std::vector<std::vector<double>> frob_norms2_;            // [module][task] calibrated: Frobenius
+  std::vector<double> frob_total_;
+  std::vector<std::string> warnings_;
   io::BundleWriter* writer_ = nullptr;
 };
 

@@ -37,7 +37,8 @@ struct Evaluated {
   std::string key;                ///< the candidate's key (equal across modules)
   int64_t params = 0;             ///< stored numbers
   double error = 0;               ///< sum_i w_i ||dW_i - dW_hat_i||^2
-  std::vector<double> task_err2;  ///< ||dW_i - dW_hat_i||^2 per task (measured only)
+  std::vector<double> task_err2;  ///< ||dW_i - dW_hat_i||^2 per task (measured only), in the fit's metric
+  std::vector<double> task_frob2;  ///< calibrated fits: the same in the Frobenius metric
   int max_iters = 0;              ///< ALS iterations the fit was allowed
   bool measured = true;           ///< false: error is a prediction
   Precision precision;            ///< how the roles are stored

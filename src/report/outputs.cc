@@ -21,8 +21,16 @@ std::string report_json(const MergeReport& r, bool with_plan) {
                       {"byte_fraction", r.byte_fraction},
                       {"bf16_fraction", r.bf16_fraction}}},
                     {"mean_rel_error", r.mean_rel_error}};
+  // Calibrated merges: rel_error is in the calibrated metric, and the
+  // Frobenius errors come beside it.
+  if (r.mean_frobenius_rel_error) j["mean_frobenius_rel_error"] = *r.mean_frobenius_rel_error;
   j["tasks"] = ordered_json::array();
-  for (auto& t : r.tasks) j["tasks"].push_back({{"name", t.name}, {"rel_error", t.rel_error}});
+  for (auto& t : r.tasks) {
+    ordered_json task = {{"name", t.name}, {"rel_error", t.rel_error}};
+    if (t.frobenius_rel_error) task["frobenius_rel_error"] = *t.frobenius_rel_error;
+    j["tasks"].push_back(task);
+  }
+  if (!r.warnings.empty()) j["warnings"] = r.warnings;
   j["seconds"] = r.seconds;
   j["parameters"] = r.params_used;
   if (with_plan) j["plan"] = ordered_json::parse(r.plan_json);

@@ -98,7 +98,7 @@ VerifyReport verify_bundle(const fs::path& bundle, const std::vector<std::string
   double sum = 0;
   for (size_t i = 0; i < b.tasks.size(); ++i) {
     const double rel = relative_error(err[i], norm[i]);
-    r.tasks.push_back({b.tasks[i].name, rel});
+    r.tasks.push_back({b.tasks[i].name, rel, std::nullopt});
     sum += rel;
   }
   r.mean_rel_error = sum / static_cast<double>(b.tasks.size());

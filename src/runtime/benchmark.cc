@@ -74,10 +74,10 @@ SetProfile set_profile(const std::string& name, const AdapterSet& set, const fs:
   return p;
 }
 
-TaskExamples load_task(const fs::path& dir, int limit) {
+TaskExamples load_task(const fs::path& dir, int limit, const std::string& name) {
   TaskExamples t;
   t.name = dir.filename().string();
-  const fs::path file = dir / "test.jsonl";
+  const fs::path file = dir / name;
   std::ifstream in(file);
   if (!in) throw Error(file.string(), "", "cannot open");
   std::string line;
@@ -211,6 +211,10 @@ DemoPoint parse_demo_point(const std::string& text) {
   };
   if (at == std::string::npos) throw bad("no '@'");
   DemoPoint p{text.substr(0, at), 0.0};
+  if (p.method.size() > 4 && p.method.compare(p.method.size() - 4, 4, "+cal") == 0) {
+    p.method.resize(p.method.size() - 4);
+    p.calibrated = true;
+  }
   if (!find_method(p.method)) throw bad("unknown method '" + p.method + "' (see hydraopt methods)");
   std::string budget = text.substr(at + 1);
   // Named storages, in DemoPoint::budget's encoding.
@@ -285,13 +289,29 @@ BenchmarkResult run_benchmark(const BenchmarkOptions& o) {
   std::vector<fs::path> bundles(o.points.size());
   for (size_t i = 0; i < o.points.size(); ++i) bundles[i] = tmp / fmt::format("bundle{}.safetensors", i);
   std::vector<bool> done(o.points.size(), false);
+  // Calibrated points: every task's statistics, from its own adapter.
+  const fs::path stats = tmp / "calibration";
+  if (std::any_of(o.points.begin(), o.points.end(), [](const DemoPoint& p) { return p.calibrated; })) {
+    CalibrateOptions co;
+    co.model = o.assets / "model";
+    co.data = o.assets / "tasks";
+    co.out = stats;
+    for (const Adapter& a : set.tasks()) co.adapters.push_back(a.name() + "=" + a.dir().string());
+    co.examples = o.calibration_examples;
+    co.threads = o.threads;
+    calibrate(co);
+    log(fmt::format("calibration statistics of every task ({} examples each)", o.calibration_examples));
+  }
   for (size_t i = 0; i < o.points.size(); ++i) {
     if (done[i]) continue;
     std::vector<size_t> same;
     std::vector<double> budgets;
     std::vector<fs::path> paths;
     for (size_t j = i; j < o.points.size(); ++j) {
-      if (o.points[j].method != o.points[i].method || o.points[j].unit != o.points[i].unit) continue;
+      if (o.points[j].method != o.points[i].method || o.points[j].unit != o.points[i].unit ||
+          o.points[j].calibrated != o.points[i].calibrated) {
+        continue;
+      }
       const double budget = o.points[j].budget;
       same.push_back(j);
       done[j] = true;
@@ -306,6 +326,10 @@ BenchmarkResult run_benchmark(const BenchmarkOptions& o) {
     mo.unit = o.points[i].unit;
     mo.dtype = DType::BF16;
     mo.threads = o.threads;
+    if (o.points[i].calibrated) {
+      mo.calibration = stats.string();
+      mo.shrinkage = o.shrinkage;
+    }
     auto reports = merge(set, mo, budgets, paths);
     for (size_t j = 0; j < same.size(); ++j) merged[same[j]] = std::move(reports[j]);
   }

@@ -91,8 +91,10 @@ struct Model::Impl {
   // Returns the logits of rows from[q] on of each sequence q (all rows
   // without `from`): the last layer computes only those rows' queries,
   // attention and MLP (every row's keys and values are still attended to).
+  //
+  // With `sites`, every linear module's input is added to them.
   MatrixXf forward(const std::vector<std::vector<int>>& seqs, const Deltas* d,
-                   const std::vector<int64_t>* from = nullptr) const {
+                   const std::vector<int64_t>* from = nullptr, InputSites* sites = nullptr) const {
     const int64_t D = cfg.hidden;
     if (from && from->size() != seqs.size()) throw std::invalid_argument("forward: one first row per sequence");
     std::vector<int64_t> start;
@@ -132,11 +134,22 @@ struct Model::Impl {
     }
     if (T == 0 || (from && kept.empty())) return MatrixXf(0, cfg.vocab);
     const std::vector<int64_t> none(seqs.size(), 0);
+    auto record = [&](const std::string& p, std::vector<std::string> modules, const MatrixXf& in) {
+      if (!sites) return;
+      InputSite& s = (*sites)[p + modules[0]];
+      if (s.modules.empty()) {
+        for (auto& m : modules) s.modules.push_back(p + m);
+        s.xtx = Eigen::MatrixXd::Zero(in.cols(), in.cols());
+      }
+      s.xtx += (in.transpose() * in).cast<double>();
+      s.rows += in.rows();
+    };
     for (size_t l = 0; l < layers.size(); ++l) {
       const bool last = from && l + 1 == layers.size();
       const Layer& L = layers[l];
       const std::string p = "model.layers." + std::to_string(l) + ".";
       MatrixXf h = rms_norm(x, L.norm1, cfg.rms_eps);
+      record(p, {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"}, h);
       MatrixXf k = linear(h, L.k, p + "self_attn.k_proj", d);
       MatrixXf v = linear(h, L.v, p + "self_attn.v_proj", d);
       rope(&k, cfg.kv_heads, pos);
@@ -146,11 +159,15 @@ struct Model::Impl {
       }
       MatrixXf q = linear(h, L.q, p + "self_attn.q_proj", d);
       rope(&q, cfg.heads, last ? kept_pos : pos);
-      x += linear(attention(q, k, v, start, last ? *from : none), L.o, p + "self_attn.o_proj", d);
+      const MatrixXf att = attention(q, k, v, start, last ? *from : none);
+      record(p, {"self_attn.o_proj"}, att);
+      x += linear(att, L.o, p + "self_attn.o_proj", d);
       MatrixXf h2 = rms_norm(x, L.norm2, cfg.rms_eps);
+      record(p, {"mlp.gate_proj", "mlp.up_proj"}, h2);
       MatrixXf g = linear(h2, L.gate, p + "mlp.gate_proj", d);
       MatrixXf u = linear(h2, L.up, p + "mlp.up_proj", d);
       MatrixXf act = (g.array() / (1.0f + (-g.array()).exp()) * u.array()).matrix();  // SiLU(g) * u
+      record(p, {"mlp.down_proj"}, act);
       x += linear(act, L.down, p + "mlp.down_proj", d);
     }
     return rms_norm(x, final_norm, cfg.rms_eps) * lm_head.transpose();
@@ -251,6 +268,11 @@ std::vector<int> Model::generate(const std::vector<int>& prompt, int max_new, co
     seq.push_back(static_cast<int>(best));
   }
   return out;
+}
+
+void Model::add_input_moments(const std::vector<std::vector<int>>& seqs, const Deltas* deltas,
+                              InputSites* sites) const {
+  impl_->forward(seqs, deltas, nullptr, sites);
 }
 
 bool Model::greedy_matches(const std::vector<int>& prompt, const std::vector<int>& answer, const Deltas* deltas) const {

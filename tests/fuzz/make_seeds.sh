@@ -9,7 +9,7 @@ out=$2
 src=$(cd "$(dirname "$0")/../.." && pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$out"/{safetensors,peft_config,pattern,bundle,llama_config,quant}
+mkdir -p "$out"/{safetensors,peft_config,pattern,bundle,llama_config,quant,calibration}
 
 # Small real adapters (tiny preset, rank 1: ~4 KB each) and bundles of them.
 "$cli" synth "$work/s" --preset tiny --tasks 4 --rank 1 --seed 7 2>/dev/null
@@ -107,3 +107,32 @@ KEYS
   printf '\x00\x3c%.0s' 1 2 3 4; } > "$out/quant/int3-g32-sym"
 { printf '\x02\x01\x00\x03\x46\x69\x00\x06\x00'; head -c 105 /dev/zero | tr '\0' '\123'
   printf '\x00\x2c%.0s' 1 2 3 4 5 6; printf '\x00\xbc%.0s' 1 2 3 4 5 6; } > "$out/quant/int4-g64-asym"
+
+# Calibration statistics (src/io/calibration.h), written by hand: one
+# attention site (k 2 of in 4), a k = 0 site beside it, and a full-rank one.
+python3 - "$out/calibration" <<'PY'
+import json, struct, sys
+def write(path, sites):
+    meta = {"format": "hydraopt-calibration", "version": "1", "task": "seed", "base_model": "tiny",
+            "examples": "3", "rows": "96", "sites": json.dumps({s: m for s, (m, _, _, _) in sites.items()})}
+    tensors = {}
+    for s, (_, values, vectors, diagonal) in sites.items():
+        tensors[s + ".values"] = ([len(values)], values)
+        tensors[s + ".vectors"] = ([len(vectors), len(diagonal)], [x for row in vectors for x in row])
+        tensors[s + ".diagonal"] = ([len(diagonal)], diagonal)
+    header, data = {"__metadata__": meta}, b""
+    for name in sorted(tensors):
+        shape, xs = tensors[name]
+        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [len(data), len(data) + 4 * len(xs)]}
+        data += struct.pack("<%df" % len(xs), *xs)
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-(8 + len(h)) % 8)
+    open(path, "wb").write(struct.pack("<Q", len(h)) + h + data)
+attn = (["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj", "model.layers.0.self_attn.v_proj"],
+        [5.0, 2.0], [[0.6, 0.8, 0, 0], [0, 0, 0.8, -0.6]], [0.1, 0.2, 0.0, 0.4])
+mlp = (["model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj"], [], [], [1.0, 2.0, 3.0])
+write(sys.argv[1] + "/one-site", {"model.layers.0.self_attn.q_proj": attn})
+write(sys.argv[1] + "/two-sites", {"model.layers.0.self_attn.q_proj": attn, "model.layers.0.mlp.gate_proj": mlp})
+write(sys.argv[1] + "/full-rank", {"model.layers.1.self_attn.q_proj": (["model.layers.1.self_attn.q_proj"],
+      [3.0, 3.0, 1.0], [[0, 1, 0], [1, 0, 0], [0, 0, -1]], [0.0, 0.0, 0.0])})
+PY

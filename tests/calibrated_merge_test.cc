@@ -1,0 +1,279 @@
+// Calibrated merges (merge --calibration, issue 19) against dense
+// references on small sizes: the whitened closed form, the identity's
+// equality with the data-free fit, and the statistics' rejection.
+#include <gtest/gtest.h>
+
+#include <Eigen/Eigenvalues>
+#include <Eigen/SVD>
+#include <cmath>
+#include <map>
+
+#include "core/quant.h"
+#include "hydraopt/adapter.h"
+#include "hydraopt/calibration.h"
+#include "hydraopt/merge.h"
+#include "io/calibration.h"
+#include "methods/precision.h"
+#include "methods/structures.h"
+#include "methods/whitening.h"
+#include "test_util.h"
+
+namespace hydraopt {
+namespace {
+
+using Eigen::MatrixXd;
+namespace fs = std::filesystem;
+
+const AdapterSet& tiny() {
+  static const AdapterSet set = AdapterSet::open(test::synth_specs(4));
+  return set;
+}
+
+// A random second moment of full rank with an uneven spectrum.
+MatrixXd random_moment(Eigen::Index in, uint64_t seed) {
+  const MatrixXd x = test::random_matrix(3 * in, in, seed);
+  MatrixXd c = x.transpose() * x / static_cast<double>(3 * in);
+  Eigen::VectorXd scale(in);
+  for (Eigen::Index j = 0; j < in; ++j) scale[j] = std::exp(-3.0 * static_cast<double>(j) / static_cast<double>(in));
+  return scale.asDiagonal() * c * scale.asDiagonal();
+}
+
+// Writes DIR/<task>.safetensors for every task, one site per module; the
+// moments are moment(task, module) (given as X^T X over one row).
+void write_stats(const fs::path& dir, const AdapterSet& set,
+                 const std::function<MatrixXd(size_t, size_t)>& moment) {
+  fs::create_directories(dir);
+  for (size_t i = 0; i < set.size(); ++i) {
+    CalibrationFile f{set.task(i).name(), set.task(i).base_model(), 8, {}};
+    for (size_t m = 0; m < set.modules().size(); ++m) {
+      const auto& mod = set.modules()[m];
+      f.sites[mod.name] = {{mod.name}, moment(i, m), 1};
+    }
+    write_calibration(dir / (f.task + ".safetensors"), f, 1 << 20);
+  }
+}
+
+MatrixXd sqrtm(const MatrixXd& c, double power) {
+  Eigen::SelfAdjointEigenSolver<MatrixXd> eig(c);
+  return eig.eigenvectors() * eig.eigenvalues().array().pow(power).matrix().asDiagonal() *
+         eig.eigenvectors().transpose();
+}
+
+TEST(Whitening, RootsOfTheMoment) {
+  const MatrixXd c = random_moment(12, 3) + 1e-3 * MatrixXd::Identity(12, 12);
+  const Whitening w(c);
+  const MatrixXd eye = MatrixXd::Identity(12, 12);
+  const MatrixXd root = w.whiten(eye), inv = w.unwhiten(eye);
+  EXPECT_LT((root * root - c).norm(), 1e-10 * c.norm());
+  EXPECT_LT((root * inv - eye).norm(), 1e-9);
+  EXPECT_LT((root - root.transpose()).norm(), 1e-12);
+}
+
+TEST(Whitening, ShrinkageKeepsTheTrace) {
+  const MatrixXd c = random_moment(10, 4);
+  const MatrixXd s = shrink(c, 0.3);
+  EXPECT_NEAR(s.trace(), c.trace(), 1e-12 * c.trace());
+  EXPECT_LT((shrink(c, 1.0) - c.trace() / 10 * MatrixXd::Identity(10, 10)).norm(), 1e-12);
+  EXPECT_THROW(Whitening(MatrixXd::Zero(3, 3)), Error);
+}
+
+// The hydra point in the calibrated metric is the dense whitened SVD's:
+// with C the tasks' mean normalised moment, shrunk, the shared body is
+// the top-r right singular subspace of [sqrt(w_i) dW_i C^{1/2}], w_i in
+// the calibrated metric.
+TEST(CalibratedMerge, HydraPointIsTheWhitenedSvd) {
+  const AdapterSet& set = tiny();
+  test::TempDir d;
+  const size_t n = set.size(), nm = set.modules().size();
+  std::vector<std::vector<MatrixXd>> moments(n);
+  for (size_t i = 0; i < n; ++i) {
+    for (size_t m = 0; m < nm; ++m) moments[i].push_back(random_moment(set.modules()[m].in, 100 * i + m + 1));
+  }
+  write_stats(d / "stats", set, [&](size_t i, size_t m) { return moments[i][m]; });
+  // The reference takes the moments as stored (single precision).
+  for (size_t i = 0; i < n; ++i) {
+    const io::CalibrationStats st = io::read_calibration_stats(d / "stats" / (set.task(i).name() + ".safetensors"));
+    for (size_t m = 0; m < nm; ++m) {
+      const MatrixXd stored = st.for_module(set.modules()[m].name)->dense();
+      EXPECT_LT((stored - moments[i][m]).norm(), 1e-2 * moments[i][m].norm());  // the sketch drops 1e-3 of the trace
+      moments[i][m] = stored;
+    }
+  }
+  const double alpha = 0.2;
+  // Dense reference.
+  std::vector<MatrixXd> c(nm);
+  for (size_t m = 0; m < nm; ++m) {
+    const auto in = set.modules()[m].in;
+    MatrixXd mean = MatrixXd::Zero(in, in);
+    for (size_t i = 0; i < n; ++i) mean += moments[i][m] * (static_cast<double>(in) / moments[i][m].trace());
+    mean /= static_cast<double>(n);
+    c[m] = (1 - alpha) * mean + alpha * (mean.trace() / static_cast<double>(in)) * MatrixXd::Identity(in, in);
+  }
+  std::vector<double> cal_norm(n, 0.0), frob_norm(n, 0.0), cal_err(n, 0.0), frob_err(n, 0.0);
+  std::vector<std::vector<MatrixXd>> dw(nm);
+  for (size_t m = 0; m < nm; ++m) {
+    const auto loras = set.load(m);
+    const MatrixXd root = sqrtm(c[m], 0.5);
+    for (size_t i = 0; i < n; ++i) {
+      dw[m].push_back(loras[i].scale * loras[i].B * loras[i].A);
+      cal_norm[i] += (dw[m][i] * root).squaredNorm();
+      frob_norm[i] += dw[m][i].squaredNorm();
+    }
+  }
+  for (size_t m = 0; m < nm; ++m) {
+    const auto& mod = set.modules()[m];
+    const MatrixXd root = sqrtm(c[m], 0.5), inv = sqrtm(c[m], -0.5);
+    MatrixXd stack(n * mod.out, mod.in);
+    for (size_t i = 0; i < n; ++i) stack.middleRows(i * mod.out, mod.out) = dw[m][i] * root / std::sqrt(cal_norm[i]);
+    Eigen::JacobiSVD<MatrixXd> svd(stack, Eigen::ComputeThinV);
+    const int64_t r = set.load(m)[0].rank();
+    const MatrixXd v = svd.matrixV().leftCols(r);
+    for (size_t i = 0; i < n; ++i) {
+      const MatrixXd hat = dw[m][i] * root * v * v.transpose() * inv;
+      cal_err[i] += ((dw[m][i] - hat) * root).squaredNorm();
+      frob_err[i] += (dw[m][i] - hat).squaredNorm();
+    }
+  }
+  MergeOptions o;
+  o.method = "hydra";
+  o.calibration = (d / "stats").string();
+  o.shrinkage = alpha;
+  o.dtype = DType::F64;
+  const MergeReport r = merge(set, o, "");
+  ASSERT_TRUE(r.mean_frobenius_rel_error.has_value());
+  for (size_t i = 0; i < n; ++i) {
+    const double cal = std::sqrt(cal_err[i] / cal_norm[i]), frob = std::sqrt(frob_err[i] / frob_norm[i]);
+    EXPECT_NEAR(r.tasks[i].rel_error, cal, 1e-6 * (1 + cal)) << i;
+    ASSERT_TRUE(r.tasks[i].frobenius_rel_error.has_value());
+    EXPECT_NEAR(*r.tasks[i].frobenius_rel_error, frob, 1e-6 * (1 + frob)) << i;
+  }
+  EXPECT_TRUE(r.warnings.empty());
+}
+
+// Identity statistics (C_i = I): every calibrated fit is the data-free one.
+TEST(CalibratedMerge, IdentityStatisticsGiveTheDataFreeFit) {
+  const AdapterSet& set = tiny();
+  test::TempDir d;
+  write_stats(d / "stats", set, [&](size_t, size_t m) {
+    const auto in = set.modules()[m].in;
+    return MatrixXd(2.5 * MatrixXd::Identity(in, in));
+  });
+  for (const char* method : {"hydra", "hydraopt", "jd-full", "ta"}) {
+    for (double budget : {0.3, 0.6}) {
+      MergeOptions o;
+      o.method = method;
+      o.budget = budget;
+      o.dtype = DType::F64;
+      const MergeReport free = merge(set, o, "");
+      o.calibration = (d / "stats").string();
+      o.shrinkage = 0.0;
+      const MergeReport cal = merge(set, o, "");
+      EXPECT_EQ(cal.params, free.params) << method << " " << budget;
+      for (size_t i = 0; i < set.size(); ++i) {
+        EXPECT_NEAR(cal.tasks[i].rel_error, free.tasks[i].rel_error, 1e-9) << method << " " << budget;
+        EXPECT_NEAR(*cal.tasks[i].frobenius_rel_error, free.tasks[i].rel_error, 1e-9) << method << " " << budget;
+      }
+    }
+  }
+}
+
+// Full shrinkage (C -> (tr C / in) I) is the data-free fit too.
+TEST(CalibratedMerge, FullShrinkageIsDataFree) {
+  const AdapterSet& set = tiny();
+  test::TempDir d;
+  write_stats(d / "stats", set, [&](size_t i, size_t m) { return random_moment(set.modules()[m].in, 7 * i + m); });
+  MergeOptions o;
+  o.budget = 0.4;
+  o.dtype = DType::F64;
+  const MergeReport free = merge(set, o, "");
+  o.calibration = (d / "stats").string();
+  o.shrinkage = 1.0;
+  const MergeReport cal = merge(set, o, "");
+  EXPECT_NEAR(cal.mean_rel_error, free.mean_rel_error, 1e-9);
+  ASSERT_TRUE(cal.mean_frobenius_rel_error.has_value());
+  EXPECT_NEAR(*cal.mean_frobenius_rel_error, free.mean_rel_error, 1e-9);
+}
+
+TEST(CalibratedMerge, MissingTaskIsAWarning) {
+  const AdapterSet& set = tiny();
+  test::TempDir d;
+  write_stats(d / "stats", set, [&](size_t i, size_t m) { return random_moment(set.modules()[m].in, 3 * i + m); });
+  fs::remove(d / "stats" / (set.task(1).name() + ".safetensors"));
+  MergeOptions o;
+  o.method = "hydra";
+  o.calibration = (d / "stats").string();
+  const MergeReport r = merge(set, o, "");
+  ASSERT_EQ(r.warnings.size(), 1u);
+  EXPECT_NE(r.warnings[0].find(set.task(1).name()), std::string::npos);
+}
+
+// Bad statistics: one line naming the file (and the site), nothing written.
+TEST(CalibratedMerge, BadStatisticsAreRejected) {
+  const AdapterSet& set = tiny();
+  test::TempDir d;
+  const fs::path out = d / "out.safetensors";
+  auto attempt = [&](const fs::path& stats, double shrinkage = 0.1) {
+    MergeOptions o;
+    o.method = "hydra";
+    o.calibration = stats.string();
+    o.shrinkage = shrinkage;
+    return test::error_of([&] { merge(set, o, out.string()); });
+  };
+  const auto& mod = set.modules()[0];
+  auto one = [&](const fs::path& dir, const std::string& task, const std::string& base, const std::string& module,
+                 Eigen::Index in) {
+    fs::create_directories(dir);
+    CalibrationFile f{task, base, 8, {}};
+    f.sites[module] = {{module}, MatrixXd::Identity(in, in), 1};
+    write_calibration(dir / (set.task(0).name() + ".safetensors"), f, 1 << 20);
+  };
+  const std::string task = set.task(0).name(), base = set.task(0).base_model();
+  one(d / "width", task, base, mod.name, mod.in + 1);
+  std::string e = attempt(d / "width");
+  EXPECT_NE(e.find("width/" + task + ".safetensors"), std::string::npos) << e;
+  EXPECT_NE(e.find(mod.name), std::string::npos) << e;
+  one(d / "module", task, base, "model.layers.99.nothing", mod.in);
+  e = attempt(d / "module");
+  EXPECT_NE(e.find("not in the adapters"), std::string::npos) << e;
+  one(d / "task", "someone-else", base, mod.name, mod.in);
+  e = attempt(d / "task");
+  EXPECT_NE(e.find("someone-else"), std::string::npos) << e;
+  one(d / "base", task, "another/model", mod.name, mod.in);
+  e = attempt(d / "base");
+  EXPECT_NE(e.find("another/model"), std::string::npos) << e;
+  fs::create_directories(d / "empty");
+  e = attempt(d / "empty");
+  EXPECT_NE(e.find("no task has a statistics file"), std::string::npos) << e;
+  e = attempt(d / "nowhere");
+  EXPECT_NE(e.find("not a directory"), std::string::npos) << e;
+  e = attempt(d / "width", 1.5);
+  EXPECT_NE(e.find("--shrinkage"), std::string::npos) << e;
+  EXPECT_FALSE(fs::exists(out));
+}
+
+// With the identity as the metric, the calibrated quantization-aware store
+// is today's.
+TEST(CalibratedPrecision, IdentityWhiteningIsTodaysStore) {
+  ModuleProblem p;
+  const MatrixXd a0 = test::random_matrix(4, 64, 5);
+  for (int i = 0; i < 5; ++i) {
+    p.loras.push_back({a0 + 0.3 * test::random_matrix(4, 64, 10 + i), 0.1 * test::random_matrix(40, 4, 20 + i), 1.5});
+    p.weights.push_back(1.0 + 0.1 * i);
+  }
+  const Whitening eye(MatrixXd::Identity(64, 64));
+  const QuantFormat int4{4, 32, true};
+  for (const StructureSpec s : {StructureSpec{Family::kSharedA, 4, 0}, StructureSpec{Family::kSharedB, 4, 0},
+                                StructureSpec{Family::kSharedACore, 8, 0}}) {
+    ModuleFitter fitter(p, {});
+    const ModuleFit fit = fitter.fit(s);
+    const Precision pr{int4, int4, int4};
+    const ModuleFit a = store_in_precision(p, fit, pr, DType::F32);
+    const ModuleFit b = stored_values(unwhitened(store_in_precision(p, fit, pr, DType::F32, &eye), eye), pr, DType::F32);
+    ASSERT_EQ(a.heads.size(), b.heads.size());
+    for (size_t j = 0; j < a.heads.size(); ++j) EXPECT_LT((a.heads[j] - b.heads[j]).norm(), 1e-6 * a.heads[j].norm());
+    for (size_t j = 0; j < a.bodies.size(); ++j) EXPECT_LT((a.bodies[j] - b.bodies[j]).norm(), 1e-6 * a.bodies[j].norm());
+  }
+}
+
+}  // namespace
+}  // namespace hydraopt
