@@ -337,9 +337,12 @@ PYBIND11_MODULE(_hydraopt, m) {
       [](const py::iterable& adapters, const std::optional<std::vector<std::string>>& methods,
          const std::vector<double>& budgets, const std::string& share, const std::string& weights,
          const std::optional<std::string>& groups, int threads, const std::optional<std::string>& dtype,
-         const std::optional<py::dict>& params, bool skip_unmergeable, const std::string& unit) {
+         const std::optional<py::dict>& params, bool skip_unmergeable, const std::string& unit,
+         const std::optional<std::string>& calibration, double shrinkage) {
         hydraopt::MergeOptions o;
         o.unit = parse_unit(unit);
+        o.calibration = calibration.value_or("");
+        o.shrinkage = shrinkage;
         o.share = share;
         o.weights = weights;
         o.groups_file = groups.value_or("");
@@ -367,14 +370,15 @@ PYBIND11_MODULE(_hydraopt, m) {
       "adapters"_a, "methods"_a = py::none(),
       "budgets"_a = std::vector<double>{0.05, 0.1, 0.2, 0.3, 0.4, 0.52, 0.6, 0.8, 1.0}, "share"_a = "auto",
       "weights"_a = "balanced", "groups"_a = py::none(), "threads"_a = 0, "dtype"_a = py::none(),
-      "params"_a = py::none(), "skip_unmergeable"_a = false, "unit"_a = "params",
+      "params"_a = py::none(), "skip_unmergeable"_a = false, "unit"_a = "params", "calibration"_a = py::none(),
+      "shrinkage"_a = 0.1,
       "Evaluates every (method, budget) without writing bundles, as `hydraopt sweep`: a list of\n"
       "report dicts (as merge()'s report), per method in the budgets' order. unit: 'params'\n"
       "(budgets are fractions of the parameters) or 'bytes' (of a bf16 copy's bytes; factors may\n"
       "be stored as integers). methods: names from\n"
       "methods() (default: all); a method whose storage does not follow the budget gives one\n"
       "report at its own storage. params: given to every method, so name only parameters all of\n"
-      "them take.");
+      "them take. calibration, shrinkage: as merge().");
 
   m.def(
       "merge",
@@ -383,9 +387,11 @@ PYBIND11_MODULE(_hydraopt, m) {
          const std::optional<std::string>& groups, const std::optional<std::string>& plan,
          int threads, const std::optional<std::string>& dtype,
          const std::optional<py::dict>& params, const py::object& output, bool skip_unmergeable,
-         const std::string& unit) {
+         const std::string& unit, const std::optional<std::string>& calibration, double shrinkage) {
         hydraopt::MergeOptions o;
         o.unit = parse_unit(unit);
+        o.calibration = calibration.value_or("");
+        o.shrinkage = shrinkage;
         o.method = method;
         o.budget = budget;
         o.budget_bytes = budget_bytes;
@@ -412,7 +418,7 @@ PYBIND11_MODULE(_hydraopt, m) {
       "adapters"_a, "budget"_a = py::none(), "method"_a = "hydraopt", "budget_bytes"_a = py::none(),
       "share"_a = "auto", "weights"_a = "balanced", "groups"_a = py::none(), "plan"_a = py::none(),
       "threads"_a = 0, "dtype"_a = py::none(), "params"_a = py::none(), "output"_a = py::none(),
-      "skip_unmergeable"_a = false, "unit"_a = "params",
+      "skip_unmergeable"_a = false, "unit"_a = "params", "calibration"_a = py::none(), "shrinkage"_a = 0.1,
       "Merges adapters (paths, 'NAME=DIR' strings or Adapter objects) into a Bundle, as `hydraopt "
       "merge`.\n"
       "budget: fraction of the original LoRA parameter count (unit='params') or of the bytes of a\n"
@@ -420,7 +426,8 @@ PYBIND11_MODULE(_hydraopt, m) {
       "budget_bytes); weights: 'balanced', 'module' (each module of each task balanced on its own),\n"
       "'uniform' or a JSON file, as --weights; params: method parameters by name\n"
       "(see methods()); output: where to write the bundle (default: a temporary file owned by the\n"
-      "returned Bundle). Raises hydraopt.Error on bad input.");
+      "returned Bundle); calibration: a directory of statistics files (`hydraopt calibrate`), as\n"
+      "--calibration, with shrinkage as --shrinkage. Raises hydraopt.Error on bad input.");
 
   m.def(
       "inspect",

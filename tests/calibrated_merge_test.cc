@@ -12,7 +12,10 @@
 #include "hydraopt/adapter.h"
 #include "hydraopt/calibration.h"
 #include "hydraopt/merge.h"
+#include "io/bundle.h"
 #include "io/calibration.h"
+#include "util/sha256.h"
+#include <nlohmann/json.hpp>
 #include "methods/precision.h"
 #include "methods/structures.h"
 #include "methods/whitening.h"
@@ -249,6 +252,62 @@ TEST(CalibratedMerge, BadStatisticsAreRejected) {
   e = attempt(d / "width", 1.5);
   EXPECT_NE(e.find("--shrinkage"), std::string::npos) << e;
   EXPECT_FALSE(fs::exists(out));
+}
+
+// Rewrites the hydraopt metadata of a bundle file through `edit`.
+void rewrite_metadata(const fs::path& path, const std::function<void(nlohmann::ordered_json&)>& edit) {
+  std::string image = test::read_text(path);
+  auto st = io::SafetensorsFile::parse({reinterpret_cast<const std::byte*>(image.data()), image.size()}, "t");
+  auto j = nlohmann::ordered_json::parse(st.metadata().at("hydraopt"));
+  edit(j);
+  std::vector<io::TensorSlot> slots;
+  for (const auto& t : st.tensors()) slots.push_back({t.name, t.dtype, t.shape, t.begin, t.end});
+  std::string out = io::safetensors_header(std::move(slots), {{"hydraopt", j.dump()}, {"format", "pt"}});
+  out.append(image.substr(st.data_offset()));
+  test::write_text(path, out);
+}
+
+// The bundle records the shrinkage and every task's statistics checksum;
+// a damaged record is refused.
+TEST(CalibratedMerge, BundleRecordsTheStatistics) {
+  const AdapterSet& set = tiny();
+  test::TempDir d;
+  write_stats(d / "stats", set, [&](size_t i, size_t m) { return random_moment(set.modules()[m].in, 5 * i + m); });
+  fs::remove(d / "stats" / (set.task(2).name() + ".safetensors"));
+  MergeOptions o;
+  o.budget = 0.5;
+  o.calibration = (d / "stats").string();
+  o.shrinkage = 0.25;
+  const fs::path out = d / "b.safetensors";
+  merge(set, o, out);
+  const io::Bundle b = io::bundle_read(out);
+  ASSERT_TRUE(b.calibration.has_value());
+  EXPECT_EQ(b.calibration->shrinkage, 0.25);
+  for (size_t i = 0; i < set.size(); ++i) {
+    const fs::path f = d / "stats" / (set.task(i).name() + ".safetensors");
+    EXPECT_EQ(b.calibration->statistics.at(set.task(i).name()), i == 2 ? "" : util::sha256_file(f));
+  }
+  EXPECT_FALSE(io::bundle_read([&] {
+                 merge(set, [] { MergeOptions f; f.budget = 0.5; return f; }(), d / "free.safetensors");
+                 return d / "free.safetensors";
+               }())
+                   .calibration.has_value());
+  const std::vector<std::pair<std::string, std::function<void(nlohmann::ordered_json&)>>> bad = {
+      {"not an object", [](auto& j) { j["calibration"] = 1; }},
+      {"shrinkage", [](auto& j) { j["calibration"]["shrinkage"] = 2.0; }},
+      {"shrinkage", [](auto& j) { j["calibration"].erase("shrinkage"); }},
+      {"statistics is not an object", [](auto& j) { j["calibration"]["statistics"] = "x"; }},
+      {"does not have", [](auto& j) { j["calibration"]["statistics"]["nobody"] = ""; }},
+      {"not a SHA-256", [&](auto& j) { j["calibration"]["statistics"][set.task(0).name()] = "abc"; }},
+  };
+  for (const auto& [want, edit] : bad) {
+    const fs::path p = d / "bad.safetensors";
+    fs::copy(out, p, fs::copy_options::overwrite_existing);
+    rewrite_metadata(p, edit);
+    const std::string msg = test::error_of([&] { io::bundle_read(p); });
+    EXPECT_NE(msg.find(want), std::string::npos) << want << ": " << msg;
+    EXPECT_NE(msg.find("bad.safetensors"), std::string::npos) << msg;
+  }
 }
 
 // With the identity as the metric, the calibrated quantization-aware store

@@ -462,6 +462,7 @@ EditReport add_adapters(const fs::path& bundle, const AdapterSet& set, const Edi
   }
   b.original_params = original;
   b.history.push_back(edit);
+  if (!refit_on.empty()) b.calibration.reset();  // refitted without statistics
   if (refit_on.empty()) {
     // Every stored tensor kept at its index; the new matrices after them.
     std::vector<Origins> origins(b.modules.size());
@@ -566,6 +567,7 @@ EditReport remove_tasks(const fs::path& bundle, const std::vector<std::string>& 
   }
   b.original_params = original;
   b.history.push_back(edit);
+  if (refit != "none") b.calibration.reset();  // refitted without statistics
   if (refit == "none") {
     write_edited(st, source, b, origins, out, o.threads);
   } else {

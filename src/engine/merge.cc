@@ -62,6 +62,11 @@ io::Bundle bundle_header(const AdapterSet& set, const engine::Session& s, const 
     b.tasks.push_back({t.name(), t.dir().string(), s.source_sha256()[i], t.rank(), t.alpha(), t.use_rslora(),
                        t.target_modules()});
   }
+  if (s.calibrated()) {
+    io::BundleCalibration c{o.shrinkage, {}};
+    for (size_t i = 0; i < set.size(); ++i) c.statistics[set.task(i).name()] = s.calibration_sha256()[i];
+    b.calibration = std::move(c);
+  }
   return b;
 }
 

@@ -153,6 +153,31 @@ std::vector<std::string> name_list(const ordered_json& v, const std::string& fil
   return out;
 }
 
+// The "calibration" record (untrusted): a shrinkage in [0, 1] and, for
+// tasks of the bundle, their statistics' SHA-256 (64 hex digits, or "").
+BundleCalibration parse_calibration(const nlohmann::json& c, const Bundle& b, const std::string& file) {
+  auto bad = [&](const std::string& why) { return Error(file, "", "bundle calibration record: " + why); };
+  if (!c.is_object()) throw bad("not an object");
+  BundleCalibration out;
+  const auto s = c.find("shrinkage");
+  if (s == c.end() || !s->is_number() || !(s->get<double>() >= 0 && s->get<double>() <= 1)) {
+    throw bad("shrinkage is not a number in [0, 1]");
+  }
+  out.shrinkage = s->get<double>();
+  const auto st = c.find("statistics");
+  if (st == c.end() || !st->is_object()) throw bad("statistics is not an object");
+  for (const auto& [task, sha] : st->items()) {
+    if (std::none_of(b.tasks.begin(), b.tasks.end(), [&](const BundleTask& t) { return t.name == task; })) {
+      throw bad("statistics of task '" + task + "', which the bundle does not have");
+    }
+    const bool hex = sha.is_string() && (sha.get<std::string>().empty() || sha.get<std::string>().size() == 64) &&
+                     sha.get<std::string>().find_first_not_of("0123456789abcdef") == std::string::npos;
+    if (!hex) throw bad("the statistics checksum of task '" + task + "' is not a SHA-256");
+    out.statistics[task] = sha.get<std::string>();
+  }
+  return out;
+}
+
 // The "history" list (untrusted): every field typed and in range.
 std::vector<BundleEdit> parse_history(const ordered_json& h, const std::string& file) {
   if (!h.is_array()) throw Error(file, "", "history is not a list");
@@ -497,6 +522,9 @@ void BundleWriter::finish(const Bundle& b) {
                        {"tasks", tasks},
                        {"modules", mods}};
   if (!b.history.empty()) meta["history"] = history_json(b.history);
+  if (b.calibration) {
+    meta["calibration"] = {{"shrinkage", b.calibration->shrinkage}, {"statistics", b.calibration->statistics}};
+  }
   const std::string header = safetensors_header(std::move(slots), {{"hydraopt", meta.dump()}, {"format", "pt"}}, kDataAlign);
   const auto header_bytes = std::as_bytes(std::span(header.data(), header.size()));
   if (w.direct && w.direct->insert_front(header.size())) {
@@ -708,6 +736,7 @@ Bundle bundle_parse(const SafetensorsFile& st, bool values) {
       b.modules.push_back(std::move(bm));
     }
     if (auto h = j.find("history"); h != j.end()) b.history = parse_history(*h, file);
+    if (auto c = j.find("calibration"); c != j.end()) b.calibration = parse_calibration(*c, b, file);
   } catch (const nlohmann::json::exception& e) {
     throw Error(file, "", std::string("bundle metadata is malformed: ") + e.what());
   }

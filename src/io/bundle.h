@@ -54,6 +54,7 @@
 
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <memory>
 #include <span>
 #include <string>
@@ -100,6 +101,14 @@ struct BundleEdit {
   std::vector<double> rel_errors;          ///< add: per added task, its relative error as fitted
 };
 
+/// How a calibrated merge measured its errors (merge --calibration): the
+/// shrinkage and each task's statistics file's SHA-256 ("" for a task that
+/// had none).
+struct BundleCalibration {
+  double shrinkage = 0;
+  std::map<std::string, std::string> statistics;  ///< task -> sha256
+};
+
 struct Bundle {
   std::string method, base_model;
   std::map<std::string, std::string> params;
@@ -110,6 +119,7 @@ struct Bundle {
   std::vector<BundleTask> tasks;
   std::vector<BundleModule> modules;
   std::vector<BundleEdit> history;  ///< empty for a bundle as merge wrote it
+  std::optional<BundleCalibration> calibration;  ///< a calibrated merge's
 };
 
 /// The name of module `module`'s stored matrix `j` of `kind` ("head",

@@ -386,7 +386,7 @@ std::string BenchmarkResult::json() const {
   j["lora_mean_similarity"] = number(mean(individual_similarity));
   j["points"] = nlohmann::ordered_json::array();
   for (auto& p : points) {
-    j["points"].push_back({{"method", p.merge.method},
+    auto& point = j["points"].emplace_back(nlohmann::ordered_json{{"method", p.merge.method},
                            {"series", p.series},
                            {"storage_fraction", p.merge.fraction},
                            {"bf16_byte_fraction", p.merge.bf16_fraction},
@@ -397,6 +397,9 @@ std::string BenchmarkResult::json() const {
                            {"min_relative_similarity", number(p.min_relative_similarity)},
                            {"mean_score", mean(p.scores)},
                            {"mean_rel_error", p.merge.mean_rel_error}});
+    // Calibrated merges: mean_rel_error is in the calibrated metric.
+    if (p.merge.mean_frobenius_rel_error) point["mean_frobenius_rel_error"] = *p.merge.mean_frobenius_rel_error;
+    point["scores"] = p.scores;  // per task, in `per_task`'s order
   }
   j["per_task"] = nlohmann::ordered_json::array();
   for (size_t i = 0; i < tasks.size(); ++i) {

@@ -324,3 +324,19 @@ def test_bundle_add_and_remove_match_the_cli(tmp_path, bundle):
         grown.add([str(ADAPTERS / "cap-nl")])
     with pytest.raises(hydraopt.Error, match="no task 'nope'"):
         grown.remove(["nope"])
+
+
+def test_calibrated_merge_matches_the_cli(tmp_path):
+    stats = tmp_path / "stats"
+    cli("calibrate", SRC / "assets" / "model", *paths(), "--data", SRC / "assets" / "tasks", "-o", stats,
+        "--examples", "8")
+    b = hydraopt.merge(paths(), budget=0.4, calibration=str(stats), shrinkage=0.3, output=tmp_path / "py.safetensors")
+    assert "mean_frobenius_rel_error" in b.report
+    assert all("frobenius_rel_error" in t for t in b.report["tasks"])
+    cli("merge", *paths(), "--budget", "0.4", "--calibration", stats, "--shrinkage", "0.3",
+        "-o", tmp_path / "cli.safetensors")
+    assert (tmp_path / "py.safetensors").read_bytes() == (tmp_path / "cli.safetensors").read_bytes()
+    free = hydraopt.merge(paths(), budget=0.4)
+    assert "mean_frobenius_rel_error" not in free.report
+    with pytest.raises(hydraopt.Error, match="shrinkage"):
+        hydraopt.merge(paths(), budget=0.4, calibration=str(stats), shrinkage=2.0)
