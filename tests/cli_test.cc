@@ -3,6 +3,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "hydraopt/adapter.h"
 #include "test_util.h"
 
 namespace hydraopt {
@@ -245,6 +246,75 @@ TEST(CliMerge, MethodsListsTheRegistry) {
                         "dare-ties", "magnitude-prune", "knots-ta", "knots-ties", "tsv"}) {
     EXPECT_NE(out.find(std::string(m) + " "), std::string::npos) << m;
   }
+}
+
+
+// calibrate then merge --calibration; damaged statistics: one line, exit 1,
+// no bundle.
+TEST(Cli, CalibrationStatisticsAndTheirRejection) {
+  test::TempDir d;
+  const std::string assets = std::string(HYDRAOPT_SOURCE_DIR) + "/assets";
+  const std::string adapters = assets + "/adapters/spell-de " + assets + "/adapters/rev-de";
+  std::string out;
+  ASSERT_EQ(run(cli() + " calibrate " + assets + "/model " + adapters + " --data " + assets + "/tasks -o " +
+                    (d / "stats").string() + " --examples 4",
+                &out),
+            0)
+      << out;
+  EXPECT_TRUE(fs::exists(d / "stats" / "spell-de.safetensors"));
+  ASSERT_EQ(run(cli() + " merge " + adapters + " --method hydra --calibration " + (d / "stats").string() + " -o " +
+                    (d / "b.safetensors").string(),
+                &out),
+            0)
+      << out;
+  EXPECT_NE(out.find("Frobenius"), std::string::npos) << out;
+  auto s = test::read_text(d / "stats" / "rev-de.safetensors");
+  fs::resize_file(d / "stats" / "rev-de.safetensors", s.size() - 7);
+  int rc = run(cli() + " merge " + adapters + " --method hydra --calibration " + (d / "stats").string() + " -o " +
+                   (d / "c.safetensors").string(),
+               &out);
+  EXPECT_EQ(rc, 1);
+  EXPECT_EQ(lines(out), 1) << out;
+  EXPECT_NE(out.find("rev-de.safetensors"), std::string::npos) << out;
+  EXPECT_FALSE(fs::exists(d / "c.safetensors"));
+  // A task without calibration examples: calibrate writes nothing.
+  rc = run(cli() + " calibrate " + assets + "/model " + adapters + " --data " + d.path().string() + " -o " +
+               (d / "none").string(),
+           &out);
+  EXPECT_EQ(rc, 1);
+  EXPECT_EQ(lines(out), 1) << out;
+  EXPECT_NE(out.find("calib.jsonl"), std::string::npos) << out;
+  EXPECT_FALSE(fs::exists(d / "none" / "spell-de.safetensors"));
+}
+
+// Adapters of q and v only: the statistics list only the adapted readers
+// of the attention's input, and merge accepts them.
+TEST(Cli, CalibrationOfPartlyAdaptedSites) {
+  test::TempDir d;
+  const std::string assets = std::string(HYDRAOPT_SOURCE_DIR) + "/assets";
+  std::string config = test::read_text(assets + "/adapters/spell-de/adapter_config.json");
+  for (const char* task : {"spell-de", "rev-de"}) {
+    const Adapter a = Adapter::open(assets + "/adapters/" + task);
+    std::vector<test::TestModule> kept;
+    for (const auto& m : a.modules()) {
+      if (m.name.find("q_proj") == std::string::npos && m.name.find("v_proj") == std::string::npos) continue;
+      const ModuleLora l = a.load(m.name);
+      kept.push_back({m.name, l.A, l.B});
+    }
+    test::write_adapter(d / "qv" / task, config, kept);
+  }
+  const std::string adapters = (d / "qv" / "spell-de").string() + " " + (d / "qv" / "rev-de").string();
+  std::string out;
+  ASSERT_EQ(run(cli() + " calibrate " + assets + "/model " + adapters + " --data " + assets + "/tasks -o " +
+                    (d / "stats").string() + " --examples 4",
+                &out),
+            0)
+      << out;
+  EXPECT_EQ(run(cli() + " merge " + adapters + " --method hydra --calibration " + (d / "stats").string() + " -o " +
+                    (d / "b.safetensors").string(),
+                &out),
+            0)
+      << out;
 }
 
 }  // namespace

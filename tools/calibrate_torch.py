@@ -164,7 +164,9 @@ def collect(model, batches, module_names, *, adapted=None, accumulate_device="cp
     a forward call (q/k/v read the attention norm's output); it is named
     after its first module in model order, and lists its modules in model
     order. Every batch must group the watched modules the same way, and every
-    watched module must run exactly once per forward call.
+    watched module must run exactly once per forward call. The watched
+    inputs of one forward call are held until it returns (so that no id()
+    is reused): about one batch's activations per watched site.
     """
     import torch
 
@@ -253,7 +255,12 @@ def collect(model, batches, module_names, *, adapted=None, accumulate_device="cp
             h.remove()
     if structure is None:
         raise ValueError("collect: no batches")
-    return {site: (acc[0], acc[1], list(structure[site])) for site, acc in sorted(sums.items())}
+    # With `adapted`, a site lists only the adapted modules among its readers
+    # (as `hydraopt calibrate` does: merge --calibration refuses modules the
+    # adapters lack); it keeps its name.
+    def listed(site):
+        return [m for m in structure[site] if adapted is None or m in adapted]
+    return {site: (acc[0], acc[1], listed(site)) for site, acc in sorted(sums.items())}
 
 
 # ---------------------------------------------------------------- the sketch

@@ -57,11 +57,14 @@ void calibrate(const CalibrateOptions& o) {
         model.add_input_moments(seqs, &deltas, &f.sites);
       }
       f.examples = static_cast<int64_t>(ex.size());
-      // Only the inputs of the modules the adapter has.
+      // Only the inputs of the modules the adapter has, and only those
+      // modules listed (merge --calibration refuses modules the adapters
+      // lack); a site keeps the name of its first reader.
       for (auto it = f.sites.begin(); it != f.sites.end();) {
-        const auto& mods = it->second.modules;
-        const bool used = std::any_of(mods.begin(), mods.end(), [&](const std::string& m) { return deltas.count(m) > 0; });
-        it = used ? std::next(it) : f.sites.erase(it);
+        auto& mods = it->second.modules;
+        mods.erase(std::remove_if(mods.begin(), mods.end(), [&](const std::string& m) { return deltas.count(m) == 0; }),
+                   mods.end());
+        it = mods.empty() ? f.sites.erase(it) : std::next(it);
       }
       write_calibration(scratch / (f.task + ".safetensors"), f, o.max_rank);
     } catch (const std::exception& e) {

@@ -140,7 +140,8 @@ class LlamaForCausalLM(nn.Module):
         self.model = Decoder(cfg)
         self.lm_head = nn.Linear(cfg["hidden_size"], cfg["vocab_size"], bias=False)
 
-    def forward(self, input_ids, attention_mask=None):
+    def forward(self, input_ids, attention_mask=None, use_cache=None):
+        # use_cache: accepted (and ignored) as Hugging Face models accept it.
         if input_ids.dim() == 1:
             input_ids = input_ids[None]
         B, T = input_ids.shape
