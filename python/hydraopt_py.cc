@@ -371,7 +371,7 @@ PYBIND11_MODULE(_hydraopt, m) {
       "budgets"_a = std::vector<double>{0.05, 0.1, 0.2, 0.3, 0.4, 0.52, 0.6, 0.8, 1.0}, "share"_a = "auto",
       "weights"_a = "balanced", "groups"_a = py::none(), "threads"_a = 0, "dtype"_a = py::none(),
       "params"_a = py::none(), "skip_unmergeable"_a = false, "unit"_a = "params", "calibration"_a = py::none(),
-      "shrinkage"_a = 0.1,
+      "shrinkage"_a = 0.3,
       "Evaluates every (method, budget) without writing bundles, as `hydraopt sweep`: a list of\n"
       "report dicts (as merge()'s report), per method in the budgets' order. unit: 'params'\n"
       "(budgets are fractions of the parameters) or 'bytes' (of a bf16 copy's bytes; factors may\n"
@@ -418,7 +418,7 @@ PYBIND11_MODULE(_hydraopt, m) {
       "adapters"_a, "budget"_a = py::none(), "method"_a = "hydraopt", "budget_bytes"_a = py::none(),
       "share"_a = "auto", "weights"_a = "balanced", "groups"_a = py::none(), "plan"_a = py::none(),
       "threads"_a = 0, "dtype"_a = py::none(), "params"_a = py::none(), "output"_a = py::none(),
-      "skip_unmergeable"_a = false, "unit"_a = "params", "calibration"_a = py::none(), "shrinkage"_a = 0.1,
+      "skip_unmergeable"_a = false, "unit"_a = "params", "calibration"_a = py::none(), "shrinkage"_a = 0.3,
       "Merges adapters (paths, 'NAME=DIR' strings or Adapter objects) into a Bundle, as `hydraopt "
       "merge`.\n"
       "budget: fraction of the original LoRA parameter count (unit='params') or of the bytes of a\n"

@@ -334,6 +334,10 @@ int main(int argc, char** argv) {
   demo->add_option("--limit", bench.limit, "test examples per task (0: all)")->capture_default_str();
   demo->add_option("--shrinkage", bench.shrinkage, "calibrated points (METHOD+cal@...): merge --shrinkage")
       ->capture_default_str();
+  bool demo_calibrated = false;
+  demo->add_flag("--calibrated", demo_calibrated,
+                 "also every hydraopt point calibrated (hydraopt+cal@..., statistics from tasks/*/calib.jsonl): "
+                 "a second curve, about 2 minutes more");
   demo->add_flag("--similarity", bench.similarity,
                  "also the edit similarity of the free-running greedy outputs (about 5x the scoring time)");
   demo->add_option("--threads", bench.threads, "worker threads (0: all cores)");
@@ -539,6 +543,14 @@ int main(int argc, char** argv) {
       if (!demo_points.empty()) {
         bench.points.clear();
         for (const auto& p : demo_points) bench.points.push_back(hydraopt::parse_demo_point(p));
+      }
+      if (demo_calibrated) {
+        const auto given = bench.points;
+        for (auto p : given) {
+          if (hydraopt::find_method(p.method)->kind != hydraopt::MethodKind::kPlanner || p.calibrated) continue;
+          p.calibrated = true;
+          bench.points.push_back(p);
+        }
       }
       // One set: its results in OUT; all: each set's in OUT/<set>/.
       const bool all_sets = demo_set == "all";

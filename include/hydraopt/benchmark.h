@@ -137,7 +137,7 @@ struct BenchmarkOptions {
   /// Calibrated points: MergeOptions::shrinkage, and the examples per task
   /// the statistics come from (tasks/<task>/calib.jsonl, with each task's
   /// own adapter; written to a scratch directory by calibrate()).
-  double shrinkage = 0.1;
+  double shrinkage = 0.3;
   int calibration_examples = 64;
   int limit = 0;  ///< test examples per task (0: all)
   int threads = 0;
