@@ -223,7 +223,7 @@ LoadedModule Session::load(size_t m) const {
   l.p.loras = set_.load(m);
   if (!weights_.empty()) l.p.weights = weights_[m];  // empty while the weights are computed
   if (calibrated()) {
-    l.whitening.emplace(whitening(m));
+    l.whitening = whitening(m);
     l.original = l.p;
     l.p = whitened(std::move(l.p), *l.whitening);
   }
@@ -401,9 +401,24 @@ void Session::load_calibration() {
 // The tasks' mean second moment on module m, each normalised to trace `in`
 // (the identity's: a task without statistics counts as the identity), then
 // shrunk towards the identity.
-Whitening Session::whitening(size_t m) const {
+std::shared_ptr<const Whitening> Session::whitening(size_t m) const {
+  constexpr size_t kWhiteningCacheBytes = size_t{256} << 20;
   const auto& mod = set_.modules()[m];
   const auto in = static_cast<Eigen::Index>(mod.in);
+  std::string key = std::to_string(in);
+  for (const auto& st : calib_) {
+    const io::InputStats* s = st ? st->for_module(mod.name) : nullptr;
+    key += "|";
+    if (s) {
+      for (const auto& [site, stats] : st->sites) {
+        if (&stats == s) key += site;
+      }
+    }
+  }
+  {
+    std::lock_guard<std::mutex> lock(whitening_mutex_);
+    if (auto it = whitening_cache_.find(key); it != whitening_cache_.end()) return it->second;
+  }
   Eigen::MatrixXd c = Eigen::MatrixXd::Zero(in, in);
   for (const auto& st : calib_) {
     const io::InputStats* s = st ? st->for_module(mod.name) : nullptr;
@@ -415,7 +430,13 @@ Whitening Session::whitening(size_t m) const {
     }
   }
   c /= static_cast<double>(calib_.size());
-  return Whitening(shrink(c, o_.shrinkage));
+  auto w = std::make_shared<const Whitening>(shrink(c, o_.shrinkage));
+  const size_t bytes = 2 * sizeof(double) * static_cast<size_t>(in * in);
+  std::lock_guard<std::mutex> lock(whitening_mutex_);
+  if (whitening_cache_bytes_ + bytes <= kWhiteningCacheBytes && whitening_cache_.emplace(key, w).second) {
+    whitening_cache_bytes_ += bytes;
+  }
+  return w;
 }
 
 // Update norms in the calibrated metric (the task weights' and relative

@@ -12,6 +12,9 @@
 #pragma once
 
 #include <chrono>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -28,7 +31,7 @@ namespace hydraopt::engine {
 /// what maps a fit back and the problem as read.
 struct LoadedModule {
   ModuleProblem p;
-  std::optional<Whitening> whitening;     ///< calibrated only
+  std::shared_ptr<const Whitening> whitening;  ///< calibrated only
   std::optional<ModuleProblem> original;  ///< calibrated only: as read
 };
 
@@ -100,7 +103,7 @@ class Session final : public MethodContext {
   std::pair<std::vector<double>, std::vector<double>> errors(size_t m, const LoadedModule& l,
                                                              const ModuleFit& stored) const;
   void load_calibration();
-  Whitening whitening(size_t m) const;
+  std::shared_ptr<const Whitening> whitening(size_t m) const;
   void calibrated_norms();
   void partition_modules();
   void choose_spread();
@@ -130,6 +133,11 @@ class Session final : public MethodContext {
   std::vector<std::vector<double>> frob_norms2_;            // [module][task] calibrated: Frobenius
   std::vector<double> frob_total_;
   std::vector<std::string> warnings_;
+  // Module m's metric, by the sites its tasks' statistics give it (q/k/v
+  // share one), computed once while they fit in kWhiteningCacheBytes.
+  mutable std::mutex whitening_mutex_;
+  mutable std::map<std::string, std::shared_ptr<const Whitening>> whitening_cache_;
+  mutable size_t whitening_cache_bytes_ = 0;
   io::BundleWriter* writer_ = nullptr;
 };
 
