@@ -83,7 +83,8 @@ TEST(Whitening, ShrinkageKeepsTheTrace) {
 // The hydra point in the calibrated metric is the dense whitened SVD's:
 // with C the tasks' mean normalised moment, shrunk, the shared body is
 // the top-r right singular subspace of [sqrt(w_i) dW_i C^{1/2}], w_i in
-// the calibrated metric.
+// the calibrated metric; each task's head is then the least-squares head
+// in that task's own metric. Errors are reported in the mean metric.
 TEST(CalibratedMerge, HydraPointIsTheWhitenedSvd) {
   const AdapterSet& set = tiny();
   test::TempDir d;
@@ -131,8 +132,14 @@ TEST(CalibratedMerge, HydraPointIsTheWhitenedSvd) {
     Eigen::JacobiSVD<MatrixXd> svd(stack, Eigen::ComputeThinV);
     const int64_t r = set.load(m)[0].rank();
     const MatrixXd v = svd.matrixV().leftCols(r);
+    const MatrixXd body = v.transpose() * inv;  // the stored body, R = V^T C^{-1/2}
     for (size_t i = 0; i < n; ++i) {
-      const MatrixXd hat = dw[m][i] * root * v * v.transpose() * inv;
+      // Each task's head then solved in its own (normalised, shrunk) metric.
+      const auto in = mod.in;
+      const MatrixXd own = (1 - alpha) * moments[i][m] * (static_cast<double>(in) / moments[i][m].trace()) +
+                           alpha * MatrixXd::Identity(in, in);
+      const MatrixXd head = dw[m][i] * own * body.transpose() * (body * own * body.transpose()).inverse();
+      const MatrixXd hat = head * body;
       cal_err[i] += ((dw[m][i] - hat) * root).squaredNorm();
       frob_err[i] += (dw[m][i] - hat).squaredNorm();
     }
@@ -331,6 +338,57 @@ TEST(CalibratedPrecision, IdentityWhiteningIsTodaysStore) {
     ASSERT_EQ(a.heads.size(), b.heads.size());
     for (size_t j = 0; j < a.heads.size(); ++j) EXPECT_LT((a.heads[j] - b.heads[j]).norm(), 1e-6 * a.heads[j].norm());
     for (size_t j = 0; j < a.bodies.size(); ++j) EXPECT_LT((a.bodies[j] - b.bodies[j]).norm(), 1e-6 * a.bodies[j].norm());
+  }
+}
+
+}  // namespace
+}  // namespace hydraopt
+
+namespace hydraopt {
+namespace {
+
+// The per-task step: each task's own head, re-solved in its own metric, is
+// the dense optimum given the body (so it never raises that error), and
+// an own core likewise; shared heads are left alone.
+TEST(CalibratedPrecision, OwnMetricStepIsTheDenseOptimum) {
+  ModuleProblem p;
+  const MatrixXd a0 = test::random_matrix(4, 30, 5);
+  std::vector<MatrixXd> c;
+  for (int i = 0; i < 5; ++i) {
+    p.loras.push_back({a0 + 0.5 * test::random_matrix(4, 30, 10 + i), 0.1 * test::random_matrix(20, 4, 20 + i), 1.5});
+    p.weights.push_back(1.0);
+    c.push_back(random_moment(30, 40 + i) + 0.01 * MatrixXd::Identity(30, 30));
+  }
+  c[3].resize(0, 0);  // a task without statistics keeps its head
+  auto own_error = [&](const ModuleFit& f, size_t i, const MatrixXd& ci) {
+    const MatrixXd dw = p.loras[i].scale * p.loras[i].B * p.loras[i].A;
+    const MatrixXd hat = f.left(i) * f.right(i);
+    return ((dw - hat) * sqrtm(ci, 0.5)).squaredNorm();
+  };
+  for (const StructureSpec s : {StructureSpec{Family::kSharedA, 3, 0}, StructureSpec{Family::kSharedACore, 6, 0}}) {
+    ModuleFitter fitter(p, {});
+    const ModuleFit before = fitter.fit(s);
+    ModuleFit after = before;
+    solve_own_metric(p, c, DType::F64, &after);
+    for (size_t i = 0; i < p.tasks(); ++i) {
+      if (c[i].size() == 0) {
+        EXPECT_EQ(after.left(i), before.left(i));
+        continue;
+      }
+      const MatrixXd root = sqrtm(c[i], 0.5);
+      const MatrixXd dw = p.loras[i].scale * p.loras[i].B * p.loras[i].A;
+      const MatrixXd rw = before.right(i) * root;  // the body in the task's metric
+      const MatrixXd proj = rw.transpose() * (rw * rw.transpose()).inverse() * rw;
+      double best = (dw * root * (MatrixXd::Identity(30, 30) - proj)).squaredNorm();
+      if (s.family == Family::kSharedACore) {
+        // The core's optimum keeps the own head's column space as well.
+        const MatrixXd h = before.scale[i] * before.heads[before.head_of[i]];
+        const MatrixXd ph = h * (h.transpose() * h).completeOrthogonalDecomposition().pseudoInverse() * h.transpose();
+        best = (dw * root - ph * dw * root * proj).squaredNorm();
+      }
+      EXPECT_NEAR(own_error(after, i, c[i]), best, 1e-9 * (1 + best)) << s.label() << " " << i;
+      EXPECT_LE(own_error(after, i, c[i]), own_error(before, i, c[i]) * (1 + 1e-12)) << s.label() << " " << i;
+    }
   }
 }
 

@@ -220,6 +220,7 @@ void Session::expect_layout(const std::vector<CandidateSpec>& specs, io::BundleW
 
 LoadedModule Session::load(size_t m) const {
   LoadedModule l;
+  l.module = m;
   l.p.loras = set_.load(m);
   if (!weights_.empty()) l.p.weights = weights_[m];  // empty while the weights are computed
   if (calibrated()) {
@@ -233,7 +234,11 @@ LoadedModule Session::load(size_t m) const {
 ModuleFit Session::stored(const LoadedModule& l, ModuleFit fit, const Precision& precision) const {
   if (!l.whitening) return store_in_precision(l.p, std::move(fit), precision, dtype_);
   const Whitening& w = *l.whitening;
-  return stored_values(unwhitened(store_in_precision(l.p, std::move(fit), precision, dtype_, &w), w), precision, dtype_);
+  ModuleFit out = stored_values(unwhitened(store_in_precision(l.p, std::move(fit), precision, dtype_, &w), w), precision, dtype_);
+  // Each task's own head or core, in its own metric (float roles only:
+  // integer ones were solved against what is stored, in the mean metric).
+  if (precision.all_float()) solve_own_metric(*l.original, own_moments(l.module), dtype_, &out);
+  return out;
 }
 
 std::pair<std::vector<double>, std::vector<double>> Session::errors(size_t m, const LoadedModule& l,
@@ -437,6 +442,30 @@ std::shared_ptr<const Whitening> Session::whitening(size_t m) const {
     whitening_cache_bytes_ += bytes;
   }
   return w;
+}
+
+// Each task's second moment on module m, normalised and shrunk as the
+// mean is; empty for a task without statistics there, or whose moment is
+// the mean's (its fit is already in its own metric).
+std::vector<Eigen::MatrixXd> Session::own_moments(size_t m) const {
+  const auto& mod = set_.modules()[m];
+  const auto in = static_cast<Eigen::Index>(mod.in);
+  std::vector<Eigen::MatrixXd> c(calib_.size());
+  Eigen::MatrixXd mean = Eigen::MatrixXd::Zero(in, in);
+  for (size_t i = 0; i < calib_.size(); ++i) {
+    const io::InputStats* s = calib_[i] ? calib_[i]->for_module(mod.name) : nullptr;
+    if (s && s->trace() > 0) {
+      c[i] = shrink(s->dense() * (static_cast<double>(in) / s->trace()), o_.shrinkage);
+      mean += c[i];
+    } else {
+      mean.diagonal().array() += 1.0;
+    }
+  }
+  mean /= static_cast<double>(calib_.size());
+  for (auto& ci : c) {
+    if (ci.size() > 0 && (ci - mean).norm() <= 1e-12 * mean.norm()) ci.resize(0, 0);
+  }
+  return c;
 }
 
 // Update norms in the calibrated metric (the task weights' and relative

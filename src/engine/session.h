@@ -30,6 +30,7 @@ namespace hydraopt::engine {
 /// One module's tasks as the fits see them: whitened when calibrated, with
 /// what maps a fit back and the problem as read.
 struct LoadedModule {
+  size_t module = 0;
   ModuleProblem p;
   std::shared_ptr<const Whitening> whitening;  ///< calibrated only
   std::optional<ModuleProblem> original;  ///< calibrated only: as read
@@ -104,6 +105,7 @@ class Session final : public MethodContext {
                                                              const ModuleFit& stored) const;
   void load_calibration();
   std::shared_ptr<const Whitening> whitening(size_t m) const;
+  std::vector<Eigen::MatrixXd> own_moments(size_t m) const;
   void calibrated_norms();
   void partition_modules();
   void choose_spread();

@@ -1,9 +1,11 @@
 #include "methods/whitening.h"
 
 #include <Eigen/Eigenvalues>
+#include <Eigen/QR>
 #include <cmath>
 #include <string>
 
+#include "core/rounding.h"
 #include "hydraopt/error.h"
 
 namespace hydraopt {
@@ -44,6 +46,35 @@ ModuleFit whitened(ModuleFit f, const Whitening& w) {
 ModuleFit unwhitened(ModuleFit f, const Whitening& w) {
   for (auto& r : f.bodies) r = w.unwhiten(r);
   return f;
+}
+
+// With E = dW - s H K R, min over the task's own H (or K) of tr(E C E^T):
+// the normal equations give s H K = (dW C R^T)(R C R^T)^+, so H = that / s
+// with K = I (the scale goes into the head: s = 1), or K = (s H)^+ that.
+void solve_own_metric(const ModuleProblem& p, const std::vector<Eigen::MatrixXd>& c, DType dtype, ModuleFit* f) {
+  std::vector<int> head_users(f->heads.size(), 0), core_users(f->cores.size(), 0);
+  for (size_t i = 0; i < f->tasks(); ++i) {
+    ++head_users[f->head_of[i]];
+    if (f->core_of[i] >= 0) ++core_users[f->core_of[i]];
+  }
+  for (size_t i = 0; i < f->tasks(); ++i) {
+    const auto& l = p.loras[i];
+    if (c[i].size() == 0 || l.rank() == 0 || f->diagonal_cores) continue;
+    const bool own_head = f->core_of[i] < 0 && head_users[f->head_of[i]] == 1;
+    const bool own_core = f->core_of[i] >= 0 && core_users[f->core_of[i]] == 1;
+    if (!own_head && !own_core) continue;
+    const Eigen::MatrixXd& r = f->bodies[f->body_of[i]];
+    const Eigen::MatrixXd rc = r * c[i];  // k x in
+    const Eigen::MatrixXd target = (l.scale * l.B) * (l.A * rc.transpose()) *
+                                   Eigen::MatrixXd(rc * r.transpose()).completeOrthogonalDecomposition().pseudoInverse();
+    if (own_head) {
+      f->heads[f->head_of[i]] = round_to_dtype(target, dtype);
+      f->scale[i] = 1.0;
+    } else {
+      const Eigen::MatrixXd h = f->scale[i] * f->heads[f->head_of[i]];
+      f->cores[f->core_of[i]] = round_to_dtype(Eigen::MatrixXd(h.completeOrthogonalDecomposition().pseudoInverse() * target), dtype);
+    }
+  }
 }
 
 }  // namespace hydraopt

@@ -11,7 +11,10 @@
 
 #include <Eigen/Core>
 
+#include <vector>
+
 #include "core/fit.h"
+#include "hydraopt/dtype.h"
 
 namespace hydraopt {
 
@@ -43,5 +46,13 @@ ModuleFit whitened(ModuleFit f, const Whitening& w);
 /// The fit of a whitened problem with its bodies mapped back (R C^{-1/2}):
 /// what is stored.
 ModuleFit unwhitened(ModuleFit f, const Whitening& w);
+
+/// One exact block step towards each task's own metric: for every task i
+/// with a second moment c[i] (in x in; empty: none) whose head, or core,
+/// is its own, that head (or core) is re-solved given the stored body to
+/// minimise ||(dW_i - dW_hat_i) c_i^{1/2}||^2, and rounded to `dtype`
+/// (so never raising that error beyond the rounding). `p`: the problem as
+/// read (not whitened); `f`: a stored fit of it.
+void solve_own_metric(const ModuleProblem& p, const std::vector<Eigen::MatrixXd>& c, DType dtype, ModuleFit* f);
 
 }  // namespace hydraopt
