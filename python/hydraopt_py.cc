@@ -387,11 +387,13 @@ PYBIND11_MODULE(_hydraopt, m) {
          const std::optional<std::string>& groups, const std::optional<std::string>& plan,
          int threads, const std::optional<std::string>& dtype,
          const std::optional<py::dict>& params, const py::object& output, bool skip_unmergeable,
-         const std::string& unit, const std::optional<std::string>& calibration, double shrinkage) {
+         const std::string& unit, const std::optional<std::string>& calibration, double shrinkage,
+         const std::string& calibration_plan) {
         hydraopt::MergeOptions o;
         o.unit = parse_unit(unit);
         o.calibration = calibration.value_or("");
         o.shrinkage = shrinkage;
+        o.calibration_plan = calibration_plan;
         o.method = method;
         o.budget = budget;
         o.budget_bytes = budget_bytes;
@@ -419,6 +421,7 @@ PYBIND11_MODULE(_hydraopt, m) {
       "share"_a = "auto", "weights"_a = "balanced", "groups"_a = py::none(), "plan"_a = py::none(),
       "threads"_a = 0, "dtype"_a = py::none(), "params"_a = py::none(), "output"_a = py::none(),
       "skip_unmergeable"_a = false, "unit"_a = "params", "calibration"_a = py::none(), "shrinkage"_a = 0.3,
+      "calibration_plan"_a = "calibrated",
       "Merges adapters (paths, 'NAME=DIR' strings or Adapter objects) into a Bundle, as `hydraopt "
       "merge`.\n"
       "budget: fraction of the original LoRA parameter count (unit='params') or of the bytes of a\n"
@@ -427,7 +430,8 @@ PYBIND11_MODULE(_hydraopt, m) {
       "'uniform' or a JSON file, as --weights; params: method parameters by name\n"
       "(see methods()); output: where to write the bundle (default: a temporary file owned by the\n"
       "returned Bundle); calibration: a directory of statistics files (`hydraopt calibrate`), as\n"
-      "--calibration, with shrinkage as --shrinkage. Raises hydraopt.Error on bad input.");
+      "--calibration, with shrinkage and calibration_plan as --shrinkage and --calibration-plan.\n"
+      "Raises hydraopt.Error on bad input.");
 
   m.def(
       "inspect",

@@ -204,6 +204,41 @@ TEST(CalibratedMerge, FullShrinkageIsDataFree) {
   EXPECT_NEAR(*cal.mean_frobenius_rel_error, free.mean_rel_error, 1e-9);
 }
 
+// --calibration-plan frobenius: the data-free plan, fitted calibrated.
+TEST(CalibratedMerge, FrobeniusPlanIsTheDataFreePlan) {
+  const AdapterSet& set = tiny();
+  test::TempDir d;
+  write_stats(d / "stats", set, [&](size_t i, size_t m) { return random_moment(set.modules()[m].in, 11 * i + m); });
+  MergeOptions o;
+  o.dtype = DType::F64;
+  const std::vector<double> budgets{0.3, 0.6};
+  const auto free = merge(set, o, budgets, {d / "f3.safetensors", d / "f6.safetensors"});
+  o.calibration = (d / "stats").string();
+  o.calibration_plan = "frobenius";
+  const auto cal = merge(set, o, budgets, {d / "c3.safetensors", d / "c6.safetensors"});
+  for (size_t b = 0; b < budgets.size(); ++b) {
+    EXPECT_EQ(cal[b].plan_json, free[b].plan_json) << budgets[b];
+    EXPECT_EQ(cal[b].params, free[b].params);
+    ASSERT_TRUE(cal[b].mean_frobenius_rel_error.has_value());
+    // The data-free fit minimises the balanced Frobenius objective, sum_i rel_i^2.
+    double cal2 = 0, free2 = 0;
+    for (size_t i = 0; i < set.size(); ++i) {
+      cal2 += std::pow(*cal[b].tasks[i].frobenius_rel_error, 2);
+      free2 += std::pow(free[b].tasks[i].rel_error, 2);
+    }
+    EXPECT_GE(cal2, free2 * (1 - 1e-6)) << budgets[b];
+  }
+  EXPECT_TRUE(io::bundle_read(d / "c6.safetensors").calibration.has_value());
+  o.calibration_plan = "calibrated";
+  EXPECT_NE(merge(set, o, budgets, {"", ""})[0].plan_json, "");
+  o.calibration_plan = "frobenius";
+  o.unit = BudgetUnit::kBytes;
+  EXPECT_NE(test::error_of([&] { merge(set, o, budgets, {"", ""}); }).find("in parameters"), std::string::npos);
+  o.unit = BudgetUnit::kParams;
+  o.calibration_plan = "other";
+  EXPECT_NE(test::error_of([&] { merge(set, o, budgets, {"", ""}); }).find("--calibration-plan"), std::string::npos);
+}
+
 TEST(CalibratedMerge, MissingTaskIsAWarning) {
   const AdapterSet& set = tiny();
   test::TempDir d;

@@ -173,6 +173,10 @@ int main(int argc, char** argv) {
     cmd->add_option("--shrinkage", mo.shrinkage,
                     "with --calibration: the inputs' second moment shrunk towards the identity by this share, in [0, 1]")
         ->capture_default_str();
+    cmd->add_option("--calibration-plan", mo.calibration_plan,
+                    "with --calibration: choose the plan in the calibrated metric, or in the Frobenius one "
+                    "(the data-free plan, then fitted calibrated)")
+        ->capture_default_str();
     cmd->add_option("--threads", mo.threads, "worker threads (0: all cores)")->capture_default_str();
     cmd->add_option("--dtype", dtype, "stored dtype f32|f16|bf16 (default: the inputs' widest)");
     // A flag per parameter any method takes (the registry's); a flag the
@@ -333,6 +337,8 @@ int main(int argc, char** argv) {
       ->delimiter(',');
   demo->add_option("--limit", bench.limit, "test examples per task (0: all)")->capture_default_str();
   demo->add_option("--shrinkage", bench.shrinkage, "calibrated points (METHOD+cal@...): merge --shrinkage")
+      ->capture_default_str();
+  demo->add_option("--calibration-plan", bench.calibration_plan, "calibrated points: merge --calibration-plan")
       ->capture_default_str();
   bool demo_calibrated = false;
   demo->add_flag("--calibrated", demo_calibrated,

@@ -138,6 +138,7 @@ struct BenchmarkOptions {
   /// the statistics come from (tasks/<task>/calib.jsonl, with each task's
   /// own adapter; written to a scratch directory by calibrate()).
   double shrinkage = 0.3;
+  std::string calibration_plan = "calibrated";  ///< MergeOptions::calibration_plan
   int calibration_examples = 64;
   int limit = 0;  ///< test examples per task (0: all)
   int threads = 0;

@@ -66,6 +66,11 @@ struct MergeOptions {
   /// calibrated plans' Frobenius error within 1.25x the data-free plans' on
   /// two of the three shipped sets (docs/methods.md, "Calibration").
   double shrinkage = 0.3;
+  /// With calibration, the metric the planner chooses the structures in:
+  /// "calibrated" (every candidate measured in the calibrated metric) or
+  /// "frobenius" (the data-free plan, its structures then fitted
+  /// calibrated; budgets in parameters only).
+  std::string calibration_plan = "calibrated";
   /// Called after each module of each pass: (done, total).
   std::function<void(size_t, size_t)> progress;
 };

@@ -9,6 +9,7 @@
 #include "engine/schedule.h"
 #include "engine/session.h"
 #include "io/atomic_file.h"
+#include "io/option_files.h"
 #include "hydraopt/error.h"
 #include "hydraopt/merge.h"
 #include "methods/precision.h"
@@ -77,9 +78,34 @@ io::Bundle bundle_header(const AdapterSet& set, const engine::Session& s, const 
 // measured with, so each bundle is the fit its report measured. With one
 // budget, the fits the run finished went into the bundle already.
 std::vector<MergeReport> merge_at(const AdapterSet& set, const MergeOptions& options, std::vector<double> budgets,
-                                  const std::vector<fs::path>& bundles) {
+                                  const std::vector<fs::path>& bundles, const HandPlan* fixed = nullptr) {
   const auto t0 = std::chrono::steady_clock::now();
   const Method& method = method_named(options.method);
+  if (!options.calibration.empty() && options.calibration_plan != "calibrated") {
+    if (options.calibration_plan != "frobenius") {
+      throw Error("--calibration-plan must be calibrated or frobenius, not '" + options.calibration_plan + "'");
+    }
+    if (method.info.kind == MethodKind::kPlanner && options.plan_file.empty() && !fixed) {
+      // Planned without the statistics, each budget's plan then fitted with them.
+      if (options.budget_bytes || options.unit == BudgetUnit::kBytes) {
+        throw Error("--calibration-plan frobenius takes budgets in parameters (--budget), not in bytes");
+      }
+      if (budgets.empty()) budgets = {options.budget.value_or(0.5)};
+      MergeOptions free = options;
+      free.calibration.clear();
+      free.progress = nullptr;
+      const std::vector<MergeReport> planned = merge_at(set, free, budgets, std::vector<fs::path>(budgets.size()));
+      std::vector<MergeReport> out;
+      for (size_t b = 0; b < budgets.size(); ++b) {
+        const HandPlan plan{"the data-free plan", io::parse_plan(planned[b].plan_json, "the data-free plan")};
+        MergeOptions at = options;
+        at.budget = budgets[b];
+        out.push_back(merge_at(set, at, {budgets[b]}, {bundles[b]}, &plan)[0]);
+      }
+      for (auto& r : out) r.seconds = seconds_since(t0);
+      return out;
+    }
+  }
   const bool root = dist::rank() == 0;  // writes the bundles
   const bool any = std::any_of(bundles.begin(), bundles.end(), [](const fs::path& p) { return !p.empty(); });
   dist::checked([&] {
@@ -89,6 +115,7 @@ std::vector<MergeReport> merge_at(const AdapterSet& set, const MergeOptions& opt
     }
   });
   engine::Session s(set, options, any);
+  if (fixed) s.set_hand_plan(*fixed);
   if (budgets.empty()) budgets = {s.requested_fraction()};  // merge(): --budget, --budget-bytes or the default
   // Rank 0 writes the bundles; the others spool their modules for it.
   std::vector<std::optional<io::BundleWriter>> writers(bundles.size());

@@ -70,6 +70,7 @@ FitOptions Session::fit_defaults() const {
 }
 
 const HandPlan* Session::hand_plan() {
+  if (hand_) return &*hand_;  // set_hand_plan's, or the file's read before
   if (o_.plan_file.empty()) return nullptr;
   if (!hand_) dist::checked([&] { hand_ = HandPlan{o_.plan_file, io::read_plan_file(o_.plan_file)}; });
   return &*hand_;

@@ -53,6 +53,8 @@ class Session final : public MethodContext {
   FitOptions fit_defaults() const override;
   Spread streaming_spread() const override { return spread_; }
   const HandPlan* hand_plan() override;
+  /// Fits this plan instead of planning (as a --plan file would).
+  void set_hand_plan(HandPlan plan) { hand_ = std::move(plan); }
   bool budget_given() const override { return o_.budget || o_.budget_bytes; }
   EvalTable evaluate(const std::function<std::vector<CandidateSpec>(size_t, const ModuleShape&)>& specs,
                      const FitOptions& fo, Store store, Spread spread) override;

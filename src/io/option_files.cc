@@ -31,8 +31,9 @@ int64_t plan_int(const json& e, const char* key, int64_t fallback, int64_t hi, c
 
 }  // namespace
 
-std::map<std::string, StructureSpec> read_plan_file(const std::string& path) {
-  json j = read_json_file(path, "plan file");
+namespace {
+
+std::map<std::string, StructureSpec> plan_from_json(const json& j, const std::string& path) {
   const json* list = &j;
   if (j.is_object()) {
     if (j.contains("plan")) list = &j["plan"];
@@ -52,6 +53,18 @@ std::map<std::string, StructureSpec> read_plan_file(const std::string& path) {
     throw Error(path, "", std::string("malformed plan entry: ") + ex.what());
   }
   return by_name;
+}
+
+}  // namespace
+
+std::map<std::string, StructureSpec> read_plan_file(const std::string& path) {
+  return plan_from_json(read_json_file(path, "plan file"), path);
+}
+
+std::map<std::string, StructureSpec> parse_plan(const std::string& text, const std::string& label) {
+  const json j = json::parse(text, nullptr, false);
+  if (j.is_discarded()) throw Error(label, "", "plan is not valid JSON");
+  return plan_from_json(j, label);
 }
 
 std::vector<int> read_groups_file(const std::string& path, const std::vector<std::string>& tasks, int* groups) {

@@ -18,6 +18,8 @@ namespace hydraopt::io {
 
 /// Structure per module name.
 std::map<std::string, StructureSpec> read_plan_file(const std::string& path);
+/// The same from a plan's JSON text; `label` names it in errors.
+std::map<std::string, StructureSpec> parse_plan(const std::string& text, const std::string& label);
 
 /// Group label (0..groups-1, in the file's order) per task of `tasks`.
 std::vector<int> read_groups_file(const std::string& path, const std::vector<std::string>& tasks, int* groups);
