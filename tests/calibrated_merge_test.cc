@@ -235,6 +235,8 @@ TEST(CalibratedMerge, FrobeniusPlanIsTheDataFreePlan) {
   o.unit = BudgetUnit::kBytes;
   EXPECT_NE(test::error_of([&] { merge(set, o, budgets, {"", ""}); }).find("in parameters"), std::string::npos);
   o.unit = BudgetUnit::kParams;
+  EXPECT_NE(test::error_of([&] { sweep(set, {"hydraopt"}, budgets, o); }).find("sweep plans in the calibrated metric"),
+            std::string::npos);
   o.calibration_plan = "other";
   EXPECT_NE(test::error_of([&] { merge(set, o, budgets, {"", ""}); }).find("--calibration-plan"), std::string::npos);
 }

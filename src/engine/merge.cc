@@ -198,6 +198,10 @@ std::vector<MergeReport> sweep(const AdapterSet& set, const std::vector<std::str
   if (dist::size() > 1) throw Error("sweep runs in one process: start it without mpirun (or with -np 1)");
   if (method_names.empty()) throw Error("no methods to sweep");
   if (budgets.empty()) throw Error("no budgets to sweep");
+  if (!options.calibration.empty() && options.calibration_plan != "calibrated") {
+    throw Error("sweep plans in the calibrated metric only: --calibration-plan " + options.calibration_plan +
+                " is merge's (and demo's)");
+  }
   for (auto& name : method_names) method_named(name);
   for (double b : budgets) {
     if (!(b > 0 && b <= 1)) throw Error("budgets must be fractions in (0, 1], got " + std::to_string(b));
