@@ -298,19 +298,6 @@ TEST(CalibratedMerge, BadStatisticsAreRejected) {
   EXPECT_FALSE(fs::exists(out));
 }
 
-// Rewrites the hydraopt metadata of a bundle file through `edit`.
-void rewrite_metadata(const fs::path& path, const std::function<void(nlohmann::ordered_json&)>& edit) {
-  std::string image = test::read_text(path);
-  auto st = io::SafetensorsFile::parse({reinterpret_cast<const std::byte*>(image.data()), image.size()}, "t");
-  auto j = nlohmann::ordered_json::parse(st.metadata().at("hydraopt"));
-  edit(j);
-  std::vector<io::TensorSlot> slots;
-  for (const auto& t : st.tensors()) slots.push_back({t.name, t.dtype, t.shape, t.begin, t.end});
-  std::string out = io::safetensors_header(std::move(slots), {{"hydraopt", j.dump()}, {"format", "pt"}});
-  out.append(image.substr(st.data_offset()));
-  test::write_text(path, out);
-}
-
 // The bundle records the shrinkage and every task's statistics checksum;
 // a damaged record is refused.
 TEST(CalibratedMerge, BundleRecordsTheStatistics) {
@@ -347,7 +334,7 @@ TEST(CalibratedMerge, BundleRecordsTheStatistics) {
   for (const auto& [want, edit] : bad) {
     const fs::path p = d / "bad.safetensors";
     fs::copy(out, p, fs::copy_options::overwrite_existing);
-    rewrite_metadata(p, edit);
+    test::rewrite_metadata(p, edit);
     const std::string msg = test::error_of([&] { io::bundle_read(p); });
     EXPECT_NE(msg.find(want), std::string::npos) << want << ": " << msg;
     EXPECT_NE(msg.find("bad.safetensors"), std::string::npos) << msg;

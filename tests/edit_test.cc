@@ -505,19 +505,6 @@ TEST(EditRefit, TouchedRefitsOnlyTheModulesTheNewAdapterHas) {
   EXPECT_NE(b1.modules[0].sha256, b0.modules[0].sha256);  // fitted again
 }
 
-// Rewrites the hydraopt metadata of a bundle file through `edit`.
-void rewrite_metadata(const fs::path& path, const std::function<void(nlohmann::ordered_json&)>& edit) {
-  std::string image = test::read_text(path);
-  auto st = io::SafetensorsFile::parse({reinterpret_cast<const std::byte*>(image.data()), image.size()}, "t");
-  auto j = nlohmann::ordered_json::parse(st.metadata().at("hydraopt"));
-  edit(j);
-  std::vector<io::TensorSlot> slots;
-  for (const auto& t : st.tensors()) slots.push_back({t.name, t.dtype, t.shape, t.begin, t.end});
-  std::string out = io::safetensors_header(std::move(slots), {{"hydraopt", j.dump()}, {"format", "pt"}});
-  out.append(image.substr(st.data_offset()));
-  test::write_text(path, out);
-}
-
 TEST(EditBundle, BadInputIsOneLineAndWritesNothing) {
   Grown g;
   const AdapterSet fifth = AdapterSet::open({g.specs.back()});
@@ -602,7 +589,7 @@ TEST(EditBundle, BadInputIsOneLineAndWritesNothing) {
   // A bundle of another format version.
   const fs::path v2 = g.d / "v2.safetensors";
   fs::copy(g.before, v2);
-  rewrite_metadata(v2, [](nlohmann::ordered_json& j) { j["version"] = io::kBundleVersion + 1; });
+  test::rewrite_metadata(v2, [](nlohmann::ordered_json& j) { j["version"] = io::kBundleVersion + 1; });
   const std::string unsupported = "version " + std::to_string(io::kBundleVersion + 1) + " is not supported";
   EXPECT_NE(test::error_of([&] { add_adapters(v2, fifth, {}, g.after); }).find(unsupported), std::string::npos);
   EXPECT_NE(test::error_of([&] { remove_tasks(v2, {"task00"}, {}, g.after); }).find(unsupported), std::string::npos);
@@ -633,7 +620,7 @@ TEST(EditBundle, HistoryMetadataIsCheckedOnRead) {
   for (const auto& [want, edit] : bad) {
     const fs::path p = g.d / "bad.safetensors";
     fs::copy(g.after, p, fs::copy_options::overwrite_existing);
-    rewrite_metadata(p, edit);
+    test::rewrite_metadata(p, edit);
     const std::string msg = test::error_of([&] { io::bundle_read(p); });
     EXPECT_NE(msg.find(want), std::string::npos) << want << ": " << msg;
     EXPECT_NE(msg.find("bad.safetensors"), std::string::npos) << msg;

@@ -20,6 +20,7 @@
 #include "core/fit.h"
 #include "hydraopt/synth.h"
 #include "io/safetensors.h"
+#include <nlohmann/json.hpp>
 
 namespace hydraopt::test {
 
@@ -88,6 +89,19 @@ inline void write_text(const fs::path& p, const std::string& text) {
 inline std::string read_text(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
   return {std::istreambuf_iterator<char>(in), {}};
+}
+
+/// Rewrites the hydraopt metadata of a bundle file through `edit`.
+inline void rewrite_metadata(const fs::path& path, const std::function<void(nlohmann::ordered_json&)>& edit) {
+  std::string image = read_text(path);
+  auto st = io::SafetensorsFile::parse({reinterpret_cast<const std::byte*>(image.data()), image.size()}, "t");
+  auto j = nlohmann::ordered_json::parse(st.metadata().at("hydraopt"));
+  edit(j);
+  std::vector<io::TensorSlot> slots;
+  for (const auto& t : st.tensors()) slots.push_back({t.name, t.dtype, t.shape, t.begin, t.end});
+  std::string out = io::safetensors_header(std::move(slots), {{"hydraopt", j.dump()}, {"format", "pt"}});
+  out.append(image.substr(st.data_offset()));
+  write_text(path, out);
 }
 
 inline Eigen::MatrixXd random_matrix(Eigen::Index r, Eigen::Index c, uint64_t seed) {

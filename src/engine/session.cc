@@ -221,11 +221,10 @@ void Session::expect_layout(const std::vector<CandidateSpec>& specs, io::BundleW
 
 LoadedModule Session::load(size_t m) const {
   LoadedModule l;
-  l.module = m;
   l.p.loras = set_.load(m);
   if (!weights_.empty()) l.p.weights = weights_[m];  // empty while the weights are computed
   if (calibrated()) {
-    l.whitening = whitening(m);
+    metrics(m, &l);
     l.original = l.p;
     l.p = whitened(std::move(l.p), *l.whitening);
   }
@@ -238,7 +237,7 @@ ModuleFit Session::stored(const LoadedModule& l, ModuleFit fit, const Precision&
   ModuleFit out = stored_values(unwhitened(store_in_precision(l.p, std::move(fit), precision, dtype_, &w), w), precision, dtype_);
   // Each task's own head or core, in its own metric (float roles only:
   // integer ones were solved against what is stored, in the mean metric).
-  if (precision.all_float()) solve_own_metric(*l.original, own_moments(l.module), dtype_, &out);
+  if (precision.all_float()) solve_own_metric(*l.original, l.own, dtype_, &out);
   return out;
 }
 
@@ -404,69 +403,53 @@ void Session::load_calibration() {
   calib_ = std::move(stats);
 }
 
-// The tasks' mean second moment on module m, each normalised to trace `in`
-// (the identity's: a task without statistics counts as the identity), then
-// shrunk towards the identity.
-std::shared_ptr<const Whitening> Session::whitening(size_t m) const {
-  constexpr size_t kWhiteningCacheBytes = size_t{256} << 20;
+// Module m's metrics, each task's statistics read once: every task's
+// second moment scaled to trace `in` (the identity's; empty for a task
+// without statistics there), their mean's whitening (a task without
+// counts as the identity; shrunk towards it), and the tasks' own shrunk
+// moments where they differ from the mean.
+void Session::metrics(size_t m, LoadedModule* l) const {
   const auto& mod = set_.modules()[m];
   const auto in = static_cast<Eigen::Index>(mod.in);
-  std::string key = std::to_string(in);
-  for (const auto& st : calib_) {
-    const io::InputStats* s = st ? st->for_module(mod.name) : nullptr;
-    key += "|";
-    if (s) {
-      for (const auto& [site, stats] : st->sites) {
-        if (&stats == s) key += site;
-      }
-    }
-  }
-  {
-    std::lock_guard<std::mutex> lock(whitening_mutex_);
-    if (auto it = whitening_cache_.find(key); it != whitening_cache_.end()) return it->second;
-  }
-  Eigen::MatrixXd c = Eigen::MatrixXd::Zero(in, in);
-  for (const auto& st : calib_) {
-    const io::InputStats* s = st ? st->for_module(mod.name) : nullptr;
-    const double trace = s ? s->trace() : 0.0;
-    if (trace > 0) {
-      c += s->dense() * (static_cast<double>(in) / trace);
-    } else {
-      c.diagonal().array() += 1.0;
-    }
-  }
-  c /= static_cast<double>(calib_.size());
-  auto w = std::make_shared<const Whitening>(shrink(c, o_.shrinkage));
-  const size_t bytes = 2 * sizeof(double) * static_cast<size_t>(in * in);
-  std::lock_guard<std::mutex> lock(whitening_mutex_);
-  if (whitening_cache_bytes_ + bytes <= kWhiteningCacheBytes && whitening_cache_.emplace(key, w).second) {
-    whitening_cache_bytes_ += bytes;
-  }
-  return w;
-}
-
-// Each task's second moment on module m, normalised and shrunk as the
-// mean is; empty for a task without statistics there, or whose moment is
-// the mean's (its fit is already in its own metric).
-std::vector<Eigen::MatrixXd> Session::own_moments(size_t m) const {
-  const auto& mod = set_.modules()[m];
-  const auto in = static_cast<Eigen::Index>(mod.in);
-  std::vector<Eigen::MatrixXd> c(calib_.size());
+  const size_t n = calib_.size();
+  std::vector<Eigen::MatrixXd> c(n);
   Eigen::MatrixXd mean = Eigen::MatrixXd::Zero(in, in);
-  for (size_t i = 0; i < calib_.size(); ++i) {
-    const io::InputStats* s = calib_[i] ? calib_[i]->for_module(mod.name) : nullptr;
+  std::string key = std::to_string(in);  // the sites the tasks' statistics give m (q/k/v share one)
+  for (size_t i = 0; i < n; ++i) {
+    const std::string* site = calib_[i] ? calib_[i]->site_of(mod.name) : nullptr;
+    key += "|" + (site ? *site : std::string());
+    const io::InputStats* s = site ? &calib_[i]->sites.at(*site) : nullptr;
     if (s && s->trace() > 0) {
-      c[i] = shrink(s->dense() * (static_cast<double>(in) / s->trace()), o_.shrinkage);
-      mean += c[i];
+      const Eigen::MatrixXd d = s->dense();
+      const double scale = static_cast<double>(in) / s->trace();
+      c[i] = d * scale;
+      mean += d * scale;  // as one expression (as before: the same rounding)
     } else {
       mean.diagonal().array() += 1.0;
     }
   }
-  mean /= static_cast<double>(calib_.size());
-  for (auto& ci : c) {
-    if (ci.size() > 0 && (ci - mean).norm() <= 1e-12 * mean.norm()) ci.resize(0, 0);
+  mean = shrink(mean / static_cast<double>(n), o_.shrinkage);
+  l->own.assign(n, Eigen::MatrixXd());
+  for (size_t i = 0; i < n; ++i) {
+    if (c[i].size() == 0) continue;
+    Eigen::MatrixXd own = shrink(c[i], o_.shrinkage);
+    if ((own - mean).norm() > 1e-12 * mean.norm()) l->own[i] = std::move(own);
   }
-  return c;
+  // The whitening, computed once per key while the cache holds it.
+  constexpr size_t kWhiteningCacheBytes = size_t{256} << 20;
+  {
+    std::lock_guard<std::mutex> lock(whitening_mutex_);
+    if (auto it = whitening_cache_.find(key); it != whitening_cache_.end()) {
+      l->whitening = it->second;
+      return;
+    }
+  }
+  l->whitening = std::make_shared<const Whitening>(mean);
+  const size_t bytes = 2 * sizeof(double) * static_cast<size_t>(in * in);
+  std::lock_guard<std::mutex> lock(whitening_mutex_);
+  if (whitening_cache_bytes_ + bytes <= kWhiteningCacheBytes && whitening_cache_.emplace(key, l->whitening).second) {
+    whitening_cache_bytes_ += bytes;
+  }
 }
 
 // Update norms in the calibrated metric (the task weights' and relative

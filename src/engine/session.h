@@ -30,10 +30,12 @@ namespace hydraopt::engine {
 /// One module's tasks as the fits see them: whitened when calibrated, with
 /// what maps a fit back and the problem as read.
 struct LoadedModule {
-  size_t module = 0;
   ModuleProblem p;
   std::shared_ptr<const Whitening> whitening;  ///< calibrated only
-  std::optional<ModuleProblem> original;  ///< calibrated only: as read
+  std::optional<ModuleProblem> original;       ///< calibrated only: as read
+  /// Calibrated: each task's own metric where it differs from the mean's
+  /// (empty otherwise), for solve_own_metric.
+  std::vector<Eigen::MatrixXd> own;
 };
 
 class Session final : public MethodContext {
@@ -82,8 +84,6 @@ class Session final : public MethodContext {
   void expect_layout(const std::vector<CandidateSpec>& specs, io::BundleWriter* writer) const;
   /// Module m's factors, with the task weights, as the fits see them.
   LoadedModule load(size_t m) const;
-  /// load(m).p
-  ModuleProblem problem(size_t m) const { return load(m).p; }
   /// The fit of l.p as the bundle stores it (unwhitened when calibrated).
   ModuleFit stored(const LoadedModule& l, ModuleFit fit, const Precision& precision) const;
   bool calibrated() const { return !calib_.empty(); }
@@ -106,8 +106,7 @@ class Session final : public MethodContext {
   std::pair<std::vector<double>, std::vector<double>> errors(size_t m, const LoadedModule& l,
                                                              const ModuleFit& stored) const;
   void load_calibration();
-  std::shared_ptr<const Whitening> whitening(size_t m) const;
-  std::vector<Eigen::MatrixXd> own_moments(size_t m) const;
+  void metrics(size_t m, LoadedModule* l) const;
   void calibrated_norms();
   void partition_modules();
   void choose_spread();
@@ -137,8 +136,8 @@ class Session final : public MethodContext {
   std::vector<std::vector<double>> frob_norms2_;            // [module][task] calibrated: Frobenius
   std::vector<double> frob_total_;
   std::vector<std::string> warnings_;
-  // Module m's metric, by the sites its tasks' statistics give it (q/k/v
-  // share one), computed once while they fit in kWhiteningCacheBytes.
+  // A module's mean metric, by the sites its tasks' statistics give it
+  // (q/k/v share one), computed once while they fit in the cache (metrics()).
   mutable std::mutex whitening_mutex_;
   mutable std::map<std::string, std::shared_ptr<const Whitening>> whitening_cache_;
   mutable size_t whitening_cache_bytes_ = 0;

@@ -254,13 +254,16 @@ double InputStats::trace() const {
   return vectors.rowwise().squaredNorm().dot(values) + diagonal.sum();
 }
 
-const InputStats* CalibrationStats::for_module(const std::string& name) const {
+const std::string* CalibrationStats::site_of(const std::string& name) const {
   for (const auto& [site, names] : modules) {
-    if (std::find(names.begin(), names.end(), name) == names.end()) continue;
-    auto it = sites.find(site);
-    return it == sites.end() ? nullptr : &it->second;
+    if (std::find(names.begin(), names.end(), name) != names.end() && sites.count(site)) return &site;
   }
   return nullptr;
+}
+
+const InputStats* CalibrationStats::for_module(const std::string& name) const {
+  const std::string* site = site_of(name);
+  return site ? &sites.at(*site) : nullptr;
 }
 
 InputStats sketch_second_moment(const Eigen::MatrixXd& c, int64_t max_rank, double tail) {

@@ -57,6 +57,8 @@ struct CalibrationStats {
   /// The site module `name` reads, or nullptr (also when that site has no
   /// entry in `sites`, which a file as read always has).
   const InputStats* for_module(const std::string& name) const;
+  /// The name of that site, or nullptr.
+  const std::string* site_of(const std::string& name) const;
 };
 
 /// The sketch of a dense second moment c (in x in, symmetric PSD up to
