@@ -166,7 +166,9 @@ BundleCalibration parse_calibration(const nlohmann::json& c, const Bundle& b, co
   out.shrinkage = s->get<double>();
   const auto st = c.find("statistics");
   if (st == c.end() || !st->is_object()) throw bad("statistics is not an object");
-  for (const auto& [task, sha] : st->items()) {
+  for (const auto& item : st->items()) {
+    const std::string& task = item.key();
+    const auto& sha = item.value();
     if (std::none_of(b.tasks.begin(), b.tasks.end(), [&](const BundleTask& t) { return t.name == task; })) {
       throw bad("statistics of task '" + task + "', which the bundle does not have");
     }
