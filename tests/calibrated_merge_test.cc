@@ -80,6 +80,68 @@ TEST(Whitening, ShrinkageKeepsTheTrace) {
   EXPECT_THROW(Whitening(MatrixXd::Zero(3, 3)), Error);
 }
 
+// A factored moment diag(d) + G G^T with an uneven diagonal.
+Moment random_factored(Eigen::Index in, Eigen::Index k, uint64_t seed) {
+  Moment c{(test::random_matrix(in, 1, seed).array().abs() + 0.05).matrix(), test::random_matrix(in, k, seed + 1)};
+  for (Eigen::Index j = 0; j < k; ++j) c.g.col(j) *= std::exp(-0.3 * static_cast<double>(j));
+  return c;
+}
+
+TEST(Whitening, FactoredMomentAlgebra) {
+  const Moment c = random_factored(20, 6, 7);
+  const MatrixXd dense = c.dense();
+  const MatrixXd x = test::random_matrix(3, 20, 8), y = test::random_matrix(5, 20, 9);
+  EXPECT_LT((c.between(x, y) - x * dense * y.transpose()).norm(), 1e-12 * (1 + dense.norm()));
+  EXPECT_NEAR(c.trace(), dense.trace(), 1e-12 * dense.trace());
+  EXPECT_LT((shrink(c, 0.3).dense() - shrink(dense, 0.3)).norm(), 1e-12 * dense.norm());
+  // Cutting G G^T keeps the diagonal and the trace, is exact when nothing
+  // is cut, and keeps the top eigenpairs of G G^T.
+  EXPECT_EQ(compressed(c, 6).g, c.g);
+  // Wider than kExactWidth, the top part is a randomized approximation.
+  for (const Eigen::Index in : {Eigen::Index{20}, Eigen::Index{300}, kExactWidth + 100}) {
+    const Moment wide = random_factored(in, 60, 10 + in);
+    for (const Eigen::Index k : {Eigen::Index{4}, Eigen::Index{30}}) {
+      const Moment cut = compressed(wide, k);
+      ASSERT_EQ(cut.g.cols(), std::min(k, in));
+      EXPECT_LT((cut.d + cut.g.rowwise().squaredNorm() - wide.d - wide.g.rowwise().squaredNorm()).norm(),
+                1e-6 * wide.trace());
+      Eigen::SelfAdjointEigenSolver<MatrixXd> eig(wide.g * wide.g.transpose());
+      const double top = eig.eigenvalues().tail(cut.g.cols()).sum();
+      EXPECT_LE(cut.g.squaredNorm(), top * (1 + 1e-6)) << in << " " << k;
+      EXPECT_GE(cut.g.squaredNorm(), top * (in > kExactWidth ? 0.95 : 1 - 1e-6)) << in << " " << k;
+    }
+  }
+}
+
+// The factored whitening F^T (F^T F = C) against the dense C: the
+// whitened error equals the calibrated one for every E, unwhitening
+// inverts whitening, and with a near-zero diagonal the dense form is used.
+TEST(Whitening, FactoredFormIsAWhitening) {
+  for (const Eigen::Index k : {Eigen::Index{0}, Eigen::Index{5}, Eigen::Index{40}}) {
+    const Moment c = random_factored(25, k, 20 + k);
+    const Whitening w(c);
+    const MatrixXd dense = c.dense();
+    const MatrixXd e = test::random_matrix(4, 25, 21);
+    EXPECT_NEAR(w.whiten(e).squaredNorm(), (e * dense * e.transpose()).trace(), 1e-10 * dense.norm() * e.squaredNorm());
+    EXPECT_LT((w.unwhiten(w.whiten(e)) - e).norm(), 1e-10 * e.norm());
+    const MatrixXd e2 = test::random_matrix(2, 25, 22);
+    const std::vector<MatrixXd> g = w.grams({&e, &e2});
+    EXPECT_LT((g[0] - e * dense * e.transpose()).norm(), 1e-10 * dense.norm() * e.squaredNorm());
+    EXPECT_LT((g[1] - e2 * dense * e2.transpose()).norm(), 1e-10 * dense.norm() * e2.squaredNorm());
+    const MatrixXd f = w.whiten(MatrixXd::Identity(25, 25));  // F^T
+    EXPECT_LT((f * f.transpose() - dense).norm(), 1e-10 * dense.norm()) << k;
+    if (k < 12) EXPECT_LT(w.size(), size_t{25 * 25}) << k;  // factored: no in x in matrix
+  }
+  const Whitening eye(Moment{Eigen::VectorXd::Ones(9), MatrixXd(9, 0)});
+  EXPECT_EQ(eye.whiten(MatrixXd::Identity(9, 9)), MatrixXd::Identity(9, 9));
+  // A zero diagonal: C = G G^T of full rank, whitened densely.
+  const Moment low{Eigen::VectorXd::Zero(6), test::random_matrix(6, 8, 30)};
+  const Whitening dense_w(low);
+  const MatrixXd root = dense_w.whiten(MatrixXd::Identity(6, 6));
+  EXPECT_LT((root * root - low.dense()).norm(), 1e-10 * low.dense().norm());
+  EXPECT_THROW(Whitening(Moment{Eigen::VectorXd::Zero(6), test::random_matrix(6, 2, 31)}), Error);
+}
+
 // The hydra point in the calibrated metric is the dense whitened SVD's:
 // with C the tasks' mean normalised moment, shrunk, the shared body is
 // the top-r right singular subspace of [sqrt(w_i) dW_i C^{1/2}], w_i in
@@ -378,12 +440,15 @@ TEST(CalibratedPrecision, OwnMetricStepIsTheDenseOptimum) {
   ModuleProblem p;
   const MatrixXd a0 = test::random_matrix(4, 30, 5);
   std::vector<MatrixXd> c;
+  std::vector<Moment> factored;
   for (int i = 0; i < 5; ++i) {
     p.loras.push_back({a0 + 0.5 * test::random_matrix(4, 30, 10 + i), 0.1 * test::random_matrix(20, 4, 20 + i), 1.5});
     p.weights.push_back(1.0);
-    c.push_back(random_moment(30, 40 + i) + 0.01 * MatrixXd::Identity(30, 30));
+    factored.push_back(random_factored(30, 3 + 2 * i, 40 + i));
+    c.push_back(factored.back().dense());
   }
   c[3].resize(0, 0);  // a task without statistics keeps its head
+  factored[3] = Moment();
   auto own_error = [&](const ModuleFit& f, size_t i, const MatrixXd& ci) {
     const MatrixXd dw = p.loras[i].scale * p.loras[i].B * p.loras[i].A;
     const MatrixXd hat = f.left(i) * f.right(i);
@@ -393,7 +458,7 @@ TEST(CalibratedPrecision, OwnMetricStepIsTheDenseOptimum) {
     ModuleFitter fitter(p, {});
     const ModuleFit before = fitter.fit(s);
     ModuleFit after = before;
-    solve_own_metric(p, c, DType::F64, &after);
+    solve_own_metric(p, factored, DType::F64, &after);
     for (size_t i = 0; i < p.tasks(); ++i) {
       if (c[i].size() == 0) {
         EXPECT_EQ(after.left(i), before.left(i));

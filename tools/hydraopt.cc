@@ -379,6 +379,11 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0.0, 100.0));
   synth_cmd->add_option("--head-noise", synth.head_noise, "within-cluster spread of B heads (default: the preset's)")
       ->check(CLI::Range(0.0, 100.0));
+  synth_cmd->add_option("--statistics", synth.statistics,
+                        "also write synthetic calibration statistics there (<task>.safetensors; for merge --calibration)");
+  synth_cmd->add_option("--statistics-rank", synth.statistics_rank, "eigenpairs per input site in those statistics")
+      ->check(CLI::Range(1, 4096))
+      ->capture_default_str();
 
   std::exception_ptr usage;
   try {

@@ -33,6 +33,11 @@ struct SynthOptions {
   std::optional<double> drift;       ///< mean relative drift of A along shared directions
   std::optional<double> noise;       ///< relative isotropic drift of A
   std::optional<double> head_noise;  ///< within-cluster spread of B heads
+  /// Non-empty: also write synthetic calibration statistics there, one
+  /// file per task (<task>.safetensors, as `hydraopt calibrate` writes;
+  /// model in docs/synth.md), each site's sketch of rank statistics_rank.
+  std::filesystem::path statistics;
+  int64_t statistics_rank = 64;
 };
 
 struct SynthPreset {

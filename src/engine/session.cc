@@ -406,37 +406,43 @@ void Session::load_calibration() {
 // Module m's metrics, each task's statistics read once: every task's
 // second moment scaled to trace `in` (the identity's; empty for a task
 // without statistics there), their mean's whitening (a task without
-// counts as the identity; shrunk towards it), and the tasks' own shrunk
-// moments where they differ from the mean.
-void Session::metrics(size_t m, LoadedModule* l) const {
+// counts as the identity; shrunk towards it; cut to kMeanMomentRank), and
+// the tasks' own shrunk moments unless every task has the same. All kept
+// factored (diagonal + low rank): nothing in x in.
+void Session::metrics(size_t m, LoadedModule* l, bool own) const {
   const auto& mod = set_.modules()[m];
   const auto in = static_cast<Eigen::Index>(mod.in);
   const size_t n = calib_.size();
-  std::vector<Eigen::MatrixXd> c(n);
-  Eigen::MatrixXd mean = Eigen::MatrixXd::Zero(in, in);
+  std::vector<Moment> c(n);
+  std::vector<const io::InputStats*> given(n, nullptr);
+  Moment mean{Eigen::VectorXd::Zero(in), {}};
+  Eigen::Index columns = 0;
   std::string key = std::to_string(in);  // the sites the tasks' statistics give m (q/k/v share one)
   for (size_t i = 0; i < n; ++i) {
     const std::string* site = calib_[i] ? calib_[i]->site_of(mod.name) : nullptr;
     key += "|" + (site ? *site : std::string());
     const io::InputStats* s = site ? &calib_[i]->sites.at(*site) : nullptr;
     if (s && s->trace() > 0) {
-      const Eigen::MatrixXd d = s->dense();
       const double scale = static_cast<double>(in) / s->trace();
-      c[i] = d * scale;
-      mean += d * scale;  // as one expression (as before: the same rounding)
+      given[i] = s;
+      c[i].d = s->diagonal * scale;
+      c[i].g = s->vectors.transpose() * (s->values * scale).cwiseSqrt().asDiagonal();
+      mean.d += c[i].d;
+      columns += c[i].g.cols();
     } else {
-      mean.diagonal().array() += 1.0;
+      mean.d.array() += 1.0;
     }
   }
-  mean = shrink(mean / static_cast<double>(n), o_.shrinkage);
-  l->own.assign(n, Eigen::MatrixXd());
-  for (size_t i = 0; i < n; ++i) {
-    if (c[i].size() == 0) continue;
-    Eigen::MatrixXd own = shrink(c[i], o_.shrinkage);
-    if ((own - mean).norm() > 1e-12 * mean.norm()) l->own[i] = std::move(own);
+  // Every task the same statistics: the mean is each one's own metric.
+  const bool one = std::all_of(given.begin(), given.end(), [&](const io::InputStats* s) {
+    return s && (s == given[0] || (s->values == given[0]->values && s->vectors == given[0]->vectors &&
+                                   s->diagonal == given[0]->diagonal));
+  });
+  l->own.assign(n, Moment());
+  for (size_t i = 0; i < n && own && !one; ++i) {
+    if (given[i]) l->own[i] = shrink(c[i], o_.shrinkage);
   }
   // The whitening, computed once per key while the cache holds it.
-  constexpr size_t kWhiteningCacheBytes = size_t{256} << 20;
   {
     std::lock_guard<std::mutex> lock(whitening_mutex_);
     if (auto it = whitening_cache_.find(key); it != whitening_cache_.end()) {
@@ -444,8 +450,17 @@ void Session::metrics(size_t m, LoadedModule* l) const {
       return;
     }
   }
-  l->whitening = std::make_shared<const Whitening>(mean);
-  const size_t bytes = 2 * sizeof(double) * static_cast<size_t>(in * in);
+  mean.g.resize(in, columns);
+  columns = 0;
+  for (size_t i = 0; i < n; ++i) {
+    mean.g.middleCols(columns, c[i].g.cols()) = c[i].g;
+    columns += c[i].g.cols();
+  }
+  mean.d /= static_cast<double>(n);
+  mean.g /= std::sqrt(static_cast<double>(n));
+  l->whitening = std::make_shared<const Whitening>(compressed(shrink(std::move(mean), o_.shrinkage), in <= kExactWidth ? in : kMeanMomentRank));
+  constexpr size_t kWhiteningCacheBytes = size_t{256} << 20;
+  const size_t bytes = sizeof(double) * l->whitening->size();
   std::lock_guard<std::mutex> lock(whitening_mutex_);
   if (whitening_cache_bytes_ + bytes <= kWhiteningCacheBytes && whitening_cache_.emplace(key, l->whitening).second) {
     whitening_cache_bytes_ += bytes;
@@ -461,7 +476,10 @@ void Session::calibrated_norms() {
   std::vector<double> all(nm * n, 0.0);
   dist::checked([&] {
     for_each_item(mine_, threads_, nullptr, [&](size_t m) {
-      const std::vector<double> norms = update_norms2(load(m).p);
+      LoadedModule l;  // not whitened: the norms come from the factored metric
+      l.p.loras = set_.load(m);
+      metrics(m, &l, false);
+      const std::vector<double> norms = whitened_norms2(l.p, *l.whitening);
       std::copy(norms.begin(), norms.end(), all.begin() + static_cast<ptrdiff_t>(m * n));
     });
   });

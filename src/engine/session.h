@@ -33,10 +33,15 @@ struct LoadedModule {
   ModuleProblem p;
   std::shared_ptr<const Whitening> whitening;  ///< calibrated only
   std::optional<ModuleProblem> original;       ///< calibrated only: as read
-  /// Calibrated: each task's own metric where it differs from the mean's
+  /// Calibrated: each task's own metric unless every task has the same
   /// (empty otherwise), for solve_own_metric.
-  std::vector<Eigen::MatrixXd> own;
+  std::vector<Moment> own;
 };
+
+/// The rank the tasks' mean second moment is cut to when its width is
+/// above kExactWidth (compressed(): the rest goes to its diagonal), as each
+/// file's sketch is at most 256; up to that width it is kept whole.
+inline constexpr Eigen::Index kMeanMomentRank = 256;
 
 class Session final : public MethodContext {
  public:
@@ -106,7 +111,7 @@ class Session final : public MethodContext {
   std::pair<std::vector<double>, std::vector<double>> errors(size_t m, const LoadedModule& l,
                                                              const ModuleFit& stored) const;
   void load_calibration();
-  void metrics(size_t m, LoadedModule* l) const;
+  void metrics(size_t m, LoadedModule* l, bool own = true) const;
   void calibrated_norms();
   void partition_modules();
   void choose_spread();

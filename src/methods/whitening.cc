@@ -6,11 +6,71 @@
 #include <string>
 
 #include "core/rounding.h"
+#include "linalg/factored.h"
+#include "util/random.h"
 #include "hydraopt/error.h"
 
 namespace hydraopt {
 
-Whitening::Whitening(const Eigen::MatrixXd& c) {
+Eigen::MatrixXd Moment::between(const Eigen::MatrixXd& x, const Eigen::MatrixXd& y) const {
+  Eigen::MatrixXd out = x * d.asDiagonal() * y.transpose();
+  if (g.cols() > 0) out += (x * g) * (y * g).transpose();
+  return out;
+}
+
+Eigen::MatrixXd Moment::dense() const {
+  Eigen::MatrixXd c = g * g.transpose();
+  c.diagonal() += d;
+  return c;
+}
+
+Moment shrink(Moment c, double alpha) {
+  const double scale = c.in() > 0 ? c.trace() / static_cast<double>(c.in()) : 0.0;
+  c.d = (1.0 - alpha) * c.d + Eigen::VectorXd::Constant(c.in(), alpha * scale);
+  c.g *= std::sqrt(1.0 - alpha);
+  return c;
+}
+
+Eigen::MatrixXd shrink(const Eigen::MatrixXd& c, double alpha) {
+  const double scale = c.rows() > 0 ? c.trace() / static_cast<double>(c.rows()) : 0.0;
+  Eigen::MatrixXd out = (1.0 - alpha) * c;
+  out.diagonal().array() += alpha * scale;
+  return out;
+}
+
+// G G^T's top eigenpairs as G's left singular pairs: exactly from the
+// in x in Gram (in <= kExactWidth), else by a randomized range finder
+// (Halko, Martinsson & Tropp 2011, Alg. 4.3 with one power iteration) in
+// single precision: a fixed-seed Gaussian start of max_rank + 16 columns,
+// four products with G, the top pairs from the l x l Gram of Q^T G. Not
+// the tightest top eigenspace, but what is cut goes to the diagonal.
+Moment compressed(Moment c, Eigen::Index max_rank) {
+  if (c.g.cols() <= max_rank) return c;
+  const Eigen::VectorXd before = c.g.rowwise().squaredNorm();
+  if (c.in() <= std::max(max_rank, kExactWidth)) {
+    Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> eig(c.g * c.g.transpose());
+    const Eigen::Index k = std::min(max_rank, c.in());
+    c.g = eig.eigenvectors().rightCols(k) * eig.eigenvalues().tail(k).cwiseMax(0.0).cwiseSqrt().asDiagonal();
+  } else {
+    const Eigen::Index l = std::min(max_rank + 16, c.in());
+    const Eigen::MatrixXf g = c.g.cast<float>();
+    auto basis = [](const Eigen::MatrixXf& y) {
+      Eigen::HouseholderQR<Eigen::MatrixXf> qr(y);
+      return Eigen::MatrixXf(qr.householderQ() * Eigen::MatrixXf::Identity(y.rows(), y.cols()));
+    };
+    util::Stream rng(0x5eed, 19, static_cast<uint64_t>(c.in()), static_cast<uint64_t>(g.cols()));
+    Eigen::MatrixXf q = basis(g * rng.normal(g.cols(), l, 1.0).cast<float>());
+    q = basis(g * Eigen::MatrixXf(g.transpose() * q));
+    const Eigen::MatrixXd b = (q.transpose() * g).cast<double>();  // l x k
+    Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> eig(b * b.transpose());
+    c.g = q.cast<double>() * eig.eigenvectors().rightCols(max_rank) *
+          eig.eigenvalues().tail(max_rank).cwiseMax(0.0).cwiseSqrt().asDiagonal();
+  }
+  c.d += (before - c.g.rowwise().squaredNorm()).cwiseMax(0.0);
+  return c;
+}
+
+Whitening::Whitening(const Eigen::MatrixXd& c) : in_(c.rows()) {
   if (c.rows() != c.cols()) throw std::logic_error("Whitening: C must be square");
   Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> eig(0.5 * (c + c.transpose()));
   const Eigen::VectorXd& mu = eig.eigenvalues();
@@ -23,19 +83,127 @@ Whitening::Whitening(const Eigen::MatrixXd& c) {
   inv_root_ = u * mu.cwiseSqrt().cwiseInverse().asDiagonal() * u.transpose();
 }
 
-Eigen::MatrixXd shrink(const Eigen::MatrixXd& c, double alpha) {
-  const double scale = c.rows() > 0 ? c.trace() / static_cast<double>(c.rows()) : 0.0;
-  Eigen::MatrixXd out = (1.0 - alpha) * c;
-  out.diagonal().array() += alpha * scale;
+namespace {
+
+// The factored form needs D well above 0 (W = D^{-1/2} G); below this
+// fraction of the mean eigenvalue the dense form is used.
+constexpr double kLeastDiagonal = 1e-8;
+constexpr Eigen::Index kDenseLimit = 4096;
+
+Whitening dense_whitening(const Moment& c) {
+  if (c.in() > kDenseLimit) {
+    throw Error("calibration: an input second moment of width " + std::to_string(c.in()) +
+                " has a diagonal at or near 0, which only the dense whitening (width <= " +
+                std::to_string(kDenseLimit) + ") takes; give a shrinkage above 0");
+  }
+  return Whitening(c.dense());
+}
+
+}  // namespace
+
+Whitening::Whitening(const Moment& c) : in_(c.in()) {
+  const double mean = in_ > 0 ? c.trace() / static_cast<double>(in_) : 0.0;
+  if (in_ > 0 && !(c.d.minCoeff() > kLeastDiagonal * mean)) {
+    *this = dense_whitening(c);
+    return;
+  }
+  sqrt_d_ = c.d.cwiseSqrt();
+  if (c.g.cols() == 0) return;
+  const Eigen::MatrixXd w = sqrt_d_.cwiseInverse().asDiagonal() * c.g;
+  // W = P diag(lambda)^{1/2} Q^T: the top right singular pairs of W^T,
+  // exactly (at most in x k; k columns of G).
+  const linalg::Subspace s = linalg::top_right_subspace_exact(Eigen::MatrixXd(w.transpose()), w.cols());
+  p_ = s.basis;
+  const Eigen::ArrayXd one_plus = 1.0 + s.values.array().square();
+  up_ = one_plus.sqrt() - 1.0;
+  down_ = one_plus.rsqrt() - 1.0;
+}
+
+Eigen::MatrixXd Whitening::whiten(const Eigen::MatrixXd& r) const {
+  if (root_.size() > 0) return r * root_;
+  Eigen::MatrixXd x = r * sqrt_d_.asDiagonal();
+  if (p_.cols() > 0) x += ((x * p_) * up_.asDiagonal()) * p_.transpose();
+  return x;
+}
+
+Eigen::MatrixXd Whitening::unwhiten(const Eigen::MatrixXd& r) const {
+  if (root_.size() > 0) return r * inv_root_;
+  Eigen::MatrixXd x = r;
+  if (p_.cols() > 0) x += ((r * p_) * down_.asDiagonal()) * p_.transpose();
+  return x * sqrt_d_.cwiseInverse().asDiagonal();
+}
+
+size_t Whitening::size() const {
+  return static_cast<size_t>(root_.size() + inv_root_.size() + sqrt_d_.size() + p_.size() + up_.size() + down_.size());
+}
+
+namespace {
+
+Eigen::MatrixXd stacked(const std::vector<const Eigen::MatrixXd*>& rows, Eigen::Index in) {
+  Eigen::Index n = 0;
+  for (const auto* r : rows) n += r->rows();
+  Eigen::MatrixXd s(n, in);
+  n = 0;
+  for (const auto* r : rows) {
+    if (r->cols() != in) throw std::logic_error("whitened: A's width is not the statistics' width");
+    s.middleRows(n, r->rows()) = *r;
+    n += r->rows();
+  }
+  return s;
+}
+
+}  // namespace
+
+std::vector<Eigen::MatrixXd> Whitening::grams(const std::vector<const Eigen::MatrixXd*>& rows) const {
+  const Eigen::MatrixXd s = stacked(rows, in_);
+  std::vector<Eigen::MatrixXd> out;
+  // Dense: (s C^{1/2})(s C^{1/2})^T. Factored: with X = s D^{1/2} and
+  // Y = X P, s C s^T = X M X^T = X X^T + Y diag((1 + up)^2 - 1) Y^T.
+  Eigen::MatrixXd x, y;
+  Eigen::VectorXd lambda;
+  if (root_.size() > 0) {
+    x = s * root_;
+  } else {
+    x = s * sqrt_d_.asDiagonal();
+    if (p_.cols() > 0) {
+      y = x * p_;
+      lambda = (1.0 + up_.array()).square() - 1.0;
+    }
+  }
+  Eigen::Index at = 0;
+  for (const auto* r : rows) {
+    const Eigen::Index k = r->rows();
+    Eigen::MatrixXd g = x.middleRows(at, k) * x.middleRows(at, k).transpose();
+    if (y.size() > 0) g += y.middleRows(at, k) * lambda.asDiagonal() * y.middleRows(at, k).transpose();
+    out.push_back(std::move(g));
+    at += k;
+  }
   return out;
 }
 
 ModuleProblem whitened(ModuleProblem p, const Whitening& w) {
+  std::vector<const Eigen::MatrixXd*> rows;
+  for (const auto& l : p.loras) rows.push_back(&l.A);
+  const Eigen::MatrixXd all = w.whiten(stacked(rows, w.in()));
+  Eigen::Index at = 0;
   for (auto& l : p.loras) {
-    if (l.A.cols() != w.in()) throw std::logic_error("whitened: A's width is not the statistics' width");
-    l.A = w.whiten(l.A);
+    const Eigen::Index k = l.A.rows();
+    l.A = all.middleRows(at, k);
+    at += k;
   }
   return p;
+}
+
+std::vector<double> whitened_norms2(const ModuleProblem& p, const Whitening& w) {
+  std::vector<const Eigen::MatrixXd*> rows;
+  for (const auto& l : p.loras) rows.push_back(&l.A);
+  const std::vector<Eigen::MatrixXd> g = w.grams(rows);
+  std::vector<double> n(p.tasks());
+  for (size_t i = 0; i < p.tasks(); ++i) {
+    const auto& l = p.loras[i];
+    n[i] = std::max(0.0, l.scale * l.scale * (l.B.transpose() * l.B).cwiseProduct(g[i]).sum());
+  }
+  return n;
 }
 
 ModuleFit whitened(ModuleFit f, const Whitening& w) {
@@ -51,7 +219,7 @@ ModuleFit unwhitened(ModuleFit f, const Whitening& w) {
 // With E = dW - s H K R, min over the task's own H (or K) of tr(E C E^T):
 // the normal equations give s H K = (dW C R^T)(R C R^T)^+, so H = that / s
 // with K = I (the scale goes into the head: s = 1), or K = (s H)^+ that.
-void solve_own_metric(const ModuleProblem& p, const std::vector<Eigen::MatrixXd>& c, DType dtype, ModuleFit* f) {
+void solve_own_metric(const ModuleProblem& p, const std::vector<Moment>& c, DType dtype, ModuleFit* f) {
   std::vector<int> head_users(f->heads.size(), 0), core_users(f->cores.size(), 0);
   for (size_t i = 0; i < f->tasks(); ++i) {
     ++head_users[f->head_of[i]];
@@ -59,14 +227,13 @@ void solve_own_metric(const ModuleProblem& p, const std::vector<Eigen::MatrixXd>
   }
   for (size_t i = 0; i < f->tasks(); ++i) {
     const auto& l = p.loras[i];
-    if (c[i].size() == 0 || l.rank() == 0 || f->diagonal_cores) continue;
+    if (c[i].empty() || l.rank() == 0 || f->diagonal_cores) continue;
     const bool own_head = f->core_of[i] < 0 && head_users[f->head_of[i]] == 1;
     const bool own_core = f->core_of[i] >= 0 && core_users[f->core_of[i]] == 1;
     if (!own_head && !own_core) continue;
     const Eigen::MatrixXd& r = f->bodies[f->body_of[i]];
-    const Eigen::MatrixXd rc = r * c[i];  // k x in
-    const Eigen::MatrixXd target = (l.scale * l.B) * (l.A * rc.transpose()) *
-                                   Eigen::MatrixXd(rc * r.transpose()).completeOrthogonalDecomposition().pseudoInverse();
+    const Eigen::MatrixXd target = (l.scale * l.B) * c[i].between(l.A, r) *
+                                   c[i].between(r, r).completeOrthogonalDecomposition().pseudoInverse();
     if (own_head) {
       f->heads[f->head_of[i]] = round_to_dtype(target, dtype);
       f->scale[i] = 1.0;

@@ -18,28 +18,76 @@
 
 namespace hydraopt {
 
-/// C^{1/2} and C^{-1/2} of a symmetric positive definite C (in x in).
-class Whitening {
- public:
-  /// C as given; its eigenvalues must be positive (regularise first).
-  explicit Whitening(const Eigen::MatrixXd& c);
+/// A second moment C = diag(d) + G G^T (in x in), kept factored: wide
+/// modules never form an in x in matrix (llama-7b's down_proj: 11008^2
+/// doubles would be 1 GB).
+struct Moment {
+  Eigen::VectorXd d;  ///< in, >= 0
+  Eigen::MatrixXd g;  ///< in x k
 
-  int64_t in() const { return root_.rows(); }
-  /// r C^{1/2} for the rows of r (k x in).
-  Eigen::MatrixXd whiten(const Eigen::MatrixXd& r) const { return r * root_; }
-  /// r C^{-1/2}
-  Eigen::MatrixXd unwhiten(const Eigen::MatrixXd& r) const { return r * inv_root_; }
-
- private:
-  Eigen::MatrixXd root_, inv_root_;  // symmetric
+  Eigen::Index in() const { return d.size(); }
+  bool empty() const { return d.size() == 0; }
+  double trace() const { return d.sum() + g.squaredNorm(); }
+  /// X C Y^T for X (a x in), Y (b x in).
+  Eigen::MatrixXd between(const Eigen::MatrixXd& x, const Eigen::MatrixXd& y) const;
+  /// C as an in x in matrix (tests, and small in only).
+  Eigen::MatrixXd dense() const;
 };
 
 /// (1 - alpha) C + alpha (tr C / in) I: shrinkage towards the scaled
 /// identity, which keeps every input direction in the metric.
+Moment shrink(Moment c, double alpha);
 Eigen::MatrixXd shrink(const Eigen::MatrixXd& c, double alpha);
 
-/// The problem with every A_i whitened (A_i C^{1/2}).
+/// Widths up to which compressed() is exact.
+inline constexpr Eigen::Index kExactWidth = 1024;
+
+/// C with G G^T cut to its top `max_rank` eigenpairs, what is cut moved to
+/// the diagonal (so the diagonal and the trace stay exact): exact when G
+/// has at most max_rank columns or in <= max(max_rank, kExactWidth) (G G^T's
+/// eigenpairs); wider, a randomized approximation of the top part
+/// (whitening.cc), with every cut still kept on the diagonal.
+Moment compressed(Moment c, Eigen::Index max_rank);
+
+/// A whitening of a symmetric positive definite C: a factor F (in x in)
+/// with F^T F = C, so that ||E C^{1/2}||_F = ||E F^T||_F for every E: the
+/// calibrated error of E is the Frobenius error of E F^T. Two forms:
+/// - factored, C = D + G G^T with D = diag(d) > 0: with W = D^{-1/2} G =
+///   P diag(lambda)^{1/2} (P orthonormal, in x k), I + W W^T = M and
+///   F^T = D^{1/2} M^{1/2}, M^{1/2} = I + P diag(sqrt(1 + lambda) - 1) P^T,
+///   so whitening a k' x in matrix costs O(k' in k), never in x in;
+/// - dense (C given as a matrix, or a factored C whose diagonal is not
+///   well above 0, and in <= 4096): the symmetric root C^{1/2}.
+/// With C = I both are the identity.
+class Whitening {
+ public:
+  /// C as given; its eigenvalues must be positive (regularise first).
+  explicit Whitening(const Eigen::MatrixXd& c);
+  explicit Whitening(const Moment& c);
+
+  int64_t in() const { return in_; }
+  /// r F^T for the rows of r (k x in).
+  Eigen::MatrixXd whiten(const Eigen::MatrixXd& r) const;
+  /// r F^{-T}
+  Eigen::MatrixXd unwhiten(const Eigen::MatrixXd& r) const;
+  /// r_i C r_i^T for each r_i (k_i x in), in one pass over C's factors.
+  std::vector<Eigen::MatrixXd> grams(const std::vector<const Eigen::MatrixXd*>& rows) const;
+  /// Doubles held (memory).
+  size_t size() const;
+
+ private:
+  int64_t in_ = 0;
+  Eigen::MatrixXd root_, inv_root_;  // dense form: symmetric
+  Eigen::VectorXd sqrt_d_;           // factored form
+  Eigen::MatrixXd p_;
+  Eigen::VectorXd up_, down_;  // sqrt(1 + lambda) - 1, 1 / sqrt(1 + lambda) - 1
+};
+
+/// The problem with every A_i whitened (A_i F^T; all tasks in one product).
 ModuleProblem whitened(ModuleProblem p, const Whitening& w);
+/// ||dW_i F^T||^2 = s_i^2 tr(B_i^T B_i A_i C A_i^T) per task: the whitened
+/// problem's update_norms2 without whitening it.
+std::vector<double> whitened_norms2(const ModuleProblem& p, const Whitening& w);
 /// The fit with every body whitened (R C^{1/2}): its errors on the
 /// whitened problem are the calibrated errors.
 ModuleFit whitened(ModuleFit f, const Whitening& w);
@@ -48,11 +96,11 @@ ModuleFit whitened(ModuleFit f, const Whitening& w);
 ModuleFit unwhitened(ModuleFit f, const Whitening& w);
 
 /// One exact block step towards each task's own metric: for every task i
-/// with a second moment c[i] (in x in; empty: none) whose head, or core,
+/// with a second moment c[i] (empty: none) whose head, or core,
 /// is its own, that head (or core) is re-solved given the stored body to
 /// minimise ||(dW_i - dW_hat_i) c_i^{1/2}||^2, and rounded to `dtype`
 /// (so never raising that error beyond the rounding). `p`: the problem as
 /// read (not whitened); `f`: a stored fit of it.
-void solve_own_metric(const ModuleProblem& p, const std::vector<Eigen::MatrixXd>& c, DType dtype, ModuleFit* f);
+void solve_own_metric(const ModuleProblem& p, const std::vector<Moment>& c, DType dtype, ModuleFit* f);
 
 }  // namespace hydraopt

@@ -4,9 +4,13 @@
 #include <nlohmann/json.hpp>
 
 #include <Eigen/Core>
+#include <Eigen/QR>
+#include <algorithm>
+#include <map>
 
 #include "hydraopt/error.h"
 #include "io/atomic_file.h"
+#include "io/calibration.h"
 #include "io/safetensors.h"
 #include "util/random.h"
 
@@ -37,6 +41,56 @@ std::vector<ModuleShape> preset_modules(const SynthPreset& p) {
     }
   }
   return mods;
+}
+
+// Input sites: q/k/v read one input, gate/up one; o and down their own.
+// A site is named after its first reader, as `hydraopt calibrate` names it.
+std::map<std::string, std::vector<std::string>> preset_sites(const std::vector<ModuleShape>& mods) {
+  std::map<std::string, std::vector<std::string>> sites;
+  std::map<std::string, std::string> first;  // layer + input kind -> site
+  for (const auto& m : mods) {
+    const auto dot = m.name.rfind('.');
+    const std::string proj = m.name.substr(dot + 1), layer = m.name.substr(0, dot);
+    const bool shared = proj == "q_proj" || proj == "k_proj" || proj == "v_proj" || proj == "gate_proj" ||
+                        proj == "up_proj";
+    const std::string kind = layer + (shared ? (proj[0] == 'g' || proj[0] == 'u' ? "|mlp" : "|attn") : "|" + proj);
+    auto [it, fresh] = first.emplace(kind, m.name);
+    sites[it->second].push_back(m.name);
+  }
+  return sites;
+}
+
+// One task's statistics (docs/synth.md): per site of width `in`, a shared
+// orthonormal basis U (in x k) all tasks' inputs mostly lie in, each task's
+// tilted by its own noise (V_t = orth(U + 0.3 N_t)), eigenvalues
+// g_t j^-1.2 (j = 1..k, a per-task gain g_t), and a diagonal remainder of
+// 5% of their sum spread unevenly over the inputs.
+io::CalibrationStats synth_statistics(const SynthPreset& p, const std::vector<ModuleShape>& mods,
+                                      const std::string& task, int t, uint64_t seed, int64_t rank) {
+  io::CalibrationStats st;
+  st.task = task;
+  st.base_model = "hydraopt-synth/" + p.name;
+  st.examples = 64;
+  st.rows = 64 * 32;
+  st.modules = preset_sites(mods);
+  for (const auto& [site, readers] : st.modules) {
+    const auto it = std::find_if(mods.begin(), mods.end(), [&](const ModuleShape& m) { return m.name == site; });
+    const auto in = static_cast<Eigen::Index>(it->in);
+    const Eigen::Index k = std::min<Eigen::Index>(rank, in);
+    const uint64_t s = static_cast<uint64_t>(it - mods.begin());
+    Eigen::MatrixXd u = Stream(seed, 7, s).normal(in, k, 1.0 / std::sqrt(static_cast<double>(in)));
+    u += Stream(seed, 8, s, t + 1).normal(in, k, 0.3 / std::sqrt(static_cast<double>(in)));
+    Eigen::HouseholderQR<Eigen::MatrixXd> qr(u);
+    io::InputStats x;
+    x.vectors = (qr.householderQ() * Eigen::MatrixXd::Identity(in, k)).transpose();
+    const double gain = std::exp(0.2 * Stream(seed, 9, s, t + 1).normal());
+    x.values.resize(k);
+    for (Eigen::Index j = 0; j < k; ++j) x.values[j] = gain * std::pow(static_cast<double>(j + 1), -1.2);
+    const Eigen::ArrayXd spread = 1.0 + Stream(seed, 10, s, t + 1).uniform(in, 1, 0.5).array();  // [0.5, 1.5)
+    x.diagonal = (0.05 * x.values.sum() / spread.sum()) * spread.matrix();
+    st.sites[site] = std::move(x);
+  }
+  return st;
 }
 
 }  // namespace
@@ -78,6 +132,7 @@ std::vector<fs::path> synth_write(const fs::path& out_dir, const SynthOptions& o
   }
   const int clusters = std::max(1, std::min(tasks, o.clusters > 0 ? o.clusters : p.clusters));
   if (tasks > 100000) throw Error("--tasks must be at most 100000");
+  if (o.statistics_rank < 1 || o.statistics_rank > 4096) throw Error("--statistics-rank must be in 1..4096");
   const auto modules = preset_modules(p);
 
   std::vector<fs::path> dirs(tasks);
@@ -89,6 +144,10 @@ std::vector<fs::path> synth_write(const fs::path& out_dir, const SynthOptions& o
   std::error_code ec;
   fs::create_directories(out_dir, ec);
   if (ec) throw Error(out_dir.string(), "", "cannot create directory: " + ec.message());
+  if (!o.statistics.empty()) {
+    fs::create_directories(o.statistics, ec);
+    if (ec) throw Error(o.statistics.string(), "", "cannot create directory: " + ec.message());
+  }
 
   nlohmann::ordered_json config = {
       {"peft_type", "LORA"},
@@ -130,6 +189,11 @@ std::vector<fs::path> synth_write(const fs::path& out_dir, const SynthOptions& o
       io::write_file_atomic(dirs[t] / "adapter_config.json", config_text);
       io::safetensors_write(dirs[t] / "adapter_model.safetensors", std::move(tensors),
                             {{"format", "pt"}});
+      if (!o.statistics.empty()) {
+        const std::string task = dirs[t].filename().string();
+        io::write_calibration_stats(o.statistics / (task + ".safetensors"),
+                                    synth_statistics(p, modules, task, t, o.seed, o.statistics_rank));
+      }
     } catch (...) {
 #pragma omp critical
       if (!failure) failure = std::current_exception();
