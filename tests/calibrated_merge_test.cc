@@ -132,6 +132,18 @@ TEST(Whitening, FactoredFormIsAWhitening) {
     EXPECT_LT((f * f.transpose() - dense).norm(), 1e-10 * dense.norm()) << k;
     if (k < 12) EXPECT_LT(w.size(), size_t{25 * 25}) << k;  // factored: no in x in matrix
   }
+  {  // many rows: the low-rank products in single precision, to ~1e-7
+    const Moment c = random_factored(300, 256, 50);
+    const Whitening w(c);
+    const MatrixXd e = test::random_matrix(80, 300, 51);
+    ASSERT_GE(e.rows() * 256, Whitening::kSingleFrom);
+    const MatrixXd dense = c.dense();
+    const double exact = (e * dense * e.transpose()).trace();
+    EXPECT_NEAR(w.whiten(e).squaredNorm(), exact, 1e-5 * exact);
+    EXPECT_LT((w.unwhiten(w.whiten(e)) - e).norm(), 1e-5 * e.norm());
+    const std::vector<MatrixXd> g = w.grams({&e});
+    EXPECT_LT((g[0] - e * dense * e.transpose()).norm(), 1e-5 * (e * dense * e.transpose()).norm());
+  }
   const Whitening eye(Moment{Eigen::VectorXd::Ones(9), MatrixXd(9, 0)});
   EXPECT_EQ(eye.whiten(MatrixXd::Identity(9, 9)), MatrixXd::Identity(9, 9));
   // A zero diagonal: C = G G^T of full rank, whitened densely.

@@ -12,6 +12,7 @@
 #include "io/option_files.h"
 #include "methods/fit_error.h"
 #include "methods/precision.h"
+#include "util/parallel.h"
 #include "util/sha256.h"
 #include "util/wire.h"
 
@@ -366,36 +367,43 @@ void Session::load_calibration() {
   std::map<std::string, size_t> module_of;
   for (size_t m = 0; m < set_.modules().size(); ++m) module_of[set_.modules()[m].name] = m;
   const size_t n = set_.size();
-  std::vector<std::optional<io::CalibrationStats>> stats(n);
+  std::vector<std::optional<CalibratedTask>> stats(n);
   calib_sha_.assign(n, "");
-  for (size_t i = 0; i < n; ++i) {
+  std::vector<std::string> missing(n);
+  const util::InnerThreads threads(threads_);  // the tasks' files read side by side
+  util::parallel_for(n, [&](size_t i) {
     const std::string& task = set_.task(i).name();
     const std::filesystem::path path = dir / (task + ".safetensors");
     if (!std::filesystem::exists(path)) {
-      warnings_.push_back("no calibration statistics for task " + task + " (" + path.string() +
-                          "): it counts in each module's mean second moment as the identity");
-      continue;
+      missing[i] = "no calibration statistics for task " + task + " (" + path.string() +
+                   "): it counts in each module's mean second moment as the identity";
+      return;
     }
-    io::CalibrationStats st = io::read_calibration_stats(path);
+    auto reader = std::make_shared<const io::CalibrationFileReader>(path);
+    const io::CalibrationStats& st = reader->header();
     if (st.task != task) throw Error(path.string(), "", "statistics of task '" + st.task + "', not of '" + task + "'");
     const std::string& base = set_.task(i).base_model();
     if (!st.base_model.empty() && !base.empty() && st.base_model != base) {
       throw Error(path.string(), "", "statistics of base model '" + st.base_model + "'; the adapters' is '" + base + "'");
     }
+    CalibratedTask& t = stats[i].emplace();
     for (const auto& [site, modules] : st.modules) {
       for (const std::string& name : modules) {
         auto it = module_of.find(name);
         if (it == module_of.end()) throw Error(path.string(), site, "module " + name + " is not in the adapters");
-        const int64_t in = set_.modules()[it->second].in;
-        if (st.sites.at(site).in() != in) {
+        const int64_t in = set_.modules()[it->second].in, width = reader->widths().at(site);
+        if (width != in) {
           throw Error(path.string(), site + ".diagonal",
-                      "inputs " + std::to_string(st.sites.at(site).in()) + " wide; module " + name + " reads " +
-                          std::to_string(in));
+                      "inputs " + std::to_string(width) + " wide; module " + name + " reads " + std::to_string(in));
         }
+        t.site_of[name] = site;
       }
     }
     calib_sha_[i] = util::sha256_file(path);
-    stats[i] = std::move(st);
+    t.file = std::move(reader);
+  });
+  for (const std::string& w : missing) {
+    if (!w.empty()) warnings_.push_back(w);
   }
   if (std::none_of(stats.begin(), stats.end(), [](const auto& s) { return s.has_value(); })) {
     throw Error(dir.string(), "", "no task has a statistics file (<task>.safetensors)");
@@ -403,67 +411,93 @@ void Session::load_calibration() {
   calib_ = std::move(stats);
 }
 
-// Module m's metrics, each task's statistics read once: every task's
-// second moment scaled to trace `in` (the identity's; empty for a task
-// without statistics there), their mean's whitening (a task without
-// counts as the identity; shrunk towards it; cut to kMeanMomentRank), and
-// the tasks' own shrunk moments unless every task has the same. All kept
-// factored (diagonal + low rank): nothing in x in.
+// Module m's metrics from the tasks' shrunk moments (read once, when the
+// session starts): their mean's whitening (a task without counts as the
+// identity; cut to kMeanMomentRank above kExactWidth), and each task's own
+// moment unless every task has the same. All factored (diagonal + low
+// rank): nothing in x in.
 void Session::metrics(size_t m, LoadedModule* l, bool own) const {
   const auto& mod = set_.modules()[m];
   const auto in = static_cast<Eigen::Index>(mod.in);
   const size_t n = calib_.size();
-  std::vector<Moment> c(n);
-  std::vector<const io::InputStats*> given(n, nullptr);
-  Moment mean{Eigen::VectorXd::Zero(in), {}};
-  Eigen::Index columns = 0;
+  std::vector<const std::string*> site(n, nullptr);
   std::string key = std::to_string(in);  // the sites the tasks' statistics give m (q/k/v share one)
   for (size_t i = 0; i < n; ++i) {
-    const std::string* site = calib_[i] ? calib_[i]->site_of(mod.name) : nullptr;
-    key += "|" + (site ? *site : std::string());
-    const io::InputStats* s = site ? &calib_[i]->sites.at(*site) : nullptr;
-    if (s && s->trace() > 0) {
-      const double scale = static_cast<double>(in) / s->trace();
-      given[i] = s;
-      c[i].d = s->diagonal * scale;
-      c[i].g = s->vectors.transpose() * (s->values * scale).cwiseSqrt().asDiagonal();
-      mean.d += c[i].d;
-      columns += c[i].g.cols();
-    } else {
-      mean.d.array() += 1.0;
+    if (!calib_[i]) continue;
+    const auto it = calib_[i]->site_of.find(mod.name);
+    if (it != calib_[i]->site_of.end()) site[i] = &it->second;
+    key += "|" + (site[i] ? *site[i] : std::string());
+  }
+  // Each task's second moment, read from its file, scaled to trace `in`
+  // and shrunk (empty: none, or a zero trace; counts as the identity).
+  std::vector<Moment> c(n);
+  auto read = [&] {
+    for (size_t i = 0; i < n; ++i) {
+      if (!site[i]) continue;
+      const io::InputStats x = calib_[i]->file->site(*site[i]);
+      const double trace = x.trace();
+      if (!(trace > 0)) continue;
+      const double scale = static_cast<double>(in) / trace;
+      c[i] = shrink(Moment{x.diagonal * scale, x.vectors.transpose() * (x.values * scale).cwiseSqrt().asDiagonal()},
+                    o_.shrinkage);
     }
+  };
+  if (own) {
+    read();
+    // Every task the same statistics: the mean is each one's own metric.
+    const bool one = std::all_of(c.begin(), c.end(), [&](const Moment& x) {
+      return !x.empty() && x.d == c[0].d && x.g == c[0].g;
+    });
+    l->own = one ? std::vector<Moment>(n) : c;
   }
-  // Every task the same statistics: the mean is each one's own metric.
-  const bool one = std::all_of(given.begin(), given.end(), [&](const io::InputStats* s) {
-    return s && (s == given[0] || (s->values == given[0]->values && s->vectors == given[0]->vectors &&
-                                   s->diagonal == given[0]->diagonal));
-  });
-  l->own.assign(n, Moment());
-  for (size_t i = 0; i < n && own && !one; ++i) {
-    if (given[i]) l->own[i] = shrink(c[i], o_.shrinkage);
-  }
-  // The whitening, computed once per key while the cache holds it.
+  // The whitening, computed once per key while the cache holds it (a
+  // module of the same site loaded meanwhile waits for it).
+  std::promise<std::shared_ptr<const Whitening>> made;
   {
-    std::lock_guard<std::mutex> lock(whitening_mutex_);
-    if (auto it = whitening_cache_.find(key); it != whitening_cache_.end()) {
-      l->whitening = it->second;
+    std::unique_lock<std::mutex> lock(whitening_mutex_);
+    auto [it, fresh] = whitening_cache_.try_emplace(key);
+    if (!fresh) {
+      const auto wait = it->second;
+      lock.unlock();
+      l->whitening = wait.get();
       return;
     }
+    it->second = made.get_future().share();
   }
-  mean.g.resize(in, columns);
-  columns = 0;
-  for (size_t i = 0; i < n; ++i) {
-    mean.g.middleCols(columns, c[i].g.cols()) = c[i].g;
-    columns += c[i].g.cols();
+  try {
+    // The mean of the shrunk moments is the shrunk mean (each has trace in).
+    if (!own) read();
+    Eigen::Index columns = 0;
+    for (const Moment& x : c) columns += x.g.cols();
+    Moment mean{Eigen::VectorXd::Zero(in), Eigen::MatrixXd(in, columns)};
+    columns = 0;
+    for (Moment& x : c) {
+      if (x.empty()) {
+        mean.d.array() += 1.0;
+        continue;
+      }
+      mean.d += x.d;
+      mean.g.middleCols(columns, x.g.cols()) = x.g;
+      columns += x.g.cols();
+      if (!own) x = Moment();  // let go as it goes
+    }
+    mean.d /= static_cast<double>(n);
+    mean.g /= std::sqrt(static_cast<double>(n));
+    l->whitening = std::make_shared<const Whitening>(compressed(std::move(mean), in <= kExactWidth ? in : kMeanMomentRank));
+    made.set_value(l->whitening);
+  } catch (...) {
+    made.set_exception(std::current_exception());
+    std::lock_guard<std::mutex> lock(whitening_mutex_);
+    whitening_cache_.erase(key);
+    throw;
   }
-  mean.d /= static_cast<double>(n);
-  mean.g /= std::sqrt(static_cast<double>(n));
-  l->whitening = std::make_shared<const Whitening>(compressed(shrink(std::move(mean), o_.shrinkage), in <= kExactWidth ? in : kMeanMomentRank));
   constexpr size_t kWhiteningCacheBytes = size_t{256} << 20;
   const size_t bytes = sizeof(double) * l->whitening->size();
   std::lock_guard<std::mutex> lock(whitening_mutex_);
-  if (whitening_cache_bytes_ + bytes <= kWhiteningCacheBytes && whitening_cache_.emplace(key, l->whitening).second) {
+  if (whitening_cache_bytes_ + bytes <= kWhiteningCacheBytes) {
     whitening_cache_bytes_ += bytes;
+  } else {
+    whitening_cache_.erase(key);  // who waits holds its own copy of the future
   }
 }
 

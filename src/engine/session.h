@@ -12,6 +12,7 @@
 #pragma once
 
 #include <chrono>
+#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -36,6 +37,13 @@ struct LoadedModule {
   /// Calibrated: each task's own metric unless every task has the same
   /// (empty otherwise), for solve_own_metric.
   std::vector<Moment> own;
+};
+
+/// One task's calibration statistics: its file (validated; read one site
+/// at a time as modules load) and the site each module reads.
+struct CalibratedTask {
+  std::shared_ptr<const io::CalibrationFileReader> file;
+  std::map<std::string, std::string> site_of;
 };
 
 /// The rank the tasks' mean second moment is cut to when its width is
@@ -136,7 +144,7 @@ class Session final : public MethodContext {
   std::vector<double> total_norm2_;
   std::vector<std::vector<double>> weights_;  // [module][task]
   std::vector<std::string> sha_;  // [task] the sources' SHA-256, when asked
-  std::vector<std::optional<io::CalibrationStats>> calib_;  // [task] when calibrated
+  std::vector<std::optional<CalibratedTask>> calib_;  // [task] when calibrated
   std::vector<std::string> calib_sha_;                      // [task]
   std::vector<std::vector<double>> frob_norms2_;            // [module][task] calibrated: Frobenius
   std::vector<double> frob_total_;
@@ -144,7 +152,7 @@ class Session final : public MethodContext {
   // A module's mean metric, by the sites its tasks' statistics give it
   // (q/k/v share one), computed once while they fit in the cache (metrics()).
   mutable std::mutex whitening_mutex_;
-  mutable std::map<std::string, std::shared_ptr<const Whitening>> whitening_cache_;
+  mutable std::map<std::string, std::shared_future<std::shared_ptr<const Whitening>>> whitening_cache_;
   mutable size_t whitening_cache_bytes_ = 0;
   io::BundleWriter* writer_ = nullptr;
 };

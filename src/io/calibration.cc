@@ -151,8 +151,9 @@ const TensorInfo& site_tensor(const SafetensorsFile& st, const std::string& site
   return *t;
 }
 
-// One site's three tensors, shapes and values checked.
-InputStats read_site(const SafetensorsFile& st, const std::string& site) {
+// One site's three tensors, shapes and values checked (with
+// `orthonormal`, the eigenvectors' orthonormality too: k^2 in flops).
+InputStats read_site(const SafetensorsFile& st, const std::string& site, bool orthonormal = true) {
   const std::string& file = st.path();
   const TensorInfo& td = site_tensor(st, site, "diagonal", 1);
   const TensorInfo& tv = site_tensor(st, site, "values", 1);
@@ -184,7 +185,7 @@ InputStats read_site(const SafetensorsFile& st, const std::string& site) {
                       fmt::format("{}", s.values[i - 1]) + ")");
     }
   }
-  if (k > 0) {
+  if (k > 0 && orthonormal) {
     const Eigen::MatrixXd gram = s.vectors * s.vectors.transpose();
     Eigen::Index r = 0, c = 0;
     const double dev = (gram - Eigen::MatrixXd::Identity(k, k)).cwiseAbs().maxCoeff(&r, &c);
@@ -321,6 +322,27 @@ InputStats sketch_second_moment(const Eigen::MatrixXd& c, int64_t max_rank, doub
 
 CalibrationStats read_calibration_stats(const std::filesystem::path& path) {
   return parse(SafetensorsFile::open(path));
+}
+
+CalibrationFileReader::CalibrationFileReader(std::filesystem::path path) : path_(std::move(path)) {
+  std::error_code ec;
+  size_ = std::filesystem::file_size(path_, ec);
+  if (!ec) mtime_ = std::filesystem::last_write_time(path_, ec);
+  if (ec) throw Error(path_.string(), "", "cannot read: " + ec.message());
+  header_ = read_calibration_stats(path_);
+  for (const auto& [site, x] : header_.sites) widths_[site] = x.in();
+  header_.sites.clear();
+}
+
+InputStats CalibrationFileReader::site(const std::string& name) const {
+  if (!header_.modules.count(name)) throw std::logic_error("CalibrationFileReader::site: no site " + name);
+  std::error_code ec;
+  const auto size = std::filesystem::file_size(path_, ec);
+  const auto mtime = ec ? std::filesystem::file_time_type() : std::filesystem::last_write_time(path_, ec);
+  if (ec || size != size_ || mtime != mtime_) {
+    throw Error(path_.string(), "", "changed while it was in use (read it again)");
+  }
+  return read_site(SafetensorsFile::open(path_), name, false);
 }
 
 CalibrationStats parse_calibration_stats(std::span<const std::byte> file,

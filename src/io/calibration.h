@@ -72,6 +72,29 @@ InputStats sketch_second_moment(const Eigen::MatrixXd& c, int64_t max_rank = 256
 
 /// Reads and validates a statistics file; throws hydraopt::Error.
 CalibrationStats read_calibration_stats(const std::filesystem::path& path);
+
+/// A statistics file read one site at a time: opened and validated whole
+/// (as read_calibration_stats), keeping only its header; site() reads one
+/// site's tensors again when asked (their checks repeated but for the
+/// orthonormality of the eigenvectors, checked once), so memory holds what
+/// is in use (a llama-1b file with 256 eigenpairs per site is 67 MB). A file
+/// whose size or modification time changed since is refused.
+class CalibrationFileReader {
+ public:
+  explicit CalibrationFileReader(std::filesystem::path path);
+  /// task, base_model, examples, rows, modules; `sites` is empty.
+  const CalibrationStats& header() const { return header_; }
+  /// Each site's input width.
+  const std::map<std::string, int64_t>& widths() const { return widths_; }
+  InputStats site(const std::string& name) const;
+
+ private:
+  std::filesystem::path path_;
+  CalibrationStats header_;
+  std::map<std::string, int64_t> widths_;
+  std::uintmax_t size_ = 0;
+  std::filesystem::file_time_type mtime_;
+};
 /// The same from bytes in memory (tests, fuzzers); `label` names the source.
 CalibrationStats parse_calibration_stats(std::span<const std::byte> file, const std::string& label);
 /// Writes atomically (temp + rename); the stats must be valid as the reader

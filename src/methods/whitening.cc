@@ -39,11 +39,11 @@ Eigen::MatrixXd shrink(const Eigen::MatrixXd& c, double alpha) {
 }
 
 // G G^T's top eigenpairs as G's left singular pairs: exactly from the
-// in x in Gram (in <= kExactWidth), else by a randomized range finder
-// (Halko, Martinsson & Tropp 2011, Alg. 4.3 with one power iteration) in
-// single precision: a fixed-seed Gaussian start of max_rank + 16 columns,
-// four products with G, the top pairs from the l x l Gram of Q^T G. Not
-// the tightest top eigenspace, but what is cut goes to the diagonal.
+// in x in Gram (in <= kExactWidth), else by a one-pass randomized range
+// finder (Halko, Martinsson & Tropp 2011, Alg. 4.1) in single precision: a
+// fixed-seed Gaussian start of l = max_rank + 32 columns, Q = orth(G Omega),
+// the top pairs from the l x l Gram of Q^T G. Not the tightest top
+// eigenspace (no power iteration), but what is cut goes to the diagonal.
 Moment compressed(Moment c, Eigen::Index max_rank) {
   if (c.g.cols() <= max_rank) return c;
   const Eigen::VectorXd before = c.g.rowwise().squaredNorm();
@@ -52,15 +52,14 @@ Moment compressed(Moment c, Eigen::Index max_rank) {
     const Eigen::Index k = std::min(max_rank, c.in());
     c.g = eig.eigenvectors().rightCols(k) * eig.eigenvalues().tail(k).cwiseMax(0.0).cwiseSqrt().asDiagonal();
   } else {
-    const Eigen::Index l = std::min(max_rank + 16, c.in());
+    const Eigen::Index l = std::min(max_rank + 32, c.in());
     const Eigen::MatrixXf g = c.g.cast<float>();
     auto basis = [](const Eigen::MatrixXf& y) {
       Eigen::HouseholderQR<Eigen::MatrixXf> qr(y);
       return Eigen::MatrixXf(qr.householderQ() * Eigen::MatrixXf::Identity(y.rows(), y.cols()));
     };
     util::Stream rng(0x5eed, 19, static_cast<uint64_t>(c.in()), static_cast<uint64_t>(g.cols()));
-    Eigen::MatrixXf q = basis(g * rng.normal(g.cols(), l, 1.0).cast<float>());
-    q = basis(g * Eigen::MatrixXf(g.transpose() * q));
+    const Eigen::MatrixXf q = basis(g * rng.normal(g.cols(), l, 1.0).cast<float>());
     const Eigen::MatrixXd b = (q.transpose() * g).cast<double>();  // l x k
     Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> eig(b * b.transpose());
     c.g = q.cast<double>() * eig.eigenvectors().rightCols(max_rank) *
@@ -114,27 +113,39 @@ Whitening::Whitening(const Moment& c) : in_(c.in()) {
   // exactly (at most in x k; k columns of G).
   const linalg::Subspace s = linalg::top_right_subspace_exact(Eigen::MatrixXd(w.transpose()), w.cols());
   p_ = s.basis;
+  pf_ = p_.cast<float>();
   const Eigen::ArrayXd one_plus = 1.0 + s.values.array().square();
   up_ = one_plus.sqrt() - 1.0;
   down_ = one_plus.rsqrt() - 1.0;
 }
 
+// The low-rank correction x P diag(s) P^T: in single precision when it
+// is large (many rows: a module's stacked A's), where its rounding, ~1e-7
+// of x's norm, is far below any stored dtype's.
+Eigen::MatrixXd Whitening::correction(const Eigen::MatrixXd& x, const Eigen::VectorXd& s) const {
+  if (x.rows() * p_.cols() < kSingleFrom) return ((x * p_) * s.asDiagonal()) * p_.transpose();
+  const Eigen::MatrixXf xf = x.cast<float>();
+  const Eigen::MatrixXf y = (xf * pf_) * s.cast<float>().asDiagonal();
+  return (y * pf_.transpose()).cast<double>();
+}
+
 Eigen::MatrixXd Whitening::whiten(const Eigen::MatrixXd& r) const {
   if (root_.size() > 0) return r * root_;
   Eigen::MatrixXd x = r * sqrt_d_.asDiagonal();
-  if (p_.cols() > 0) x += ((x * p_) * up_.asDiagonal()) * p_.transpose();
+  if (p_.cols() > 0) x += correction(x, up_);
   return x;
 }
 
 Eigen::MatrixXd Whitening::unwhiten(const Eigen::MatrixXd& r) const {
   if (root_.size() > 0) return r * inv_root_;
   Eigen::MatrixXd x = r;
-  if (p_.cols() > 0) x += ((r * p_) * down_.asDiagonal()) * p_.transpose();
+  if (p_.cols() > 0) x += correction(r, down_);
   return x * sqrt_d_.cwiseInverse().asDiagonal();
 }
 
 size_t Whitening::size() const {
-  return static_cast<size_t>(root_.size() + inv_root_.size() + sqrt_d_.size() + p_.size() + up_.size() + down_.size());
+  return static_cast<size_t>(root_.size() + inv_root_.size() + sqrt_d_.size() + p_.size() + pf_.size() / 2 +
+                             up_.size() + down_.size());
 }
 
 namespace {
@@ -166,7 +177,8 @@ std::vector<Eigen::MatrixXd> Whitening::grams(const std::vector<const Eigen::Mat
   } else {
     x = s * sqrt_d_.asDiagonal();
     if (p_.cols() > 0) {
-      y = x * p_;
+      y = x.rows() * p_.cols() < kSingleFrom ? Eigen::MatrixXd(x * p_)
+                                              : Eigen::MatrixXd((x.cast<float>() * pf_).cast<double>());
       lambda = (1.0 + up_.array()).square() - 1.0;
     }
   }

@@ -75,11 +75,17 @@ class Whitening {
   /// Doubles held (memory).
   size_t size() const;
 
+  /// Rows x rank from which the low-rank products run in single precision.
+  static constexpr Eigen::Index kSingleFrom = 64 * 256;
+
  private:
+  Eigen::MatrixXd correction(const Eigen::MatrixXd& x, const Eigen::VectorXd& s) const;
+
   int64_t in_ = 0;
   Eigen::MatrixXd root_, inv_root_;  // dense form: symmetric
   Eigen::VectorXd sqrt_d_;           // factored form
   Eigen::MatrixXd p_;
+  Eigen::MatrixXf pf_;  // p_ in single precision
   Eigen::VectorXd up_, down_;  // sqrt(1 + lambda) - 1, 1 / sqrt(1 + lambda) - 1
 };
 
