@@ -327,6 +327,36 @@ TEST(CalibrationFile, RoundTrip) {
   EXPECT_EQ(parsed.sites.at(kAttn).vectors, got.sites.at(kAttn).vectors);
 }
 
+// Read site by site: the same statistics as read whole; a bad file is
+// refused when opened; a file changed since is refused when a site is read.
+TEST(CalibrationFile, SiteBySiteReaderReadsTheSameAndNoticesAChange) {
+  test::TempDir dir;
+  const fs::path path = dir / "arith.safetensors";
+  io::write_calibration_stats(path, valid_stats());
+  const CalibrationStats whole = io::read_calibration_stats(path);
+  const io::CalibrationFileReader reader(path);
+  EXPECT_EQ(reader.header().task, whole.task);
+  EXPECT_EQ(reader.header().modules, whole.modules);
+  EXPECT_TRUE(reader.header().sites.empty());
+  for (const auto& [site, w] : whole.sites) {
+    SCOPED_TRACE(site);
+    const InputStats g = reader.site(site);
+    EXPECT_EQ(g.values, w.values);
+    EXPECT_EQ(g.vectors, w.vectors);
+    EXPECT_EQ(g.diagonal, w.diagonal);
+    EXPECT_EQ(reader.widths().at(site), w.in());
+  }
+  CalibrationStats other = valid_stats();
+  other.examples = 123456;  // a longer header: another size
+  io::write_calibration_stats(path, other);
+  EXPECT_NE(test::error_of([&] { reader.site(kAttn); }).find("changed while it was in use"), std::string::npos);
+  const fs::path bad = dir / "bad.safetensors";
+  const std::vector<std::byte> image = valid_parts().image();
+  test::write_text(bad, std::string(reinterpret_cast<const char*>(image.data()), image.size() - 9));
+  EXPECT_THROW(io::CalibrationFileReader{bad}, Error);
+  EXPECT_THROW(io::CalibrationFileReader{dir / "none.safetensors"}, Error);
+}
+
 TEST(CalibrationFile, WriterRefusesWhatTheReaderWouldAndLeavesNoFile) {
   test::TempDir dir;
   const fs::path path = dir / "bad.safetensors";

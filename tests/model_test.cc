@@ -213,6 +213,7 @@ TEST(Benchmark, ScoresAdaptersAndBundlesOnTheirTasks) {
   BenchmarkOptions o;
   o.assets = a.path();
   o.points = {{"hydraopt", 1.0}, {"ta", 1.0}};
+  o.ood = 3;
   auto r = run_benchmark(o);
   ASSERT_EQ(r.tasks.size(), 2u);
   for (size_t i = 0; i < 2; ++i) {
@@ -226,10 +227,17 @@ TEST(Benchmark, ScoresAdaptersAndBundlesOnTheirTasks) {
     EXPECT_DOUBLE_EQ(r.points[0].scores[i], r.individual[i]);
     EXPECT_DOUBLE_EQ(r.points[0].relative[i], 1.0);
   }
+  // Out of distribution: the exact adapters agree with themselves on the
+  // other task's prompts; the merge is scored on as many.
+  EXPECT_EQ(r.points[0].ood_agreement, (std::vector<double>{1.0, 1.0}));
+  ASSERT_EQ(r.points[1].ood_agreement.size(), 2u);
+  for (double a : r.points[1].ood_agreement) EXPECT_TRUE(a >= 0 && a <= 1) << a;
   EXPECT_NE(r.table().find("mean relative task score"), std::string::npos);
   auto j = nlohmann::json::parse(r.json());
   EXPECT_EQ(j["tasks"], 2);
   EXPECT_EQ(j["points"].size(), 2u);
+  EXPECT_EQ(j["points"][0]["mean_ood_agreement"], 1.0);
+  EXPECT_EQ(j["points"][1]["ood_agreement"].size(), 2u);
 }
 
 TEST(Benchmark, DemoPointsAreParsedOrRefusedByName) {

@@ -346,6 +346,10 @@ int main(int argc, char** argv) {
                  "a second curve, about 2 minutes more");
   demo->add_flag("--similarity", bench.similarity,
                  "also the edit similarity of the free-running greedy outputs (about 5x the scoring time)");
+  demo->add_option("--ood", bench.ood,
+                   "out of distribution: also compare each point's adapters with the originals on the first K test "
+                   "prompts of every other task (agreement of greedy outputs)")
+      ->check(CLI::Range(0, 1000));
   demo->add_option("--threads", bench.threads, "worker threads (0: all cores)");
   demo->add_flag("--json", json, "machine-readable output");
   hydraopt::OnlineOptions online;

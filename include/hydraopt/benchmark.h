@@ -13,6 +13,7 @@
 // divided by the task's own adapter's score.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -147,6 +148,11 @@ struct BenchmarkOptions {
   /// scoring costs about 5x more: 75-80 s per point here, against 16.5 s
   /// for exact match alone. Off: the similarity fields are NaN.
   bool similarity = false;
+  /// Out of distribution (issue 19): with K > 0, every point's adapter of
+  /// each task also runs on the first K test prompts of every other task,
+  /// and its greedy outputs are compared with the task's own adapter's
+  /// (BenchmarkPoint::ood_agreement). About 8 s per point and K here.
+  int ood = 0;
   std::function<void(const std::string&)> log;  ///< progress lines
 };
 
@@ -159,6 +165,11 @@ struct BenchmarkPoint {
   /// The same for the edit similarity of the greedy outputs.
   std::vector<double> similarity, relative_similarity;
   double mean_relative_similarity = 0, min_relative_similarity = 0;
+  /// BenchmarkOptions::ood > 0: per task, the share of the other tasks'
+  /// prompts on which the merged adapter's greedy output (up to its end
+  /// of sequence or the length limit) equals the task's own adapter's.
+  std::vector<double> ood_agreement;
+  double mean_ood_agreement = NAN;
 };
 
 struct BenchmarkResult {

@@ -239,6 +239,32 @@ DemoPoint parse_demo_point(const std::string& text) {
   return p;
 }
 
+namespace {
+
+// Greedy outputs on each example's prompt, each as far as 2 x its answer's
+// length + 8; a -1 appended where the model ended the sequence.
+std::vector<std::vector<int>> greedy_outputs(const Model& model, const TaskExamples& task, const Deltas* deltas,
+                                             int threads) {
+  const size_t n = task.examples.size(), batches = (n + kBatch - 1) / kBatch;
+  std::vector<std::vector<int>> out(n);
+  const int t = threads > 0 ? threads : omp_get_max_threads();
+#pragma omp parallel for num_threads(t) schedule(dynamic)
+  for (size_t b = 0; b < batches; ++b) {
+    const auto ex = encoded_batch(model, task, b);
+    std::vector<int> limit;
+    for (const auto& e : ex) limit.push_back(static_cast<int>(2 * e.second.size() + 8));
+    std::vector<bool> eos;
+    auto outs = model.greedy_outputs_batch(ex, limit, deltas, &eos);
+    for (size_t k = 0; k < ex.size(); ++k) {
+      if (eos[k]) outs[k].push_back(-1);
+      out[b * kBatch + k] = std::move(outs[k]);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
 BenchmarkResult run_benchmark(const BenchmarkOptions& o) {
   if (dist::size() > 1) throw Error("the task benchmark runs in one process: start it without mpirun (or with -np 1)");
   const auto t0 = std::chrono::steady_clock::now();
@@ -273,6 +299,18 @@ BenchmarkResult run_benchmark(const BenchmarkOptions& o) {
     r.individual_similarity.push_back(own.similarity);
   }
   log("scored the base model and every adapter");
+  // Out of distribution: each task's adapter on the other tasks' prompts.
+  std::vector<TaskExamples> ood(o.ood > 0 ? tasks.size() : 0);
+  std::vector<std::vector<std::vector<int>>> ood_own(ood.size());
+  for (size_t i = 0; i < ood.size(); ++i) {
+    for (size_t j = 0; j < tasks.size(); ++j) {
+      const auto& ex = tasks[j].examples;
+      if (j != i) ood[i].examples.insert(ood[i].examples.end(), ex.begin(), ex.begin() + std::min<size_t>(ex.size(), o.ood));
+    }
+    Deltas own_deltas = deltas_from_adapter(set.task(i));
+    ood_own[i] = greedy_outputs(model, ood[i], &own_deltas, o.threads);
+  }
+  if (!ood.empty()) log(fmt::format("every adapter's outputs on the other tasks' first {} prompts", o.ood));
   const demo_files::Scratch scratch("bench");
   const fs::path& tmp = scratch.path();
   // The hydra point: one shared body (r x in) per module, a head per task.
@@ -356,12 +394,24 @@ BenchmarkResult run_benchmark(const BenchmarkOptions& o) {
       sum_sim += p.relative_similarity.back();
       p.min_relative_similarity = std::min(p.min_relative_similarity, p.relative_similarity.back());
     }
+    if (!ood.empty()) {
+      double agree_sum = 0;
+      for (size_t i = 0; i < ood.size(); ++i) {
+        const auto got = greedy_outputs(model, ood[i], &deltas[i], o.threads);
+        size_t same = 0;
+        for (size_t k = 0; k < got.size(); ++k) same += got[k] == ood_own[i][k];
+        p.ood_agreement.push_back(got.empty() ? 1.0 : static_cast<double>(same) / static_cast<double>(got.size()));
+        agree_sum += p.ood_agreement.back();
+      }
+      p.mean_ood_agreement = agree_sum / static_cast<double>(ood.size());
+    }
     p.mean_relative = sum / static_cast<double>(tasks.size());
     p.mean_relative_similarity = sum_sim / static_cast<double>(tasks.size());
     if (!o.similarity) p.min_relative_similarity = NAN;
-    log(fmt::format("{} at storage {:.3f} ({:.3f} of a bf16 copy's bytes): mean relative score {:.3f}{}", method,
+    log(fmt::format("{} at storage {:.3f} ({:.3f} of a bf16 copy's bytes): mean relative score {:.3f}{}{}", method,
                     p.merge.fraction, p.merge.bf16_fraction, p.mean_relative,
-                    o.similarity ? fmt::format(", edit similarity {:.3f}", p.mean_relative_similarity) : ""));
+                    o.similarity ? fmt::format(", edit similarity {:.3f}", p.mean_relative_similarity) : "",
+                    ood.empty() ? "" : fmt::format(", out-of-distribution agreement {:.3f}", p.mean_ood_agreement)));
     r.points.push_back(std::move(p));
   }
   return r;
@@ -400,6 +450,10 @@ std::string BenchmarkResult::json() const {
                            {"mean_rel_error", p.merge.mean_rel_error}});
     // Calibrated merges: mean_rel_error is in the calibrated metric.
     if (p.merge.mean_frobenius_rel_error) point["mean_frobenius_rel_error"] = *p.merge.mean_frobenius_rel_error;
+    if (!p.ood_agreement.empty()) {
+      point["mean_ood_agreement"] = p.mean_ood_agreement;
+      point["ood_agreement"] = p.ood_agreement;  // per task
+    }
     point["scores"] = p.scores;  // per task, in `per_task`'s order
   }
   j["per_task"] = nlohmann::ordered_json::array();
