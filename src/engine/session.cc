@@ -238,7 +238,7 @@ ModuleFit Session::stored(const LoadedModule& l, ModuleFit fit, const Precision&
   ModuleFit out = stored_values(unwhitened(store_in_precision(l.p, std::move(fit), precision, dtype_, &w), w), precision, dtype_);
   // Each task's own head or core, in its own metric (float roles only:
   // integer ones were solved against what is stored, in the mean metric).
-  if (precision.all_float()) solve_own_metric(*l.original, l.own, dtype_, &out);
+  if (precision.all_float() && l.own) solve_own_metric(*l.original, *l.own, dtype_, &out);
   return out;
 }
 
@@ -443,12 +443,26 @@ void Session::metrics(size_t m, LoadedModule* l, bool own) const {
     }
   };
   if (own) {
-    read();
-    // Every task the same statistics: the mean is each one's own metric.
-    const bool one = std::all_of(c.begin(), c.end(), [&](const Moment& x) {
-      return !x.empty() && x.d == c[0].d && x.g == c[0].g;
-    });
-    l->own = one ? std::vector<Moment>(n) : c;
+    // The last few sites' moments are kept: q/k/v (and gate/up) load one
+    // after another and read the same.
+    {
+      std::lock_guard<std::mutex> lock(whitening_mutex_);
+      for (const auto& [k, v] : recent_own_) {
+        if (k == key) l->own = v;
+      }
+    }
+    if (!l->own) {
+      read();
+      // Every task the same statistics: the mean is each one's own metric.
+      const bool one = std::all_of(c.begin(), c.end(), [&](const Moment& x) {
+        return !x.empty() && x.d == c[0].d && x.g == c[0].g;
+      });
+      l->own = std::make_shared<const std::vector<Moment>>(one ? std::vector<Moment>() : c);
+      std::lock_guard<std::mutex> lock(whitening_mutex_);
+      constexpr size_t kRecentSites = 2;
+      if (recent_own_.size() == kRecentSites) recent_own_.erase(recent_own_.begin());
+      recent_own_.emplace_back(key, l->own);
+    }
   }
   // The whitening, computed once per key while the cache holds it (a
   // module of the same site loaded meanwhile waits for it).
@@ -466,7 +480,7 @@ void Session::metrics(size_t m, LoadedModule* l, bool own) const {
   }
   try {
     // The mean of the shrunk moments is the shrunk mean (each has trace in).
-    if (!own) read();
+    if (std::all_of(c.begin(), c.end(), [](const Moment& x) { return x.empty(); })) read();
     Eigen::Index columns = 0;
     for (const Moment& x : c) columns += x.g.cols();
     Moment mean{Eigen::VectorXd::Zero(in), Eigen::MatrixXd(in, columns)};
@@ -479,7 +493,7 @@ void Session::metrics(size_t m, LoadedModule* l, bool own) const {
       mean.d += x.d;
       mean.g.middleCols(columns, x.g.cols()) = x.g;
       columns += x.g.cols();
-      if (!own) x = Moment();  // let go as it goes
+      x = Moment();  // let go as it goes
     }
     mean.d /= static_cast<double>(n);
     mean.g /= std::sqrt(static_cast<double>(n));

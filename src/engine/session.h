@@ -34,9 +34,9 @@ struct LoadedModule {
   ModuleProblem p;
   std::shared_ptr<const Whitening> whitening;  ///< calibrated only
   std::optional<ModuleProblem> original;       ///< calibrated only: as read
-  /// Calibrated: each task's own metric unless every task has the same
-  /// (empty otherwise), for solve_own_metric.
-  std::vector<Moment> own;
+  /// Calibrated: each task's own metric (empty: none), for
+  /// solve_own_metric; no entries when every task has the same.
+  std::shared_ptr<const std::vector<Moment>> own;
 };
 
 /// One task's calibration statistics: its file (validated; read one site
@@ -154,6 +154,8 @@ class Session final : public MethodContext {
   mutable std::mutex whitening_mutex_;
   mutable std::map<std::string, std::shared_future<std::shared_ptr<const Whitening>>> whitening_cache_;
   mutable size_t whitening_cache_bytes_ = 0;
+  // The tasks' own moments of the last sites loaded (metrics()).
+  mutable std::vector<std::pair<std::string, std::shared_ptr<const std::vector<Moment>>>> recent_own_;
   io::BundleWriter* writer_ = nullptr;
 };
 

@@ -237,7 +237,7 @@ void solve_own_metric(const ModuleProblem& p, const std::vector<Moment>& c, DTyp
     ++head_users[f->head_of[i]];
     if (f->core_of[i] >= 0) ++core_users[f->core_of[i]];
   }
-  for (size_t i = 0; i < f->tasks(); ++i) {
+  for (size_t i = 0; i < f->tasks() && i < c.size(); ++i) {
     const auto& l = p.loras[i];
     if (c[i].empty() || l.rank() == 0 || f->diagonal_cores) continue;
     const bool own_head = f->core_of[i] < 0 && head_users[f->head_of[i]] == 1;

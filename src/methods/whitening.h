@@ -102,7 +102,7 @@ ModuleFit whitened(ModuleFit f, const Whitening& w);
 ModuleFit unwhitened(ModuleFit f, const Whitening& w);
 
 /// One exact block step towards each task's own metric: for every task i
-/// with a second moment c[i] (empty: none) whose head, or core,
+/// with a second moment c[i] (empty, or beyond c's end: none) whose head, or core,
 /// is its own, that head (or core) is re-solved given the stored body to
 /// minimise ||(dW_i - dW_hat_i) c_i^{1/2}||^2, and rounded to `dtype`
 /// (so never raising that error beyond the rounding). `p`: the problem as
