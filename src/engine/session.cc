@@ -505,14 +505,18 @@ void Session::metrics(size_t m, LoadedModule* l, bool own) const {
     whitening_cache_.erase(key);
     throw;
   }
+  // Kept while they fit in kWhiteningCacheBytes, the oldest let go first
+  // (modules load in order, so a site's next reader comes soon).
   constexpr size_t kWhiteningCacheBytes = size_t{256} << 20;
   const size_t bytes = sizeof(double) * l->whitening->size();
   std::lock_guard<std::mutex> lock(whitening_mutex_);
-  if (whitening_cache_bytes_ + bytes <= kWhiteningCacheBytes) {
-    whitening_cache_bytes_ += bytes;
-  } else {
-    whitening_cache_.erase(key);  // who waits holds its own copy of the future
+  while (!whitening_order_.empty() && whitening_cache_bytes_ + bytes > kWhiteningCacheBytes) {
+    whitening_cache_.erase(whitening_order_.front().first);  // who waits holds a copy of the future
+    whitening_cache_bytes_ -= whitening_order_.front().second;
+    whitening_order_.erase(whitening_order_.begin());
   }
+  whitening_order_.emplace_back(key, bytes);
+  whitening_cache_bytes_ += bytes;
 }
 
 // Update norms in the calibrated metric (the task weights' and relative

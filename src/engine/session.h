@@ -154,6 +154,7 @@ class Session final : public MethodContext {
   mutable std::mutex whitening_mutex_;
   mutable std::map<std::string, std::shared_future<std::shared_ptr<const Whitening>>> whitening_cache_;
   mutable size_t whitening_cache_bytes_ = 0;
+  mutable std::vector<std::pair<std::string, size_t>> whitening_order_;  // computed ones, oldest first, with their bytes
   // The tasks' own moments of the last sites loaded (metrics()).
   mutable std::vector<std::pair<std::string, std::shared_ptr<const std::vector<Moment>>>> recent_own_;
   io::BundleWriter* writer_ = nullptr;
