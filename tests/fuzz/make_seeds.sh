@@ -12,7 +12,7 @@ trap 'rm -rf "$work"' EXIT
 mkdir -p "$out"/{safetensors,peft_config,pattern,bundle,llama_config,quant,calibration}
 
 # Small real adapters (tiny preset, rank 1: ~4 KB each) and bundles of them.
-"$cli" synth "$work/s" --preset tiny --tasks 4 --rank 1 --seed 7 2>/dev/null
+"$cli" synth "$work/s" --preset tiny --tasks 4 --rank 1 --seed 7 --statistics "$work/st" --statistics-rank 8 2>/dev/null
 "$cli" merge "$work/s/task00" "$work/s/task01" "$work/s/task02" --budget 0.6 --dtype f16 \
   -o "$work/b.safetensors" >/dev/null
 "$cli" merge "$work/s/task00" "$work/s/task01" --method jd-diag --budget 0.8 --dtype bf16 \
@@ -33,11 +33,16 @@ cp "$work/q.safetensors" "$out/safetensors/quantized-bundle"
 "$cli" remove "$work/grown.safetensors" --task task00 -o "$work/shrunk.safetensors" >/dev/null
 cp "$work/grown.safetensors" "$out/bundle/grown"
 cp "$work/shrunk.safetensors" "$out/bundle/shrunk"
+# A calibrated bundle (its "calibration" record, issue 19), and synth's statistics.
+"$cli" merge "$work/s/task00" "$work/s/task01" "$work/s/task02" --budget 0.6 --calibration "$work/st" \
+  -o "$work/cal.safetensors" >/dev/null
+cp "$work/cal.safetensors" "$out/bundle/calibrated"
+cp "$work/st/task00.safetensors" "$out/calibration/synth"
 
 # The bundle's metadata JSON as plain text, then NUL, then the file without
 # it (the second input form of bundle_fuzz).
 python3 - "$work/b.safetensors" "$out/bundle/split" "$work/jd.safetensors" "$out/bundle/split-jd" \
-  "$work/shrunk.safetensors" "$out/bundle/split-history" <<'PY'
+  "$work/shrunk.safetensors" "$out/bundle/split-history" "$work/cal.safetensors" "$out/bundle/split-calibrated" <<'PY'
 import json, struct, sys
 for src, dst in zip(sys.argv[1::2], sys.argv[2::2]):
     data = open(src, "rb").read()
