@@ -151,7 +151,9 @@ struct BenchmarkOptions {
   /// Out of distribution (issue 19): with K > 0, every point's adapter of
   /// each task also runs on the first K test prompts of every other task,
   /// and its greedy outputs are compared with the task's own adapter's
-  /// (BenchmarkPoint::ood_agreement). About 8 s per point and K here.
+  /// (BenchmarkPoint::ood_agreement). It costs each point about 14 s per
+  /// unit of K on the shipped benchmark here (K = 8: ~115 s, with a compile
+  /// beside it), and the own adapters' outputs as much once.
   int ood = 0;
   std::function<void(const std::string&)> log;  ///< progress lines
 };

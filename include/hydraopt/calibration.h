@@ -20,6 +20,15 @@ struct InputSite {
   Eigen::MatrixXd xtx;
   int64_t rows = 0;
 };
+
+/// A LLaMA layer's input sites, as `hydraopt calibrate` records them: the
+/// projections (named under "model.layers.<l>.") that read one input; a
+/// site is named after its first reader.
+inline const std::vector<std::string> kAttentionInputs = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"};
+inline const std::vector<std::string> kAttentionOutputs = {"self_attn.o_proj"};
+inline const std::vector<std::string> kMlpInputs = {"mlp.gate_proj", "mlp.up_proj"};
+inline const std::vector<std::string> kMlpHidden = {"mlp.down_proj"};
+
 /// By site name (the first module reading it).
 using InputSites = std::map<std::string, InputSite>;
 

@@ -73,7 +73,7 @@ FitOptions Session::fit_defaults() const {
 const HandPlan* Session::hand_plan() {
   if (hand_) return &*hand_;  // set_hand_plan's, or the file's read before
   if (o_.plan_file.empty()) return nullptr;
-  if (!hand_) dist::checked([&] { hand_ = HandPlan{o_.plan_file, io::read_plan_file(o_.plan_file)}; });
+  dist::checked([&] { hand_ = HandPlan{o_.plan_file, io::read_plan_file(o_.plan_file)}; });
   return &*hand_;
 }
 
@@ -431,7 +431,9 @@ void Session::metrics(size_t m, LoadedModule* l, bool own) const {
   // Each task's second moment, read from its file, scaled to trace `in`
   // and shrunk (empty: none, or a zero trace; counts as the identity).
   std::vector<Moment> c(n);
+  bool read_done = false;
   auto read = [&] {
+    read_done = true;
     for (size_t i = 0; i < n; ++i) {
       if (!site[i]) continue;
       const io::InputStats x = calib_[i]->file->site(*site[i]);
@@ -480,7 +482,7 @@ void Session::metrics(size_t m, LoadedModule* l, bool own) const {
   }
   try {
     // The mean of the shrunk moments is the shrunk mean (each has trace in).
-    if (std::all_of(c.begin(), c.end(), [](const Moment& x) { return x.empty(); })) read();
+    if (!read_done) read();
     Eigen::Index columns = 0;
     for (const Moment& x : c) columns += x.g.cols();
     Moment mean{Eigen::VectorXd::Zero(in), Eigen::MatrixXd(in, columns)};

@@ -123,7 +123,7 @@ Whitening::Whitening(const Moment& c) : in_(c.in()) {
 // is large (many rows: a module's stacked A's), where its rounding, ~1e-7
 // of x's norm, is far below any stored dtype's.
 Eigen::MatrixXd Whitening::correction(const Eigen::MatrixXd& x, const Eigen::VectorXd& s) const {
-  if (x.rows() * p_.cols() < kSingleFrom) return ((x * p_) * s.asDiagonal()) * p_.transpose();
+  if (!single(x.rows())) return ((x * p_) * s.asDiagonal()) * p_.transpose();
   const Eigen::MatrixXf xf = x.cast<float>();
   const Eigen::MatrixXf y = (xf * pf_) * s.cast<float>().asDiagonal();
   return (y * pf_.transpose()).cast<double>();
@@ -177,8 +177,7 @@ std::vector<Eigen::MatrixXd> Whitening::grams(const std::vector<const Eigen::Mat
   } else {
     x = s * sqrt_d_.asDiagonal();
     if (p_.cols() > 0) {
-      y = x.rows() * p_.cols() < kSingleFrom ? Eigen::MatrixXd(x * p_)
-                                              : Eigen::MatrixXd((x.cast<float>() * pf_).cast<double>());
+      y = single(x.rows()) ? Eigen::MatrixXd((x.cast<float>() * pf_).cast<double>()) : Eigen::MatrixXd(x * p_);
       lambda = (1.0 + up_.array()).square() - 1.0;
     }
   }

@@ -79,6 +79,8 @@ class Whitening {
   static constexpr Eigen::Index kSingleFrom = 64 * 256;
 
  private:
+  /// Whether x P for `rows` rows runs in single precision.
+  bool single(Eigen::Index rows) const { return rows * p_.cols() >= kSingleFrom; }
   Eigen::MatrixXd correction(const Eigen::MatrixXd& x, const Eigen::VectorXd& s) const;
 
   int64_t in_ = 0;

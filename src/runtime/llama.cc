@@ -134,7 +134,7 @@ struct Model::Impl {
     }
     if (T == 0 || (from && kept.empty())) return MatrixXf(0, cfg.vocab);
     const std::vector<int64_t> none(seqs.size(), 0);
-    auto record = [&](const std::string& p, std::vector<std::string> modules, const MatrixXf& in) {
+    auto record = [&](const std::string& p, const std::vector<std::string>& modules, const MatrixXf& in) {
       if (!sites) return;
       InputSite& s = (*sites)[p + modules[0]];
       if (s.modules.empty()) {
@@ -149,7 +149,7 @@ struct Model::Impl {
       const Layer& L = layers[l];
       const std::string p = "model.layers." + std::to_string(l) + ".";
       MatrixXf h = rms_norm(x, L.norm1, cfg.rms_eps);
-      record(p, {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"}, h);
+      record(p, kAttentionInputs, h);
       MatrixXf k = linear(h, L.k, p + "self_attn.k_proj", d);
       MatrixXf v = linear(h, L.v, p + "self_attn.v_proj", d);
       rope(&k, cfg.kv_heads, pos);
@@ -160,14 +160,14 @@ struct Model::Impl {
       MatrixXf q = linear(h, L.q, p + "self_attn.q_proj", d);
       rope(&q, cfg.heads, last ? kept_pos : pos);
       const MatrixXf att = attention(q, k, v, start, last ? *from : none);
-      record(p, {"self_attn.o_proj"}, att);
+      record(p, kAttentionOutputs, att);
       x += linear(att, L.o, p + "self_attn.o_proj", d);
       MatrixXf h2 = rms_norm(x, L.norm2, cfg.rms_eps);
-      record(p, {"mlp.gate_proj", "mlp.up_proj"}, h2);
+      record(p, kMlpInputs, h2);
       MatrixXf g = linear(h2, L.gate, p + "mlp.gate_proj", d);
       MatrixXf u = linear(h2, L.up, p + "mlp.up_proj", d);
       MatrixXf act = (g.array() / (1.0f + (-g.array()).exp()) * u.array()).matrix();  // SiLU(g) * u
-      record(p, {"mlp.down_proj"}, act);
+      record(p, kMlpHidden, act);
       x += linear(act, L.down, p + "mlp.down_proj", d);
     }
     return rms_norm(x, final_norm, cfg.rms_eps) * lm_head.transpose();

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <map>
 
+#include "hydraopt/calibration.h"
 #include "hydraopt/error.h"
 #include "io/atomic_file.h"
 #include "io/calibration.h"
@@ -43,19 +44,23 @@ std::vector<ModuleShape> preset_modules(const SynthPreset& p) {
   return mods;
 }
 
-// Input sites: q/k/v read one input, gate/up one; o and down their own.
-// A site is named after its first reader, as `hydraopt calibrate` names it.
-std::map<std::string, std::vector<std::string>> preset_sites(const std::vector<ModuleShape>& mods) {
+// Input sites as `hydraopt calibrate` records them (kAttentionInputs
+// ...): per layer, the preset's modules that read one input, the site named
+// after the first.
+std::map<std::string, std::vector<std::string>> preset_sites(const SynthPreset& p) {
   std::map<std::string, std::vector<std::string>> sites;
-  std::map<std::string, std::string> first;  // layer + input kind -> site
-  for (const auto& m : mods) {
-    const auto dot = m.name.rfind('.');
-    const std::string proj = m.name.substr(dot + 1), layer = m.name.substr(0, dot);
-    const bool shared = proj == "q_proj" || proj == "k_proj" || proj == "v_proj" || proj == "gate_proj" ||
-                        proj == "up_proj";
-    const std::string kind = layer + (shared ? (proj[0] == 'g' || proj[0] == 'u' ? "|mlp" : "|attn") : "|" + proj);
-    auto [it, fresh] = first.emplace(kind, m.name);
-    sites[it->second].push_back(m.name);
+  for (int l = 0; l < p.layers; ++l) {
+    const std::string layer = "model.layers." + std::to_string(l) + ".";
+    for (const auto* readers : {&kAttentionInputs, &kAttentionOutputs, &kMlpInputs, &kMlpHidden}) {
+      std::vector<std::string> present;
+      for (const std::string& r : *readers) {
+        const std::string proj = r.substr(r.find('.') + 1);
+        if (std::find(p.projections.begin(), p.projections.end(), proj) != p.projections.end()) {
+          present.push_back(layer + r);
+        }
+      }
+      if (!present.empty()) sites[present.front()] = std::move(present);
+    }
   }
   return sites;
 }
@@ -72,7 +77,7 @@ io::CalibrationStats synth_statistics(const SynthPreset& p, const std::vector<Mo
   st.base_model = "hydraopt-synth/" + p.name;
   st.examples = 64;
   st.rows = 64 * 32;
-  st.modules = preset_sites(mods);
+  st.modules = preset_sites(p);
   for (const auto& [site, readers] : st.modules) {
     const auto it = std::find_if(mods.begin(), mods.end(), [&](const ModuleShape& m) { return m.name == site; });
     const auto in = static_cast<Eigen::Index>(it->in);
