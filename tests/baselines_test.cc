@@ -193,7 +193,7 @@ MatrixXd reference(const std::string& method, const Case& c, const MergeParams& 
     }
     return truncate(b * a, k);
   }
-  if (method == "ta") {
+  if (method == "ta" || method == "regmean") {  // regmean: identity moments without calibration
     const double lambda = mp.lambda != 0 ? mp.lambda : 1.0 / n;
     return truncate(lambda * ref_sum(c.dw), k);
   }
@@ -257,7 +257,8 @@ void expect_matches_reference(const std::string& method, const Case& c, const Me
 
 const std::vector<std::string> kAll = {"linear",      "ta",         "ties",
                                        "dare-linear", "dare-ties",  "magnitude-prune",
-                                       "knots-ta",    "knots-ties", "tsv"};
+                                       "knots-ta",    "knots-ties", "tsv",
+                                       "regmean"};
 
 TEST(Baselines, NamesAndUnknownMethod) {
   std::vector<std::string> names;

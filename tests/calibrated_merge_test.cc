@@ -16,6 +16,7 @@
 #include "io/calibration.h"
 #include "util/sha256.h"
 #include <nlohmann/json.hpp>
+#include "methods/baselines.h"
 #include "methods/precision.h"
 #include "methods/structures.h"
 #include "methods/whitening.h"
@@ -491,6 +492,144 @@ TEST(CalibratedPrecision, OwnMetricStepIsTheDenseOptimum) {
       EXPECT_LE(own_error(after, i, c[i]), own_error(before, i, c[i]) * (1 + 1e-12)) << s.label() << " " << i;
     }
   }
+}
+
+}  // namespace
+}  // namespace hydraopt
+
+namespace hydraopt {
+namespace {
+
+// r F^{-1} = r C^{-1} F^T, in the factored and the dense form.
+TEST(Whitening, SolveWhitenedIsTheInverseThenTheWhitening) {
+  for (const Moment& c : {random_factored(25, 6, 60), Moment{Eigen::VectorXd::Zero(6), test::random_matrix(6, 8, 61)}}) {
+    const Whitening w(c);
+    const MatrixXd r = test::random_matrix(3, c.in(), 62);
+    const MatrixXd expect = w.whiten(MatrixXd(r * c.dense().inverse()));
+    EXPECT_LT((w.solve_whitened(r) - expect).norm(), 1e-9 * expect.norm()) << c.in();
+  }
+  const Moment c = random_factored(25, 6, 63);
+  const MatrixXd x = test::random_matrix(4, 25, 64);
+  EXPECT_LT((c.times(x) - x * c.dense()).norm(), 1e-12 * x.norm() * c.dense().norm());
+}
+
+// RegMean (merge_single "regmean"): with each task's moment C_i the merge
+// is the regression optimum M* = (sum_i dW_i C_i)(sum_i C_i)^{-1} (full
+// rank) and its best rank-k truncation in the metric of sum_i C_i (dense
+// reference); with no metric it is ta.
+TEST(RegMean, IsTheRegressionMergeInTheTasksMetrics) {
+  ModuleProblem p;
+  const Eigen::Index in = 18, out = 12;
+  std::vector<Moment> own;
+  for (int i = 0; i < 4; ++i) {
+    p.loras.push_back({test::random_matrix(3, in, 70 + i), test::random_matrix(out, 3, 80 + i), 0.5 + i});
+    p.weights.push_back(1.0);
+    own.push_back(random_factored(in, 4 + i, 90 + i));
+  }
+  own[2] = Moment();  // no statistics: the identity
+  const size_t n = p.tasks();
+  MatrixXd sum = MatrixXd::Zero(in, in), num = MatrixXd::Zero(out, in);
+  Moment mean{Eigen::VectorXd::Zero(in), MatrixXd(in, 0)};
+  for (size_t i = 0; i < n; ++i) {
+    const MatrixXd ci = own[i].empty() ? MatrixXd::Identity(in, in) : own[i].dense();
+    sum += ci;
+    num += p.loras[i].scale * p.loras[i].B * p.loras[i].A * ci;
+    const Moment mi = own[i].empty() ? Moment{Eigen::VectorXd::Ones(in), MatrixXd(in, 0)} : own[i];
+    mean.d += mi.d / static_cast<double>(n);
+    mean.g.conservativeResize(in, mean.g.cols() + mi.g.cols());
+    mean.g.rightCols(mi.g.cols()) = mi.g / std::sqrt(static_cast<double>(n));
+  }
+  const MatrixXd best = num * sum.inverse();
+  const ModuleMetric metric{std::make_shared<const Whitening>(mean), std::make_shared<const std::vector<Moment>>(own)};
+  auto objective = [&](const MatrixXd& m) {
+    double e = 0;
+    for (size_t i = 0; i < n; ++i) {
+      const MatrixXd ci = own[i].empty() ? MatrixXd::Identity(in, in) : own[i].dense();
+      const MatrixXd d = p.loras[i].scale * p.loras[i].B * p.loras[i].A - m;
+      e += (d * ci * d.transpose()).trace();
+    }
+    return e;
+  };
+  // Full rank (12 = sum of ranks): the optimum itself.
+  MergeParams full;
+  full.rank = 12;
+  const ModuleFit f = merge_single("regmean", p, full, 0, &metric);
+  const MatrixXd got = f.left(0) * f.right(0);
+  EXPECT_LT((got - best).norm(), 1e-9 * best.norm());
+  // Rank 2: the truncated SVD of M* S^{1/2}, mapped back by S^{-1/2}.
+  MergeParams two;
+  two.rank = 2;
+  const ModuleFit f2 = merge_single("regmean", p, two, 0, &metric);
+  Eigen::JacobiSVD<MatrixXd> svd(best * sqrtm(sum, 0.5), Eigen::ComputeThinU | Eigen::ComputeThinV);
+  const MatrixXd ref = svd.matrixU().leftCols(2) * svd.singularValues().head(2).asDiagonal() *
+                       svd.matrixV().leftCols(2).transpose() * sqrtm(sum, -0.5);
+  EXPECT_LT((f2.left(0) * f2.right(0) - ref).norm(), 1e-9 * ref.norm());
+  EXPECT_LE(objective(ref), objective(MatrixXd::Zero(out, in)));
+  EXPECT_LT(objective(best), objective(f2.left(0) * f2.right(0)));
+  // Every task with the mean's moment: ta on the whitened adapters; no metric: ta.
+  const ModuleMetric same{metric.mean, std::make_shared<const std::vector<Moment>>()};
+  const ModuleFit f3 = merge_single("regmean", p, full, 0, &same);
+  MatrixXd mean_dw = MatrixXd::Zero(out, in);
+  for (size_t i = 0; i < n; ++i) mean_dw += p.loras[i].scale * p.loras[i].B * p.loras[i].A / static_cast<double>(n);
+  EXPECT_LT((f3.left(0) * f3.right(0) - mean_dw).norm(), 1e-9 * mean_dw.norm());
+  const ModuleFit plain = merge_single("regmean", p, two, 0), ta = merge_single("ta", p, two, 0);
+  EXPECT_EQ(plain.left(0) * plain.right(0), ta.left(0) * ta.right(0));
+}
+
+// merge --method regmean: without statistics it is ta; with them each
+// module's merge is the dense RegMean of the tasks' normalised, shrunk
+// moments, measured in their mean's metric as every calibrated merge.
+TEST(RegMean, MergeUsesTheTasksStatistics) {
+  const AdapterSet& set = tiny();
+  test::TempDir d;
+  const size_t n = set.size(), nm = set.modules().size();
+  write_stats(d / "stats", set, [&](size_t i, size_t m) { return random_moment(set.modules()[m].in, 500 + 10 * i + m); });
+  MergeOptions o;
+  o.method = "regmean";
+  o.dtype = DType::F64;
+  const MergeReport plain = merge(set, o, "");
+  o.method = "ta";
+  const MergeReport ta = merge(set, o, "");
+  for (size_t i = 0; i < n; ++i) EXPECT_EQ(plain.tasks[i].rel_error, ta.tasks[i].rel_error) << i;
+
+  const double alpha = 0.3;
+  std::vector<double> norm(n, 0.0), err(n, 0.0);
+  for (size_t m = 0; m < nm; ++m) {
+    const auto& mod = set.modules()[m];
+    const auto in = static_cast<Eigen::Index>(mod.in);
+    const auto loras = set.load(m);
+    std::vector<MatrixXd> c(n), dw(n);
+    MatrixXd sum = MatrixXd::Zero(in, in), num = MatrixXd::Zero(mod.out, in);
+    for (size_t i = 0; i < n; ++i) {
+      const io::CalibrationStats st = io::read_calibration_stats(d / "stats" / (set.task(i).name() + ".safetensors"));
+      const MatrixXd raw = st.for_module(mod.name)->dense();
+      c[i] = (1 - alpha) * raw * (static_cast<double>(in) / raw.trace()) + alpha * MatrixXd::Identity(in, in);
+      dw[i] = loras[i].scale * loras[i].B * loras[i].A;
+      sum += c[i];
+      num += dw[i] * c[i];
+    }
+    const MatrixXd best = num * sum.inverse(), root = sqrtm(sum, 0.5);
+    const int64_t r = loras[0].rank();
+    Eigen::JacobiSVD<MatrixXd> svd(best * root, Eigen::ComputeThinU | Eigen::ComputeThinV);
+    const MatrixXd merged = svd.matrixU().leftCols(r) * svd.singularValues().head(r).asDiagonal() *
+                            svd.matrixV().leftCols(r).transpose() * sqrtm(sum, -0.5);
+    const MatrixXd mean_root = sqrtm(sum / static_cast<double>(n), 0.5);
+    for (size_t i = 0; i < n; ++i) {
+      norm[i] += (dw[i] * mean_root).squaredNorm();
+      err[i] += ((dw[i] - merged) * mean_root).squaredNorm();
+    }
+  }
+  o.method = "regmean";
+  o.calibration = (d / "stats").string();
+  o.shrinkage = alpha;
+  const MergeReport cal = merge(set, o, (d / "cal.safetensors").string());
+  ASSERT_TRUE(cal.mean_frobenius_rel_error.has_value());
+  EXPECT_TRUE(cal.warnings.empty());
+  for (size_t i = 0; i < n; ++i) {
+    const double expect = std::sqrt(err[i] / norm[i]);
+    EXPECT_NEAR(cal.tasks[i].rel_error, expect, 1e-6 * (1 + expect)) << i;
+  }
+  EXPECT_EQ(io::bundle_read(d / "cal.safetensors").method, "regmean");
 }
 
 }  // namespace

@@ -243,7 +243,7 @@ TEST(CliMerge, MethodsListsTheRegistry) {
   std::string out;
   ASSERT_EQ(run(cli() + " methods", &out), 0);
   for (const char* m : {"hydraopt", "hydra", "hydra-avg", "jd-full", "jd-diag", "linear", "ta", "ties", "dare-linear",
-                        "dare-ties", "magnitude-prune", "knots-ta", "knots-ties", "tsv"}) {
+                        "dare-ties", "magnitude-prune", "knots-ta", "knots-ties", "tsv", "regmean"}) {
     EXPECT_NE(out.find(std::string(m) + " "), std::string::npos) << m;
   }
 }

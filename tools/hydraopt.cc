@@ -342,8 +342,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   bool demo_calibrated = false;
   demo->add_flag("--calibrated", demo_calibrated,
-                 "also every hydraopt point calibrated (hydraopt+cal@..., statistics from tasks/*/calib.jsonl): "
-                 "a second curve, about 2 minutes more");
+                 "also every hydraopt point calibrated (hydraopt+cal@..., statistics from tasks/*/calib.jsonl) "
+                 "and calibrated RegMean (regmean+cal@1/N): a second curve, about 2 minutes more");
   demo->add_flag("--similarity", bench.similarity,
                  "also the edit similarity of the free-running greedy outputs (about 5x the scoring time)");
   demo->add_option("--ood", bench.ood,
@@ -566,6 +566,7 @@ int main(int argc, char** argv) {
           p.calibrated = true;
           bench.points.push_back(p);
         }
+        bench.points.push_back(hydraopt::parse_demo_point("regmean+cal@1/N"));
       }
       // One set: its results in OUT; all: each set's in OUT/<set>/.
       const bool all_sets = demo_set == "all";

@@ -163,10 +163,12 @@ EvalTable Session::predict(const std::function<std::vector<CandidateSpec>(size_t
   return out;
 }
 
-EvalTable Session::evaluate_merged(const std::function<ModuleFit(const ModuleProblem&, size_t)>& merge) {
-  return evaluate_stored(
-      [&](const ModuleProblem& p, size_t m) {
-        ModuleFit stored = merge(p, m).rounded(dtype_);
+EvalTable Session::evaluate_merged(
+    const std::function<ModuleFit(const ModuleProblem&, const ModuleMetric*, size_t)>& merge) {
+  return evaluate_loaded(
+      [&](const LoadedModule& l, size_t m) {
+        ModuleFit stored =
+            merge(l.original ? *l.original : l.p, l.metric.mean ? &l.metric : nullptr, m).rounded(dtype_);
         const StructureSpec spec{Family::kMerged, stored.bodies[0].rows(), 0};
         return std::vector<StoredFit>{{{spec, "merged", {}}, std::move(stored)}};
       },
@@ -175,12 +177,18 @@ EvalTable Session::evaluate_merged(const std::function<ModuleFit(const ModulePro
 
 EvalTable Session::evaluate_stored(const std::function<std::vector<StoredFit>(const ModuleProblem&, size_t)>& store,
                                    bool final) {
+  // Computed on the adapters as read (these methods have no calibrated
+  // form), measured in the merge's metric.
+  return evaluate_loaded([&](const LoadedModule& l, size_t m) { return store(l.original ? *l.original : l.p, m); },
+                         final);
+}
+
+EvalTable Session::evaluate_loaded(const std::function<std::vector<StoredFit>(const LoadedModule&, size_t)>& store,
+                                   bool final) {
   EvalTable out(set_.modules().size());
   for_each_item(mine_, threads_, o_.progress, [&](size_t m) {
-    // Computed on the adapters as read (these methods have no calibrated
-    // form), measured in the merge's metric.
     const LoadedModule l = load(m);
-    std::vector<StoredFit> fits = store(l.original ? *l.original : l.p, m);
+    std::vector<StoredFit> fits = store(l, m);
     for (StoredFit& s : fits) {
       auto [err2, frob2] = errors(m, l, s.fit);
       out[m].push_back(
@@ -227,25 +235,25 @@ LoadedModule Session::load(size_t m) const {
   if (calibrated()) {
     metrics(m, &l);
     l.original = l.p;
-    l.p = whitened(std::move(l.p), *l.whitening);
+    l.p = whitened(std::move(l.p), *l.metric.mean);
   }
   return l;
 }
 
 ModuleFit Session::stored(const LoadedModule& l, ModuleFit fit, const Precision& precision) const {
-  if (!l.whitening) return store_in_precision(l.p, std::move(fit), precision, dtype_);
-  const Whitening& w = *l.whitening;
+  if (!l.metric.mean) return store_in_precision(l.p, std::move(fit), precision, dtype_);
+  const Whitening& w = *l.metric.mean;
   ModuleFit out = stored_values(unwhitened(store_in_precision(l.p, std::move(fit), precision, dtype_, &w), w), precision, dtype_);
   // Each task's own head or core, in its own metric (float roles only:
   // integer ones were solved against what is stored, in the mean metric).
-  if (precision.all_float() && l.own) solve_own_metric(*l.original, *l.own, dtype_, &out);
+  if (precision.all_float() && l.metric.own) solve_own_metric(*l.original, *l.metric.own, dtype_, &out);
   return out;
 }
 
 std::pair<std::vector<double>, std::vector<double>> Session::errors(size_t m, const LoadedModule& l,
                                                                     const ModuleFit& stored) const {
-  if (!l.whitening) return {fit_errors2(l.p, stored, &norms2_[m]), {}};
-  return {fit_errors2(l.p, whitened(stored, *l.whitening), &norms2_[m]),
+  if (!l.metric.mean) return {fit_errors2(l.p, stored, &norms2_[m]), {}};
+  return {fit_errors2(l.p, whitened(stored, *l.metric.mean), &norms2_[m]),
           fit_errors2(*l.original, stored, &frob_norms2_[m])};
 }
 
@@ -450,20 +458,20 @@ void Session::metrics(size_t m, LoadedModule* l, bool own) const {
     {
       std::lock_guard<std::mutex> lock(whitening_mutex_);
       for (const auto& [k, v] : recent_own_) {
-        if (k == key) l->own = v;
+        if (k == key) l->metric.own = v;
       }
     }
-    if (!l->own) {
+    if (!l->metric.own) {
       read();
       // Every task the same statistics: the mean is each one's own metric.
       const bool one = std::all_of(c.begin(), c.end(), [&](const Moment& x) {
         return !x.empty() && x.d == c[0].d && x.g == c[0].g;
       });
-      l->own = std::make_shared<const std::vector<Moment>>(one ? std::vector<Moment>() : c);
+      l->metric.own = std::make_shared<const std::vector<Moment>>(one ? std::vector<Moment>() : c);
       std::lock_guard<std::mutex> lock(whitening_mutex_);
       constexpr size_t kRecentSites = 2;
       if (recent_own_.size() == kRecentSites) recent_own_.erase(recent_own_.begin());
-      recent_own_.emplace_back(key, l->own);
+      recent_own_.emplace_back(key, l->metric.own);
     }
   }
   // The whitening, computed once per key while the cache holds it (a
@@ -475,7 +483,7 @@ void Session::metrics(size_t m, LoadedModule* l, bool own) const {
     if (!fresh) {
       const auto wait = it->second;
       lock.unlock();
-      l->whitening = wait.get();
+      l->metric.mean = wait.get();
       return;
     }
     it->second = made.get_future().share();
@@ -499,8 +507,8 @@ void Session::metrics(size_t m, LoadedModule* l, bool own) const {
     }
     mean.d /= static_cast<double>(n);
     mean.g /= std::sqrt(static_cast<double>(n));
-    l->whitening = std::make_shared<const Whitening>(compressed(std::move(mean), in <= kExactWidth ? in : kMeanMomentRank));
-    made.set_value(l->whitening);
+    l->metric.mean = std::make_shared<const Whitening>(compressed(std::move(mean), in <= kExactWidth ? in : kMeanMomentRank));
+    made.set_value(l->metric.mean);
   } catch (...) {
     made.set_exception(std::current_exception());
     std::lock_guard<std::mutex> lock(whitening_mutex_);
@@ -510,7 +518,7 @@ void Session::metrics(size_t m, LoadedModule* l, bool own) const {
   // Kept while they fit in kWhiteningCacheBytes, the oldest let go first
   // (modules load in order, so a site's next reader comes soon).
   constexpr size_t kWhiteningCacheBytes = size_t{256} << 20;
-  const size_t bytes = sizeof(double) * l->whitening->size();
+  const size_t bytes = sizeof(double) * l->metric.mean->size();
   std::lock_guard<std::mutex> lock(whitening_mutex_);
   while (!whitening_order_.empty() && whitening_cache_bytes_ + bytes > kWhiteningCacheBytes) {
     whitening_cache_.erase(whitening_order_.front().first);  // who waits holds a copy of the future
@@ -533,7 +541,7 @@ void Session::calibrated_norms() {
       LoadedModule l;  // not whitened: the norms come from the factored metric
       l.p.loras = set_.load(m);
       metrics(m, &l, false);
-      const std::vector<double> norms = whitened_norms2(l.p, *l.whitening);
+      const std::vector<double> norms = whitened_norms2(l.p, *l.metric.mean);
       std::copy(norms.begin(), norms.end(), all.begin() + static_cast<ptrdiff_t>(m * n));
     });
   });

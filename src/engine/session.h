@@ -32,11 +32,11 @@ namespace hydraopt::engine {
 /// what maps a fit back and the problem as read.
 struct LoadedModule {
   ModuleProblem p;
-  std::shared_ptr<const Whitening> whitening;  ///< calibrated only
-  std::optional<ModuleProblem> original;       ///< calibrated only: as read
-  /// Calibrated: each task's own metric (empty: none), for
-  /// solve_own_metric; no entries when every task has the same.
-  std::shared_ptr<const std::vector<Moment>> own;
+  /// Calibrated only: the tasks' mean metric (p is whitened by it) and
+  /// each task's own, for solve_own_metric (no entries when every task
+  /// has the same).
+  ModuleMetric metric;
+  std::optional<ModuleProblem> original;  ///< calibrated only: as read
 };
 
 /// One task's calibration statistics: its file (validated; read one site
@@ -75,7 +75,7 @@ class Session final : public MethodContext {
                      const FitOptions& fo, Store store, Spread spread) override;
   EvalTable predict(const std::function<std::vector<CandidateSpec>(size_t, const ModuleShape&)>& specs,
                     const FitOptions& fo) override;
-  EvalTable evaluate_merged(const std::function<ModuleFit(const ModuleProblem&, size_t)>& merge) override;
+  EvalTable evaluate_merged(const std::function<ModuleFit(const ModuleProblem&, const ModuleMetric*, size_t)>& merge) override;
   EvalTable evaluate_stored(const std::function<std::vector<StoredFit>(const ModuleProblem&, size_t)>& store,
                             bool final) override;
 
@@ -112,6 +112,8 @@ class Session final : public MethodContext {
   const std::vector<std::string>& source_sha256() const { return sha_; }
 
  private:
+  /// evaluate_stored with the loaded module.
+  EvalTable evaluate_loaded(const std::function<std::vector<StoredFit>(const LoadedModule&, size_t)>& store, bool final);
   Evaluated record(size_t m, ModuleFit stored, std::vector<double> task_err2, std::vector<double> task_frob2,
                    const CandidateSpec& cs, bool store, int max_iters) const;
   /// A stored fit's errors per task: in the fit's metric, and (calibrated)

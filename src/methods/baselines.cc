@@ -10,6 +10,7 @@
 #include "hydraopt/error.h"
 #include "linalg/dense_svd.h"
 #include "linalg/factored.h"
+#include "methods/whitening.h"
 #include "util/random.h"
 
 namespace hydraopt {
@@ -22,7 +23,7 @@ namespace {
 
 // ---------------------------------------------------------------- the table
 
-enum class Space { kFactors, kFactored, kDense, kAligned, kTaskSingular };
+enum class Space { kFactors, kFactored, kDense, kAligned, kTaskSingular, kRegression };
 enum class Sparsify { kNone, kMagnitude, kDare };
 enum class Consensus { kSum, kTies };
 enum class DefaultLambda { kMean, kOne };  // 1/N, or 1
@@ -89,6 +90,12 @@ constexpr MergeMethod kMethods[] = {
     {"tsv", Space::kTaskSingular, Sparsify::kNone, Consensus::kSum, DefaultLambda::kOne,
      "task singular vectors: per-task top singular vectors, whitened and summed",
      "Gargiulo et al., 2025, arXiv:2412.00081"},
+    // RegMean's merge of dW_i (the regularisation is the calibration's
+    // shrinkage towards the scaled identity, where RegMean scales the
+    // Grams' off-diagonal entries); without calibration it is ta.
+    {"regmean", Space::kRegression, Sparsify::kNone, Consensus::kSum, DefaultLambda::kMean,
+     "RegMean: the least-squares merge on each task's inputs (merge --calibration), then SVD to rank r",
+     "Jin et al., 2023, arXiv:2212.09849"},
 };
 
 // A method's parameters follow from its pieces: a sparsify step takes a
@@ -475,7 +482,7 @@ MergeParams merge_params(const Params& params) {
 }
 
 ModuleFit merge_single(const std::string& name, const ModuleProblem& p, const MergeParams& params,
-                       uint64_t module_index) {
+                       uint64_t module_index, const ModuleMetric* metric) {
   const MergeMethod* method = find_method(name);
   if (!method) throw Error("unknown single-merge method '" + name + "'");
   check_params(params);
@@ -499,6 +506,9 @@ ModuleFit merge_single(const std::string& name, const ModuleProblem& p, const Me
       return merge_aligned(p, *method, params, sign_method, module_index, lambda, k);
     case Space::kTaskSingular:
       return merge_task_singular(p, lambda, k);
+    case Space::kRegression:
+      if (!metric) return merge_factored(p, lambda, k);
+      return unwhitened(merge_factored(regressed(p, *metric), lambda, k), *metric->mean);
   }
   throw Error("merge '" + name + "': unhandled method");  // unreachable
 }

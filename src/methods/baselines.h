@@ -8,6 +8,9 @@
 //                dense     the out x in dW_i, built one task at a time
 //                aligned   KnOTS coordinates X_i = U^T dW_i (R x in)
 //                tsv       per-task singular vectors, whitened
+//                regression RegMean: sum_i dW_i C_i (sum_i C_i)^{-1} in
+//                          factored form, C_i task i's input second moment
+//                          (calibrated merges; the identity without: ta)
 //   sparsify   none | magnitude (the int(density * n) largest |x| per
 //              task, as PEFT) | dare (keep each entry with probability
 //              `density`, rescale survivors by 1/density)
@@ -26,6 +29,7 @@
 //   knots-ta          aligned   none       sum        1/N
 //   knots-ties        aligned   magnitude  ties       1
 //   tsv               tsv       none       sum        1
+//   regmean           regression none      sum        1/N
 //
 // Merge weights are uniform (ModuleProblem::weights is not used); a task
 // lacking the module (rank 0) has a zero update and still counts in N.
@@ -45,6 +49,8 @@
 #include "methods/fit_error.h"
 
 namespace hydraopt {
+
+struct ModuleMetric;
 
 struct MergeParams {
   /// Fraction of entries kept by magnitude trimming; DARE keep probability.
@@ -66,9 +72,13 @@ struct MergeParams {
 /// factors are padded with zero columns/rows so that every module has
 /// rank k. `module_index` keys the DARE mask (with params.seed and the task
 /// index) so results do not depend on the order modules are processed in.
-/// Throws hydraopt::Error for an unknown method, bad params or no tasks.
+/// `metric`: the module's calibrated metric (nullptr: data-free), which
+/// only `regmean` reads; its rank-k truncation is then the best in the
+/// metric of sum_i C_i (whitening.h, regressed), and the fit is stored
+/// unwhitened. Throws hydraopt::Error for an unknown method, bad params or
+/// no tasks.
 ModuleFit merge_single(const std::string& method, const ModuleProblem& p, const MergeParams& params,
-                       uint64_t module_index);
+                       uint64_t module_index, const ModuleMetric* metric = nullptr);
 
 /// A single-merge method as users see it; its parameters follow from its
 /// pieces in the table above.

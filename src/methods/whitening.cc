@@ -18,6 +18,12 @@ Eigen::MatrixXd Moment::between(const Eigen::MatrixXd& x, const Eigen::MatrixXd&
   return out;
 }
 
+Eigen::MatrixXd Moment::times(const Eigen::MatrixXd& x) const {
+  Eigen::MatrixXd out = x * d.asDiagonal();
+  if (g.cols() > 0) out += (x * g) * g.transpose();
+  return out;
+}
+
 Eigen::MatrixXd Moment::dense() const {
   Eigen::MatrixXd c = g * g.transpose();
   c.diagonal() += d;
@@ -143,6 +149,15 @@ Eigen::MatrixXd Whitening::unwhiten(const Eigen::MatrixXd& r) const {
   return x * sqrt_d_.cwiseInverse().asDiagonal();
 }
 
+// F = M^{1/2} D^{1/2} (M^{1/2} symmetric), so F^{-1} = D^{-1/2} M^{-1/2};
+// the dense root is symmetric.
+Eigen::MatrixXd Whitening::solve_whitened(const Eigen::MatrixXd& r) const {
+  if (root_.size() > 0) return r * inv_root_;
+  Eigen::MatrixXd x = r * sqrt_d_.cwiseInverse().asDiagonal();
+  if (p_.cols() > 0) x += correction(x, down_);
+  return x;
+}
+
 size_t Whitening::size() const {
   return static_cast<size_t>(root_.size() + inv_root_.size() + sqrt_d_.size() + p_.size() + pf_.size() / 2 +
                              up_.size() + down_.size());
@@ -201,6 +216,26 @@ ModuleProblem whitened(ModuleProblem p, const Whitening& w) {
     const Eigen::Index k = l.A.rows();
     l.A = all.middleRows(at, k);
     at += k;
+  }
+  return p;
+}
+
+ModuleProblem regressed(ModuleProblem p, const ModuleMetric& metric) {
+  const Whitening& w = *metric.mean;
+  if (!metric.own || metric.own->empty()) return whitened(std::move(p), w);  // A_i C F^{-1} = A_i F^T
+  const std::vector<Moment>& c = *metric.own;
+  std::vector<Eigen::MatrixXd> ac(p.tasks());
+  std::vector<const Eigen::MatrixXd*> rows;
+  for (size_t i = 0; i < p.tasks(); ++i) {
+    const auto& l = p.loras[i];
+    ac[i] = i < c.size() && !c[i].empty() ? c[i].times(l.A) : l.A;
+    rows.push_back(&ac[i]);
+  }
+  const Eigen::MatrixXd all = w.solve_whitened(stacked(rows, w.in()));  // all tasks in one product
+  Eigen::Index at = 0;
+  for (auto& l : p.loras) {
+    l.A = all.middleRows(at, l.A.rows());
+    at += l.A.rows();
   }
   return p;
 }

@@ -11,6 +11,7 @@
 
 #include <Eigen/Core>
 
+#include <memory>
 #include <vector>
 
 #include "core/fit.h"
@@ -30,6 +31,8 @@ struct Moment {
   double trace() const { return d.sum() + g.squaredNorm(); }
   /// X C Y^T for X (a x in), Y (b x in).
   Eigen::MatrixXd between(const Eigen::MatrixXd& x, const Eigen::MatrixXd& y) const;
+  /// X C for X (a x in).
+  Eigen::MatrixXd times(const Eigen::MatrixXd& x) const;
   /// C as an in x in matrix (tests, and small in only).
   Eigen::MatrixXd dense() const;
 };
@@ -70,6 +73,8 @@ class Whitening {
   Eigen::MatrixXd whiten(const Eigen::MatrixXd& r) const;
   /// r F^{-T}
   Eigen::MatrixXd unwhiten(const Eigen::MatrixXd& r) const;
+  /// r F^{-1} = r C^{-1} F^T: the rows of r through C^{-1}, whitened.
+  Eigen::MatrixXd solve_whitened(const Eigen::MatrixXd& r) const;
   /// r_i C r_i^T for each r_i (k_i x in), in one pass over C's factors.
   std::vector<Eigen::MatrixXd> grams(const std::vector<const Eigen::MatrixXd*>& rows) const;
   /// Doubles held (memory).
@@ -90,6 +95,23 @@ class Whitening {
   Eigen::MatrixXf pf_;  // p_ in single precision
   Eigen::VectorXd up_, down_;  // sqrt(1 + lambda) - 1, 1 / sqrt(1 + lambda) - 1
 };
+
+/// A module's calibrated metric: the tasks' mean second moment C (its
+/// whitening) and each task's own moment C_i (`own` empty: every C_i is
+/// C; an empty C_i: the identity, a task without statistics).
+struct ModuleMetric {
+  std::shared_ptr<const Whitening> mean;
+  std::shared_ptr<const std::vector<Moment>> own;
+};
+
+/// RegMean's problem (Jin et al., 2023, arXiv:2212.09849): every A_i
+/// replaced by A_i C_i F^{-1}. The merge minimising
+/// sum_i ||(dW_i - M) C_i^{1/2}||^2 is M* = (sum_i dW_i C_i)(sum_i C_i)^{-1};
+/// with sum_i C_i = N C (exact where the mean is not cut, compressed()),
+/// M* F^T = (1/N) sum_i s_i B_i (A_i C_i F^{-1}): task arithmetic of this
+/// problem, whose rank-k truncation, unwhitened, is the best rank-k M in
+/// that objective (it equals ||(M - M*) F^T||^2 up to a constant).
+ModuleProblem regressed(ModuleProblem p, const ModuleMetric& metric);
 
 /// The problem with every A_i whitened (A_i F^T; all tasks in one product).
 ModuleProblem whitened(ModuleProblem p, const Whitening& w);

@@ -26,7 +26,9 @@ Method single_merge_method(const SingleMerge& sm) {
   m.params = sm.params;
   m.run = [name = sm.name](MethodContext& ctx, const Params& params, Budgets b) {
     const MergeParams mp = merge_params(params);
-    EvalTable t = ctx.evaluate_merged([&](const ModuleProblem& p, size_t module) { return merge_single(name, p, mp, module); });
+    EvalTable t = ctx.evaluate_merged([&](const ModuleProblem& p, const ModuleMetric* metric, size_t module) {
+      return merge_single(name, p, mp, module, metric);
+    });
     return same_at_every_budget(std::move(t), b, ctx.fit_defaults());
   };
   return m;

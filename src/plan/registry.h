@@ -26,6 +26,7 @@
 #include "hydraopt/merge.h"
 #include "methods/fit_error.h"
 #include "methods/structures.h"
+#include "methods/whitening.h"
 #include "plan/candidates.h"
 
 namespace hydraopt {
@@ -111,9 +112,11 @@ class MethodContext {
   /// fit, is measured): one range finder per module and side serves all.
   virtual EvalTable predict(const std::function<std::vector<CandidateSpec>(size_t, const ModuleShape&)>& specs,
                             const FitOptions& fo) = 0;
-  /// One merged adapter per module from merge(problem, module index),
-  /// finished (into the bundle at once).
-  virtual EvalTable evaluate_merged(const std::function<ModuleFit(const ModuleProblem&, size_t)>& merge) = 0;
+  /// One merged adapter per module from merge(problem as read, its
+  /// calibrated metric or nullptr, module index), finished (into the
+  /// bundle at once).
+  virtual EvalTable evaluate_merged(
+      const std::function<ModuleFit(const ModuleProblem&, const ModuleMetric*, size_t)>& merge) = 0;
   /// Fits made outside the fitters, store(problem, module index) each
   /// already as stored (rounded or quantized: nothing is done to them),
   /// measured; with `final`, a module given exactly one is finished.
