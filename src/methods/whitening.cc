@@ -277,9 +277,19 @@ void solve_own_metric(const ModuleProblem& p, const std::vector<Moment>& c, DTyp
     const bool own_head = f->core_of[i] < 0 && head_users[f->head_of[i]] == 1;
     const bool own_core = f->core_of[i] >= 0 && core_users[f->core_of[i]] == 1;
     if (!own_head && !own_core) continue;
+    // A C R^T and R C R^T with one pass over C's low-rank factor.
     const Eigen::MatrixXd& r = f->bodies[f->body_of[i]];
-    const Eigen::MatrixXd target = (l.scale * l.B) * c[i].between(l.A, r) *
-                                   c[i].between(r, r).completeOrthogonalDecomposition().pseudoInverse();
+    const Eigen::Index ka = l.A.rows();
+    Eigen::MatrixXd x(ka + r.rows(), l.A.cols());
+    x << l.A, r;
+    const Eigen::MatrixXd xg = x * c[i].g;
+    const Eigen::MatrixXd rd = r * c[i].d.asDiagonal();
+    Eigen::MatrixXd ar = l.A * rd.transpose(), rr = r * rd.transpose();
+    if (xg.cols() > 0) {
+      ar.noalias() += xg.topRows(ka) * xg.bottomRows(r.rows()).transpose();
+      rr.noalias() += xg.bottomRows(r.rows()) * xg.bottomRows(r.rows()).transpose();
+    }
+    const Eigen::MatrixXd target = (l.scale * l.B) * ar * rr.completeOrthogonalDecomposition().pseudoInverse();
     if (own_head) {
       f->heads[f->head_of[i]] = round_to_dtype(target, dtype);
       f->scale[i] = 1.0;
