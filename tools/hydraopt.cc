@@ -177,6 +177,11 @@ int main(int argc, char** argv) {
                     "with --calibration: choose the plan in the calibrated metric, or in the Frobenius one "
                     "(the data-free plan, then fitted calibrated)")
         ->capture_default_str();
+    cmd->add_option("--calibration-rounds", mo.calibration_rounds,
+                    "with --calibration: rounds of re-solving the shared bodies and the heads in each task's own "
+                    "metric after the fit")
+        ->capture_default_str()
+        ->check(CLI::NonNegativeNumber);
     cmd->add_option("--threads", mo.threads, "worker threads (0: all cores)")->capture_default_str();
     cmd->add_option("--dtype", dtype, "stored dtype f32|f16|bf16 (default: the inputs' widest)");
     // A flag per parameter any method takes (the registry's); a flag the
@@ -339,6 +344,8 @@ int main(int argc, char** argv) {
   demo->add_option("--shrinkage", bench.shrinkage, "calibrated points (METHOD+cal@...): merge --shrinkage")
       ->capture_default_str();
   demo->add_option("--calibration-plan", bench.calibration_plan, "calibrated points: merge --calibration-plan")
+      ->capture_default_str();
+  demo->add_option("--calibration-rounds", bench.calibration_rounds, "calibrated points: merge --calibration-rounds")
       ->capture_default_str();
   bool demo_calibrated = false;
   demo->add_flag("--calibrated", demo_calibrated,

@@ -140,6 +140,7 @@ struct BenchmarkOptions {
   /// own adapter; written to a scratch directory by calibrate()).
   double shrinkage = 0.3;
   std::string calibration_plan = "calibrated";  ///< MergeOptions::calibration_plan
+  int calibration_rounds = 0;                    ///< MergeOptions::calibration_rounds
   int calibration_examples = 64;
   int limit = 0;  ///< test examples per task (0: all)
   int threads = 0;

@@ -71,6 +71,12 @@ struct MergeOptions {
   /// "frobenius" (the data-free plan, its structures then fitted
   /// calibrated; budgets in parameters only).
   std::string calibration_plan = "calibrated";
+  /// With calibration: after the fit in the tasks' mean metric, each
+  /// task's own head or core is solved in its own metric, then this many
+  /// rounds of re-solving the shared bodies and the heads again in the
+  /// tasks' own metrics (alternating exact steps; none raises that
+  /// objective).
+  int calibration_rounds = 0;
   /// Called after each module of each pass: (done, total).
   std::function<void(size_t, size_t)> progress;
 };

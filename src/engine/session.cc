@@ -246,7 +246,7 @@ ModuleFit Session::stored(const LoadedModule& l, ModuleFit fit, const Precision&
   ModuleFit out = stored_values(unwhitened(store_in_precision(l.p, std::move(fit), precision, dtype_, &w), w), precision, dtype_);
   // Each task's own head or core, in its own metric (float roles only:
   // integer ones were solved against what is stored, in the mean metric).
-  if (precision.all_float() && l.metric.own) solve_own_metric(*l.original, *l.metric.own, dtype_, &out);
+  if (precision.all_float()) solve_own_metrics(*l.original, l.metric, o_.calibration_rounds, dtype_, &out);
   return out;
 }
 
@@ -369,6 +369,9 @@ void Session::load_calibration() {
   if (o_.calibration.empty()) return;
   if (!(o_.shrinkage >= 0 && o_.shrinkage <= 1)) {
     throw Error("--shrinkage must be in [0, 1], got " + std::to_string(o_.shrinkage));
+  }
+  if (o_.calibration_rounds < 0) {
+    throw Error("--calibration-rounds must be >= 0, got " + std::to_string(o_.calibration_rounds));
   }
   const std::filesystem::path dir = o_.calibration;
   if (!std::filesystem::is_directory(dir)) throw Error(dir.string(), "", "not a directory of calibration statistics");

@@ -1,5 +1,6 @@
 #include "methods/whitening.h"
 
+#include <Eigen/Cholesky>
 #include <Eigen/Eigenvalues>
 #include <Eigen/QR>
 #include <cmath>
@@ -297,6 +298,106 @@ void solve_own_metric(const ModuleProblem& p, const std::vector<Moment>& c, DTyp
       const Eigen::MatrixXd h = f->scale[i] * f->heads[f->head_of[i]];
       f->cores[f->core_of[i]] = round_to_dtype(Eigen::MatrixXd(h.completeOrthogonalDecomposition().pseudoInverse() * target), dtype);
     }
+  }
+}
+
+namespace {
+
+// C_i as a moment: the identity for a task without statistics.
+Moment own_or_identity(const std::vector<Moment>& c, size_t i, Eigen::Index in) {
+  if (i < c.size() && !c[i].empty()) return c[i];
+  return Moment{Eigen::VectorXd::Ones(in), Eigen::MatrixXd(in, 0)};
+}
+
+// One body's part of the objective as a quadratic in R (k x in):
+//   f(R) = <R, Op(R)> - 2 <E, R> + const,  Op(R) = sum_i K_i R C_i,
+// K_i = w_i L_i^T L_i, E = sum_i w_i L_i^T dW_i C_i, over the body's tasks.
+struct BodyQuadratic {
+  std::vector<Eigen::MatrixXd> k;
+  std::vector<const Moment*> c;
+  Eigen::MatrixXd e;
+
+  Eigen::MatrixXd apply(const Eigen::MatrixXd& r) const {
+    Eigen::MatrixXd out = Eigen::MatrixXd::Zero(r.rows(), r.cols());
+    for (size_t j = 0; j < k.size(); ++j) out.noalias() += k[j] * c[j]->times(r);
+    return out;
+  }
+  double value(const Eigen::MatrixXd& r) const { return r.cwiseProduct(apply(r) - 2.0 * e).sum(); }
+};
+
+// Minimises the body's quadratic from r by conjugate gradients
+// preconditioned with Z -> Kbar^{-1} Z C^{-1} (C the tasks' mean moment,
+// Kbar = sum_i K_i), which solves it outright when every C_i is C. Every
+// iterate lowers f (CG minimises it over growing Krylov spaces around the
+// start); the result is kept only if f went down in floating point too.
+void body_step(const BodyQuadratic& q, const Whitening& mean, Eigen::MatrixXd* r) {
+  constexpr int kIterations = 8;
+  Eigen::MatrixXd kbar = Eigen::MatrixXd::Zero(q.e.rows(), q.e.rows());
+  for (const auto& kj : q.k) kbar += kj;
+  kbar.diagonal().array() += 1e-12 * std::max(kbar.trace(), 1e-300);
+  const Eigen::LDLT<Eigen::MatrixXd> kinv(kbar);
+  auto precondition = [&](const Eigen::MatrixXd& z) { return mean.unwhiten(mean.solve_whitened(kinv.solve(z))); };
+  Eigen::MatrixXd x = *r;
+  Eigen::MatrixXd res = q.e - q.apply(x);
+  Eigen::MatrixXd z = precondition(res), dir = z;
+  double rz = res.cwiseProduct(z).sum();
+  const double stop = 1e-10 * q.e.squaredNorm();
+  for (int it = 0; it < kIterations && res.squaredNorm() > stop && rz > 0; ++it) {
+    const Eigen::MatrixXd ad = q.apply(dir);
+    const double curvature = dir.cwiseProduct(ad).sum();
+    if (!(curvature > 0)) break;
+    const double alpha = rz / curvature;
+    x += alpha * dir;
+    res -= alpha * ad;
+    z = precondition(res);
+    const double next = res.cwiseProduct(z).sum();
+    dir = z + (next / rz) * dir;
+    rz = next;
+  }
+  if (q.value(x) < q.value(*r)) *r = std::move(x);
+}
+
+}  // namespace
+
+double own_metric_objective(const ModuleProblem& p, const std::vector<Moment>& c, const ModuleFit& f) {
+  double total = 0;
+  for (size_t i = 0; i < p.tasks(); ++i) {
+    const auto& l = p.loras[i];
+    const Moment ci = own_or_identity(c, i, p.in());
+    // ||E C^{1/2}||^2 with E = [s B, -L] [A; R]: the Gram of the stacked rows.
+    Eigen::MatrixXd left(p.out(), l.rank() + f.right(i).rows());
+    left << l.scale * l.B, -f.left(i);
+    Eigen::MatrixXd rows(left.cols(), p.in());
+    rows << l.A, f.right(i);
+    total += p.weights[i] * (left.transpose() * left).cwiseProduct(ci.between(rows, rows)).sum();
+  }
+  return total;
+}
+
+void solve_own_metrics(const ModuleProblem& p, const ModuleMetric& metric, int rounds, DType dtype, ModuleFit* f) {
+  if (!metric.own || metric.own->empty()) return;
+  const std::vector<Moment>& c = *metric.own;
+  solve_own_metric(p, c, dtype, f);
+  if (f->diagonal_cores) return;
+  std::vector<Moment> moments(p.tasks());
+  for (size_t i = 0; i < p.tasks(); ++i) moments[i] = own_or_identity(c, i, p.in());
+  for (int round = 0; round < rounds; ++round) {
+    for (size_t b = 0; b < f->bodies.size(); ++b) {
+      BodyQuadratic q;
+      q.e = Eigen::MatrixXd::Zero(f->bodies[b].rows(), p.in());
+      for (size_t i = 0; i < p.tasks(); ++i) {
+        const auto& l = p.loras[i];
+        if (f->body_of[i] != static_cast<int>(b) || l.rank() == 0 || p.weights[i] <= 0) continue;
+        const Eigen::MatrixXd li = f->left(i);
+        q.k.push_back(p.weights[i] * li.transpose() * li);
+        q.c.push_back(&moments[i]);
+        q.e.noalias() += (p.weights[i] * li.transpose() * (l.scale * l.B)) * moments[i].times(l.A);
+      }
+      if (q.k.empty()) continue;
+      body_step(q, *metric.mean, &f->bodies[b]);
+      f->bodies[b] = round_to_dtype(f->bodies[b], dtype);
+    }
+    solve_own_metric(p, c, dtype, f);
   }
 }
 

@@ -368,6 +368,7 @@ BenchmarkResult run_benchmark(const BenchmarkOptions& o) {
       mo.calibration = stats.string();
       mo.shrinkage = o.shrinkage;
       mo.calibration_plan = o.calibration_plan;
+      mo.calibration_rounds = o.calibration_rounds;
     }
     auto reports = merge(set, mo, budgets, paths);
     for (size_t j = 0; j < same.size(); ++j) merged[same[j]] = std::move(reports[j]);
