@@ -338,11 +338,12 @@ PYBIND11_MODULE(_hydraopt, m) {
          const std::vector<double>& budgets, const std::string& share, const std::string& weights,
          const std::optional<std::string>& groups, int threads, const std::optional<std::string>& dtype,
          const std::optional<py::dict>& params, bool skip_unmergeable, const std::string& unit,
-         const std::optional<std::string>& calibration, double shrinkage) {
+         const std::optional<std::string>& calibration, double shrinkage, int calibration_rounds) {
         hydraopt::MergeOptions o;
         o.unit = parse_unit(unit);
         o.calibration = calibration.value_or("");
         o.shrinkage = shrinkage;
+        o.calibration_rounds = calibration_rounds;
         o.share = share;
         o.weights = weights;
         o.groups_file = groups.value_or("");
@@ -371,14 +372,14 @@ PYBIND11_MODULE(_hydraopt, m) {
       "budgets"_a = std::vector<double>{0.05, 0.1, 0.2, 0.3, 0.4, 0.52, 0.6, 0.8, 1.0}, "share"_a = "auto",
       "weights"_a = "balanced", "groups"_a = py::none(), "threads"_a = 0, "dtype"_a = py::none(),
       "params"_a = py::none(), "skip_unmergeable"_a = false, "unit"_a = "params", "calibration"_a = py::none(),
-      "shrinkage"_a = 0.3,
+      "shrinkage"_a = 0.3, "calibration_rounds"_a = 0,
       "Evaluates every (method, budget) without writing bundles, as `hydraopt sweep`: a list of\n"
       "report dicts (as merge()'s report), per method in the budgets' order. unit: 'params'\n"
       "(budgets are fractions of the parameters) or 'bytes' (of a bf16 copy's bytes; factors may\n"
       "be stored as integers). methods: names from\n"
       "methods() (default: all); a method whose storage does not follow the budget gives one\n"
       "report at its own storage. params: given to every method, so name only parameters all of\n"
-      "them take. calibration, shrinkage: as merge().");
+      "them take. calibration, shrinkage, calibration_rounds: as merge().");
 
   m.def(
       "merge",
@@ -388,8 +389,9 @@ PYBIND11_MODULE(_hydraopt, m) {
          int threads, const std::optional<std::string>& dtype,
          const std::optional<py::dict>& params, const py::object& output, bool skip_unmergeable,
          const std::string& unit, const std::optional<std::string>& calibration, double shrinkage,
-         const std::string& calibration_plan) {
+         const std::string& calibration_plan, int calibration_rounds) {
         hydraopt::MergeOptions o;
+        o.calibration_rounds = calibration_rounds;
         o.unit = parse_unit(unit);
         o.calibration = calibration.value_or("");
         o.shrinkage = shrinkage;
@@ -421,7 +423,7 @@ PYBIND11_MODULE(_hydraopt, m) {
       "share"_a = "auto", "weights"_a = "balanced", "groups"_a = py::none(), "plan"_a = py::none(),
       "threads"_a = 0, "dtype"_a = py::none(), "params"_a = py::none(), "output"_a = py::none(),
       "skip_unmergeable"_a = false, "unit"_a = "params", "calibration"_a = py::none(), "shrinkage"_a = 0.3,
-      "calibration_plan"_a = "calibrated",
+      "calibration_plan"_a = "calibrated", "calibration_rounds"_a = 0,
       "Merges adapters (paths, 'NAME=DIR' strings or Adapter objects) into a Bundle, as `hydraopt "
       "merge`.\n"
       "budget: fraction of the original LoRA parameter count (unit='params') or of the bytes of a\n"
@@ -430,7 +432,8 @@ PYBIND11_MODULE(_hydraopt, m) {
       "'uniform' or a JSON file, as --weights; params: method parameters by name\n"
       "(see methods()); output: where to write the bundle (default: a temporary file owned by the\n"
       "returned Bundle); calibration: a directory of statistics files (`hydraopt calibrate`), as\n"
-      "--calibration, with shrinkage and calibration_plan as --shrinkage and --calibration-plan.\n"
+      "--calibration, with shrinkage, calibration_plan and calibration_rounds as --shrinkage,\n"
+      "--calibration-plan and --calibration-rounds.\n"
       "Raises hydraopt.Error on bad input.");
 
   m.def(

@@ -340,3 +340,11 @@ def test_calibrated_merge_matches_the_cli(tmp_path):
     assert "mean_frobenius_rel_error" not in free.report
     with pytest.raises(hydraopt.Error, match="shrinkage"):
         hydraopt.merge(paths(), budget=0.4, calibration=str(stats), shrinkage=2.0)
+    rounds = hydraopt.merge(paths(), method="hydra", calibration=str(stats), calibration_rounds=1,
+                            output=tmp_path / "py-rounds.safetensors")
+    cli("merge", *paths(), "--method", "hydra", "--calibration", stats, "--calibration-rounds", "1",
+        "-o", tmp_path / "cli-rounds.safetensors")
+    assert (tmp_path / "py-rounds.safetensors").read_bytes() == (tmp_path / "cli-rounds.safetensors").read_bytes()
+    assert rounds.report["tasks"] != hydraopt.merge(paths(), method="hydra", calibration=str(stats)).report["tasks"]
+    with pytest.raises(hydraopt.Error, match="calibration-rounds"):
+        hydraopt.merge(paths(), method="hydra", calibration=str(stats), calibration_rounds=-1)
