@@ -680,12 +680,14 @@ TEST(CalibratedPrecision, AlternatingStepsLowerThePerTaskObjective) {
     EXPECT_NEAR(own_metric_objective(p, own, f), dense_objective(f), 1e-9 * dense_objective(f));
     EXPECT_LE(dense_objective(f), last * (1 + 1e-12));
     last = dense_objective(f);
+    const double heads_only = last;
     for (int round = 0; round < 3; ++round) {
       solve_own_metrics(p, metric, 1, DType::F64, &f);
       EXPECT_LE(dense_objective(f), last * (1 + 1e-12)) << s.label() << " " << round;
       last = dense_objective(f);
     }
-    EXPECT_LT(last, 0.999 * dense_objective(start)) << s.label();
+    // The body steps themselves lower it (not only the heads' steps).
+    EXPECT_LT(last, (1 - 1e-3) * heads_only) << s.label();
     if (s.family != Family::kSharedA) continue;  // the cores' rounds converge more slowly
     solve_own_metrics(p, metric, 200, DType::F64, &f);
     // The body's gradient sum_i w_i L_i^T (L_i R - dW_i) C_i, against its scale.
@@ -696,8 +698,8 @@ TEST(CalibratedPrecision, AlternatingStepsLowerThePerTaskObjective) {
       grad += p.weights[i] * li.transpose() * (li * f.right(i) - p.loras[i].scale * p.loras[i].B * p.loras[i].A) * ci;
       scale += p.weights[i] * li.transpose() * p.loras[i].B * p.loras[i].A * ci;
     }
-    // (the body step stops at a residual of 1e-5 of the right-hand side, E = scale)
-    EXPECT_LT(grad.norm(), 2e-5 * scale.norm()) << s.label();
+    // (the body step stops at a residual of 1e-4 of the right-hand side, E = scale)
+    EXPECT_LT(grad.norm(), 2e-4 * scale.norm()) << s.label();
   }
   // Every task in the mean metric: nothing to do.
   ModuleFitter fitter(p, {});

@@ -74,8 +74,8 @@ struct MergeOptions {
   /// With calibration: after the fit in the tasks' mean metric, each
   /// task's own head or core is solved in its own metric, then this many
   /// rounds of re-solving the shared bodies and the heads again in the
-  /// tasks' own metrics (alternating exact steps; none raises that
-  /// objective).
+  /// tasks' own metrics (alternating block steps; none raises that
+  /// objective beyond rounding). Ignored without calibration.
   int calibration_rounds = 0;
   /// Called after each module of each pass: (done, total).
   std::function<void(size_t, size_t)> progress;

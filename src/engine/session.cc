@@ -468,7 +468,8 @@ void Session::metrics(size_t m, LoadedModule* l, bool own) const {
       read();
       // Every task the same statistics: the mean is each one's own metric.
       const bool one = std::all_of(c.begin(), c.end(), [&](const Moment& x) {
-        return !x.empty() && x.d == c[0].d && x.g == c[0].g;
+        return !x.empty() && x.d.size() == c[0].d.size() && x.g.cols() == c[0].g.cols() && x.d == c[0].d &&
+               x.g == c[0].g;
       });
       l->metric.own = std::make_shared<const std::vector<Moment>>(one ? std::vector<Moment>() : c);
       std::lock_guard<std::mutex> lock(whitening_mutex_);

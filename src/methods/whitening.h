@@ -133,19 +133,20 @@ ModuleFit unwhitened(ModuleFit f, const Whitening& w);
 /// read (not whitened); `f`: a stored fit of it.
 void solve_own_metric(const ModuleProblem& p, const std::vector<Moment>& c, DType dtype, ModuleFit* f);
 
-/// Alternating exact block steps of the per-task objective
+/// Alternating block steps of the per-task objective
 ///     sum_i w_i ||(dW_i - L_i R_b(i)) C_i^{1/2}||^2
 /// (L_i = s_i H_i K_i each task's left factor, R_b a body, C_i the task's
 /// own moment in metric.own, the identity where it has none; w_i =
-/// p.weights): solve_own_metric, then `rounds` times every body given the
-/// left factors (preconditioned conjugate gradients from the current body,
-/// kept only if the objective went down) and solve_own_metric again. No
-/// step raises the objective beyond the rounding to `dtype`. Nothing to do
-/// when metric.own is empty (every task's metric is the mean one, in which
-/// the fit was made).
+/// p.weights): solve_own_metric (exact), then `rounds` times every body
+/// given the left factors (at most 5 preconditioned conjugate-gradient
+/// iterations from the current body, the result rounded to `dtype` and
+/// kept only if the objective went down) and solve_own_metric again. Only
+/// the heads' rounding can raise the objective. Nothing to do when
+/// metric.own is empty (every task's metric is the mean one, in which the
+/// fit was made), and no rounds for diagonal cores (jd-diag).
 void solve_own_metrics(const ModuleProblem& p, const ModuleMetric& metric, int rounds, DType dtype, ModuleFit* f);
 
-/// The per-task objective above of a fit (tests, and the steps' guard).
+/// The per-task objective above of a fit (tests).
 double own_metric_objective(const ModuleProblem& p, const std::vector<Moment>& c, const ModuleFit& f);
 
 }  // namespace hydraopt
