@@ -384,11 +384,15 @@ TEST(CalibratedMerge, BundleRecordsTheStatistics) {
   o.budget = 0.5;
   o.calibration = (d / "stats").string();
   o.shrinkage = 0.25;
+  o.calibration_plan = "frobenius";
+  o.calibration_rounds = 2;
   const fs::path out = d / "b.safetensors";
   merge(set, o, out);
   const io::Bundle b = io::bundle_read(out);
   ASSERT_TRUE(b.calibration.has_value());
   EXPECT_EQ(b.calibration->shrinkage, 0.25);
+  EXPECT_EQ(b.calibration->plan, "frobenius");
+  EXPECT_EQ(b.calibration->rounds, 2);
   for (size_t i = 0; i < set.size(); ++i) {
     const fs::path f = d / "stats" / (set.task(i).name() + ".safetensors");
     EXPECT_EQ(b.calibration->statistics.at(set.task(i).name()), i == 2 ? "" : util::sha256_file(f));
@@ -405,7 +409,21 @@ TEST(CalibratedMerge, BundleRecordsTheStatistics) {
       {"statistics is not an object", [](auto& j) { j["calibration"]["statistics"] = "x"; }},
       {"does not have", [](auto& j) { j["calibration"]["statistics"]["nobody"] = ""; }},
       {"not a SHA-256", [&](auto& j) { j["calibration"]["statistics"][set.task(0).name()] = "abc"; }},
+      {"plan is not", [](auto& j) { j["calibration"]["plan"] = "mean"; }},
+      {"rounds is not", [](auto& j) { j["calibration"]["rounds"] = -1; }},
+      {"rounds is not", [](auto& j) { j["calibration"]["rounds"] = 1.5; }},
   };
+  {  // a bundle written before "plan" and "rounds" were recorded
+    const fs::path p = d / "older.safetensors";
+    fs::copy(out, p, fs::copy_options::overwrite_existing);
+    test::rewrite_metadata(p, [](auto& j) {
+      j["calibration"].erase("plan");
+      j["calibration"].erase("rounds");
+    });
+    const io::Bundle older = io::bundle_read(p);
+    EXPECT_EQ(older.calibration->plan, "calibrated");
+    EXPECT_EQ(older.calibration->rounds, 0);
+  }
   for (const auto& [want, edit] : bad) {
     const fs::path p = d / "bad.safetensors";
     fs::copy(out, p, fs::copy_options::overwrite_existing);

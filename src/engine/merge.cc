@@ -64,7 +64,7 @@ io::Bundle bundle_header(const AdapterSet& set, const engine::Session& s, const 
                        t.target_modules()});
   }
   if (s.calibrated()) {
-    io::BundleCalibration c{o.shrinkage, {}};
+    io::BundleCalibration c{o.shrinkage, {}, o.calibration_plan, o.calibration_rounds};
     for (size_t i = 0; i < set.size(); ++i) c.statistics[set.task(i).name()] = s.calibration_sha256()[i];
     b.calibration = std::move(c);
   }

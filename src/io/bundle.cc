@@ -153,8 +153,9 @@ std::vector<std::string> name_list(const ordered_json& v, const std::string& fil
   return out;
 }
 
-// The "calibration" record (untrusted): a shrinkage in [0, 1] and, for
-// tasks of the bundle, their statistics' SHA-256 (64 hex digits, or "").
+// The "calibration" record (untrusted): a shrinkage in [0, 1], for tasks
+// of the bundle their statistics' SHA-256 (64 hex digits, or ""), and
+// optionally the plan's metric and the rounds.
 BundleCalibration parse_calibration(const nlohmann::json& c, const Bundle& b, const std::string& file) {
   auto bad = [&](const std::string& why) { return Error(file, "", "bundle calibration record: " + why); };
   if (!c.is_object()) throw bad("not an object");
@@ -164,6 +165,18 @@ BundleCalibration parse_calibration(const nlohmann::json& c, const Bundle& b, co
     throw bad("shrinkage is not a number in [0, 1]");
   }
   out.shrinkage = s->get<double>();
+  if (const auto p = c.find("plan"); p != c.end()) {
+    if (!p->is_string() || (p->get<std::string>() != "calibrated" && p->get<std::string>() != "frobenius")) {
+      throw bad("plan is not \"calibrated\" or \"frobenius\"");
+    }
+    out.plan = p->get<std::string>();
+  }
+  if (const auto r = c.find("rounds"); r != c.end()) {
+    if (!r->is_number_integer() || r->get<int64_t>() < 0 || r->get<int64_t>() > 1000000) {
+      throw bad("rounds is not an integer in [0, 1000000]");
+    }
+    out.rounds = static_cast<int>(r->get<int64_t>());
+  }
   const auto st = c.find("statistics");
   if (st == c.end() || !st->is_object()) throw bad("statistics is not an object");
   for (const auto& item : st->items()) {
@@ -525,7 +538,10 @@ void BundleWriter::finish(const Bundle& b) {
                        {"modules", mods}};
   if (!b.history.empty()) meta["history"] = history_json(b.history);
   if (b.calibration) {
-    meta["calibration"] = {{"shrinkage", b.calibration->shrinkage}, {"statistics", b.calibration->statistics}};
+    meta["calibration"] = {{"shrinkage", b.calibration->shrinkage},
+                           {"statistics", b.calibration->statistics},
+                           {"plan", b.calibration->plan},
+                           {"rounds", b.calibration->rounds}};
   }
   const std::string header = safetensors_header(std::move(slots), {{"hydraopt", meta.dump()}, {"format", "pt"}}, kDataAlign);
   const auto header_bytes = std::as_bytes(std::span(header.data(), header.size()));

@@ -30,7 +30,8 @@
 //                 "groups", "params", ["precision", "shapes"],
 //                 "diagonal_cores", "head_of", "core_of",
 //                 "body_of", "scale", "sha256"}],
-//    "history": [{"op", "tasks", "refit", "reconstructed", "rel_errors"}]}
+//    "history": [{"op", "tasks", "refit", "reconstructed", "rel_errors"}],
+//    "calibration": {"shrinkage", "statistics", "plan", "rounds"}}
 // "tasks[i].sha256" is the SHA-256 of the source adapter_model.safetensors;
 // "modules[m].sha256" that of the module's stored tensor bytes (heads, then
 // bodies, then cores, each in index order, an integer matrix's codes,
@@ -103,10 +104,15 @@ struct BundleEdit {
 
 /// How a calibrated merge measured its errors (merge --calibration): the
 /// shrinkage and each task's statistics file's SHA-256 ("" for a task that
-/// had none).
+/// had none), and how it planned and fitted (--calibration-plan,
+/// --calibration-rounds). In the metadata: "calibration": {"shrinkage",
+/// "statistics": {task: sha256}, "plan", "rounds"}; "plan" and "rounds"
+/// are optional (absent in bundles written before them: "calibrated", 0).
 struct BundleCalibration {
   double shrinkage = 0;
   std::map<std::string, std::string> statistics;  ///< task -> sha256
+  std::string plan = "calibrated";
+  int rounds = 0;
 };
 
 struct Bundle {
