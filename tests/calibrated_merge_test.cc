@@ -307,9 +307,22 @@ TEST(CalibratedMerge, FrobeniusPlanIsTheDataFreePlan) {
   o.calibration_plan = "calibrated";
   EXPECT_NE(merge(set, o, budgets, {"", ""})[0].plan_json, "");
   o.calibration_plan = "frobenius";
-  o.unit = BudgetUnit::kBytes;
-  EXPECT_NE(test::error_of([&] { merge(set, o, budgets, {"", ""}); }).find("in parameters"), std::string::npos);
-  o.unit = BudgetUnit::kParams;
+  {  // byte budgets: the data-free plan's structures and integer formats
+    MergeOptions bytes = o;
+    bytes.unit = BudgetUnit::kBytes;
+    bytes.calibration.clear();
+    const std::vector<double> small{0.15, 0.3};
+    const auto free_bytes = merge(set, bytes, small, {"", ""});
+    bytes.calibration = o.calibration;
+    const auto cal_bytes = merge(set, bytes, small, {d / "b15.safetensors", ""});
+    for (size_t b = 0; b < small.size(); ++b) {
+      EXPECT_EQ(cal_bytes[b].plan_json, free_bytes[b].plan_json) << small[b];
+      EXPECT_EQ(cal_bytes[b].bytes, free_bytes[b].bytes) << small[b];
+      ASSERT_TRUE(cal_bytes[b].mean_frobenius_rel_error.has_value());
+    }
+    EXPECT_NE(free_bytes[0].plan_json.find("precision"), std::string::npos);  // some role stored as integers
+    EXPECT_TRUE(io::bundle_read(d / "b15.safetensors").calibration.has_value());
+  }
   EXPECT_NE(test::error_of([&] { sweep(set, {"hydraopt"}, budgets, o); }).find("sweep plans in the calibrated metric"),
             std::string::npos);
   o.calibration_plan = "other";

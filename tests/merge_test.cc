@@ -135,6 +135,26 @@ TEST(Merge, HydraPointMatchesTheDenseClosedFormOptimum) {
   for (size_t i = 0; i < n; ++i) EXPECT_NEAR(fixed.tasks[i].rel_error, dense[i], 1e-6 * (1 + dense[i]));
 }
 
+// A byte plan's report, given back as --plan, is fitted as planned: the
+// same structures and integer formats, the same bytes and errors.
+TEST(Merge, ByteReportsPlanReproducesTheBundle) {
+  test::TempDir d;
+  MergeOptions o;
+  o.unit = BudgetUnit::kBytes;
+  o.budget = 0.2;
+  const MergeReport planned = merge(tiny(), o, "");
+  ASSERT_NE(planned.plan_json.find("precision"), std::string::npos);
+  test::write_text(d / "plan.json", planned.plan_json);
+  MergeOptions again = o;
+  again.plan_file = (d / "plan.json").string();
+  const MergeReport replayed = merge(tiny(), again, "");
+  EXPECT_EQ(replayed.plan_json, planned.plan_json);
+  EXPECT_EQ(replayed.bytes, planned.bytes);
+  for (size_t i = 0; i < planned.tasks.size(); ++i) {
+    EXPECT_NEAR(replayed.tasks[i].rel_error, planned.tasks[i].rel_error, 1e-9 * (1 + planned.tasks[i].rel_error)) << i;
+  }
+}
+
 TEST(Merge, AtOneOverNHydraoptBeatsSingleAdapterMerges) {
   const double one = 1.0 / 6;
   auto h = merge(tiny(), at(one), "");

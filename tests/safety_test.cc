@@ -156,6 +156,32 @@ TEST(Safety, PlanFileNumbersAreRangeChecked) {
   }
 }
 
+// A plan's precisions: each role an integer format the structure stores.
+TEST(Safety, PlanFilePrecisionsAreChecked) {
+  test::TempDir d;
+  SynthOptions o;
+  o.tasks = 2;
+  std::vector<std::string> specs;
+  for (auto& p : synth_write(d / "s", o)) specs.push_back(p.string());
+  auto set = AdapterSet::open(specs);
+  const std::string name = set.modules()[0].name;
+  for (const auto& [precision, want] : std::vector<std::pair<std::string, std::string>>{
+           {R"(3)", "precision is not an object"},
+           {R"({"tail":"int4-g32-sym"})", "unknown role 'tail'"},
+           {R"({"head":4})", "precision of head is not a string"},
+           {R"({"head":"int5-g32-sym"})", "precision"},
+           {R"({"core":"int4-g32-sym"})", "precision of core, which structure"}}) {
+    test::write_text(d / "plan.json", R"([{"name":")" + name + R"(","family":"shared-A","rank":2,"groups":0,"precision":)" +
+                                          precision + "}]");
+    MergeOptions mo;
+    mo.plan_file = (d / "plan.json").string();
+    const std::string e = error_of([&] { merge(set, mo, ""); });
+    EXPECT_NE(e.find(want), std::string::npos) << precision << ": " << e;
+    EXPECT_NE(e.find("plan.json"), std::string::npos) << e;
+    EXPECT_NE(e.find(name), std::string::npos) << e;
+  }
+}
+
 // RLIMIT_FSIZE makes writes past `bytes` fail with EFBIG (SIGXFSZ ignored),
 // like a full disk; restored at scope exit.
 class FileSizeLimit {

@@ -68,8 +68,8 @@ struct MergeOptions {
   double shrinkage = 0.3;
   /// With calibration, the metric the planner chooses the structures in:
   /// "calibrated" (every candidate measured in the calibrated metric) or
-  /// "frobenius" (the data-free plan, its structures then fitted
-  /// calibrated; budgets in parameters only).
+  /// "frobenius" (the data-free plan, its structures and integer formats
+  /// then fitted calibrated).
   std::string calibration_plan = "calibrated";
   /// With calibration: after the fit in the tasks' mean metric, each
   /// task's own head or core is solved in its own metric, then this many

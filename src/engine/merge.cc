@@ -86,21 +86,22 @@ std::vector<MergeReport> merge_at(const AdapterSet& set, const MergeOptions& opt
       throw Error("--calibration-plan must be calibrated or frobenius, not '" + options.calibration_plan + "'");
     }
     if (method.info.kind == MethodKind::kPlanner && options.plan_file.empty() && !fixed) {
-      // Planned without the statistics, each budget's plan then fitted with them.
-      if (options.budget_bytes || options.unit == BudgetUnit::kBytes) {
-        throw Error("--calibration-plan frobenius takes budgets in parameters (--budget), not in bytes");
-      }
-      if (budgets.empty()) budgets = {options.budget.value_or(0.5)};
+      // Planned without the statistics, each budget's plan (structures and
+      // precisions) then fitted with them.
       MergeOptions free = options;
       free.calibration.clear();
       free.progress = nullptr;
-      const std::vector<MergeReport> planned = merge_at(set, free, budgets, std::vector<fs::path>(budgets.size()));
+      const std::vector<MergeReport> planned = merge_at(set, free, budgets, std::vector<fs::path>(bundles.size()));
       std::vector<MergeReport> out;
-      for (size_t b = 0; b < budgets.size(); ++b) {
+      for (size_t b = 0; b < planned.size(); ++b) {
         const HandPlan plan{"the data-free plan", io::parse_plan(planned[b].plan_json, "the data-free plan")};
         MergeOptions at = options;
-        at.budget = budgets[b];
-        out.push_back(merge_at(set, at, {budgets[b]}, {bundles[b]}, &plan)[0]);
+        std::vector<double> one;
+        if (!budgets.empty()) {
+          at.budget = budgets[b];
+          one = {budgets[b]};
+        }
+        out.push_back(merge_at(set, at, one, {bundles[b]}, &plan)[0]);
       }
       for (auto& r : out) r.seconds = seconds_since(t0);
       return out;

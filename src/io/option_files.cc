@@ -1,5 +1,7 @@
 #include "io/option_files.h"
 
+#include "core/quant.h"
+
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -33,21 +35,36 @@ int64_t plan_int(const json& e, const char* key, int64_t fallback, int64_t hi, c
 
 namespace {
 
-std::map<std::string, StructureSpec> plan_from_json(const json& j, const std::string& path) {
+std::map<std::string, PlanEntry> plan_from_json(const json& j, const std::string& path) {
   const json* list = &j;
   if (j.is_object()) {
     if (j.contains("plan")) list = &j["plan"];
     else if (j.contains("modules")) list = &j["modules"];
   }
   if (!list->is_array()) throw Error(path, "", "plan file must hold a list of modules (or a report's \"plan\")");
-  std::map<std::string, StructureSpec> by_name;
+  std::map<std::string, PlanEntry> by_name;
   try {
     for (auto& e : *list) {
+      if (!e.is_object()) throw Error(path, "", "plan entries must be objects");
       auto fam = family_from_name(e.at("family").get<std::string>());
       if (!fam) throw Error(path, "", "unknown structure family " + e.at("family").dump());
-      if (!e.is_object()) throw Error(path, "", "plan entries must be objects");
-      by_name[e.at("name").get<std::string>()] = {*fam, plan_int(e, "rank", 0, int64_t{1} << 40, path),
-                                                  static_cast<int>(plan_int(e, "groups", 0, 1 << 24, path))};
+      const std::string name = e.at("name").get<std::string>();
+      PlanEntry entry{{*fam, plan_int(e, "rank", 0, int64_t{1} << 40, path),
+                       static_cast<int>(plan_int(e, "groups", 0, 1 << 24, path))},
+                      {}};
+      if (const auto pr = e.find("precision"); pr != e.end()) {
+        if (!pr->is_object()) throw Error(path, name, "precision is not an object of roles");
+        for (const auto& [role, format] : pr->items()) {
+          std::optional<QuantFormat>* slot = role == "head"   ? &entry.precision.heads
+                                             : role == "body" ? &entry.precision.bodies
+                                             : role == "core" ? &entry.precision.cores
+                                                              : nullptr;
+          if (!slot) throw Error(path, name, "precision names an unknown role '" + role + "' (head, body or core)");
+          if (!format.is_string()) throw Error(path, name, "precision of " + role + " is not a string");
+          *slot = parse_quant_format(format.get<std::string>(), path + ": " + name + ": precision");
+        }
+      }
+      by_name[name] = entry;
     }
   } catch (const json::exception& ex) {
     throw Error(path, "", std::string("malformed plan entry: ") + ex.what());
@@ -57,11 +74,11 @@ std::map<std::string, StructureSpec> plan_from_json(const json& j, const std::st
 
 }  // namespace
 
-std::map<std::string, StructureSpec> read_plan_file(const std::string& path) {
+std::map<std::string, PlanEntry> read_plan_file(const std::string& path) {
   return plan_from_json(read_json_file(path, "plan file"), path);
 }
 
-std::map<std::string, StructureSpec> parse_plan(const std::string& text, const std::string& label) {
+std::map<std::string, PlanEntry> parse_plan(const std::string& text, const std::string& label) {
   const json j = json::parse(text, nullptr, false);
   if (j.is_discarded()) throw Error(label, "", "plan is not valid JSON");
   return plan_from_json(j, label);

@@ -246,20 +246,30 @@ void check_floor(const MethodContext& ctx, const std::vector<std::vector<Candida
   }
 }
 
-// The structures of a --plan file, fitted as given.
+// The structures of a --plan file (and their roles' integer formats),
+// fitted as given.
 MethodRun run_hand_plan(MethodContext& ctx, const HandPlan& hand, const FitOptions& fo, const Budgets& b) {
-  std::vector<StructureSpec> specs;
+  std::vector<CandidateSpec> specs;
   for (size_t m = 0; m < ctx.module_count(); ++m) {
     auto it = hand.specs.find(ctx.module_name(m));
     if (it == hand.specs.end()) throw Error(hand.file, ctx.module_name(m), "module has no entry in the plan");
-    if (!spec_valid(it->second, ctx.shape(m))) {
-      throw Error(hand.file, ctx.module_name(m), "structure " + it->second.label() + " does not fit this module");
+    const auto& [spec, precision] = it->second;
+    if (!spec_valid(spec, ctx.shape(m))) {
+      throw Error(hand.file, ctx.module_name(m), "structure " + spec.label() + " does not fit this module");
     }
-    specs.push_back(it->second);
+    for (const auto& [role, name] : {std::pair{Role::kHeads, "head"}, {Role::kBodies, "body"}, {Role::kCores, "core"}}) {
+      const auto& format = role == Role::kHeads ? precision.heads : role == Role::kBodies ? precision.bodies : precision.cores;
+      const auto shapes = spec_matrices(spec, ctx.shape(m));
+      if (format && std::none_of(shapes.begin(), shapes.end(), [&](const StoredShape& x) { return x.role == role; })) {
+        throw Error(hand.file, ctx.module_name(m),
+                    std::string("precision of ") + name + ", which structure " + spec.label() + " does not store");
+      }
+    }
+    specs.push_back({spec, "plan", precision});
   }
   const FitOptions known = for_known_structures(fo);
-  auto table = ctx.evaluate([&](size_t m, const ModuleShape&) { return std::vector<CandidateSpec>{{specs[m], "plan", {}}}; },
-                            known, Store::kFinal, Spread::kInside);
+  auto table = ctx.evaluate([&](size_t m, const ModuleShape&) { return std::vector<CandidateSpec>{specs[m]}; }, known,
+                            Store::kFinal, Spread::kInside);
   int64_t total = 0;
   for (auto& e : table) total += e[0].storage(b.unit);
   const char* units = b.unit == BudgetUnit::kBytes ? " bytes" : " numbers";

@@ -9,7 +9,7 @@ out=$2
 src=$(cd "$(dirname "$0")/../.." && pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-mkdir -p "$out"/{safetensors,peft_config,pattern,bundle,llama_config,quant,calibration}
+mkdir -p "$out"/{safetensors,peft_config,pattern,bundle,llama_config,quant,calibration,plan}
 
 # Small real adapters (tiny preset, rank 1: ~4 KB each) and bundles of them.
 "$cli" synth "$work/s" --preset tiny --tasks 4 --rank 1 --seed 7 --statistics "$work/st" --statistics-rank 8 2>/dev/null
@@ -25,7 +25,7 @@ cp "$work/b.safetensors" "$out/bundle/hydraopt"
 cp "$work/jd.safetensors" "$out/bundle/jd-diag"
 # Integer storage (format version 2): codes, scales and minima tensors.
 "$cli" merge "$work/s/task00" "$work/s/task01" "$work/s/task02" --budget-bf16 0.3 \
-  -o "$work/q.safetensors" >/dev/null
+  -o "$work/q.safetensors" --report "$out/plan/report-bytes" >/dev/null
 cp "$work/q.safetensors" "$out/bundle/quantized"
 cp "$work/q.safetensors" "$out/safetensors/quantized-bundle"
 # Bundles with a history (issue 20): one task added, then one removed.
@@ -38,6 +38,8 @@ cp "$work/shrunk.safetensors" "$out/bundle/shrunk"
   -o "$work/cal.safetensors" >/dev/null
 cp "$work/cal.safetensors" "$out/bundle/calibrated"
 cp "$work/st/task00.safetensors" "$out/calibration/synth"
+# Plans (--plan): a report's (above: with integer formats), a bare list.
+printf '%s' '[{"name":"model.layers.0.self_attn.q_proj","family":"shared-A+core","rank":2,"groups":0,"precision":{"body":"int4-g32-sym","head":"int3-g64-asym","core":"int8-g32-sym"}},{"name":"x","family":"exact","rank":0,"groups":0}]' > "$out/plan/list"
 
 # The bundle's metadata JSON as plain text, then NUL, then the file without
 # it (the second input form of bundle_fuzz).

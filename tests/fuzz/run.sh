@@ -15,7 +15,7 @@ cli=${3:-build/hydraopt}
 [ -d "$build/seeds" ] || tests/fuzz/make_seeds.sh "$cli" "$build/seeds"
 mkdir -p "$build/artifacts"
 status=0
-for t in safetensors peft_config pattern bundle llama_config quant calibration; do
+for t in safetensors peft_config pattern bundle llama_config quant calibration plan; do
   mkdir -p "$build/corpus/$t"
   log="$build/$t.log"
   echo "fuzz: $t for ${seconds}s" >&2
