@@ -266,15 +266,17 @@ ModuleFit unwhitened(ModuleFit f, const Whitening& w) {
 // With E = dW - s H K R, min over the task's own H (or K) of tr(E C E^T):
 // the normal equations give s H K = (dW C R^T)(R C R^T)^+, so H = that / s
 // with K = I (the scale goes into the head: s = 1), or K = (s H)^+ that.
-void solve_own_metric(const ModuleProblem& p, const std::vector<Moment>& c, DType dtype, ModuleFit* f) {
+void solve_own_metric(const ModuleProblem& p, const std::vector<Moment>& c, DType dtype, ModuleFit* f,
+                      const Moment* missing) {
   std::vector<int> head_users(f->heads.size(), 0), core_users(f->cores.size(), 0);
   for (size_t i = 0; i < f->tasks(); ++i) {
     ++head_users[f->head_of[i]];
     if (f->core_of[i] >= 0) ++core_users[f->core_of[i]];
   }
-  for (size_t i = 0; i < f->tasks() && i < c.size(); ++i) {
+  for (size_t i = 0; i < f->tasks(); ++i) {
     const auto& l = p.loras[i];
-    if (c[i].empty() || l.rank() == 0 || f->diagonal_cores) continue;
+    const Moment* ci = i < c.size() && !c[i].empty() ? &c[i] : missing;
+    if (!ci || l.rank() == 0 || f->diagonal_cores) continue;
     const bool own_head = f->core_of[i] < 0 && head_users[f->head_of[i]] == 1;
     const bool own_core = f->core_of[i] >= 0 && core_users[f->core_of[i]] == 1;
     if (!own_head && !own_core) continue;
@@ -283,8 +285,8 @@ void solve_own_metric(const ModuleProblem& p, const std::vector<Moment>& c, DTyp
     const Eigen::Index ka = l.A.rows();
     Eigen::MatrixXd x(ka + r.rows(), l.A.cols());
     x << l.A, r;
-    const Eigen::MatrixXd xg = x * c[i].g;
-    const Eigen::MatrixXd rd = r * c[i].d.asDiagonal();
+    const Eigen::MatrixXd xg = x * ci->g;
+    const Eigen::MatrixXd rd = r * ci->d.asDiagonal();
     Eigen::MatrixXd ar = l.A * rd.transpose(), rr = r * rd.transpose();
     if (xg.cols() > 0) {
       ar.noalias() += xg.topRows(ka) * xg.bottomRows(r.rows()).transpose();
@@ -458,7 +460,7 @@ void solve_own_metrics(const ModuleProblem& p, const ModuleMetric& metric, int r
       const BodyQuadratic q(std::move(k), cs, std::move(e));
       body_step(q, *metric.mean, dtype, &f->bodies[b]);
     }
-    solve_own_metric(p, c, dtype, f);
+    solve_own_metric(p, c, dtype, f, &identity);  // a task without statistics: its head in the identity metric too
   }
 }
 

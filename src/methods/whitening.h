@@ -131,7 +131,9 @@ ModuleFit unwhitened(ModuleFit f, const Whitening& w);
 /// minimise ||(dW_i - dW_hat_i) c_i^{1/2}||^2, and rounded to `dtype`
 /// (so never raising that error beyond the rounding). `p`: the problem as
 /// read (not whitened); `f`: a stored fit of it.
-void solve_own_metric(const ModuleProblem& p, const std::vector<Moment>& c, DType dtype, ModuleFit* f);
+/// `missing`: the metric of a task without a moment (nullptr: its head is kept).
+void solve_own_metric(const ModuleProblem& p, const std::vector<Moment>& c, DType dtype, ModuleFit* f,
+                      const Moment* missing = nullptr);
 
 /// Alternating block steps of the per-task objective
 ///     sum_i w_i ||(dW_i - L_i R_b(i)) C_i^{1/2}||^2
