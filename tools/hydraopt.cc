@@ -350,7 +350,7 @@ int main(int argc, char** argv) {
   bool demo_calibrated = false;
   demo->add_flag("--calibrated", demo_calibrated,
                  "also every hydraopt point calibrated (hydraopt+cal@..., statistics from tasks/*/calib.jsonl) "
-                 "and calibrated RegMean (regmean+cal@1/N): a second curve, about 2 minutes more");
+                 "and calibrated RegMean (regmean+cal@1/N): a second curve, about 2 minutes more (8 min in all here)");
   demo->add_flag("--similarity", bench.similarity,
                  "also the edit similarity of the free-running greedy outputs (about 5x the scoring time)");
   demo->add_option("--ood", bench.ood,

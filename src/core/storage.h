@@ -27,6 +27,12 @@ struct Precision {
   bool operator==(const Precision&) const = default;
 };
 
+/// A structure with how its roles are stored: one module's entry in a plan.
+struct PlanEntry {
+  StructureSpec spec;
+  Precision precision;
+};
+
 enum class Role { kHeads, kBodies, kCores };
 
 /// `count` stored matrices of rows x cols in one role.

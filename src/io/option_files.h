@@ -20,12 +20,6 @@
 
 namespace hydraopt::io {
 
-/// One module's entry in a plan: its structure and how its roles are stored.
-struct PlanEntry {
-  StructureSpec spec;
-  Precision precision;
-};
-
 /// Entry per module name.
 std::map<std::string, PlanEntry> read_plan_file(const std::string& path);
 /// The same from a plan's JSON text; `label` names it in errors.

@@ -24,7 +24,6 @@
 
 #include "core/params.h"
 #include "hydraopt/merge.h"
-#include "io/option_files.h"
 #include "methods/fit_error.h"
 #include "methods/structures.h"
 #include "methods/whitening.h"
@@ -74,7 +73,7 @@ enum class Store {
 /// A plan given by hand (--plan): a structure per module name.
 struct HandPlan {
   std::string file;
-  std::map<std::string, io::PlanEntry> specs;
+  std::map<std::string, PlanEntry> specs;
 };
 
 /// What a method may ask of the engine that runs it.
