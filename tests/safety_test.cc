@@ -140,11 +140,7 @@ TEST(Safety, HugeTensorClaimsFailAtOnce) {
 // float-to-int conversion out of range (undefined behaviour).
 TEST(Safety, PlanFileNumbersAreRangeChecked) {
   test::TempDir d;
-  SynthOptions o;
-  o.tasks = 2;
-  std::vector<std::string> specs;
-  for (auto& p : synth_write(d / "s", o)) specs.push_back(p.string());
-  auto set = AdapterSet::open(specs);
+  const auto set = AdapterSet::open(test::synth_specs(2));
   for (const char* entry :
        {R"("rank":1e300,"groups":1)", R"("rank":2,"groups":-1)", R"("rank":"2")"}) {
     test::write_text(d / "plan.json", std::string(R"([{"name":")") + set.modules()[0].name +
@@ -159,11 +155,7 @@ TEST(Safety, PlanFileNumbersAreRangeChecked) {
 // A plan's precisions: each role an integer format the structure stores.
 TEST(Safety, PlanFilePrecisionsAreChecked) {
   test::TempDir d;
-  SynthOptions o;
-  o.tasks = 2;
-  std::vector<std::string> specs;
-  for (auto& p : synth_write(d / "s", o)) specs.push_back(p.string());
-  auto set = AdapterSet::open(specs);
+  const auto set = AdapterSet::open(test::synth_specs(2));
   const std::string name = set.modules()[0].name;
   for (const auto& [precision, want] : std::vector<std::pair<std::string, std::string>>{
            {R"(3)", "precision is not an object"},
