@@ -663,6 +663,18 @@ TEST(RegMean, MergeUsesTheTasksStatistics) {
   EXPECT_EQ(io::bundle_read(d / "cal.safetensors").method, "regmean");
 }
 
+// Rounds without statistics do nothing, and say so.
+TEST(CalibratedMerge, RoundsWithoutStatisticsAreAWarning) {
+  MergeOptions o;
+  o.method = "hydra";
+  const MergeReport plain = merge(tiny(), o, "");
+  o.calibration_rounds = 2;
+  const MergeReport r = merge(tiny(), o, "");
+  ASSERT_EQ(r.warnings.size(), 1u);
+  EXPECT_NE(r.warnings[0].find("--calibration-rounds 2 has no effect without --calibration"), std::string::npos);
+  EXPECT_EQ(r.mean_rel_error, plain.mean_rel_error);
+}
+
 }  // namespace
 }  // namespace hydraopt
 

@@ -56,6 +56,10 @@ Session::Session(const AdapterSet& set, const MergeOptions& o, bool hash_sources
   scan_sources(hash_sources);
   dist::checked([&] { load_calibration(); });
   if (calibrated()) calibrated_norms();
+  if (!calibrated() && o_.calibration_rounds > 0) {
+    warnings_.push_back("--calibration-rounds " + std::to_string(o_.calibration_rounds) +
+                        " has no effect without --calibration");
+  }
   dist::checked([&] { compute_weights(); });
 }
 
