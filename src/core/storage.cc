@@ -23,6 +23,22 @@ std::string short_name(const QuantFormat& f) {
 
 }  // namespace
 
+const char* role_name(Role r) {
+  switch (r) {
+    case Role::kHeads: return "head";
+    case Role::kBodies: return "body";
+    case Role::kCores: return "core";
+  }
+  return "";
+}
+
+std::optional<Role> role_named(std::string_view name) {
+  for (Role r : {Role::kHeads, Role::kBodies, Role::kCores}) {
+    if (name == role_name(r)) return r;
+  }
+  return std::nullopt;
+}
+
 std::string Precision::label() const {
   if (all_float()) return "float";
   std::string out;

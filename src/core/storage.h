@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "core/fit.h"
@@ -13,6 +14,13 @@
 
 namespace hydraopt {
 
+enum class Role { kHeads, kBodies, kCores };
+
+/// A role's name in bundles and plan files: "head", "body", "core".
+const char* role_name(Role r);
+/// The role of such a name, or nullopt.
+std::optional<Role> role_named(std::string_view name);
+
 /// How each kind of stored matrix is kept: an integer format, or (nullopt)
 /// the bundle's float dtype. Roles are physical: bodies are the A side
 /// (k' x in), heads the B side (out x k), whichever side is shared.
@@ -20,6 +28,9 @@ struct Precision {
   std::optional<QuantFormat> bodies, heads, cores;
 
   bool all_float() const { return !bodies && !heads && !cores; }
+  /// The format of role r.
+  const std::optional<QuantFormat>& of(Role r) const { return r == Role::kHeads ? heads : r == Role::kBodies ? bodies : cores; }
+  std::optional<QuantFormat>& of(Role r) { return r == Role::kHeads ? heads : r == Role::kBodies ? bodies : cores; }
   /// "float", or e.g. "bodies int4-g32-sym, heads int3-g32-sym".
   std::string label() const;
   /// "" for all float, else e.g. "b4s32.h3s32": part of a planner key.
@@ -32,8 +43,6 @@ struct PlanEntry {
   StructureSpec spec;
   Precision precision;
 };
-
-enum class Role { kHeads, kBodies, kCores };
 
 /// `count` stored matrices of rows x cols in one role.
 struct StoredShape {

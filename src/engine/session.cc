@@ -172,7 +172,7 @@ EvalTable Session::evaluate_merged(
   return evaluate_loaded(
       [&](const LoadedModule& l, size_t m) {
         ModuleFit stored =
-            merge(l.original ? *l.original : l.p, l.metric.mean ? &l.metric : nullptr, m).rounded(dtype_);
+            merge(l.as_read(), l.metric.mean ? &l.metric : nullptr, m).rounded(dtype_);
         const StructureSpec spec{Family::kMerged, stored.bodies[0].rows(), 0};
         return std::vector<StoredFit>{{{spec, "merged", {}}, std::move(stored)}};
       },
@@ -183,8 +183,7 @@ EvalTable Session::evaluate_stored(const std::function<std::vector<StoredFit>(co
                                    bool final) {
   // Computed on the adapters as read (these methods have no calibrated
   // form), measured in the merge's metric.
-  return evaluate_loaded([&](const LoadedModule& l, size_t m) { return store(l.original ? *l.original : l.p, m); },
-                         final);
+  return evaluate_loaded([&](const LoadedModule& l, size_t m) { return store(l.as_read(), m); }, final);
 }
 
 EvalTable Session::evaluate_loaded(const std::function<std::vector<StoredFit>(const LoadedModule&, size_t)>& store,

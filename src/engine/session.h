@@ -37,6 +37,9 @@ struct LoadedModule {
   /// has the same).
   ModuleMetric metric;
   std::optional<ModuleProblem> original;  ///< calibrated only: as read
+
+  /// The problem as read (not whitened).
+  const ModuleProblem& as_read() const { return original ? *original : p; }
 };
 
 /// One task's calibration statistics: its file (validated; read one site

@@ -45,16 +45,15 @@ constexpr int64_t kMaxBundleIndex = 1 << 24;  // heads/cores/bodies per module
 constexpr int64_t kMaxDim = int64_t{1} << 40;
 
 // The roles' names in the metadata ("precision", "shapes") and in tensor
-// names.
+// names (role_name).
 constexpr const char* kKinds[] = {"head", "body", "core"};
 
+// `kind` is one of kKinds (checked where read).
 const std::optional<QuantFormat>& kind_format(const Precision& p, const std::string& kind) {
-  return kind == "head" ? p.heads : kind == "body" ? p.bodies : p.cores;
+  return p.of(*role_named(kind));
 }
 
-std::optional<QuantFormat>& kind_format(Precision& p, const std::string& kind) {
-  return kind == "head" ? p.heads : kind == "body" ? p.bodies : p.cores;
-}
+std::optional<QuantFormat>& kind_format(Precision& p, const std::string& kind) { return p.of(*role_named(kind)); }
 
 const std::vector<MatrixXd>& kind_list(const ModuleFit& f, const std::string& kind) {
   return kind == "head" ? f.heads : kind == "body" ? f.bodies : f.cores;
@@ -639,7 +638,7 @@ Bundle bundle_parse(const SafetensorsFile& st, bool values) {
         if (version < 2) throw Error(file, bm.name, "integer storage (\"precision\") needs bundle format version 2");
         if (!pr->is_object() || pr->empty()) throw Error(file, bm.name, "precision is not an object of roles");
         for (auto& [kind, v] : pr->items()) {
-          if (kind != "head" && kind != "body" && kind != "core") {
+          if (!role_named(kind)) {
             throw Error(file, bm.name, "precision names an unknown role '" + kind + "' (head, body or core)");
           }
           if (!v.is_string()) throw Error(file, bm.name, "precision of " + kind + " is not a string");

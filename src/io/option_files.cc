@@ -54,14 +54,11 @@ std::map<std::string, PlanEntry> plan_from_json(const json& j, const std::string
                       {}};
       if (const auto pr = e.find("precision"); pr != e.end()) {
         if (!pr->is_object()) throw Error(path, name, "precision is not an object of roles");
-        for (const auto& [role, format] : pr->items()) {
-          std::optional<QuantFormat>* slot = role == "head"   ? &entry.precision.heads
-                                             : role == "body" ? &entry.precision.bodies
-                                             : role == "core" ? &entry.precision.cores
-                                                              : nullptr;
-          if (!slot) throw Error(path, name, "precision names an unknown role '" + role + "' (head, body or core)");
-          if (!format.is_string()) throw Error(path, name, "precision of " + role + " is not a string");
-          *slot = parse_quant_format(format.get<std::string>(), path + ": " + name + ": precision");
+        for (const auto& [key, format] : pr->items()) {
+          const std::optional<Role> role = role_named(key);
+          if (!role) throw Error(path, name, "precision names an unknown role '" + key + "' (head, body or core)");
+          if (!format.is_string()) throw Error(path, name, "precision of " + key + " is not a string");
+          entry.precision.of(*role) = parse_quant_format(format.get<std::string>(), path + ": " + name + ": precision");
         }
       }
       by_name[name] = entry;

@@ -208,10 +208,10 @@ std::vector<Eigen::MatrixXd> Whitening::grams(const std::vector<const Eigen::Mat
   return out;
 }
 
-ModuleProblem whitened(ModuleProblem p, const Whitening& w) {
-  std::vector<const Eigen::MatrixXd*> rows;
-  for (const auto& l : p.loras) rows.push_back(&l.A);
-  const Eigen::MatrixXd all = w.whiten(stacked(rows, w.in()));
+namespace {
+
+// p with each A_i replaced by its rows of `all` (the A's stacked, mapped).
+ModuleProblem with_stacked_a(ModuleProblem p, const Eigen::MatrixXd& all) {
   Eigen::Index at = 0;
   for (auto& l : p.loras) {
     const Eigen::Index k = l.A.rows();
@@ -221,24 +221,34 @@ ModuleProblem whitened(ModuleProblem p, const Whitening& w) {
   return p;
 }
 
+// C_i: the task's moment, or `identity` for a task without statistics.
+const Moment& own_or(const std::vector<Moment>& c, size_t i, const Moment& identity) {
+  return i < c.size() && !c[i].empty() ? c[i] : identity;
+}
+
+Moment identity_moment(Eigen::Index in) { return Moment{Eigen::VectorXd::Ones(in), Eigen::MatrixXd(in, 0)}; }
+
+}  // namespace
+
+ModuleProblem whitened(ModuleProblem p, const Whitening& w) {
+  std::vector<const Eigen::MatrixXd*> rows;
+  for (const auto& l : p.loras) rows.push_back(&l.A);
+  const Eigen::MatrixXd all = w.whiten(stacked(rows, w.in()));
+  return with_stacked_a(std::move(p), all);
+}
+
 ModuleProblem regressed(ModuleProblem p, const ModuleMetric& metric) {
   const Whitening& w = *metric.mean;
   if (!metric.own || metric.own->empty()) return whitened(std::move(p), w);  // A_i C F^{-1} = A_i F^T
-  const std::vector<Moment>& c = *metric.own;
+  const Moment identity = identity_moment(p.in());
   std::vector<Eigen::MatrixXd> ac(p.tasks());
   std::vector<const Eigen::MatrixXd*> rows;
   for (size_t i = 0; i < p.tasks(); ++i) {
-    const auto& l = p.loras[i];
-    ac[i] = i < c.size() && !c[i].empty() ? c[i].times(l.A) : l.A;
+    ac[i] = own_or(*metric.own, i, identity).times(p.loras[i].A);
     rows.push_back(&ac[i]);
   }
   const Eigen::MatrixXd all = w.solve_whitened(stacked(rows, w.in()));  // all tasks in one product
-  Eigen::Index at = 0;
-  for (auto& l : p.loras) {
-    l.A = all.middleRows(at, l.A.rows());
-    at += l.A.rows();
-  }
-  return p;
+  return with_stacked_a(std::move(p), all);
 }
 
 std::vector<double> whitened_norms2(const ModuleProblem& p, const Whitening& w) {
@@ -304,13 +314,6 @@ void solve_own_metric(const ModuleProblem& p, const std::vector<Moment>& c, DTyp
 }
 
 namespace {
-
-// C_i: the task's moment, or `identity` for a task without statistics.
-const Moment& own_or(const std::vector<Moment>& c, size_t i, const Moment& identity) {
-  return i < c.size() && !c[i].empty() ? c[i] : identity;
-}
-
-Moment identity_moment(Eigen::Index in) { return Moment{Eigen::VectorXd::Ones(in), Eigen::MatrixXd(in, 0)}; }
 
 // One body's part of the objective as a quadratic in R (k x in):
 //   f(R) = <R, Op(R)> - 2 <E, R> + const,  Op(R) = sum_j K_j R C_j,

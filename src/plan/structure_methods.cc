@@ -258,12 +258,10 @@ MethodRun run_hand_plan(MethodContext& ctx, const HandPlan& hand, const FitOptio
       throw Error(hand.file, ctx.module_name(m), "structure " + spec.label() + " does not fit this module");
     }
     const auto shapes = spec_matrices(spec, ctx.shape(m));
-    for (const auto& role : {std::pair{Role::kHeads, "head"}, {Role::kBodies, "body"}, {Role::kCores, "core"}}) {
-      const Role r = role.first;
-      const auto& format = r == Role::kHeads ? precision.heads : r == Role::kBodies ? precision.bodies : precision.cores;
-      if (format && std::none_of(shapes.begin(), shapes.end(), [r](const StoredShape& x) { return x.role == r; })) {
+    for (const Role r : {Role::kHeads, Role::kBodies, Role::kCores}) {
+      if (precision.of(r) && std::none_of(shapes.begin(), shapes.end(), [r](const StoredShape& x) { return x.role == r; })) {
         throw Error(hand.file, ctx.module_name(m),
-                    std::string("precision of ") + role.second + ", which structure " + spec.label() + " does not store");
+                    std::string("precision of ") + role_name(r) + ", which structure " + spec.label() + " does not store");
       }
     }
     specs.push_back({spec, "plan", precision});
