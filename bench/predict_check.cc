@@ -18,6 +18,7 @@
 #include "check_util.h"
 #include "hydraopt/adapter.h"
 #include "methods/fit_error.h"
+#include "methods/predict.h"
 #include "methods/structures.h"
 #include "plan/candidates.h"
 
@@ -32,8 +33,9 @@ int main(int argc, char** argv) {
     const ModuleProblem p = bench::balanced_problem(set, m, &n);
     FitOptions starts;
     starts.max_iters = 0;
-    ModuleFitter predictor(p, starts), fitter(p, starts);
-    for (const auto& c : candidate_specs(predictor.shape(), Share::kAuto, 0)) {
+    Predictor predictor(p, starts);
+  ModuleFitter fitter(p, starts);
+    for (const auto& c : candidate_specs(shape_of(p), Share::kAuto, 0)) {
       if (c.spec.family == Family::kExact) continue;
       const double predicted = predictor.predict(c.spec, DType::BF16).error;
       const double measured = weighted_error(p, fitter.fit(c.spec).rounded(DType::BF16));

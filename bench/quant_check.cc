@@ -29,6 +29,7 @@
 #include "hydraopt/adapter.h"
 #include "methods/fit_error.h"
 #include "methods/precision.h"
+#include "methods/predict.h"
 #include "methods/structures.h"
 
 using namespace hydraopt;
@@ -99,7 +100,8 @@ int main(int argc, char** argv) {
         const int64_t r = p.max_rank();
         s.rank = s.family == Family::kExact ? 0 : s.family == Family::kSharedA ? r : 2 * r;
         label = s.label();
-        ModuleFitter predictor(p, {}), fitter(p, {});
+        Predictor predictor(p, {});
+  ModuleFitter fitter(p, {});
         const ModuleFit fit = fitter.fit(s);
         const double u = weighted_error(p, fit);
         const double measured = weighted_error(p, store_in_precision(p, fit, pr, DType::BF16));

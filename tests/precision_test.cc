@@ -6,6 +6,7 @@
 
 #include "core/quant.h"
 #include "methods/precision.h"
+#include "methods/predict.h"
 #include "methods/structures.h"
 #include "test_util.h"
 
@@ -133,7 +134,8 @@ TEST(Precision, CoresAreSolvedAgainstStoredHeadsAndBody) {
 // trained ones (a shared A initialisation plus drift, dense B's).
 TEST(Precision, PredictedErrorTracksTheStoredOne) {
   const ModuleProblem p = make_problem(8, 256, 192, 8, 6);
-  ModuleFitter predictor(p, {}), fitter(p, {});
+  Predictor predictor(p, {});
+  ModuleFitter fitter(p, {});
   const std::vector<StructureSpec> specs = {
       {Family::kExact, 0, 0}, {Family::kSharedA, 8, 0}, {Family::kSharedA, 16, 0}, {Family::kSharedACore, 16, 0},
       {Family::kSharedB, 8, 0}};

@@ -7,6 +7,7 @@
 
 #include "core/rounding.h"
 #include "linalg/factored.h"
+#include "methods/predict.h"
 #include "methods/structures.h"
 #include "plan/candidates.h"
 #include "test_util.h"
@@ -58,10 +59,11 @@ TEST_P(PredictTest, EveryCandidateMatchesItsClosedFormStart) {
   const ModuleProblem p = make_problem(n, in, out, r, drift, 7);
   FitOptions start;
   start.max_iters = 0;  // the closed-form starts, as predicted
-  ModuleFitter predictor(p, start), fitter(p, start);
+  Predictor predictor(p, start);
+  ModuleFitter fitter(p, start);
   const double t = total(p);
   int checked = 0;
-  for (const CandidateSpec& c : candidate_specs(predictor.shape(), Share::kAuto, 0)) {
+  for (const CandidateSpec& c : candidate_specs(shape_of(p), Share::kAuto, 0)) {
     if (c.spec.family == Family::kExact) continue;
     const double predicted = predictor.predict(c.spec, DType::F64).error;
     const double fitted = weighted_error(p, fitter.fit(c.spec));
@@ -80,9 +82,10 @@ TEST_P(PredictTest, EstimatedSubspacesPredictWithinTheirTolerance) {
   FitOptions start, estimate;
   start.max_iters = estimate.max_iters = 0;
   estimate.estimate = true;
-  ModuleFitter predictor(p, estimate), fitter(p, start);
+  Predictor predictor(p, estimate);
+  ModuleFitter fitter(p, start);
   const double t = total(p);
-  for (const CandidateSpec& c : candidate_specs(predictor.shape(), Share::kAuto, 0)) {
+  for (const CandidateSpec& c : candidate_specs(shape_of(p), Share::kAuto, 0)) {
     if (c.spec.family == Family::kExact) continue;
     const double predicted = predictor.predict(c.spec, DType::F64).error;
     const double fitted = weighted_error(p, fitter.fit(c.spec));
@@ -96,9 +99,10 @@ TEST_P(PredictTest, RoundingModelTracksTheMeasuredErrorInBf16) {
   const ModuleProblem p = make_problem(n, in, out, r, drift, 11);
   FitOptions start;
   start.max_iters = 0;
-  ModuleFitter predictor(p, start), fitter(p, start);
+  Predictor predictor(p, start);
+  ModuleFitter fitter(p, start);
   const double t = total(p);
-  for (const CandidateSpec& c : candidate_specs(predictor.shape(), Share::kAuto, 0)) {
+  for (const CandidateSpec& c : candidate_specs(shape_of(p), Share::kAuto, 0)) {
     if (c.spec.family == Family::kExact) continue;
     const double unrounded = predictor.predict(c.spec, DType::F64).error;
     const double predicted = predictor.predict(c.spec, DType::BF16).error;
@@ -140,11 +144,58 @@ TEST(TopEigenSum, MatchesKnownEigenvalues) {
   }
 }
 
+// Against known eigenvalues: the estimate's captured energy within its
+// stopping tolerance of the exact one, its vectors orthonormal and its
+// values Ritz values (below the true ones).
+TEST(TopEigenSubspace, EstimateCapturesTheTopEnergy) {
+  const Eigen::Index n = 400, rank = 300;
+  Eigen::HouseholderQR<MatrixXd> qr(test::random_matrix(n, rank, 5));
+  const MatrixXd q = qr.householderQ() * MatrixXd::Identity(n, rank);
+  Eigen::VectorXd values(rank);
+  for (int j = 0; j < rank; ++j) values(j) = std::pow(0.97, j);
+  const MatrixXd g = q * values.asDiagonal() * q.transpose();
+  for (Eigen::Index k : {8, 40, 100}) {
+    const linalg::Subspace exact = linalg::top_eigen_subspace(g, k);
+    const linalg::Subspace est = linalg::estimate_top_eigen_subspace(g, k);
+    SCOPED_TRACE("k " + std::to_string(k));
+    EXPECT_FALSE(est.exact);
+    EXPECT_NEAR(exact.values.squaredNorm(), values.head(k).sum(), 1e-9);
+    const double tail = values.sum() - values.head(k).sum();
+    EXPECT_LE(est.values.squaredNorm(), exact.values.squaredNorm() * (1 + 1e-6));
+    EXPECT_GE(est.values.squaredNorm(), exact.values.squaredNorm() - 2e-3 * tail - 1e-5 * values.sum());
+    EXPECT_LT((est.basis.transpose() * est.basis - MatrixXd::Identity(k, k)).norm(), 1e-6);
+    // The captured energy is the basis's: tr(U^T G U).
+    EXPECT_NEAR((est.basis.transpose() * g * est.basis).trace(), est.values.squaredNorm(), 1e-5 * values.sum());
+  }
+}
+
 // (tasks, in, out, rank, drift): exact solves (small) and the randomized
 // range finder (in above 128), strongly and weakly shared A's.
 INSTANTIATE_TEST_SUITE_P(Shapes, PredictTest,
                          ::testing::Values(std::make_tuple(9, 40, 30, 3, 0.5), std::make_tuple(12, 160, 96, 6, 0.45),
                                            std::make_tuple(12, 160, 200, 6, 0.05)));
+
+// A stack wider than the exact solvers take (sum of ranks 192): the
+// estimate's subspace iteration on the Grams against the exact predictor
+// (an eigendecomposition in double, the optimum the fits' range finders
+// approach to their own tolerance).
+TEST(PredictLarge, EstimateTracksTheExactPrediction) {
+  const ModuleProblem p = make_problem(24, 300, 200, 8, 0.3, 7);
+  FitOptions exact, estimate;
+  estimate.estimate = true;
+  Predictor reference(p, exact), predictor(p, estimate);
+  const double t = total(p);
+  int checked = 0;
+  for (const CandidateSpec& c : candidate_specs(shape_of(p), Share::kAuto, 0)) {
+    if (c.spec.family == Family::kExact) continue;
+    const double want = reference.predict(c.spec, DType::F64).error;
+    const double got = predictor.predict(c.spec, DType::F64).error;
+    SCOPED_TRACE(c.spec.label() + ": exact " + std::to_string(want) + ", estimate " + std::to_string(got));
+    EXPECT_NEAR(got, want, 2e-3 * want + 1e-5 * t);
+    ++checked;
+  }
+  EXPECT_GT(checked, 20);
+}
 
 }  // namespace
 }  // namespace hydraopt

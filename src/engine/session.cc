@@ -11,6 +11,7 @@
 #include "hydraopt/error.h"
 #include "io/option_files.h"
 #include "methods/fit_error.h"
+#include "methods/predict.h"
 #include "methods/precision.h"
 #include "util/parallel.h"
 #include "util/sha256.h"
@@ -147,16 +148,16 @@ EvalTable Session::predict(const std::function<std::vector<CandidateSpec>(size_t
   for_each_item(mine_, threads_, o_.progress, [&](size_t m) {
     if (lists[m].empty()) return;
     const LoadedModule l = load(m);
-    ModuleFitter fitter(l.p, estimate);
+    Predictor predictor(l.p, estimate);
     out[m].reserve(lists[m].size());
     for (auto& cs : lists[m]) {
       if (cs.spec.family == Family::kExact && cs.precision.all_float()) {  // nothing to fit: measured
-        ModuleFit fit = stored(l, fitter.fit(cs.spec), cs.precision);
+        ModuleFit fit = stored(l, ModuleFitter(l.p, fo).fit(cs.spec), cs.precision);
         auto [err2, frob2] = errors(m, l, fit);
         out[m].push_back(record(m, std::move(fit), std::move(err2), std::move(frob2), cs, false, fo.max_iters));
         continue;
       }
-      const Prediction pr = fitter.predict(cs.spec, cs.precision, dtype_);
+      const Prediction pr = predictor.predict(cs.spec, cs.precision, dtype_);
       Evaluated e{cs.spec, std::move(cs.key), spec_params(cs.spec, shape(m)), pr.error, {}, {}, 0, false, cs.precision,
                   spec_bytes(cs.spec, shape(m), cs.precision, dtype_)};
       out[m].push_back(std::move(e));

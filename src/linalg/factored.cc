@@ -243,18 +243,15 @@ Subspace top_right_subspace(const MatrixXd& t, Index k) {
 
 namespace {
 
-// top_right_subspace and its estimate: `estimate` keeps to single
-// precision with the looser stopping rule.
-Subspace range_finder(const Eigen::MatrixXf& tf, const std::function<const MatrixXd&()>& dense, Index k,
-                      bool estimate) {
+// top_right_subspace of tf, with T in double from dense() when needed.
+Subspace range_finder(const Eigen::MatrixXf& tf, const std::function<const MatrixXd&()>& dense, Index k) {
   const Index p = tf.rows(), n = tf.cols();
   k = std::min({k, p, n});
   if (solved_exactly(p, n, k)) return top_right_subspace_exact(dense(), k);
   const Index l = oversampled(k);
 
   constexpr int kMaxIters = 40;
-  const double kTol = estimate ? 1e-3 : 1e-4;
-  const double floor = estimate ? 1e-7 : 1e-13;
+  constexpr double kTol = 1e-4, kFloor = 1e-13;
   // Single precision suffices while the residual is at least this share of
   // ||T||^2: rounding (~1e-7 of ||T||^2) is then at most ~1e-4 of the
   // residual, the stopping tolerance. (At 1e-2, strongly shared adapters,
@@ -279,7 +276,7 @@ Subspace range_finder(const Eigen::MatrixXf& tf, const std::function<const Matri
     Eigen::SelfAdjointEigenSolver<MatrixXd> eig(y.transpose() * y);
     const Eigen::VectorXd top = eig.eigenvalues().tail(k).reverse().cwiseMax(0);
     const double tail = std::max(0.0, total - top.sum());
-    if (single && !estimate && tail < kSingleFloor * total) {
+    if (single && tail < kSingleFloor * total) {
       // Nearly exact: redo this step, and go on, in double precision.
       single = false;
       t = &dense();
@@ -290,7 +287,7 @@ Subspace range_finder(const Eigen::MatrixXf& tf, const std::function<const Matri
       continue;
     }
     const double drop = prev_tail - tail;
-    if (converged(drop, prev_drop, floor * total, kTol * tail) || (estimate && it == kMaxIters)) {
+    if (converged(drop, prev_drop, kFloor * total, kTol * tail)) {
       const MatrixXd ritz = eig.eigenvectors().rightCols(k).rowwise().reverse();
       MatrixXd basis = single ? orthonormal_like(MatrixXd(zf.cast<double>() * ritz)) : MatrixXd(z * ritz);
       return {std::move(basis), top.cwiseSqrt(), it, false};
@@ -309,12 +306,55 @@ Subspace range_finder(const Eigen::MatrixXf& tf, const std::function<const Matri
 }  // namespace
 
 Subspace top_right_subspace(const Eigen::MatrixXf& tf, const std::function<const MatrixXd&()>& dense, Index k) {
-  return range_finder(tf, dense, k, false);
+  return range_finder(tf, dense, k);
 }
 
-Subspace estimate_top_right_subspace(const Eigen::MatrixXf& tf, const std::function<const MatrixXd&()>& dense,
-                                     Index k) {
-  return range_finder(tf, dense, k, true);
+Subspace top_eigen_subspace(const MatrixXd& g, Index k) {
+  const Index n = g.rows();
+  k = std::min(k, n);
+  Subspace s;
+  if (k <= 0) {
+    s.basis = MatrixXd(n, 0);
+    return s;
+  }
+  Eigen::SelfAdjointEigenSolver<MatrixXd> eig(g);
+  s.basis = eig.eigenvectors().rightCols(k).rowwise().reverse();
+  s.values = eig.eigenvalues().tail(k).reverse().cwiseMax(0).cwiseSqrt();
+  return s;
+}
+
+Subspace estimate_top_eigen_subspace(const MatrixXd& g, Index k) {
+  const Index n = g.rows();
+  k = std::min(k, n);
+  if (solved_exactly(n, n, k)) return top_eigen_subspace(g, k);
+  const Index l = oversampled(k);
+  constexpr int kMaxIters = 40;
+  const Eigen::MatrixXf gf = g.cast<float>();
+  const double total = g.trace();
+  Eigen::MatrixXf zf = random_start(0x5ca1ab1e, n, n, k, l)->cast<float>();
+  double prev_tail = INFINITY, prev_drop = INFINITY;
+  bool was_converged = false;
+  for (int it = 1;; ++it) {
+    const Eigen::MatrixXf yf = times(gf, zf);  // G z
+    const MatrixXd z = zf.cast<double>();
+    // Rayleigh-Ritz in span(z): eigenpairs of z^T G z.
+    Eigen::SelfAdjointEigenSolver<MatrixXd> eig(z.transpose() * yf.cast<double>());
+    const Eigen::VectorXd top = eig.eigenvalues().tail(k).reverse().cwiseMax(0);
+    const double tail = std::max(0.0, total - top.sum());
+    const double drop = prev_tail - tail;
+    // Converged twice running: a rate from two gains can be far too hopeful
+    // where the spectrum is flat past k.
+    const bool now = converged(drop, prev_drop, 1e-7 * total, 1e-3 * tail);
+    if ((now && was_converged) || it == kMaxIters) {
+      const MatrixXd ritz = eig.eigenvectors().rightCols(k).rowwise().reverse();
+      return {orthonormal_like(MatrixXd(z * ritz)), top.cwiseSqrt(), it, false};
+    }
+    was_converged = now;
+    // The first gain (from the random start) says nothing of the rate.
+    prev_drop = it <= 2 ? INFINITY : drop;
+    prev_tail = tail;
+    zf = orthonormal_like(yf);
+  }
 }
 
 Subspace top_right_subspace_of_product(const MatrixXd& l, const MatrixXd& r, Index k) {

@@ -85,14 +85,22 @@ Subspace top_right_subspace(const Eigen::MatrixXd& t, Eigen::Index k);
 Subspace top_right_subspace(const Eigen::MatrixXf& tf, const std::function<const Eigen::MatrixXd&()>& dense,
                             Eigen::Index k);
 
-/// The same as an estimate, for predicted errors: the iteration stays in
-/// single precision (no double phase; `dense` serves only the exact solver
-/// of small problems), stops when the geometric tail of the gains is below
-/// 1e-3 E_q or a decrement below 1e-7 ||T||^2 (float rounding), and returns
-/// its Ritz pairs after 40 iterations. The captured energy is then within
-/// ~1e-3 of the residual plus ~1e-6 of ||T||^2 of the exact one's.
-Subspace estimate_top_right_subspace(const Eigen::MatrixXf& tf, const std::function<const Eigen::MatrixXd&()>& dense,
-                                     Eigen::Index k);
+/// The top-k eigenpairs of a symmetric positive semi-definite G (n x n),
+/// as a Subspace: basis the eigenvectors, values the square roots of the
+/// eigenvalues. For G = T T^T these are T's top left singular vectors and
+/// its singular values. Exact (an eigendecomposition in double).
+Subspace top_eigen_subspace(const Eigen::MatrixXd& g, Eigen::Index k);
+
+/// The same as an estimate, for predicted errors: subspace iteration on G
+/// in single precision (each iteration one product with G, n^2 l flops,
+/// where the range finder on T costs two with T), a Rayleigh-Ritz step every
+/// iteration, the range finder's start and stopping rule on
+/// E_q = tr G - (Ritz sum), but looser: the geometric tail of the gains
+/// below 1e-3 E_q or a decrement below 1e-7 tr G (float rounding), and the
+/// Ritz pairs after 40 iterations. The captured energy is then within ~1e-3
+/// of the residual plus ~1e-6 of tr G of the exact one's. Small problems
+/// exactly.
+Subspace estimate_top_eigen_subspace(const Eigen::MatrixXd& g, Eigen::Index k);
 
 /// The exact solver: eigendecomposition of the smaller Gram (T^T T, or
 /// T T^T with V = T^T Y / sigma re-orthonormalised).

@@ -1,10 +1,10 @@
-// Predicted errors (ModuleFitter::predict): what each structure's fit
-// would leave, from the subspaces the fits share, without fitting it.
+// Predicted errors (Predictor): what each structure's fit would leave, from
+// two Grams per module, without fitting it.
 //
 // With T the weighted stack of a module's updates (rows sqrt(w_i) S_i A_i,
-// S_i the core of s_i B_i; its right singular values theta_j, so theta_j^2
-// are captured energies, methods/structures.cc) and
-// N = sum_i w_i ||dW_i||^2 = ||T||^2:
+// S_i a core of s_i B_i: S_i^T S_i = s_i^2 B_i^T B_i; its right singular
+// values theta_j, so theta_j^2 are captured energies, methods/structures.cc)
+// and N = sum_i w_i ||dW_i||^2 = ||T||^2:
 //   shared-A(k), shared-A+core(k), one head or core per task:
 //       N - sum_{j<=k} theta_j^2  (dW_i V V^T is what both keep)
 //   merged(k):  N - W sum_{j<=k} sigma_j^2, sigma the singular values of
@@ -15,20 +15,24 @@
 //   shared-A+core(k) with G head groups (start: each group's top-r left
 //       singular subspace of its heads [sqrt(w_i) y_i]):
 //       N - sum_g (top-r eigenvalues of X_g^T X_g), X_g = [s_i B_i R_i^T]
-//       over the group's tasks, R_i the core of sqrt(w_i) (A_i V)^T, since
+//       over the group's tasks, R_i a core of sqrt(w_i) (A_i V)^T, since
 //       X_g X_g^T = sum_{i in g} w_i y_i y_i^T
 //   multi-A(k) with G body groups (each group's own closed form):
 //       N - sum_g (top-k eigenvalues of T_g T_g^T), T_g the group's rows of T
 //   jd-full(k), jd-diag(k) (start: U^T dW_i V, or its diagonal, from the
 //       two sides' subspaces): sum_i w_i (||dW_i||^2 - ||core_i||^2)
 //   shared-B, ...: the same on the transposed problem.
-// The groups are the fits' own clusterings. The two grouped eigenvalue
-// sums come from two Grams per module and side (T T^T, which the body
-// clustering uses too, and X^T X: sum of ranks squared, the groups' blocks
-// on their diagonals) and linalg::top_eigen_sum.
-// So each prediction is the closed-form start's error, to the range
-// finders' tolerance; ALS (grouped heads and cores, jd) only lowers it,
-// and the planner refines the structures it chooses (structure_methods.cc).
+// The groups are the fits' own clusterings.
+//
+// None of this needs the factors beyond two Grams, GA = A A^T and
+// GB = B^T B of the stacked factors (A = [A_1; ...], B = [B_1 ...]; block
+// (i, j) of GA is A_i A_j^T): S_i from GB's diagonal block, T T^T = D S GA
+// S^T D (D = sqrt(w_i), S = diag(S_i)), whose top eigenpairs U, theta^2
+// give V = T^T U / theta and so the heads' factors P_i = A_i V = (GA S^T D
+// U / theta)_i; then <y_i, y_j> = s_i s_j tr(P_i^T GB_ij P_j), X^T X's block
+// s_i s_j R_i GB_ij R_j^T, jd's cores s_i P'_i^T P_i (P' the other side's).
+// The mirrored side swaps GA and GB. Each Gram costs (sum of ranks)^2 x
+// (in or out) once; the rest is (sum of ranks)^2 x rank.
 //
 // Rounding every stored number to the dtype adds, for a matrix product of
 // f rounded factors, about f * kappa * ||dW_hat||^2, with kappa the
@@ -37,20 +41,23 @@
 // 0.18 * 2^-2p for p significand bits (bf16: 2.7e-6, f16: 4.3e-8). The
 // fitted part's energy ||dW_hat||^2 summed over tasks is N minus the fit's
 // error.
+#include "methods/predict.h"
+
+#include <Eigen/Cholesky>
 #include <Eigen/Eigenvalues>
 
 #include <algorithm>
 #include <cmath>
 
-#include "core/quant.h"
 #include "hydraopt/error.h"
-#include "methods/structures.h"
+#include "methods/fit_error.h"
 #include "util/parallel.h"
 
 namespace hydraopt {
 
 using Eigen::Index;
 using Eigen::MatrixXd;
+using Eigen::VectorXd;
 
 namespace {
 
@@ -66,11 +73,6 @@ double rounding_variance(DType dtype) {
   return 0.18 * std::ldexp(1.0, -2 * p);
 }
 
-// sum_{j < k} values_j^2
-double captured(const Eigen::VectorXd& values, int64_t k) {
-  return values.head(std::min<Index>(k, values.size())).squaredNorm();
-}
-
 // Stored matrices multiplied in one task's update.
 int rounded_factors(const StructureSpec& s) {
   switch (s.family) {
@@ -82,9 +84,169 @@ int rounded_factors(const StructureSpec& s) {
   }
 }
 
+// A factor F of a symmetric positive semi-definite G (r x r): F^T F = G.
+MatrixXd factor(const MatrixXd& g) {
+  Eigen::LLT<MatrixXd> llt(g);
+  if (llt.info() == Eigen::Success) return llt.matrixU();
+  Eigen::SelfAdjointEigenSolver<MatrixXd> eig(g);
+  return eig.eigenvalues().cwiseMax(0).cwiseSqrt().asDiagonal() * eig.eigenvectors().transpose();
+}
+
+// X G Y^T for block-diagonal X = diag(x_i), Y = diag(y_i) (task i's block
+// at rows and columns at[i] .. at[i + 1]).
+MatrixXd block_sandwich(const std::vector<MatrixXd>& x, const MatrixXd& g, const std::vector<MatrixXd>& y,
+                        const std::vector<Index>& at) {
+  const size_t n = x.size();
+  MatrixXd left(g.rows(), g.cols()), out(g.rows(), g.cols());
+  util::parallel_for(n, [&](size_t i) {
+    const Index r = at[i + 1] - at[i];
+    if (r > 0) left.middleRows(at[i], r).noalias() = x[i] * g.middleRows(at[i], r);
+  });
+  util::parallel_for(n, [&](size_t j) {
+    const Index r = at[j + 1] - at[j];
+    if (r > 0) out.middleCols(at[j], r).noalias() = left.middleCols(at[j], r) * y[j].transpose();
+  });
+  return out;
+}
+
+// Top-k eigenvalue sums of a Gram's blocks, by the tasks a block holds:
+// the cuts of one dendrogram at several group counts share the groups a
+// finer cut does not split.
+using BlockSums = std::map<std::pair<std::vector<size_t>, int64_t>, double>;
+
+// sum over the groups of `label` of the top-k eigenvalues of the Gram's
+// block on the group's rows (task i owns rows at[i] .. at[i + 1]), each row
+// and column scaled by `scale` (one per task) where given.
+double grouped_top_sum(const MatrixXd& gram, const std::vector<Index>& at, const std::vector<int>& label, int64_t k,
+                       BlockSums* known, const std::vector<double>* scale = nullptr) {
+  const int groups = *std::max_element(label.begin(), label.end()) + 1;
+  double sum = 0;
+  for (int g = 0; g < groups; ++g) {
+    std::pair<std::vector<size_t>, int64_t> key{{}, k};
+    for (size_t i = 0; i < label.size(); ++i) {
+      if (label[i] == g) key.first.push_back(i);
+    }
+    if (auto found = known->find(key); found != known->end()) {
+      sum += found->second;
+      continue;
+    }
+    std::vector<Index> idx;
+    VectorXd d;
+    for (size_t i : key.first) {
+      for (Index j = at[i]; j < at[i + 1]; ++j) idx.push_back(j);
+      if (scale) {
+        d.conservativeResize(static_cast<Index>(idx.size()));
+        d.tail(at[i + 1] - at[i]).setConstant((*scale)[i]);
+      }
+    }
+    double top = 0;
+    if (!idx.empty()) {
+      const MatrixXd block = gram(idx, idx);
+      top = scale ? linalg::top_eigen_sum(d.asDiagonal() * block * d.asDiagonal(), k) : linalg::top_eigen_sum(block, k);
+    }
+    sum += (*known)[key] = top;
+  }
+  return sum;
+}
+
+// The Gram of the stacked rows x_i(task) (r_i x width each; `Scalar` the
+// precision of the sums), as doubles.
+template <typename Scalar, typename Rows>
+MatrixXd stacked_gram(const std::vector<Index>& at, Index width, const Rows& rows) {
+  using M = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  const size_t n = at.size() - 1;
+  M stack(at.back(), width);
+  util::parallel_for(n, [&](size_t i) {
+    if (at[i + 1] > at[i]) stack.middleRows(at[i], at[i + 1] - at[i]) = rows(i).template cast<Scalar>();
+  });
+  M g = M::Zero(at.back(), at.back());
+  g.template selfadjointView<Eigen::Lower>().rankUpdate(stack);
+  return g.template selfadjointView<Eigen::Lower>().toDenseMatrix().template cast<double>();
+}
+
 }  // namespace
 
-double ModuleFitter::weighted_norm2() {
+// One side's quantities: side A shares the A's (gin = GA, gout = GB), side
+// B the B's (gin = GB, gout = GA).
+struct Predictor::Side {
+  const MatrixXd* gin = nullptr;
+  const MatrixXd* gout = nullptr;
+  Index dim = 0;               ///< the shared factors' width (in for side A)
+  std::vector<MatrixXd> core;  ///< S_i, S_i^T S_i = s_i^2 gout_ii
+  MatrixXd zz;                 ///< S gin S^T: the unweighted stack's Gram
+  VectorXd energy;             ///< theta_j^2, descending
+  MatrixXd p;                  ///< rows of task i: A_i V (side A), as wide as energy
+  std::map<int64_t, MatrixXd> head_gram;  ///< <y_i, y_j> by width
+  std::optional<Dendrogram> head_tree, body_tree;
+  MatrixXd core_gram;  ///< X^T X for grouped cores of rank core_gram_rank
+  int64_t core_gram_rank = -1;
+  BlockSums body_sums, core_sums;  ///< grouped_top_sum's blocks of zz and core_gram
+};
+
+Predictor::Predictor(const ModuleProblem& p, const FitOptions& o) : p_(p), o_(o), at_(p.tasks() + 1, 0) {
+  for (size_t i = 0; i < p.tasks(); ++i) at_[i + 1] = at_[i] + p.loras[i].rank();
+  auto a_rows = [&](size_t i) -> const MatrixXd& { return p_.loras[i].A; };
+  auto b_rows = [&](size_t i) { return p_.loras[i].B.transpose(); };
+  if (o_.estimate) {
+    ga_ = stacked_gram<float>(at_, p.in(), a_rows);
+    gb_ = stacked_gram<float>(at_, p.out(), b_rows);
+  } else {
+    ga_ = stacked_gram<double>(at_, p.in(), a_rows);
+    gb_ = stacked_gram<double>(at_, p.out(), b_rows);
+  }
+}
+
+Predictor::~Predictor() = default;
+
+Predictor::Side& Predictor::side(bool b, int64_t k) {
+  std::unique_ptr<Side>& s = sides_[b ? 1 : 0];
+  const size_t n = p_.tasks();
+  if (!s) {
+    s = std::make_unique<Side>();
+    s->gin = b ? &gb_ : &ga_;
+    s->gout = b ? &ga_ : &gb_;
+    s->dim = b ? p_.out() : p_.in();
+    s->core.resize(n);
+    util::parallel_for(n, [&](size_t i) {
+      const Index r = at_[i + 1] - at_[i];
+      s->core[i] = r > 0 ? MatrixXd(std::abs(p_.loras[i].scale) * factor(s->gout->block(at_[i], at_[i], r, r)))
+                         : MatrixXd(0, 0);
+    });
+    s->zz = block_sandwich(s->core, *s->gin, s->core, at_);
+  }
+  // The spectrum of T T^T = D zz D, as wide as the widest body (4r) or k.
+  const Index most = std::min<Index>(at_.back(), s->dim);
+  const Index cols = std::min<Index>(most, std::max<Index>({1, k, o_.body_width * p_.max_rank()}));
+  if (s->p.size() > 0 && s->p.cols() >= std::min<Index>(k, most)) return *s;
+  MatrixXd t2 = s->zz;
+  for (size_t i = 0; i < n; ++i) {
+    const double d = std::sqrt(p_.weights[i]);
+    t2.middleRows(at_[i], at_[i + 1] - at_[i]) *= d;
+    t2.middleCols(at_[i], at_[i + 1] - at_[i]) *= d;
+  }
+  const linalg::Subspace sub =
+      o_.estimate ? linalg::estimate_top_eigen_subspace(t2, cols) : linalg::top_eigen_subspace(t2, cols);
+  s->energy = sub.values.cwiseAbs2();
+  // P = gin S^T D U / theta (columns of no energy: V there is orthogonal
+  // to every A_i, so they are 0).
+  MatrixXd w(at_.back(), sub.basis.cols());
+  for (size_t i = 0; i < n; ++i) {
+    const Index r = at_[i + 1] - at_[i];
+    if (r > 0) {
+      w.middleRows(at_[i], r).noalias() =
+          std::sqrt(p_.weights[i]) * s->core[i].transpose() * sub.basis.middleRows(at_[i], r);
+    }
+  }
+  s->p.noalias() = *s->gin * w;
+  const double cut = 1e-12 * (s->energy.size() > 0 ? s->energy(0) : 0.0);
+  for (Index j = 0; j < s->p.cols(); ++j) s->p.col(j) *= s->energy(j) > cut ? 1.0 / sub.values(j) : 0.0;
+  s->head_gram.clear();
+  s->core_gram_rank = -1;
+  s->core_sums.clear();
+  return *s;
+}
+
+double Predictor::weighted_norm2() {
   if (!weighted_norm2_) {
     const std::vector<double> norms = update_norms2(p_);
     double sum = 0;
@@ -94,97 +256,25 @@ double ModuleFitter::weighted_norm2() {
   return *weighted_norm2_;
 }
 
-namespace {
-
-// The Gram Z Z^T of the rows z_i (r_i x cols) stacked, in single precision
-// (these sums are predictions; the measured errors are in double).
-Eigen::MatrixXf stacked_gram(const std::vector<Eigen::MatrixXf>& z, Index cols) {
-  Index rows = 0;
-  for (auto& zi : z) rows += zi.rows();
-  Eigen::MatrixXf stack(rows, cols);
-  rows = 0;
-  for (auto& zi : z) {
-    stack.middleRows(rows, zi.rows()) = zi;
-    rows += zi.rows();
+const VectorXd& Predictor::merged(int64_t k) {
+  if (!merged_ || merged_->size() < std::min<Index>(k, std::min<Index>(at_.back(), std::min(p_.in(), p_.out())))) {
+    MatrixXd l, r;
+    mean_update(p_, &l, &r);
+    // The leading values serve every smaller rank: solve once for 2r.
+    merged_ = linalg::top_right_subspace_of_product(l, r, std::max(k, 2 * p_.max_rank())).values;
   }
-  Eigen::MatrixXf g = Eigen::MatrixXf::Zero(rows, rows);
-  g.selfadjointView<Eigen::Lower>().rankUpdate(stack);
-  return g.selfadjointView<Eigen::Lower>().toDenseMatrix();
+  return *merged_;
 }
 
-// sum over the groups of `label` of the top-k eigenvalues of the Gram's
-// block on the group's rows (task i owns rows at[i] .. at[i + 1]), each row
-// and column scaled by `scale` (one per task) where given.
-template <typename Gram>
-double grouped_top_sum(const Gram& gram, const std::vector<Index>& at, const std::vector<int>& label, int64_t k,
-                       const std::vector<double>* scale = nullptr) {
-  const int groups = *std::max_element(label.begin(), label.end()) + 1;
-  double sum = 0;
-  for (int g = 0; g < groups; ++g) {
-    std::vector<Index> idx;
-    Eigen::VectorXd d;
-    for (size_t i = 0; i < label.size(); ++i) {
-      if (label[i] != g) continue;
-      for (Index j = at[i]; j < at[i + 1]; ++j) idx.push_back(j);
-      if (scale) {
-        d.conservativeResize(static_cast<Index>(idx.size()));
-        d.tail(at[i + 1] - at[i]).setConstant((*scale)[i]);
-      }
-    }
-    if (idx.empty()) continue;
-    const MatrixXd block = gram(idx, idx).template cast<double>();  // exact from single precision
-    sum += scale ? linalg::top_eigen_sum(d.asDiagonal() * block * d.asDiagonal(), k) : linalg::top_eigen_sum(block, k);
-  }
-  return sum;
-}
-
-}  // namespace
-
-std::vector<Index> ModuleFitter::task_offsets() const {
-  std::vector<Index> at(p_.tasks() + 1, 0);
-  for (size_t i = 0; i < p_.tasks(); ++i) at[i + 1] = at[i] + p_.loras[i].rank();
-  return at;
-}
-
-double ModuleFitter::multi_bodies(int64_t k, int groups) {
-  // T T^T = D (Z Z^T) D, D = sqrt(w_i) on task i's rows.
-  const size_t n = p_.tasks();
-  std::vector<double> d(n);
-  for (size_t i = 0; i < n; ++i) d[i] = std::sqrt(p_.weights[i]);
-  const double kept = grouped_top_sum(body_gram(), task_offsets(), body_groups(group_count(groups, n)), k, &d);
-  return std::max(0.0, weighted_norm2() - kept);
-}
-
-double ModuleFitter::grouped_cores(int64_t k, int groups) {
-  const size_t n = p_.tasks();
-  if (core_gram_rank_ != k) {
-    const MatrixXd v = right(k).basis.leftCols(k);
-    std::vector<Eigen::MatrixXf> x(n);
-    util::parallel_for(n, [&](size_t i) {
-      const auto& l = p_.loras[i];
-      if (l.rank() == 0) return;
-      const MatrixXd r = linalg::left_core(MatrixXd(std::sqrt(p_.weights[i]) * (l.A * v).transpose()));
-      x[i] = (p_.left(i) * r.transpose()).transpose().cast<float>();  // X_i^T, r x out
-    });
-    for (size_t i = 0; i < n; ++i) {
-      if (x[i].size() == 0) x[i].resize(0, p_.out());
-    }
-    core_gram_ = stacked_gram(x, p_.out());
-    core_gram_rank_ = k;
-  }
-  const double kept = grouped_top_sum(core_gram_, task_offsets(), head_groups(group_count(groups, n)), p_.max_rank());
-  return std::max(0.0, weighted_norm2() - kept);
-}
-
-Prediction ModuleFitter::predict(const StructureSpec& s, DType dtype) {
-  if (!spec_valid(s, shape())) throw Error("structure " + s.label() + " does not fit this module's shape");
+Prediction Predictor::predict(const StructureSpec& s, DType dtype) {
+  if (!spec_valid(s, shape_of(p_))) throw Error("structure " + s.label() + " does not fit this module's shape");
   if (s.family == Family::kExact) throw std::logic_error("predict: the exact structure is measured, not predicted");
   Prediction pr{unrounded(s)};
   pr.error += rounded_factors(s) * rounding_variance(dtype) * std::max(0.0, weighted_norm2() - pr.error);
   return pr;
 }
 
-double ModuleFitter::quantization_kappa(const QuantFormat& f, bool heads) {
+double Predictor::quantization_kappa(const QuantFormat& f, bool heads) {
   const auto key = std::make_pair(f.name(), heads);
   auto it = kappa_.find(key);
   if (it != kappa_.end()) return it->second;
@@ -199,13 +289,13 @@ double ModuleFitter::quantization_kappa(const QuantFormat& f, bool heads) {
   return kappa_[key] = norm > 0 ? err / norm : 0;
 }
 
-double ModuleFitter::unrounded(const StructureSpec& s) {
+double Predictor::unrounded(const StructureSpec& s) {
   const std::string key = s.label();
   if (auto it = unrounded_.find(key); it != unrounded_.end()) return it->second;
-  return unrounded_[key] = predict_unrounded(s).error;
+  return unrounded_[key] = predict_unrounded(s);
 }
 
-double ModuleFitter::own_factor_spread() {
+double Predictor::own_factor_spread() {
   if (spread_) return *spread_;
   double spread = 0;
   for (size_t i = 0; i < p_.tasks(); ++i) {
@@ -215,9 +305,9 @@ double ModuleFitter::own_factor_spread() {
   return *(spread_ = weighted_norm2() > 0 ? spread / weighted_norm2() : 1.0);
 }
 
-Prediction ModuleFitter::predict(const StructureSpec& s, const Precision& precision, DType dtype) {
+Prediction Predictor::predict(const StructureSpec& s, const Precision& precision, DType dtype) {
   if (precision.all_float()) return predict(s, dtype);
-  if (!spec_valid(s, shape())) throw Error("structure " + s.label() + " does not fit this module's shape");
+  if (!spec_valid(s, shape_of(p_))) throw Error("structure " + s.label() + " does not fit this module's shape");
   Prediction pr{s.family == Family::kExact ? 0.0 : unrounded(s)};  // exact: nothing lost unstored
   const double kept = std::max(0.0, weighted_norm2() - pr.error);
   auto kappa = [&](const std::optional<QuantFormat>& f, bool heads) {
@@ -242,94 +332,123 @@ Prediction ModuleFitter::predict(const StructureSpec& s, const Precision& precis
   return pr;
 }
 
-Prediction ModuleFitter::predict_unrounded(const StructureSpec& s) {
-  if (shares_b(s.family)) {
-    StructureSpec m = s;
-    m.family = mirror(s.family);
-    return mirrored().predict_unrounded(m);
-  }
+double Predictor::predict_unrounded(const StructureSpec& spec) {
   const size_t n = p_.tasks();
   const double total = weighted_norm2();
-  const bool per_task = group_count(s.groups, n) == static_cast<int>(n);
-  auto tail = [&](int64_t k) { return std::max(0.0, total - captured(right(k).values, k)); };
+  const bool b = shares_b(spec.family);
+  StructureSpec s = spec;
+  if (b) s.family = mirror(s.family);
+  const int groups = group_count(s.groups, n);
+  const bool per_task = groups == static_cast<int>(n);
+  const int64_t r = p_.max_rank();
+  // Side quantities, each computed once.
+  auto head_gram = [&](Side& sd, int64_t k) -> const MatrixXd& {
+    k = std::min<int64_t>(k, sd.p.cols());
+    auto found = sd.head_gram.find(k);
+    if (found != sd.head_gram.end()) return found->second;
+    // <y_i, y_j> = s_i s_j tr(P_i^T gout_ij P_j), P_i task i's rows of P (k columns).
+    MatrixXd h(n, n);
+    util::parallel_for(n, [&](size_t j) {
+      const Index rj = at_[j + 1] - at_[j];
+      const MatrixXd q = sd.gout->middleCols(at_[j], rj) * sd.p.block(at_[j], 0, rj, k);
+      for (size_t i = 0; i < n; ++i) {
+        const Index ri = at_[i + 1] - at_[i];
+        h(i, j) = p_.loras[i].scale * p_.loras[j].scale *
+                  sd.p.block(at_[i], 0, ri, k).cwiseProduct(q.middleRows(at_[i], ri)).sum();
+      }
+    });
+    return sd.head_gram[k] = (h + h.transpose()) / 2;
+  };
+  auto head_groups = [&](Side& sd, int g) {
+    if (!o_.user_groups.empty()) return canonical_labels(o_.user_groups);
+    if (!sd.head_tree) {
+      // Distances between the heads in the body's leading max-rank columns.
+      const MatrixXd& h = head_gram(sd, std::min<Index>(r, sd.energy.size()));
+      MatrixXd d2(n, n);
+      for (size_t i = 0; i < n; ++i) {
+        for (size_t j = 0; j < n; ++j) d2(i, j) = std::max(0.0, h(i, i) + h(j, j) - 2 * h(i, j));
+      }
+      sd.head_tree.emplace(d2, p_.weights);
+    }
+    return sd.head_tree->cut(g);
+  };
+  auto body_groups = [&](Side& sd, int g) {
+    if (!o_.user_groups.empty()) return canonical_labels(o_.user_groups);
+    if (!sd.body_tree) sd.body_tree.emplace(body_distances(sd.zz, at_), std::vector<double>(n, 1.0));
+    return sd.body_tree->cut(g);
+  };
+  auto tail = [&](Side& sd, int64_t k) {
+    return std::max(0.0, total - sd.energy.head(std::min<Index>(k, sd.energy.size())).sum());
+  };
   switch (s.family) {
     case Family::kMerged: {
       double wsum = 0;
       for (double w : p_.weights) wsum += w;
-      return {std::max(0.0, total - wsum * captured(merged(s.rank).values, s.rank))};
+      const VectorXd& sigma = merged(s.rank);
+      return std::max(0.0, total - wsum * sigma.head(std::min<Index>(s.rank, sigma.size())).squaredNorm());
     }
-    case Family::kSharedA: return {per_task ? tail(s.rank) : grouped_heads(s.rank, s.groups)};
-    case Family::kSharedACore: return {per_task ? tail(s.rank) : grouped_cores(s.rank, s.groups)};
-    case Family::kMultiA: return {multi_bodies(s.rank, s.groups)};
-    case Family::kJdFull:
-    case Family::kJdDiag: {
-      // U_k^T dW_i V_k is the leading k x k block of the widest core.
-      const std::vector<MatrixXd>& cores = jd_cores(s.rank);
-      std::vector<double> kept(n, 0.0);
+    case Family::kSharedA: {
+      Side& sd = side(b, s.rank);
+      if (per_task) return tail(sd, s.rank);
+      // The groups' weighted mean heads in the closed-form body's basis:
+      // sum_i w_i ||y_i||^2 - W_g ||ybar_g||^2 lost beyond the body's tail,
+      // with W_g^2 ||ybar_g||^2 = sum_{i, j in g} w_i w_j <y_i, y_j>.
+      const MatrixXd& h = head_gram(sd, s.rank);
+      const std::vector<int> group = head_groups(sd, groups);
+      const int found = *std::max_element(group.begin(), group.end()) + 1;
+      std::vector<double> sum2(found, 0.0), wg(found, 0.0);
       for (size_t i = 0; i < n; ++i) {
-        const auto c = cores[i].topLeftCorner(s.rank, s.rank);
-        kept[i] = s.family == Family::kJdDiag ? c.diagonal().squaredNorm() : c.squaredNorm();
+        wg[group[i]] += p_.weights[i];
+        for (size_t j = 0; j < n; ++j) {
+          if (group[j] == group[i]) sum2[group[i]] += p_.weights[i] * p_.weights[j] * h(i, j);
+        }
       }
       double e = total;
-      for (size_t i = 0; i < n; ++i) e -= p_.weights[i] * kept[i];
-      return {std::max(0.0, e)};
+      for (int g = 0; g < found; ++g) {
+        if (wg[g] > 0) e -= sum2[g] / wg[g];
+      }
+      return std::max(0.0, e);
+    }
+    case Family::kSharedACore: {
+      Side& sd = side(b, s.rank);
+      if (per_task) return tail(sd, s.rank);
+      if (sd.core_gram_rank != s.rank) {
+        // X^T X's block (i, j): s_i s_j R_i gout_ij R_j^T, R_i^T R_i = w_i P_i P_i^T.
+        std::vector<MatrixXd> rs(n);
+        util::parallel_for(n, [&](size_t i) {
+          const Index ri = at_[i + 1] - at_[i];
+          const MatrixXd pi = sd.p.block(at_[i], 0, ri, std::min<Index>(s.rank, sd.p.cols()));
+          rs[i] = p_.loras[i].scale * factor(p_.weights[i] * pi * pi.transpose());
+        });
+        sd.core_gram = block_sandwich(rs, *sd.gout, rs, at_);
+        sd.core_gram_rank = s.rank;
+        sd.core_sums.clear();
+      }
+      return std::max(0.0, total - grouped_top_sum(sd.core_gram, at_, head_groups(sd, groups), r, &sd.core_sums));
+    }
+    case Family::kMultiA: {
+      Side& sd = side(b, s.rank);
+      std::vector<double> d(n);
+      for (size_t i = 0; i < n; ++i) d[i] = std::sqrt(p_.weights[i]);
+      return std::max(0.0, total - grouped_top_sum(sd.zz, at_, body_groups(sd, groups), s.rank, &sd.body_sums, &d));
+    }
+    case Family::kJdFull:
+    case Family::kJdDiag: {
+      // U^T dW_i V = s_i P'_i^T P_i, its leading k x k block at width k.
+      Side &va = side(false, s.rank), &ub = side(true, s.rank);
+      const Index k = std::min<Index>({s.rank, va.p.cols(), ub.p.cols()});
+      double e = total;
+      for (size_t i = 0; i < n; ++i) {
+        const Index ri = at_[i + 1] - at_[i];
+        const MatrixXd c =
+            p_.loras[i].scale * ub.p.block(at_[i], 0, ri, k).transpose() * va.p.block(at_[i], 0, ri, k);
+        e -= p_.weights[i] * (s.family == Family::kJdDiag ? c.diagonal().squaredNorm() : c.squaredNorm());
+      }
+      return std::max(0.0, e);
     }
     default: break;
   }
   throw std::logic_error("predict: unhandled structure family");
-}
-
-const std::vector<MatrixXd>& ModuleFitter::jd_cores(int64_t k) {
-  if (jd_cores_.empty() || jd_cores_[0].rows() < k) {
-    // As wide as both sides' subspaces go: every jd width reads its block.
-    const MatrixXd& v_all = right(k).basis;
-    const MatrixXd& u_all = mirrored().right(k).basis;
-    const Index width = std::min(v_all.cols(), u_all.cols());
-    const MatrixXd v = v_all.leftCols(width), u = u_all.leftCols(width);
-    jd_cores_.assign(p_.tasks(), MatrixXd());
-    util::parallel_for(p_.tasks(), [&](size_t i) { jd_cores_[i] = (u.transpose() * p_.left(i)) * (p_.loras[i].A * v); });
-  }
-  return jd_cores_;
-}
-
-const MatrixXd& ModuleFitter::head_gram(int64_t k) {
-  if (head_gram_rank_ != k) {
-    // The heads themselves (out x k per task) are dropped once their Gram
-    // is known; the clustering, when at this width, uses them first.
-    const std::vector<MatrixXd> y = projections(right(k).basis.leftCols(k));
-    const size_t n = y.size();
-    head_gram_.resize(static_cast<Index>(n), static_cast<Index>(n));
-    util::parallel_for(n, [&](size_t i) {
-      for (size_t j = 0; j <= i; ++j) head_gram_(i, j) = head_gram_(j, i) = y[i].cwiseProduct(y[j]).sum();
-    });
-    head_gram_rank_ = k;
-    if (!head_tree_ && o_.user_groups.empty() && k == head_cluster_width()) cluster_heads(y);
-  }
-  return head_gram_;
-}
-
-double ModuleFitter::grouped_heads(int64_t k, int groups) {
-  // The start's heads are the groups' weighted mean heads in the
-  // closed-form body's basis (fit_shared). The part outside the body plus
-  // the scatter around the groups' means,
-  //   sum_i w_i (||dW_i||^2 - ||y_i||^2) + sum_i w_i ||y_i||^2 - W_g ||ybar_g||^2,
-  // with W_g^2 ||ybar_g||^2 = sum_{i, j in g} w_i w_j <y_i, y_j>.
-  const size_t n = p_.tasks();
-  const MatrixXd& h = head_gram(k);
-  const std::vector<int> group = head_groups(group_count(groups, n));
-  const int found = *std::max_element(group.begin(), group.end()) + 1;
-  std::vector<double> sum2(found, 0.0), wg(found, 0.0);
-  for (size_t i = 0; i < n; ++i) {
-    wg[group[i]] += p_.weights[i];
-    for (size_t j = 0; j < n; ++j) {
-      if (group[j] == group[i]) sum2[group[i]] += p_.weights[i] * p_.weights[j] * h(i, j);
-    }
-  }
-  double e = weighted_norm2();
-  for (int g = 0; g < found; ++g) {
-    if (wg[g] > 0) e -= sum2[g] / wg[g];
-  }
-  return std::max(0.0, e);
 }
 
 }  // namespace hydraopt

@@ -45,11 +45,13 @@ MatrixXd pad_rows(const MatrixXd& m, Index k) {
 ModuleFitter::ModuleFitter(const ModuleProblem& p, FitOptions o) : p_(p), o_(std::move(o)) {}
 ModuleFitter::~ModuleFitter() = default;
 
-ModuleShape ModuleFitter::shape() const {
-  ModuleShape m{p_.in(), p_.out(), {}};
-  for (auto& l : p_.loras) m.ranks.push_back(l.rank());
+ModuleShape shape_of(const ModuleProblem& p) {
+  ModuleShape m{p.in(), p.out(), {}};
+  for (auto& l : p.loras) m.ranks.push_back(l.rank());
   return m;
 }
+
+ModuleShape ModuleFitter::shape() const { return shape_of(p_); }
 
 namespace {
 
@@ -127,8 +129,7 @@ const linalg::Subspace& ModuleFitter::right(int64_t k) {
     };
     // As many columns as the structures to come need (leading columns of a
     // top-K basis are a top-k basis).
-    found = right_.emplace(cols, o_.estimate ? linalg::estimate_top_right_subspace(tf, dense, cols)
-                                             : linalg::top_right_subspace(tf, dense, cols)).first;
+    found = right_.emplace(cols, linalg::top_right_subspace(tf, dense, cols)).first;
   }
   return found->second;
 }
@@ -154,29 +155,46 @@ ModuleFitter& ModuleFitter::mirrored() {
 // mean something: the leading max-rank columns.
 int64_t ModuleFitter::head_cluster_width() const { return std::min<int64_t>(p_.max_rank(), right_rank()); }
 
-void ModuleFitter::cluster_heads(const std::vector<MatrixXd>& y) {
-  const size_t n = y.size();
-  MatrixXd d2(n, n);
-  for (size_t i = 0; i < n; ++i) {
-    for (size_t j = 0; j <= i; ++j) d2(i, j) = d2(j, i) = (y[i] - y[j]).squaredNorm();
-  }
-  head_tree_.emplace(d2, p_.weights);
-}
-
 std::vector<int> ModuleFitter::head_groups(int groups) {
   if (!o_.user_groups.empty()) return canonical_labels(o_.user_groups);
   if (!head_tree_) {
     const int64_t k = head_cluster_width();
-    cluster_heads(projections(right(k).basis.leftCols(k)));
+    const std::vector<MatrixXd> y = projections(right(k).basis.leftCols(k));
+    const size_t n = y.size();
+    MatrixXd d2(n, n);
+    for (size_t i = 0; i < n; ++i) {
+      for (size_t j = 0; j <= i; ++j) d2(i, j) = d2(j, i) = (y[i] - y[j]).squaredNorm();
+    }
+    head_tree_.emplace(d2, p_.weights);
   }
   return head_tree_->cut(groups);
 }
 
-const MatrixXd& ModuleFitter::body_gram() {
-  if (body_gram_.size() == 0 && p_.tasks() > 0) {
-    // Z Z^T for Z the stack of Z_i = S_i A_i (S_i the core of s_i B_i):
-    // its block (i, j) is Z_i Z_j^T, and dW_i^T dW_j = A_i^T S_i^T (..) S_j A_j.
-    // In single precision: its sums are predictions and distances.
+MatrixXd body_distances(const MatrixXd& g, const std::vector<Index>& at) {
+  const size_t n = at.size() - 1;
+  auto rows = [&](size_t i) { return at[i + 1] - at[i]; };
+  std::vector<double> norm(n);
+  for (size_t i = 0; i < n; ++i) norm[i] = g.block(at[i], at[i], rows(i), rows(i)).trace();
+  MatrixXd tr(n, n);
+  for (size_t i = 0; i < n; ++i) {
+    for (size_t j = 0; j <= i; ++j) {
+      double v = norm[i] > 0 && norm[j] > 0 ? g.block(at[i], at[j], rows(i), rows(j)).squaredNorm() / (norm[i] * norm[j])
+                                            : 0;
+      tr(i, j) = tr(j, i) = v;
+    }
+  }
+  MatrixXd d2(n, n);
+  for (size_t i = 0; i < n; ++i) {
+    for (size_t j = 0; j < n; ++j) d2(i, j) = tr(i, i) + tr(j, j) - 2 * tr(i, j);
+  }
+  return d2;
+}
+
+std::vector<int> ModuleFitter::body_groups(int groups) {
+  if (!o_.user_groups.empty()) return canonical_labels(o_.user_groups);
+  if (!body_tree_) {
+    // Z Z^T for Z the stack of Z_i = S_i A_i (S_i the core of s_i B_i), in
+    // single precision: its sums are distances.
     const std::vector<Index> at = task_offsets();
     Eigen::MatrixXf z(at.back(), p_.in());
     util::parallel_for(p_.tasks(), [&](size_t i) {
@@ -186,37 +204,8 @@ const MatrixXd& ModuleFitter::body_gram() {
     });
     Eigen::MatrixXf g = Eigen::MatrixXf::Zero(z.rows(), z.rows());
     g.selfadjointView<Eigen::Lower>().rankUpdate(z);
-    body_gram_ = g.selfadjointView<Eigen::Lower>().toDenseMatrix().cast<double>();
-  }
-  return body_gram_;
-}
-
-std::vector<int> ModuleFitter::body_groups(int groups) {
-  if (!o_.user_groups.empty()) return canonical_labels(o_.user_groups);
-  if (!body_tree_) {
-    // Distance between the tasks' normalised right Grams dW^T dW / ||dW||^2:
-    // what a shared body must capture. tr(Gi Gj) = ||Zi Zj^T||^2 / (ni nj)
-    // with Zi = S_i A_i, the blocks of body_gram().
-    const size_t n = p_.tasks();
-    const MatrixXd& g = body_gram();
-    const std::vector<Index> at = task_offsets();
-    auto rows = [&](size_t i) { return at[i + 1] - at[i]; };
-    std::vector<double> norm(n);
-    for (size_t i = 0; i < n; ++i) norm[i] = g.block(at[i], at[i], rows(i), rows(i)).trace();
-    MatrixXd tr(n, n);
-    for (size_t i = 0; i < n; ++i) {
-      for (size_t j = 0; j <= i; ++j) {
-        double v = norm[i] > 0 && norm[j] > 0
-                       ? g.block(at[i], at[j], rows(i), rows(j)).squaredNorm() / (norm[i] * norm[j])
-                       : 0;
-        tr(i, j) = tr(j, i) = v;
-      }
-    }
-    MatrixXd d2(n, n);
-    for (size_t i = 0; i < n; ++i) {
-      for (size_t j = 0; j < n; ++j) d2(i, j) = tr(i, i) + tr(j, j) - 2 * tr(i, j);
-    }
-    body_tree_.emplace(d2, std::vector<double>(n, 1.0));
+    body_tree_.emplace(body_distances(g.selfadjointView<Eigen::Lower>().toDenseMatrix().cast<double>(), at),
+                       std::vector<double>(p_.tasks(), 1.0));
   }
   return body_tree_->cut(groups);
 }
@@ -313,9 +302,6 @@ ModuleFit ModuleFitter::fit_exact() const {
   return f;
 }
 
-namespace {
-
-// (sum_i w_i dW_i) / W = L R, the weighted mean update, in factored form.
 void mean_update(const ModuleProblem& p, MatrixXd* l, MatrixXd* r) {
   double wsum = 0;
   Index cols = 0;
@@ -334,7 +320,11 @@ void mean_update(const ModuleProblem& p, MatrixXd* l, MatrixXd* r) {
   }
 }
 
-}  // namespace
+std::vector<Index> ModuleFitter::task_offsets() const {
+  std::vector<Index> at(p_.tasks() + 1, 0);
+  for (size_t i = 0; i < p_.tasks(); ++i) at[i + 1] = at[i] + p_.loras[i].rank();
+  return at;
+}
 
 const linalg::Subspace& ModuleFitter::merged(int64_t k, const MatrixXd* l_given, const MatrixXd* r_given) {
   const Index most = std::min<Index>(shape().rank_sum(), std::min(p_.in(), p_.out()));

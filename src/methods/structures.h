@@ -45,16 +45,10 @@ struct FitOptions {
   /// the module's rank r: the planner's widest candidate body (4r); 1 when
   /// only known structures are fitted (wider ones widen it on demand).
   int64_t body_width = 4;
-  /// Subspaces for predicted errors only (ModuleFitter::predict): the range
-  /// finder's estimate (linalg::estimate_top_right_subspace), single
-  /// precision and a looser stop. Fits made with it are not what is stored.
+  /// Predicted errors only (Predictor, methods/predict.h): Grams in single
+  /// precision and spectra by subspace iteration to a looser stop. Fits
+  /// ignore it.
   bool estimate = false;
-};
-
-/// A structure's weighted error sum_i w_i ||dW_i - dW_hat_i||^2 after
-/// rounding to the stored dtype, told without fitting it (methods/predict.cc).
-struct Prediction {
-  double error = 0;
 };
 
 struct FitStats {
@@ -69,17 +63,6 @@ class ModuleFitter {
   ModuleFitter(const ModuleProblem& p, FitOptions o);
   ~ModuleFitter();
   ModuleFit fit(const StructureSpec& s, FitStats* stats = nullptr);
-  /// fit(s).rounded(dtype)'s weighted error (its closed-form start's where
-  /// ALS refines it), from the subspaces the fits share: a few rank-sized
-  /// products, no fit. Exact but for the range finder's tolerance and the
-  /// rounding, which is modelled (docs/methods.md, "Predicted errors").
-  Prediction predict(const StructureSpec& s, DType dtype);
-  /// The same stored in `precision` (methods/precision.h): each role in an
-  /// integer format adds its relative quantization error kappa times the
-  /// fitted energy, as rounding does, with kappa measured on the module's
-  /// own factors in that format (bodies and cores: the A's; heads: the
-  /// B's; docs/methods.md, "Precision").
-  Prediction predict(const StructureSpec& s, const Precision& precision, DType dtype);
   ModuleShape shape() const;
 
  private:
@@ -90,8 +73,6 @@ class ModuleFitter {
   int64_t right_rank() const;
   std::vector<int> head_groups(int groups);
   int64_t head_cluster_width() const;
-  /// The head clustering (head_tree_) from the heads y_i at head_cluster_width().
-  void cluster_heads(const std::vector<Eigen::MatrixXd>& y);
   std::vector<int> body_groups(int groups);
   ModuleFitter& mirrored();
   /// dW_i V = s_i B_i (A_i V) for every task: the heads in a body's basis.
@@ -107,37 +88,11 @@ class ModuleFitter {
   ModuleFit fit_jd(int64_t k, bool diagonal, FitStats* stats);
   ModuleFit fit_avg() const;
 
-  /// sum_i w_i ||dW_i||^2
-  double weighted_norm2();
-  /// ||X - Q(X)||^2 / ||X||^2 for X the first tasks' A's (or B's) in f.
-  double quantization_kappa(const QuantFormat& f, bool heads);
-  std::map<std::pair<std::string, bool>, double> kappa_;
-  /// sum_i w_i s_i^2 ||A_i||^2 ||B_i||^2 / r_i over sum_i w_i ||dW_i||^2: 1
-  /// when every task's update spreads evenly over its rank.
-  double own_factor_spread();
-  std::optional<double> spread_;
-  /// predict_unrounded's errors by structure label: one per structure
-  /// whatever the precisions asked for.
-  std::map<std::string, double> unrounded_;
-  double unrounded(const StructureSpec& s);
-  /// U^T dW_i V for every task, U and V both sides' subspaces as wide as
-  /// they are solved (at least k): jd's predicted cores (predict.cc).
-  const std::vector<Eigen::MatrixXd>& jd_cores(int64_t k);
-  std::vector<Eigen::MatrixXd> jd_cores_;
-  /// Weighted error of the closed-form start (no rounding).
-  Prediction predict_unrounded(const StructureSpec& s);
   /// Top right subspace of the weighted mean update, at least k columns
   /// (from its factors L R when given, as fit_merged has them).
   const linalg::Subspace& merged(int64_t k, const Eigen::MatrixXd* l = nullptr, const Eigen::MatrixXd* r = nullptr);
   /// First row of each task in the weighted stack, and one past the last.
   std::vector<Eigen::Index> task_offsets() const;
-  /// Z Z^T, Z the stack of the tasks' S_i A_i (S_i the core of s_i B_i).
-  const Eigen::MatrixXd& body_gram();
-  /// Unrounded errors of the grouped starts: shared-A(k) with head groups,
-  /// shared-A+core(k) with head groups, multi-A(k) (predict.cc).
-  double grouped_heads(int64_t k, int groups);
-  double grouped_cores(int64_t k, int groups);
-  double multi_bodies(int64_t k, int groups);
 
   const ModuleProblem& p_;
   FitOptions o_;
@@ -149,19 +104,22 @@ class ModuleFitter {
   std::unique_ptr<ModuleProblem> transposed_problem_;
   std::unique_ptr<ModuleFitter> mirror_;
   ModuleFitter* origin_ = nullptr;  ///< set on a mirror: the fitter it mirrors
-  std::optional<double> weighted_norm2_;
-  /// <dW_i V, dW_j V> for every pair of tasks, V the body basis of the
-  /// last rank predicted with grouped heads (predict.cc).
-  const Eigen::MatrixXd& head_gram(int64_t k);
-  Eigen::MatrixXd head_gram_;
-  int64_t head_gram_rank_ = -1;
-  /// body_gram(), and for grouped cores of rank core_gram_rank_ X^T X
-  /// (predict.cc; single precision, as it is computed).
-  Eigen::MatrixXd body_gram_;
-  Eigen::MatrixXf core_gram_;
-  int64_t core_gram_rank_ = -1;
 };
 
+
+/// The module's shape: in, out and each task's rank.
+ModuleShape shape_of(const ModuleProblem& p);
+
+/// (sum_i w_i dW_i) / W = L R, the weighted mean update, in factored form:
+/// L = [w_i s_i B_i / W ...] (out x sum of ranks), R = [A_1; ...].
+void mean_update(const ModuleProblem& p, Eigen::MatrixXd* l, Eigen::MatrixXd* r);
+
+/// Squared distances between the tasks' normalised right Grams
+/// dW_i^T dW_i / ||dW_i||^2, what a shared body must capture, from the
+/// Gram zz of the stacked S_i A_i (S_i a core of s_i B_i; task i's rows at
+/// at[i] .. at[i + 1]): tr(G_i G_j) = ||zz_ij||^2 / (n_i n_j). The body
+/// groups' clustering.
+Eigen::MatrixXd body_distances(const Eigen::MatrixXd& zz, const std::vector<Eigen::Index>& at);
 
 /// For the problem p of `shape` and `weights` whose task i's factors are
 /// read(i) (transposed, as stored): ModuleFitter(p, o).fit(s).rounded(dtype)

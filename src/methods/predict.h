@@ -1,0 +1,81 @@
+// Predicted errors: what each structure's closed-form start would leave on
+// one module, told without fitting it (docs/methods.md, "Predicted errors").
+//
+// Everything comes from two Grams per module, GA = [A_1; ...; A_N][..]^T
+// and GB = [B_1 ... B_N]^T [..] (sum of ranks square, single precision when
+// estimating), and one eigenproblem per side on that small space: the
+// shared bodies' spectra, the heads and cores in a body's basis, the
+// groups' blocks and jd's cores are all rank-sized products of them. The
+// input and output dimensions enter only the two Grams and the merged
+// update's spectrum. The mirrored (shared-B) families are the same
+// quantities with the two Grams' roles swapped: nothing is transposed.
+#pragma once
+
+#include <Eigen/Core>
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/fit.h"
+#include "core/quant.h"
+#include "core/storage.h"
+#include "core/structure.h"
+#include "linalg/factored.h"
+#include "methods/cluster.h"
+#include "methods/structures.h"
+
+namespace hydraopt {
+
+/// A structure's weighted error sum_i w_i ||dW_i - dW_hat_i||^2 after
+/// rounding to the stored dtype, told without fitting it.
+struct Prediction {
+  double error = 0;
+};
+
+class Predictor {
+ public:
+  /// `p` must outlive the predictor. With o.estimate the Grams are summed
+  /// in single precision and the spectra found by subspace iteration (to
+  /// ~1e-3 of the residual); without, everything is in double and exact
+  /// (tests compare it with the fits' closed-form starts).
+  Predictor(const ModuleProblem& p, const FitOptions& o);
+  ~Predictor();
+
+  /// ModuleFitter(p).fit(s).rounded(dtype)'s weighted error (its
+  /// closed-form start's where ALS refines it): exact but for the
+  /// subspaces' tolerance and the rounding, which is modelled.
+  Prediction predict(const StructureSpec& s, DType dtype);
+  /// The same stored in `precision` (methods/precision.h): each role in an
+  /// integer format adds its relative quantization error kappa times the
+  /// fitted energy, as rounding does, with kappa measured on the module's
+  /// own factors in that format (bodies and cores: the A's; heads: the B's).
+  Prediction predict(const StructureSpec& s, const Precision& precision, DType dtype);
+
+ private:
+  struct Side;
+  /// Side 0 shares the A's (the input side), side 1 the B's; its spectrum
+  /// and P at least k wide (or as wide as the stack's rank).
+  Side& side(bool b, int64_t k);
+  double unrounded(const StructureSpec& s);
+  double predict_unrounded(const StructureSpec& s);
+  double weighted_norm2();
+  double quantization_kappa(const QuantFormat& f, bool heads);
+  double own_factor_spread();
+  /// Top singular values of the weighted mean update (merged structures).
+  const Eigen::VectorXd& merged(int64_t k);
+
+  const ModuleProblem& p_;
+  FitOptions o_;
+  std::vector<Eigen::Index> at_;  ///< first row of each task in the stacks, and one past the last
+  Eigen::MatrixXd ga_, gb_;       ///< A A^T and B^T B of the stacked factors
+  std::unique_ptr<Side> sides_[2];
+  std::optional<double> weighted_norm2_, spread_;
+  std::optional<Eigen::VectorXd> merged_;
+  std::map<std::string, double> unrounded_;
+  std::map<std::pair<std::string, bool>, double> kappa_;
+};
+
+}  // namespace hydraopt
