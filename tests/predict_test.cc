@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include <Eigen/QR>
+#include <Eigen/SVD>
 
 #include "core/rounding.h"
 #include "linalg/factored.h"
@@ -166,6 +167,26 @@ TEST(TopEigenSubspace, EstimateCapturesTheTopEnergy) {
     EXPECT_LT((est.basis.transpose() * est.basis - MatrixXd::Identity(k, k)).norm(), 1e-6);
     // The captured energy is the basis's: tr(U^T G U).
     EXPECT_NEAR((est.basis.transpose() * g * est.basis).trace(), est.values.squaredNorm(), 1e-5 * values.sum());
+  }
+}
+
+// The product's singular values from its two Grams against a dense SVD of
+// the product: the captured energy within the estimate's tolerance, never
+// above the true one, and the leading values close.
+TEST(ProductValues, EstimateFromGramsMatchesTheDenseSvd) {
+  const MatrixXd l = test::random_matrix(120, 200, 21) * 0.2, r = test::random_matrix(200, 90, 22);
+  Eigen::BDCSVD<MatrixXd> svd(l * r);
+  const Eigen::VectorXd sigma = svd.singularValues();
+  const double total = sigma.squaredNorm();
+  for (Eigen::Index k : {1, 10, 40}) {
+    const Eigen::VectorXd est =
+        linalg::estimate_product_values(l.transpose() * l, r * r.transpose(), k);
+    SCOPED_TRACE("k " + std::to_string(k));
+    ASSERT_EQ(est.size(), k);
+    const double want = sigma.head(k).squaredNorm(), got = est.squaredNorm();
+    EXPECT_LE(got, want * (1 + 1e-6));
+    EXPECT_GE(got, want - 2e-3 * (total - want) - 1e-5 * total);
+    EXPECT_NEAR(est(0), sigma(0), 2e-3 * sigma(0));
   }
 }
 

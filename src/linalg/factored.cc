@@ -357,6 +357,48 @@ Subspace estimate_top_eigen_subspace(const MatrixXd& g, Index k) {
   }
 }
 
+Eigen::VectorXd estimate_product_values(const MatrixXd& gl, const MatrixXd& gr, Index k) {
+  const Index p = gl.rows();
+  k = std::min(k, p);
+  if (k <= 0) return Eigen::VectorXd();
+  // sigma^2 are the eigenvalues of H = G_L G_R, self-adjoint in the inner
+  // product <x, y> = x^T G_R y (x: coefficients of R^T x): subspace
+  // iteration on H with G_R-orthonormal iterates X, Ritz values those of
+  // X^T G_R H X = (G_R X)^T G_L (G_R X).
+  const Index l = std::min(p, oversampled(k));
+  constexpr int kMaxIters = 40;
+  const Eigen::MatrixXf lf = gl.cast<float>(), rf = gr.cast<float>();
+  const double total = gl.cwiseProduct(gr).sum();  // ||L R||^2
+  Eigen::MatrixXf x = random_start(0x5ca1ab1f, p, p, k, l)->cast<float>();
+  Eigen::MatrixXf y = times(rf, x);  // G_R X
+  double prev_tail = INFINITY, prev_drop = INFINITY;
+  bool was_converged = false;
+  for (int it = 1;; ++it) {
+    // X G_R-orthonormal: X^T G_R X = C = U^T U, X <- X U^-1 (G_R X too).
+    MatrixXd c = x.cast<double>().transpose() * y.cast<double>();
+    Eigen::SelfAdjointEigenSolver<MatrixXd> ce((c + c.transpose()) / 2);
+    const Eigen::VectorXd cv = ce.eigenvalues();
+    const double floor = 1e-10 * std::max(cv.maxCoeff(), 1e-300);
+    Eigen::VectorXd inv = cv.unaryExpr([floor](double v) { return v > floor ? 1 / std::sqrt(v) : 0.0; });
+    const Eigen::MatrixXf w = (ce.eigenvectors() * inv.asDiagonal()).cast<float>();
+    x = x * w;
+    y = y * w;
+    const Eigen::MatrixXf z = times(lf, y);  // G_L G_R X
+    Eigen::SelfAdjointEigenSolver<MatrixXd> eig(y.cast<double>().transpose() * z.cast<double>(),
+                                               Eigen::EigenvaluesOnly);
+    const Eigen::VectorXd top = eig.eigenvalues().tail(k).reverse().cwiseMax(0);
+    const double tail = std::max(0.0, total - top.sum());
+    const double drop = prev_tail - tail;
+    const bool now = converged(drop, prev_drop, 1e-7 * total, 1e-3 * tail);
+    if ((now && was_converged) || it == kMaxIters) return top.cwiseSqrt();
+    was_converged = now;
+    prev_drop = it <= 2 ? INFINITY : drop;
+    prev_tail = tail;
+    x = z;
+    y = times(rf, x);
+  }
+}
+
 Subspace top_right_subspace_of_product(const MatrixXd& l, const MatrixXd& r, Index k) {
   const Index p = l.cols(), n = r.cols();
   k = std::min({k, l.rows(), p, n});

@@ -115,6 +115,14 @@ Subspace top_right_subspace_exact(const Eigen::MatrixXd& t, Eigen::Index k);
 /// 1e-4 C_q. Values accurate to single precision.
 Subspace top_right_subspace_of_product(const Eigen::MatrixXd& l, const Eigen::MatrixXd& r, Eigen::Index k);
 
+/// An estimate of the top-k singular values of a product L R (m x p)(p x n)
+/// from its two p x p Grams only, G_L = L^T L and G_R = R R^T (the values'
+/// squares are the eigenvalues of G_L G_R): single-precision subspace
+/// iteration in the G_R inner product, two p x p products per iteration,
+/// stopped as estimate_top_eigen_subspace is (on ||L R||^2 = sum of
+/// G_L o G_R minus the Ritz sum). For predicted errors.
+Eigen::VectorXd estimate_product_values(const Eigen::MatrixXd& gl, const Eigen::MatrixXd& gr, Eigen::Index k);
+
 /// Truncated SVD of the product L R (m x p)(p x n), rank k: returns U (m x k)
 /// with singular values folded in, and Vt (k x n) with orthonormal rows, so
 /// that U Vt is the best rank-k approximation of L R.

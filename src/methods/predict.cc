@@ -257,11 +257,25 @@ double Predictor::weighted_norm2() {
 }
 
 const VectorXd& Predictor::merged(int64_t k) {
-  if (!merged_ || merged_->size() < std::min<Index>(k, std::min<Index>(at_.back(), std::min(p_.in(), p_.out())))) {
-    MatrixXd l, r;
-    mean_update(p_, &l, &r);
+  const Index most = std::min<Index>(at_.back(), std::min(p_.in(), p_.out()));
+  if (!merged_ || merged_->size() < std::min<Index>(k, most)) {
     // The leading values serve every smaller rank: solve once for 2r.
-    merged_ = linalg::top_right_subspace_of_product(l, r, std::max(k, 2 * p_.max_rank())).values;
+    const int64_t want = std::max(k, 2 * p_.max_rank());
+    if (o_.estimate) {
+      // The mean update is B E A, E = diag(w_i s_i / W): its Grams are
+      // E GB E and GA.
+      double wsum = 0;
+      for (double w : p_.weights) wsum += w;
+      VectorXd e(at_.back());
+      for (size_t i = 0; i < p_.tasks(); ++i) {
+        e.segment(at_[i], at_[i + 1] - at_[i]).setConstant(wsum > 0 ? p_.weights[i] * p_.loras[i].scale / wsum : 0.0);
+      }
+      merged_ = linalg::estimate_product_values(e.asDiagonal() * gb_ * e.asDiagonal(), ga_, std::min<Index>(want, most));
+    } else {
+      MatrixXd l, r;
+      mean_update(p_, &l, &r);
+      merged_ = linalg::top_right_subspace_of_product(l, r, want).values;
+    }
   }
   return *merged_;
 }
