@@ -3,7 +3,7 @@
 //   build/hydraopt_predict_check EVERY ADAPTER...
 //
 // For every EVERY-th module and every candidate the planner considers
-// (plan/candidates.cc, both sides), ModuleFitter::predict's error at bf16
+// (plan/candidates.cc, both sides), Predictor::predict's error at bf16
 // against the closed-form start fitted, rounded to bf16 and measured
 // (max_iters = 0: what is predicted). Prints, per family, the largest
 // |predicted - measured| / measured, and over all the largest deviation as

@@ -13,7 +13,7 @@
 // |predicted / measured - 1| over tasks. The last column stores each
 // adapter quantization-aware (methods/precision.h): A first, then B solved
 // against the stored A by least squares, then stored. A second table
-// checks the planner's model of a stored precision (ModuleFitter::predict
+// checks the planner's model of a stored precision (Predictor::predict
 // with a Precision) against store_in_precision measured, for a few
 // structures and per-role precisions (balanced weights per module): the
 // mean relative error measured, and the largest miss of the predicted

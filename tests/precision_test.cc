@@ -129,7 +129,7 @@ TEST(Precision, CoresAreSolvedAgainstStoredHeadsAndBody) {
 }
 
 
-// The planner's model of what a precision adds (ModuleFitter::predict with a
+// The planner's model of what a precision adds (Predictor::predict with a
 // Precision) against store_in_precision measured, on adapters shaped like
 // trained ones (a shared A initialisation plus drift, dense B's).
 TEST(Precision, PredictedErrorTracksTheStoredOne) {

@@ -1,4 +1,4 @@
-// Predicted errors (ModuleFitter::predict) against fitted and measured ones.
+// Predicted errors (Predictor::predict) against fitted and measured ones.
 #include <gtest/gtest.h>
 
 #include <cmath>

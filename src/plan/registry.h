@@ -32,7 +32,7 @@
 namespace hydraopt {
 
 /// One structure on one module: fitted and measured after rounding to the
-/// bundle dtype, or only predicted (ModuleFitter::predict).
+/// bundle dtype, or only predicted (Predictor::predict).
 struct Evaluated {
   StructureSpec spec;
   std::string key;                ///< the candidate's key (equal across modules)
@@ -108,7 +108,7 @@ class MethodContext {
   virtual EvalTable evaluate(const std::function<std::vector<CandidateSpec>(size_t, const ModuleShape&)>& specs,
                              const FitOptions& fo, Store store, Spread spread) = 0;
   /// Predicts the error of specs(m, shape(m)) on every module after
-  /// rounding (ModuleFitter::predict; the exact structure, which costs no
+  /// rounding (Predictor::predict; the exact structure, which costs no
   /// fit, is measured): one range finder per module and side serves all.
   virtual EvalTable predict(const std::function<std::vector<CandidateSpec>(size_t, const ModuleShape&)>& specs,
                             const FitOptions& fo) = 0;

@@ -282,10 +282,10 @@ MethodRun run_hand_plan(MethodContext& ctx, const HandPlan& hand, const FitOptio
 }
 
 // Plans on predicted errors, writes measured ones.
-//  1. Every candidate's error is predicted (ModuleFitter::predict: the
-//     closed-form starts' errors after rounding) from one range finder per
-//     module and side, two Grams per module and side for the grouped forms,
-//     and small products: no fit.
+//  1. Every candidate's error is predicted (Predictor::predict: the
+//     closed-form starts' errors after rounding) from two Grams of the
+//     module's stacked factors, an eigenproblem of their size per side and
+//     small products: no fit.
 //  2. The plans are made on the predictions. The chosen candidates that ALS
 //     refines (grouped heads and cores, jd) are fitted with ALS and
 //     measured, and the plans redone, at most kRounds times. With one
