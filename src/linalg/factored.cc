@@ -292,7 +292,7 @@ Subspace range_finder(const Eigen::MatrixXf& tf, const std::function<const Matri
       MatrixXd basis = single ? orthonormal_like(MatrixXd(zf.cast<double>() * ritz)) : MatrixXd(z * ritz);
       return {std::move(basis), top.cwiseSqrt(), it, false};
     }
-    prev_drop = it == 1 ? INFINITY : drop;
+    prev_drop = it <= 2 ? INFINITY : drop;  // the first gain (from the random start) says nothing of the rate
     prev_tail = tail;
     if (single) {  // next iterate: T^T T z
       zf = orthonormal_like(transposed_times(tf, yf));
@@ -428,7 +428,7 @@ Subspace top_right_subspace_of_product(const MatrixXd& l, const MatrixXd& r, Ind
       const MatrixXd ritz = eig.eigenvectors().rightCols(k).rowwise().reverse();
       return {orthonormal_like(MatrixXd(zf.cast<double>() * ritz)), top.cwiseSqrt(), it, false};
     }
-    prev_gain = it == 1 ? INFINITY : gain;
+    prev_gain = it <= 2 ? INFINITY : gain;  // as in range_finder
     prev = captured;
     zf = orthonormal_like(Eigen::MatrixXf(rf.transpose() * (lf.transpose() * yf)));
   }
