@@ -145,9 +145,9 @@ TEST(TopEigenSum, MatchesKnownEigenvalues) {
   }
 }
 
-// Against known eigenvalues: the estimate's captured energy within its
-// stopping tolerance of the exact one, its vectors orthonormal and its
-// values Ritz values (below the true ones).
+// Against known eigenvalues: the estimate's (single precision) captured
+// energy within its tolerance of the exact one, its vectors orthonormal to
+// float precision, and its values what its basis captures.
 TEST(TopEigenSubspace, EstimateCapturesTheTopEnergy) {
   const Eigen::Index n = 400, rank = 300;
   Eigen::HouseholderQR<MatrixXd> qr(test::random_matrix(n, rank, 5));
@@ -164,7 +164,7 @@ TEST(TopEigenSubspace, EstimateCapturesTheTopEnergy) {
     const double tail = values.sum() - values.head(k).sum();
     EXPECT_LE(est.values.squaredNorm(), exact.values.squaredNorm() * (1 + 1e-6));
     EXPECT_GE(est.values.squaredNorm(), exact.values.squaredNorm() - 2e-3 * tail - 1e-5 * values.sum());
-    EXPECT_LT((est.basis.transpose() * est.basis - MatrixXd::Identity(k, k)).norm(), 1e-6);
+    EXPECT_LT((est.basis.transpose() * est.basis - MatrixXd::Identity(k, k)).norm(), 1e-4);
     // The captured energy is the basis's: tr(U^T G U).
     EXPECT_NEAR((est.basis.transpose() * g * est.basis).trace(), est.values.squaredNorm(), 1e-5 * values.sum());
   }

@@ -324,37 +324,29 @@ Subspace top_eigen_subspace(const MatrixXd& g, Index k) {
 }
 
 Subspace estimate_top_eigen_subspace(const MatrixXd& g, Index k) {
+#ifdef EIGEN_USE_LAPACKE
   const Index n = g.rows();
   k = std::min(k, n);
-  if (solved_exactly(n, n, k)) return top_eigen_subspace(g, k);
-  const Index l = oversampled(k);
-  constexpr int kMaxIters = 40;
-  const Eigen::MatrixXf gf = g.cast<float>();
-  const double total = g.trace();
-  Eigen::MatrixXf zf = random_start(0x5ca1ab1e, n, n, k, l)->cast<float>();
-  double prev_tail = INFINITY, prev_drop = INFINITY;
-  bool was_converged = false;
-  for (int it = 1;; ++it) {
-    const Eigen::MatrixXf yf = times(gf, zf);  // G z
-    const MatrixXd z = zf.cast<double>();
-    // Rayleigh-Ritz in span(z): eigenpairs of z^T G z.
-    Eigen::SelfAdjointEigenSolver<MatrixXd> eig(z.transpose() * yf.cast<double>());
-    const Eigen::VectorXd top = eig.eigenvalues().tail(k).reverse().cwiseMax(0);
-    const double tail = std::max(0.0, total - top.sum());
-    const double drop = prev_tail - tail;
-    // Converged twice running: a rate from two gains can be far too hopeful
-    // where the spectrum is flat past k.
-    const bool now = converged(drop, prev_drop, 1e-7 * total, 1e-3 * tail);
-    if ((now && was_converged) || it == kMaxIters) {
-      const MatrixXd ritz = eig.eigenvectors().rightCols(k).rowwise().reverse();
-      return {orthonormal_like(MatrixXd(z * ritz)), top.cwiseSqrt(), it, false};
-    }
-    was_converged = now;
-    // The first gain (from the random start) says nothing of the rate.
-    prev_drop = it <= 2 ? INFINITY : drop;
-    prev_tail = tail;
-    zf = orthonormal_like(yf);
-  }
+  if (k <= 0) return top_eigen_subspace(g, k);
+  // LAPACK's ssyevr for the top k pairs only (MRRR after one tridiagonal
+  // reduction, the n^3 part): the spectrum at once, to single precision.
+  Eigen::MatrixXf a = g.cast<float>(), z(n, k);
+  Eigen::VectorXf w(n);
+  std::vector<lapack_int> support(2 * static_cast<size_t>(k));
+  lapack_int found = 0;
+  const lapack_int info = LAPACKE_ssyevr(LAPACK_COL_MAJOR, 'V', 'I', 'L', static_cast<lapack_int>(n), a.data(),
+                                         static_cast<lapack_int>(n), 0.0f, 0.0f, static_cast<lapack_int>(n - k + 1),
+                                         static_cast<lapack_int>(n), 0.0f, &found, w.data(), z.data(),
+                                         static_cast<lapack_int>(n), support.data());
+  if (info != 0 || found != k) return top_eigen_subspace(g, k);
+  Subspace s;  // ascending from LAPACK: reversed
+  s.basis = z.rowwise().reverse().cast<double>();
+  s.values = w.head(k).reverse().cast<double>().cwiseMax(0).cwiseSqrt();
+  s.exact = false;
+  return s;
+#else
+  return top_eigen_subspace(g, k);
+#endif
 }
 
 Eigen::VectorXd estimate_product_values(const MatrixXd& gl, const MatrixXd& gr, Index k) {

@@ -91,15 +91,10 @@ Subspace top_right_subspace(const Eigen::MatrixXf& tf, const std::function<const
 /// its singular values. Exact (an eigendecomposition in double).
 Subspace top_eigen_subspace(const Eigen::MatrixXd& g, Eigen::Index k);
 
-/// The same as an estimate, for predicted errors: subspace iteration on G
-/// in single precision (each iteration one product with G, n^2 l flops,
-/// where the range finder on T costs two with T), a Rayleigh-Ritz step every
-/// iteration, the range finder's start and stopping rule on
-/// E_q = tr G - (Ritz sum), but looser: the geometric tail of the gains
-/// below 1e-3 E_q or a decrement below 1e-7 tr G (float rounding), and the
-/// Ritz pairs after 40 iterations. The captured energy is then within ~1e-3
-/// of the residual plus ~1e-6 of tr G of the exact one's. Small problems
-/// exactly.
+/// The same in single precision, for predicted errors: LAPACK's ssyevr for
+/// the top k pairs (one tridiagonal reduction of G, n^3 flops, then the
+/// k pairs by MRRR), eigenvalues accurate to ~1e-7 of G's largest; exact in
+/// double (top_eigen_subspace) in a build without LAPACKE.
 Subspace estimate_top_eigen_subspace(const Eigen::MatrixXd& g, Eigen::Index k);
 
 /// The exact solver: eigendecomposition of the smaller Gram (T^T T, or
