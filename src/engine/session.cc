@@ -147,14 +147,21 @@ EvalTable Session::predict(const std::function<std::vector<CandidateSpec>(size_t
   estimate.estimate = true;
   for_each_item(mine_, threads_, o_.progress, [&](size_t m) {
     if (lists[m].empty()) return;
-    const LoadedModule l = load(m);
-    Predictor predictor(l.p, estimate);
+    std::optional<LoadedModule> l = load(m);
+    Predictor predictor(l->p, estimate);
+    // The factors are let go after the last candidate that is measured.
+    auto measured = [](const CandidateSpec& c) { return c.spec.family == Family::kExact && c.precision.all_float(); };
+    const auto last = std::find_if(lists[m].rbegin(), lists[m].rend(), measured);
+    const size_t keep = static_cast<size_t>(lists[m].rend() - last);  // candidates up to it
+    if (keep == 0) l.reset();
     out[m].reserve(lists[m].size());
-    for (auto& cs : lists[m]) {
-      if (cs.spec.family == Family::kExact && cs.precision.all_float()) {  // nothing to fit: measured
-        ModuleFit fit = stored(l, ModuleFitter(l.p, fo).fit(cs.spec), cs.precision);
-        auto [err2, frob2] = errors(m, l, fit);
+    for (size_t c = 0; c < lists[m].size(); ++c) {
+      CandidateSpec& cs = lists[m][c];
+      if (measured(cs)) {  // nothing to fit: measured
+        ModuleFit fit = stored(*l, ModuleFitter(l->p, fo).fit(cs.spec), cs.precision);
+        auto [err2, frob2] = errors(m, *l, fit);
         out[m].push_back(record(m, std::move(fit), std::move(err2), std::move(frob2), cs, false, fo.max_iters));
+        if (c + 1 == keep) l.reset();
         continue;
       }
       const Prediction pr = predictor.predict(cs.spec, cs.precision, dtype_);

@@ -183,44 +183,66 @@ struct Predictor::Side {
   BlockSums body_sums, core_sums;  ///< grouped_top_sum's blocks of zz and core_gram
 };
 
-Predictor::Predictor(const ModuleProblem& p, const FitOptions& o) : p_(p), o_(o), at_(p.tasks() + 1, 0) {
-  for (size_t i = 0; i < p.tasks(); ++i) at_[i + 1] = at_[i] + p.loras[i].rank();
-  auto a_rows = [&](size_t i) -> const MatrixXd& { return p_.loras[i].A; };
-  auto b_rows = [&](size_t i) { return p_.loras[i].B.transpose(); };
+Predictor::Predictor(const ModuleProblem& p, const FitOptions& o)
+    : o_(o), shape_(shape_of(p)), weights_(p.weights), at_(p.tasks() + 1, 0) {
+  const size_t n = p.tasks();
+  for (size_t i = 0; i < n; ++i) {
+    at_[i + 1] = at_[i] + p.loras[i].rank();
+    scales_.push_back(p.loras[i].scale);
+  }
+  auto a_rows = [&](size_t i) -> const MatrixXd& { return p.loras[i].A; };
+  auto b_rows = [&](size_t i) { return p.loras[i].B.transpose(); };
   if (o_.estimate) {
     ga_ = stacked_gram<float>(at_, p.in(), a_rows);
     gb_ = stacked_gram<float>(at_, p.out(), b_rows);
   } else {
     ga_ = stacked_gram<double>(at_, p.in(), a_rows);
     gb_ = stacked_gram<double>(at_, p.out(), b_rows);
+    // The merged update's leading values (2r, the widest merged candidate)
+    // from its factors; wider ones would come from the Grams (merged()).
+    MatrixXd l, r;
+    mean_update(p, &l, &r);
+    merged_ = linalg::top_right_subspace_of_product(l, r, 2 * shape_.max_rank()).values;
   }
+  // N = sum_i w_i ||dW_i||^2, and the tasks' own factors' spread (below).
+  const std::vector<double> norms = update_norms2(p);
+  double spread = 0;
+  norm2_ = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const auto& l = p.loras[i];
+    norm2_ += weights_[i] * norms[i];
+    if (l.rank() > 0) spread += weights_[i] * l.scale * l.scale * l.A.squaredNorm() * l.B.squaredNorm() / l.rank();
+  }
+  spread_ = norm2_ > 0 ? spread / norm2_ : 1.0;
+  // A few tasks' factors stand for the fitted ones in quantization_kappa.
+  for (size_t i = 0; i < std::min<size_t>(n, 4); ++i) sample_.push_back(p.loras[i]);
 }
 
 Predictor::~Predictor() = default;
 
 Predictor::Side& Predictor::side(bool b, int64_t k) {
   std::unique_ptr<Side>& s = sides_[b ? 1 : 0];
-  const size_t n = p_.tasks();
+  const size_t n = at_.size() - 1;
   if (!s) {
     s = std::make_unique<Side>();
     s->gin = b ? &gb_ : &ga_;
     s->gout = b ? &ga_ : &gb_;
-    s->dim = b ? p_.out() : p_.in();
+    s->dim = b ? shape_.out : shape_.in;
     s->core.resize(n);
     util::parallel_for(n, [&](size_t i) {
       const Index r = at_[i + 1] - at_[i];
-      s->core[i] = r > 0 ? MatrixXd(std::abs(p_.loras[i].scale) * factor(s->gout->block(at_[i], at_[i], r, r)))
+      s->core[i] = r > 0 ? MatrixXd(std::abs(scales_[i]) * factor(s->gout->block(at_[i], at_[i], r, r)))
                          : MatrixXd(0, 0);
     });
     s->zz = block_sandwich(s->core, *s->gin, s->core, at_);
   }
   // The spectrum of T T^T = D zz D, as wide as the widest body (4r) or k.
   const Index most = std::min<Index>(at_.back(), s->dim);
-  const Index cols = std::min<Index>(most, std::max<Index>({1, k, o_.body_width * p_.max_rank()}));
+  const Index cols = std::min<Index>(most, std::max<Index>({1, k, o_.body_width * shape_.max_rank()}));
   if (s->p.size() > 0 && s->p.cols() >= std::min<Index>(k, most)) return *s;
   MatrixXd t2 = s->zz;
   for (size_t i = 0; i < n; ++i) {
-    const double d = std::sqrt(p_.weights[i]);
+    const double d = std::sqrt(weights_[i]);
     t2.middleRows(at_[i], at_[i + 1] - at_[i]) *= d;
     t2.middleCols(at_[i], at_[i + 1] - at_[i]) *= d;
   }
@@ -234,7 +256,7 @@ Predictor::Side& Predictor::side(bool b, int64_t k) {
     const Index r = at_[i + 1] - at_[i];
     if (r > 0) {
       w.middleRows(at_[i], r).noalias() =
-          std::sqrt(p_.weights[i]) * s->core[i].transpose() * sub.basis.middleRows(at_[i], r);
+          std::sqrt(weights_[i]) * s->core[i].transpose() * sub.basis.middleRows(at_[i], r);
     }
   }
   s->p.noalias() = *s->gin * w;
@@ -246,45 +268,29 @@ Predictor::Side& Predictor::side(bool b, int64_t k) {
   return *s;
 }
 
-double Predictor::weighted_norm2() {
-  if (!weighted_norm2_) {
-    const std::vector<double> norms = update_norms2(p_);
-    double sum = 0;
-    for (size_t i = 0; i < norms.size(); ++i) sum += p_.weights[i] * norms[i];
-    weighted_norm2_ = sum;
-  }
-  return *weighted_norm2_;
-}
-
 const VectorXd& Predictor::merged(int64_t k) {
-  const Index most = std::min<Index>(at_.back(), std::min(p_.in(), p_.out()));
+  const Index most = std::min<Index>(at_.back(), std::min(shape_.in, shape_.out));
   if (!merged_ || merged_->size() < std::min<Index>(k, most)) {
-    // The leading values serve every smaller rank: solve once for 2r.
-    const int64_t want = std::max(k, 2 * p_.max_rank());
-    if (o_.estimate) {
-      // The mean update is B E A, E = diag(w_i s_i / W): its Grams are
-      // E GB E and GA.
-      double wsum = 0;
-      for (double w : p_.weights) wsum += w;
-      VectorXd e(at_.back());
-      for (size_t i = 0; i < p_.tasks(); ++i) {
-        e.segment(at_[i], at_[i + 1] - at_[i]).setConstant(wsum > 0 ? p_.weights[i] * p_.loras[i].scale / wsum : 0.0);
-      }
-      merged_ = linalg::estimate_product_values(e.asDiagonal() * gb_ * e.asDiagonal(), ga_, std::min<Index>(want, most));
-    } else {
-      MatrixXd l, r;
-      mean_update(p_, &l, &r);
-      merged_ = linalg::top_right_subspace_of_product(l, r, want).values;
+    // The mean update is B E A, E = diag(w_i s_i / W): its Grams are
+    // E GB E and GA. The leading values serve every smaller rank: solve
+    // once for 2r.
+    double wsum = 0;
+    for (double w : weights_) wsum += w;
+    VectorXd e(at_.back());
+    for (size_t i = 0; i + 1 < at_.size(); ++i) {
+      e.segment(at_[i], at_[i + 1] - at_[i]).setConstant(wsum > 0 ? weights_[i] * scales_[i] / wsum : 0.0);
     }
+    const Index want = std::min<Index>(most, std::max(k, 2 * shape_.max_rank()));
+    merged_ = linalg::estimate_product_values(e.asDiagonal() * gb_ * e.asDiagonal(), ga_, want);
   }
   return *merged_;
 }
 
 Prediction Predictor::predict(const StructureSpec& s, DType dtype) {
-  if (!spec_valid(s, shape_of(p_))) throw Error("structure " + s.label() + " does not fit this module's shape");
+  if (!spec_valid(s, shape_)) throw Error("structure " + s.label() + " does not fit this module's shape");
   if (s.family == Family::kExact) throw std::logic_error("predict: the exact structure is measured, not predicted");
   Prediction pr{unrounded(s)};
-  pr.error += rounded_factors(s) * rounding_variance(dtype) * std::max(0.0, weighted_norm2() - pr.error);
+  pr.error += rounded_factors(s) * rounding_variance(dtype) * std::max(0.0, norm2_ - pr.error);
   return pr;
 }
 
@@ -292,11 +298,11 @@ double Predictor::quantization_kappa(const QuantFormat& f, bool heads) {
   const auto key = std::make_pair(f.name(), heads);
   auto it = kappa_.find(key);
   if (it != kappa_.end()) return it->second;
-  // A few tasks' factors stand for the fitted ones: bodies are spans of
+  // The sample's factors stand for the fitted ones: bodies are spans of
   // the A's rows, heads mixtures of the B's columns, grouped alike.
   double err = 0, norm = 0;
-  for (size_t i = 0; i < std::min<size_t>(p_.tasks(), 4); ++i) {
-    const MatrixXd& x = heads ? p_.loras[i].B : p_.loras[i].A;
+  for (const ModuleLora& l : sample_) {
+    const MatrixXd& x = heads ? l.B : l.A;
     err += (x - round_to_format(x, f)).squaredNorm();
     norm += x.squaredNorm();
   }
@@ -309,21 +315,11 @@ double Predictor::unrounded(const StructureSpec& s) {
   return unrounded_[key] = predict_unrounded(s);
 }
 
-double Predictor::own_factor_spread() {
-  if (spread_) return *spread_;
-  double spread = 0;
-  for (size_t i = 0; i < p_.tasks(); ++i) {
-    const auto& l = p_.loras[i];
-    if (l.rank() > 0) spread += p_.weights[i] * l.scale * l.scale * l.A.squaredNorm() * l.B.squaredNorm() / l.rank();
-  }
-  return *(spread_ = weighted_norm2() > 0 ? spread / weighted_norm2() : 1.0);
-}
-
 Prediction Predictor::predict(const StructureSpec& s, const Precision& precision, DType dtype) {
   if (precision.all_float()) return predict(s, dtype);
-  if (!spec_valid(s, shape_of(p_))) throw Error("structure " + s.label() + " does not fit this module's shape");
+  if (!spec_valid(s, shape_)) throw Error("structure " + s.label() + " does not fit this module's shape");
   Prediction pr{s.family == Family::kExact ? 0.0 : unrounded(s)};  // exact: nothing lost unstored
-  const double kept = std::max(0.0, weighted_norm2() - pr.error);
+  const double kept = std::max(0.0, norm2_ - pr.error);
   auto kappa = [&](const std::optional<QuantFormat>& f, bool heads) {
     return f ? quantization_kappa(*f, heads) : rounding_variance(dtype);
   };
@@ -336,7 +332,7 @@ Prediction Predictor::predict(const StructureSpec& s, const Precision& precision
   // rank: rho = that over ||dW||^2, weighted over the tasks.
   const double kb = kappa(precision.bodies, false), kh = kappa(precision.heads, true);
   const double kc = rounded_factors(s) == 3 ? kappa(precision.cores, false) : 0.0;
-  const double rho = own_factor_spread();
+  const double rho = spread_;
   switch (s.family) {
     case Family::kExact: pr.error += (kb + kh) * rho * kept; break;
     case Family::kSharedACore: pr.error += kb * kept + (kh + kc) * rho * kept; break;
@@ -347,14 +343,14 @@ Prediction Predictor::predict(const StructureSpec& s, const Precision& precision
 }
 
 double Predictor::predict_unrounded(const StructureSpec& spec) {
-  const size_t n = p_.tasks();
-  const double total = weighted_norm2();
+  const size_t n = at_.size() - 1;
+  const double total = norm2_;
   const bool b = shares_b(spec.family);
   StructureSpec s = spec;
   if (b) s.family = mirror(s.family);
   const int groups = group_count(s.groups, n);
   const bool per_task = groups == static_cast<int>(n);
-  const int64_t r = p_.max_rank();
+  const int64_t r = shape_.max_rank();
   // Side quantities, each computed once.
   auto head_gram = [&](Side& sd, int64_t k) -> const MatrixXd& {
     k = std::min<int64_t>(k, sd.p.cols());
@@ -367,7 +363,7 @@ double Predictor::predict_unrounded(const StructureSpec& spec) {
       const MatrixXd q = sd.gout->middleCols(at_[j], rj) * sd.p.block(at_[j], 0, rj, k);
       for (size_t i = 0; i < n; ++i) {
         const Index ri = at_[i + 1] - at_[i];
-        h(i, j) = p_.loras[i].scale * p_.loras[j].scale *
+        h(i, j) = scales_[i] * scales_[j] *
                   sd.p.block(at_[i], 0, ri, k).cwiseProduct(q.middleRows(at_[i], ri)).sum();
       }
     });
@@ -382,7 +378,7 @@ double Predictor::predict_unrounded(const StructureSpec& spec) {
       for (size_t i = 0; i < n; ++i) {
         for (size_t j = 0; j < n; ++j) d2(i, j) = std::max(0.0, h(i, i) + h(j, j) - 2 * h(i, j));
       }
-      sd.head_tree.emplace(d2, p_.weights);
+      sd.head_tree.emplace(d2, weights_);
     }
     return sd.head_tree->cut(g);
   };
@@ -397,7 +393,7 @@ double Predictor::predict_unrounded(const StructureSpec& spec) {
   switch (s.family) {
     case Family::kMerged: {
       double wsum = 0;
-      for (double w : p_.weights) wsum += w;
+      for (double w : weights_) wsum += w;
       const VectorXd& sigma = merged(s.rank);
       return std::max(0.0, total - wsum * sigma.head(std::min<Index>(s.rank, sigma.size())).squaredNorm());
     }
@@ -412,9 +408,9 @@ double Predictor::predict_unrounded(const StructureSpec& spec) {
       const int found = *std::max_element(group.begin(), group.end()) + 1;
       std::vector<double> sum2(found, 0.0), wg(found, 0.0);
       for (size_t i = 0; i < n; ++i) {
-        wg[group[i]] += p_.weights[i];
+        wg[group[i]] += weights_[i];
         for (size_t j = 0; j < n; ++j) {
-          if (group[j] == group[i]) sum2[group[i]] += p_.weights[i] * p_.weights[j] * h(i, j);
+          if (group[j] == group[i]) sum2[group[i]] += weights_[i] * weights_[j] * h(i, j);
         }
       }
       double e = total;
@@ -432,7 +428,7 @@ double Predictor::predict_unrounded(const StructureSpec& spec) {
         util::parallel_for(n, [&](size_t i) {
           const Index ri = at_[i + 1] - at_[i];
           const MatrixXd pi = sd.p.block(at_[i], 0, ri, std::min<Index>(s.rank, sd.p.cols()));
-          rs[i] = p_.loras[i].scale * factor(p_.weights[i] * pi * pi.transpose());
+          rs[i] = scales_[i] * factor(weights_[i] * pi * pi.transpose());
         });
         sd.core_gram = block_sandwich(rs, *sd.gout, rs, at_);
         sd.core_gram_rank = s.rank;
@@ -443,7 +439,7 @@ double Predictor::predict_unrounded(const StructureSpec& spec) {
     case Family::kMultiA: {
       Side& sd = side(b, s.rank);
       std::vector<double> d(n);
-      for (size_t i = 0; i < n; ++i) d[i] = std::sqrt(p_.weights[i]);
+      for (size_t i = 0; i < n; ++i) d[i] = std::sqrt(weights_[i]);
       return std::max(0.0, total - grouped_top_sum(sd.zz, at_, body_groups(sd, groups), s.rank, &sd.body_sums, &d));
     }
     case Family::kJdFull:
@@ -455,8 +451,8 @@ double Predictor::predict_unrounded(const StructureSpec& spec) {
       for (size_t i = 0; i < n; ++i) {
         const Index ri = at_[i + 1] - at_[i];
         const MatrixXd c =
-            p_.loras[i].scale * ub.p.block(at_[i], 0, ri, k).transpose() * va.p.block(at_[i], 0, ri, k);
-        e -= p_.weights[i] * (s.family == Family::kJdDiag ? c.diagonal().squaredNorm() : c.squaredNorm());
+            scales_[i] * ub.p.block(at_[i], 0, ri, k).transpose() * va.p.block(at_[i], 0, ri, k);
+        e -= weights_[i] * (s.family == Family::kJdDiag ? c.diagonal().squaredNorm() : c.squaredNorm());
       }
       return std::max(0.0, e);
     }

@@ -37,7 +37,8 @@ struct Prediction {
 
 class Predictor {
  public:
-  /// `p` must outlive the predictor. With o.estimate the Grams are summed
+  /// Reads p's factors once (the Grams, the norms, a few tasks' factors for
+  /// quantization errors): they may go afterwards. With o.estimate the Grams are summed
   /// in single precision and the spectra found by subspace iteration (to
   /// ~1e-3 of the residual); without, everything is in double and exact
   /// (tests compare it with the fits' closed-form starts).
@@ -61,18 +62,23 @@ class Predictor {
   Side& side(bool b, int64_t k);
   double unrounded(const StructureSpec& s);
   double predict_unrounded(const StructureSpec& s);
-  double weighted_norm2();
   double quantization_kappa(const QuantFormat& f, bool heads);
-  double own_factor_spread();
   /// Top singular values of the weighted mean update (merged structures).
   const Eigen::VectorXd& merged(int64_t k);
 
-  const ModuleProblem& p_;
+  // What the predictions need of the module, kept so that its factors can
+  // go once the predictor is made.
   FitOptions o_;
+  ModuleShape shape_;
+  std::vector<double> weights_, scales_;
   std::vector<Eigen::Index> at_;  ///< first row of each task in the stacks, and one past the last
   Eigen::MatrixXd ga_, gb_;       ///< A A^T and B^T B of the stacked factors
+  double norm2_ = 0;              ///< N = sum_i w_i ||dW_i||^2
+  /// sum_i w_i s_i^2 ||A_i||^2 ||B_i||^2 / r_i over N: 1 when every task's
+  /// update spreads evenly over its rank.
+  double spread_ = 1;
+  std::vector<ModuleLora> sample_;  ///< the first tasks' factors, for quantization_kappa
   std::unique_ptr<Side> sides_[2];
-  std::optional<double> weighted_norm2_, spread_;
   std::optional<Eigen::VectorXd> merged_;
   std::map<std::string, double> unrounded_;
   std::map<std::pair<std::string, bool>, double> kappa_;
