@@ -3,9 +3,9 @@
 //   build/hydraopt_predict_check EVERY ADAPTER...
 //
 // For every EVERY-th module and every candidate the planner considers
-// (plan/candidates.cc, both sides), Predictor::predict's error at bf16
-// against the closed-form start fitted, rounded to bf16 and measured
-// (max_iters = 0: what is predicted). Prints, per family, the largest
+// (plan/candidates.cc, both sides), Predictor::predict's error at bf16, as
+// the planner has it (FitOptions::estimate), against the closed-form start
+// fitted, rounded to bf16 and measured (max_iters = 0: what is predicted). Prints, per family, the largest
 // |predicted - measured| / measured, and over all the largest deviation as
 // a share of the module's weighted energy N. Single-threaded; slow (every
 // candidate is fitted): use EVERY > 1 on large sets.
@@ -31,10 +31,11 @@ int main(int argc, char** argv) {
   for (size_t m = 0; m < set.modules().size(); m += every) {
     double n = 0;
     const ModuleProblem p = bench::balanced_problem(set, m, &n);
-    FitOptions starts;
+    FitOptions starts, estimate;
     starts.max_iters = 0;
-    Predictor predictor(p, starts);
-  ModuleFitter fitter(p, starts);
+    estimate.estimate = true;  // as the planner predicts
+    Predictor predictor(p, estimate);
+    ModuleFitter fitter(p, starts);
     for (const auto& c : candidate_specs(shape_of(p), Share::kAuto, 0)) {
       if (c.spec.family == Family::kExact) continue;
       const double predicted = predictor.predict(c.spec, DType::BF16).error;

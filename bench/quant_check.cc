@@ -101,7 +101,7 @@ int main(int argc, char** argv) {
         s.rank = s.family == Family::kExact ? 0 : s.family == Family::kSharedA ? r : 2 * r;
         label = s.label();
         Predictor predictor(p, {});
-  ModuleFitter fitter(p, {});
+        ModuleFitter fitter(p, {});
         const ModuleFit fit = fitter.fit(s);
         const double u = weighted_error(p, fit);
         const double measured = weighted_error(p, store_in_precision(p, fit, pr, DType::BF16));
