@@ -5,9 +5,9 @@
 // and GB = [B_1 ... B_N]^T [..] (sum of ranks square, single precision when
 // estimating), and one eigenproblem per side on that small space: the
 // shared bodies' spectra, the heads and cores in a body's basis, the
-// groups' blocks and jd's cores are all rank-sized products of them. The
-// input and output dimensions enter only the two Grams and the merged
-// update's spectrum. The mirrored (shared-B) families are the same
+// groups' blocks, jd's cores and the merged update's values are all
+// products of that size. The input and output dimensions enter only the
+// two Grams (and, exact, the merged update's values). The mirrored (shared-B) families are the same
 // quantities with the two Grams' roles swapped: nothing is transposed.
 #pragma once
 
@@ -38,10 +38,11 @@ struct Prediction {
 class Predictor {
  public:
   /// Reads p's factors once (the Grams, the norms, a few tasks' factors for
-  /// quantization errors): they may go afterwards. With o.estimate the Grams are summed
-  /// in single precision and the spectra found by subspace iteration (to
-  /// ~1e-3 of the residual); without, everything is in double and exact
-  /// (tests compare it with the fits' closed-form starts).
+  /// quantization errors): they may go afterwards. With o.estimate (the
+  /// planner) the Grams are summed and the spectra found in single
+  /// precision (LAPACK's ssyevr), the merged update's values by subspace
+  /// iteration (to ~1e-3 of the residual); without, everything is in
+  /// double and exact (tests compare it with the fits' closed-form starts).
   Predictor(const ModuleProblem& p, const FitOptions& o);
   ~Predictor();
 
