@@ -213,6 +213,33 @@ TEST(ProductValues, EstimateFromGramsMatchesTheDenseSvd) {
   }
 }
 
+// A task without this module (rank 0) and a task of weight 0: both
+// predictors (exact and estimate) still match every closed-form start.
+TEST(PredictEdges, EmptyTaskAndZeroWeight) {
+  ModuleProblem p = make_problem(9, 40, 30, 3, 0.5, 9);
+  p.loras[2].A.resize(0, 40);
+  p.loras[2].B.resize(30, 0);
+  p.weights[2] = 0;
+  p.weights[5] = 0;
+  FitOptions start, estimate;
+  start.max_iters = estimate.max_iters = 0;
+  estimate.estimate = true;
+  Predictor exact(p, start), estimated(p, estimate);
+  ModuleFitter fitter(p, start);
+  const double t = total(p);
+  int checked = 0;
+  for (const CandidateSpec& c : candidate_specs(shape_of(p), Share::kAuto, 0)) {
+    if (c.spec.family == Family::kExact) continue;
+    const double fitted = weighted_error(p, fitter.fit(c.spec));
+    SCOPED_TRACE(c.spec.label() + ": fitted " + std::to_string(fitted));
+    const double tol = (from_single_gram(c.spec, p.tasks()) ? 1e-5 : 1e-9) * t + 1e-6 * fitted;
+    EXPECT_NEAR(exact.predict(c.spec, DType::F64).error, fitted, tol);
+    EXPECT_NEAR(estimated.predict(c.spec, DType::F64).error, fitted, 2e-3 * fitted + 1e-5 * t);
+    ++checked;
+  }
+  EXPECT_GT(checked, 20);
+}
+
 // (tasks, in, out, rank, drift): exact solves (small) and the randomized
 // range finder (in above 128), strongly and weakly shared A's.
 INSTANTIATE_TEST_SUITE_P(Shapes, PredictTest,
