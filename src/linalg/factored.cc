@@ -138,6 +138,25 @@ bool converged(double d, double d_prev, double floor, double tol) {
   return d * rho / (1 - rho) <= tol;
 }
 
+// An iteration's gains in what it tracks (a residual falling, a captured
+// energy rising), for converged(). The first two iterations set no rate:
+// the first gain is from the random start, and a rate taken from it once
+// stopped the range finder 1% short of the optimum on a flat spectrum.
+class Gains {
+ public:
+  /// converged() after iteration `it` (from 1) with this gain.
+  bool stop(int it, double gain, double floor, double tol) {
+    const bool done = converged(gain, prev_, floor, tol);
+    prev_ = it <= 2 ? INFINITY : gain;
+    return done;
+  }
+  /// No rate until two more gains (the iteration starts over).
+  void reset() { prev_ = INFINITY; }
+
+ private:
+  double prev_ = INFINITY;
+};
+
 // Products with a stack T in fixed blocks of 128 rows (T z) or columns
 // (T^T y), spread by util::parallel_for. The blocks do not depend on the
 // thread count, so neither do the sums.
@@ -263,7 +282,8 @@ Subspace range_finder(const Eigen::MatrixXf& tf, const std::function<const Matri
   double total = 0;             // ||T||^2: of tf (columns in single precision, summed in double), then of T
   for (Index j = 0; j < n; ++j) total += static_cast<double>(tf.col(j).squaredNorm());
   bool single = true;
-  double prev_tail = INFINITY, prev_drop = INFINITY;
+  double prev_tail = INFINITY;
+  Gains gains;
   for (int it = 1; it <= kMaxIters; ++it) {
     MatrixXd y;  // T z, P x l
     if (single) {
@@ -282,17 +302,17 @@ Subspace range_finder(const Eigen::MatrixXf& tf, const std::function<const Matri
       t = &dense();
       total = t->squaredNorm();
       z = zf.cast<double>();
-      prev_tail = prev_drop = INFINITY;
+      prev_tail = INFINITY;
+      gains.reset();
       --it;
       continue;
     }
     const double drop = prev_tail - tail;
-    if (converged(drop, prev_drop, kFloor * total, kTol * tail)) {
+    if (gains.stop(it, drop, kFloor * total, kTol * tail)) {
       const MatrixXd ritz = eig.eigenvectors().rightCols(k).rowwise().reverse();
       MatrixXd basis = single ? orthonormal_like(MatrixXd(zf.cast<double>() * ritz)) : MatrixXd(z * ritz);
       return {std::move(basis), top.cwiseSqrt(), it, false};
     }
-    prev_drop = it <= 2 ? INFINITY : drop;  // the first gain (from the random start) says nothing of the rate
     prev_tail = tail;
     if (single) {  // next iterate: T^T T z
       zf = orthonormal_like(transposed_times(tf, yf));
@@ -363,7 +383,8 @@ Eigen::VectorXd estimate_product_values(const MatrixXd& gl, const MatrixXd& gr, 
   const double total = gl.cwiseProduct(gr).sum();  // ||L R||^2
   Eigen::MatrixXf x = random_start(0x5ca1ab1f, p, p, k, l)->cast<float>();
   Eigen::MatrixXf y = times(rf, x);  // G_R X
-  double prev_tail = INFINITY, prev_drop = INFINITY;
+  double prev_tail = INFINITY;
+  Gains gains;
   bool was_converged = false;
   for (int it = 1;; ++it) {
     // X G_R-orthonormal: X^T G_R X = C = U^T U, X <- X U^-1 (G_R X too).
@@ -381,10 +402,9 @@ Eigen::VectorXd estimate_product_values(const MatrixXd& gl, const MatrixXd& gr, 
     const Eigen::VectorXd top = eig.eigenvalues().tail(k).reverse().cwiseMax(0);
     const double tail = std::max(0.0, total - top.sum());
     const double drop = prev_tail - tail;
-    const bool now = converged(drop, prev_drop, 1e-7 * total, 1e-3 * tail);
+    const bool now = gains.stop(it, drop, 1e-7 * total, 1e-3 * tail);
     if ((now && was_converged) || it == kMaxIters) return top.cwiseSqrt();
     was_converged = now;
-    prev_drop = it <= 2 ? INFINITY : drop;
     prev_tail = tail;
     x = z;
     y = times(rf, x);
@@ -409,18 +429,18 @@ Subspace top_right_subspace_of_product(const MatrixXd& l, const MatrixXd& r, Ind
   constexpr double kTol = 1e-4;
   const Eigen::MatrixXf lf = l.cast<float>(), rf = r.cast<float>();
   Eigen::MatrixXf zf = random_start(0x5ca1ab1f, p, n, k, w)->cast<float>(), yf;
-  double prev = 0, prev_gain = INFINITY;
+  double prev = 0;
+  Gains gains;
   for (int it = 1; it <= kMaxIters; ++it) {
     yf.noalias() = lf * (rf * zf);  // L R z
     const MatrixXd y = yf.cast<double>();
     Eigen::SelfAdjointEigenSolver<MatrixXd> eig(y.transpose() * y);
     const Eigen::VectorXd top = eig.eigenvalues().tail(k).reverse().cwiseMax(0);
     const double captured = top.sum(), gain = captured - prev;
-    if (converged(gain, prev_gain, 1e-13 * captured, kTol * captured)) {
+    if (gains.stop(it, gain, 1e-13 * captured, kTol * captured)) {
       const MatrixXd ritz = eig.eigenvectors().rightCols(k).rowwise().reverse();
       return {orthonormal_like(MatrixXd(zf.cast<double>() * ritz)), top.cwiseSqrt(), it, false};
     }
-    prev_gain = it <= 2 ? INFINITY : gain;  // as in range_finder
     prev = captured;
     zf = orthonormal_like(Eigen::MatrixXf(rf.transpose() * (lf.transpose() * yf)));
   }

@@ -184,12 +184,9 @@ struct Predictor::Side {
 };
 
 Predictor::Predictor(const ModuleProblem& p, const FitOptions& o)
-    : o_(o), shape_(shape_of(p)), weights_(p.weights), at_(p.tasks() + 1, 0) {
+    : o_(o), shape_(shape_of(p)), weights_(p.weights), at_(task_offsets(shape_)) {
   const size_t n = p.tasks();
-  for (size_t i = 0; i < n; ++i) {
-    at_[i + 1] = at_[i] + p.loras[i].rank();
-    scales_.push_back(p.loras[i].scale);
-  }
+  for (const ModuleLora& l : p.loras) scales_.push_back(l.scale);
   auto a_rows = [&](size_t i) -> const MatrixXd& { return p.loras[i].A; };
   auto b_rows = [&](size_t i) { return p.loras[i].B.transpose(); };
   if (o_.estimate) {
@@ -342,6 +339,49 @@ Prediction Predictor::predict(const StructureSpec& s, const Precision& precision
   return pr;
 }
 
+const MatrixXd& Predictor::head_gram(Side& sd, int64_t k) {
+  k = std::min<int64_t>(k, sd.p.cols());
+  auto found = sd.head_gram.find(k);
+  if (found != sd.head_gram.end()) return found->second;
+  // <y_i, y_j> = s_i s_j tr(P_i^T gout_ij P_j), P_i task i's rows of P (k columns).
+  const size_t n = at_.size() - 1;
+  MatrixXd h(n, n);
+  util::parallel_for(n, [&](size_t j) {
+    const Index rj = at_[j + 1] - at_[j];
+    const MatrixXd q = sd.gout->middleCols(at_[j], rj) * sd.p.block(at_[j], 0, rj, k);
+    for (size_t i = 0; i < n; ++i) {
+      const Index ri = at_[i + 1] - at_[i];
+      h(i, j) = scales_[i] * scales_[j] * sd.p.block(at_[i], 0, ri, k).cwiseProduct(q.middleRows(at_[i], ri)).sum();
+    }
+  });
+  return sd.head_gram[k] = (h + h.transpose()) / 2;
+}
+
+std::vector<int> Predictor::head_groups(Side& sd, int groups) {
+  if (!o_.user_groups.empty()) return canonical_labels(o_.user_groups);
+  if (!sd.head_tree) {
+    // Distances between the heads in the body's leading max-rank columns.
+    const MatrixXd& h = head_gram(sd, std::min<Index>(shape_.max_rank(), sd.energy.size()));
+    const Index n = h.rows();
+    MatrixXd d2(n, n);
+    for (Index i = 0; i < n; ++i) {
+      for (Index j = 0; j < n; ++j) d2(i, j) = std::max(0.0, h(i, i) + h(j, j) - 2 * h(i, j));
+    }
+    sd.head_tree.emplace(d2, weights_);
+  }
+  return sd.head_tree->cut(groups);
+}
+
+std::vector<int> Predictor::body_groups(Side& sd, int groups) {
+  if (!o_.user_groups.empty()) return canonical_labels(o_.user_groups);
+  if (!sd.body_tree) sd.body_tree.emplace(body_distances(sd.zz, at_), std::vector<double>(at_.size() - 1, 1.0));
+  return sd.body_tree->cut(groups);
+}
+
+double Predictor::tail(const Side& sd, int64_t k) const {
+  return std::max(0.0, norm2_ - sd.energy.head(std::min<Index>(k, sd.energy.size())).sum());
+}
+
 double Predictor::predict_unrounded(const StructureSpec& spec) {
   const size_t n = at_.size() - 1;
   const double total = norm2_;
@@ -350,46 +390,6 @@ double Predictor::predict_unrounded(const StructureSpec& spec) {
   if (b) s.family = mirror(s.family);
   const int groups = group_count(s.groups, n);
   const bool per_task = groups == static_cast<int>(n);
-  const int64_t r = shape_.max_rank();
-  // Side quantities, each computed once.
-  auto head_gram = [&](Side& sd, int64_t k) -> const MatrixXd& {
-    k = std::min<int64_t>(k, sd.p.cols());
-    auto found = sd.head_gram.find(k);
-    if (found != sd.head_gram.end()) return found->second;
-    // <y_i, y_j> = s_i s_j tr(P_i^T gout_ij P_j), P_i task i's rows of P (k columns).
-    MatrixXd h(n, n);
-    util::parallel_for(n, [&](size_t j) {
-      const Index rj = at_[j + 1] - at_[j];
-      const MatrixXd q = sd.gout->middleCols(at_[j], rj) * sd.p.block(at_[j], 0, rj, k);
-      for (size_t i = 0; i < n; ++i) {
-        const Index ri = at_[i + 1] - at_[i];
-        h(i, j) = scales_[i] * scales_[j] *
-                  sd.p.block(at_[i], 0, ri, k).cwiseProduct(q.middleRows(at_[i], ri)).sum();
-      }
-    });
-    return sd.head_gram[k] = (h + h.transpose()) / 2;
-  };
-  auto head_groups = [&](Side& sd, int g) {
-    if (!o_.user_groups.empty()) return canonical_labels(o_.user_groups);
-    if (!sd.head_tree) {
-      // Distances between the heads in the body's leading max-rank columns.
-      const MatrixXd& h = head_gram(sd, std::min<Index>(r, sd.energy.size()));
-      MatrixXd d2(n, n);
-      for (size_t i = 0; i < n; ++i) {
-        for (size_t j = 0; j < n; ++j) d2(i, j) = std::max(0.0, h(i, i) + h(j, j) - 2 * h(i, j));
-      }
-      sd.head_tree.emplace(d2, weights_);
-    }
-    return sd.head_tree->cut(g);
-  };
-  auto body_groups = [&](Side& sd, int g) {
-    if (!o_.user_groups.empty()) return canonical_labels(o_.user_groups);
-    if (!sd.body_tree) sd.body_tree.emplace(body_distances(sd.zz, at_), std::vector<double>(n, 1.0));
-    return sd.body_tree->cut(g);
-  };
-  auto tail = [&](Side& sd, int64_t k) {
-    return std::max(0.0, total - sd.energy.head(std::min<Index>(k, sd.energy.size())).sum());
-  };
   switch (s.family) {
     case Family::kMerged: {
       double wsum = 0;
@@ -434,7 +434,8 @@ double Predictor::predict_unrounded(const StructureSpec& spec) {
         sd.core_gram_rank = s.rank;
         sd.core_sums.clear();
       }
-      return std::max(0.0, total - grouped_top_sum(sd.core_gram, at_, head_groups(sd, groups), r, &sd.core_sums));
+      const double kept = grouped_top_sum(sd.core_gram, at_, head_groups(sd, groups), shape_.max_rank(), &sd.core_sums);
+      return std::max(0.0, total - kept);
     }
     case Family::kMultiA: {
       Side& sd = side(b, s.rank);

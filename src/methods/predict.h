@@ -61,6 +61,13 @@ class Predictor {
   /// Side 0 shares the A's (the input side), side 1 the B's; its spectrum
   /// and P at least k wide (or as wide as the stack's rank).
   Side& side(bool b, int64_t k);
+  /// <y_i, y_j> for the heads y_i = dW_i V in the side's body basis, k wide.
+  const Eigen::MatrixXd& head_gram(Side& sd, int64_t k);
+  /// The side's head and body clusterings (as the fits make them), cut.
+  std::vector<int> head_groups(Side& sd, int groups);
+  std::vector<int> body_groups(Side& sd, int groups);
+  /// N minus the side's top-k energy: per-task shared forms' error.
+  double tail(const Side& sd, int64_t k) const;
   double unrounded(const StructureSpec& s);
   double predict_unrounded(const StructureSpec& s);
   double quantization_kappa(const QuantFormat& f, bool heads);

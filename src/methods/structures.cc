@@ -61,9 +61,7 @@ namespace {
 // B, then its rows from its A.
 class WeightedStack {
  public:
-  explicit WeightedStack(const std::vector<int64_t>& ranks) : cores_(ranks.size()), at_(ranks.size() + 1, 0) {
-    for (size_t i = 0; i < ranks.size(); ++i) at_[i + 1] = at_[i] + ranks[i];
-  }
+  explicit WeightedStack(const ModuleShape& m) : cores_(m.ranks.size()), at_(task_offsets(m)) {}
   Index rows() const { return at_.back(); }
   void set_core(size_t i, const ModuleLora& l, double weight) {  // left core of s B: |s| times B's
     if (l.rank() > 0) cores_[i] = std::sqrt(weight) * std::abs(l.scale) * linalg::left_core(l.B);
@@ -114,7 +112,7 @@ const linalg::Subspace& ModuleFitter::right(int64_t k) {
     // T held in single precision, as the range finder uses it; in double
     // only if it asks (nearly exact fits).
     const size_t n = p_.tasks();
-    WeightedStack stack(m.ranks);
+    WeightedStack stack(m);
     util::parallel_for(n, [&](size_t i) { stack.set_core(i, p_.loras[i], p_.weights[i]); });
     auto fill = [&](auto& t) {
       t.resize(stack.rows(), p_.in());
@@ -178,9 +176,8 @@ MatrixXd body_distances(const MatrixXd& g, const std::vector<Index>& at) {
   MatrixXd tr(n, n);
   for (size_t i = 0; i < n; ++i) {
     for (size_t j = 0; j <= i; ++j) {
-      double v = norm[i] > 0 && norm[j] > 0 ? g.block(at[i], at[j], rows(i), rows(j)).squaredNorm() / (norm[i] * norm[j])
-                                            : 0;
-      tr(i, j) = tr(j, i) = v;
+      const bool both = norm[i] > 0 && norm[j] > 0;
+      tr(i, j) = tr(j, i) = both ? g.block(at[i], at[j], rows(i), rows(j)).squaredNorm() / (norm[i] * norm[j]) : 0;
     }
   }
   MatrixXd d2(n, n);
@@ -195,7 +192,7 @@ std::vector<int> ModuleFitter::body_groups(int groups) {
   if (!body_tree_) {
     // Z Z^T for Z the stack of Z_i = S_i A_i (S_i the core of s_i B_i), in
     // single precision: its sums are distances.
-    const std::vector<Index> at = task_offsets();
+    const std::vector<Index> at = task_offsets(shape());
     Eigen::MatrixXf z(at.back(), p_.in());
     util::parallel_for(p_.tasks(), [&](size_t i) {
       if (at[i + 1] > at[i]) {
@@ -255,7 +252,7 @@ ModuleFit fit_shared_heads(const ModuleShape& shape, const std::vector<double>& 
   // task: no task's factors are kept past its rows.
   MatrixXd v;
   {
-    WeightedStack stack(shape.ranks);
+    WeightedStack stack(shape);
     Eigen::MatrixXf tf(stack.rows(), shape.in);
     util::advise_huge_pages(tf.data(), static_cast<size_t>(tf.size()) * sizeof(float));
     util::parallel_for(n, [&](size_t i) {
@@ -320,9 +317,9 @@ void mean_update(const ModuleProblem& p, MatrixXd* l, MatrixXd* r) {
   }
 }
 
-std::vector<Index> ModuleFitter::task_offsets() const {
-  std::vector<Index> at(p_.tasks() + 1, 0);
-  for (size_t i = 0; i < p_.tasks(); ++i) at[i + 1] = at[i] + p_.loras[i].rank();
+std::vector<Index> task_offsets(const ModuleShape& m) {
+  std::vector<Index> at(m.ranks.size() + 1, 0);
+  for (size_t i = 0; i < m.ranks.size(); ++i) at[i + 1] = at[i] + m.ranks[i];
   return at;
 }
 

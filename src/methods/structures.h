@@ -45,9 +45,8 @@ struct FitOptions {
   /// the module's rank r: the planner's widest candidate body (4r); 1 when
   /// only known structures are fitted (wider ones widen it on demand).
   int64_t body_width = 4;
-  /// Predicted errors only (Predictor, methods/predict.h): Grams in single
-  /// precision and spectra by subspace iteration to a looser stop. Fits
-  /// ignore it.
+  /// Predicted errors only (Predictor, methods/predict.h): Grams and
+  /// spectra in single precision. Fits ignore it.
   bool estimate = false;
 };
 
@@ -91,8 +90,6 @@ class ModuleFitter {
   /// Top right subspace of the weighted mean update, at least k columns
   /// (from its factors L R when given, as fit_merged has them).
   const linalg::Subspace& merged(int64_t k, const Eigen::MatrixXd* l = nullptr, const Eigen::MatrixXd* r = nullptr);
-  /// First row of each task in the weighted stack, and one past the last.
-  std::vector<Eigen::Index> task_offsets() const;
 
   const ModuleProblem& p_;
   FitOptions o_;
@@ -109,6 +106,10 @@ class ModuleFitter {
 
 /// The module's shape: in, out and each task's rank.
 ModuleShape shape_of(const ModuleProblem& p);
+
+/// First row of each task in a stack of the tasks' factors (r_i rows
+/// each), and one past the last.
+std::vector<Eigen::Index> task_offsets(const ModuleShape& m);
 
 /// (sum_i w_i dW_i) / W = L R, the weighted mean update, in factored form:
 /// L = [w_i s_i B_i / W ...] (out x sum of ranks), R = [A_1; ...].

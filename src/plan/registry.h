@@ -109,7 +109,7 @@ class MethodContext {
                              const FitOptions& fo, Store store, Spread spread) = 0;
   /// Predicts the error of specs(m, shape(m)) on every module after
   /// rounding (Predictor::predict; the exact structure, which costs no
-  /// fit, is measured): one range finder per module and side serves all.
+  /// fit, is measured): two Grams per module serve all.
   virtual EvalTable predict(const std::function<std::vector<CandidateSpec>(size_t, const ModuleShape&)>& specs,
                             const FitOptions& fo) = 0;
   /// One merged adapter per module from merge(problem as read, its
