@@ -135,6 +135,50 @@ TEST(RangeFinder, SameBitsWhateverTheThreadCount) {
   EXPECT_EQ((dense.basis - lazy_steep.basis).cwiseAbs().maxCoeff(), 0.0);
 }
 
+// A wide k on a flat floor of small singular values (what the widest
+// shared bodies meet: the tasks' own directions past the shared ones)
+// converges slowly by iterating; the range finder takes the Gram's top
+// eigenpairs instead, and must still reach the optimum. On a steep
+// spectrum of the same shape (residual ~1e-18 of ||T||^2) a single-precision
+// Gram would be too coarse: the iterations reach the double phase first
+// and go on there.
+TEST(RangeFinder, GramRouteOnAFlatFloorReachesTheOptimum) {
+  const Eigen::Index p = 600, n = 800, k = 120;
+  util::Stream rng(29, 1);
+  Eigen::HouseholderQR<MatrixXd> qu(rng.normal(p, p, 1.0)), qw(rng.normal(n, p, 1.0));
+  const MatrixXd u = qu.householderQ() * MatrixXd::Identity(p, p), w = qw.householderQ() * MatrixXd::Identity(n, p);
+  Eigen::VectorXd s(p);
+  for (Eigen::Index j = 0; j < p; ++j) s(j) = j < 60 ? 1.0 + std::pow(0.9, double(j)) : 0.1 * (1.0 - double(j) / 2000);
+  const MatrixXd t = u * s.asDiagonal() * w.transpose();
+  double optimum = 0;
+  for (Eigen::Index j = k; j < p; ++j) optimum += s(j) * s(j);
+  ASSERT_GT(optimum, 1e-3 * t.squaredNorm());
+  int asked = 0;
+  const auto flat = linalg::top_right_subspace(t.cast<float>(), [&]() -> const MatrixXd& {
+    ++asked;
+    return t;
+  }, k);
+  EXPECT_EQ(asked, 0);
+  ASSERT_EQ(flat.basis.cols(), k);
+  expect_orthonormal(flat.basis);
+  EXPECT_LE(residual(t, flat.basis), optimum * (1 + 1e-4));
+  EXPECT_NEAR(flat.values.squaredNorm(), (t * flat.basis).squaredNorm(), 1e-5 * t.squaredNorm());
+  if (HYDRAOPT_HAVE_LAPACKE) EXPECT_EQ(flat.iterations, 2);  // the Gram route, after the second iteration
+
+  const MatrixXd steep = with_spectrum(p, n, 0.84, 31);
+  const auto dense = linalg::top_right_subspace(steep, k);
+  const auto lazy = linalg::top_right_subspace(steep.cast<float>(), [&]() -> const MatrixXd& {
+    ++asked;
+    return steep;
+  }, k);
+  EXPECT_EQ(asked, 1);  // the double phase
+  EXPECT_EQ((dense.basis - lazy.basis).cwiseAbs().maxCoeff(), 0.0);
+  double steep_optimum = 0;
+  for (Eigen::Index j = k; j < p; ++j) steep_optimum += std::pow(0.84, 2.0 * double(j));
+  EXPECT_LE(residual(steep, dense.basis), steep_optimum * (1 + 1e-3) + 1e-12 * steep.squaredNorm());
+  EXPECT_GT(dense.iterations, 2);
+}
+
 // The product form against the exact truncated SVD of L R: the captured
 // energy ||L R V||^2 must match the optimum's (the merged fits' error is
 // ||L R||^2 minus it), on a product wide enough for the randomized path.

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <type_traits>
 
 #include "util/parallel.h"
@@ -50,18 +51,19 @@ Matrix gram(const Matrix& x) {  // X^T X
   return g.template selfadjointView<Eigen::Lower>();
 }
 
-MatrixXd gram_rows(const MatrixXd& y) {  // Y Y^T, as gram(Y^T)
-  MatrixXd g = MatrixXd::Zero(y.rows(), y.rows());
+template <typename Matrix>
+Matrix gram_rows(const Matrix& y) {  // Y Y^T, as gram(Y^T)
+  Matrix g = Matrix::Zero(y.rows(), y.rows());
   for (Index c = 0; c < y.cols(); c += kGramBlock) {
     const auto b = y.middleCols(c, std::min(kGramBlock, y.cols() - c));
     if (order_free_product(b.rows(), b.cols(), b.rows())) {
       g.noalias() += b * b.transpose();
     } else {
-      const MatrixXd t = b.transpose();
+      const Matrix t = b.transpose();
       g.noalias() += t.transpose() * t;
     }
   }
-  return g.selfadjointView<Eigen::Lower>();
+  return g.template selfadjointView<Eigen::Lower>();
 }
 
 // Orthonormal basis Q of the columns of V (n x k, n >= k) with q_j . v_j >= 0
@@ -150,6 +152,13 @@ class Gains {
     prev_ = it <= 2 ? INFINITY : gain;
     return done;
   }
+  /// Iterations converged() still needs if the gains keep falling at the
+  /// rate of this one to the last (infinity without a rate). Before stop().
+  double remaining(double gain, double tol) const {
+    if (!std::isfinite(prev_) || !(gain > 0) || !(gain < prev_)) return INFINITY;
+    const double rho = gain / prev_;
+    return std::max(1.0, std::ceil(std::log(tol * (1 - rho) / (gain * rho)) / std::log(rho)));
+  }
   /// No rate until two more gains (the iteration starts over).
   void reset() { prev_ = INFINITY; }
 
@@ -191,6 +200,65 @@ Index oversampled(Index k) { return k + std::max<Index>(10, k / 2); }
 // small problems, where the exact solver is as cheap as a few iterations.
 bool solved_exactly(Index p, Index n, Index k) {
   return k <= 0 || std::min(p, n) <= std::max<Index>(128, 2 * oversampled(k));
+}
+
+// The top k eigenpairs of a symmetric G (overwritten) by LAPACK's ssyevr
+// (MRRR after one tridiagonal reduction, the n^3 part), to single
+// precision; none in a build without LAPACKE, or if it fails.
+std::optional<Subspace> float_top_eigen_subspace(Eigen::MatrixXf a, Index k) {
+#ifdef EIGEN_USE_LAPACKE
+  const Index n = a.rows();
+  Eigen::MatrixXf z(n, k);
+  Eigen::VectorXf w(n);
+  std::vector<lapack_int> support(2 * static_cast<size_t>(k));
+  lapack_int found = 0;
+  const lapack_int info = LAPACKE_ssyevr(LAPACK_COL_MAJOR, 'V', 'I', 'L', static_cast<lapack_int>(n), a.data(),
+                                         static_cast<lapack_int>(n), 0.0f, 0.0f, static_cast<lapack_int>(n - k + 1),
+                                         static_cast<lapack_int>(n), 0.0f, &found, w.data(), z.data(),
+                                         static_cast<lapack_int>(n), support.data());
+  if (info != 0 || found != k) return std::nullopt;
+  Subspace s;  // ascending from LAPACK: reversed
+  s.basis = z.rowwise().reverse().cast<double>();
+  s.values = w.head(k).reverse().cast<double>().cwiseMax(0).cwiseSqrt();
+  s.exact = false;
+  return s;
+#else
+  (void)a;
+  (void)k;
+  return std::nullopt;
+#endif
+}
+
+// The range finder's other way, for a slowly converging (flat) spectrum:
+// the top k eigenpairs of T's smaller Gram, formed and solved in single
+// precision (ssyevr; V = T^T Y / sigma for a wide T), re-orthonormalised in
+// double. Rounding of the Gram (~1e-7 ||T||^2) is the same share of the
+// residual as the single-precision iterations'. Its cost in multiply-adds,
+// with the eigenpairs' at kEigenCost m^3: on llama-1b's 1280 x 2048 stacks
+// at k = 128 (one thread, AMD EPYC) it took 0.19 s, four iterations' time.
+constexpr double kEigenCost = 0.5;
+
+double gram_route_cost(Index p, Index n, Index k) {
+  const double m = static_cast<double>(std::min(p, n)), big = static_cast<double>(std::max(p, n));
+  return m * m * big + kEigenCost * m * m * m + (n > p ? m * big * static_cast<double>(k) : 0.0);
+}
+
+// None if the residual it finds is below `least` (single precision then
+// too coarse: the iterations go on, in double).
+std::optional<Subspace> gram_route(const Eigen::MatrixXf& tf, Index k, int iterations, double total, double least) {
+#ifndef EIGEN_USE_LAPACKE
+  return std::nullopt;  // no ssyevr: the iterations go on
+#endif
+  const Index p = tf.rows(), n = tf.cols();
+  std::optional<Subspace> s = float_top_eigen_subspace(n <= p ? gram(tf) : gram_rows(tf), k);
+  if (!s || total - s->values.squaredNorm() < least) return std::nullopt;
+  if (n > p) {
+    const Eigen::VectorXd inv = s->values.unaryExpr([](double v) { return v > 0 ? 1 / v : 0.0; });
+    s->basis = (tf.transpose() * s->basis.cast<float>()).cast<double>() * inv.asDiagonal();
+  }
+  s->basis = orthonormal_like(s->basis);
+  s->iterations = iterations;
+  return s;
 }
 
 }  // namespace
@@ -268,6 +336,10 @@ Subspace range_finder(const Eigen::MatrixXf& tf, const std::function<const Matri
   k = std::min({k, p, n});
   if (solved_exactly(p, n, k)) return top_right_subspace_exact(dense(), k);
   const Index l = oversampled(k);
+  // Multiply-adds of an iteration: two products with T, and the Grams of
+  // its n x l orthonormalisation (in double: counted twice).
+  const double per_iteration = 2.0 * static_cast<double>(p * n * l) + 4.0 * static_cast<double>(n * l * l);
+  constexpr double kFewIterations = 4;
 
   constexpr int kMaxIters = 40;
   constexpr double kTol = 1e-4, kFloor = 1e-13;
@@ -281,7 +353,7 @@ Subspace range_finder(const Eigen::MatrixXf& tf, const std::function<const Matri
   const MatrixXd* t = nullptr;  // T in double, once the double phase starts
   double total = 0;             // ||T||^2: of tf (columns in single precision, summed in double), then of T
   for (Index j = 0; j < n; ++j) total += static_cast<double>(tf.col(j).squaredNorm());
-  bool single = true;
+  bool single = true, gram_tried = false;
   double prev_tail = INFINITY;
   Gains gains;
   for (int it = 1; it <= kMaxIters; ++it) {
@@ -308,10 +380,24 @@ Subspace range_finder(const Eigen::MatrixXf& tf, const std::function<const Matri
       continue;
     }
     const double drop = prev_tail - tail;
+    const double left = gains.remaining(drop, kTol * tail);
     if (gains.stop(it, drop, kFloor * total, kTol * tail)) {
       const MatrixXd ritz = eig.eigenvectors().rightCols(k).rowwise().reverse();
       MatrixXd basis = single ? orthonormal_like(MatrixXd(zf.cast<double>() * ritz)) : MatrixXd(z * ritz);
       return {std::move(basis), top.cwiseSqrt(), it, false};
+    }
+    // The Gram route instead of the iterations still to go when it costs
+    // less: at the second iteration (the first from a power step) if it
+    // costs at most kFewIterations, which a run that does not stop at its
+    // first chance, the fourth, takes about (widest bodies on a flat floor
+    // of task-specific directions take 10 or more); later, if less than
+    // the rate of the gains predicts.
+    // It is tried once, and only while the iterations are in single
+    // precision; it gives way to them if its residual is not.
+    const double route = gram_route_cost(p, n, k) / per_iteration;
+    if (single && !gram_tried && ((it == 2 && route <= kFewIterations) || (std::isfinite(left) && left > route))) {
+      gram_tried = true;
+      if (std::optional<Subspace> s = gram_route(tf, k, it, total, kSingleFloor * total)) return std::move(*s);
     }
     prev_tail = tail;
     if (single) {  // next iterate: T^T T z
@@ -344,29 +430,12 @@ Subspace top_eigen_subspace(const MatrixXd& g, Index k) {
 }
 
 Subspace estimate_top_eigen_subspace(const MatrixXd& g, Index k) {
-#ifdef EIGEN_USE_LAPACKE
   const Index n = g.rows();
   k = std::min(k, n);
   if (k <= 0) return top_eigen_subspace(g, k);
-  // LAPACK's ssyevr for the top k pairs only (MRRR after one tridiagonal
-  // reduction, the n^3 part): the spectrum at once, to single precision.
-  Eigen::MatrixXf a = g.cast<float>(), z(n, k);
-  Eigen::VectorXf w(n);
-  std::vector<lapack_int> support(2 * static_cast<size_t>(k));
-  lapack_int found = 0;
-  const lapack_int info = LAPACKE_ssyevr(LAPACK_COL_MAJOR, 'V', 'I', 'L', static_cast<lapack_int>(n), a.data(),
-                                         static_cast<lapack_int>(n), 0.0f, 0.0f, static_cast<lapack_int>(n - k + 1),
-                                         static_cast<lapack_int>(n), 0.0f, &found, w.data(), z.data(),
-                                         static_cast<lapack_int>(n), support.data());
-  if (info != 0 || found != k) return top_eigen_subspace(g, k);
-  Subspace s;  // ascending from LAPACK: reversed
-  s.basis = z.rowwise().reverse().cast<double>();
-  s.values = w.head(k).reverse().cast<double>().cwiseMax(0).cwiseSqrt();
-  s.exact = false;
-  return s;
-#else
+  // The spectrum at once, to single precision (the exact solver without LAPACKE).
+  if (std::optional<Subspace> s = float_top_eigen_subspace(g.cast<float>(), k)) return std::move(*s);
   return top_eigen_subspace(g, k);
-#endif
 }
 
 Eigen::VectorXd estimate_product_values(const MatrixXd& gl, const MatrixXd& gr, Index k) {
