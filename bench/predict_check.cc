@@ -5,10 +5,11 @@
 // For every EVERY-th module and every candidate the planner considers
 // (plan/candidates.cc, both sides), Predictor::predict's error at bf16, as
 // the planner has it (FitOptions::estimate), against the closed-form start
-// fitted, rounded to bf16 and measured (max_iters = 0: what is predicted). Prints, per family, the largest
-// |predicted - measured| / measured, and over all the largest deviation as
-// a share of the module's weighted energy N. Single-threaded; slow (every
-// candidate is fitted): use EVERY > 1 on large sets.
+// fitted, rounded to bf16 and measured (max_iters = 0: what is predicted).
+// Prints, per family, the largest |predicted - measured| / measured, and
+// over all the largest deviation as a share of the module's weighted
+// energy N. Single-threaded; slow (every candidate is fitted): use
+// EVERY > 1 on large sets.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>

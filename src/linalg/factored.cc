@@ -202,6 +202,13 @@ bool solved_exactly(Index p, Index n, Index k) {
   return k <= 0 || std::min(p, n) <= std::max<Index>(128, 2 * oversampled(k));
 }
 
+// Whether this build has LAPACK's ssyevr (float_top_eigen_subspace).
+#ifdef EIGEN_USE_LAPACKE
+constexpr bool kHaveSsyevr = true;
+#else
+constexpr bool kHaveSsyevr = false;
+#endif
+
 // The top k eigenpairs of a symmetric G (overwritten) by LAPACK's ssyevr
 // (MRRR after one tridiagonal reduction, the n^3 part), to single
 // precision; none in a build without LAPACKE, or if it fails.
@@ -246,15 +253,12 @@ double gram_route_cost(Index p, Index n, Index k) {
 // None if the residual it finds is below `least` (single precision then
 // too coarse: the iterations go on, in double).
 std::optional<Subspace> gram_route(const Eigen::MatrixXf& tf, Index k, int iterations, double total, double least) {
-#ifndef EIGEN_USE_LAPACKE
-  return std::nullopt;  // no ssyevr: the iterations go on
-#endif
   const Index p = tf.rows(), n = tf.cols();
   std::optional<Subspace> s = float_top_eigen_subspace(n <= p ? gram(tf) : gram_rows(tf), k);
   if (!s || total - s->values.squaredNorm() < least) return std::nullopt;
   if (n > p) {
     const Eigen::VectorXd inv = s->values.unaryExpr([](double v) { return v > 0 ? 1 / v : 0.0; });
-    s->basis = (tf.transpose() * s->basis.cast<float>()).cast<double>() * inv.asDiagonal();
+    s->basis = transposed_times(tf, Eigen::MatrixXf(s->basis.cast<float>())).cast<double>() * inv.asDiagonal();
   }
   s->basis = orthonormal_like(s->basis);
   s->iterations = iterations;
@@ -336,9 +340,11 @@ Subspace range_finder(const Eigen::MatrixXf& tf, const std::function<const Matri
   k = std::min({k, p, n});
   if (solved_exactly(p, n, k)) return top_right_subspace_exact(dense(), k);
   const Index l = oversampled(k);
-  // Multiply-adds of an iteration: two products with T, and the Grams of
-  // its n x l orthonormalisation (in double: counted twice).
+  // The Gram route's cost in iterations. An iteration's multiply-adds: two
+  // products with T, and the Grams of its n x l orthonormalisation (in
+  // double: counted twice).
   const double per_iteration = 2.0 * static_cast<double>(p * n * l) + 4.0 * static_cast<double>(n * l * l);
+  const double route = kHaveSsyevr ? gram_route_cost(p, n, k) / per_iteration : INFINITY;
   constexpr double kFewIterations = 4;
 
   constexpr int kMaxIters = 40;
@@ -386,15 +392,13 @@ Subspace range_finder(const Eigen::MatrixXf& tf, const std::function<const Matri
       MatrixXd basis = single ? orthonormal_like(MatrixXd(zf.cast<double>() * ritz)) : MatrixXd(z * ritz);
       return {std::move(basis), top.cwiseSqrt(), it, false};
     }
-    // The Gram route instead of the iterations still to go when it costs
-    // less: at the second iteration (the first from a power step) if it
-    // costs at most kFewIterations, which a run that does not stop at its
-    // first chance, the fourth, takes about (widest bodies on a flat floor
-    // of task-specific directions take 10 or more); later, if less than
-    // the rate of the gains predicts.
-    // It is tried once, and only while the iterations are in single
-    // precision; it gives way to them if its residual is not.
-    const double route = gram_route_cost(p, n, k) / per_iteration;
+    // The Gram route instead of the iterations still to go, when it costs
+    // less than they would: at the second iteration (the first after a
+    // power step) if it costs at most kFewIterations, about what a run
+    // that does not stop at its first chance (the fourth) still takes;
+    // later, if less than the gains' rate predicts. Tried once, in the
+    // single-precision phase only; it gives way to the iterations if its
+    // residual is below that phase's floor.
     if (single && !gram_tried && ((it == 2 && route <= kFewIterations) || (std::isfinite(left) && left > route))) {
       gram_tried = true;
       if (std::optional<Subspace> s = gram_route(tf, k, it, total, kSingleFloor * total)) return std::move(*s);

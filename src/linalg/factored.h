@@ -70,13 +70,13 @@ struct Subspace {
 /// The products run in single precision (twice the speed, half the memory
 /// traffic) while E_q >= 1e-3 ||T||^2, where float rounding (~1e-7 ||T||^2)
 /// is at most ~1e-4 of E_q, the stopping tolerance; below that the
-/// iteration continues in double. In the single-precision phase, when the
-/// iterations still to go would cost more than the top k eigenpairs of T's
-/// smaller Gram (formed in single precision, LAPACK's ssyevr; by a
-/// multiply-add count: at the second iteration if the Gram costs at most
-/// four iterations, later if more than the gains' rate predicts), those are
-/// taken instead (wide k on a flat spectrum: llama-1b's 4r bodies took 12
-/// iterations, three times the Gram's cost). The
+/// iteration continues in double. In the single-precision phase the top k
+/// eigenpairs of T's smaller Gram (formed in single precision, LAPACK's
+/// ssyevr) are taken instead of the iterations still to go when, by a
+/// multiply-add count, they cost less: at the second iteration if they
+/// cost at most four iterations, later if less than the iterations the
+/// gains' rate predicts (wide k on a flat spectrum: llama-1b's 4r bodies
+/// took 12 iterations, three times the Gram's cost). The
 /// basis is re-orthonormalised in double; the values are accurate to the
 /// working precision.
 Subspace top_right_subspace(const Eigen::MatrixXd& t, Eigen::Index k);
