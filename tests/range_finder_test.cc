@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <Eigen/QR>
+#include <Eigen/SVD>
 #include <cmath>
 
 #include "linalg/factored.h"
@@ -230,6 +231,63 @@ TEST(Grams, OfAMatrixAndOfItsTransposeAreTheSameBits) {
     EXPECT_EQ(linalg::left_core(x), linalg::left_core_transposed(xt)) << rows << " x " << cols;
     EXPECT_NEAR((linalg::column_gram(x) - x.transpose() * x).norm(), 0, 1e-12 * x.squaredNorm());
   }
+}
+
+}  // namespace
+}  // namespace hydraopt
+
+namespace hydraopt {
+namespace {
+
+// left_singular_pairs (the whitening's factorisation) against a dense SVD:
+// the same values, an orthonormal basis spanning the same singular vectors
+// (U U^T, unique where the values are distinct), G = U diag(s) V^T for V
+// = G^T U / s.
+TEST(LeftSingularPairs, MatchesDenseSvd) {
+  for (const auto& [n, k] : {std::pair<Eigen::Index, Eigen::Index>{40, 7}, {300, 60}, {64, 64}}) {
+    const MatrixXd g = with_spectrum(n, k, 0.8, 70 + static_cast<uint64_t>(n));
+    const linalg::Subspace s = linalg::left_singular_pairs(g);
+    Eigen::JacobiSVD<MatrixXd> svd(g, Eigen::ComputeThinU);
+    ASSERT_EQ(s.values.size(), k);
+    // From the Gram: each value's square to ~1e-16 of the largest square.
+    const double top2 = svd.singularValues()(0) * svd.singularValues()(0);
+    EXPECT_LT((s.values.array().square() - svd.singularValues().array().square()).abs().maxCoeff(), 1e-13 * top2) << n;
+    expect_orthonormal(s.basis);
+    const MatrixXd u = svd.matrixU();
+    // Values above 1e-3 of the largest: the Gram determines their vectors
+    // (eigenvalue gaps far above its rounding).
+    const Eigen::Index firm = (svd.singularValues().array() > 1e-3 * svd.singularValues()(0)).count();
+    EXPECT_LT((s.basis.leftCols(firm) * s.basis.leftCols(firm).transpose() -
+               u.leftCols(firm) * u.leftCols(firm).transpose()).norm(), 1e-8) << n;
+    EXPECT_LT((s.basis * s.basis.transpose() * g - g).norm(), 1e-10 * g.norm()) << n;
+  }
+}
+
+// The one-pass sketch of the top-k left singular pairs: exact (to single
+// precision) when G has rank <= k; otherwise values at most the true
+// ones, and a basis capturing nearly the top-k energy on a decaying
+// spectrum.
+TEST(SketchedLeftSingularPairs, BoundsAndLowRankExactness) {
+  const Eigen::Index n = 400, m = 900, k = 40;
+  {
+    const MatrixXd low = with_spectrum(n, 30, 0.9, 80) * with_spectrum(30, m, 1.0, 81);  // rank 30
+    const linalg::Subspace s = linalg::sketched_left_singular_pairs(low.cast<float>(), k);
+    Eigen::BDCSVD<MatrixXd> svd(low);
+    ASSERT_EQ(s.values.size(), k);
+    EXPECT_LT((s.values.head(30) - svd.singularValues().head(30)).cwiseAbs().maxCoeff(), 1e-5 * svd.singularValues()(0));
+    EXPECT_LT((s.basis.leftCols(30) * s.basis.leftCols(30).transpose() * low - low).norm(), 1e-5 * low.norm());
+  }
+  const MatrixXd g = with_spectrum(n, m, 0.95, 82);
+  const linalg::Subspace s = linalg::sketched_left_singular_pairs(g.cast<float>(), k);
+  Eigen::BDCSVD<MatrixXd> svd(g);
+  const Eigen::VectorXd truth = svd.singularValues().head(k);
+  for (Eigen::Index j = 0; j < k; ++j) EXPECT_LE(s.values(j), truth(j) * (1 + 1e-5)) << j;
+  EXPECT_LT((s.basis.transpose() * s.basis - MatrixXd::Identity(k, k)).cwiseAbs().maxCoeff(), 1e-5);
+  const double captured = (s.basis.transpose() * g).squaredNorm();
+  EXPECT_GT(captured, 0.97 * truth.squaredNorm());
+  EXPECT_LE(captured, truth.squaredNorm() * (1 + 1e-5));
+  // The values are those of the captured part: ||U^T G||^2 = sum s_j^2.
+  EXPECT_NEAR(s.values.squaredNorm(), captured, 1e-5 * captured);
 }
 
 }  // namespace

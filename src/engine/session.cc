@@ -433,23 +433,32 @@ void Session::load_calibration() {
   calib_ = std::move(stats);
 }
 
+std::string Session::site_key(size_t m, std::vector<const std::string*>* site) const {
+  const auto& mod = set_.modules()[m];
+  if (site) site->assign(calib_.size(), nullptr);
+  std::string key = std::to_string(mod.in);
+  for (size_t i = 0; i < calib_.size(); ++i) {
+    const std::string* s = nullptr;
+    if (calib_[i]) {
+      const auto it = calib_[i]->site_of.find(mod.name);
+      if (it != calib_[i]->site_of.end()) s = &it->second;
+    }
+    if (site) (*site)[i] = s;
+    key += "|" + (s ? *s : std::string());
+  }
+  return key;
+}
+
 // Module m's metrics from the tasks' shrunk moments (read once, when the
 // session starts): their mean's whitening (a task without counts as the
 // identity; cut to kMeanMomentRank above kExactWidth), and each task's own
 // moment unless every task has the same. All factored (diagonal + low
 // rank): nothing in x in.
 void Session::metrics(size_t m, LoadedModule* l, bool own) const {
-  const auto& mod = set_.modules()[m];
-  const auto in = static_cast<Eigen::Index>(mod.in);
+  const auto in = static_cast<Eigen::Index>(set_.modules()[m].in);
   const size_t n = calib_.size();
-  std::vector<const std::string*> site(n, nullptr);
-  std::string key = std::to_string(in);  // the sites the tasks' statistics give m (q/k/v share one)
-  for (size_t i = 0; i < n; ++i) {
-    if (!calib_[i]) continue;
-    const auto it = calib_[i]->site_of.find(mod.name);
-    if (it != calib_[i]->site_of.end()) site[i] = &it->second;
-    key += "|" + (site[i] ? *site[i] : std::string());
-  }
+  std::vector<const std::string*> site;
+  const std::string key = site_key(m, &site);
   // Each task's second moment, read from its file, scaled to trace `in`
   // and shrunk (empty: none, or a zero trace; counts as the identity).
   std::vector<Moment> c(n);
@@ -551,13 +560,23 @@ void Session::calibrated_norms() {
   frob_total_ = total_norm2_;
   const size_t nm = set_.modules().size(), n = set_.size();
   std::vector<double> all(nm * n, 0.0);
+  // Modules grouped by the statistics they read (q/k/v one site), each
+  // group an item named by its first module: the threads build different
+  // sites' metrics side by side, not one waiting for the other's.
+  std::map<std::string, size_t> first_of;
+  std::map<size_t, std::vector<size_t>> group;
+  for (size_t m : mine_) group[first_of.try_emplace(site_key(m), m).first->second].push_back(m);
+  std::vector<size_t> firsts;
+  for (const auto& [first, members] : group) firsts.push_back(first);
   dist::checked([&] {
-    for_each_item(mine_, threads_, nullptr, [&](size_t m) {
-      LoadedModule l;  // not whitened: the norms come from the factored metric
-      l.p.loras = set_.load(m);
-      metrics(m, &l, false);
-      const std::vector<double> norms = whitened_norms2(l.p, *l.metric.mean);
-      std::copy(norms.begin(), norms.end(), all.begin() + static_cast<ptrdiff_t>(m * n));
+    for_each_item(firsts, threads_, nullptr, [&](size_t first) {
+      for (size_t m : group.at(first)) {
+        LoadedModule l;  // not whitened: the norms come from the factored metric
+        l.p.loras = set_.load(m);
+        metrics(m, &l, false);
+        const std::vector<double> norms = whitened_norms2(l.p, *l.metric.mean);
+        std::copy(norms.begin(), norms.end(), all.begin() + static_cast<ptrdiff_t>(m * n));
+      }
     });
   });
   dist::allreduce_sum(all);  // each module's entries are non-zero on its rank only: the sums are exact

@@ -125,6 +125,9 @@ class Session final : public MethodContext {
                                                              const ModuleFit& stored) const;
   void load_calibration();
   void metrics(size_t m, LoadedModule* l, bool own = true) const;
+  /// Which statistics module m reads: its width and each task's site (q/k/v
+  /// share one), and with `site` each task's site name (nullptr: none).
+  std::string site_key(size_t m, std::vector<const std::string*>* site = nullptr) const;
   void calibrated_norms();
   void partition_modules();
   void choose_spread();

@@ -326,6 +326,57 @@ Subspace top_right_subspace_exact(const MatrixXd& t, Index k) {
   return s;
 }
 
+namespace {
+
+// Every eigenpair of a symmetric A (overwritten by the vectors), ascending.
+void symmetric_eigen(MatrixXd* a, Eigen::VectorXd* w) {
+  const Index n = a->rows();
+  w->resize(n);
+#ifdef EIGEN_USE_LAPACKE
+  if (n > 0 && LAPACKE_dsyevd(LAPACK_COL_MAJOR, 'V', 'L', static_cast<lapack_int>(n), a->data(),
+                              static_cast<lapack_int>(n), w->data()) == 0) {
+    return;
+  }
+#endif
+  Eigen::SelfAdjointEigenSolver<MatrixXd> eig(*a);
+  *w = eig.eigenvalues();
+  *a = eig.eigenvectors();
+}
+
+}  // namespace
+
+Subspace left_singular_pairs(const MatrixXd& g) {
+  const Index k = g.cols();
+  MatrixXd v = gram(g);
+  Eigen::VectorXd lambda;
+  symmetric_eigen(&v, &lambda);
+  Subspace s;
+  s.values = lambda.reverse().cwiseMax(0).cwiseSqrt();
+  const Eigen::VectorXd inv = s.values.unaryExpr([](double x) { return x > 0 ? 1 / x : 0.0; });
+  s.basis = k > 0 ? orthonormal_like(MatrixXd(g * v.rowwise().reverse() * inv.asDiagonal())) : MatrixXd(g.rows(), 0);
+  return s;
+}
+
+Subspace sketched_left_singular_pairs(const Eigen::MatrixXf& g, Index k) {
+  const Index n = g.rows(), m = g.cols();
+  k = std::min({k, n, m});
+  const Index l = std::min({k + 32, n, m});
+  Subspace s;
+  s.exact = false;
+  if (k <= 0) {
+    s.basis = MatrixXd(n, 0);
+    return s;
+  }
+  const Eigen::MatrixXf omega = random_start(0x5eed, n, m, k, l)->cast<float>();
+  const Eigen::MatrixXf q = orthonormal_like(Eigen::MatrixXf(g * omega));
+  MatrixXd b = gram_rows(MatrixXd((q.transpose() * g).cast<double>()));  // (Q^T G)(Q^T G)^T, l x l
+  Eigen::VectorXd lambda;
+  symmetric_eigen(&b, &lambda);
+  s.values = lambda.tail(k).reverse().cwiseMax(0).cwiseSqrt();
+  s.basis = (q * b.rightCols(k).rowwise().reverse().cast<float>()).cast<double>();
+  return s;
+}
+
 Subspace top_right_subspace(const MatrixXd& t, Index k) {
   const Index p = t.rows(), n = t.cols();
   if (solved_exactly(p, n, std::min({k, p, n}))) return top_right_subspace_exact(t, k);

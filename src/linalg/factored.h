@@ -107,6 +107,23 @@ Subspace estimate_top_eigen_subspace(const Eigen::MatrixXd& g, Eigen::Index k);
 /// T T^T with V = T^T Y / sigma re-orthonormalised).
 Subspace top_right_subspace_exact(const Eigen::MatrixXd& t, Eigen::Index k);
 
+/// All left singular pairs of a tall G (n x k, n >= k) from the
+/// eigenpairs of its k x k Gram (LAPACK's divide-and-conquer dsyevd where
+/// the build has it, several times faster than the QR iteration of Eigen's
+/// solver when every vector is wanted), U = G V / sigma re-orthonormalised.
+/// Singular values below ~1e-8 of the largest come out to their square's
+/// rounding only, and their vectors are re-orthonormalised, not exact.
+Subspace left_singular_pairs(const Eigen::MatrixXd& g);
+
+/// An estimate of the top-k left singular pairs of G (n x m) in single
+/// precision, by a one-pass randomized range finder (Halko, Martinsson &
+/// Tropp 2011, Alg. 4.1 and 5.1): Q = orth(G Omega) for a fixed-seed
+/// Gaussian Omega of k + 32 columns (kept by shape, as the range finders'
+/// starts), then the top pairs of (Q^T G)(Q^T G)^T (in double, dsyevd).
+/// No power iteration: the subspace is not the tightest, and the values
+/// never exceed the true ones.
+Subspace sketched_left_singular_pairs(const Eigen::MatrixXf& g, Eigen::Index k);
+
 /// Top-k right singular subspace of the product L R (m x p)(p x n) without
 /// forming it: exact through factored_svd when min(p, n) is small, else the
 /// randomized iteration above in single precision, each step two products

@@ -2,13 +2,11 @@
 
 #include <Eigen/Cholesky>
 #include <Eigen/Eigenvalues>
-#include <Eigen/QR>
 #include <cmath>
 #include <string>
 
 #include "core/rounding.h"
 #include "linalg/factored.h"
-#include "util/random.h"
 #include "hydraopt/error.h"
 
 namespace hydraopt {
@@ -46,11 +44,10 @@ Eigen::MatrixXd shrink(const Eigen::MatrixXd& c, double alpha) {
 }
 
 // G G^T's top eigenpairs as G's left singular pairs: exactly from the
-// in x in Gram (in <= kExactWidth), else by a one-pass randomized range
-// finder (Halko, Martinsson & Tropp 2011, Alg. 4.1) in single precision: a
-// fixed-seed Gaussian start of l = max_rank + 32 columns, Q = orth(G Omega),
-// the top pairs from the l x l Gram of Q^T G. Not the tightest top
-// eigenspace (no power iteration), but what is cut goes to the diagonal.
+// in x in Gram (in <= kExactWidth), else estimated by a one-pass
+// randomized range finder in single precision
+// (linalg::sketched_left_singular_pairs): not the tightest top
+// eigenspace, but what is cut goes to the diagonal.
 Moment compressed(Moment c, Eigen::Index max_rank) {
   if (c.g.cols() <= max_rank) return c;
   const Eigen::VectorXd before = c.g.rowwise().squaredNorm();
@@ -59,18 +56,8 @@ Moment compressed(Moment c, Eigen::Index max_rank) {
     const Eigen::Index k = std::min(max_rank, c.in());
     c.g = eig.eigenvectors().rightCols(k) * eig.eigenvalues().tail(k).cwiseMax(0.0).cwiseSqrt().asDiagonal();
   } else {
-    const Eigen::Index l = std::min(max_rank + 32, c.in());
-    const Eigen::MatrixXf g = c.g.cast<float>();
-    auto basis = [](const Eigen::MatrixXf& y) {
-      Eigen::HouseholderQR<Eigen::MatrixXf> qr(y);
-      return Eigen::MatrixXf(qr.householderQ() * Eigen::MatrixXf::Identity(y.rows(), y.cols()));
-    };
-    util::Stream rng(0x5eed, 19, static_cast<uint64_t>(c.in()), static_cast<uint64_t>(g.cols()));
-    const Eigen::MatrixXf q = basis(g * rng.normal(g.cols(), l, 1.0).cast<float>());
-    const Eigen::MatrixXd b = (q.transpose() * g).cast<double>();  // l x k
-    Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> eig(b * b.transpose());
-    c.g = q.cast<double>() * eig.eigenvectors().rightCols(max_rank) *
-          eig.eigenvalues().tail(max_rank).cwiseMax(0.0).cwiseSqrt().asDiagonal();
+    const linalg::Subspace s = linalg::sketched_left_singular_pairs(c.g.cast<float>(), max_rank);
+    c.g = s.basis * s.values.asDiagonal();
   }
   c.d += (before - c.g.rowwise().squaredNorm()).cwiseMax(0.0);
   return c;
@@ -116,9 +103,9 @@ Whitening::Whitening(const Moment& c) : in_(c.in()) {
   sqrt_d_ = c.d.cwiseSqrt();
   if (c.g.cols() == 0) return;
   const Eigen::MatrixXd w = sqrt_d_.cwiseInverse().asDiagonal() * c.g;
-  // W = P diag(lambda)^{1/2} Q^T: the top right singular pairs of W^T,
-  // exactly (at most in x k; k columns of G).
-  const linalg::Subspace s = linalg::top_right_subspace_exact(Eigen::MatrixXd(w.transpose()), w.cols());
+  // W = P diag(lambda)^{1/2} Q^T: its left singular pairs, from its k x k
+  // Gram (k columns of G).
+  const linalg::Subspace s = linalg::left_singular_pairs(w);
   p_ = s.basis;
   pf_ = p_.cast<float>();
   const Eigen::ArrayXd one_plus = 1.0 + s.values.array().square();
