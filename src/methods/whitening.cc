@@ -168,26 +168,83 @@ Eigen::MatrixXd stacked(const std::vector<const Eigen::MatrixXd*>& rows, Eigen::
 
 }  // namespace
 
-std::vector<Eigen::MatrixXd> Whitening::grams(const std::vector<const Eigen::MatrixXd*>& rows) const {
-  const Eigen::MatrixXd s = stacked(rows, in_);
+namespace {
+
+// Each r_i D^{1/2} (double), and all of them stacked in single precision.
+Eigen::MatrixXf scaled_each(const std::vector<const Eigen::MatrixXd*>& rows, const Eigen::VectorXd& sqrt_d,
+                            std::vector<Eigen::MatrixXd>* x) {
+  Eigen::Index n = 0;
+  for (const auto* r : rows) {
+    if (r->cols() != sqrt_d.size()) throw std::logic_error("whitened: A's width is not the statistics' width");
+    n += r->rows();
+  }
+  Eigen::MatrixXf xf(n, sqrt_d.size());
+  n = 0;
+  for (const auto* r : rows) {
+    x->push_back(*r * sqrt_d.asDiagonal());
+    xf.middleRows(n, r->rows()) = x->back().cast<float>();
+    n += r->rows();
+  }
+  return xf;
+}
+
+}  // namespace
+
+std::vector<Eigen::MatrixXd> Whitening::whiten_each(const std::vector<const Eigen::MatrixXd*>& rows) const {
   std::vector<Eigen::MatrixXd> out;
-  // Dense: (s C^{1/2})(s C^{1/2})^T. Factored: with X = s D^{1/2} and
-  // Y = X P, s C s^T = X M X^T = X X^T + Y diag((1 + up)^2 - 1) Y^T.
-  Eigen::MatrixXd x, y;
-  Eigen::VectorXd lambda;
+  Eigen::Index n = 0;
+  for (const auto* r : rows) n += r->rows();
+  if (root_.size() > 0 || p_.cols() == 0 || !single(n)) {
+    const Eigen::MatrixXd all = whiten(stacked(rows, in_));
+    n = 0;
+    for (const auto* r : rows) {
+      out.push_back(all.middleRows(n, r->rows()));
+      n += r->rows();
+    }
+    return out;
+  }
+  // As whiten(): X = R D^{1/2}, plus its correction in single precision.
+  const Eigen::MatrixXf xf = scaled_each(rows, sqrt_d_, &out);
+  const Eigen::MatrixXf y = (xf * pf_) * up_.cast<float>().asDiagonal();
+  const Eigen::MatrixXf correction = y * pf_.transpose();
+  n = 0;
+  for (auto& x : out) {
+    x += correction.middleRows(n, x.rows()).cast<double>();
+    n += x.rows();
+  }
+  return out;
+}
+
+std::vector<Eigen::MatrixXd> Whitening::grams(const std::vector<const Eigen::MatrixXd*>& rows) const {
+  std::vector<Eigen::MatrixXd> out;
+  // Dense: (r C^{1/2})(r C^{1/2})^T. Factored: with X = r D^{1/2} and
+  // Y = X P, r C r^T = X M X^T = X X^T + Y diag((1 + up)^2 - 1) Y^T.
   if (root_.size() > 0) {
-    x = s * root_;
+    for (const auto* r : rows) {
+      const Eigen::MatrixXd x = *r * root_;
+      out.push_back(x * x.transpose());
+    }
+    return out;
+  }
+  std::vector<Eigen::MatrixXd> x;
+  Eigen::MatrixXd y;
+  if (p_.cols() == 0) {
+    for (const auto* r : rows) x.push_back(*r * sqrt_d_.asDiagonal());
   } else {
-    x = s * sqrt_d_.asDiagonal();
-    if (p_.cols() > 0) {
-      y = single(x.rows()) ? Eigen::MatrixXd((x.cast<float>() * pf_).cast<double>()) : Eigen::MatrixXd(x * p_);
-      lambda = (1.0 + up_.array()).square() - 1.0;
+    const Eigen::MatrixXf xf = scaled_each(rows, sqrt_d_, &x);
+    if (single(xf.rows())) {
+      y = (xf * pf_).cast<double>();
+    } else {
+      std::vector<const Eigen::MatrixXd*> scaled;
+      for (const Eigen::MatrixXd& xi : x) scaled.push_back(&xi);
+      y = stacked(scaled, in_) * p_;
     }
   }
+  const Eigen::VectorXd lambda = (1.0 + up_.array()).square() - 1.0;
   Eigen::Index at = 0;
-  for (const auto* r : rows) {
-    const Eigen::Index k = r->rows();
-    Eigen::MatrixXd g = x.middleRows(at, k) * x.middleRows(at, k).transpose();
+  for (const Eigen::MatrixXd& xi : x) {
+    const Eigen::Index k = xi.rows();
+    Eigen::MatrixXd g = xi * xi.transpose();
     if (y.size() > 0) g += y.middleRows(at, k) * lambda.asDiagonal() * y.middleRows(at, k).transpose();
     out.push_back(std::move(g));
     at += k;
@@ -220,8 +277,9 @@ Moment identity_moment(Eigen::Index in) { return Moment{Eigen::VectorXd::Ones(in
 ModuleProblem whitened(ModuleProblem p, const Whitening& w) {
   std::vector<const Eigen::MatrixXd*> rows;
   for (const auto& l : p.loras) rows.push_back(&l.A);
-  const Eigen::MatrixXd all = w.whiten(stacked(rows, w.in()));
-  return with_stacked_a(std::move(p), all);
+  std::vector<Eigen::MatrixXd> each = w.whiten_each(rows);
+  for (size_t i = 0; i < each.size(); ++i) p.loras[i].A = std::move(each[i]);
+  return p;
 }
 
 ModuleProblem regressed(ModuleProblem p, const ModuleMetric& metric) {

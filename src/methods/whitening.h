@@ -75,6 +75,9 @@ class Whitening {
   Eigen::MatrixXd unwhiten(const Eigen::MatrixXd& r) const;
   /// r F^{-1} = r C^{-1} F^T: the rows of r through C^{-1}, whitened.
   Eigen::MatrixXd solve_whitened(const Eigen::MatrixXd& r) const;
+  /// r_i F^T for each r_i (k_i x in): whiten() of them stacked, without
+  /// the stacked copies (the low-rank products in one pass).
+  std::vector<Eigen::MatrixXd> whiten_each(const std::vector<const Eigen::MatrixXd*>& rows) const;
   /// r_i C r_i^T for each r_i (k_i x in), in one pass over C's factors.
   std::vector<Eigen::MatrixXd> grams(const std::vector<const Eigen::MatrixXd*>& rows) const;
   /// Doubles held (memory).
