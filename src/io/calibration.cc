@@ -151,9 +151,11 @@ const TensorInfo& site_tensor(const SafetensorsFile& st, const std::string& site
   return *t;
 }
 
-// One site's three tensors, shapes and values checked (with
-// `orthonormal`, the eigenvectors' orthonormality too: k^2 in flops).
-InputStats read_site(const SafetensorsFile& st, const std::string& site, bool orthonormal = true) {
+// One site's three tensors, their shapes checked and, with `full`, their
+// values (finite, non-negative where they must be, eigenvalues descending,
+// eigenvectors orthonormal: k^2 in flops); without, the file was
+// validated whole before.
+InputStats read_site(const SafetensorsFile& st, const std::string& site, bool full = true) {
   const std::string& file = st.path();
   const TensorInfo& td = site_tensor(st, site, "diagonal", 1);
   const TensorInfo& tv = site_tensor(st, site, "values", 1);
@@ -174,6 +176,7 @@ InputStats read_site(const SafetensorsFile& st, const std::string& site, bool or
   s.diagonal = read_vector(st, td);
   s.values = read_vector(st, tv);
   s.vectors = st.matrix(tV);
+  if (!full) return s;
   check_entries(s.diagonal, true, file, td.name, "entry");
   check_entries(s.values, true, file, tv.name, "eigenvalue");
   check_entries(s.vectors, false, file, tV.name, "entry");
@@ -185,7 +188,7 @@ InputStats read_site(const SafetensorsFile& st, const std::string& site, bool or
                       fmt::format("{}", s.values[i - 1]) + ")");
     }
   }
-  if (k > 0 && orthonormal) {
+  if (k > 0) {
     const Eigen::MatrixXd gram = s.vectors * s.vectors.transpose();
     Eigen::Index r = 0, c = 0;
     const double dev = (gram - Eigen::MatrixXd::Identity(k, k)).cwiseAbs().maxCoeff(&r, &c);
@@ -329,9 +332,11 @@ CalibrationFileReader::CalibrationFileReader(std::filesystem::path path) : path_
   size_ = std::filesystem::file_size(path_, ec);
   if (!ec) mtime_ = std::filesystem::last_write_time(path_, ec);
   if (ec) throw Error(path_.string(), "", "cannot read: " + ec.message());
-  header_ = read_calibration_stats(path_);
+  file_ = SafetensorsFile::open(path_);
+  header_ = parse(file_);
   for (const auto& [site, x] : header_.sites) widths_[site] = x.in();
   header_.sites.clear();
+  file_.release();
 }
 
 InputStats CalibrationFileReader::site(const std::string& name) const {
@@ -342,7 +347,9 @@ InputStats CalibrationFileReader::site(const std::string& name) const {
   if (ec || size != size_ || mtime != mtime_) {
     throw Error(path_.string(), "", "changed while it was in use (read it again)");
   }
-  return read_site(SafetensorsFile::open(path_), name, false);
+  InputStats out = read_site(file_, name, false);
+  file_.release();
+  return out;
 }
 
 CalibrationStats parse_calibration_stats(std::span<const std::byte> file,

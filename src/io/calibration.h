@@ -33,6 +33,8 @@
 #include <string>
 #include <vector>
 
+#include "io/safetensors.h"
+
 namespace hydraopt::io {
 
 /// One input site's second-moment sketch.
@@ -73,12 +75,14 @@ InputStats sketch_second_moment(const Eigen::MatrixXd& c, int64_t max_rank = 256
 /// Reads and validates a statistics file; throws hydraopt::Error.
 CalibrationStats read_calibration_stats(const std::filesystem::path& path);
 
-/// A statistics file read one site at a time: opened and validated whole
-/// (as read_calibration_stats), keeping only its header; site() reads one
-/// site's tensors again when asked (their checks repeated but for the
-/// orthonormality of the eigenvectors, checked once), so memory holds what
-/// is in use (a llama-1b file with 256 eigenpairs per site is 67 MB). A file
-/// whose size or modification time changed since is refused.
+/// A statistics file read one site at a time: opened (mapped) and
+/// validated whole once (as read_calibration_stats), keeping its header;
+/// site() reads one site's tensors from the mapping when asked (shapes
+/// checked again, values not: they were) and then releases the mapping's
+/// pages, so memory holds what is in use (a llama-1b file with 256
+/// eigenpairs per site is 67 MB). A file whose size or modification time
+/// changed since is refused; one replaced by another (rename) is still
+/// read from the file validated.
 class CalibrationFileReader {
  public:
   explicit CalibrationFileReader(std::filesystem::path path);
@@ -90,6 +94,7 @@ class CalibrationFileReader {
 
  private:
   std::filesystem::path path_;
+  SafetensorsFile file_;
   CalibrationStats header_;
   std::map<std::string, int64_t> widths_;
   std::uintmax_t size_ = 0;
