@@ -17,7 +17,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
-"$hydraopt" synth "$tmp/in" --preset tiny --tasks 6 2>/dev/null
+"$hydraopt" synth "$tmp/in" --preset tiny --tasks 6 --statistics "$tmp/stats" 2>/dev/null
 adapters=("$tmp"/in/task*)
 
 # The summary line without its timing and output path.
@@ -43,6 +43,9 @@ same_as_one_process ties 2 --method ties
 same_as_one_process planner-bf16 3 --budget 0.25 --dtype bf16
 same_as_one_process planner-bytes 2 --budget-bf16 0.2  # integer formats in the table
 same_as_one_process planner-module 2 --budget 0.4 --weights module  # per-module weights on every rank
+# Calibrated: each rank's modules' norms in the mean metric, summed over the ranks.
+same_as_one_process calibrated-hydra 2 --method hydra --calibration "$tmp/stats"
+same_as_one_process calibrated-planner 3 --budget 0.4 --calibration "$tmp/stats"
 
 # Fails with one error line, exit != 0 on every rank and nothing left in
 # the output directory $out (new_out NAME makes it, and o=(-o ... --report ...)).
