@@ -166,10 +166,6 @@ Eigen::MatrixXd stacked(const std::vector<const Eigen::MatrixXd*>& rows, Eigen::
   return s;
 }
 
-}  // namespace
-
-namespace {
-
 // Each r_i D^{1/2} (double), and all of them stacked in single precision.
 Eigen::MatrixXf scaled_each(const std::vector<const Eigen::MatrixXd*>& rows, const Eigen::VectorXd& sqrt_d,
                             std::vector<Eigen::MatrixXd>* x) {
@@ -226,15 +222,15 @@ std::vector<Eigen::MatrixXd> Whitening::grams(const std::vector<const Eigen::Mat
     }
     return out;
   }
+  Eigen::Index n = 0;
+  for (const auto* r : rows) n += r->rows();
   std::vector<Eigen::MatrixXd> x;
   Eigen::MatrixXd y;
-  if (p_.cols() == 0) {
-    for (const auto* r : rows) x.push_back(*r * sqrt_d_.asDiagonal());
+  if (p_.cols() > 0 && single(n)) {
+    y = (scaled_each(rows, sqrt_d_, &x) * pf_).cast<double>();
   } else {
-    const Eigen::MatrixXf xf = scaled_each(rows, sqrt_d_, &x);
-    if (single(xf.rows())) {
-      y = (xf * pf_).cast<double>();
-    } else {
+    for (const auto* r : rows) x.push_back(*r * sqrt_d_.asDiagonal());
+    if (p_.cols() > 0) {
       std::vector<const Eigen::MatrixXd*> scaled;
       for (const Eigen::MatrixXd& xi : x) scaled.push_back(&xi);
       y = stacked(scaled, in_) * p_;
