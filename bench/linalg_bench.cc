@@ -3,6 +3,8 @@
 // randomized against exact, and the factored norms every error goes through.
 #include <benchmark/benchmark.h>
 
+#include <cmath>
+
 #include "linalg/factored.h"
 #include "util/random.h"
 
@@ -68,5 +70,36 @@ void BM_FactoredSvd(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_FactoredSvd)->Arg(32)->Arg(320)->Unit(benchmark::kMillisecond);
+
+// Calibration's per-site work at the llama-1b preset's shapes: the mean
+// moment's factor (in 2048, 40 tasks x 64 pairs side by side) sketched to
+// its top 256 pairs, and the whitening's factorisation of the result.
+void BM_SketchedLeftSingularPairs(benchmark::State& state) {
+  hydraopt::util::Stream rng(11, 4);
+  Eigen::MatrixXd g = rng.normal(2048, 2560, 1.0);
+  for (Eigen::Index j = 0; j < g.cols(); ++j) g.col(j) *= std::pow(1.0 + static_cast<double>(j % 64), -0.6);
+  const Eigen::MatrixXf gf = g.cast<float>();
+  for (auto _ : state) {
+    const auto s = hydraopt::linalg::sketched_left_singular_pairs(gf, 256);
+    benchmark::DoNotOptimize(s.basis.data());
+  }
+}
+BENCHMARK(BM_SketchedLeftSingularPairs)->Unit(benchmark::kMillisecond);
+
+// The whitening's W (2048 x 256, columns decaying as a sketched moment's
+// roots do): /0 left_singular_pairs (what Whitening uses), /1 the exact
+// solver on W^T (what it used before).
+void BM_WhiteningFactor(benchmark::State& state) {
+  hydraopt::util::Stream rng(12, 5);
+  MatrixXd w = rng.normal(2048, 256, 1.0);
+  for (Eigen::Index j = 0; j < w.cols(); ++j) w.col(j) *= std::pow(1.0 + static_cast<double>(j), -1.2);
+  const MatrixXd wt = w.transpose();
+  for (auto _ : state) {
+    const auto s = state.range(0) == 0 ? hydraopt::linalg::left_singular_pairs(w)
+                                       : hydraopt::linalg::top_right_subspace_exact(wt, 256);
+    benchmark::DoNotOptimize(s.basis.data());
+  }
+}
+BENCHMARK(BM_WhiteningFactor)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond);
 
 }  // namespace
