@@ -118,9 +118,12 @@ Whitening::Whitening(const Moment& c) : in_(c.in()) {
 // of x's norm, is far below any stored dtype's.
 Eigen::MatrixXd Whitening::correction(const Eigen::MatrixXd& x, const Eigen::VectorXd& s) const {
   if (!single(x.rows())) return ((x * p_) * s.asDiagonal()) * p_.transpose();
-  const Eigen::MatrixXf xf = x.cast<float>();
+  return correction(Eigen::MatrixXf(x.cast<float>()), s).cast<double>();
+}
+
+Eigen::MatrixXf Whitening::correction(const Eigen::MatrixXf& xf, const Eigen::VectorXd& s) const {
   const Eigen::MatrixXf y = (xf * pf_) * s.cast<float>().asDiagonal();
-  return (y * pf_.transpose()).cast<double>();
+  return y * pf_.transpose();
 }
 
 Eigen::MatrixXd Whitening::whiten(const Eigen::MatrixXd& r) const {
@@ -200,12 +203,10 @@ std::vector<Eigen::MatrixXd> Whitening::whiten_each(const std::vector<const Eige
     return out;
   }
   // As whiten(): X = R D^{1/2}, plus its correction in single precision.
-  const Eigen::MatrixXf xf = scaled_each(rows, sqrt_d_, &out);
-  const Eigen::MatrixXf y = (xf * pf_) * up_.cast<float>().asDiagonal();
-  const Eigen::MatrixXf correction = y * pf_.transpose();
+  const Eigen::MatrixXf c = correction(scaled_each(rows, sqrt_d_, &out), up_);
   n = 0;
   for (auto& x : out) {
-    x += correction.middleRows(n, x.rows()).cast<double>();
+    x += c.middleRows(n, x.rows()).cast<double>();
     n += x.rows();
   }
   return out;

@@ -90,6 +90,8 @@ class Whitening {
   /// Whether x P for `rows` rows runs in single precision.
   bool single(Eigen::Index rows) const { return rows * p_.cols() >= kSingleFrom; }
   Eigen::MatrixXd correction(const Eigen::MatrixXd& x, const Eigen::VectorXd& s) const;
+  /// Its single-precision form, for a single-precision x.
+  Eigen::MatrixXf correction(const Eigen::MatrixXf& xf, const Eigen::VectorXd& s) const;
 
   int64_t in_ = 0;
   Eigen::MatrixXd root_, inv_root_;  // dense form: symmetric
