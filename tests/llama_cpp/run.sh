@@ -85,8 +85,11 @@ for budget in "${quant_budgets[@]}"; do
 done
 echo "ggml types of the integer bundles' LoRA tensors (count, type, stored as):"
 cat "$work"/quant-*.types | awk '$3 ~ /^(Q[48]_[01]|F32|F16|BF16)$/ {print $3, $4}' | sort | uniq -c
+# (Collected first: under pipefail a `| grep -q` that exits early can SIGPIPE
+# the writer and fail the pipeline even on a match.)
+stored_types=$(awk '{print $3}' "$work"/quant-*.types)
 for type in Q8_0 Q4_0 Q4_1; do
-  if ! cat "$work"/quant-*.types | awk '{print $3}' | grep -qx "$type"; then
+  if ! grep -qx "$type" <<<"$stored_types"; then
     echo "tests/llama_cpp/run.sh: no LoRA tensor went out as $type at bf16 budgets ${quant_budgets[*]};" \
       "choose budgets whose plans store such factors (HYDRAOPT_LLAMA_QUANT_BUDGETS)" >&2
     exit 1
