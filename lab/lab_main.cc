@@ -23,6 +23,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data.h"
+#include "hydraopt/dist.h"
 #include "model.h"
 
 namespace fs = std::filesystem;
@@ -376,27 +377,11 @@ void prepare_environment(char** argv) {
     setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
     changed = true;
   }
-  using CoreName = char* (*)();
-  auto corename = reinterpret_cast<CoreName>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
-  if (!std::getenv("OPENBLAS_CORETYPE") && corename && corename()) {
-    std::string core = corename();
-    std::transform(core.begin(), core.end(), core.begin(), [](unsigned char c) { return std::tolower(c); });
-    __builtin_cpu_init();
-    const char* want = nullptr;
-    if (core == "prescott") {
-      if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-          __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl")) {
-        want = "SkylakeX";
-      } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-        want = "Haswell";
-      }
-    }
-    if (want) {
-      setenv("OPENBLAS_CORETYPE", want, 1);
-      setenv("HYDRAOPT_LAB_NOTE",
-             (std::string("OpenBLAS did not recognise this CPU; using OPENBLAS_CORETYPE=") + want).c_str(), 1);
-      changed = true;
-    }
+  const std::string want = hydraopt::dist::blas_core_for_this_cpu();
+  if (!want.empty()) {
+    setenv("OPENBLAS_CORETYPE", want.c_str(), 1);
+    setenv("HYDRAOPT_LAB_NOTE", ("OpenBLAS did not recognise this CPU; using OPENBLAS_CORETYPE=" + want).c_str(), 1);
+    changed = true;
   }
   if (!changed) return;
   setenv("HYDRAOPT_LAB_REEXEC", "1", 1);

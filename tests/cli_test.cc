@@ -2,8 +2,10 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "hydraopt/adapter.h"
+#include "hydraopt/dist.h"
 #include "test_util.h"
 
 namespace hydraopt {
@@ -14,6 +16,38 @@ using test::run;
 namespace fs = std::filesystem;
 
 int lines(const std::string& s) { return static_cast<int>(std::count(s.begin(), s.end(), '\n')); }
+
+// OpenBLAS names the kernels it loaded ("Core: NAME") with OPENBLAS_VERBOSE=2.
+std::vector<std::string> blas_cores(const std::string& output) {
+  std::vector<std::string> cores;
+  std::istringstream in(output);
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("Core: ", 0) == 0) cores.push_back(line.substr(6));
+  }
+  return cores;
+}
+
+// Where OpenBLAS fell back to its generic kernels on a CPU it does not know,
+// the CLI starts again once with the kernels the CPU has (dist::Environment),
+// with the same arguments; a core the user chose is kept as it is.
+TEST(Cli, RunsTheBlasKernelsTheCpuHasUnlessTheUserChose) {
+  const std::string want = dist::blas_core_for_this_cpu();  // this process's view, as the CLI's
+  std::string out;
+  ASSERT_EQ(run("OPENBLAS_VERBOSE=2 " + cli() + " --version", &out), 0) << out;
+  EXPECT_NE(out.find("hydraopt "), std::string::npos) << out;  // the arguments survived
+  const auto cores = blas_cores(out);
+  if (cores.empty()) {
+    EXPECT_EQ(want, "") << "no OpenBLAS with runtime kernel choice, yet a core was chosen";
+  } else if (want.empty()) {
+    EXPECT_EQ(cores.size(), 1u) << out;
+  } else {
+    ASSERT_EQ(cores.size(), 2u) << out;
+    EXPECT_EQ(cores[0], "Prescott");
+    EXPECT_EQ(cores[1], want);
+  }
+  ASSERT_EQ(run("OPENBLAS_CORETYPE=Prescott OPENBLAS_VERBOSE=2 " + cli() + " --version", &out), 0) << out;
+  if (!cores.empty()) EXPECT_EQ(blas_cores(out), std::vector<std::string>{"Prescott"}) << out;
+}
 
 TEST(Cli, SynthThenInspectJson) {
   test::TempDir d;

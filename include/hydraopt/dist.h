@@ -14,6 +14,7 @@
 #pragma once
 
 #include <exception>
+#include <string>
 
 #include "hydraopt/error.h"
 
@@ -23,7 +24,11 @@ namespace hydraopt::dist {
 /// build it also makes the BLAS behind LAPACK single-threaded at once (as
 /// merge() would later), which stops OpenBLAS's idle workers spinning
 /// through the program's first 0.1 s. One per program, created first thing
-/// in main().
+/// in main(), before any thread, file or MPI call of the program's own:
+/// where OpenBLAS fell back to its generic kernels on a CPU it does not
+/// know (blas_core_for_this_cpu()), it sets OPENBLAS_CORETYPE and
+/// re-executes the program once with the same arguments. Setting
+/// OPENBLAS_CORETYPE yourself (any value) keeps the process as started.
 class Environment {
  public:
   Environment(int& argc, char**& argv);
@@ -34,6 +39,12 @@ class Environment {
  private:
   bool initialised_ = false;
 };
+
+/// The OpenBLAS kernel set this CPU can run ("SkylakeX", "Haswell" or
+/// "Sandybridge") when OpenBLAS fell back to its generic SSE3 ("Prescott")
+/// ones, as Debian 12's OpenBLAS 0.3.21 does on Sapphire and Emerald Rapids
+/// Xeons, and OPENBLAS_CORETYPE is not set; empty otherwise.
+std::string blas_core_for_this_cpu();
 
 /// True when built with MPI support.
 bool built_with_mpi();

@@ -64,15 +64,18 @@ std::optional<std::string> recv_message(int from) {
 }  // namespace
 
 Environment::Environment(int& argc, char**& argv) {
-  util::single_threaded_blas();
   int init = 0;
   MPI_Initialized(&init);
+  if (!init) util::reexec_with_the_cpus_blas_kernels(argv);  // never once MPI is up
+  util::single_threaded_blas();
   if (init) return;  // the program's own MPI_Init came first
   int provided = 0;
   MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
   initialised_ = true;
   g_local_size = node_ranks();
 }
+
+std::string blas_core_for_this_cpu() { return util::blas_core_for_this_cpu(); }
 
 Environment::~Environment() {
   if (initialised_ && active()) MPI_Finalize();

@@ -6,7 +6,11 @@
 
 namespace hydraopt::dist {
 
-Environment::Environment(int&, char**&) { util::single_threaded_blas(); }
+Environment::Environment(int&, char**& argv) {
+  util::reexec_with_the_cpus_blas_kernels(argv);
+  util::single_threaded_blas();
+}
+std::string blas_core_for_this_cpu() { return util::blas_core_for_this_cpu(); }
 Environment::~Environment() = default;
 
 bool built_with_mpi() { return false; }

@@ -1,9 +1,15 @@
 #include "util/blas_threads.h"
 
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cstdlib>
 #include <mutex>
 
 #ifdef EIGEN_USE_LAPACKE
 extern "C" void openblas_set_num_threads(int);
+extern "C" char* openblas_get_corename(void);
 // Exported by OpenBLAS's threaded builds (its fork handler uses it); weak, as
 // the serial build (libopenblas0-serial) has no threads and no such symbol.
 extern "C" int blas_thread_shutdown_(void) __attribute__((weak));
@@ -23,6 +29,32 @@ void single_threaded_blas() {
     if (blas_thread_shutdown_) blas_thread_shutdown_();
   });
 #endif
+}
+
+std::string blas_core_for_this_cpu() {
+#ifdef EIGEN_USE_LAPACKE
+  if (std::getenv("OPENBLAS_CORETYPE")) return {};  // the user's choice
+  const char* name = openblas_get_corename();
+  std::string core = name ? name : "";
+  std::transform(core.begin(), core.end(), core.begin(), [](unsigned char c) { return std::tolower(c); });
+  if (core != "prescott") return {};
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl")) {
+    return "SkylakeX";
+  }
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "Haswell";
+  if (__builtin_cpu_supports("avx")) return "Sandybridge";
+#endif
+  return {};
+}
+
+void reexec_with_the_cpus_blas_kernels(char** argv) {
+  const std::string core = blas_core_for_this_cpu();
+  if (core.empty()) return;
+  setenv("OPENBLAS_CORETYPE", core.c_str(), 1);
+  execv("/proc/self/exe", argv);
+  unsetenv("OPENBLAS_CORETYPE");  // exec failed: carry on with the kernels we have
 }
 
 }  // namespace hydraopt::util

@@ -30,8 +30,21 @@ def paths(tasks=TASKS):
     return [str(ADAPTERS / t) for t in tasks]
 
 
+def _blas_kernels_of_this_process():
+    """The CLI re-executes itself with OPENBLAS_CORETYPE set where OpenBLAS fell
+    back to its generic kernels (include/hydraopt/dist.h); this process cannot.
+    Its CLI runs get this process's kernels, so that their bits can match."""
+    import ctypes
+    lib = ctypes.CDLL("libopenblas.so.0")
+    lib.openblas_get_corename.restype = ctypes.c_char_p
+    return dict(os.environ, OPENBLAS_CORETYPE=lib.openblas_get_corename().decode())
+
+
+CLI_ENV = _blas_kernels_of_this_process()
+
+
 def cli(*args):
-    r = subprocess.run([CLI, *map(str, args)], capture_output=True, text=True)
+    r = subprocess.run([CLI, *map(str, args)], capture_output=True, text=True, env=CLI_ENV)
     assert r.returncode == 0, r.stderr
     return r.stdout
 
