@@ -3,6 +3,8 @@
 // randomized against exact, and the factored norms every error goes through.
 #include <benchmark/benchmark.h>
 
+#include <Eigen/Eigenvalues>
+
 #include <cmath>
 
 #include "linalg/factored.h"
@@ -101,5 +103,26 @@ void BM_WhiteningFactor(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_WhiteningFactor)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond);
+
+// The planner's grouped predictions: the top-32 eigenvalue sum of a Gram
+// block of 24-32 tasks' rows (768-1024 rows; the Gram of the stack above,
+// whose shared directions and own-direction floor it has). Arg 0: the
+// block Krylov route top_eigen_sum takes at these sizes; 1: every
+// eigenvalue in single precision, the route it took before.
+void BM_TopEigenSum(benchmark::State& state) {
+  const MatrixXd t = stacked_updates(state.range(0), 32, 2048);
+  const MatrixXd g = t * t.transpose();
+  for (auto _ : state) {
+    double sum = 0;
+    if (state.range(1) == 0) {
+      sum = hydraopt::linalg::top_eigen_sum(g, 32);
+    } else {
+      Eigen::SelfAdjointEigenSolver<Eigen::MatrixXf> eig(g.cast<float>(), Eigen::EigenvaluesOnly);
+      sum = eig.eigenvalues().tail(32).cast<double>().sum();
+    }
+    benchmark::DoNotOptimize(sum);
+  }
+}
+BENCHMARK(BM_TopEigenSum)->Args({24, 0})->Args({24, 1})->Args({32, 0})->Args({32, 1})->Unit(benchmark::kMillisecond);
 
 }  // namespace
