@@ -158,9 +158,7 @@ EvalTable Session::predict(const std::function<std::vector<CandidateSpec>(size_t
     for (size_t c = 0; c < lists[m].size(); ++c) {
       CandidateSpec& cs = lists[m][c];
       if (measured(cs)) {  // nothing to fit: measured
-        ModuleFit fit = stored(*l, ModuleFitter(l->p, fo).fit(cs.spec), cs.precision);
-        auto [err2, frob2] = errors(m, *l, fit);
-        out[m].push_back(record(m, std::move(fit), std::move(err2), std::move(frob2), cs, false, fo.max_iters));
+        out[m].push_back(measure_exact(m, *l, cs, fo));
         if (c + 1 == keep) l.reset();
         continue;
       }
@@ -173,6 +171,37 @@ EvalTable Session::predict(const std::function<std::vector<CandidateSpec>(size_t
   }, Spread::kAcross);
   share_table(out, mine_);
   return out;
+}
+
+// Uncalibrated, task by task: each task's error after rounding involves
+// its own factors only, so a one-task problem gives the same bits as the
+// whole module, and the module's factors are not copied twice more (the
+// fit and its rounding: with two modules predicted side by side, that was
+// the predictions' peak memory).
+Evaluated Session::measure_exact(size_t m, const LoadedModule& l, const CandidateSpec& cs, const FitOptions& fo) const {
+  if (l.metric.mean || !cs.precision.all_float()) {
+    ModuleFit fit = stored(l, ModuleFitter(l.p, fo).fit(cs.spec), cs.precision);
+    auto [err2, frob2] = errors(m, l, fit);
+    return record(m, std::move(fit), std::move(err2), std::move(frob2), cs, false, fo.max_iters);
+  }
+  const size_t n = l.p.tasks();
+  std::vector<double> err2(n);
+  std::vector<int64_t> params(n), bytes(n);
+  util::parallel_for(n, [&](size_t i) {
+    const ModuleProblem one{{l.p.loras[i]}, {l.p.weights[i]}};
+    const ModuleFit fit = store_in_precision(one, ModuleFitter(one, fo).fit(cs.spec), cs.precision, dtype_);
+    const std::vector<double> norm{norms2_[m][i]};
+    err2[i] = fit_errors2(one, fit, &norm)[0];
+    params[i] = fit.params();
+    bytes[i] = fit_bytes(fit, cs.precision, dtype_);
+  });
+  Evaluated e{cs.spec, cs.key, 0, 0, std::move(err2), {}, fo.max_iters, true, cs.precision, 0};
+  for (size_t i = 0; i < n; ++i) {
+    e.params += params[i];
+    e.bytes += bytes[i];
+    e.error += weights_[m][i] * e.task_err2[i];
+  }
+  return e;
 }
 
 EvalTable Session::evaluate_merged(

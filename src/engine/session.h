@@ -119,6 +119,9 @@ class Session final : public MethodContext {
   EvalTable evaluate_loaded(const std::function<std::vector<StoredFit>(const LoadedModule&, size_t)>& store, bool final);
   Evaluated record(size_t m, ModuleFit stored, std::vector<double> task_err2, std::vector<double> task_frob2,
                    const CandidateSpec& cs, bool store, int max_iters) const;
+  /// The exact structure measured (rounded to the stored dtype), as
+  /// record() of its fit would give it, without holding the fit.
+  Evaluated measure_exact(size_t m, const LoadedModule& l, const CandidateSpec& cs, const FitOptions& fo) const;
   /// A stored fit's errors per task: in the fit's metric, and (calibrated)
   /// in the Frobenius metric.
   std::pair<std::vector<double>, std::vector<double>> errors(size_t m, const LoadedModule& l,

@@ -218,9 +218,23 @@ Predictor::Predictor(const ModuleProblem& p, const FitOptions& o)
 
 Predictor::~Predictor() = default;
 
+const MatrixXd& Predictor::zz_of(Side& sd) const {
+  if (sd.zz.size() == 0 && at_.back() > 0) sd.zz = block_sandwich(sd.core, *sd.gin, sd.core, at_);
+  return sd.zz;
+}
+
 Predictor::Side& Predictor::side(bool b, int64_t k) {
   std::unique_ptr<Side>& s = sides_[b ? 1 : 0];
   const size_t n = at_.size() - 1;
+  // The candidates come one side after the other (candidate_specs): the
+  // other side's (sum of ranks)^2 Grams go (what is known of their
+  // eigenvalue sums stays; its spectrum and heads too, which jd reads),
+  // and come back (zz_of) if a candidate of that side is asked again.
+  if (std::unique_ptr<Side>& other = sides_[b ? 0 : 1]) {
+    other->zz = MatrixXd();
+    other->core_gram = MatrixXd();
+    other->core_gram_rank = -1;
+  }
   if (!s) {
     s = std::make_unique<Side>();
     s->gin = b ? &gb_ : &ga_;
@@ -232,13 +246,12 @@ Predictor::Side& Predictor::side(bool b, int64_t k) {
       s->core[i] = r > 0 ? MatrixXd(std::abs(scales_[i]) * factor(s->gout->block(at_[i], at_[i], r, r)))
                          : MatrixXd(0, 0);
     });
-    s->zz = block_sandwich(s->core, *s->gin, s->core, at_);
   }
   // The spectrum of T T^T = D zz D, as wide as the widest body (4r) or k.
   const Index most = std::min<Index>(at_.back(), s->dim);
   const Index cols = std::min<Index>(most, std::max<Index>({1, k, o_.body_width * shape_.max_rank()}));
   if (s->p.size() > 0 && s->p.cols() >= std::min<Index>(k, most)) return *s;
-  MatrixXd t2 = s->zz;
+  MatrixXd t2 = zz_of(*s);
   for (size_t i = 0; i < n; ++i) {
     const double d = std::sqrt(weights_[i]);
     t2.middleRows(at_[i], at_[i + 1] - at_[i]) *= d;
@@ -375,7 +388,7 @@ std::vector<int> Predictor::head_groups(Side& sd, int groups) {
 
 std::vector<int> Predictor::body_groups(Side& sd, int groups) {
   if (!o_.user_groups.empty()) return canonical_labels(o_.user_groups);
-  if (!sd.body_tree) sd.body_tree.emplace(body_distances(sd.zz, at_), std::vector<double>(at_.size() - 1, 1.0));
+  if (!sd.body_tree) sd.body_tree.emplace(body_distances(zz_of(sd), at_), std::vector<double>(at_.size() - 1, 1.0));
   return sd.body_tree->cut(groups);
 }
 
@@ -442,7 +455,7 @@ double Predictor::predict_unrounded(const StructureSpec& spec) {
       Side& sd = side(b, s.rank);
       std::vector<double> d(n);
       for (size_t i = 0; i < n; ++i) d[i] = std::sqrt(weights_[i]);
-      return std::max(0.0, total - grouped_top_sum(sd.zz, at_, body_groups(sd, groups), s.rank, &sd.body_sums, &d));
+      return std::max(0.0, total - grouped_top_sum(zz_of(sd), at_, body_groups(sd, groups), s.rank, &sd.body_sums, &d));
     }
     case Family::kJdFull:
     case Family::kJdDiag: {

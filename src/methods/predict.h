@@ -61,6 +61,8 @@ class Predictor {
   /// Side 0 shares the A's (the input side), side 1 the B's; its spectrum
   /// and P at least k wide (or as wide as the stack's rank).
   Side& side(bool b, int64_t k);
+  /// The side's S gin S^T, made again if side() let it go.
+  const Eigen::MatrixXd& zz_of(Side& sd) const;
   /// <y_i, y_j> for the heads y_i = dW_i V in the side's body basis, k wide.
   const Eigen::MatrixXd& head_gram(Side& sd, int64_t k);
   /// The side's head and body clusterings (as the fits make them), cut.
