@@ -247,6 +247,35 @@ TEST(PredictEdges, EmptyTaskAndZeroWeight) {
 
 // (tasks, in, out, rank, drift): exact solves (small) and the randomized
 // range finder (in above 128), strongly and weakly shared A's.
+// A Predictor lets one side's big Grams go while the other side is asked
+// (the planner asks side by side) and makes them again when needed: every
+// candidate's prediction is the same bits in any order of asking.
+TEST_P(PredictTest, AnyOrderOfCandidatesPredictsTheSame) {
+  const auto [n, in, out, r, drift] = GetParam();
+  const ModuleProblem p = make_problem(n, in, out, r, drift, 5);
+  FitOptions estimate;
+  estimate.estimate = true;
+  std::vector<StructureSpec> specs;
+  for (const CandidateSpec& c : candidate_specs(shape_of(p), Share::kAuto, 0)) {
+    if (c.spec.family != Family::kExact) specs.push_back(c.spec);
+  }
+  Predictor in_order(p, estimate);
+  std::vector<double> want;
+  for (const StructureSpec& s : specs) want.push_back(in_order.predict(s, DType::BF16).error);
+  // Backwards, then alternating between the two ends: each side asked
+  // again after the other.
+  Predictor backwards(p, estimate), alternating(p, estimate);
+  for (size_t j = specs.size(); j-- > 0;) {
+    SCOPED_TRACE(specs[j].label());
+    EXPECT_EQ(backwards.predict(specs[j], DType::BF16).error, want[j]);
+  }
+  for (size_t lo = 0, hi = specs.size(); lo < hi;) {
+    const size_t j = (lo + specs.size() - hi) % 2 == 0 ? lo++ : --hi;
+    SCOPED_TRACE(specs[j].label());
+    EXPECT_EQ(alternating.predict(specs[j], DType::BF16).error, want[j]);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Shapes, PredictTest,
                          ::testing::Values(std::make_tuple(9, 40, 30, 3, 0.5), std::make_tuple(12, 160, 96, 6, 0.45),
                                            std::make_tuple(12, 160, 200, 6, 0.05)));
