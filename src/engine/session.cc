@@ -184,23 +184,17 @@ Evaluated Session::measure_exact(size_t m, const LoadedModule& l, const Candidat
     auto [err2, frob2] = errors(m, l, fit);
     return record(m, std::move(fit), std::move(err2), std::move(frob2), cs, false, fo.max_iters);
   }
-  const size_t n = l.p.tasks();
-  std::vector<double> err2(n);
-  std::vector<int64_t> params(n), bytes(n);
-  util::parallel_for(n, [&](size_t i) {
+  std::vector<double> err2(l.p.tasks());
+  util::parallel_for(err2.size(), [&](size_t i) {
     const ModuleProblem one{{l.p.loras[i]}, {l.p.weights[i]}};
     const ModuleFit fit = store_in_precision(one, ModuleFitter(one, fo).fit(cs.spec), cs.precision, dtype_);
     const std::vector<double> norm{norms2_[m][i]};
     err2[i] = fit_errors2(one, fit, &norm)[0];
-    params[i] = fit.params();
-    bytes[i] = fit_bytes(fit, cs.precision, dtype_);
   });
-  Evaluated e{cs.spec, cs.key, 0, 0, std::move(err2), {}, fo.max_iters, true, cs.precision, 0};
-  for (size_t i = 0; i < n; ++i) {
-    e.params += params[i];
-    e.bytes += bytes[i];
-    e.error += weights_[m][i] * e.task_err2[i];
-  }
+  // The exact fit stores every task's factors as read: its size is the spec's.
+  Evaluated e{cs.spec, cs.key, spec_params(cs.spec, shape(m)), 0, std::move(err2), {}, fo.max_iters, true,
+              cs.precision, spec_bytes(cs.spec, shape(m), cs.precision, dtype_)};
+  for (size_t i = 0; i < e.task_err2.size(); ++i) e.error += weights_[m][i] * e.task_err2[i];
   return e;
 }
 

@@ -594,14 +594,17 @@ void factored_svd(const MatrixXd& l, const MatrixXd& r, Index k, MatrixXd* u, Ma
 
 namespace {
 
+constexpr Index kKrylovExtra = 8;   // a block's columns beyond k
+constexpr Index kKrylovFrom = 640;  // rows; below, the dense solve costs no more than a few blocks
+
 // The k largest eigenvalues' sum by Rayleigh-Ritz on a block Krylov space
 // of G in single precision: K = [Q_0, Q_1, ...], Q_0 a fixed-seed start of
-// b = k + 8 columns, each next block G Q_j orthonormalised against all of
+// b = k + kKrylovExtra columns, each next block G Q_j orthonormalised against all of
 // K (twice), until the Ritz sum gains less than 1e-6 of itself. Nullopt
 // when K would pass half of G's width first (a dense solve is then as
 // cheap). A Ritz sum never exceeds the true one.
 std::optional<double> krylov_top_eigen_sum(const MatrixXd& g, Index k) {
-  const Index n = g.rows(), b = k + 8;
+  const Index n = g.rows(), b = k + kKrylovExtra;
   const Eigen::MatrixXf gf = g.cast<float>();
   Eigen::MatrixXf basis = random_start(0x70e16e, n, n, k, b)->cast<float>();
   Eigen::MatrixXf gk = gf * basis;  // G K
@@ -630,8 +633,7 @@ double top_eigen_sum(const MatrixXd& g, Index k) {
   const Index n = g.rows();
   k = std::min(k, n);
   if (k <= 0) return 0;
-  // Below ~640 rows the dense solve costs no more than a few Krylov blocks.
-  if (n >= 640 && 4 * (k + 8) <= n) {
+  if (n >= kKrylovFrom && 4 * (k + kKrylovExtra) <= n) {
     if (const auto sum = krylov_top_eigen_sum(g, k)) return *sum;
   }
   Eigen::SelfAdjointEigenSolver<Eigen::MatrixXf> eig(g.cast<float>(), Eigen::EigenvaluesOnly);

@@ -1,9 +1,8 @@
 #include "util/blas_threads.h"
 
+#include <strings.h>
 #include <unistd.h>
 
-#include <algorithm>
-#include <cctype>
 #include <cstdlib>
 #include <mutex>
 
@@ -34,10 +33,8 @@ void single_threaded_blas() {
 std::string blas_core_for_this_cpu() {
 #ifdef EIGEN_USE_LAPACKE
   if (std::getenv("OPENBLAS_CORETYPE")) return {};  // the user's choice
-  const char* name = openblas_get_corename();
-  std::string core = name ? name : "";
-  std::transform(core.begin(), core.end(), core.begin(), [](unsigned char c) { return std::tolower(c); });
-  if (core != "prescott") return {};
+  const char* core = openblas_get_corename();
+  if (!core || strcasecmp(core, "prescott") != 0) return {};
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl")) {

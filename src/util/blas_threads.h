@@ -5,8 +5,8 @@
 // OpenBLAS also picks its kernels from the CPU it finds when it loads, and
 // Debian 12's 0.3.21 does not know recent Xeons (Sapphire and Emerald Rapids:
 // family 6, models 143 and 207): it falls back to its generic SSE3
-// ("Prescott") kernels, which made `merge --budget 0.4` on llama-1b 1.34x
-// slower (57.3 s against 40.0 s, medians of 3). Its choice can only be
+// ("Prescott") kernels, which made `merge --budget 0.4` on llama-1b slower
+// (medians of 3: 57.3 s against 40.0 s; paired ratio 0.75). Its choice can only be
 // changed before it loads, by OPENBLAS_CORETYPE in the environment.
 #pragma once
 
