@@ -6,6 +6,7 @@
 #include <Eigen/SVD>
 #include <nlohmann/json.hpp>
 
+#include "core/rounding.h"
 #include "hydraopt/adapter.h"
 #include "hydraopt/bundle.h"
 #include "hydraopt/error.h"
@@ -71,6 +72,34 @@ TEST(Merge, FullBudgetIsExact) {
   EXPECT_EQ(r.params, r.original_params);
   EXPECT_LT(r.mean_rel_error, 1e-6);
   for (auto& t : r.tasks) EXPECT_LT(t.rel_error, 1e-6) << t.name;
+}
+
+// Stored in the inputs' own dtype (F32 here) the exact structure loses
+// nothing, to the last bit; stored in BF16 it loses what rounding A and B
+// loses, which a dense product of the rounded factors measures.
+TEST(Merge, ExactStorageLosesWhatRoundingTheFactorsLoses) {
+  MergeOptions o = at(1.0);
+  o.dtype = DType::F32;
+  for (const auto& t : merge(tiny(), o, "").tasks) EXPECT_EQ(t.rel_error, 0.0) << t.name;
+  o.dtype = DType::BF16;
+  const MergeReport r = merge(tiny(), o, "");
+  const size_t n = tiny().size();
+  std::vector<double> err(n, 0.0), norm(n, 0.0);
+  for (size_t m = 0; m < tiny().modules().size(); ++m) {
+    const auto loras = tiny().load(m);
+    for (size_t i = 0; i < n; ++i) {
+      const MatrixXd dw = loras[i].scale * loras[i].B * loras[i].A;
+      const MatrixXd kept =
+          loras[i].scale * round_to_dtype(loras[i].B, DType::BF16) * round_to_dtype(loras[i].A, DType::BF16);
+      err[i] += (dw - kept).squaredNorm();
+      norm[i] += dw.squaredNorm();
+    }
+  }
+  ASSERT_EQ(r.tasks.size(), n);
+  for (size_t i = 0; i < n; ++i) {
+    EXPECT_GT(r.tasks[i].rel_error, 0.0);
+    EXPECT_NEAR(r.tasks[i].rel_error, std::sqrt(err[i] / norm[i]), 1e-9 * std::sqrt(err[i] / norm[i]));
+  }
 }
 
 TEST(Merge, ErrorNeverRisesWithBudgetAndBudgetHolds) {

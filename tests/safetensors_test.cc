@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <limits>
@@ -163,6 +164,19 @@ TEST_P(RoundTrip, EveryDtypeRoundTripsThroughAFile) {
   std::memcpy(&n, raw.data(), 8);
   EXPECT_EQ(n % 8, 0u);
   EXPECT_EQ(raw[8 + n - 1] == ' ' || raw[8 + n - 1] == '}', true);
+}
+
+// kept_by_dtype is round_to_dtype's fixed point: true on what rounding
+// gives, false one step (in double) away from it.
+TEST_P(RoundTrip, KeptByDtypeIsTrueExactlyOnTheDtypesValues) {
+  const DType dt = GetParam();
+  const Eigen::MatrixXd m = test::random_matrix(4, 6, 3);
+  const Eigen::MatrixXd stored = round_to_dtype(m, dt);
+  EXPECT_TRUE(kept_by_dtype(stored, dt));
+  EXPECT_EQ(kept_by_dtype(m, dt), dt == DType::F64);
+  Eigen::MatrixXd off = stored;
+  off(3, 5) = std::nextafter(off(3, 5), 1e300);
+  EXPECT_EQ(kept_by_dtype(off, dt), dt == DType::F64);
 }
 
 // Shapes over several conversion tiles (16 x 128) with partial ones at both

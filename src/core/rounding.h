@@ -11,4 +11,7 @@ namespace hydraopt {
 /// even) and back.
 Eigen::MatrixXd round_to_dtype(const Eigen::MatrixXd& m, DType dtype);
 
+/// Whether round_to_dtype(m, dtype) == m: every value is one of dtype's.
+bool kept_by_dtype(const Eigen::MatrixXd& m, DType dtype);
+
 }  // namespace hydraopt

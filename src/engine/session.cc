@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "core/rounding.h"
 #include "dist/dist.h"
 #include "engine/exchange.h"
 #include "engine/schedule.h"
@@ -186,6 +187,9 @@ Evaluated Session::measure_exact(size_t m, const LoadedModule& l, const Candidat
   }
   std::vector<double> err2(l.p.tasks());
   util::parallel_for(err2.size(), [&](size_t i) {
+    // Factors the stored dtype keeps as they are store the task's update
+    // exactly: nothing is lost (adapters read in the dtype stored).
+    if (kept_by_dtype(l.p.loras[i].A, dtype_) && kept_by_dtype(l.p.loras[i].B, dtype_)) return;
     const ModuleProblem one{{l.p.loras[i]}, {l.p.weights[i]}};
     const ModuleFit fit = store_in_precision(one, ModuleFitter(one, fo).fit(cs.spec), cs.precision, dtype_);
     const std::vector<double> norm{norms2_[m][i]};
