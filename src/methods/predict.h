@@ -87,7 +87,7 @@ class Predictor {
   /// sum_i w_i s_i^2 ||A_i||^2 ||B_i||^2 / r_i over N: 1 when every task's
   /// update spreads evenly over its rank.
   double spread_ = 1;
-  std::vector<ModuleLora> sample_;  ///< the first tasks' factors, for quantization_kappa
+  std::vector<ModuleLora> sample_;  ///< some lines of the first tasks' factors, for quantization_kappa
   std::unique_ptr<Side> sides_[2];
   std::optional<Eigen::VectorXd> merged_;
   std::map<std::string, double> unrounded_;
