@@ -54,26 +54,24 @@ MatrixXd decode_f32(const io::GgufTensor& t) {
 uint8_t byte_at(const io::GgufTensor& t, size_t i) { return static_cast<uint8_t>(t.bytes.at(i)); }
 
 TEST(GgufBlocks, HandPackedRows) {
-  // Rows already on a grid of each format (quant.h keeps such a grid).
-  // int4 symmetric, d = 2: x_j = 2 q_j with q_j = j - 8 for j < 16 and
-  // 23 - j after, so the largest magnitude is x_0 = -16 at level -8; d is
-  // f16 0x4000 and the codes q + 8 are j for j < 16 and 31 - j after.
-  MatrixXd x4(1, 32);
-  for (int j = 0; j < 32; ++j) x4(0, j) = 2.0 * (j < 16 ? j - 8 : 23 - j);
-  const io::GgufTensor q4 = io::gguf_block_tensor("x", quantize(x4, {4, 32, true}));
+  // x_j = j - 16: the largest magnitude is x_0 = -16.
+  MatrixXd x(1, 32);
+  for (int j = 0; j < 32; ++j) x(0, j) = j - 16;
+
+  // int4 symmetric: d = -16 / -8 = 2 (f16 0x4000), q_j = round((j - 16) / 2)
+  // clamped to -8..7, stored as q + 8: element 0 -> 0, 16 -> 8, 1 -> 0
+  // (-7.5 rounds away from zero), 17 -> 9, 15 -> 7, 31 -> 15 (7.5 -> 8 -> 7).
+  const io::GgufTensor q4 = io::gguf_block_tensor("x", quantize(x, {4, 32, true}));
   EXPECT_EQ(q4.type, GgmlType::Q4_0);
   ASSERT_EQ(q4.bytes.size(), 18u);
   EXPECT_EQ(byte_at(q4, 0), 0x00);
   EXPECT_EQ(byte_at(q4, 1), 0x40);
-  EXPECT_EQ(byte_at(q4, 2), 0xF0);   // element 0 low (0), element 16 high (15)
-  EXPECT_EQ(byte_at(q4, 3), 0xE1);   // element 1 low (1), element 17 high (14)
-  EXPECT_EQ(byte_at(q4, 17), 0x0F);  // element 15 low (15), element 31 high (0)
-  EXPECT_EQ(decode(q4), x4);
+  EXPECT_EQ(byte_at(q4, 2), 0x80);   // element 0 low, element 16 high
+  EXPECT_EQ(byte_at(q4, 3), 0x90);   // element 1 low, element 17 high
+  EXPECT_EQ(byte_at(q4, 17), 0xF7);  // element 15 low, element 31 high
 
-  // int8 symmetric: x_j = j - 16, d = -16 / -128 = 0.125 (f16 0x3000),
-  // q_j = 8 (j - 16): element 0 is -128 (0x80 as int8), element 31 is 120 (0x78).
-  MatrixXd x(1, 32);
-  for (int j = 0; j < 32; ++j) x(0, j) = j - 16;
+  // int8 symmetric: d = -16 / -128 = 0.125 (f16 0x3000), q_j = 8 (j - 16):
+  // element 0 is -128 (0x80 as int8), element 31 is 120 (0x78).
   const io::GgufTensor q8 = io::gguf_block_tensor("x", quantize(x, {8, 32, true}));
   EXPECT_EQ(q8.type, GgmlType::Q8_0);
   ASSERT_EQ(q8.bytes.size(), 34u);
@@ -83,19 +81,16 @@ TEST(GgufBlocks, HandPackedRows) {
   EXPECT_EQ(byte_at(q8, 33), 0x78);
   EXPECT_EQ(decode(q8), x);  // every value on the grid: exact
 
-  // int4 asymmetric: x_j = -16 + 2 c_j with c_j = j for j < 16 and 31 - j
-  // after: m = -16 (f16 0xCC00), d = 2 (0x4000), codes c_j.
-  MatrixXd x41(1, 32);
-  for (int j = 0; j < 32; ++j) x41(0, j) = -16.0 + 2.0 * (j < 16 ? j : 31 - j);
-  const io::GgufTensor q41 = io::gguf_block_tensor("x", quantize(x41, {4, 32, false}));
+  // int4 asymmetric: m = -16 (f16 0xCC00), d = f16(31 / 15) = 2 (1 + 34/1024)
+  // (0x4022), q_16 = round(16 / d) = 8.
+  const io::GgufTensor q41 = io::gguf_block_tensor("x", quantize(x, {4, 32, false}));
   EXPECT_EQ(q41.type, GgmlType::Q4_1);
   ASSERT_EQ(q41.bytes.size(), 20u);
-  EXPECT_EQ(byte_at(q41, 0), 0x00);
+  EXPECT_EQ(byte_at(q41, 0), 0x22);
   EXPECT_EQ(byte_at(q41, 1), 0x40);
   EXPECT_EQ(byte_at(q41, 2), 0x00);
   EXPECT_EQ(byte_at(q41, 3), 0xCC);
-  EXPECT_EQ(byte_at(q41, 4), 0xF0);  // element 0 -> 0, element 16 -> 15
-  EXPECT_EQ(decode(q41), x41);
+  EXPECT_EQ(byte_at(q41, 4), 0x80);  // element 0 -> 0, element 16 -> 8
 }
 
 TEST(GgufBlocks, EveryFormatWithABlockTypeIsCarriedBitExactly) {

@@ -119,83 +119,6 @@ std::vector<uint8_t> unpack_codes(const std::vector<uint8_t>& packed, int bits, 
   return out;
 }
 
-namespace {
-
-// A group's grid: x = base + d q for the integer levels q of the format.
-struct Grid {
-  double d = 0, base = 0;
-};
-
-// The format's levels, lo..hi (symmetric ones stored offset by -lo).
-struct Levels {
-  int lo, hi;
-  explicit Levels(const QuantFormat& f)
-      : lo(f.symmetric ? -(1 << f.bits) / 2 : 0), hi(f.symmetric ? (1 << f.bits) / 2 - 1 : (1 << f.bits) - 1) {}
-  /// x's level: rounded to nearest (ties away from zero), clamped.
-  double of(double x, const Grid& grid) const {
-    return grid.d != 0 ? std::clamp(std::round((x - grid.base) / grid.d), double(lo), double(hi)) : 0.0;
-  }
-};
-
-// The squared error of storing g on `grid`. Ties between two levels cost
-// the same either way, so any rounding to nearest serves (rint vectorises).
-// A group's values: at most 128 (the largest group), never on the heap.
-using GroupValues = Eigen::Array<double, Eigen::Dynamic, 1, 0, 128, 1>;
-
-double grid_error2(const GroupValues& g, const Grid& grid, const Levels& levels) {
-  if (grid.d == 0) return (g - grid.base).square().sum();
-  const auto q = ((g - grid.base) * (1.0 / grid.d)).rint().max(double(levels.lo)).min(double(levels.hi));
-  return (g - (grid.base + grid.d * q)).square().sum();
-}
-
-// The scales tried, as multiples of the absmax rule's (symmetric), and the
-// shares of the range clipped at each end (asymmetric). Never wider than
-// the rule: stored values then quantize back to themselves (quant.h).
-constexpr double kScaleSteps[] = {0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5};
-constexpr double kClipSteps[] = {0.0, 0.08, 0.16, 0.24};
-
-// The group's grid (quant.h): the candidate of least squared error, the
-// rule's on ties.
-Grid choose_grid(const GroupValues& g, const QuantFormat& f) {
-  const Levels levels(f);
-  const double lo = g.minCoeff(), hi = g.maxCoeff();
-  double big = 0;
-  for (double x : g) {
-    if (std::abs(x) > std::abs(big)) big = x;
-  }
-  Grid rule;
-  if (f.symmetric) {
-    rule.d = to_f16(big / levels.lo);  // the absmax rule: big on the lowest level
-  } else {
-    rule.base = to_f16(lo);
-    rule.d = to_f16((hi - rule.base) / levels.hi);
-    if (!std::isfinite(rule.base)) throw Error("a group's minimum " + std::to_string(lo) + " overflows f16");
-  }
-  if (!std::isfinite(rule.d)) throw Error("a group's scale overflows f16 (values up to " + std::to_string(hi) + ")");
-  Grid best = rule;
-  double best_error = grid_error2(g, rule, levels);
-  auto consider = [&](const Grid& grid) {
-    if (best_error == 0) return;
-    const double e = grid_error2(g, grid, levels);
-    if (e < best_error) best = grid, best_error = e;
-  };
-  if (f.symmetric) {
-    for (double alpha : kScaleSteps) consider({to_f16(big / levels.lo * alpha), 0.0});
-  } else {
-    const double width = hi - lo;
-    for (double a : kClipSteps) {
-      for (double c : kClipSteps) {
-        if (a == 0 && c == 0) continue;  // the rule
-        const double base = to_f16(lo + a * width);
-        consider({to_f16((hi - c * width - base) / levels.hi), base});
-      }
-    }
-  }
-  return best;
-}
-
-}  // namespace
-
 QuantizedMatrix quantize(const Eigen::MatrixXd& m, const QuantFormat& f) {
   if (!supported(f)) throw Error("unsupported quantized format " + f.name());
   QuantizedMatrix q;
@@ -204,21 +127,35 @@ QuantizedMatrix quantize(const Eigen::MatrixXd& m, const QuantFormat& f) {
   q.format = f;
   const Lines lines(m.rows(), m.cols());
   auto at = [&](int64_t line, int64_t i) { return lines.rows_are_lines ? m(line, i) : m(i, line); };
-  const Levels levels(f);
+  const int levels = 1 << f.bits, half = levels / 2;
   std::vector<uint8_t> codes;
   codes.reserve(static_cast<size_t>(m.size()));
-  GroupValues g;
   for_each_group(lines, f.group, [&](int64_t line, int64_t start, int64_t end, int64_t) {
-    g.resize(end - start);
+    double lo = INFINITY, hi = -INFINITY, big = 0;
     for (int64_t i = start; i < end; ++i) {
       const double x = at(line, i);
       if (!std::isfinite(x)) throw Error("cannot quantize a value that is not finite (" + std::to_string(x) + ")");
-      g(i - start) = x;
+      lo = std::min(lo, x);
+      hi = std::max(hi, x);
+      if (std::abs(x) > std::abs(big)) big = x;
     }
-    const Grid grid = choose_grid(g, f);
-    q.scales.push_back(float_to_f16(static_cast<float>(grid.d)));
-    if (!f.symmetric) q.minima.push_back(float_to_f16(static_cast<float>(grid.base)));
-    for (double x : g) codes.push_back(static_cast<uint8_t>(levels.of(x, grid) - levels.lo));
+    double d, base = 0;
+    if (f.symmetric) {
+      d = to_f16(big / -half);
+    } else {
+      base = to_f16(lo);
+      d = to_f16((hi - base) / (levels - 1));
+      if (!std::isfinite(base)) throw Error("a group's minimum " + std::to_string(lo) + " overflows f16");
+    }
+    if (!std::isfinite(d)) throw Error("a group's scale overflows f16 (values up to " + std::to_string(hi) + ")");
+    q.scales.push_back(float_to_f16(static_cast<float>(d)));
+    if (!f.symmetric) q.minima.push_back(float_to_f16(static_cast<float>(base)));
+    for (int64_t i = start; i < end; ++i) {
+      double level = d != 0 ? std::round((at(line, i) - base) / d) : 0;
+      if (f.symmetric) level = std::clamp(level, double(-half), double(half - 1)) + half;
+      else level = std::clamp(level, 0.0, double(levels - 1));
+      codes.push_back(static_cast<uint8_t>(level));
+    }
   });
   q.codes = pack_codes(codes, f.bits);
   return q;

@@ -5,32 +5,20 @@
 // cols >= rows, else its columns), each line into groups of `group`
 // consecutive elements (the last group of a line may be shorter). Each
 // group stores b-bit integer codes and an f16 scale d:
-//   symmetric  x = d q,       q in [-2^(b-1), 2^(b-1) - 1];
-//   asymmetric x = lo + d q,  q in [0, 2^b - 1], one more f16 (lo) per group.
-// Codes are the nearest level (rounded to nearest, ties away from zero,
-// clamped to the range) for the stored d (and lo); a group whose d is 0
-// stores q = 0. Each group's grid is the one of least squared error among
-//   symmetric:  d = f16(alpha m / -2^(b-1)) for alpha = 1, 0.95, ..., 0.5,
-//               m the group's element of largest magnitude (the first on
-//               ties); alpha = 1 is llama.cpp's Q4_0 rule, m on the lowest
-//               level;
-//   asymmetric: lo = f16(min + a w), d = f16((max - c w - lo) / (2^b - 1))
-//               for w the range and a, c = 0, 0.08, 0.16, 0.24; a = c = 0
-//               is the min/max rule;
-// the rule's grid on ties. Clipping the extremes trades their error for a
-// finer step on the rest: on Gaussian groups of 32-128 it lowers the
-// squared error by 14-25% (symmetric) and 41-54% (asymmetric) at int2,
-// 11-19% and 17-27% at int3, 7-12% and 0-6% at int4, and not at int8.
-// No grid is wider than the rule's, so stored values, quantized again,
-// find their own grid as the rule's and come back bit for bit (the bundle
-// writer and the GGUF export rely on it).
+//   symmetric  x = d q,       q in [-2^(b-1), 2^(b-1) - 1]; d = f16(m / -2^(b-1))
+//              for m the group's element of largest magnitude (the first
+//              on ties), so m itself is stored exactly up to d's rounding
+//              and all 2^b levels are used (llama.cpp's Q4_0 rule);
+//   asymmetric x = lo + d q,  q in [0, 2^b - 1]; lo = f16(min), d =
+//              f16((max - lo) / (2^b - 1)), one more f16 per group.
+// Codes are q rounded to nearest (ties away from zero) with the rounded
+// d (and lo), clamped to the range; a group whose d is 0 stores q = 0.
 // Storage: the codes as one little-endian bit stream (symmetric codes
 // offset by 2^(b-1) to be unsigned), group after group, line after line,
 // the last byte padded with zero bits; then the scales (and minima).
 //
-// For symmetric formats every grid tried at b bits is, halved, tried at
-// b + 1 bits (its levels a subset), so more bits never raise a group's
-// error (while every scale stays a normal f16).
+// For symmetric formats b bits' grid is a subset of b + 1 bits' (d halves
+// exactly), so more bits never move an element further from its value.
 #pragma once
 
 #include <Eigen/Core>
