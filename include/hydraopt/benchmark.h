@@ -203,7 +203,9 @@ void write_benchmark(const std::filesystem::path& dir, const BenchmarkResult& re
 /// `add --refit none`: storage grows), "add-refit" (`add --refit all` to the
 /// cap each time), "merge" (everything seen, merged at the cap) and
 /// "k-merge" (at most K = cap_adapters merged adapters, each new one merged
-/// into its most similar slot by task arithmetic).
+/// into its most similar slot by task arithmetic) and "add-none-K"
+/// (`merge --method hydra` of the first K = cap_adapters, then `add --refit
+/// none`: storage grows).
 struct OnlineOptions {
   std::filesystem::path assets = "assets";
   std::string set = "fast";  ///< the adapter set (adapter_sets())

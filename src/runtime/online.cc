@@ -14,6 +14,9 @@
 //              the dW's) by task arithmetic (the slot's mean of its tasks'
 //              dW's, truncated to rank r again). Computed here, on dense
 //              updates, independently of the library's merges.
+//   add-none-K `merge --method hydra` of the first K arrivals (K the cap,
+//              all at hand), then `add --refit none` for each next one: a
+//              bundle shipped with K tasks, grown on the device.
 #include <fmt/format.h>
 #include <omp.h>
 #include <unistd.h>
@@ -157,8 +160,10 @@ OnlineResult run_online(const OnlineOptions& o) {
   const demo_files::Scratch scratch("online");
   const fs::path& tmp = scratch.path();
   const fs::path a_path = tmp / "add-none.safetensors", b_path = tmp / "add-refit.safetensors",
-                 c_path = tmp / "merge.safetensors";
-  r.variants = {{"add-none", {}}, {"add-refit", {}}, {"merge", {}}, {"k-merge", {}}};
+                 c_path = tmp / "merge.safetensors", d_path = tmp / "add-none-k.safetensors";
+  r.variants = {{"add-none", {}}, {"add-refit", {}}, {"merge", {}}, {"k-merge", {}},
+                {fmt::format("add-none-{}", o.cap_adapters), {}}};
+  const size_t k_first = static_cast<size_t>(o.cap_adapters);
   KMerge kmerge(o.cap_adapters);
   std::vector<std::string> seen;
   for (size_t k = 0; k < arriving; ++k) {
@@ -186,10 +191,19 @@ OnlineResult run_online(const OnlineOptions& o) {
       add_adapters(b_path, one, refit, b_path);
     }
     kmerge.add(name, a);
-    if ((k + 1) % static_cast<size_t>(o.every) != 0 && k + 1 != arriving) continue;
-
+    const bool scored = (k + 1) % static_cast<size_t>(o.every) == 0 || k + 1 == arriving;
     std::vector<std::string> seen_specs;
     for (auto& s : seen) seen_specs.push_back(all.task(index[s]).dir().string());
+    if (k + 1 > k_first) {
+      add_adapters(d_path, one, {}, d_path);
+    } else if (scored || k + 1 == k_first) {
+      MergeOptions hydra = mo;
+      hydra.method = "hydra";
+      hydra.budget.reset();
+      merge(AdapterSet::open(seen_specs), hydra, d_path);
+    }
+    if (!scored) continue;
+
     merge(AdapterSet::open(seen_specs), mo, c_path);
     // Scores: each seen task by each variant, relative to its own adapter's.
     auto score = [&](OnlineVariant& v, const std::function<Deltas(const std::string&)>& deltas, int64_t params) {
@@ -210,6 +224,11 @@ OnlineResult run_online(const OnlineOptions& o) {
     }
     score(r.variants[3], [&](const std::string& s) { return kmerge.deltas(s); },
           static_cast<int64_t>(kmerge.slots_used()) * r.adapter_params);
+    {
+      const Bundle b = Bundle::open(d_path);
+      const std::vector<Deltas> ds = bundle_deltas(d_path);
+      score(r.variants[4], [&](const std::string& s) { return ds[b.task_index(s)]; }, b.params());
+    }
     std::string line = fmt::format("{} arrivals:", k + 1);
     for (auto& v : r.variants) {
       line += fmt::format(" {} {:.3f} ({:.1f} adapters)", v.name, v.points.back().mean_relative, v.points.back().storage);
