@@ -1,6 +1,6 @@
 // The online task benchmark (issue 20; `hydraopt demo --online`): the
 // shipped adapters arrive one at a time, in a fixed shuffled order, under a
-// fixed storage cap, and four ways of keeping them are scored as they come:
+// fixed storage cap, and five ways of keeping them are scored as they come:
 //   add-none   `merge --method hydra` of the first, then `add --refit none`
 //              for each next one: storage grows by each new task's factors
 //              (plotted at its own storage)
