@@ -363,7 +363,7 @@ int main(int argc, char** argv) {
   bool online_run = false;
   demo->add_flag("--online", online_run,
                  "the online benchmark instead: adapters arriving one at a time under a storage cap (add, refit, "
-                 "merge, K-Merge); writes online.{json,md,svg}");
+                 "merge, K-Merge, add after a hydra merge of the first --online-cap); writes online.{json,md,svg}");
   demo->add_option("--online-cap", online.cap_adapters, "--online: the storage cap, in adapters")->capture_default_str();
   demo->add_option("--online-every", online.every, "--online: score after every N arrivals")->capture_default_str();
   demo->add_option("--online-seed", online.seed, "--online: seed of the arrival order")->capture_default_str();
