@@ -245,8 +245,6 @@ TEST(PredictEdges, EmptyTaskAndZeroWeight) {
   EXPECT_GT(checked, 20);
 }
 
-// (tasks, in, out, rank, drift): exact solves (small) and the randomized
-// range finder (in above 128), strongly and weakly shared A's.
 // A Predictor lets one side's big Grams go while the other side is asked
 // (the planner asks side by side) and makes them again when needed: every
 // candidate's prediction is the same bits in any order of asking.
@@ -276,6 +274,8 @@ TEST_P(PredictTest, AnyOrderOfCandidatesPredictsTheSame) {
   }
 }
 
+// (tasks, in, out, rank, drift): exact solves (small) and the randomized
+// range finder (in above 128), strongly and weakly shared A's.
 INSTANTIATE_TEST_SUITE_P(Shapes, PredictTest,
                          ::testing::Values(std::make_tuple(9, 40, 30, 3, 0.5), std::make_tuple(12, 160, 96, 6, 0.45),
                                            std::make_tuple(12, 160, 200, 6, 0.05)));

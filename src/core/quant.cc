@@ -82,6 +82,14 @@ int64_t quant_groups(int64_t rows, int64_t cols, const QuantFormat& f) {
   return lines.count * lines.groups_per_line(f.group);  // no lines when rows or cols is 0
 }
 
+int64_t quant_lines(int64_t rows, int64_t cols) { return Lines(rows, cols).count; }
+
+Eigen::MatrixXd first_lines(const Eigen::MatrixXd& m, int64_t count) {
+  const Lines lines(m.rows(), m.cols());
+  count = std::min(count, lines.count);
+  return lines.rows_are_lines ? Eigen::MatrixXd(m.topRows(count)) : Eigen::MatrixXd(m.leftCols(count));
+}
+
 int64_t quant_bytes(int64_t rows, int64_t cols, const QuantFormat& f) {
   const int64_t per_group = f.symmetric ? 2 : 4;
   return (rows * cols * f.bits + 7) / 8 + per_group * quant_groups(rows, cols, f);

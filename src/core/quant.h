@@ -51,6 +51,12 @@ std::vector<QuantFormat> all_quant_formats();
 /// Groups of a rows x cols matrix: lines x ceil(line length / group).
 int64_t quant_groups(int64_t rows, int64_t cols, const QuantFormat& f);
 
+/// The lines of a rows x cols matrix (along its longer side, as above).
+int64_t quant_lines(int64_t rows, int64_t cols);
+
+/// m's first `count` lines: a matrix cut into groups as m's own lines are.
+Eigen::MatrixXd first_lines(const Eigen::MatrixXd& m, int64_t count);
+
 /// Bytes a rows x cols matrix takes in `f`: the packed codes
 /// (ceil(rows cols bits / 8)) and 2 bytes per group per f16 stored.
 int64_t quant_bytes(int64_t rows, int64_t cols, const QuantFormat& f);

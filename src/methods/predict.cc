@@ -214,10 +214,7 @@ Predictor::Predictor(const ModuleProblem& p, const FitOptions& o)
   spread_ = norm2_ > 0 ? spread / norm2_ : 1.0;
   // A few tasks' factors stand for the fitted ones in quantization_kappa:
   // a quarter of the lines (quant.h) of the first four tasks' A and B.
-  auto some_lines = [](const MatrixXd& x) -> MatrixXd {
-    if (x.cols() >= x.rows()) return x.topRows((x.rows() + 3) / 4);
-    return x.leftCols((x.cols() + 3) / 4);
-  };
+  auto some_lines = [](const MatrixXd& x) { return first_lines(x, (quant_lines(x.rows(), x.cols()) + 3) / 4); };
   for (size_t i = 0; i < std::min<size_t>(n, 4); ++i) {
     sample_.push_back({some_lines(p.loras[i].A), some_lines(p.loras[i].B), p.loras[i].scale});
   }

@@ -164,6 +164,9 @@ OnlineResult run_online(const OnlineOptions& o) {
   r.variants = {{"add-none", {}}, {"add-refit", {}}, {"merge", {}}, {"k-merge", {}},
                 {fmt::format("add-none-{}", o.cap_adapters), {}}};
   const size_t k_first = static_cast<size_t>(o.cap_adapters);
+  MergeOptions hydra;  // the hydra point: add-none's and add-none-K's start
+  hydra.method = "hydra";
+  hydra.threads = o.threads;
   KMerge kmerge(o.cap_adapters);
   std::vector<std::string> seen;
   for (size_t k = 0; k < arriving; ++k) {
@@ -177,9 +180,6 @@ OnlineResult run_online(const OnlineOptions& o) {
     mo.threads = o.threads;
     mo.budget = fraction;
     if (k == 0) {
-      MergeOptions hydra = mo;
-      hydra.method = "hydra";
-      hydra.budget.reset();
       merge(one, hydra, a_path);
       merge(one, mo, b_path);
     } else {
@@ -192,19 +192,16 @@ OnlineResult run_online(const OnlineOptions& o) {
     }
     kmerge.add(name, a);
     const bool scored = (k + 1) % static_cast<size_t>(o.every) == 0 || k + 1 == arriving;
-    std::vector<std::string> seen_specs;
-    for (auto& s : seen) seen_specs.push_back(all.task(index[s]).dir().string());
-    if (k + 1 > k_first) {
-      add_adapters(d_path, one, {}, d_path);
-    } else if (scored || k + 1 == k_first) {
-      MergeOptions hydra = mo;
-      hydra.method = "hydra";
-      hydra.budget.reset();
-      merge(AdapterSet::open(seen_specs), hydra, d_path);
-    }
+    auto seen_set = [&] {
+      std::vector<std::string> specs;
+      for (auto& s : seen) specs.push_back(all.task(index[s]).dir().string());
+      return AdapterSet::open(specs);
+    };
+    if (k + 1 > k_first) add_adapters(d_path, one, {}, d_path);
+    else if (scored || k + 1 == k_first) merge(seen_set(), hydra, d_path);
     if (!scored) continue;
 
-    merge(AdapterSet::open(seen_specs), mo, c_path);
+    merge(seen_set(), mo, c_path);
     // Scores: each seen task by each variant, relative to its own adapter's.
     auto score = [&](OnlineVariant& v, const std::function<Deltas(const std::string&)>& deltas, int64_t params) {
       double sum = 0;
@@ -216,19 +213,17 @@ OnlineResult run_online(const OnlineOptions& o) {
       v.points.push_back({k + 1, static_cast<double>(params) / static_cast<double>(r.adapter_params),
                           sum / static_cast<double>(seen.size())});
     };
-    for (size_t vi = 0; vi < 3; ++vi) {
-      const fs::path& p = vi == 0 ? a_path : vi == 1 ? b_path : c_path;
+    auto score_bundle = [&](OnlineVariant& v, const fs::path& p) {
       const Bundle b = Bundle::open(p);
       const std::vector<Deltas> ds = bundle_deltas(p);
-      score(r.variants[vi], [&](const std::string& s) { return ds[b.task_index(s)]; }, b.params());
-    }
+      score(v, [&](const std::string& s) { return ds[b.task_index(s)]; }, b.params());
+    };
+    score_bundle(r.variants[0], a_path);
+    score_bundle(r.variants[1], b_path);
+    score_bundle(r.variants[2], c_path);
     score(r.variants[3], [&](const std::string& s) { return kmerge.deltas(s); },
           static_cast<int64_t>(kmerge.slots_used()) * r.adapter_params);
-    {
-      const Bundle b = Bundle::open(d_path);
-      const std::vector<Deltas> ds = bundle_deltas(d_path);
-      score(r.variants[4], [&](const std::string& s) { return ds[b.task_index(s)]; }, b.params());
-    }
+    score_bundle(r.variants[4], d_path);
     std::string line = fmt::format("{} arrivals:", k + 1);
     for (auto& v : r.variants) {
       line += fmt::format(" {} {:.3f} ({:.1f} adapters)", v.name, v.points.back().mean_relative, v.points.back().storage);
